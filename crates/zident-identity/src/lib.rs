@@ -1,0 +1,29 @@
+//! The SPIFFE identity core of zident.
+//!
+//! Everything here is pure computation — no sockets, files or clocks of its own — so the
+//! rules that decide who is who can be tested exhaustively and reused by the CA, the node
+//! agent, the tunnel and the command-line tools:
+//!
+//! - [`SpiffeId`] and [`TrustDomain`]: IDs validated per the SPIFFE-ID standard;
+//! - [`WorkloadKey`]: fresh EC P-256 keys and CSRs with one critical URI SAN;
+//! - [`verify_csr_pem`]: how a CA reads a CSR (proof of possession, one SPIFFE ID);
+//! - [`profile`]: what the issued certificates contain (DESIGN.md §4);
+//! - [`verify_svid`]: an X509-SVID checked against a [`TrustBundle`] at a given time;
+//! - [`TrustBundle`]: several roots, as PEM or SPIFFE bundle JSON.
+
+mod bundle;
+mod csr;
+mod keys;
+pub mod pem;
+pub mod profile;
+mod spiffe_id;
+mod svid;
+
+pub use bundle::{BundleError, TrustBundle};
+pub use csr::{CsrError, CsrPublicKey, MAX_CSR_BYTES, VerifiedCsr, verify_csr_der, verify_csr_pem};
+pub use keys::{KeyError, WorkloadKey, uri_san_extension};
+pub use spiffe_id::{IdError, MAX_ID_BYTES, SpiffeId, TrustDomain};
+pub use svid::{SvidError, SvidInfo, check_leaf, hex, serial_hex, to_system_time, verify_svid};
+
+/// Re-exported so callers name one version of the DER types.
+pub use rustls_pki_types::CertificateDer;

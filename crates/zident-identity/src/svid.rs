@@ -1,0 +1,331 @@
+//! Verifying an X509-SVID: the SPIFFE rules for the leaf, then the chain to a trust bundle.
+//!
+//! Every failure has its own variant, because "certificate invalid" tells an operator nothing;
+//! "expired at 10:02:13" or "signed by a root this node does not trust" tells them what to fix.
+
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_parser::prelude::*;
+
+use crate::{IdError, SpiffeId, TrustBundle};
+
+/// Why a certificate chain is not a valid X509-SVID for a trust bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SvidError {
+    /// No certificates at all.
+    #[error("the certificate chain is empty")]
+    EmptyChain,
+    /// A certificate does not parse as DER X.509.
+    #[error("certificate {index} of the chain is not valid DER X.509: {reason}")]
+    Malformed {
+        /// Position in the chain, 0 = leaf.
+        index: usize,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The leaf is a CA certificate.
+    #[error("the leaf is a CA certificate (basicConstraints CA=true); an SVID leaf must not be")]
+    NotALeaf,
+    /// The leaf has no URI SAN.
+    #[error("the leaf has no URI SAN; an SVID carries exactly one SPIFFE ID")]
+    NoUriSan,
+    /// The leaf has several URI SANs.
+    #[error("the leaf has {0} URI SANs; an SVID carries exactly one SPIFFE ID")]
+    SeveralUriSans(usize),
+    /// The URI SAN is not a valid SPIFFE ID.
+    #[error("the leaf's URI SAN {uri:?} is not a valid SPIFFE ID: {reason}")]
+    BadSpiffeId {
+        /// The URI as found.
+        uri: String,
+        /// The rule it broke.
+        reason: IdError,
+    },
+    /// The subject is empty and the SAN extension is not critical.
+    #[error("the leaf has an empty subject, so its SAN extension must be critical")]
+    SanNotCritical,
+    /// No key usage extension.
+    #[error("the leaf has no key usage extension; an SVID leaf needs digitalSignature")]
+    KeyUsageMissing,
+    /// The key usage extension is not critical.
+    #[error("the leaf's key usage extension is not critical")]
+    KeyUsageNotCritical,
+    /// Key usage lacks digitalSignature.
+    #[error("the leaf's key usage lacks digitalSignature")]
+    NoDigitalSignature,
+    /// Key usage has keyCertSign or cRLSign.
+    #[error("the leaf's key usage has {0}, which only a signing certificate may have")]
+    ForbiddenKeyUsage(&'static str),
+    /// An EKU extension without both serverAuth and clientAuth.
+    #[error("the leaf's extended key usage lacks {0}")]
+    ExtKeyUsageIncomplete(&'static str),
+    /// notAfter is in the past.
+    #[error("the leaf expired {} ago (notAfter {})", human(*.ago), unix(*.not_after))]
+    Expired {
+        /// The leaf's notAfter.
+        not_after: SystemTime,
+        /// How long ago.
+        ago: Duration,
+    },
+    /// notBefore is in the future.
+    #[error("the leaf is not valid for another {} (notBefore {})", human(*.wait), unix(*.not_before))]
+    NotYetValid {
+        /// The leaf's notBefore.
+        not_before: SystemTime,
+        /// How long until it is.
+        wait: Duration,
+    },
+    /// The SPIFFE ID's trust domain is not the bundle's.
+    #[error("the SVID is for trust domain {found:?}, but the bundle is for {expected:?}")]
+    WrongTrustDomain {
+        /// The bundle's trust domain.
+        expected: String,
+        /// The SVID's.
+        found: String,
+    },
+    /// No root in the bundle signed this chain.
+    #[error("the chain does not lead to any root in the trust bundle (unknown issuer)")]
+    UnknownIssuer,
+    /// A signature in the chain does not verify: the issuer's name matches a trusted
+    /// certificate but its key does not (another CA of the same name, or tampering).
+    #[error(
+        "a signature in the chain does not verify with the trusted certificate of that name (signed by another CA with the same name, or tampered)"
+    )]
+    BadSignature,
+    /// Any other path-validation failure (expired intermediate, bad constraints, ...).
+    #[error("the chain is not valid: {0}")]
+    InvalidChain(String),
+}
+
+/// The signature algorithms accepted in a chain: ECDSA and RSA (PKCS#1 and PSS) with SHA-2,
+/// and Ed25519, all from aws-lc-rs.
+static VERIFICATION_ALGS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = {
+    use webpki::aws_lc_rs::*;
+    &[
+        ECDSA_P256_SHA256,
+        ECDSA_P256_SHA384,
+        ECDSA_P384_SHA256,
+        ECDSA_P384_SHA384,
+        ECDSA_P521_SHA256,
+        ECDSA_P521_SHA384,
+        ECDSA_P521_SHA512,
+        RSA_PKCS1_2048_8192_SHA256,
+        RSA_PKCS1_2048_8192_SHA384,
+        RSA_PKCS1_2048_8192_SHA512,
+        RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+        RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+        ED25519,
+    ]
+};
+
+/// What a valid SVID says, read from its leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvidInfo {
+    /// The one SPIFFE ID.
+    pub id: SpiffeId,
+    /// Serial number as lowercase hex.
+    pub serial_hex: String,
+    /// notBefore.
+    pub not_before: SystemTime,
+    /// notAfter.
+    pub not_after: SystemTime,
+}
+
+/// Verifies `chain` (leaf first) as an X509-SVID issued under `bundle` at time `now`, and
+/// returns what its leaf says.
+pub fn verify_svid(
+    chain: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    now: SystemTime,
+) -> Result<SvidInfo, SvidError> {
+    let leaf_der = chain.first().ok_or(SvidError::EmptyChain)?;
+    for (index, der) in chain.iter().enumerate().skip(1) {
+        X509Certificate::from_der(der).map_err(|e| SvidError::Malformed {
+            index,
+            reason: e.to_string(),
+        })?;
+    }
+    let info = check_leaf(leaf_der)?;
+    check_time(&info, now)?;
+    if info.id.trust_domain_str() != bundle.trust_domain().as_str() {
+        return Err(SvidError::WrongTrustDomain {
+            expected: bundle.trust_domain().to_string(),
+            found: info.id.trust_domain_str().to_owned(),
+        });
+    }
+    verify_chain(leaf_der, &chain[1..], bundle, now)?;
+    Ok(info)
+}
+
+/// Checks the X509-SVID rules on a leaf alone (no chain, no clock).
+pub fn check_leaf(der: &[u8]) -> Result<SvidInfo, SvidError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| SvidError::Malformed {
+        index: 0,
+        reason: e.to_string(),
+    })?;
+    let malformed = |e: X509Error| SvidError::Malformed {
+        index: 0,
+        reason: e.to_string(),
+    };
+    if cert.is_ca() {
+        return Err(SvidError::NotALeaf);
+    }
+    let san = cert.subject_alternative_name().map_err(malformed)?;
+    let uris: Vec<&str> = san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    let id = match uris.as_slice() {
+        [] => return Err(SvidError::NoUriSan),
+        [uri] => SpiffeId::new(uri)
+            .and_then(SpiffeId::require_path)
+            .map_err(|reason| SvidError::BadSpiffeId {
+                uri: (*uri).to_owned(),
+                reason,
+            })?,
+        several => return Err(SvidError::SeveralUriSans(several.len())),
+    };
+    if cert.subject().iter().next().is_none() && san.is_some_and(|s| !s.critical) {
+        return Err(SvidError::SanNotCritical);
+    }
+    let ku = cert
+        .key_usage()
+        .map_err(malformed)?
+        .ok_or(SvidError::KeyUsageMissing)?;
+    if !ku.critical {
+        return Err(SvidError::KeyUsageNotCritical);
+    }
+    if !ku.value.digital_signature() {
+        return Err(SvidError::NoDigitalSignature);
+    }
+    if ku.value.key_cert_sign() {
+        return Err(SvidError::ForbiddenKeyUsage("keyCertSign"));
+    }
+    if ku.value.crl_sign() {
+        return Err(SvidError::ForbiddenKeyUsage("cRLSign"));
+    }
+    if let Some(eku) = cert.extended_key_usage().map_err(malformed)? {
+        if !eku.value.server_auth {
+            return Err(SvidError::ExtKeyUsageIncomplete("serverAuth"));
+        }
+        if !eku.value.client_auth {
+            return Err(SvidError::ExtKeyUsageIncomplete("clientAuth"));
+        }
+    }
+    Ok(SvidInfo {
+        id,
+        serial_hex: serial_hex(cert.raw_serial()),
+        not_before: to_system_time(cert.validity().not_before),
+        not_after: to_system_time(cert.validity().not_after),
+    })
+}
+
+fn check_time(info: &SvidInfo, now: SystemTime) -> Result<(), SvidError> {
+    if let Ok(ago) = now.duration_since(info.not_after)
+        && !ago.is_zero()
+    {
+        return Err(SvidError::Expired {
+            not_after: info.not_after,
+            ago,
+        });
+    }
+    if let Ok(wait) = info.not_before.duration_since(now)
+        && !wait.is_zero()
+    {
+        return Err(SvidError::NotYetValid {
+            not_before: info.not_before,
+            wait,
+        });
+    }
+    Ok(())
+}
+
+fn verify_chain(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    now: SystemTime,
+) -> Result<(), SvidError> {
+    let anchors = bundle.trust_anchors();
+    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| SvidError::Malformed {
+        index: 0,
+        reason: format!("{e:?}"),
+    })?;
+    let since_epoch = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    ee.verify_for_usage(
+        VERIFICATION_ALGS,
+        &anchors,
+        intermediates,
+        UnixTime::since_unix_epoch(since_epoch),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| match e {
+        webpki::Error::UnknownIssuer => SvidError::UnknownIssuer,
+        webpki::Error::InvalidSignatureForPublicKey => SvidError::BadSignature,
+        other => SvidError::InvalidChain(format!("{other:?}")),
+    })
+}
+
+/// Converts an X.509 time to `SystemTime` (times before 1970 become the epoch).
+pub fn to_system_time(t: ASN1Time) -> SystemTime {
+    let secs = t.timestamp();
+    if secs <= 0 {
+        SystemTime::UNIX_EPOCH
+    } else {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+    }
+}
+
+/// A serial number as lowercase hex, without the sign-padding zero bytes DER adds.
+pub fn serial_hex(raw: &[u8]) -> String {
+    let start = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    hex(&raw[start..])
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn unix(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    ::time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&::time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}

@@ -1,0 +1,425 @@
+//! Loading and checking the mesh file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zident_identity::{SpiffeId, TrustDomain};
+
+use crate::policy::{Authorization, Ignored};
+
+/// Why a mesh file was refused. The message names the file and, where the YAML parser knows
+/// it, the line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The file could not be read.
+    #[error("cannot read mesh file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, has an unknown key, or a field has a bad value.
+    #[error("mesh file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A rule across fields is broken (duplicate names, a token given twice, ...).
+    #[error("mesh file {path}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Where, e.g. `nodes[1].token`.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// A whole mesh file, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshFile {
+    /// The mesh's trust domain (default `cluster.local`).
+    #[serde(default = "default_trust_domain", deserialize_with = "de_trust_domain")]
+    pub trust_domain: TrustDomain,
+    /// Node agents and the tokens they authenticate with.
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+    /// Callers that may ask only for their own identity.
+    #[serde(default)]
+    pub identities: Vec<IdentityEntry>,
+    /// Workloads, in ztunnel's local-config shape.
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    /// Authorization policies, in ztunnel's local-config shape.
+    #[serde(default)]
+    pub policies: Vec<Authorization>,
+    /// Services, in ztunnel's local-config shape.
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// Extra trusted roots (PEM), for agents.
+    #[serde(default)]
+    pub ca_certificates: Vec<String>,
+}
+
+/// A node agent's credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Node {
+    /// The node's name, as workloads' `node:` refers to it.
+    pub name: String,
+    /// The bearer token, inline. Exactly one of `token` and `tokenFile`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the bearer token, relative to the mesh file.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The agent's own identity, if it keeps a certificate for itself.
+    #[serde(default, deserialize_with = "de_opt_spiffe_id")]
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+/// A caller that may ask only for its own identity (a workload or a dedicated-mode proxy).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityEntry {
+    /// The one identity this token may ask for.
+    #[serde(deserialize_with = "de_spiffe_id")]
+    pub spiffe_id: SpiffeId,
+    /// The bearer token, inline.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// How a workload receives traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    /// Plain TCP: no tunnel (ztunnel's default).
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// Mutual TLS over HBONE.
+    #[serde(rename = "HBONE")]
+    Hbone,
+}
+
+/// A workload, in ztunnel's local-config shape.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    /// Unique ID.
+    #[serde(default)]
+    pub uid: String,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account (default `default`, as ztunnel assumes).
+    #[serde(default = "default_service_account")]
+    pub service_account: String,
+    /// Trust domain; empty means the mesh's.
+    #[serde(default)]
+    pub trust_domain: String,
+    /// The node it runs on.
+    #[serde(default)]
+    pub node: String,
+    /// Its addresses.
+    #[serde(default)]
+    pub workload_ips: Vec<IpAddr>,
+    /// How it receives traffic.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Services it backs: `namespace/hostname` → service port → target port.
+    #[serde(default)]
+    pub services: BTreeMap<String, BTreeMap<u16, u16>>,
+    /// Policies with scope WorkloadSelector that apply to it (`namespace/name`).
+    #[serde(default)]
+    pub authorization_policies: Vec<String>,
+    // Keys of ztunnel's format that zident does not use: accepted and ignored.
+    #[serde(default)]
+    waypoint: Option<Ignored>,
+    #[serde(default)]
+    network_gateway: Option<Ignored>,
+    #[serde(default)]
+    network_mode: Option<Ignored>,
+    #[serde(default)]
+    network: Option<Ignored>,
+    #[serde(default)]
+    workload_name: Option<Ignored>,
+    #[serde(default)]
+    workload_type: Option<Ignored>,
+    #[serde(default)]
+    canonical_name: Option<Ignored>,
+    #[serde(default)]
+    canonical_revision: Option<Ignored>,
+    #[serde(default)]
+    hostname: Option<Ignored>,
+    #[serde(default)]
+    native_tunnel: Option<Ignored>,
+    #[serde(default)]
+    application_tunnel: Option<Ignored>,
+    #[serde(default)]
+    status: Option<Ignored>,
+    #[serde(default)]
+    cluster_id: Option<Ignored>,
+    #[serde(default)]
+    locality: Option<Ignored>,
+    #[serde(default)]
+    capacity: Option<Ignored>,
+}
+
+impl Workload {
+    /// The workload's SPIFFE ID, `spiffe://<td>/ns/<namespace>/sa/<service account>`, with the
+    /// mesh's trust domain when its own is empty.
+    pub fn spiffe_id(&self, mesh_trust_domain: &TrustDomain) -> Result<SpiffeId, String> {
+        let td = if self.trust_domain.is_empty() {
+            mesh_trust_domain.clone()
+        } else {
+            TrustDomain::new(&self.trust_domain).map_err(|e| format!("trustDomain: {e}"))?
+        };
+        SpiffeId::istio(&td, &self.namespace, &self.service_account)
+            .map_err(|e| format!("namespace/serviceAccount do not make a SPIFFE ID: {e}"))
+    }
+}
+
+/// A service, in ztunnel's local-config shape.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Hostname, e.g. `backend.default.svc.cluster.local`.
+    pub hostname: String,
+    /// Virtual IPs, `network/ip` (the network may be empty: `/10.0.0.1`).
+    #[serde(default)]
+    pub vips: Vec<String>,
+    /// Service port → target port.
+    #[serde(default)]
+    pub ports: BTreeMap<u16, u16>,
+    /// Extra identities a client accepts for this service.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    /// Whether this is the canonical service for its hostname.
+    #[serde(default)]
+    pub canonical: bool,
+    #[serde(default)]
+    endpoints: Option<Ignored>,
+    #[serde(default)]
+    waypoint: Option<Ignored>,
+    #[serde(default)]
+    load_balancer: Option<Ignored>,
+    #[serde(default)]
+    ip_families: Option<Ignored>,
+}
+
+/// A resolved bearer token and whom it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerToken {
+    /// A node agent, by node name.
+    Node(String),
+    /// A caller bound to one identity.
+    Identity(SpiffeId),
+}
+
+impl MeshFile {
+    /// Parses mesh-file YAML; `path` is only used in messages.
+    pub fn parse(path: &Path, yaml: &str) -> Result<Self, MeshError> {
+        let mesh: Self = serde_yaml_ng::from_str(yaml).map_err(|e| MeshError::Parse {
+            path: path.to_owned(),
+            message: with_line(yaml, e.to_string()),
+        })?;
+        mesh.check(path)?;
+        Ok(mesh)
+    }
+
+    /// Reads and parses a mesh file.
+    pub fn load(path: &Path) -> Result<Self, MeshError> {
+        let yaml = std::fs::read_to_string(path).map_err(|source| MeshError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &yaml)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), MeshError> {
+        let invalid = |field: String, message: String| MeshError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        let mut names = HashSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.name.is_empty() {
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    "must not be empty".into(),
+                ));
+            }
+            if !names.insert(node.name.as_str()) {
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    format!("node {:?} is listed twice", node.name),
+                ));
+            }
+            check_token_source(&node.token, &node.token_file)
+                .map_err(|m| invalid(format!("nodes[{i}]"), m))?;
+        }
+        for (i, entry) in self.identities.iter().enumerate() {
+            check_token_source(&entry.token, &entry.token_file)
+                .map_err(|m| invalid(format!("identities[{i}]"), m))?;
+        }
+        let mut uids = HashSet::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            w.spiffe_id(&self.trust_domain)
+                .map_err(|m| invalid(format!("workloads[{i}] ({})", w.name), m))?;
+            if !w.uid.is_empty() && !uids.insert(w.uid.as_str()) {
+                return Err(invalid(
+                    format!("workloads[{i}].uid"),
+                    format!("uid {:?} is used twice", w.uid),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every bearer token with its caller, token files read relative to the mesh file's
+    /// directory. Fails on an unreadable or empty token file, or a token used twice.
+    pub fn resolve_tokens(
+        &self,
+        mesh_path: &Path,
+    ) -> Result<Vec<(String, CallerToken)>, MeshError> {
+        let base = mesh_path.parent().unwrap_or(Path::new("."));
+        let read = |field: String, token: &Option<String>, file: &Option<PathBuf>| {
+            let value = match (token, file) {
+                (Some(t), _) => t.clone(),
+                (None, Some(f)) => {
+                    let p = base.join(f);
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| MeshError::Invalid {
+                            path: mesh_path.to_owned(),
+                            field: field.clone(),
+                            message: format!("cannot read tokenFile {}: {e}", p.display()),
+                        })?
+                        .trim()
+                        .to_owned()
+                }
+                (None, None) => String::new(),
+            };
+            if value.is_empty() {
+                return Err(MeshError::Invalid {
+                    path: mesh_path.to_owned(),
+                    field,
+                    message: "the token is empty".into(),
+                });
+            }
+            Ok(value)
+        };
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let t = read(format!("nodes[{i}]"), &n.token, &n.token_file)?;
+            out.push((t, CallerToken::Node(n.name.clone())));
+        }
+        for (i, e) in self.identities.iter().enumerate() {
+            let t = read(format!("identities[{i}]"), &e.token, &e.token_file)?;
+            out.push((t, CallerToken::Identity(e.spiffe_id.clone())));
+        }
+        let mut seen = HashSet::new();
+        for (token, who) in &out {
+            if !seen.insert(token.as_str()) {
+                return Err(MeshError::Invalid {
+                    path: mesh_path.to_owned(),
+                    field: format!("{who:?}"),
+                    message:
+                        "this token is also used by another caller; every token must be unique"
+                            .into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The SPIFFE IDs of the workloads placed on `node`.
+    pub fn identities_on_node(&self, node: &str) -> HashSet<SpiffeId> {
+        self.workloads
+            .iter()
+            .filter(|w| w.node == node)
+            .filter_map(|w| w.spiffe_id(&self.trust_domain).ok())
+            .collect()
+    }
+}
+
+/// Errors raised at the top level of the document carry no line from the parser. Find the
+/// line from what the message names: the unknown key, or the key and its rejected value.
+fn with_line(yaml: &str, message: String) -> String {
+    if message.contains(" at line ") {
+        return message;
+    }
+    let quoted = |open: char, close: char| {
+        let start = message.find(open)? + open.len_utf8();
+        let end = start + message[start..].find(close)?;
+        Some(message[start..end].to_owned())
+    };
+    let (key, value) = if message.starts_with("unknown field") {
+        (quoted('`', '`'), None)
+    } else {
+        let key = message.split_whitespace().next().map(str::to_owned);
+        (key, quoted('"', '"'))
+    };
+    let Some(key) = key else { return message };
+    let found = yaml.lines().position(|line| {
+        let line = line.trim_start().trim_start_matches("- ").trim_start();
+        line.strip_prefix(key.as_str())
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            && value.as_ref().is_none_or(|v| line.contains(v.as_str()))
+    });
+    match found {
+        Some(i) => format!("{message} at line {}", i + 1),
+        None => message,
+    }
+}
+
+fn check_token_source(token: &Option<String>, file: &Option<PathBuf>) -> Result<(), String> {
+    match (token, file) {
+        (Some(_), Some(_)) => Err("give either token or tokenFile, not both".into()),
+        (None, None) => Err("needs a token or a tokenFile".into()),
+        (Some(t), None) if t.trim().is_empty() => Err("token must not be empty".into()),
+        _ => Ok(()),
+    }
+}
+
+fn default_trust_domain() -> TrustDomain {
+    // A constant that satisfies every rule; a failure here is a bug in this file.
+    TrustDomain::new("cluster.local").unwrap_or_else(|e| panic!("default trust domain: {e}"))
+}
+
+fn default_service_account() -> String {
+    "default".into()
+}
+
+fn de_trust_domain<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
+    let s = String::deserialize(d)?;
+    TrustDomain::new(&s).map_err(|e| serde::de::Error::custom(format!("trustDomain {s:?}: {e}")))
+}
+
+fn de_spiffe_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SpiffeId, D::Error> {
+    let s = String::deserialize(d)?;
+    SpiffeId::new(&s)
+        .and_then(SpiffeId::require_path)
+        .map_err(|e| serde::de::Error::custom(format!("spiffeId {s:?}: {e}")))
+}
+
+fn de_opt_spiffe_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SpiffeId>, D::Error> {
+    de_spiffe_id(d).map(Some)
+}

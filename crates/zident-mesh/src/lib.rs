@@ -1,0 +1,16 @@
+//! The mesh file: one YAML file that tells `zident ca`, `zident agent` and `zident up` who
+//! runs where (see `MESH-FILE.md`).
+//!
+//! Its `workloads`, `policies` and `services` take the shape of ztunnel's local configuration,
+//! so an existing ztunnel local config loads unchanged; zident adds `trustDomain`, `nodes`,
+//! `identities` and `caCertificates`. Keys ztunnel defines but zident does not use are accepted
+//! and ignored; any other key is an error naming the key and its line, because a typo in a
+//! policy must not silently switch it off.
+
+mod file;
+mod policy;
+
+pub use file::{
+    CallerToken, IdentityEntry, MeshError, MeshFile, Node, Protocol, Service, Workload,
+};
+pub use policy::{Action, Authorization, RbacMatch, Scope, ServiceAccountMatch, StringMatch};
