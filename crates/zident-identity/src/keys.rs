@@ -156,6 +156,6 @@ mod tests {
         let key = WorkloadKey::generate().unwrap();
         let s = format!("{key:?}");
         assert!(!s.contains("PRIVATE"));
-        assert_eq!(key.pkcs8_der().len() > 100, true);
+        assert!(key.pkcs8_der().len() > 100);
     }
 }

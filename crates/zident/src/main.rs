@@ -1,1 +1,34 @@
-fn main() {}
+//! `zident`: workload identity for a zero-trust service mesh.
+//!
+//! One binary: `zident ca` runs the certificate authority, `zident up` runs everything on an
+//! embedded default mesh for a first look.
+
+mod cli;
+mod duration;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    cli::init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zident: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zident: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

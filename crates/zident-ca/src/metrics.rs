@@ -1,0 +1,188 @@
+//! CA metrics, under istiod's names so existing Istio dashboards work unchanged.
+//!
+//! istiod exports its counters without the `_total` suffix that OpenMetrics counters carry,
+//! so those are encoded as plain samples ([`IstioCounter`]); zident's own metrics follow the
+//! usual Prometheus conventions.
+
+use std::time::SystemTime;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A counter exposed as `name value` (no `_total`), the way istiod exposes its counters.
+#[derive(Debug, Clone, Default)]
+pub struct IstioCounter(Counter);
+
+impl IstioCounter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+    /// The current count.
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl EncodeMetric for IstioCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&(self.0.get() as i64))
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Unknown
+    }
+}
+
+/// Label for [`CaMetrics::rejected`]: why a request was refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A short, stable reason code.
+    pub reason: &'static str,
+}
+
+/// Label for [`CaMetrics::config_reloads`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    /// `mesh` or `root_ca_dir`.
+    pub source: &'static str,
+    /// `applied` or `rejected`.
+    pub outcome: &'static str,
+}
+
+/// Every metric the CA exports.
+#[derive(Debug)]
+pub struct CaMetrics {
+    /// Certificate requests received.
+    pub csr_count: IstioCounter,
+    /// Requests with a missing or unknown token.
+    pub authentication_failure_count: IstioCounter,
+    /// CSRs that could not be parsed or whose signature failed.
+    pub csr_parsing_err_count: IstioCounter,
+    /// CSRs whose SPIFFE ID could not be extracted or was not allowed.
+    pub id_extraction_err_count: IstioCounter,
+    /// Signing failures.
+    pub csr_sign_err_count: IstioCounter,
+    /// Certificates issued.
+    pub success_cert_issuance_count: IstioCounter,
+    /// Unix time the earliest root expires.
+    pub root_cert_expiry_timestamp: Gauge<i64>,
+    /// Unix time the signing chain expires.
+    pub cert_chain_expiry_timestamp: Gauge<i64>,
+    /// Requests refused, by reason.
+    pub rejected: Family<ReasonLabel, Counter>,
+    /// Configuration reloads, by source and outcome.
+    pub config_reloads: Family<ReloadLabel, Counter>,
+    /// Time to handle an issuance, seconds.
+    pub issue_duration: Histogram,
+}
+
+impl CaMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            csr_count: Default::default(),
+            authentication_failure_count: Default::default(),
+            csr_parsing_err_count: Default::default(),
+            id_extraction_err_count: Default::default(),
+            csr_sign_err_count: Default::default(),
+            success_cert_issuance_count: Default::default(),
+            root_cert_expiry_timestamp: Default::default(),
+            cert_chain_expiry_timestamp: Default::default(),
+            rejected: Default::default(),
+            config_reloads: Default::default(),
+            issue_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
+        };
+        let istio: [(&str, &str, &IstioCounter); 6] = [
+            (
+                "citadel_server_csr_count",
+                "The number of CSRs received.",
+                &m.csr_count,
+            ),
+            (
+                "citadel_server_authentication_failure_count",
+                "The number of authentication failures.",
+                &m.authentication_failure_count,
+            ),
+            (
+                "citadel_server_csr_parsing_err_count",
+                "The number of errors occurred when parsing the CSR.",
+                &m.csr_parsing_err_count,
+            ),
+            (
+                "citadel_server_id_extraction_err_count",
+                "The number of errors occurred when extracting the ID from CSR.",
+                &m.id_extraction_err_count,
+            ),
+            (
+                "citadel_server_csr_sign_err_count",
+                "The number of errors occurred when signing the CSR.",
+                &m.csr_sign_err_count,
+            ),
+            (
+                "citadel_server_success_cert_issuance_count",
+                "The number of certificates issuances that have succeeded.",
+                &m.success_cert_issuance_count,
+            ),
+        ];
+        for (name, help, counter) in istio {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "citadel_server_root_cert_expiry_timestamp",
+            "The unix timestamp, in seconds, when the CA root cert will expire.",
+            m.root_cert_expiry_timestamp.clone(),
+        );
+        registry.register(
+            "citadel_server_cert_chain_expiry_timestamp",
+            "The unix timestamp, in seconds, when the CA cert chain will expire.",
+            m.cert_chain_expiry_timestamp.clone(),
+        );
+        registry.register(
+            "zident_ca_requests_rejected",
+            "Certificate requests refused, by reason.",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "zident_ca_config_reloads",
+            "Reloads of the mesh file or plugged-in CA files, by outcome.",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "zident_ca_issue_duration_seconds",
+            "Time to authenticate, check and sign one certificate request.",
+            m.issue_duration.clone(),
+        );
+        m
+    }
+
+    /// Counts a refused request under `reason`.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a reload outcome.
+    pub fn reload(&self, source: &'static str, applied: bool) {
+        let outcome = if applied { "applied" } else { "rejected" };
+        self.config_reloads
+            .get_or_create(&ReloadLabel { source, outcome })
+            .inc();
+    }
+
+    /// Sets the expiry gauges from an authority.
+    pub fn set_expiries(&self, root: Option<SystemTime>, chain: SystemTime) {
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        };
+        if let Some(root) = root {
+            self.root_cert_expiry_timestamp.set(secs(root));
+        }
+        self.cert_chain_expiry_timestamp.set(secs(chain));
+    }
+}

@@ -1,0 +1,195 @@
+//! The CA's TLS port: gRPC (the Istio certificate service) and the trust bundle endpoint
+//! (`GET /bundle`, `GET /bundle.pem`) on one listener, TLS 1.3 only.
+//!
+//! The CA serves TLS with a certificate it issues to itself; the certificate sits behind a
+//! resolver so it can be replaced (renewal, a new plugged-in key) without a restart.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rcgen::KeyPair;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use zident_identity::profile;
+use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
+
+use crate::authority::Authority;
+use crate::service::{CaService, PeerAddr};
+use crate::state::CaState;
+
+/// A TLS handshake that takes longer than this is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest gRPC request accepted. A CSR is at most 16 KiB; the rest is headroom.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Lifetime of the CA's own serving certificate; renewed at half of it.
+pub const SERVING_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The CA's serving certificate, replaceable while connections are being accepted.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+    dns_names: Vec<String>,
+}
+
+impl ServingCert {
+    /// Issues a first serving certificate from `authority` for `dns_names`.
+    pub fn new(authority: &Authority, dns_names: Vec<String>) -> Result<Self, String> {
+        let key = issue_serving(authority, &dns_names)?;
+        Ok(Self {
+            current: RwLock::new(Arc::new(key)),
+            dns_names,
+        })
+    }
+
+    /// Issues a fresh serving certificate and uses it for new connections.
+    pub fn renew(&self, authority: &Authority) -> Result<(), String> {
+        let key = issue_serving(authority, &self.dns_names)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn issue_serving(authority: &Authority, dns_names: &[String]) -> Result<CertifiedKey, String> {
+    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+    let params = profile::serving_params(
+        authority.bundle().trust_domain(),
+        dns_names,
+        SystemTime::now(),
+        SERVING_CERT_TTL,
+        authority.signer_not_after(),
+    )
+    .map_err(|e| e.to_string())?;
+    let cert = authority.sign(&params, &key).map_err(|e| e.to_string())?;
+    let mut chain = vec![cert.der().clone()];
+    chain.extend(authority.intermediates().iter().cloned());
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signer =
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    Ok(CertifiedKey::new(chain, signer))
+}
+
+/// The rustls configuration: TLS 1.3 only, ALPN h2 then http/1.1, no client certificates
+/// (callers authenticate with bearer tokens, as Istio's do).
+pub fn tls_config(cert: Arc<ServingCert>) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The HTTP routes: the gRPC service and the bundle endpoints.
+pub fn router(state: Arc<CaState>) -> axum::Router {
+    let grpc = IstioCertificateServiceServer::new(CaService::new(state.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let json_state = state.clone();
+    tonic::service::Routes::new(grpc)
+        .into_axum_router()
+        .route(
+            "/bundle",
+            get(move || async move {
+                match json_state.bundle_json() {
+                    Ok(json) => {
+                        ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+                    }
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }),
+        )
+        .route(
+            "/bundle.pem",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "application/x-pem-file")],
+                    state.authority().bundle().to_pem(),
+                )
+            }),
+        )
+}
+
+/// Accepts connections until the task is dropped; dropping it also ends every connection
+/// it started.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: axum::Router) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    connections.spawn(serve_connection(tcp, peer, acceptor.clone(), router.clone()));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: pause instead of spinning.
+                    tracing::warn!(target: "zident::ca", "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(target: "zident::ca", %peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(target: "zident::ca", %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let service = router.map_request(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        req
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
+        .await
+    {
+        tracing::debug!(target: "zident::ca", %peer, "connection ended: {e}");
+    }
+}

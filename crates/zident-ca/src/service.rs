@@ -1,0 +1,243 @@
+//! The Istio certificate service: `istio.v1.auth.IstioCertificateService/CreateCertificate`.
+//!
+//! Each request is judged in a fixed order — authenticate the token, read the CSR, authorize
+//! the identity, check the lifetime, sign — and every refusal is logged with its exact reason
+//! and counted, while the caller learns only the gRPC status it needs to act on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tonic::{Request, Response, Status};
+use zident_identity::{CsrError, verify_csr_pem};
+use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateService;
+use zident_proto::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
+
+use crate::state::CaState;
+
+/// The metadata key carrying the identity a node agent asks for on a workload's behalf.
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// The address of the connection a request came in on, set by the server per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// How long issued certificates live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlPolicy {
+    /// Used when a request asks for zero or a negative lifetime.
+    pub default_ttl: Duration,
+    /// Requests above this are refused with `InvalidArgument`.
+    pub max_ttl: Duration,
+}
+
+impl Default for TtlPolicy {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(24 * 3600),
+            max_ttl: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+impl TtlPolicy {
+    /// The lifetime for a requested `validity_duration` in seconds.
+    pub fn resolve(&self, requested_secs: i64) -> Result<Duration, String> {
+        if requested_secs <= 0 {
+            return Ok(self.default_ttl);
+        }
+        let ttl = Duration::from_secs(requested_secs as u64);
+        if ttl > self.max_ttl {
+            return Err(format!(
+                "requested validity {requested_secs}s is above the maximum of {}s",
+                self.max_ttl.as_secs()
+            ));
+        }
+        Ok(ttl)
+    }
+}
+
+/// The gRPC service; cheap to clone.
+#[derive(Clone)]
+pub struct CaService {
+    state: Arc<CaState>,
+}
+
+impl CaService {
+    /// A service over the shared CA state.
+    pub fn new(state: Arc<CaState>) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let started = Instant::now();
+        let metrics = &self.state.metrics;
+        metrics.csr_count.inc();
+        let peer = request
+            .extensions()
+            .get::<PeerAddr>()
+            .map(|p| p.0.to_string())
+            .unwrap_or_default();
+        let cluster = request
+            .metadata()
+            .get("clusterid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+
+        let registry = self.state.registry();
+        let Some(token) = bearer_token(request.metadata()) else {
+            metrics.authentication_failure_count.inc();
+            metrics.reject("no_token");
+            tracing::warn!(target: "zident::ca", %peer, "denied: no bearer token in the authorization header");
+            return Err(Status::unauthenticated(
+                "missing \"authorization: Bearer <token>\" metadata",
+            ));
+        };
+        let Some(caller) = registry.authenticate(token).cloned() else {
+            metrics.authentication_failure_count.inc();
+            metrics.reject("unknown_token");
+            tracing::warn!(target: "zident::ca", %peer, "denied: unknown bearer token");
+            return Err(Status::unauthenticated("unknown bearer token"));
+        };
+
+        let req = request.into_inner();
+        let impersonated = match impersonated_identity(&req) {
+            Ok(v) => v,
+            Err(msg) => {
+                metrics.reject("bad_metadata");
+                tracing::warn!(target: "zident::ca", %peer, %caller, "refused: {msg}");
+                return Err(Status::invalid_argument(msg));
+            }
+        };
+        let csr = match verify_csr_pem(&req.csr) {
+            Ok(csr) => csr,
+            Err(e) => {
+                let reason = match e {
+                    CsrError::NoUriSan
+                    | CsrError::SeveralUriSans(_)
+                    | CsrError::BadSpiffeId { .. } => {
+                        metrics.id_extraction_err_count.inc();
+                        "bad_identity"
+                    }
+                    _ => {
+                        metrics.csr_parsing_err_count.inc();
+                        "bad_csr"
+                    }
+                };
+                metrics.reject(reason);
+                tracing::warn!(target: "zident::ca", %peer, %caller, "refused CSR: {e}");
+                return Err(Status::invalid_argument(e.to_string()));
+            }
+        };
+        if csr.id.trust_domain_str() != registry.trust_domain().as_str() {
+            metrics.id_extraction_err_count.inc();
+            metrics.reject("foreign_trust_domain");
+            let msg = format!(
+                "{} is not in this CA's trust domain {}",
+                csr.id,
+                registry.trust_domain()
+            );
+            tracing::warn!(target: "zident::ca", %peer, %caller, "refused: {msg}");
+            return Err(Status::invalid_argument(msg));
+        }
+        if let Err(denied) = registry.authorize(&caller, &csr.id, impersonated.as_deref()) {
+            metrics.id_extraction_err_count.inc();
+            metrics.reject("permission_denied");
+            tracing::warn!(target: "zident::ca", %peer, %caller, identity = %csr.id, "denied: {denied}");
+            return Err(Status::permission_denied("permission denied"));
+        }
+        let ttl = match self.state.ttl.resolve(req.validity_duration) {
+            Ok(ttl) => ttl,
+            Err(msg) => {
+                metrics.reject("ttl_too_long");
+                tracing::warn!(target: "zident::ca", %peer, %caller, identity = %csr.id, "refused: {msg}");
+                return Err(Status::invalid_argument(msg));
+            }
+        };
+        let authority = self.state.authority();
+        match authority.issue(&csr.id, &csr.public_key, ttl, SystemTime::now()) {
+            Ok(issued) => {
+                metrics.success_cert_issuance_count.inc();
+                metrics
+                    .issue_duration
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(
+                    target: "zident::ca",
+                    identity = %csr.id,
+                    %caller,
+                    cluster,
+                    serial = %issued.serial_hex,
+                    not_after = %rfc3339(issued.not_after),
+                    ttl_secs = ttl.as_secs(),
+                    "issued certificate"
+                );
+                Ok(Response::new(IstioCertificateResponse {
+                    cert_chain: issued.chain,
+                }))
+            }
+            Err(e) => {
+                metrics.csr_sign_err_count.inc();
+                metrics.reject("sign_failed");
+                tracing::error!(target: "zident::ca", identity = %csr.id, %caller, "signing failed: {e}");
+                Err(Status::internal("signing failed; see the CA log"))
+            }
+        }
+    }
+}
+
+fn bearer_token(md: &tonic::metadata::MetadataMap) -> Option<&str> {
+    let value = md.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<String>, String> {
+    use prost_types::value::Kind;
+    let Some(meta) = &req.metadata else {
+        return Ok(None);
+    };
+    match meta
+        .fields
+        .get(IMPERSONATED_IDENTITY)
+        .and_then(|v| v.kind.as_ref())
+    {
+        None => Ok(None),
+        Some(Kind::StringValue(s)) if s.is_empty() => Ok(None),
+        Some(Kind::StringValue(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("metadata {IMPERSONATED_IDENTITY} must be a string")),
+    }
+}
+
+/// RFC 3339 in UTC, for logs.
+pub fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_policy() {
+        let p = TtlPolicy {
+            default_ttl: Duration::from_secs(100),
+            max_ttl: Duration::from_secs(1000),
+        };
+        assert_eq!(p.resolve(0), Ok(Duration::from_secs(100)));
+        assert_eq!(p.resolve(-5), Ok(Duration::from_secs(100)));
+        assert_eq!(p.resolve(1000), Ok(Duration::from_secs(1000)));
+        assert!(p.resolve(1001).unwrap_err().contains("maximum of 1000s"));
+    }
+}

@@ -1,0 +1,76 @@
+//! What every request reads: the current authority and registry, swapped whole on reload.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::authority::Authority;
+use crate::metrics::CaMetrics;
+use crate::registry::Registry;
+use crate::service::TtlPolicy;
+
+/// Shared CA state. Readers clone an `Arc` under a short read lock and then work lock-free.
+pub struct CaState {
+    authority: RwLock<Arc<Authority>>,
+    registry: RwLock<Arc<Registry>>,
+    /// Certificate lifetimes.
+    pub ttl: TtlPolicy,
+    /// Metrics.
+    pub metrics: CaMetrics,
+    /// `spiffe_refresh_hint` published with the bundle.
+    pub refresh_hint: Duration,
+}
+
+impl CaState {
+    /// State over a loaded authority and registry.
+    pub fn new(
+        authority: Authority,
+        registry: Registry,
+        ttl: TtlPolicy,
+        metrics: CaMetrics,
+        refresh_hint: Duration,
+    ) -> Self {
+        metrics.set_expiries(authority.earliest_root_expiry(), authority.chain_expiry());
+        Self {
+            authority: RwLock::new(Arc::new(authority)),
+            registry: RwLock::new(Arc::new(registry)),
+            ttl,
+            metrics,
+            refresh_hint,
+        }
+    }
+
+    /// The current authority.
+    pub fn authority(&self) -> Arc<Authority> {
+        self.authority
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The current registry.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the authority (after a reload of plugged-in files).
+    pub fn set_authority(&self, authority: Authority) {
+        self.metrics
+            .set_expiries(authority.earliest_root_expiry(), authority.chain_expiry());
+        *self.authority.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(authority);
+    }
+
+    /// Replaces the registry (after a reload of the mesh file).
+    pub fn set_registry(&self, registry: Registry) {
+        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(registry);
+    }
+
+    /// The trust bundle as SPIFFE JSON, with this CA's refresh hint.
+    pub fn bundle_json(&self) -> Result<String, zident_identity::BundleError> {
+        let mut bundle = self.authority().bundle().clone();
+        bundle.set_refresh_hint(Some(self.refresh_hint));
+        bundle.to_jwks_json()
+    }
+}

@@ -1,0 +1,199 @@
+//! A real CA on loopback, a real gRPC client over TLS, and helpers to ask for certificates.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use prost_types::{Struct, Value, value::Kind};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::{Code, Request};
+use zident_ca::{CaConfig, RunningCa};
+use zident_identity::{SpiffeId, WorkloadKey};
+use zident_proto::istio_ca::IstioCertificateRequest;
+use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
+
+pub const TD: &str = "cluster.local";
+pub const NODE_A_TOKEN: &str = "token-node-a";
+pub const NODE_B_TOKEN: &str = "token-node-b";
+pub const GW_TOKEN: &str = "token-gateway";
+
+pub const MESH: &str = r#"
+trustDomain: cluster.local
+nodes:
+- name: node-a
+  token: "token-node-a"
+- name: node-b
+  tokenFile: node-b.token
+identities:
+- spiffeId: spiffe://cluster.local/ns/default/sa/gateway
+  token: "token-gateway"
+workloads:
+- {uid: w1, name: frontend, namespace: default, serviceAccount: frontend, node: node-a, workloadIps: ["127.0.0.2"], protocol: HBONE}
+- {uid: w2, name: backend, namespace: default, serviceAccount: backend, node: node-b, workloadIps: ["127.0.0.3"], protocol: HBONE}
+"#;
+
+/// A scratch directory with a mesh file, and a CA started on it.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub ca: RunningCa,
+}
+
+impl Fixture {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+        std::fs::write(dir.path().join("node-b.token"), format!("{NODE_B_TOKEN}\n")).unwrap();
+        let ca = start_ca(config(dir.path())).await;
+        Self { dir, ca }
+    }
+
+    pub fn mesh_path(&self) -> PathBuf {
+        self.dir.path().join("mesh.yaml")
+    }
+
+    pub async fn client(&self) -> IstioCertificateServiceClient<Channel> {
+        client(&self.ca).await
+    }
+}
+
+/// The CA configuration used by the tests: ephemeral ports, data under `dir/ca`.
+pub fn config(dir: &Path) -> CaConfig {
+    let mut c = CaConfig::new(dir.join("mesh.yaml"));
+    c.data_dir = dir.join("ca");
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    c
+}
+
+pub async fn start_ca(config: CaConfig) -> RunningCa {
+    RunningCa::start(config).await.expect("CA starts")
+}
+
+pub async fn client(ca: &RunningCa) -> IstioCertificateServiceClient<Channel> {
+    let root = std::fs::read(&ca.root_cert_path).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{}", ca.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .expect("connects over TLS");
+    IstioCertificateServiceClient::new(channel)
+        .max_decoding_message_size(4 << 20)
+        .max_encoding_message_size(4 << 20)
+}
+
+pub fn id(path: &str) -> SpiffeId {
+    SpiffeId::new(&format!("spiffe://{TD}/{path}")).unwrap()
+}
+
+/// A request as istio-agent / ztunnel build it.
+pub fn request(
+    csr: String,
+    ttl_secs: i64,
+    token: Option<&str>,
+    impersonate: Option<&str>,
+) -> Request<IstioCertificateRequest> {
+    let metadata = impersonate.map(|id| Struct {
+        fields: [(
+            "ImpersonatedIdentity".to_string(),
+            Value {
+                kind: Some(Kind::StringValue(id.to_string())),
+            },
+        )]
+        .into(),
+    });
+    let mut req = Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: ttl_secs,
+        metadata,
+    });
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    req.metadata_mut()
+        .insert("clusterid", "Kubernetes".parse().unwrap());
+    req
+}
+
+/// Asks node-a for the frontend identity: the usual good request.
+pub async fn issue_frontend(
+    client: &mut IstioCertificateServiceClient<Channel>,
+    ttl_secs: i64,
+) -> (WorkloadKey, Vec<String>) {
+    let key = WorkloadKey::generate().unwrap();
+    let fe = id("ns/default/sa/frontend");
+    let resp = client
+        .create_certificate(request(
+            key.csr_pem(&fe).unwrap(),
+            ttl_secs,
+            Some(NODE_A_TOKEN),
+            Some(fe.as_str()),
+        ))
+        .await
+        .expect("issued");
+    (key, resp.into_inner().cert_chain)
+}
+
+pub async fn expect_code(
+    client: &mut IstioCertificateServiceClient<Channel>,
+    req: Request<IstioCertificateRequest>,
+    code: Code,
+) -> String {
+    match client.create_certificate(req).await {
+        Ok(_) => panic!("expected {code:?}, got a certificate"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "status: {status:?}");
+            status.message().to_owned()
+        }
+    }
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET` over HTTPS or HTTP with curl, trusting `cacert` if given.
+pub fn curl(url: &str, cacert: Option<&Path>) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--max-time", "10"]);
+    if let Some(c) = cacert {
+        cmd.arg("--cacert").arg(c);
+    }
+    run(cmd.arg(url))
+}
+
+/// Reads one metric's value from Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

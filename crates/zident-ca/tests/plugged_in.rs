@@ -1,0 +1,299 @@
+//! Plugged-in CA keys (Istio's `cacerts` layout), made with the openssl command line: the
+//! three-level chain verifies with openssl, and a change of files is applied or, if broken,
+//! refused while the old keys keep signing.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use zident_ca::{CaError, RunningCa};
+use zident_identity::pem::certs_from_pem;
+use zident_identity::{TrustBundle, TrustDomain, verify_svid};
+
+const CA_EXT: &str = "basicConstraints=critical,CA:true,pathlen:0\n\
+keyUsage=critical,keyCertSign,cRLSign\n\
+subjectKeyIdentifier=hash\n\
+authorityKeyIdentifier=keyid\n";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    run(Command::new("openssl").current_dir(dir).args(args));
+}
+
+/// A root in `dir/root-key.pem` + `dir/root-cert.pem`.
+fn make_root(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "root-key.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "root-key.pem",
+            "-subj",
+            "/O=cluster.local/CN=Test Root CA",
+            "-days",
+            "3650",
+            "-out",
+            "root-cert.pem",
+            "-addext",
+            "basicConstraints=critical,CA:true",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+/// An intermediate signed by the root, in Istio's file names. The key is written in SEC1
+/// form ("EC PRIVATE KEY"), as many operators' tooling does.
+fn make_intermediate(dir: &Path, cn: &str) {
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ca-key.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-subj",
+            &format!("/O=cluster.local/CN={cn}"),
+            "-out",
+            "ca.csr",
+        ],
+    );
+    std::fs::write(dir.join("ca.ext"), CA_EXT).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "ca.csr",
+            "-CA",
+            "root-cert.pem",
+            "-CAkey",
+            "root-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "365",
+            "-extfile",
+            "ca.ext",
+            "-out",
+            "ca-cert.pem",
+        ],
+    );
+    let chain = [
+        std::fs::read_to_string(dir.join("ca-cert.pem")).unwrap(),
+        std::fs::read_to_string(dir.join("root-cert.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(dir.join("cert-chain.pem"), chain).unwrap();
+}
+
+fn fixture() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    std::fs::write(dir.path().join("node-b.token"), NODE_B_TOKEN).unwrap();
+    let cacerts = dir.path().join("cacerts");
+    std::fs::create_dir(&cacerts).unwrap();
+    make_root(&cacerts);
+    make_intermediate(&cacerts, "Intermediate One");
+    (dir, cacerts)
+}
+
+async fn start(dir: &Path, cacerts: &Path) -> Result<RunningCa, CaError> {
+    let mut c = config(dir);
+    c.root_ca_dir = Some(cacerts.to_owned());
+    RunningCa::start(c).await
+}
+
+fn issuer_cn(leaf_pem: &str) -> String {
+    let der = certs_from_pem(leaf_pem.as_bytes()).unwrap().remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.issuer().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_level_chain_verifies_with_openssl() {
+    let (dir, cacerts) = fixture();
+    let ca = start(dir.path(), &cacerts).await.unwrap();
+    // The data dir publishes the operator's root as the trust bundle.
+    assert_eq!(
+        std::fs::read(&ca.root_cert_path).unwrap(),
+        std::fs::read(cacerts.join("root-cert.pem")).unwrap()
+    );
+    let mut client = client(&ca).await;
+    let (_, chain) = issue_frontend(&mut client, 600).await;
+    assert_eq!(chain.len(), 3, "[leaf, intermediate, root]");
+    assert_eq!(
+        chain[1],
+        std::fs::read_to_string(cacerts.join("ca-cert.pem")).unwrap()
+    );
+    assert!(issuer_cn(&chain[0]).contains("Intermediate One"));
+
+    std::fs::write(dir.path().join("leaf.pem"), &chain[0]).unwrap();
+    std::fs::write(dir.path().join("int.pem"), &chain[1]).unwrap();
+    let out = run(Command::new("openssl").current_dir(dir.path()).args([
+        "verify",
+        "-CAfile",
+        "cacerts/root-cert.pem",
+        "-untrusted",
+        "int.pem",
+        "leaf.pem",
+    ]));
+    assert!(out.contains("leaf.pem: OK"), "{out}");
+
+    // Our verifier agrees, with the intermediate from the chain.
+    let bundle = TrustBundle::from_pem(
+        TrustDomain::new(TD).unwrap(),
+        &std::fs::read(cacerts.join("root-cert.pem")).unwrap(),
+    )
+    .unwrap();
+    let ders: Vec<_> = chain[..2]
+        .iter()
+        .flat_map(|p| certs_from_pem(p.as_bytes()).unwrap())
+        .collect();
+    verify_svid(&ders, &bundle, SystemTime::now()).unwrap();
+    // Without the intermediate, the leaf does not chain.
+    assert!(verify_svid(&ders[..1], &bundle, SystemTime::now()).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_changes_are_applied_or_refused() {
+    let (dir, cacerts) = fixture();
+    let ca = start(dir.path(), &cacerts).await.unwrap();
+    let mut client = client(&ca).await;
+    let metrics_url = format!("http://{}/metrics", ca.metrics_addr.unwrap());
+
+    // A key that does not match the certificate: refused, the old keys keep signing.
+    let good_key = std::fs::read(cacerts.join("ca-key.pem")).unwrap();
+    openssl(
+        &cacerts,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "other-key.pem",
+        ],
+    );
+    std::fs::copy(cacerts.join("other-key.pem"), cacerts.join("ca-key.pem")).unwrap();
+    eventually(Duration::from_secs(20), "the broken key is refused", || {
+        curl(&metrics_url, None)
+            .contains("zident_ca_config_reloads_total{source=\"root_ca_dir\",outcome=\"rejected\"}")
+    })
+    .await;
+    let (_, chain) = issue_frontend(&mut client, 600).await;
+    assert!(issuer_cn(&chain[0]).contains("Intermediate One"));
+    std::fs::write(cacerts.join("ca-key.pem"), good_key).unwrap();
+
+    // A new intermediate under the same root: applied; new certificates come from it.
+    make_intermediate(&cacerts, "Intermediate Two");
+    eventually(
+        Duration::from_secs(20),
+        "the new intermediate signs",
+        || {
+            curl(&metrics_url, None).contains(
+                "zident_ca_config_reloads_total{source=\"root_ca_dir\",outcome=\"applied\"}",
+            )
+        },
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, chain) = issue_frontend(&mut client, 600).await;
+        if issuer_cn(&chain[0]).contains("Intermediate Two") {
+            assert_eq!(chain.len(), 3);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new intermediate never used"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_files_stop_the_start_with_the_file_named() {
+    let (dir, cacerts) = fixture();
+    openssl(
+        &cacerts,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "ca-key.pem",
+        ],
+    );
+    let err = start(dir.path(), &cacerts)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("ca-cert.pem") && err.contains("does not match"),
+        "{err}"
+    );
+
+    let (dir, cacerts) = fixture();
+    // A root-cert.pem that did not sign the intermediate.
+    openssl(
+        &cacerts,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "x.pem",
+            "-subj",
+            "/O=elsewhere",
+            "-days",
+            "10",
+            "-out",
+            "root-cert.pem",
+            "-addext",
+            "basicConstraints=critical,CA:true",
+        ],
+    );
+    let err = start(dir.path(), &cacerts)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("not signed by any root"), "{err}");
+}
