@@ -15,7 +15,6 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod state;
-mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,7 +25,7 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use zident_identity::TrustDomain;
-use zident_mesh::{MeshError, MeshFile};
+use zident_mesh::{MeshError, MeshFile, watch};
 
 pub use authority::{Authority, AuthorityError, Mode};
 pub use registry::{Caller, Denied, Registry};

@@ -9,19 +9,23 @@
 //! - [`verify_csr_pem`]: how a CA reads a CSR (proof of possession, one SPIFFE ID);
 //! - [`profile`]: what the issued certificates contain (DESIGN.md §4);
 //! - [`verify_svid`]: an X509-SVID checked against a [`TrustBundle`] at a given time;
-//! - [`TrustBundle`]: several roots, as PEM or SPIFFE bundle JSON.
+//! - [`TrustBundle`]: several roots, as PEM or SPIFFE bundle JSON;
+//! - [`CertificateProvider`]: how the tunnel and the Workload API ask the agent for a
+//!   workload's current certificate.
 
 mod bundle;
 mod csr;
 mod keys;
 pub mod pem;
 pub mod profile;
+mod provider;
 mod spiffe_id;
 mod svid;
 
 pub use bundle::{BundleError, TrustBundle};
 pub use csr::{CsrError, CsrPublicKey, MAX_CSR_BYTES, VerifiedCsr, verify_csr_der, verify_csr_pem};
 pub use keys::{KeyError, WorkloadKey, uri_san_extension};
+pub use provider::{CertificateProvider, ProviderError, WorkloadCertificate};
 pub use spiffe_id::{IdError, MAX_ID_BYTES, SpiffeId, TrustDomain};
 pub use svid::{SvidError, SvidInfo, check_leaf, hex, serial_hex, to_system_time, verify_svid};
 

@@ -9,6 +9,7 @@
 
 mod file;
 mod policy;
+pub mod watch;
 
 pub use file::{
     CallerToken, IdentityEntry, MeshError, MeshFile, Node, Protocol, Service, Workload,

@@ -153,12 +153,24 @@ pub async fn wait_for_shutdown(ca: &mut RunningCa) {
 }
 
 /// Sets up tracing: `RUST_LOG` if set, else `info`.
-pub fn init_logging(format: LogFormat) {
+///
+/// Lines are written to stdout by a background thread, so a request never waits on a write
+/// to a slow pipe or terminal; the returned guard flushes what is queued when dropped, so it
+/// must live until the process exits.
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::new(std::io::stdout()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }

@@ -1,4 +1,5 @@
-//! Watching configuration files and reloading them without a restart.
+//! Watching configuration files (the mesh file, plugged-in CA keys) and reloading them
+//! without a restart.
 //!
 //! The directory is watched rather than the file: editors and Kubernetes secret mounts
 //! replace a file by renaming another over it, which a watch on the file itself would miss.
