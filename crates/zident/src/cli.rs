@@ -5,10 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use zident_agent::RunningAgent;
 use zident_ca::{CaConfig, RunningCa, TtlPolicy};
 
 use crate::duration::parse_duration;
+use crate::logging::LogHandle;
 
 /// Workload identity for a zero-trust service mesh.
 #[derive(Debug, Parser)]
@@ -36,8 +40,100 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the certificate authority (Istio-compatible, SPIFFE X.509 SVIDs).
     Ca(CaArgs),
+    /// Run the node agent: certificates for every identity on this node, kept rotated.
+    Agent(AgentArgs),
     /// Run zident on the embedded default mesh (examples/local.yaml) for a first look.
     Up(UpArgs),
+}
+
+/// Flags of `zident agent`; each also reads Istio's environment variable.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The mesh file (ztunnel local-config shape): which workloads run on this node.
+    #[arg(long, env = "LOCAL_XDS_PATH", value_name = "FILE")]
+    pub config: PathBuf,
+    /// This node's name in the mesh file.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node: String,
+    /// The CA, host:port (alias CA_ADDR).
+    #[arg(long, env = "CA_ADDRESS", value_name = "HOST:PORT")]
+    pub ca_address: Option<String>,
+    /// PEM file of roots trusted for the CA's TLS (the CA's root-cert.pem).
+    #[arg(long, env = "CA_ROOT_CA", value_name = "FILE")]
+    pub ca_root_ca: PathBuf,
+    /// Bearer token for the CA: a file path (re-read on every request) or the token itself.
+    #[arg(
+        long,
+        env = "AUTH_TOKEN",
+        value_name = "FILE|TOKEN",
+        hide_env_values = true
+    )]
+    pub auth_token: String,
+    /// Requested certificate lifetime.
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub secret_ttl: Duration,
+    /// Sent to the CA as `clusterid`.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// Must agree with the mesh file's trustDomain, if given.
+    #[arg(long, env = "TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Admin endpoints (/debug/certs, /config_dump, /debug/connections, /logging).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Prometheus /metrics.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15020")]
+    pub metrics_addr: SocketAddr,
+    /// /healthz/ready.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15021")]
+    pub readiness_addr: SocketAddr,
+    /// Serve /metrics over TLS with the agent's own certificate (needs `spiffeId` on this node
+    /// in the mesh file).
+    #[arg(long)]
+    pub metrics_tls: bool,
+    /// Renew at this share of a certificate's lifetime.
+    #[arg(long, default_value_t = 0.5)]
+    pub rotation_ratio: f64,
+    /// Certificate requests in flight at most.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+impl AgentArgs {
+    /// The agent configuration these flags describe.
+    pub fn into_config(self) -> Result<zident_agent::AgentConfig, String> {
+        let address = self
+            .ca_address
+            .or_else(|| std::env::var("CA_ADDR").ok())
+            .ok_or("--ca-address (CA_ADDRESS or CA_ADDR) is required")?;
+        if !(0.05..=0.95).contains(&self.rotation_ratio) {
+            return Err(format!(
+                "--rotation-ratio {} is outside 0.05..0.95",
+                self.rotation_ratio
+            ));
+        }
+        if self.secret_ttl < Duration::from_secs(2) {
+            return Err("--secret-ttl (SECRET_TTL) must be at least 2s".into());
+        }
+        let ca = zident_agent::CaClientConfig {
+            address,
+            root_ca: self.ca_root_ca,
+            token: zident_agent::TokenSource::from_setting(&self.auth_token),
+            cluster_id: self.cluster_id,
+            request_timeout: Duration::from_secs(10),
+            poll_bundle: true,
+        };
+        let mut config = zident_agent::AgentConfig::new(self.node, self.config, ca);
+        config.trust_domain = self.trust_domain;
+        config.secret_ttl = self.secret_ttl;
+        config.rotation.ratio = self.rotation_ratio;
+        config.concurrency = self.concurrency.max(1);
+        config.admin_addr = Some(self.admin_addr);
+        config.metrics_addr = Some(self.metrics_addr);
+        config.readiness_addr = Some(self.readiness_addr);
+        config.metrics_tls = self.metrics_tls;
+        Ok(config)
+    }
 }
 
 /// Flags of `zident ca`.
@@ -115,8 +211,19 @@ impl CaArgs {
 }
 
 /// Runs a subcommand to completion.
-pub async fn run(command: Command) -> Result<(), String> {
+pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<(), String> {
     match command {
+        Command::Agent(args) => {
+            let config = args.into_config()?;
+            let agent = RunningAgent::start(config, Some(log))
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(a) = agent.admin_addr {
+                println!("zident agent: admin at http://{a}/debug/certs");
+            }
+            wait_for_signal().await;
+            Ok(())
+        }
         Command::Ca(args) => {
             let config = args.into_config()?;
             let mut ca = RunningCa::start(config).await.map_err(|e| e.to_string())?;
@@ -131,12 +238,20 @@ pub async fn run(command: Command) -> Result<(), String> {
             wait_for_shutdown(&mut ca).await;
             Ok(())
         }
-        Command::Up(args) => crate::up::run(args).await,
+        Command::Up(args) => crate::up::run(args, log).await,
     }
 }
 
 /// Waits for Ctrl-C / SIGTERM or for the CA to stop on its own.
 pub async fn wait_for_shutdown(ca: &mut RunningCa) {
+    tokio::select! {
+        _ = ca.wait() => tracing::error!("the CA server stopped"),
+        _ = wait_for_signal() => {}
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -146,31 +261,7 @@ pub async fn wait_for_shutdown(ca: &mut RunningCa) {
         }
     };
     tokio::select! {
-        _ = ca.wait() => tracing::error!("the CA server stopped"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
         _ = term => tracing::info!("terminated, shutting down"),
     }
-}
-
-/// Sets up tracing: `RUST_LOG` if set, else `info`.
-///
-/// Lines are written to stdout by a background thread, so a request never waits on a write
-/// to a slow pipe or terminal; the returned guard flushes what is queued when dropped, so it
-/// must live until the process exits.
-pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::new(std::io::stdout()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    guard
 }

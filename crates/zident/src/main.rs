@@ -1,10 +1,11 @@
 //! `zident`: workload identity for a zero-trust service mesh.
 //!
-//! One binary: `zident ca` runs the certificate authority, `zident up` runs everything on an
-//! embedded default mesh for a first look.
+//! One binary: `zident ca` runs the certificate authority, `zident agent` the node agent, and
+//! `zident up` both, on an embedded default mesh, for a first look.
 
 mod cli;
 mod duration;
+mod logging;
 mod up;
 
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let _log_guard = cli::init_logging(cli.log_format);
+    let (log, _log_guard) = logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli.command)) {
+    match runtime.block_on(cli::run(cli.command, std::sync::Arc::new(log))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("zident: error: {e}");

@@ -1,17 +1,25 @@
-//! `zident up`: the first command a new user runs. Starts zident on an embedded mesh, writes
-//! everything under one directory, and says where things are and what to try.
+//! `zident up`: the first command a new user runs. Starts the CA and a node agent in one
+//! process on an embedded mesh, keeps everything under one directory, and says where things
+//! are and what to try.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
+use zident_agent::{AgentConfig, CaClientConfig, RunningAgent, TokenSource};
 use zident_ca::{CaConfig, RunningCa};
+use zident_mesh::{CallerToken, MeshFile};
 
 use crate::cli::{UpArgs, wait_for_shutdown};
+use crate::logging::LogHandle;
 
 /// The embedded default mesh: a few workloads on one node.
 pub const LOCAL_MESH: &str = include_str!("../../../examples/local.yaml");
+/// Short enough that a rotation shows within a minute (renewal at half-life).
+const UP_SECRET_TTL: Duration = Duration::from_secs(60);
 
 /// Runs `zident up`.
-pub async fn run(args: UpArgs) -> Result<(), String> {
+pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
     let mesh_path = match args.config {
         Some(p) => p,
         None => {
@@ -24,29 +32,79 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
             p
         }
     };
-    let mut config = CaConfig::new(&mesh_path);
-    config.data_dir = args.data_dir.join("ca");
-    let mut ca = RunningCa::start(config).await.map_err(|e| e.to_string())?;
-    print_banner(&ca, &mesh_path);
+    let mesh = MeshFile::load(&mesh_path).map_err(|e| e.to_string())?;
+    let (node, token) = first_node(&mesh, &mesh_path)?;
+
+    let mut ca_config = CaConfig::new(&mesh_path);
+    ca_config.data_dir = args.data_dir.join("ca");
+    ca_config.refresh_hint = Duration::from_secs(30);
+    let mut ca = RunningCa::start(ca_config)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let ca_client = CaClientConfig {
+        address: format!("localhost:{}", ca.addr.port()),
+        root_ca: ca.root_cert_path.clone(),
+        token: TokenSource::Literal(token),
+        cluster_id: "Kubernetes".into(),
+        request_timeout: Duration::from_secs(10),
+        poll_bundle: true,
+    };
+    let mut agent_config = AgentConfig::new(node.clone(), &mesh_path, ca_client);
+    agent_config.secret_ttl = UP_SECRET_TTL;
+    let agent = RunningAgent::start(agent_config, Some(log))
+        .await
+        .map_err(|e| e.to_string())?;
+    print_banner(&ca, &agent, &mesh_path, &node, &args.data_dir);
     wait_for_shutdown(&mut ca).await;
     Ok(())
 }
 
-fn print_banner(ca: &RunningCa, mesh: &Path) {
+/// The first node of the mesh file and its token.
+fn first_node(mesh: &MeshFile, path: &Path) -> Result<(String, String), String> {
+    let node = mesh.nodes.first().map(|n| n.name.clone()).ok_or_else(|| {
+        format!(
+            "mesh file {}: `zident up` needs at least one entry under nodes:",
+            path.display()
+        )
+    })?;
+    let token = mesh
+        .resolve_tokens(path)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find_map(|(t, who)| matches!(&who, CallerToken::Node(n) if *n == node).then_some(t))
+        .ok_or_else(|| format!("node {node} has no token"))?;
+    Ok((node, token))
+}
+
+fn print_banner(ca: &RunningCa, agent: &RunningAgent, mesh: &Path, node: &str, data: &Path) {
     let td = ca.state.registry().trust_domain().clone();
     let root = ca.root_cert_path.display();
     let port = ca.addr.port();
+    let admin = agent.admin_addr.map(|a| a.to_string()).unwrap_or_default();
     println!();
-    println!("zident is up (trust domain {td})");
+    println!(
+        "zident is up: trust domain {td}, node {node}, certificates live {}s",
+        UP_SECRET_TTL.as_secs()
+    );
     println!();
     println!(
         "  CA, gRPC over TLS 1.3   {}   istio.v1.auth.IstioCertificateService",
         ca.addr
     );
-    println!("  trust bundle            {root}   (CA_ROOT_CA for agents)");
+    println!("  trust bundle            {root}");
     println!("                          https://localhost:{port}/bundle  and  /bundle.pem");
     if let Some(m) = ca.metrics_addr {
-        println!("  metrics                 http://{m}/metrics");
+        println!("  CA metrics              http://{m}/metrics");
+    }
+    println!(
+        "  agent admin             http://{admin}/debug/certs   /config_dump   /debug/connections"
+    );
+    if let Some(m) = agent.metrics_addr {
+        println!("  agent metrics           http://{m}/metrics");
+    }
+    if let Some(r) = agent.readiness_addr {
+        println!("  agent readiness         http://{r}/healthz/ready");
     }
     println!(
         "  mesh file               {}   (edit it: reloaded on save)",
@@ -54,20 +112,14 @@ fn print_banner(ca: &RunningCa, mesh: &Path) {
     );
     println!();
     println!("Try:");
+    println!(
+        "  curl -s http://{admin}/debug/certs        # every certificate; serials change every ~30s"
+    );
+    println!("  curl -s http://{admin}/config_dump        # the same, in ztunnel's shape");
     println!("  curl --cacert {root} https://localhost:{port}/bundle");
-    println!("  openssl x509 -in {root} -noout -subject -dates");
-    if let Some(m) = ca.metrics_addr {
-        println!("  curl -s http://{m}/metrics | grep citadel_server");
+    if let Some(m) = agent.metrics_addr {
+        println!("  curl -s http://{m}/metrics | grep zident_certificate");
     }
     println!();
-    println!("The node agent is not part of this build yet, so nothing here asks for or");
-    println!("rotates workload certificates. Only the CA is running.");
-    println!(
-        "Ctrl-C to stop. State is kept under {}.",
-        ca.root_cert_path
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(Path::new("."))
-            .display()
-    );
+    println!("Ctrl-C to stop. State is kept under {}.", data.display());
 }

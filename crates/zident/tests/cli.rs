@@ -38,7 +38,27 @@ fn zident() -> Command {
     cmd
 }
 
-/// Starts `zident ca` and waits (with a deadline) for the line that gives its address.
+/// Spawns `cmd` and waits (with a deadline) for a stdout line starting with `prefix`; returns
+/// the first word after it.
+fn spawn_until(mut cmd: Command, prefix: &'static str) -> Zident {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("zident starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let _ = tx.send(rest.split(' ').next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("zident printed {prefix:?}"));
+    Zident { child, addr }
+}
+
+/// Starts `zident ca` and waits for the line that gives its address.
 fn start_ca(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Zident {
     let mut cmd = zident();
     cmd.arg("ca")
@@ -48,23 +68,8 @@ fn start_ca(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Zident {
         .arg(dir.join("ca"))
         .args(["--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
         .args(extra)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("zident starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("zident ca: listening on ") {
-                let _ = tx.send(rest.split(' ').next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("zident ca printed its address");
-    Zident { child, addr }
+        .envs(env.iter().copied());
+    spawn_until(cmd, "zident ca: listening on ")
 }
 
 async fn ask(z: &Zident, dir: &Path, domain: &str, ttl_secs: i64) -> Result<(), tonic::Status> {
@@ -151,4 +156,101 @@ fn a_broken_mesh_file_is_one_clear_line() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+}
+
+/// `curl` a URL: (status, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn the_agent_reads_istios_environment_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = "trustDomain: cluster.local\n\
+nodes:\n- {name: node-a, tokenFile: node-a.token}\n\
+workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node: node-a}\n";
+    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+    std::fs::write(dir.path().join("node-a.token"), "secret-a\n").unwrap();
+    let ca = start_ca(dir.path(), &[], &[]);
+    let port = ca.addr.rsplit(':').next().unwrap().to_owned();
+
+    let mut cmd = zident();
+    cmd.args([
+        "agent",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--readiness-addr",
+        "127.0.0.1:0",
+    ])
+    .env("LOCAL_XDS_PATH", dir.path().join("mesh.yaml"))
+    .env("NODE_NAME", "node-a")
+    .env("CA_ADDR", format!("localhost:{port}"))
+    .env("CA_ROOT_CA", dir.path().join("ca/root-cert.pem"))
+    .env("AUTH_TOKEN", dir.path().join("node-a.token"))
+    .env("SECRET_TTL", "1h")
+    .env("TRUST_DOMAIN", "cluster.local")
+    .env("CLUSTER_ID", "Kubernetes");
+    let agent = spawn_until(cmd, "zident agent: admin at http://");
+    let admin = agent.addr.trim_end_matches("/debug/certs").to_owned();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = curl(&[&format!("http://{admin}/debug/certs")]);
+        if code == 200 && body.contains("\"state\":\"Available\"") {
+            assert!(
+                body.contains("spiffe://cluster.local/ns/default/sa/web"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never Available: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The log filter can be read and changed at run time, and a bad one is refused.
+    let (code, body) = curl(&[&format!("http://{admin}/logging")]);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&["-X", "POST", &format!("http://{admin}/logging?level=debug")]);
+    assert_eq!((code, body.contains("debug")), (200, true), "{body}");
+    let (code, _) = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{admin}/logging?level=no=such=thing"),
+    ]);
+    assert_eq!(code, 400);
+}
+
+#[test]
+fn the_agent_says_what_is_missing() {
+    let out = zident()
+        .args([
+            "agent",
+            "--config",
+            "m.yaml",
+            "--node",
+            "a",
+            "--ca-root-ca",
+            "r.pem",
+            "--auth-token",
+            "t",
+        ])
+        .env_remove("CA_ADDRESS")
+        .env_remove("CA_ADDR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CA_ADDRESS"), "{err}");
 }

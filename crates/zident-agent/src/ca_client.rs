@@ -1,0 +1,236 @@
+//! Asking the CA for certificates, over gRPC + TLS, the way ztunnel does: bearer token,
+//! `clusterid`, and `ImpersonatedIdentity` naming the workload's identity.
+//!
+//! The channel connects lazily and reconnects on its own; every call has a deadline. What
+//! happened last is kept for `/debug/connections`.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use prost_types::{Struct, Value, value::Kind};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use zident_identity::SpiffeId;
+use zident_proto::istio_ca::IstioCertificateRequest;
+use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
+
+use crate::config::{CaClientConfig, TokenSource};
+
+/// Why a request to the CA failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CaError {
+    /// No answer: connection refused, TLS failure, deadline.
+    #[error("CA unreachable at {address}: {message}")]
+    Unreachable {
+        /// The CA address.
+        address: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// The CA answered with an error status.
+    #[error("CA refused the request ({code:?}): {message}")]
+    Refused {
+        /// gRPC status code.
+        code: tonic::Code,
+        /// The CA's message.
+        message: String,
+    },
+    /// The token could not be read.
+    #[error("{0}")]
+    Token(String),
+}
+
+impl CaError {
+    /// A short, stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CaError::Unreachable { .. } => "ca_unreachable",
+            CaError::Refused { code, .. } => match code {
+                tonic::Code::Unauthenticated => "unauthenticated",
+                tonic::Code::PermissionDenied => "permission_denied",
+                tonic::Code::InvalidArgument => "invalid_argument",
+                tonic::Code::DeadlineExceeded => "timeout",
+                tonic::Code::Unavailable => "ca_unreachable",
+                _ => "ca_error",
+            },
+            CaError::Token(_) => "token",
+        }
+    }
+}
+
+/// The state of the CA connection, as `/debug/connections` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConnectionStatus {
+    /// The CA address.
+    pub address: String,
+    /// Whether the last request got an answer.
+    pub connected: bool,
+    /// When a request last succeeded.
+    #[serde(serialize_with = "crate::json::opt_time")]
+    pub last_success: Option<SystemTime>,
+    /// The last error, if the last request failed.
+    pub last_error: Option<String>,
+    /// Failures since the last success.
+    pub consecutive_failures: u64,
+}
+
+/// A client of the Istio certificate service.
+pub struct CaClient {
+    client: IstioCertificateServiceClient<Channel>,
+    token: TokenSource,
+    cluster_id: String,
+    address: String,
+    status: Mutex<ConnectionStatus>,
+}
+
+impl CaClient {
+    /// A client for `config`; connects on first use.
+    pub fn new(config: &CaClientConfig) -> Result<Self, String> {
+        let root = std::fs::read(&config.root_ca)
+            .map_err(|e| format!("cannot read CA_ROOT_CA {}: {e}", config.root_ca.display()))?;
+        let address = config
+            .address
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_owned();
+        let host = host_of(&address)
+            .ok_or_else(|| format!("CA_ADDRESS {:?} must be host:port", config.address))?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(root))
+            .domain_name(host);
+        let endpoint = Endpoint::from_shared(format!("https://{address}"))
+            .map_err(|e| format!("CA_ADDRESS {:?}: {e}", config.address))?
+            .tls_config(tls)
+            .map_err(|e| format!("CA TLS setup: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(config.request_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Ok(Self {
+            client: IstioCertificateServiceClient::new(endpoint.connect_lazy()),
+            token: config.token.clone(),
+            cluster_id: config.cluster_id.clone(),
+            status: Mutex::new(ConnectionStatus {
+                address: address.clone(),
+                ..Default::default()
+            }),
+            address,
+        })
+    }
+
+    /// The address, `host:port`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Sends a CSR for `id`; `impersonate` adds `ImpersonatedIdentity` (for workloads; not for
+    /// the agent's own identity). Returns the PEM chain as the CA sent it.
+    pub async fn sign(
+        &self,
+        id: &SpiffeId,
+        csr: String,
+        ttl: Duration,
+        impersonate: bool,
+    ) -> Result<Vec<String>, CaError> {
+        let token = self.token.read().map_err(CaError::Token)?;
+        let metadata = impersonate.then(|| Struct {
+            fields: [(
+                "ImpersonatedIdentity".to_string(),
+                Value {
+                    kind: Some(Kind::StringValue(id.to_string())),
+                },
+            )]
+            .into(),
+        });
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr,
+            validity_duration: ttl.as_secs() as i64,
+            metadata,
+        });
+        let md = request.metadata_mut();
+        md.insert(
+            "authorization",
+            format!("Bearer {token}").parse().map_err(|_| {
+                CaError::Token("AUTH_TOKEN has characters not allowed in a header".into())
+            })?,
+        );
+        if let Ok(v) = self.cluster_id.parse() {
+            md.insert("clusterid", v);
+        }
+        let result = self.client.clone().create_certificate(request).await;
+        let outcome = match result {
+            Ok(resp) => Ok(resp.into_inner().cert_chain),
+            Err(status) => Err(classify(&self.address, status)),
+        };
+        self.record(&outcome);
+        outcome
+    }
+
+    fn record(&self, outcome: &Result<Vec<String>, CaError>) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(_) => {
+                s.connected = true;
+                s.last_success = Some(SystemTime::now());
+                s.last_error = None;
+                s.consecutive_failures = 0;
+            }
+            Err(e) => {
+                // A refusal is an answer: the connection itself works.
+                s.connected = matches!(e, CaError::Refused { .. });
+                s.last_error = Some(e.to_string());
+                s.consecutive_failures += 1;
+            }
+        }
+    }
+
+    /// What happened last.
+    pub fn status(&self) -> ConnectionStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn classify(address: &str, status: tonic::Status) -> CaError {
+    match status.code() {
+        // No answer from the CA: the transport failed or the deadline passed.
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            CaError::Unreachable {
+                address: address.to_owned(),
+                message: status.message().to_owned(),
+            }
+        }
+        code => CaError::Refused {
+            code,
+            message: status.message().to_owned(),
+        },
+    }
+}
+
+/// `host` of `host:port` or `[v6]:port`.
+fn host_of(address: &str) -> Option<String> {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map(|(h, _)| h.to_owned());
+    }
+    let (host, port) = address.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_of("localhost:15012").as_deref(), Some("localhost"));
+        assert_eq!(
+            host_of("istiod.istio-system.svc:15012").as_deref(),
+            Some("istiod.istio-system.svc")
+        );
+        assert_eq!(host_of("[::1]:15012").as_deref(), Some("::1"));
+        assert_eq!(host_of("localhost"), None);
+        assert_eq!(host_of(":15012"), None);
+    }
+}

@@ -1,0 +1,129 @@
+//! What the agent is configured with. The binary fills this from Istio's environment names
+//! and flags; tests build it directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the bearer token for the CA comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Read from this file on every request, so a rotated token is picked up.
+    File(PathBuf),
+    /// A literal token.
+    Literal(String),
+}
+
+impl TokenSource {
+    /// Istio's `AUTH_TOKEN` convention: a path to an existing file, else the token itself.
+    pub fn from_setting(value: &str) -> Self {
+        let path = PathBuf::from(value);
+        if path.is_file() {
+            Self::File(path)
+        } else {
+            Self::Literal(value.to_owned())
+        }
+    }
+
+    /// The current token.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Self::Literal(t) => Ok(t.clone()),
+            Self::File(p) => std::fs::read_to_string(p)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| format!("cannot read AUTH_TOKEN file {}: {e}", p.display())),
+        }
+    }
+}
+
+/// When and how certificates are renewed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RotationPolicy {
+    /// Renew at notBefore + this share of the lifetime (0.5 = half-life).
+    pub ratio: f64,
+    /// Renew up to this share of the lifetime earlier, at random, so a node's certificates do
+    /// not all renew at once.
+    pub jitter: f64,
+    /// Never renew sooner than this after receiving a certificate (capped at half of what is
+    /// left of its life), so a lifetime shorter than the CA's backdate cannot make a loop.
+    pub min_interval: Duration,
+    /// First retry delay after a failure; doubles on each further failure.
+    pub backoff_initial: Duration,
+    /// The longest retry delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        Self {
+            ratio: 0.5,
+            jitter: 0.05,
+            min_interval: Duration::from_secs(10),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(150),
+        }
+    }
+}
+
+/// The CA connection.
+#[derive(Debug, Clone)]
+pub struct CaClientConfig {
+    /// `CA_ADDRESS`: `host:port`, with or without `https://`.
+    pub address: String,
+    /// `CA_ROOT_CA`: PEM file trusted for the CA's TLS (and as initial trust bundle).
+    pub root_ca: PathBuf,
+    /// `AUTH_TOKEN`.
+    pub token: TokenSource,
+    /// `CLUSTER_ID`, sent as `clusterid` metadata.
+    pub cluster_id: String,
+    /// Deadline of one certificate request.
+    pub request_timeout: Duration,
+    /// Poll the CA's `/bundle` endpoint (zident's CA has one; istiod does not).
+    pub poll_bundle: bool,
+}
+
+/// Everything `zident agent` runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `NODE_NAME`: whose workloads to serve.
+    pub node: String,
+    /// The mesh file (`LOCAL_XDS_PATH`).
+    pub mesh_path: PathBuf,
+    /// `TRUST_DOMAIN`, if set: must agree with the mesh file.
+    pub trust_domain: Option<String>,
+    /// The CA.
+    pub ca: CaClientConfig,
+    /// `SECRET_TTL`: requested certificate lifetime.
+    pub secret_ttl: Duration,
+    /// Renewal timing.
+    pub rotation: RotationPolicy,
+    /// At most this many certificate requests in flight.
+    pub concurrency: usize,
+    /// Admin (`/debug/certs`, `/config_dump`, ...), loopback by default.
+    pub admin_addr: Option<SocketAddr>,
+    /// Prometheus `/metrics`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `/healthz/ready`.
+    pub readiness_addr: Option<SocketAddr>,
+    /// Serve `/metrics` over TLS with the agent's own certificate.
+    pub metrics_tls: bool,
+}
+
+impl AgentConfig {
+    /// The agent's defaults for a node, mesh file and CA.
+    pub fn new(node: impl Into<String>, mesh_path: impl Into<PathBuf>, ca: CaClientConfig) -> Self {
+        Self {
+            node: node.into(),
+            mesh_path: mesh_path.into(),
+            trust_domain: None,
+            ca,
+            secret_ttl: Duration::from_secs(24 * 3600),
+            rotation: RotationPolicy::default(),
+            concurrency: 8,
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15000))),
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15020))),
+            readiness_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15021))),
+            metrics_tls: false,
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The certificate manager: one certificate per local identity, fetched when the first
+//! workload with that identity appears, renewed in the background, forgotten when the last one
+//! leaves. Fetches are deduplicated (one worker per identity), limited in concurrency, and
+//! ordered RealTime > Warmup > Background.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
+use zident_identity::{CertificateProvider, ProviderError, SpiffeId, WorkloadCertificate};
+
+use crate::ca_client::CaClient;
+use crate::config::RotationPolicy;
+use crate::gate::{Priority, PriorityGate};
+use crate::metrics::{AgentMetrics, IdentityLabel};
+use crate::trust::TrustStore;
+use crate::worker::{self, CertState, IdentityStatus, RotationEvent, Shared};
+
+struct Slot {
+    status: watch::Receiver<IdentityStatus>,
+    wake: Arc<Notify>,
+    task: AbortHandle,
+}
+
+/// Keeps certificates for the identities of this node. Dropping it stops every worker.
+pub struct CertificateManager {
+    shared: Arc<Shared>,
+    slots: Mutex<BTreeMap<SpiffeId, Slot>>,
+    own: Option<SpiffeId>,
+}
+
+impl Drop for CertificateManager {
+    fn drop(&mut self) {
+        for slot in self.lock().values() {
+            slot.task.abort();
+        }
+    }
+}
+
+impl CertificateManager {
+    /// A manager that asks `ca` for certificates of lifetime `ttl`, checks them against
+    /// `trust`, and keeps one for `own` (the agent's own identity) besides the workloads'.
+    pub fn new(
+        ca: Arc<CaClient>,
+        trust: Arc<TrustStore>,
+        ttl: Duration,
+        policy: RotationPolicy,
+        concurrency: usize,
+        metrics: Arc<AgentMetrics>,
+        own: Option<SpiffeId>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                ca,
+                trust,
+                ttl,
+                policy,
+                gate: PriorityGate::new(concurrency),
+                metrics,
+                events: Default::default(),
+            }),
+            slots: Mutex::new(BTreeMap::new()),
+            own,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<SpiffeId, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the set of tracked identities `workloads` plus the agent's own: new ones are
+    /// fetched at Warmup priority, gone ones are forgotten (their streams end).
+    pub fn set_identities(&self, workloads: &HashSet<SpiffeId>) {
+        let mut wanted: HashSet<&SpiffeId> = workloads.iter().collect();
+        if let Some(own) = &self.own {
+            wanted.insert(own);
+        }
+        let mut slots = self.lock();
+        let gone: Vec<SpiffeId> = slots
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(slot) = slots.remove(&id) {
+                slot.task.abort();
+                let state = slot.status.borrow().state.name();
+                self.shared.metrics.state_change(Some(state), None);
+                self.shared.metrics.expiry.remove(&IdentityLabel {
+                    identity: id.to_string(),
+                });
+                tracing::info!(target: "zident::identity", "forgetting {id}: no workload on this node has it any more");
+            }
+        }
+        for id in wanted {
+            if slots.contains_key(id) {
+                continue;
+            }
+            let own = self.own.as_ref() == Some(id);
+            let (tx, rx) = watch::channel(IdentityStatus::new(own));
+            let wake = Arc::new(Notify::new());
+            self.shared.metrics.state_change(None, Some("Initializing"));
+            let task = tokio::spawn(worker::run(
+                self.shared.clone(),
+                id.clone(),
+                tx,
+                wake.clone(),
+                Priority::Warmup,
+            ));
+            slots.insert(
+                id.clone(),
+                Slot {
+                    status: rx,
+                    wake,
+                    task: task.abort_handle(),
+                },
+            );
+        }
+    }
+
+    /// Every tracked identity with its status, sorted by identity.
+    pub fn snapshot(&self) -> Vec<(SpiffeId, IdentityStatus)> {
+        self.lock()
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.status.borrow().clone()))
+            .collect()
+    }
+
+    /// Follows one identity's status (ends when it is forgotten).
+    pub fn watch(&self, id: &SpiffeId) -> Option<watch::Receiver<IdentityStatus>> {
+        self.lock().get(id).map(|s| s.status.clone())
+    }
+
+    /// The current certificate of `id`, if it has a valid one, without waiting.
+    pub fn current(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
+        let slots = self.lock();
+        let status = slots.get(id)?.status.borrow();
+        match &status.state {
+            CertState::Available(c) if c.is_valid_at(SystemTime::now()) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// The agent's own identity, if configured.
+    pub fn own_identity(&self) -> Option<&SpiffeId> {
+        self.own.as_ref()
+    }
+
+    /// Whether every tracked identity has been Available at least once, and which have not.
+    pub fn readiness(&self) -> (bool, Vec<SpiffeId>) {
+        let pending: Vec<SpiffeId> = self
+            .lock()
+            .iter()
+            .filter(|(_, s)| !s.status.borrow().ever_available)
+            .map(|(id, _)| id.clone())
+            .collect();
+        (pending.is_empty(), pending)
+    }
+
+    /// Recent rotation events, oldest first.
+    pub fn events(&self) -> Vec<RotationEvent> {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The CA client (for its connection status).
+    pub fn ca(&self) -> &CaClient {
+        &self.shared.ca
+    }
+
+    /// The trust store.
+    pub fn trust(&self) -> &Arc<TrustStore> {
+        &self.shared.trust
+    }
+}
+
+impl CertificateProvider for CertificateManager {
+    async fn certificate(
+        &self,
+        id: &SpiffeId,
+        wait: Duration,
+    ) -> Result<Arc<WorkloadCertificate>, ProviderError> {
+        let (mut rx, wake) = {
+            let slots = self.lock();
+            let slot = slots
+                .get(id)
+                .ok_or_else(|| ProviderError::UnknownIdentity(id.clone()))?;
+            (slot.status.clone(), slot.wake.clone())
+        };
+        let attempts_before = {
+            let status = rx.borrow_and_update();
+            if let CertState::Available(c) = &status.state
+                && c.is_valid_at(SystemTime::now())
+            {
+                return Ok(c.clone());
+            }
+            status.attempts
+        };
+        // No valid certificate: ask for one now, ahead of everything else.
+        wake.notify_one();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {
+                    let status = rx.borrow_and_update();
+                    match &status.state {
+                        CertState::Available(c) => return Ok(c.clone()),
+                        CertState::Unavailable(reason) if status.attempts > attempts_before => {
+                            return Err(ProviderError::Unavailable {
+                                id: id.clone(),
+                                reason: reason.clone(),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Err(_)) => return Err(ProviderError::UnknownIdentity(id.clone())),
+                Err(_) => {
+                    return Err(match &rx.borrow().state {
+                        CertState::Unavailable(reason) => ProviderError::Unavailable {
+                            id: id.clone(),
+                            reason: reason.clone(),
+                        },
+                        _ => ProviderError::Pending(id.clone()),
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Agent metrics: what Istio's users ask for and ztunnel does not export, chiefly when each
+//! certificate expires.
+
+use std::time::SystemTime;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use zident_identity::TrustBundle;
+
+/// `identity` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabel {
+    /// The SPIFFE ID.
+    pub identity: String,
+}
+
+/// `outcome` and `reason` labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RotationLabel {
+    /// `success` or `failure`.
+    pub outcome: &'static str,
+    /// `ok`, or what failed (`ca_unreachable`, `permission_denied`, `wrong_identity`, ...).
+    pub reason: &'static str,
+}
+
+/// `state` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// `Initializing`, `Available` or `Unavailable`.
+    pub state: &'static str,
+}
+
+/// `serial` label of a trust bundle root.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RootLabel {
+    /// Serial number, hex.
+    pub serial: String,
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    /// notAfter of the current certificate, per identity.
+    pub expiry: Family<IdentityLabel, Gauge<i64>>,
+    /// Rotations (certificate fetches) by outcome and reason.
+    pub rotations: Family<RotationLabel, Counter>,
+    /// Identities by state.
+    pub identities: Family<StateLabel, Gauge<i64>>,
+    /// CA request latency.
+    pub ca_latency: Histogram,
+    /// Roots in the trust bundle.
+    pub bundle_roots: Gauge<i64>,
+    /// notAfter of each trust bundle root.
+    pub root_expiry: Family<RootLabel, Gauge<i64>>,
+    /// Changes of the trust bundle.
+    pub bundle_changes: Counter,
+    /// Mesh file reloads by outcome.
+    pub config_reloads: Family<StateLabel, Counter>,
+}
+
+impl AgentMetrics {
+    /// Creates the metrics and registers them.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            expiry: Default::default(),
+            rotations: Default::default(),
+            identities: Default::default(),
+            ca_latency: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            bundle_roots: Default::default(),
+            root_expiry: Default::default(),
+            bundle_changes: Default::default(),
+            config_reloads: Default::default(),
+        };
+        registry.register(
+            "zident_certificate_expiration_timestamp_seconds",
+            "When the current certificate of an identity expires (unix seconds).",
+            m.expiry.clone(),
+        );
+        registry.register(
+            "zident_certificate_rotations",
+            "Certificate fetches by outcome and reason.",
+            m.rotations.clone(),
+        );
+        registry.register(
+            "zident_identities",
+            "Local identities by certificate state.",
+            m.identities.clone(),
+        );
+        registry.register(
+            "zident_ca_request_duration_seconds",
+            "Time for the CA to answer a certificate request.",
+            m.ca_latency.clone(),
+        );
+        registry.register(
+            "zident_trust_bundle_roots",
+            "Roots in this node's trust bundle.",
+            m.bundle_roots.clone(),
+        );
+        registry.register(
+            "zident_trust_bundle_root_expiration_timestamp_seconds",
+            "When each trust bundle root expires (unix seconds).",
+            m.root_expiry.clone(),
+        );
+        registry.register(
+            "zident_trust_bundle_changes",
+            "Changes of this node's trust bundle.",
+            m.bundle_changes.clone(),
+        );
+        registry.register(
+            "zident_config_reloads",
+            "Mesh file reloads by outcome (state=applied|rejected).",
+            m.config_reloads.clone(),
+        );
+        m
+    }
+
+    /// Counts a fetch.
+    pub fn rotation(&self, success: bool, reason: &'static str) {
+        let outcome = if success { "success" } else { "failure" };
+        self.rotations
+            .get_or_create(&RotationLabel { outcome, reason })
+            .inc();
+    }
+
+    /// Moves one identity between states (`from` None = new, `to` None = forgotten).
+    pub fn state_change(&self, from: Option<&'static str>, to: Option<&'static str>) {
+        if from == to {
+            return;
+        }
+        if let Some(s) = from {
+            self.identities
+                .get_or_create(&StateLabel { state: s })
+                .dec();
+        }
+        if let Some(s) = to {
+            self.identities
+                .get_or_create(&StateLabel { state: s })
+                .inc();
+        }
+    }
+
+    /// Records the trust bundle's roots.
+    pub fn set_bundle(&self, bundle: &TrustBundle) {
+        self.bundle_roots.set(bundle.roots().len() as i64);
+        self.root_expiry.clear();
+        for root in bundle.roots() {
+            if let Ok((_, c)) = x509_parser::parse_x509_certificate(root) {
+                self.root_expiry
+                    .get_or_create(&RootLabel {
+                        serial: zident_identity::serial_hex(c.raw_serial()),
+                    })
+                    .set(c.validity().not_after.timestamp());
+            }
+        }
+    }
+}
+
+/// Unix seconds.
+pub fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

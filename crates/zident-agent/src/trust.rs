@@ -1,0 +1,192 @@
+//! The agent's trust bundle: the union of the roots it has reason to trust.
+//!
+//! Sources: `CA_ROOT_CA` (the file the operator gave), the CA's `/bundle` endpoint (polled at
+//! its refresh hint, so a new root published in a rotation's prepare phase reaches this node
+//! before any certificate signed by it does), and the mesh file's `caCertificates`. Every
+//! change is logged and counted, and pushed to subscribers (the Workload API).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::sync::watch;
+use zident_identity::pem::certs_from_pem;
+use zident_identity::{TrustBundle, TrustDomain};
+
+/// Polls never more often than this, whatever the hint says.
+const MIN_POLL: Duration = Duration::from_secs(1);
+/// Nor less often than this.
+const MAX_POLL: Duration = Duration::from_secs(3600);
+/// A failed poll is retried after this, or the hint if shorter.
+const RETRY_POLL: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Sources {
+    ca_root: Vec<CertificateDer<'static>>,
+    endpoint: Vec<CertificateDer<'static>>,
+    config: Vec<CertificateDer<'static>>,
+}
+
+/// The current trust bundle and where its roots came from.
+pub struct TrustStore {
+    trust_domain: TrustDomain,
+    sources: Mutex<Sources>,
+    current: watch::Sender<Arc<TrustBundle>>,
+    changes: std::sync::atomic::AtomicU64,
+}
+
+impl TrustStore {
+    /// A store seeded with the roots of `CA_ROOT_CA`.
+    pub fn new(trust_domain: TrustDomain, ca_root_pem: &[u8]) -> Result<Self, String> {
+        let ca_root = certs_from_pem(ca_root_pem).map_err(|e| format!("CA_ROOT_CA: {e}"))?;
+        let store = Self {
+            trust_domain: trust_domain.clone(),
+            sources: Mutex::new(Sources {
+                ca_root,
+                ..Default::default()
+            }),
+            current: watch::channel(Arc::new(TrustBundle::new(trust_domain))).0,
+            changes: Default::default(),
+        };
+        store.recompute("CA_ROOT_CA");
+        Ok(store)
+    }
+
+    /// The current bundle.
+    pub fn bundle(&self) -> Arc<TrustBundle> {
+        self.current.borrow().clone()
+    }
+
+    /// Notified on every change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<TrustBundle>> {
+        self.current.subscribe()
+    }
+
+    /// How many times the set of roots changed.
+    pub fn change_count(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Replaces the roots learned from the CA's bundle endpoint.
+    pub fn set_endpoint_roots(&self, roots: Vec<CertificateDer<'static>>) {
+        self.lock().endpoint = roots;
+        self.recompute("the CA's /bundle endpoint");
+    }
+
+    /// Replaces the roots from the mesh file's `caCertificates`.
+    pub fn set_config_roots(&self, roots: Vec<CertificateDer<'static>>) {
+        self.lock().config = roots;
+        self.recompute("the mesh file's caCertificates");
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recompute(&self, cause: &str) {
+        let sources = self.lock();
+        let mut next = TrustBundle::new(self.trust_domain.clone());
+        for root in sources
+            .ca_root
+            .iter()
+            .chain(&sources.endpoint)
+            .chain(&sources.config)
+        {
+            if let Err(e) = next.add_root(root.clone()) {
+                tracing::warn!(target: "zident::identity", "ignoring a root from {cause}: {e}");
+            }
+        }
+        drop(sources);
+        self.current.send_if_modified(|current| {
+            if current.roots() == next.roots() {
+                return false;
+            }
+            let added = next.roots().iter().filter(|r| !current.contains(r)).count();
+            let removed = current.roots().iter().filter(|r| !next.contains(r)).count();
+            next.set_sequence(current.sequence() + 1);
+            tracing::info!(
+                target: "zident::identity",
+                roots = next.roots().len(),
+                added,
+                removed,
+                sequence = next.sequence(),
+                "trust bundle changed (from {cause})"
+            );
+            self.changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *current = Arc::new(next);
+            true
+        });
+    }
+}
+
+/// Fetches `https://<address>/bundle` over and over, at the CA's refresh hint, feeding the
+/// store. Runs until the task is dropped.
+pub async fn poll_bundle(store: Arc<TrustStore>, address: String, host: String) {
+    loop {
+        let wait = match fetch_bundle(&store, &address, &host).await {
+            Ok(hint) => hint.clamp(MIN_POLL, MAX_POLL),
+            Err(e) => {
+                tracing::warn!(target: "zident::identity", "cannot fetch the trust bundle from https://{address}/bundle: {e}");
+                RETRY_POLL
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn fetch_bundle(store: &TrustStore, address: &str, host: &str) -> Result<Duration, String> {
+    use http_body_util::BodyExt;
+
+    let bundle = store.bundle();
+    let mut roots = rustls::RootCertStore::empty();
+    for root in bundle.roots() {
+        let _ = roots.add(root.clone());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(10);
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/bundle")
+            .header(hyper::header::HOST, host)
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+    };
+    let json = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    let fetched = TrustBundle::from_jwks_json(store.trust_domain.clone(), &json)
+        .map_err(|e| e.to_string())?;
+    let hint = fetched.refresh_hint().unwrap_or(Duration::from_secs(300));
+    store.set_endpoint_roots(fetched.roots().to_vec());
+    Ok(hint)
+}

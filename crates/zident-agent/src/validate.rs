@@ -1,0 +1,110 @@
+//! Checking what the CA sent before using it. A certificate for the wrong identity, for a key
+//! that is not ours, or signed by a root this node does not trust is refused, and the old
+//! certificate stays in use.
+
+use std::time::SystemTime;
+
+use rustls_pki_types::CertificateDer;
+use zident_identity::pem::certs_from_pem;
+use zident_identity::{SpiffeId, TrustBundle, WorkloadCertificate, WorkloadKey, verify_svid};
+
+/// Why a CA response was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    /// Nothing, or not PEM.
+    #[error("the CA response is not a PEM certificate chain: {0}")]
+    Malformed(String),
+    /// The leaf names another identity.
+    #[error("the CA issued a certificate for {got}, not for {wanted}")]
+    WrongIdentity {
+        /// Asked for.
+        wanted: SpiffeId,
+        /// Received.
+        got: String,
+    },
+    /// The leaf certifies another key.
+    #[error("the certificate's public key is not the key this agent generated for the request")]
+    WrongKey,
+    /// The chain does not verify to a trusted root, or breaks an SVID rule.
+    #[error("the certificate does not verify against this node's trust bundle: {0}")]
+    Untrusted(String),
+}
+
+impl ResponseError {
+    /// A short, stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed_response",
+            Self::WrongIdentity { .. } => "wrong_identity",
+            Self::WrongKey => "wrong_key",
+            Self::Untrusted(_) => "untrusted_chain",
+        }
+    }
+}
+
+/// Checks a response chain for `id` and `key` against `trust` at `now`, and returns the
+/// certificate to use.
+///
+/// The leaf must chain to a root this node already trusts (`CA_ROOT_CA`, the CA's bundle
+/// endpoint, configured roots). Roots that arrive only inside a response are not enough: a CA
+/// (or whoever answers in its place) cannot make this node trust a new root by sending one.
+pub fn check_response(
+    id: &SpiffeId,
+    key: WorkloadKey,
+    chain_pem: &[String],
+    trust: &TrustBundle,
+    now: SystemTime,
+) -> Result<WorkloadCertificate, ResponseError> {
+    let mut elements = Vec::with_capacity(chain_pem.len());
+    for (i, pem) in chain_pem.iter().enumerate() {
+        let certs = certs_from_pem(pem.as_bytes())
+            .map_err(|e| ResponseError::Malformed(format!("element {i}: {e}")))?;
+        elements.push(certs);
+    }
+    let Some(first) = elements.first() else {
+        return Err(ResponseError::Malformed("empty chain".into()));
+    };
+    let leaf = first[0].clone();
+    // Istio puts the roots in the last element; everything between is intermediates.
+    let (roots, intermediates): (Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>) =
+        if elements.len() > 1 {
+            let roots = elements[elements.len() - 1].clone();
+            let mids = elements[..elements.len() - 1]
+                .iter()
+                .flatten()
+                .skip(1)
+                .cloned()
+                .collect();
+            (roots, mids)
+        } else {
+            (vec![], first[1..].to_vec())
+        };
+
+    let leaf_info =
+        zident_identity::check_leaf(&leaf).map_err(|e| ResponseError::Untrusted(e.to_string()))?;
+    if &leaf_info.id != id {
+        return Err(ResponseError::WrongIdentity {
+            wanted: id.clone(),
+            got: leaf_info.id.to_string(),
+        });
+    }
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| ResponseError::Malformed(e.to_string()))?;
+    if parsed.public_key().raw != key.public_key_spki_der().as_slice() {
+        return Err(ResponseError::WrongKey);
+    }
+    let mut path = vec![leaf];
+    path.extend(intermediates);
+    let info =
+        verify_svid(&path, trust, now).map_err(|e| ResponseError::Untrusted(e.to_string()))?;
+    Ok(WorkloadCertificate::new(
+        id.clone(),
+        path,
+        roots,
+        info.not_before,
+        info.not_after,
+        info.serial_hex,
+        now,
+        key,
+    ))
+}

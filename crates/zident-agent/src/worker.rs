@@ -1,0 +1,269 @@
+//! One task per identity: fetch, wait until renewal (or a retry), fetch again.
+//!
+//! The old certificate stays in use until a new one has been received and checked, so a CA
+//! outage is invisible until the certificate expires; at expiry the identity becomes
+//! Unavailable with the reason, and the next real-time request retries at once.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Notify, watch};
+use zident_identity::{SpiffeId, WorkloadCertificate, WorkloadKey};
+
+use crate::ca_client::CaClient;
+use crate::config::RotationPolicy;
+use crate::gate::{Priority, PriorityGate};
+use crate::json::rfc3339;
+use crate::metrics::{AgentMetrics, IdentityLabel, unix};
+use crate::schedule::{Backoff, random_unit, rotation_time};
+use crate::trust::TrustStore;
+use crate::validate::check_response;
+
+/// The state of one identity's certificate.
+#[derive(Debug, Clone)]
+pub enum CertState {
+    /// The first certificate has not arrived yet.
+    Initializing,
+    /// A valid certificate is in use.
+    Available(Arc<WorkloadCertificate>),
+    /// No valid certificate; the reason says why.
+    Unavailable(String),
+}
+
+impl CertState {
+    /// `Initializing`, `Available` or `Unavailable`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Initializing => "Initializing",
+            Self::Available(_) => "Available",
+            Self::Unavailable(_) => "Unavailable",
+        }
+    }
+}
+
+/// Everything known about one identity, as the admin endpoints show it.
+#[derive(Debug, Clone)]
+pub struct IdentityStatus {
+    /// Current state.
+    pub state: CertState,
+    /// The last certificate received (kept for display after it expires).
+    pub last: Option<Arc<WorkloadCertificate>>,
+    /// When the current certificate will be renewed.
+    pub rotation_at: Option<SystemTime>,
+    /// When the next fetch is due (renewal or retry).
+    pub next_attempt: Option<SystemTime>,
+    /// The last failure, cleared by a success.
+    pub last_error: Option<String>,
+    /// Whether a certificate was ever Available (readiness).
+    pub ever_available: bool,
+    /// Fetches finished, successful or not.
+    pub attempts: u64,
+    /// The agent's own identity rather than a workload's.
+    pub own: bool,
+}
+
+impl IdentityStatus {
+    pub(crate) fn new(own: bool) -> Self {
+        Self {
+            state: CertState::Initializing,
+            last: None,
+            rotation_at: None,
+            next_attempt: None,
+            last_error: None,
+            ever_available: false,
+            attempts: 0,
+            own,
+        }
+    }
+}
+
+/// One line of the recent-events log shown on the dashboard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RotationEvent {
+    /// When.
+    #[serde(serialize_with = "crate::json::time")]
+    pub at: SystemTime,
+    /// Which identity.
+    pub spiffe_id: String,
+    /// `completed` or `failed`.
+    pub outcome: &'static str,
+    /// Serial of the new certificate, or the reason of the failure.
+    pub detail: String,
+}
+
+/// What every worker shares.
+pub(crate) struct Shared {
+    pub ca: Arc<CaClient>,
+    pub trust: Arc<TrustStore>,
+    pub ttl: Duration,
+    pub policy: RotationPolicy,
+    pub gate: PriorityGate,
+    pub metrics: Arc<AgentMetrics>,
+    pub events: Mutex<std::collections::VecDeque<RotationEvent>>,
+}
+
+const MAX_EVENTS: usize = 100;
+
+impl Shared {
+    fn event(&self, id: &SpiffeId, outcome: &'static str, detail: String) {
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() == MAX_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(RotationEvent {
+            at: SystemTime::now(),
+            spiffe_id: id.to_string(),
+            outcome,
+            detail,
+        });
+    }
+
+    /// One fetch: fresh key, CSR, CA request, response checks.
+    async fn fetch(&self, id: &SpiffeId, own: bool) -> Result<Arc<WorkloadCertificate>, String> {
+        tracing::info!(target: "zident::identity", "Certificate rotation started for {id}");
+        let fail = |reason: &'static str, message: String| {
+            self.metrics.rotation(false, reason);
+            tracing::warn!(target: "zident::identity", "Certificate rotation failed for {id}: {message}");
+            self.event(id, "failed", message.clone());
+            Err(message)
+        };
+        let key = match WorkloadKey::generate() {
+            Ok(k) => k,
+            Err(e) => return fail("keygen", e.to_string()),
+        };
+        let csr = match key.csr_pem(id) {
+            Ok(c) => c,
+            Err(e) => return fail("keygen", e.to_string()),
+        };
+        let started = Instant::now();
+        let result = self.ca.sign(id, csr, self.ttl, !own).await;
+        self.metrics
+            .ca_latency
+            .observe(started.elapsed().as_secs_f64());
+        let chain = match result {
+            Ok(chain) => chain,
+            Err(e) => return fail(e.kind(), e.to_string()),
+        };
+        match check_response(id, key, &chain, &self.trust.bundle(), SystemTime::now()) {
+            Ok(cert) => {
+                self.metrics.rotation(true, "ok");
+                tracing::info!(
+                    target: "zident::identity",
+                    serial = %cert.serial_hex,
+                    not_after = %rfc3339(cert.not_after),
+                    "Certificate rotation completed for {id}"
+                );
+                self.event(id, "completed", format!("serial {}", cert.serial_hex));
+                Ok(Arc::new(cert))
+            }
+            Err(e) => fail(e.kind(), e.to_string()),
+        }
+    }
+}
+
+/// Sets the state, keeping the per-state gauge in step.
+fn set_state(tx: &watch::Sender<IdentityStatus>, metrics: &AgentMetrics, state: CertState) {
+    tx.send_modify(|s| {
+        metrics.state_change(Some(s.state.name()), Some(state.name()));
+        s.state = state;
+    });
+}
+
+/// The worker loop of one identity. Ends when aborted (the identity was forgotten).
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    id: SpiffeId,
+    tx: watch::Sender<IdentityStatus>,
+    wake: Arc<Notify>,
+    mut priority: Priority,
+) {
+    let own = tx.borrow().own;
+    let label = IdentityLabel {
+        identity: id.to_string(),
+    };
+    let mut backoff = Backoff::new(&shared.policy);
+    loop {
+        // Wait for a slot; a real-time request meanwhile moves this identity up the queue.
+        let permit = loop {
+            tokio::select! {
+                permit = shared.gate.acquire(priority) => break permit,
+                _ = wake.notified(), if priority != Priority::RealTime => priority = Priority::RealTime,
+            }
+        };
+        let outcome = shared.fetch(&id, own).await;
+        drop(permit);
+        let now = SystemTime::now();
+        let next_fetch = match outcome {
+            Ok(cert) => {
+                backoff.reset();
+                let at = rotation_time(&cert, &shared.policy, random_unit());
+                shared
+                    .metrics
+                    .expiry
+                    .get_or_create(&label)
+                    .set(unix(cert.not_after));
+                tx.send_modify(|s| {
+                    s.last = Some(cert.clone());
+                    s.rotation_at = Some(at);
+                    s.next_attempt = Some(at);
+                    s.last_error = None;
+                    s.ever_available = true;
+                    s.attempts += 1;
+                });
+                set_state(&tx, &shared.metrics, CertState::Available(cert));
+                at
+            }
+            Err(reason) => {
+                let at = now + backoff.next_delay(random_unit());
+                let still_valid =
+                    matches!(&tx.borrow().state, CertState::Available(c) if c.is_valid_at(now));
+                tx.send_modify(|s| {
+                    s.last_error = Some(reason.clone());
+                    s.next_attempt = Some(at);
+                    s.attempts += 1;
+                });
+                if !still_valid {
+                    set_state(&tx, &shared.metrics, CertState::Unavailable(reason));
+                }
+                at
+            }
+        };
+        priority = Priority::Background;
+
+        // Sleep until the next fetch; on the way, mark the certificate expired at its notAfter.
+        loop {
+            let expiry = match &tx.borrow().state {
+                CertState::Available(c) => Some(c.not_after),
+                _ => None,
+            };
+            let until = expiry.map_or(next_fetch, |e| e.min(next_fetch));
+            tokio::select! {
+                _ = sleep_until(until) => {
+                    let now = SystemTime::now();
+                    if let Some(e) = expiry.filter(|e| now >= *e) {
+                        let last = tx.borrow().last_error.clone().unwrap_or_else(|| "renewal is pending".into());
+                        let reason = format!("certificate expired at {} before a renewal succeeded; last error: {last}", rfc3339(e));
+                        tracing::error!(target: "zident::identity", "Certificate for {id} is unavailable: {reason}");
+                        set_state(&tx, &shared.metrics, CertState::Unavailable(reason));
+                    }
+                    if now >= next_fetch {
+                        break;
+                    }
+                }
+                _ = wake.notified() => {
+                    // Someone needs this certificate now. If there is a valid one, nothing
+                    // to do; otherwise retry at once, ahead of the queue.
+                    if !matches!(&tx.borrow().state, CertState::Available(_)) {
+                        priority = Priority::RealTime;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(t: SystemTime) {
+    let d = t.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(d).await;
+}

@@ -1,0 +1,57 @@
+//! What the mesh file says about this node: which identities its workloads have, the agent's
+//! own identity, and extra trusted roots.
+
+use std::collections::{BTreeMap, HashSet};
+
+use rustls_pki_types::CertificateDer;
+use zident_identity::SpiffeId;
+use zident_identity::pem::certs_from_pem;
+use zident_mesh::MeshFile;
+
+/// This node's part of the mesh file.
+#[derive(Debug, Clone, Default)]
+pub struct LocalView {
+    /// Identity → the workloads (`namespace/name`) that have it.
+    pub identities: BTreeMap<SpiffeId, Vec<String>>,
+    /// The agent's own identity (`nodes[].spiffeId`).
+    pub own: Option<SpiffeId>,
+    /// Roots from `caCertificates`.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+impl LocalView {
+    /// The workload identities, as a set.
+    pub fn identity_set(&self) -> HashSet<SpiffeId> {
+        self.identities.keys().cloned().collect()
+    }
+}
+
+/// Extracts `node`'s view. Fails on a `caCertificates` entry that is not PEM.
+pub fn local_view(mesh: &MeshFile, node: &str) -> Result<LocalView, String> {
+    let mut identities: BTreeMap<SpiffeId, Vec<String>> = BTreeMap::new();
+    for w in mesh.workloads.iter().filter(|w| w.node == node) {
+        let id = w
+            .spiffe_id(&mesh.trust_domain)
+            .map_err(|e| format!("workload {}/{}: {e}", w.namespace, w.name))?;
+        identities
+            .entry(id)
+            .or_default()
+            .push(format!("{}/{}", w.namespace, w.name));
+    }
+    let own = mesh
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .and_then(|n| n.spiffe_id.clone());
+    let mut extra_roots = Vec::new();
+    for (i, pem) in mesh.ca_certificates.iter().enumerate() {
+        let certs =
+            certs_from_pem(pem.as_bytes()).map_err(|e| format!("caCertificates[{i}]: {e}"))?;
+        extra_roots.extend(certs);
+    }
+    Ok(LocalView {
+        identities,
+        own,
+        extra_roots,
+    })
+}

@@ -1,0 +1,415 @@
+//! The node agent against the real CA on loopback: certificates become Available, rotate at
+//! half-life, survive a CA outage until they expire, recover when the CA returns, follow the
+//! mesh file, and bad CA responses are refused.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use zident_agent::CertState;
+use zident_identity::{CertificateProvider, ProviderError, TrustBundle, TrustDomain, verify_svid};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_become_available_and_rotate_at_half_life() {
+    logs();
+    let world = World::new(0).await;
+    let agent = start_agent(world.agent_config(Duration::from_secs(6))).await;
+    let fe = id("ns/default/sa/frontend");
+
+    eventually(
+        Duration::from_secs(30),
+        "all local identities Available",
+        || all_available(&agent),
+    )
+    .await;
+    let ids: std::collections::HashSet<_> = agent
+        .manager
+        .snapshot()
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        ids,
+        local_ids(),
+        "one certificate per identity: frontend's two workloads share one"
+    );
+
+    let old = agent
+        .manager
+        .current(&fe)
+        .expect("frontend has a certificate");
+    let lifetime = old.not_after.duration_since(old.not_before).unwrap();
+    eventually(Duration::from_secs(30), "frontend rotates", || {
+        serial_of(&agent, &fe).is_some_and(|s| s != old.serial_hex)
+    })
+    .await;
+    let new = agent.manager.current(&fe).unwrap();
+    assert_ne!(new.serial_hex, old.serial_hex);
+    // Renewal came at notBefore + 50% of the lifetime, up to 5% earlier (jitter); allow a
+    // little for the request itself on a loaded machine.
+    let renewed_after = new
+        .received_at
+        .duration_since(old.not_before)
+        .unwrap()
+        .as_secs_f64();
+    let life = lifetime.as_secs_f64();
+    assert!(
+        renewed_after >= 0.45 * life - 0.01 && renewed_after <= 0.5 * life + 2.0,
+        "renewed {renewed_after:.2}s after notBefore, lifetime {life:.2}s"
+    );
+    // The new key is fresh.
+    assert_ne!(
+        new.key().public_key_spki_der(),
+        old.key().public_key_spki_der()
+    );
+
+    // A holder of the old certificate (an open connection) keeps a valid, verifiable one
+    // until it expires.
+    let bundle: TrustBundle = (*agent.manager.trust().bundle()).clone();
+    let now = SystemTime::now();
+    if now < old.not_after {
+        verify_svid(&old.chain, &bundle, now).expect("the old certificate still verifies");
+    }
+    let expired = verify_svid(&old.chain, &bundle, old.not_after + Duration::from_secs(1));
+    assert!(matches!(
+        expired,
+        Err(zident_identity::SvidError::Expired { .. })
+    ));
+
+    let logs = log_text();
+    for line in [
+        format!("Certificate rotation started for {fe}"),
+        format!("Certificate rotation completed for {fe}"),
+    ] {
+        assert!(logs.contains(&line), "missing log line {line:?}");
+    }
+    assert!(
+        logs.contains("zident::identity"),
+        "logs at target zident::identity"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_outage_is_invisible_until_expiry_then_fails_closed_and_recovers() {
+    logs();
+    let mut world = World::new(0).await;
+    let agent = start_agent(world.agent_config(Duration::from_secs(5))).await;
+    let fe = id("ns/default/sa/frontend");
+    eventually(Duration::from_secs(30), "all Available", || {
+        all_available(&agent)
+    })
+    .await;
+
+    world.stop_ca();
+    let held = agent.manager.current(&fe).unwrap();
+    // Renewals fail, but the certificate stays Available while it is valid.
+    eventually(Duration::from_secs(30), "a renewal fails", || {
+        state_of(&agent, &fe).is_some_and(|s| s.last_error.is_some())
+    })
+    .await;
+    if SystemTime::now() + Duration::from_millis(200) < held.not_after {
+        assert!(matches!(
+            state_of(&agent, &fe).unwrap().state,
+            CertState::Available(_)
+        ));
+    }
+    // Past expiry: Unavailable, with the reason.
+    eventually(Duration::from_secs(30), "Unavailable after expiry", || {
+        matches!(
+            state_of(&agent, &fe).map(|s| s.state),
+            Some(CertState::Unavailable(_))
+        )
+    })
+    .await;
+    let CertState::Unavailable(reason) = state_of(&agent, &fe).unwrap().state else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("expired") && reason.contains("CA unreachable"),
+        "{reason}"
+    );
+    assert!(log_text().contains(&format!("Certificate rotation failed for {fe}")));
+    // A real-time request fails closed with the reason.
+    match agent.manager.certificate(&fe, Duration::from_secs(2)).await {
+        Err(ProviderError::Unavailable { reason, .. }) => {
+            assert!(reason.contains("CA unreachable"), "{reason}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+
+    // The CA comes back: a real-time request gets a certificate at once, and every identity
+    // recovers within the backoff bound (2 s in this test) plus the request.
+    world.restart_ca().await;
+    let cert = agent
+        .manager
+        .certificate(&fe, Duration::from_secs(15))
+        .await
+        .expect("a real-time request retries at once");
+    assert!(cert.is_valid_at(SystemTime::now()));
+    eventually(Duration::from_secs(15), "every identity recovers", || {
+        all_available(&agent)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_file_edits_add_and_forget_identities_and_broken_edits_change_nothing() {
+    logs();
+    let world = World::new(0).await;
+    let agent = start_agent(world.agent_config(Duration::from_secs(3600))).await;
+    eventually(Duration::from_secs(30), "all Available", || {
+        all_available(&agent)
+    })
+    .await;
+    let new_id = id("ns/shop/sa/cart");
+    let be = id("ns/default/sa/backend");
+
+    // Add a workload with a new identity, and take backend off the node.
+    let edited = mesh(0).replace(
+        "serviceAccount: backend, node: node-a",
+        "serviceAccount: backend, node: node-b",
+    ) + "- {uid: cart, name: cart, namespace: shop, serviceAccount: cart, node: node-a}\n";
+    std::fs::write(world.mesh_path(), &edited).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "cart Available, backend forgotten",
+        || serial_of(&agent, &new_id).is_some() && state_of(&agent, &be).is_none(),
+    )
+    .await;
+    match agent
+        .manager
+        .certificate(&be, Duration::from_millis(10))
+        .await
+    {
+        Err(ProviderError::UnknownIdentity(_)) => {}
+        other => panic!("backend must be unknown now, got {other:?}"),
+    }
+
+    // Removing one of frontend's two workloads keeps its certificate.
+    let fe = id("ns/default/sa/frontend");
+    let fe_serial = serial_of(&agent, &fe).unwrap();
+
+    // A broken edit: rejected, nothing changes.
+    let before: Vec<_> = agent
+        .manager
+        .snapshot()
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    std::fs::write(
+        world.mesh_path(),
+        edited.replace("workloads:", "workloadz:"),
+    )
+    .unwrap();
+    let metrics_url = format!("http://{}/metrics", agent.metrics_addr.unwrap());
+    eventually(
+        Duration::from_secs(30),
+        "the broken edit is rejected",
+        || {
+            curl(&metrics_url)
+                .1
+                .contains("zident_config_reloads_total{state=\"rejected\"} 1")
+        },
+    )
+    .await;
+    let after: Vec<_> = agent
+        .manager
+        .snapshot()
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(serial_of(&agent, &fe).unwrap(), fe_serial);
+    assert!(log_text().contains("mesh file change rejected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ca_responses_are_refused() {
+    use common::fake_ca::{Mode, start};
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), mesh(0)).unwrap();
+    for (mode, expected) in [
+        (Mode::WrongIdentity, "not for"),
+        (Mode::ForeignRoot, "does not verify"),
+        (Mode::WrongKey, "public key is not the key"),
+    ] {
+        let ca = start(mode).await;
+        let root = dir.path().join(format!("root-{mode:?}.pem"));
+        std::fs::write(&root, &ca.trusted_root_pem).unwrap();
+        let mut config = agent_config(
+            &dir.path().join("mesh.yaml"),
+            &root,
+            &format!("localhost:{}", ca.addr.port()),
+            Duration::from_secs(3600),
+        );
+        config.ca.poll_bundle = false;
+        let agent = start_agent(config).await;
+        let fe = id("ns/default/sa/frontend");
+        eventually(Duration::from_secs(30), "the response is refused", || {
+            state_of(&agent, &fe).is_some_and(|s| s.last_error.is_some())
+        })
+        .await;
+        let status = state_of(&agent, &fe).unwrap();
+        let err = status.last_error.clone().unwrap();
+        assert!(err.contains(expected), "{mode:?}: {err}");
+        assert!(!status.ever_available, "{mode:?}: nothing was accepted");
+        assert!(matches!(status.state, CertState::Unavailable(_)));
+        let (code, _) = curl(&format!(
+            "http://{}/healthz/ready",
+            agent.readiness_addr.unwrap()
+        ));
+        assert_eq!(code, 503, "not ready without certificates");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_shorter_than_the_backdate_does_not_cause_a_renewal_loop() {
+    use common::fake_ca::{Mode, start};
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    // Only the agent's own identity and one workload, to count requests precisely.
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        "nodes:\n- {name: node-a, token: token-node-a}\n\
+workloads:\n- {uid: a, name: a, namespace: default, serviceAccount: a, node: node-a}\n",
+    )
+    .unwrap();
+    let ca = start(Mode::Backdated).await;
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, &ca.trusted_root_pem).unwrap();
+    let mut config = agent_config(
+        &dir.path().join("mesh.yaml"),
+        &root,
+        &format!("localhost:{}", ca.addr.port()),
+        Duration::from_secs(8),
+    );
+    config.ca.poll_bundle = false;
+    let agent = start_agent(config).await;
+    eventually(Duration::from_secs(30), "Available", || {
+        all_available(&agent)
+    })
+    .await;
+    let first = std::time::Instant::now();
+    let count_at_start = ca.requests.load(Ordering::SeqCst);
+    // With 120 s of backdate, half-life is long past on arrival; the floor (half of the 8 s
+    // left) must hold renewals to about one per 4 s, not one per request round-trip.
+    eventually(Duration::from_secs(30), "a second certificate", || {
+        ca.requests.load(Ordering::SeqCst) > count_at_start
+    })
+    .await;
+    let waited = first.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3),
+        "renewed after only {waited:?}"
+    );
+    assert!(ca.requests.load(Ordering::SeqCst) <= count_at_start + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_readiness_and_metrics_endpoints() {
+    logs();
+    let world = World::new(0).await;
+    let agent = start_agent(world.agent_config(Duration::from_secs(3600))).await;
+    eventually(Duration::from_secs(30), "all Available", || {
+        all_available(&agent)
+    })
+    .await;
+    let admin = agent.admin_addr.unwrap();
+
+    let (code, body) = curl(&format!(
+        "http://{}/healthz/ready",
+        agent.readiness_addr.unwrap()
+    ));
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+
+    let (code, body) = curl(&format!("http://{admin}/debug/certs"));
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let certs = v["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 3);
+    for c in certs {
+        assert_eq!(c["state"], "Available");
+        for field in [
+            "spiffe_id",
+            "valid_from",
+            "valid_until",
+            "serial_number",
+            "rotation_at",
+        ] {
+            assert!(c[field].is_string(), "{field} in {c}");
+        }
+        assert!(
+            c["chain"][0]["pem"]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        assert!(c["valid_until"].as_str().unwrap().ends_with('Z'));
+    }
+    let own: Vec<_> = certs.iter().filter(|c| c["own"] == true).collect();
+    assert_eq!(own.len(), 1);
+    assert_eq!(
+        own[0]["spiffe_id"],
+        "spiffe://cluster.local/ns/zident-system/sa/agent"
+    );
+    assert_eq!(v["trust_bundle"].as_array().unwrap().len(), 1);
+    assert!(!body.contains("PRIVATE KEY"), "never a private key");
+
+    let (_, body) = curl(&format!("http://{admin}/config_dump"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let c = &v["certificates"][0];
+    assert_eq!(c["state"], "Available");
+    for field in ["pem", "serialNumber", "validFrom", "expirationTime"] {
+        assert!(c["certChain"][0][field].is_string(), "{field} in {c}");
+        assert!(c["rootCerts"][0][field].is_string(), "{field} in {c}");
+    }
+
+    let (_, body) = curl(&format!("http://{admin}/debug/connections"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ca"]["connected"], true);
+    assert_eq!(v["ca"]["consecutive_failures"], 0);
+    assert!(v["ca"]["last_success"].is_string());
+
+    let (_, metrics) = curl(&format!("http://{}/metrics", agent.metrics_addr.unwrap()));
+    assert!(metrics.contains(
+        "zident_certificate_expiration_timestamp_seconds{identity=\"spiffe://cluster.local/ns/default/sa/frontend\"}"
+    ));
+    assert!(
+        metrics.contains("zident_identities{state=\"Available\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zident_certificate_rotations_total{outcome=\"success\",reason=\"ok\"}")
+    );
+    assert!(metrics.contains("zident_trust_bundle_roots 1"));
+    assert!(metrics.contains("zident_ca_request_duration_seconds_count"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_identities_on_one_node_all_become_available() {
+    logs();
+    let world = World::new(1000).await;
+    let agent = start_agent(world.agent_config(Duration::from_secs(3600))).await;
+    eventually(
+        Duration::from_secs(180),
+        "1,003 identities Available",
+        || {
+            let snap = agent.manager.snapshot();
+            snap.len() == 1003
+                && snap
+                    .iter()
+                    .all(|(_, s)| matches!(s.state, CertState::Available(_)))
+        },
+    )
+    .await;
+    let bundle = TrustBundle::from_pem(
+        TrustDomain::new("cluster.local").unwrap(),
+        &std::fs::read(world.root_ca()).unwrap(),
+    )
+    .unwrap();
+    let w999 = agent.manager.current(&id("ns/load/sa/sa999")).unwrap();
+    verify_svid(&w999.chain, &bundle, SystemTime::now()).unwrap();
+}

@@ -1,0 +1,152 @@
+//! A CA that misbehaves on purpose: a real gRPC server over TLS speaking Istio's certificate
+//! service, answering with what a broken or hostile CA might send.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{Issuer, KeyPair};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+use zident_identity::{SpiffeId, TrustDomain, profile, verify_csr_pem};
+use zident_proto::istio_ca::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
+};
+use zident_proto::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
+
+/// How the fake CA misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    /// Signs a certificate for another identity.
+    WrongIdentity,
+    /// Signs with a root the agent does not trust (and sends that root).
+    ForeignRoot,
+    /// Certifies a key other than the CSR's.
+    WrongKey,
+    /// Behaves, but backdates by 120 s whatever the TTL (as some CAs do).
+    Backdated,
+}
+
+struct Ca {
+    key: KeyPair,
+    der: rcgen::Certificate,
+}
+
+impl Ca {
+    fn new() -> Self {
+        let key = KeyPair::generate().unwrap();
+        let der = profile::root_params(
+            &TrustDomain::new("cluster.local").unwrap(),
+            SystemTime::now(),
+            Duration::from_secs(86400),
+        )
+        .self_signed(&key)
+        .unwrap();
+        Self { key, der }
+    }
+    fn issuer(&self) -> Issuer<'_, &KeyPair> {
+        Issuer::from_ca_cert_der(self.der.der(), &self.key).unwrap()
+    }
+}
+
+struct Service {
+    mode: Mode,
+    trusted: Arc<Ca>,
+    foreign: Arc<Ca>,
+    pub requests: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for Service {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let req = request.into_inner();
+        let csr = verify_csr_pem(&req.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(req.validity_duration.max(1) as u64);
+        let (id, ca) = match self.mode {
+            Mode::WrongIdentity => (
+                SpiffeId::new("spiffe://cluster.local/ns/default/sa/admin").unwrap(),
+                &self.trusted,
+            ),
+            Mode::ForeignRoot => (csr.id.clone(), &self.foreign),
+            _ => (csr.id.clone(), &self.trusted),
+        };
+        let mut params =
+            profile::leaf_params(&id, now, ttl, now + Duration::from_secs(86400)).unwrap();
+        if self.mode == Mode::Backdated {
+            params.not_before = time::OffsetDateTime::from(now - Duration::from_secs(120));
+        }
+        let cert = if self.mode == Mode::WrongKey {
+            let other = KeyPair::generate().unwrap();
+            params.signed_by(&other, &ca.issuer()).unwrap()
+        } else {
+            params.signed_by(&csr.public_key, &ca.issuer()).unwrap()
+        };
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: vec![cert.pem(), ca.der.pem()],
+        }))
+    }
+}
+
+/// A running fake CA: its address, the root the agent should trust (PEM), and a request count.
+pub struct FakeCa {
+    pub addr: std::net::SocketAddr,
+    pub trusted_root_pem: String,
+    pub requests: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeCa {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn start(mode: Mode) -> FakeCa {
+    let trusted = Arc::new(Ca::new());
+    let foreign = Arc::new(Ca::new());
+    // The TLS serving certificate, for localhost, from the trusted root.
+    let serving_key = KeyPair::generate().unwrap();
+    let serving = profile::serving_params(
+        &TrustDomain::new("cluster.local").unwrap(),
+        &["localhost".to_string()],
+        SystemTime::now(),
+        Duration::from_secs(3600),
+        SystemTime::now() + Duration::from_secs(86400),
+    )
+    .unwrap()
+    .signed_by(&serving_key, &trusted.issuer())
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let service = Service {
+        mode,
+        trusted: trusted.clone(),
+        foreign,
+        requests: requests.clone(),
+    };
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        serving.pem(),
+        serving_key.serialize_pem(),
+    ));
+    let incoming = tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        let _ = Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(IstioCertificateServiceServer::new(service))
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    FakeCa {
+        addr,
+        trusted_root_pem: trusted.der.pem(),
+        requests,
+        task,
+    }
+}

@@ -1,0 +1,226 @@
+//! A real CA and a real agent on loopback, and helpers to wait for what they do.
+
+#![allow(dead_code)]
+
+pub mod fake_ca;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use zident_agent::{
+    AgentConfig, CaClientConfig, CertState, RotationPolicy, RunningAgent, TokenSource,
+};
+use zident_ca::{CaConfig, RunningCa};
+use zident_identity::SpiffeId;
+
+pub const NODE: &str = "node-a";
+pub const TOKEN: &str = "token-node-a";
+
+/// A mesh with `n` extra workloads on node-a besides frontend and backend.
+pub fn mesh(extra: usize) -> String {
+    let mut s = String::from(
+        "trustDomain: cluster.local\n\
+nodes:\n\
+- {name: node-a, token: token-node-a, spiffeId: 'spiffe://cluster.local/ns/zident-system/sa/agent'}\n\
+- {name: node-b, token: token-node-b}\n\
+workloads:\n\
+- {uid: fe, name: frontend, namespace: default, serviceAccount: frontend, node: node-a, workloadIps: ['127.0.0.2'], protocol: HBONE}\n\
+- {uid: be, name: backend, namespace: default, serviceAccount: backend, node: node-a, workloadIps: ['127.0.0.3'], protocol: HBONE}\n\
+- {uid: fe2, name: frontend-2, namespace: default, serviceAccount: frontend, node: node-a, workloadIps: ['127.0.0.4'], protocol: HBONE}\n\
+- {uid: other, name: other, namespace: default, serviceAccount: other, node: node-b, workloadIps: ['127.0.0.5'], protocol: HBONE}\n",
+    );
+    for i in 0..extra {
+        s.push_str(&format!(
+            "- {{uid: w{i}, name: w{i}, namespace: load, serviceAccount: sa{i}, node: node-a}}\n"
+        ));
+    }
+    s
+}
+
+pub fn id(s: &str) -> SpiffeId {
+    SpiffeId::new(&format!("spiffe://cluster.local/{s}")).unwrap()
+}
+
+/// The identities node-a has in `mesh(0)`: frontend, backend, and the agent's own.
+pub fn local_ids() -> HashSet<SpiffeId> {
+    [
+        id("ns/default/sa/frontend"),
+        id("ns/default/sa/backend"),
+        id("ns/zident-system/sa/agent"),
+    ]
+    .into()
+}
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub ca: Option<RunningCa>,
+    pub ca_addr: std::net::SocketAddr,
+}
+
+impl World {
+    pub async fn new(extra: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), mesh(extra)).unwrap();
+        let ca = start_ca(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+        let ca_addr = ca.addr;
+        Self {
+            dir,
+            ca: Some(ca),
+            ca_addr,
+        }
+    }
+
+    pub fn mesh_path(&self) -> PathBuf {
+        self.dir.path().join("mesh.yaml")
+    }
+
+    pub fn root_ca(&self) -> PathBuf {
+        self.dir.path().join("ca/root-cert.pem")
+    }
+
+    pub fn stop_ca(&mut self) {
+        self.ca = None;
+    }
+
+    pub async fn restart_ca(&mut self) {
+        self.ca = Some(start_ca(self.dir.path(), self.ca_addr).await);
+    }
+
+    /// Agent configuration: TTL `ttl`, quick retries, ephemeral ports.
+    pub fn agent_config(&self, ttl: Duration) -> AgentConfig {
+        agent_config(
+            &self.mesh_path(),
+            &self.root_ca(),
+            &format!("localhost:{}", self.ca_addr.port()),
+            ttl,
+        )
+    }
+}
+
+pub fn agent_config(mesh: &Path, root_ca: &Path, ca_address: &str, ttl: Duration) -> AgentConfig {
+    let ca = CaClientConfig {
+        address: ca_address.to_string(),
+        root_ca: root_ca.to_owned(),
+        token: TokenSource::Literal(TOKEN.into()),
+        cluster_id: "Kubernetes".into(),
+        request_timeout: Duration::from_secs(10),
+        poll_bundle: true,
+    };
+    let mut c = AgentConfig::new(NODE, mesh, ca);
+    c.secret_ttl = ttl;
+    c.rotation = RotationPolicy {
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(2),
+        ..RotationPolicy::default()
+    };
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    c.admin_addr = Some(any);
+    c.metrics_addr = Some(any);
+    c.readiness_addr = Some(any);
+    c
+}
+
+pub async fn start_ca(dir: &Path, listen: std::net::SocketAddr) -> RunningCa {
+    let mut c = CaConfig::new(dir.join("mesh.yaml"));
+    c.data_dir = dir.join("ca");
+    c.listen = listen;
+    c.metrics_addr = None;
+    c.refresh_hint = Duration::from_secs(1);
+    // The CA may be restarted on the same port right after stopping: retry a busy port.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match RunningCa::start(c.clone()).await {
+            Ok(ca) => return ca,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("in use") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("CA start: {e}"),
+        }
+    }
+}
+
+pub async fn start_agent(config: AgentConfig) -> RunningAgent {
+    RunningAgent::start(config, None)
+        .await
+        .expect("agent starts")
+}
+
+/// Polls `check` every 50 ms until it is true, failing after `timeout`.
+pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, what: &str, mut check: F) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn state_of(agent: &RunningAgent, id: &SpiffeId) -> Option<zident_agent::IdentityStatus> {
+    agent
+        .manager
+        .snapshot()
+        .into_iter()
+        .find(|(i, _)| i == id)
+        .map(|(_, s)| s)
+}
+
+pub fn all_available(agent: &RunningAgent) -> bool {
+    let snap = agent.manager.snapshot();
+    !snap.is_empty()
+        && snap
+            .iter()
+            .all(|(_, s)| matches!(s.state, CertState::Available(_)))
+}
+
+pub fn serial_of(agent: &RunningAgent, id: &SpiffeId) -> Option<String> {
+    match state_of(agent, id)?.state {
+        CertState::Available(c) => Some(c.serial_hex.clone()),
+        _ => None,
+    }
+}
+
+/// Everything logged by the agent in this test process.
+pub fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+pub fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn curl(url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}

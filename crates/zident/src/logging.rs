@@ -1,0 +1,72 @@
+//! Logging: text or JSON lines on stdout, written by a background thread, with a filter that
+//! the agent's `/logging` endpoint can change at run time.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+use crate::cli::LogFormat;
+
+/// Changes the live log filter.
+pub struct LogHandle {
+    handle: reload::Handle<EnvFilter, Registry>,
+    current: Mutex<String>,
+}
+
+impl zident_agent::LogControl for LogHandle {
+    fn level(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_level(&self, filter: &str) -> Result<(), String> {
+        let parsed = EnvFilter::try_new(filter)
+            .map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+        self.handle
+            .reload(parsed)
+            .map_err(|e| format!("cannot change the log filter: {e}"))?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = filter.to_owned();
+        Ok(())
+    }
+}
+
+/// Sets up tracing: `RUST_LOG` if set, else `info`.
+///
+/// Lines are written to stdout by a background thread, so a request never waits on a write
+/// to a slow pipe or terminal. The returned guard flushes what is queued when dropped, so it
+/// must live until the process exits.
+pub fn init(format: LogFormat) -> (LogHandle, tracing_appender::non_blocking::WorkerGuard) {
+    let initial = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(&initial).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let ansi = std::io::stdout().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::new(std::io::stdout()));
+    let output = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+    (
+        LogHandle {
+            handle,
+            current: Mutex::new(initial),
+        },
+        guard,
+    )
+}
