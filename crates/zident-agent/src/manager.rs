@@ -148,6 +148,14 @@ impl CertificateManager {
         self.own.as_ref()
     }
 
+    /// Whether every tracked identity has been Available at least once. Stops at the first
+    /// one that has not, so it is cheap to poll.
+    pub fn is_ready(&self) -> bool {
+        self.lock()
+            .values()
+            .all(|s| s.status.borrow().ever_available)
+    }
+
     /// Whether every tracked identity has been Available at least once, and which have not.
     pub fn readiness(&self) -> (bool, Vec<SpiffeId>) {
         let pending: Vec<SpiffeId> = self

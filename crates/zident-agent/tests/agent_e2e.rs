@@ -413,3 +413,57 @@ async fn a_thousand_identities_on_one_node_all_become_available() {
     let w999 = agent.manager.current(&id("ns/load/sa/sa999")).unwrap();
     verify_svid(&w999.chain, &bundle, SystemTime::now()).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_tls_with_the_agents_own_certificate() {
+    logs();
+    let world = World::new(0).await;
+    let mut config = world.agent_config(Duration::from_secs(3600));
+    config.metrics_tls = true;
+    let agent = start_agent(config).await;
+    let own = id("ns/zident-system/sa/agent");
+    eventually(Duration::from_secs(30), "own certificate Available", || {
+        serial_of(&agent, &own).is_some()
+    })
+    .await;
+
+    // openssl, a client nobody here wrote, sees the agent's SVID and verifies it to the root.
+    let addr = agent.metrics_addr.unwrap().to_string();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr,
+            "-verify_return_error",
+            "-CAfile",
+        ])
+        .arg(world.root_ca())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    let pem_start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("server certificate shown");
+    let pem_end =
+        text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    let leaf = zident_identity::pem::certs_from_pem(text[pem_start..pem_end].as_bytes()).unwrap();
+    let info = zident_identity::check_leaf(&leaf[0]).unwrap();
+    assert_eq!(info.id, own);
+    assert_eq!(info.serial_hex, serial_of(&agent, &own).unwrap());
+
+    // And it serves the metrics over that TLS connection.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-k",
+            &format!("https://{addr}/metrics"),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("zident_identities"));
+}

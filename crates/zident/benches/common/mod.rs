@@ -1,0 +1,231 @@
+//! What the benchmarks share: the real `zident ca` as a child process, a gRPC client for it,
+//! and CPU and memory readings from /proc.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use prost_types::{Struct, Value, value::Kind};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use zident_identity::{SpiffeId, WorkloadKey};
+use zident_proto::istio_ca::IstioCertificateRequest;
+use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
+
+pub const TOKEN: &str = "bench-token";
+pub const CONNECTIONS: usize = 4;
+
+/// A mesh file with one node and `workloads` workloads on it, each its own identity
+/// `spiffe://cluster.local/ns/bench/sa/app-<i>`.
+pub fn mesh(workloads: usize) -> String {
+    let mut s = format!(
+        "trustDomain: cluster.local\nnodes:\n- {{name: bench-node, token: {TOKEN}}}\nworkloads:\n"
+    );
+    for i in 0..workloads.max(1) {
+        s.push_str(&format!(
+            "- {{uid: w{i}, name: app-{i}, namespace: bench, serviceAccount: app-{i}, node: bench-node}}\n"
+        ));
+    }
+    s
+}
+
+/// The `zident ca` child process; killed when dropped.
+pub struct Ca {
+    child: Child,
+    pub addr: String,
+}
+
+impl Ca {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Ca {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `zident ca` on `dir/mesh.yaml`. With ZIDENT_BENCH_CA_CPUS=LIST it runs under
+/// `taskset -c LIST`, to measure it on cores of its own.
+pub fn start_ca(dir: &Path) -> Ca {
+    let mut command = match std::env::var("ZIDENT_BENCH_CA_CPUS") {
+        Ok(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpus]).arg(env!("CARGO_BIN_EXE_zident"));
+            c
+        }
+        Err(_) => Command::new(env!("CARGO_BIN_EXE_zident")),
+    };
+    let mut child = command
+        .arg("ca")
+        .arg("--config")
+        .arg(dir.join("mesh.yaml"))
+        .arg("--data-dir")
+        .arg(dir.join("ca"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start zident ca");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    // Keep draining the CA's output (its log lines are part of the work measured).
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("zident ca: listening on ") {
+                let _ = tx.send(rest.split(' ').next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("zident ca printed its address");
+    Ca { child, addr }
+}
+
+/// A CreateCertificate request as a node agent sends it.
+pub fn request(csr: String, id: &str) -> tonic::Request<IstioCertificateRequest> {
+    let metadata = Struct {
+        fields: [(
+            "ImpersonatedIdentity".to_string(),
+            Value {
+                kind: Some(Kind::StringValue(id.to_string())),
+            },
+        )]
+        .into(),
+    };
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: 3600,
+        metadata: Some(metadata),
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        tonic::metadata::MetadataValue::from_static("Bearer bench-token"),
+    );
+    req
+}
+
+/// Result of driving the CA directly.
+pub struct Run {
+    pub per_sec: f64,
+    pub cpu_us: f64,
+}
+
+/// Drives `requests` CSRs (made before timing) for `id` at `concurrency` over
+/// [`CONNECTIONS`] TLS connections; returns the rate and the CA's CPU per certificate.
+pub async fn drive(
+    ca: &Ca,
+    root_pem: &[u8],
+    id: &SpiffeId,
+    requests: usize,
+    concurrency: usize,
+) -> Run {
+    let csrs: Vec<String> = (0..requests)
+        .map(|_| {
+            WorkloadKey::generate()
+                .and_then(|k| k.csr_pem(id))
+                .expect("CSR")
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(root_pem))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{}", ca.addr))
+            .expect("uri")
+            .tls_config(tls)
+            .expect("tls")
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connect");
+        clients.push(IstioCertificateServiceClient::new(channel));
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.create_certificate(request(csrs[i].clone(), id.as_str()))
+            .await
+            .expect("warm-up issuance");
+    }
+    let queue = Arc::new(std::sync::Mutex::new(csrs));
+    let cpu_before = process_cpu(ca.pid());
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let mut client = clients[w % CONNECTIONS].clone();
+        let queue = queue.clone();
+        let id = id.to_string();
+        workers.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            loop {
+                let next = queue.lock().expect("queue").pop();
+                let Some(csr) = next else { break };
+                client
+                    .create_certificate(request(csr, &id))
+                    .await
+                    .expect("issuance");
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut issued = 0;
+    for w in workers {
+        issued += w.await.expect("worker");
+    }
+    let wall = start.elapsed();
+    let cpu = process_cpu(ca.pid()) - cpu_before;
+    Run {
+        per_sec: issued as f64 / wall.as_secs_f64(),
+        cpu_us: cpu.as_secs_f64() * 1e6 / issued as f64,
+    }
+}
+
+/// Linux reports /proc times in USER_HZ, which is 100 on every mainstream configuration.
+const USER_HZ: f64 = 100.0;
+
+fn stat_cpu(path: &str) -> Duration {
+    let stat = std::fs::read_to_string(path).expect("/proc stat");
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
+        .split(' ')
+        .collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_secs_f64(ticks as f64 / USER_HZ)
+}
+
+/// User + system CPU time of a process.
+pub fn process_cpu(pid: u32) -> Duration {
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU time of the calling thread.
+pub fn thread_cpu() -> Duration {
+    stat_cpu("/proc/thread-self/stat")
+}
+
+/// Resident set size of this process, bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS")
+}
+
+/// The median of some numbers.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
