@@ -449,7 +449,7 @@ async fn metrics_over_tls_with_the_agents_own_certificate() {
         .expect("server certificate shown");
     let pem_end =
         text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
-    let leaf = zident_identity::pem::certs_from_pem(text[pem_start..pem_end].as_bytes()).unwrap();
+    let leaf = zident_identity::pem::certs_from_pem(&text.as_bytes()[pem_start..pem_end]).unwrap();
     let info = zident_identity::check_leaf(&leaf[0]).unwrap();
     assert_eq!(info.id, own);
     assert_eq!(info.serial_hex, serial_of(&agent, &own).unwrap());
