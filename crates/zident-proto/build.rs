@@ -2,7 +2,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["istio/v1/auth/ca.proto"];
+    let files = ["istio/v1/auth/ca.proto", "spiffe/workload.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

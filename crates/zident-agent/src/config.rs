@@ -107,6 +107,8 @@ pub struct AgentConfig {
     pub readiness_addr: Option<SocketAddr>,
     /// Serve `/metrics` over TLS with the agent's own certificate.
     pub metrics_tls: bool,
+    /// Workload API sockets and PEM files for workloads (both off unless set).
+    pub delivery: crate::workload_api::DeliveryConfig,
 }
 
 impl AgentConfig {
@@ -124,6 +126,7 @@ impl AgentConfig {
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15020))),
             readiness_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15021))),
             metrics_tls: false,
+            delivery: Default::default(),
         }
     }
 }

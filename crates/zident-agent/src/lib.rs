@@ -23,6 +23,7 @@ pub mod schedule;
 pub mod trust;
 pub mod validate;
 pub mod worker;
+pub mod workload_api;
 pub mod workloads;
 
 use std::net::SocketAddr;
@@ -72,6 +73,8 @@ pub struct RunningAgent {
     pub metrics_addr: Option<SocketAddr>,
     /// Bound readiness address.
     pub readiness_addr: Option<SocketAddr>,
+    /// Workload API sockets and SVID files.
+    pub delivery: Arc<workload_api::Delivery>,
     tasks: Vec<JoinHandle<()>>,
     _watcher: notify::RecommendedWatcher,
 }
@@ -136,6 +139,12 @@ impl RunningAgent {
             view.own.clone(),
         ));
         manager.set_identities(&view.identity_set());
+        let delivery = Arc::new(workload_api::Delivery::new(
+            config.delivery.clone(),
+            manager.clone(),
+            trust.clone(),
+        ));
+        delivery.sync(&view.workloads);
         tracing::info!(
             target: "zident::identity",
             node = %config.node,
@@ -164,14 +173,19 @@ impl RunningAgent {
             AgentError::Config(format!("cannot watch {}: {e}", config.mesh_path.display()))
         })?;
         {
-            let (manager, trust, metrics) = (manager.clone(), trust.clone(), metrics.clone());
+            let (manager, trust, metrics, delivery) = (
+                manager.clone(),
+                trust.clone(),
+                metrics.clone(),
+                delivery.clone(),
+            );
             let (path, node, td) = (
                 config.mesh_path.clone(),
                 config.node.clone(),
                 mesh.trust_domain.clone(),
             );
             tasks.push(tokio::spawn(watch::reload_on_change(changes, move || {
-                reload(&path, &node, &td, &manager, &trust, &metrics)
+                reload(&path, &node, &td, &manager, &trust, &metrics, &delivery)
             })));
         }
 
@@ -210,6 +224,7 @@ impl RunningAgent {
             admin_addr,
             metrics_addr,
             readiness_addr,
+            delivery,
             tasks,
             _watcher: watcher,
         })
@@ -223,6 +238,7 @@ fn reload(
     manager: &CertificateManager,
     trust: &trust::TrustStore,
     metrics: &AgentMetrics,
+    delivery: &workload_api::Delivery,
 ) {
     let result = MeshFile::load(path)
         .map_err(|e| e.to_string())
@@ -245,6 +261,7 @@ fn reload(
             tracing::info!(target: "zident::identity", identities = view.identities.len(), "mesh file reloaded");
             trust.set_config_roots(view.extra_roots.clone());
             manager.set_identities(&view.identity_set());
+            delivery.sync(&view.workloads);
         }
         Err(e) => {
             metrics

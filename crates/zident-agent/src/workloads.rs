@@ -8,9 +8,22 @@ use zident_identity::SpiffeId;
 use zident_identity::pem::certs_from_pem;
 use zident_mesh::MeshFile;
 
+/// A workload on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalWorkload {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its identity.
+    pub id: SpiffeId,
+}
+
 /// This node's part of the mesh file.
 #[derive(Debug, Clone, Default)]
 pub struct LocalView {
+    /// The workloads on this node.
+    pub workloads: Vec<LocalWorkload>,
     /// Identity → the workloads (`namespace/name`) that have it.
     pub identities: BTreeMap<SpiffeId, Vec<String>>,
     /// The agent's own identity (`nodes[].spiffeId`).
@@ -29,14 +42,20 @@ impl LocalView {
 /// Extracts `node`'s view. Fails on a `caCertificates` entry that is not PEM.
 pub fn local_view(mesh: &MeshFile, node: &str) -> Result<LocalView, String> {
     let mut identities: BTreeMap<SpiffeId, Vec<String>> = BTreeMap::new();
+    let mut workloads = Vec::new();
     for w in mesh.workloads.iter().filter(|w| w.node == node) {
         let id = w
             .spiffe_id(&mesh.trust_domain)
             .map_err(|e| format!("workload {}/{}: {e}", w.namespace, w.name))?;
         identities
-            .entry(id)
+            .entry(id.clone())
             .or_default()
             .push(format!("{}/{}", w.namespace, w.name));
+        workloads.push(LocalWorkload {
+            namespace: w.namespace.clone(),
+            name: w.name.clone(),
+            id,
+        });
     }
     let own = mesh
         .nodes
@@ -50,6 +69,7 @@ pub fn local_view(mesh: &MeshFile, node: &str) -> Result<LocalView, String> {
         extra_roots.extend(certs);
     }
     Ok(LocalView {
+        workloads,
         identities,
         own,
         extra_roots,

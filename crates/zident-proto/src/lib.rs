@@ -7,3 +7,10 @@ pub mod istio_ca {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("istio.v1.auth");
 }
+
+/// The SPIFFE Workload API (`SpiffeWorkloadAPI`, no proto package), served by the agent to
+/// SPIFFE-aware workloads over a Unix socket.
+pub mod workload {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("_");
+}

@@ -97,6 +97,19 @@ pub struct AgentArgs {
     /// Certificate requests in flight at most.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// SPIFFE Workload API sockets: DIR/<namespace>/<workload>/agent.sock.
+    #[arg(long, value_name = "DIR", default_value = ".zident/agent/workload-api")]
+    pub workload_api_dir: PathBuf,
+    /// Do not serve the Workload API.
+    #[arg(long)]
+    pub no_workload_api: bool,
+    /// Keep DIR/<namespace>/<workload>/{svid.pem, svid_key.pem, bundle.pem} current.
+    #[arg(long, value_name = "DIR")]
+    pub svid_dir: Option<PathBuf>,
+    /// Run after each write of a workload's SVID files (with `sh -c`; ZIDENT_SVID_DIR,
+    /// ZIDENT_SPIFFE_ID and ZIDENT_SERIAL are set).
+    #[arg(long, value_name = "COMMAND", requires = "svid_dir")]
+    pub svid_command: Option<String>,
 }
 
 impl AgentArgs {
@@ -132,6 +145,11 @@ impl AgentArgs {
         config.metrics_addr = Some(self.metrics_addr);
         config.readiness_addr = Some(self.readiness_addr);
         config.metrics_tls = self.metrics_tls;
+        config.delivery = zident_agent::workload_api::DeliveryConfig {
+            socket_dir: (!self.no_workload_api).then_some(self.workload_api_dir),
+            svid_dir: self.svid_dir,
+            svid_command: self.svid_command,
+        };
         Ok(config)
     }
 }

@@ -52,6 +52,7 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
     };
     let mut agent_config = AgentConfig::new(node.clone(), &mesh_path, ca_client);
     agent_config.secret_ttl = UP_SECRET_TTL;
+    agent_config.delivery.socket_dir = Some(args.data_dir.join("agent/workload-api"));
     let agent = RunningAgent::start(agent_config, Some(log))
         .await
         .map_err(|e| e.to_string())?;
@@ -110,6 +111,12 @@ fn print_banner(ca: &RunningCa, agent: &RunningAgent, mesh: &Path, node: &str, d
         "  mesh file               {}   (edit it: reloaded on save)",
         mesh.display()
     );
+    if let Some(first) = agent.delivery.first_socket() {
+        println!(
+            "  Workload API            {}   (one socket per workload)",
+            first.display()
+        );
+    }
     println!();
     println!("Try:");
     println!(
@@ -119,6 +126,13 @@ fn print_banner(ca: &RunningCa, agent: &RunningAgent, mesh: &Path, node: &str, d
     println!("  curl --cacert {root} https://localhost:{port}/bundle");
     if let Some(m) = agent.metrics_addr {
         println!("  curl -s http://{m}/metrics | grep zident_certificate");
+    }
+    if let Some(first) = agent.delivery.first_socket() {
+        let abs = std::fs::canonicalize(&first).unwrap_or(first);
+        println!(
+            "  SPIFFE_ENDPOINT_SOCKET=unix://{} <your SPIFFE-aware program>",
+            abs.display()
+        );
     }
     println!();
     println!("Ctrl-C to stop. State is kept under {}.", data.display());

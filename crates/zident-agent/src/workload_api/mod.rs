@@ -1,0 +1,218 @@
+//! Handing identities to workloads: a SPIFFE Workload API socket per local workload, and,
+//! optionally, PEM files per workload.
+//!
+//! Layout, under the configured directories: `<dir>/<namespace>/<workload name>/agent.sock`
+//! (mount that one directory into the workload) and `<svid-dir>/<namespace>/<workload name>/`
+//! `{svid.pem, svid_key.pem, bundle.pem}`. Directories are 0700 and sockets 0600: only the
+//! agent's user, and whoever the directory is mounted for, get in. Sockets and files appear and
+//! disappear with the workloads in the mesh file.
+
+mod files;
+mod service;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::codegen::tokio_stream::wrappers::UnixListenerStream;
+use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+
+pub use files::write_version;
+pub use service::WorkloadApiService;
+
+use crate::manager::CertificateManager;
+use crate::trust::TrustStore;
+use crate::workloads::LocalWorkload;
+
+/// Where and how workloads get their identities.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryConfig {
+    /// Workload API sockets, if enabled.
+    pub socket_dir: Option<PathBuf>,
+    /// PEM files, if enabled.
+    pub svid_dir: Option<PathBuf>,
+    /// Run after each write of a workload's files (`sh -c`).
+    pub svid_command: Option<String>,
+}
+
+struct Served {
+    id: zident_identity::SpiffeId,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    socket: Option<PathBuf>,
+}
+
+impl Served {
+    fn shut(self) {
+        // Streams end cleanly first; then the tasks go.
+        let _ = self.stop.send(true);
+        let tasks = self.tasks;
+        let socket = self.socket;
+        tokio::spawn(async move {
+            for t in tasks {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+            }
+            if let Some(s) = socket {
+                let _ = std::fs::remove_file(s);
+            }
+        });
+    }
+}
+
+/// The sockets and files of all local workloads.
+pub struct Delivery {
+    config: DeliveryConfig,
+    manager: Arc<CertificateManager>,
+    trust: Arc<TrustStore>,
+    served: Mutex<BTreeMap<(String, String), Served>>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let served = std::mem::take(&mut *self.served.lock().unwrap_or_else(|e| e.into_inner()));
+        for (_, s) in served {
+            let _ = s.stop.send(true);
+            for t in &s.tasks {
+                t.abort();
+            }
+            if let Some(socket) = &s.socket {
+                let _ = std::fs::remove_file(socket);
+            }
+        }
+    }
+}
+
+impl Delivery {
+    /// Delivery for the manager's identities.
+    pub fn new(
+        config: DeliveryConfig,
+        manager: Arc<CertificateManager>,
+        trust: Arc<TrustStore>,
+    ) -> Self {
+        Self {
+            config,
+            manager,
+            trust,
+            served: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The socket path of a workload.
+    pub fn socket_path(&self, namespace: &str, name: &str) -> Option<PathBuf> {
+        self.config
+            .socket_dir
+            .as_ref()
+            .map(|d| d.join(namespace).join(name).join("agent.sock"))
+    }
+
+    /// The socket of the first workload served (for showing where sockets are).
+    pub fn first_socket(&self) -> Option<PathBuf> {
+        self.served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find_map(|s| s.socket.clone())
+    }
+
+    /// Serves exactly `workloads`: new ones get a socket (and files), gone ones lose theirs, and a
+    /// workload whose identity changed is served anew.
+    pub fn sync(&self, workloads: &[LocalWorkload]) {
+        if self.config.socket_dir.is_none() && self.config.svid_dir.is_none() {
+            return;
+        }
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        let wanted: BTreeMap<(String, String), &LocalWorkload> = workloads
+            .iter()
+            .map(|w| ((w.namespace.clone(), w.name.clone()), w))
+            .collect();
+        let stale: Vec<_> = served
+            .iter()
+            .filter(|(k, s)| wanted.get(*k).is_none_or(|w| w.id != s.id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some(s) = served.remove(&key) {
+                tracing::info!(target: "zident::identity", "no longer serving {}/{}", key.0, key.1);
+                s.shut();
+            }
+        }
+        for (key, w) in wanted {
+            if served.contains_key(&key) {
+                continue;
+            }
+            match self.serve(w) {
+                Ok(s) => {
+                    served.insert(key, s);
+                }
+                Err(e) => tracing::error!(
+                    target: "zident::identity",
+                    "cannot serve identity to {}/{}: {e}",
+                    w.namespace,
+                    w.name
+                ),
+            }
+        }
+    }
+
+    fn serve(&self, w: &LocalWorkload) -> std::io::Result<Served> {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut socket = None;
+        if let Some(path) = self.socket_path(&w.namespace, &w.name) {
+            let listener = bind_private(&path)?;
+            let service = WorkloadApiService::new(
+                w.id.clone(),
+                self.manager.clone(),
+                self.trust.clone(),
+                stop_rx.clone(),
+            );
+            let mut shutdown = stop_rx.clone();
+            let shown = path.display().to_string();
+            tasks.push(tokio::spawn(async move {
+                let result = tonic::transport::Server::builder()
+                    .add_service(SpiffeWorkloadApiServer::new(service))
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                        let _ = shutdown.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(target: "zident::identity", "Workload API on {shown} stopped: {e}");
+                }
+            }));
+            tracing::info!(target: "zident::identity", socket = %path.display(), "serving the Workload API for {}", w.id);
+            socket = Some(path);
+        }
+        if let (Some(dir), Some(status)) = (&self.config.svid_dir, self.manager.watch(&w.id)) {
+            tasks.push(tokio::spawn(files::keep_files(
+                dir.join(&w.namespace).join(&w.name),
+                status,
+                self.trust.subscribe(),
+                stop_rx,
+                self.config.svid_command.clone(),
+            )));
+        }
+        Ok(Served {
+            id: w.id.clone(),
+            stop,
+            tasks,
+            socket,
+        })
+    }
+}
+
+/// Binds a Unix socket at `path` in a 0700 directory, with the socket itself 0600.
+fn bind_private(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    // A socket left by a previous run would make bind fail.
+    if std::fs::symlink_metadata(path).is_ok() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}

@@ -1,0 +1,212 @@
+//! The SPIFFE Workload API for one workload: `FetchX509SVID` and `FetchX509Bundles` stream
+//! the workload's SVID and the trust bundle, with a new full message on every rotation and
+//! every bundle change. The socket a workload reaches decides the identity it gets.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tonic::codegen::tokio_stream::Stream;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use zident_identity::{SpiffeId, TrustBundle};
+use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use zident_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
+    X509svidResponse,
+};
+
+use crate::manager::CertificateManager;
+use crate::trust::TrustStore;
+use crate::worker::{CertState, IdentityStatus};
+
+/// The metadata every Workload API request must carry, so a browser or a confused proxy
+/// cannot be tricked into calling the API.
+const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The Workload API as one workload sees it.
+pub struct WorkloadApiService {
+    id: SpiffeId,
+    manager: Arc<CertificateManager>,
+    trust: Arc<TrustStore>,
+    /// Becomes true when the workload leaves or the agent stops: streams then end cleanly.
+    stop: watch::Receiver<bool>,
+}
+
+impl WorkloadApiService {
+    /// The API for a workload with identity `id`.
+    pub fn new(
+        id: SpiffeId,
+        manager: Arc<CertificateManager>,
+        trust: Arc<TrustStore>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            id,
+            manager,
+            trust,
+            stop,
+        }
+    }
+}
+
+fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req
+        .metadata()
+        .get(SECURITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("true") => Ok(()),
+        _ => Err(Status::invalid_argument(format!(
+            "security header missing from request: every Workload API call must carry metadata \"{SECURITY_HEADER}: true\""
+        ))),
+    }
+}
+
+fn bundle_der(bundle: &TrustBundle) -> Vec<u8> {
+    bundle
+        .roots()
+        .iter()
+        .flat_map(|r| r.iter().copied())
+        .collect()
+}
+
+fn svid_message(status: &IdentityStatus, bundle: &TrustBundle) -> Option<X509svidResponse> {
+    let CertState::Available(cert) = &status.state else {
+        return None;
+    };
+    Some(X509svidResponse {
+        svids: vec![X509svid {
+            spiffe_id: cert.id.to_string(),
+            x509_svid: cert.chain.iter().flat_map(|c| c.iter().copied()).collect(),
+            x509_svid_key: cert.key().pkcs8_der().to_vec(),
+            bundle: bundle_der(bundle),
+            hint: String::new(),
+        }],
+        crl: vec![],
+        federated_bundles: HashMap::new(),
+    })
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApiService {
+    type FetchX509SVIDStream = Stream_<X509svidResponse>;
+    type FetchX509BundlesStream = Stream_<X509BundlesResponse>;
+    type FetchJWTBundlesStream = Stream_<JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        check_header(&request)?;
+        let mut status = self.manager.watch(&self.id).ok_or_else(|| {
+            Status::unavailable(format!("{} is no longer served on this node", self.id))
+        })?;
+        if let CertState::Unavailable(reason) = &status.borrow().state {
+            return Err(Status::unavailable(reason.clone()));
+        }
+        let mut bundle = self.trust.subscribe();
+        let mut stop = self.stop.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            // What was last sent: the leaf's serial and the bundle's sequence.
+            let mut sent: Option<(String, u64)> = None;
+            loop {
+                let item = {
+                    let s = status.borrow_and_update();
+                    let b = bundle.borrow_and_update();
+                    match &s.state {
+                        CertState::Available(c) => {
+                            let key = (c.serial_hex.clone(), b.sequence());
+                            (sent.as_ref() != Some(&key)).then(|| {
+                                sent = Some(key);
+                                svid_message(&s, &b).ok_or_else(|| Status::internal("no SVID"))
+                            })
+                        }
+                        CertState::Unavailable(reason) => {
+                            Some(Err(Status::unavailable(reason.clone())))
+                        }
+                        CertState::Initializing => None,
+                    }
+                };
+                if let Some(item) = item {
+                    let last = item.is_err();
+                    if tx.send(item).await.is_err() || last {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = status.changed() => if changed.is_err() { return },
+                    changed = bundle.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        check_header(&request)?;
+        let mut bundle = self.trust.subscribe();
+        let mut stop = self.stop.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let message = {
+                    let b = bundle.borrow_and_update();
+                    X509BundlesResponse {
+                        crl: vec![],
+                        bundles: [(b.trust_domain().id_string(), bundle_der(&b))].into(),
+                    }
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = bundle.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        check_header(&request)?;
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not issued by zident yet; use X.509-SVIDs",
+        ))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        check_header(&request)?;
+        Err(Status::unimplemented(
+            "JWT bundles are not served by zident yet; use X.509 bundles",
+        ))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        check_header(&request)?;
+        Err(Status::unimplemented(
+            "JWT-SVID validation is not offered by zident yet",
+        ))
+    }
+}
