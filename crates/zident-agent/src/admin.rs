@@ -17,6 +17,10 @@ use crate::json::rfc3339;
 use crate::manager::CertificateManager;
 use crate::worker::{CertState, IdentityStatus};
 
+/// The dashboard: one self-contained page (no external assets) that draws each certificate's
+/// timeline from `/debug/certs` and refreshes itself.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 /// Reads and changes the log filter at run time (`GET/POST /logging`).
 pub trait LogControl: Send + Sync {
     /// The current filter, e.g. `info` or `info,zident::identity=debug`.
@@ -146,6 +150,7 @@ pub fn admin_router(
     let m3 = manager;
     let log_get = log.clone();
     axum::Router::new()
+        .route("/", get(|| async { axum::response::Html(DASHBOARD) }))
         .route(
             "/debug/certs",
             get(move || async move { Json(debug_certs(&m1)) }),

@@ -15,6 +15,7 @@
 
 mod bundle;
 mod csr;
+pub mod inspect;
 mod keys;
 pub mod pem;
 pub mod profile;
@@ -27,7 +28,10 @@ pub use csr::{CsrError, CsrPublicKey, MAX_CSR_BYTES, VerifiedCsr, verify_csr_der
 pub use keys::{KeyError, WorkloadKey, uri_san_extension};
 pub use provider::{CertificateProvider, ProviderError, WorkloadCertificate};
 pub use spiffe_id::{IdError, MAX_ID_BYTES, SpiffeId, TrustDomain};
-pub use svid::{SvidError, SvidInfo, check_leaf, hex, serial_hex, to_system_time, verify_svid};
+pub use svid::{
+    RuleResult, SvidError, SvidInfo, check_leaf, check_time, hex, human, leaf_rules, serial_hex,
+    to_system_time, verify_chain, verify_svid,
+};
 
 /// Re-exported so callers name one version of the DER types.
 pub use rustls_pki_types::CertificateDer;

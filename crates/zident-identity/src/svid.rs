@@ -158,65 +158,189 @@ pub fn verify_svid(
     Ok(info)
 }
 
-/// Checks the X509-SVID rules on a leaf alone (no chain, no clock).
+/// One rule of the X509-SVID standard applied to a leaf: `Ok(detail)` when it holds, the
+/// specific error when it does not, `None` when it does not apply (a rule that depends on one
+/// that already failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleResult {
+    /// What the rule says, e.g. "exactly one URI SAN".
+    pub rule: &'static str,
+    /// The verdict.
+    pub result: Option<Result<String, SvidError>>,
+}
+
+impl RuleResult {
+    fn pass(rule: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            rule,
+            result: Some(Ok(detail.into())),
+        }
+    }
+    fn fail(rule: &'static str, e: SvidError) -> Self {
+        Self {
+            rule,
+            result: Some(Err(e)),
+        }
+    }
+    fn skip(rule: &'static str) -> Self {
+        Self { rule, result: None }
+    }
+}
+
+/// Applies every leaf rule of the X509-SVID standard; returns the SPIFFE ID if it could be
+/// read, and each rule's verdict.
+pub fn leaf_rules(cert: &X509Certificate<'_>) -> (Option<SpiffeId>, Vec<RuleResult>) {
+    let mut out = Vec::new();
+    let malformed = |e: X509Error| SvidError::Malformed {
+        index: 0,
+        reason: e.to_string(),
+    };
+
+    out.push(if cert.is_ca() {
+        RuleResult::fail("not a CA certificate", SvidError::NotALeaf)
+    } else {
+        RuleResult::pass(
+            "not a CA certificate",
+            "basicConstraints CA=false or absent",
+        )
+    });
+
+    let mut id = None;
+    match cert.subject_alternative_name() {
+        Err(e) => {
+            out.push(RuleResult::fail("exactly one URI SAN", malformed(e)));
+            out.push(RuleResult::skip("the URI SAN is a SPIFFE ID with a path"));
+            out.push(RuleResult::skip("SAN critical when the subject is empty"));
+        }
+        Ok(san) => {
+            let uris: Vec<&str> = san
+                .iter()
+                .flat_map(|s| s.value.general_names.iter())
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(*u),
+                    _ => None,
+                })
+                .collect();
+            match uris.as_slice() {
+                [] => {
+                    out.push(RuleResult::fail("exactly one URI SAN", SvidError::NoUriSan));
+                    out.push(RuleResult::skip("the URI SAN is a SPIFFE ID with a path"));
+                }
+                [uri] => {
+                    out.push(RuleResult::pass("exactly one URI SAN", *uri));
+                    out.push(match SpiffeId::new(uri).and_then(SpiffeId::require_path) {
+                        Ok(parsed) => {
+                            id = Some(parsed);
+                            RuleResult::pass("the URI SAN is a SPIFFE ID with a path", *uri)
+                        }
+                        Err(reason) => RuleResult::fail(
+                            "the URI SAN is a SPIFFE ID with a path",
+                            SvidError::BadSpiffeId {
+                                uri: (*uri).to_owned(),
+                                reason,
+                            },
+                        ),
+                    });
+                }
+                several => {
+                    out.push(RuleResult::fail(
+                        "exactly one URI SAN",
+                        SvidError::SeveralUriSans(several.len()),
+                    ));
+                    out.push(RuleResult::skip("the URI SAN is a SPIFFE ID with a path"));
+                }
+            }
+            let empty_subject = cert.subject().iter().next().is_none();
+            out.push(match (empty_subject, san) {
+                (false, _) => RuleResult::pass(
+                    "SAN critical when the subject is empty",
+                    "subject is not empty",
+                ),
+                (true, Some(s)) if s.critical => {
+                    RuleResult::pass("SAN critical when the subject is empty", "critical")
+                }
+                (true, Some(_)) => RuleResult::fail(
+                    "SAN critical when the subject is empty",
+                    SvidError::SanNotCritical,
+                ),
+                (true, None) => RuleResult::skip("SAN critical when the subject is empty"),
+            });
+        }
+    }
+
+    match cert.key_usage() {
+        Err(e) => out.push(RuleResult::fail("key usage present", malformed(e))),
+        Ok(None) => {
+            out.push(RuleResult::fail(
+                "key usage present",
+                SvidError::KeyUsageMissing,
+            ));
+            for rule in [
+                "key usage critical",
+                "key usage has digitalSignature",
+                "key usage has neither keyCertSign nor cRLSign",
+            ] {
+                out.push(RuleResult::skip(rule));
+            }
+        }
+        Ok(Some(ku)) => {
+            out.push(RuleResult::pass(
+                "key usage present",
+                format!("{}", ku.value),
+            ));
+            out.push(if ku.critical {
+                RuleResult::pass("key usage critical", "critical")
+            } else {
+                RuleResult::fail("key usage critical", SvidError::KeyUsageNotCritical)
+            });
+            out.push(if ku.value.digital_signature() {
+                RuleResult::pass("key usage has digitalSignature", "set")
+            } else {
+                RuleResult::fail(
+                    "key usage has digitalSignature",
+                    SvidError::NoDigitalSignature,
+                )
+            });
+            let rule = "key usage has neither keyCertSign nor cRLSign";
+            out.push(if ku.value.key_cert_sign() {
+                RuleResult::fail(rule, SvidError::ForbiddenKeyUsage("keyCertSign"))
+            } else if ku.value.crl_sign() {
+                RuleResult::fail(rule, SvidError::ForbiddenKeyUsage("cRLSign"))
+            } else {
+                RuleResult::pass(rule, "neither set")
+            });
+        }
+    }
+
+    let rule = "extended key usage, if present, has serverAuth and clientAuth";
+    out.push(match cert.extended_key_usage() {
+        Err(e) => RuleResult::fail(rule, malformed(e)),
+        Ok(None) => RuleResult::pass(rule, "absent"),
+        Ok(Some(eku)) if !eku.value.server_auth => {
+            RuleResult::fail(rule, SvidError::ExtKeyUsageIncomplete("serverAuth"))
+        }
+        Ok(Some(eku)) if !eku.value.client_auth => {
+            RuleResult::fail(rule, SvidError::ExtKeyUsageIncomplete("clientAuth"))
+        }
+        Ok(Some(_)) => RuleResult::pass(rule, "both present"),
+    });
+    (id, out)
+}
+
+/// Checks the X509-SVID rules on a leaf alone (no chain, no clock): the first rule that fails.
 pub fn check_leaf(der: &[u8]) -> Result<SvidInfo, SvidError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| SvidError::Malformed {
         index: 0,
         reason: e.to_string(),
     })?;
-    let malformed = |e: X509Error| SvidError::Malformed {
-        index: 0,
-        reason: e.to_string(),
-    };
-    if cert.is_ca() {
-        return Err(SvidError::NotALeaf);
+    let (id, rules) = leaf_rules(&cert);
+    if let Some(e) = rules
+        .into_iter()
+        .find_map(|r| r.result.and_then(Result::err))
+    {
+        return Err(e);
     }
-    let san = cert.subject_alternative_name().map_err(malformed)?;
-    let uris: Vec<&str> = san
-        .iter()
-        .flat_map(|s| s.value.general_names.iter())
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
-    let id = match uris.as_slice() {
-        [] => return Err(SvidError::NoUriSan),
-        [uri] => SpiffeId::new(uri)
-            .and_then(SpiffeId::require_path)
-            .map_err(|reason| SvidError::BadSpiffeId {
-                uri: (*uri).to_owned(),
-                reason,
-            })?,
-        several => return Err(SvidError::SeveralUriSans(several.len())),
-    };
-    if cert.subject().iter().next().is_none() && san.is_some_and(|s| !s.critical) {
-        return Err(SvidError::SanNotCritical);
-    }
-    let ku = cert
-        .key_usage()
-        .map_err(malformed)?
-        .ok_or(SvidError::KeyUsageMissing)?;
-    if !ku.critical {
-        return Err(SvidError::KeyUsageNotCritical);
-    }
-    if !ku.value.digital_signature() {
-        return Err(SvidError::NoDigitalSignature);
-    }
-    if ku.value.key_cert_sign() {
-        return Err(SvidError::ForbiddenKeyUsage("keyCertSign"));
-    }
-    if ku.value.crl_sign() {
-        return Err(SvidError::ForbiddenKeyUsage("cRLSign"));
-    }
-    if let Some(eku) = cert.extended_key_usage().map_err(malformed)? {
-        if !eku.value.server_auth {
-            return Err(SvidError::ExtKeyUsageIncomplete("serverAuth"));
-        }
-        if !eku.value.client_auth {
-            return Err(SvidError::ExtKeyUsageIncomplete("clientAuth"));
-        }
-    }
+    let id = id.ok_or(SvidError::NoUriSan)?;
     Ok(SvidInfo {
         id,
         serial_hex: serial_hex(cert.raw_serial()),
@@ -225,7 +349,8 @@ pub fn check_leaf(der: &[u8]) -> Result<SvidInfo, SvidError> {
     })
 }
 
-fn check_time(info: &SvidInfo, now: SystemTime) -> Result<(), SvidError> {
+/// Whether `now` is inside the leaf's validity window.
+pub fn check_time(info: &SvidInfo, now: SystemTime) -> Result<(), SvidError> {
     if let Ok(ago) = now.duration_since(info.not_after)
         && !ago.is_zero()
     {
@@ -245,7 +370,8 @@ fn check_time(info: &SvidInfo, now: SystemTime) -> Result<(), SvidError> {
     Ok(())
 }
 
-fn verify_chain(
+/// Verifies that `leaf` chains through `intermediates` to a root of `bundle` at `now`.
+pub fn verify_chain(
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     bundle: &TrustBundle,
@@ -272,6 +398,14 @@ fn verify_chain(
     .map_err(|e| match e {
         webpki::Error::UnknownIssuer => SvidError::UnknownIssuer,
         webpki::Error::InvalidSignatureForPublicKey => SvidError::BadSignature,
+        webpki::Error::CertExpired { not_after, .. } => SvidError::InvalidChain(format!(
+            "a certificate in the chain expired at {}",
+            unix(SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.as_secs()))
+        )),
+        webpki::Error::CertNotValidYet { not_before, .. } => SvidError::InvalidChain(format!(
+            "a certificate in the chain is not valid before {}",
+            unix(SystemTime::UNIX_EPOCH + Duration::from_secs(not_before.as_secs()))
+        )),
         other => SvidError::InvalidChain(format!("{other:?}")),
     })
 }
@@ -320,12 +454,13 @@ fn unix(t: SystemTime) -> String {
         .unwrap_or_else(|| secs.to_string())
 }
 
-fn human(d: Duration) -> String {
+/// A duration as people read it: `42s`, `3m07s`, `5h12m`, `12d3h`.
+pub fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
     }
 }

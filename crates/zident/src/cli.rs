@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -44,6 +45,10 @@ pub enum Command {
     Agent(AgentArgs),
     /// Run zident on the embedded default mesh (examples/local.yaml) for a first look.
     Up(UpArgs),
+    /// Show the certificates of a running agent.
+    Certs(crate::certs::CertsArgs),
+    /// Check a certificate file against the X509-SVID rules; exit 0 only if all pass.
+    Inspect(crate::inspect::InspectArgs),
 }
 
 /// Flags of `zident agent`; each also reads Istio's environment variable.
@@ -229,8 +234,16 @@ impl CaArgs {
 }
 
 /// Runs a subcommand to completion.
-pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<(), String> {
+pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, String> {
     match command {
+        Command::Certs(args) => crate::certs::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Inspect(args) => crate::inspect::run(args).map(|passed| {
+            if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
         Command::Agent(args) => {
             let config = args.into_config()?;
             let agent = RunningAgent::start(config, Some(log))
@@ -240,7 +253,7 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<(), String> {
                 println!("zident agent: admin at http://{a}/debug/certs");
             }
             wait_for_signal().await;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Ca(args) => {
             let config = args.into_config()?;
@@ -254,9 +267,9 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<(), String> {
                 println!("zident ca: metrics at http://{m}/metrics");
             }
             wait_for_shutdown(&mut ca).await;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Up(args) => crate::up::run(args, log).await,
+        Command::Up(args) => crate::up::run(args, log).await.map(|()| ExitCode::SUCCESS),
     }
 }
 

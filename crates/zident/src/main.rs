@@ -3,9 +3,12 @@
 //! One binary: `zident ca` runs the certificate authority, `zident agent` the node agent, and
 //! `zident up` both, on an embedded default mesh, for a first look.
 
+mod certs;
 mod cli;
 mod duration;
+mod inspect;
 mod logging;
+mod style;
 mod up;
 
 use std::process::ExitCode;
@@ -26,7 +29,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(cli::run(cli.command, std::sync::Arc::new(log))) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("zident: error: {e}");
             ExitCode::FAILURE
