@@ -4,14 +4,7 @@ use std::time::SystemTime;
 
 use serde::Serializer;
 
-/// RFC 3339 in UTC, e.g. `2026-11-27T20:35:31Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::from(t))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+pub use zident_identity::rfc3339;
 
 /// Serializes a time as RFC 3339.
 pub fn time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tonic::{Request, Response, Status};
-use zident_identity::{CsrError, verify_csr_pem};
+use zident_identity::{CsrError, rfc3339, verify_csr_pem};
 use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateService;
 use zident_proto::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
 
@@ -216,13 +216,6 @@ fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<String>
         Some(Kind::StringValue(s)) => Ok(Some(s.clone())),
         Some(_) => Err(format!("metadata {IMPERSONATED_IDENTITY} must be a string")),
     }
-}
-
-/// RFC 3339 in UTC, for logs.
-pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

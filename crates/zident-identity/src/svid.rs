@@ -60,7 +60,7 @@ pub enum SvidError {
     #[error("the leaf's extended key usage lacks {0}")]
     ExtKeyUsageIncomplete(&'static str),
     /// notAfter is in the past.
-    #[error("the leaf expired {} ago (notAfter {})", human(*.ago), unix(*.not_after))]
+    #[error("the leaf expired {} ago (notAfter {})", human(*.ago), rfc3339(*.not_after))]
     Expired {
         /// The leaf's notAfter.
         not_after: SystemTime,
@@ -68,7 +68,7 @@ pub enum SvidError {
         ago: Duration,
     },
     /// notBefore is in the future.
-    #[error("the leaf is not valid for another {} (notBefore {})", human(*.wait), unix(*.not_before))]
+    #[error("the leaf is not valid for another {} (notBefore {})", human(*.wait), rfc3339(*.not_before))]
     NotYetValid {
         /// The leaf's notBefore.
         not_before: SystemTime,
@@ -400,11 +400,11 @@ pub fn verify_chain(
         webpki::Error::InvalidSignatureForPublicKey => SvidError::BadSignature,
         webpki::Error::CertExpired { not_after, .. } => SvidError::InvalidChain(format!(
             "a certificate in the chain expired at {}",
-            unix(SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.as_secs()))
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.as_secs()))
         )),
         webpki::Error::CertNotValidYet { not_before, .. } => SvidError::InvalidChain(format!(
             "a certificate in the chain is not valid before {}",
-            unix(SystemTime::UNIX_EPOCH + Duration::from_secs(not_before.as_secs()))
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(not_before.as_secs()))
         )),
         other => SvidError::InvalidChain(format!("{other:?}")),
     })
@@ -440,7 +440,9 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn unix(t: SystemTime) -> String {
+/// A time as RFC 3339 in UTC, to the second, e.g. `2026-11-27T20:35:31Z`: how zident shows
+/// times in logs, JSON and tables.
+pub fn rfc3339(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

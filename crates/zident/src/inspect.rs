@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use zident_identity::inspect::{Expectations, Outcome, inspect};
 use zident_identity::pem::certs_from_pem_or_der;
-use zident_identity::{SpiffeId, TrustBundle, TrustDomain, human};
+use zident_identity::{SpiffeId, TrustBundle, TrustDomain, human, rfc3339};
 
 use crate::style::{Style, print_table};
 
@@ -128,11 +128,4 @@ pub fn run(args: InspectArgs) -> Result<bool, String> {
         );
     }
     Ok(failed == 0)
-}
-
-/// RFC 3339 in UTC.
-pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
