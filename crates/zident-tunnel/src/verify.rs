@@ -1,0 +1,213 @@
+//! The rustls verifiers of the HBONE tunnel: both ends present X509-SVIDs.
+//!
+//! - Inbound, [`SpiffeClientVerifier`] requires a client certificate that is a valid SVID
+//!   chaining to the current trust bundle (read at each handshake, so a bundle change — a new
+//!   root in a rotation — applies to the next connection).
+//! - Outbound, [`SpiffeServerVerifier`] requires the server's SVID to verify too, and its
+//!   SPIFFE ID to be one of the identities expected for the destination; the DNS name rustls
+//!   passes is ignored, because SPIFFE identities are not host names.
+//!
+//! Every refusal says why, so the access log and metrics can name the reason.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use zident_identity::{SpiffeId, SvidError, TrustBundle, verify_svid};
+
+/// Gives the current trust bundle.
+pub type BundleSource = Arc<dyn Fn() -> Arc<TrustBundle> + Send + Sync>;
+
+fn time(now: UnixTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs())
+}
+
+fn chain(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Vec<CertificateDer<'static>> {
+    std::iter::once(end_entity)
+        .chain(intermediates)
+        .map(|c| c.clone().into_owned())
+        .collect()
+}
+
+fn refuse(e: SvidError) -> rustls::Error {
+    let kind = match e {
+        SvidError::Expired { .. } => CertificateError::Expired,
+        SvidError::NotYetValid { .. } => CertificateError::NotValidYet,
+        SvidError::UnknownIssuer => CertificateError::UnknownIssuer,
+        SvidError::BadSignature => CertificateError::BadSignature,
+        other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+    };
+    rustls::Error::InvalidCertificate(kind)
+}
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
+}
+
+/// Requires and verifies the client's SVID (inbound).
+pub struct SpiffeClientVerifier {
+    bundle: BundleSource,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl std::fmt::Debug for SpiffeClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpiffeClientVerifier")
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpiffeClientVerifier {
+    /// A verifier against the bundle `bundle` returns at each handshake.
+    pub fn new(bundle: BundleSource) -> Self {
+        Self {
+            bundle,
+            algorithms: algorithms(),
+        }
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let bundle = (self.bundle)();
+        verify_svid(&chain(end_entity, intermediates), &bundle, time(now))
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(refuse)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The server's SPIFFE ID is not one the client expected.
+#[derive(Debug, thiserror::Error)]
+#[error("the server presented {got}, but the destination's identities are {expected}")]
+pub struct IdentityMismatch {
+    /// What the server presented.
+    pub got: SpiffeId,
+    /// What was acceptable.
+    pub expected: String,
+}
+
+/// Verifies the server's SVID and that it is one of the expected identities (outbound).
+pub struct SpiffeServerVerifier {
+    bundle: BundleSource,
+    expected: Vec<SpiffeId>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl std::fmt::Debug for SpiffeServerVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpiffeServerVerifier")
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpiffeServerVerifier {
+    /// A verifier accepting any of `expected`, against the bundle `bundle` returns at each
+    /// handshake.
+    pub fn new(bundle: BundleSource, expected: Vec<SpiffeId>) -> Self {
+        Self {
+            bundle,
+            expected,
+            algorithms: algorithms(),
+        }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let bundle = (self.bundle)();
+        let info =
+            verify_svid(&chain(end_entity, intermediates), &bundle, time(now)).map_err(refuse)?;
+        if !self.expected.contains(&info.id) {
+            let expected = self
+                .expected
+                .iter()
+                .map(SpiffeId::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(IdentityMismatch {
+                    got: info.id,
+                    expected,
+                })),
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The aws-lc-rs provider used for every tunnel TLS configuration.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
