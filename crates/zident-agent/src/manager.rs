@@ -202,14 +202,16 @@ impl CertificateProvider for CertificateManager {
                 .ok_or_else(|| ProviderError::UnknownIdentity(id.clone()))?;
             (slot.status.clone(), slot.wake.clone())
         };
-        let attempts_before = {
+        // A failure only answers this request if the fetch began after it: when one is already
+        // in flight (it may have started before the CA came back), wait for the retry after it.
+        let answered_after = {
             let status = rx.borrow_and_update();
             if let CertState::Available(c) = &status.state
                 && c.is_valid_at(SystemTime::now())
             {
                 return Ok(c.clone());
             }
-            status.attempts
+            status.attempts + u64::from(status.fetching)
         };
         // No valid certificate: ask for one now, ahead of everything else.
         wake.notify_one();
@@ -220,7 +222,7 @@ impl CertificateProvider for CertificateManager {
                     let status = rx.borrow_and_update();
                     match &status.state {
                         CertState::Available(c) => return Ok(c.clone()),
-                        CertState::Unavailable(reason) if status.attempts > attempts_before => {
+                        CertState::Unavailable(reason) if status.attempts > answered_after => {
                             return Err(ProviderError::Unavailable {
                                 id: id.clone(),
                                 reason: reason.clone(),

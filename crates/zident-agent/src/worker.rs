@@ -58,6 +58,8 @@ pub struct IdentityStatus {
     pub ever_available: bool,
     /// Fetches finished, successful or not.
     pub attempts: u64,
+    /// Whether a fetch is in flight right now.
+    pub fetching: bool,
     /// The agent's own identity rather than a workload's.
     pub own: bool,
 }
@@ -72,6 +74,7 @@ impl IdentityStatus {
             last_error: None,
             ever_available: false,
             attempts: 0,
+            fetching: false,
             own,
         }
     }
@@ -190,6 +193,7 @@ pub(crate) async fn run(
                 _ = wake.notified(), if priority != Priority::RealTime => priority = Priority::RealTime,
             }
         };
+        tx.send_modify(|s| s.fetching = true);
         let outcome = shared.fetch(&id, own).await;
         drop(permit);
         let now = SystemTime::now();
@@ -202,29 +206,39 @@ pub(crate) async fn run(
                     .expiry
                     .get_or_create(&label)
                     .set(unix(cert.not_after));
+                // One update: a waiter must never see the attempt counted but the old state.
                 tx.send_modify(|s| {
-                    s.last = Some(cert.clone());
+                    shared
+                        .metrics
+                        .state_change(Some(s.state.name()), Some("Available"));
+                    s.state = CertState::Available(cert.clone());
+                    s.last = Some(cert);
                     s.rotation_at = Some(at);
                     s.next_attempt = Some(at);
                     s.last_error = None;
                     s.ever_available = true;
                     s.attempts += 1;
+                    s.fetching = false;
                 });
-                set_state(&tx, &shared.metrics, CertState::Available(cert));
                 at
             }
             Err(reason) => {
                 let at = now + backoff.next_delay(random_unit());
-                let still_valid =
-                    matches!(&tx.borrow().state, CertState::Available(c) if c.is_valid_at(now));
                 tx.send_modify(|s| {
-                    s.last_error = Some(reason.clone());
+                    // The old certificate stays in use while it is valid.
+                    let still_valid =
+                        matches!(&s.state, CertState::Available(c) if c.is_valid_at(now));
+                    if !still_valid {
+                        shared
+                            .metrics
+                            .state_change(Some(s.state.name()), Some("Unavailable"));
+                        s.state = CertState::Unavailable(reason.clone());
+                    }
+                    s.last_error = Some(reason);
                     s.next_attempt = Some(at);
                     s.attempts += 1;
+                    s.fetching = false;
                 });
-                if !still_valid {
-                    set_state(&tx, &shared.metrics, CertState::Unavailable(reason));
-                }
                 at
             }
         };
