@@ -41,7 +41,7 @@ pub use config::{AgentConfig, CaClientConfig, RotationPolicy, TokenSource};
 pub use manager::CertificateManager;
 pub use worker::{CertState, IdentityStatus};
 
-use crate::metrics::{AgentMetrics, StateLabel};
+use crate::metrics::{AgentMetrics, OutcomeLabel};
 use crate::workloads::local_view;
 
 /// Why the agent could not start.
@@ -256,7 +256,7 @@ fn reload(
         Ok(view) => {
             metrics
                 .config_reloads
-                .get_or_create(&StateLabel { state: "applied" })
+                .get_or_create(&OutcomeLabel { outcome: "applied" })
                 .inc();
             tracing::info!(target: "zident::identity", identities = view.identities.len(), "mesh file reloaded");
             trust.set_config_roots(view.extra_roots.clone());
@@ -266,7 +266,7 @@ fn reload(
         Err(e) => {
             metrics
                 .config_reloads
-                .get_or_create(&StateLabel { state: "rejected" })
+                .get_or_create(&OutcomeLabel { outcome: "rejected" })
                 .inc();
             tracing::error!(target: "zident::identity", "mesh file change rejected, keeping the last good configuration: {e}");
         }

@@ -34,6 +34,13 @@ pub struct StateLabel {
     pub state: &'static str,
 }
 
+/// `outcome` label of a reload.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `applied` or `rejected`.
+    pub outcome: &'static str,
+}
+
 /// `serial` label of a trust bundle root.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RootLabel {
@@ -59,7 +66,7 @@ pub struct AgentMetrics {
     /// Changes of the trust bundle.
     pub bundle_changes: Counter,
     /// Mesh file reloads by outcome.
-    pub config_reloads: Family<StateLabel, Counter>,
+    pub config_reloads: Family<OutcomeLabel, Counter>,
 }
 
 impl AgentMetrics {
@@ -112,7 +119,7 @@ impl AgentMetrics {
         );
         registry.register(
             "zident_config_reloads",
-            "Mesh file reloads by outcome (state=applied|rejected).",
+            "Mesh file reloads by outcome (applied or rejected).",
             m.config_reloads.clone(),
         );
         m

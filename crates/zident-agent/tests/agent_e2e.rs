@@ -210,7 +210,7 @@ async fn mesh_file_edits_add_and_forget_identities_and_broken_edits_change_nothi
         || {
             curl(&metrics_url)
                 .1
-                .contains("zident_config_reloads_total{state=\"rejected\"} 1")
+                .contains("zident_config_reloads_total{outcome=\"rejected\"} 1")
         },
     )
     .await;
