@@ -266,7 +266,9 @@ fn reload(
         Err(e) => {
             metrics
                 .config_reloads
-                .get_or_create(&OutcomeLabel { outcome: "rejected" })
+                .get_or_create(&OutcomeLabel {
+                    outcome: "rejected",
+                })
                 .inc();
             tracing::error!(target: "zident::identity", "mesh file change rejected, keeping the last good configuration: {e}");
         }

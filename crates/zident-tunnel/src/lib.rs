@@ -1,7 +1,9 @@
 //! The HBONE tunnel's pieces. So far: authorization policy in ztunnel's local-config shape,
-//! evaluated for each connection to a workload ([`policy`]), and the rustls verifiers that make
-//! both ends of a tunnel prove their SPIFFE identities ([`verify`]).
+//! evaluated for each connection to a workload ([`policy`]), the rustls verifiers that make
+//! both ends of a tunnel prove their SPIFFE identities ([`verify`]), and the inbound HBONE
+//! server ([`inbound`]).
 
 pub mod cidr;
+pub mod inbound;
 pub mod policy;
 pub mod verify;

@@ -1,0 +1,268 @@
+//! Inbound HBONE over real TLS and HTTP/2 on loopback: CONNECT reaches the workload and bytes
+//! flow both ways; policy, bad requests and an unreachable workload get their status codes; a
+//! rotation changes the certificate of new connections while an open tunnel keeps working.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{Issuer, KeyPair};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zident_identity::{
+    SpiffeId, TrustBundle, TrustDomain, WorkloadCertificate, WorkloadKey, profile,
+};
+use zident_mesh::MeshFile;
+use zident_tunnel::inbound::{Inbound, LocalTarget};
+use zident_tunnel::policy::Authorizer;
+use zident_tunnel::verify::{SpiffeServerVerifier, provider};
+
+struct Ca {
+    key: KeyPair,
+    cert: rcgen::Certificate,
+}
+
+impl Ca {
+    fn new() -> Self {
+        let key = KeyPair::generate().unwrap();
+        let cert = profile::root_params(
+            &TrustDomain::new("cluster.local").unwrap(),
+            SystemTime::now(),
+            Duration::from_secs(86400),
+        )
+        .self_signed(&key)
+        .unwrap();
+        Self { key, cert }
+    }
+
+    fn workload_cert(&self, path: &str) -> Arc<WorkloadCertificate> {
+        let id = id(path);
+        let key = WorkloadKey::generate().unwrap();
+        let now = SystemTime::now();
+        let params = profile::leaf_params(
+            &id,
+            now,
+            Duration::from_secs(600),
+            now + Duration::from_secs(86400),
+        )
+        .unwrap();
+        let (nb, na) = (params.not_before.into(), params.not_after.into());
+        let issuer = Issuer::from_ca_cert_der(self.cert.der(), &self.key).unwrap();
+        let cert = params.signed_by(key.key_pair(), &issuer).unwrap();
+        let serial = zident_identity::check_leaf(cert.der()).unwrap().serial_hex;
+        Arc::new(WorkloadCertificate::new(
+            id,
+            vec![cert.der().clone()],
+            vec![],
+            nb,
+            na,
+            serial,
+            now,
+            key,
+        ))
+    }
+
+    fn bundle(&self) -> Arc<TrustBundle> {
+        let mut b = TrustBundle::new(TrustDomain::new("cluster.local").unwrap());
+        b.add_root(self.cert.der().clone()).unwrap();
+        Arc::new(b)
+    }
+}
+
+fn id(path: &str) -> SpiffeId {
+    SpiffeId::new(&format!("spiffe://cluster.local/{path}")).unwrap()
+}
+
+fn authorizer(policies: &str) -> Arc<Authorizer> {
+    let mesh = MeshFile::parse(
+        Path::new("m.yaml"),
+        &format!("trustDomain: cluster.local\npolicies:\n{policies}"),
+    )
+    .unwrap();
+    Arc::new(Authorizer::new(&mesh).unwrap())
+}
+
+/// A TCP echo server: the destination workload.
+async fn echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+struct Setup {
+    inbound: SocketAddr,
+    server_cert: Arc<RwLock<Arc<WorkloadCertificate>>>,
+    policies: Arc<RwLock<Arc<Authorizer>>>,
+    ca: Arc<Ca>,
+}
+
+async fn setup() -> Setup {
+    let ca = Arc::new(Ca::new());
+    let server_cert = Arc::new(RwLock::new(ca.workload_cert("ns/default/sa/backend")));
+    let policies = Arc::new(RwLock::new(authorizer("  []\n")));
+    let bundle = ca.bundle();
+    let (c, p) = (server_cert.clone(), policies.clone());
+    let inbound = Arc::new(Inbound::new(
+        id("ns/default/sa/backend"),
+        Arc::new(move || Some(c.read().unwrap().clone())),
+        Arc::new(move || bundle.clone()),
+        Arc::new(|ip: IpAddr| {
+            (ip == IpAddr::from([127, 0, 0, 1])).then(|| LocalTarget {
+                id: id("ns/default/sa/backend"),
+                namespace: "default".into(),
+                policies: vec![],
+            })
+        }),
+        Arc::new(move || p.read().unwrap().clone()),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(inbound.serve(listener));
+    Setup {
+        inbound: addr,
+        server_cert,
+        policies,
+        ca,
+    }
+}
+
+/// An HBONE client connection as the frontend workload: (sender, serial the server presented).
+async fn connect(
+    s: &Setup,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    String,
+) {
+    let client_cert = s.ca.workload_cert("ns/default/sa/frontend");
+    let bundle = s.ca.bundle();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+            Arc::new(move || bundle.clone()),
+            vec![id("ns/default/sa/backend")],
+        )))
+        .with_client_auth_cert(
+            client_cert.chain.clone(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                client_cert.key().pkcs8_der().to_vec(),
+            )),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.inbound).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("backend.hbone").unwrap(), tcp)
+        .await
+        .unwrap();
+    let served: CertificateDer<'static> = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let serial = zident_identity::check_leaf(&served).unwrap().serial_hex;
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    (sender, serial)
+}
+
+async fn connect_to(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    method: Method,
+    authority: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    let req = Request::builder()
+        .method(method)
+        .uri(authority)
+        .body(Empty::new())
+        .unwrap();
+    sender.send_request(req).await.unwrap()
+}
+
+async fn round_trip(resp: hyper::Response<hyper::body::Incoming>, message: &[u8]) -> Vec<u8> {
+    let upgraded = hyper::upgrade::on(resp).await.expect("tunnel");
+    let mut io = TokioIo::new(upgraded);
+    io.write_all(message).await.unwrap();
+    let mut buf = vec![0u8; message.len()];
+    tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    buf
+}
+
+#[tokio::test]
+async fn connect_reaches_the_workload_and_statuses_mean_what_they_say() {
+    let s = setup().await;
+    let workload = echo().await;
+    let (mut sender, _) = connect(&s).await;
+
+    let resp = connect_to(&mut sender, Method::CONNECT, &workload.to_string()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        round_trip(resp, b"hello through hbone").await,
+        b"hello through hbone"
+    );
+
+    // Not a workload on this node.
+    let resp = connect_to(&mut sender, Method::CONNECT, "127.0.0.9:80").await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // Not CONNECT.
+    let resp = connect_to(&mut sender, Method::GET, &format!("http://{workload}/")).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // The workload does not answer.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let resp = connect_to(&mut sender, Method::CONNECT, &closed.to_string()).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // A DENY policy for the frontend: 401, applied to new requests at once.
+    *s.policies.write().unwrap() = authorizer(
+        "- name: no-frontend\n  namespace: default\n  scope: Namespace\n  action: Deny\n  \
+rules:\n  - - - principals: [{Exact: \"cluster.local/ns/default/sa/frontend\"}]\n",
+    );
+    let resp = connect_to(&mut sender, Method::CONNECT, &workload.to_string()).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_rotation_changes_new_connections_and_keeps_open_tunnels() {
+    let s = setup().await;
+    let workload = echo().await;
+    let (mut sender, first_serial) = connect(&s).await;
+    let resp = connect_to(&mut sender, Method::CONNECT, &workload.to_string()).await;
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let mut open = TokioIo::new(upgraded);
+
+    // Rotate the server's certificate.
+    let rotated = s.ca.workload_cert("ns/default/sa/backend");
+    *s.server_cert.write().unwrap() = rotated.clone();
+
+    // The open tunnel still carries bytes.
+    open.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+
+    // A new connection is served with the new certificate.
+    let (_, second_serial) = connect(&s).await;
+    assert_ne!(first_serial, second_serial);
+    assert_eq!(second_serial, rotated.serial_hex);
+}
