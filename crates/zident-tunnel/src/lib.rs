@@ -5,5 +5,7 @@
 
 pub mod cidr;
 pub mod inbound;
+pub mod outbound;
 pub mod policy;
+pub mod socks5;
 pub mod verify;
