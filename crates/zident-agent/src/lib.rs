@@ -27,7 +27,6 @@ pub mod workload_api;
 pub mod workloads;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
@@ -75,6 +74,8 @@ pub struct RunningAgent {
     pub readiness_addr: Option<SocketAddr>,
     /// Workload API sockets and SVID files.
     pub delivery: Arc<workload_api::Delivery>,
+    /// The mesh file in force: the one loaded at start, then each edit that was accepted.
+    pub mesh: tokio::sync::watch::Receiver<Arc<MeshFile>>,
     tasks: Vec<JoinHandle<()>>,
     _watcher: notify::RecommendedWatcher,
 }
@@ -168,26 +169,24 @@ impl RunningAgent {
             )));
         }
 
+        let (mesh_tx, mesh_rx) = tokio::sync::watch::channel(Arc::new(mesh.clone()));
         let (dir, name) = watch::dir_and_name(&config.mesh_path);
         let (watcher, changes) = watch::watch_dir(&dir, vec![name]).map_err(|e| {
             AgentError::Config(format!("cannot watch {}: {e}", config.mesh_path.display()))
         })?;
-        {
-            let (manager, trust, metrics, delivery) = (
-                manager.clone(),
-                trust.clone(),
-                metrics.clone(),
-                delivery.clone(),
-            );
-            let (path, node, td) = (
-                config.mesh_path.clone(),
-                config.node.clone(),
-                mesh.trust_domain.clone(),
-            );
-            tasks.push(tokio::spawn(watch::reload_on_change(changes, move || {
-                reload(&path, &node, &td, &manager, &trust, &metrics, &delivery)
-            })));
-        }
+        let reloader = Reloader {
+            path: config.mesh_path.clone(),
+            node: config.node.clone(),
+            trust_domain: mesh.trust_domain.clone(),
+            manager: manager.clone(),
+            trust: trust.clone(),
+            metrics: metrics.clone(),
+            delivery: delivery.clone(),
+            mesh: mesh_tx,
+        };
+        tasks.push(tokio::spawn(watch::reload_on_change(changes, move || {
+            reloader.reload()
+        })));
 
         let admin_addr = match config.admin_addr {
             Some(a) => Some(serve(a, admin::admin_router(manager.clone(), log), &mut tasks).await?),
@@ -225,52 +224,64 @@ impl RunningAgent {
             metrics_addr,
             readiness_addr,
             delivery,
+            mesh: mesh_rx,
             tasks,
             _watcher: watcher,
         })
     }
 }
 
-fn reload(
-    path: &Path,
-    node: &str,
-    td: &TrustDomain,
-    manager: &CertificateManager,
-    trust: &trust::TrustStore,
-    metrics: &AgentMetrics,
-    delivery: &workload_api::Delivery,
-) {
-    let result = MeshFile::load(path)
-        .map_err(|e| e.to_string())
-        .and_then(|mesh| {
-            if &mesh.trust_domain != td {
-                return Err(format!(
-                    "mesh file {}: trustDomain cannot change from {td} to {} while running; restart the agent",
-                    path.display(),
-                    mesh.trust_domain
-                ));
+/// Applies an edited mesh file, or keeps the last good one.
+struct Reloader {
+    path: std::path::PathBuf,
+    node: String,
+    trust_domain: TrustDomain,
+    manager: Arc<CertificateManager>,
+    trust: Arc<trust::TrustStore>,
+    metrics: Arc<AgentMetrics>,
+    delivery: Arc<workload_api::Delivery>,
+    mesh: tokio::sync::watch::Sender<Arc<MeshFile>>,
+}
+
+impl Reloader {
+    fn reload(&self) {
+        let path = &self.path;
+        let result = MeshFile::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|mesh| {
+                if mesh.trust_domain != self.trust_domain {
+                    return Err(format!(
+                        "mesh file {}: trustDomain cannot change from {} to {} while running; restart the agent",
+                        path.display(),
+                        self.trust_domain,
+                        mesh.trust_domain
+                    ));
+                }
+                let view = local_view(&mesh, &self.node)
+                    .map_err(|e| format!("mesh file {}: {e}", path.display()))?;
+                Ok((mesh, view))
+            });
+        match result {
+            Ok((mesh, view)) => {
+                self.metrics
+                    .config_reloads
+                    .get_or_create(&OutcomeLabel { outcome: "applied" })
+                    .inc();
+                tracing::info!(target: "zident::identity", identities = view.identities.len(), "mesh file reloaded");
+                self.trust.set_config_roots(view.extra_roots.clone());
+                self.manager.set_identities(&view.identity_set());
+                self.delivery.sync(&view.workloads);
+                self.mesh.send_replace(Arc::new(mesh));
             }
-            local_view(&mesh, node).map_err(|e| format!("mesh file {}: {e}", path.display()))
-        });
-    match result {
-        Ok(view) => {
-            metrics
-                .config_reloads
-                .get_or_create(&OutcomeLabel { outcome: "applied" })
-                .inc();
-            tracing::info!(target: "zident::identity", identities = view.identities.len(), "mesh file reloaded");
-            trust.set_config_roots(view.extra_roots.clone());
-            manager.set_identities(&view.identity_set());
-            delivery.sync(&view.workloads);
-        }
-        Err(e) => {
-            metrics
-                .config_reloads
-                .get_or_create(&OutcomeLabel {
-                    outcome: "rejected",
-                })
-                .inc();
-            tracing::error!(target: "zident::identity", "mesh file change rejected, keeping the last good configuration: {e}");
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .get_or_create(&OutcomeLabel {
+                        outcome: "rejected",
+                    })
+                    .inc();
+                tracing::error!(target: "zident::identity", "mesh file change rejected, keeping the last good configuration: {e}");
+            }
         }
     }
 }

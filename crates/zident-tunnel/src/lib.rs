@@ -5,6 +5,8 @@
 
 pub mod cidr;
 pub mod inbound;
+pub mod mesh_view;
+pub mod node;
 pub mod outbound;
 pub mod policy;
 pub mod socks5;

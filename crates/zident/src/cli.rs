@@ -115,6 +115,45 @@ pub struct AgentArgs {
     /// ZIDENT_SPIFFE_ID and ZIDENT_SERIAL are set).
     #[arg(long, value_name = "COMMAND", requires = "svid_dir")]
     pub svid_command: Option<String>,
+    /// Outbound tunnel: SOCKS5 for local workloads.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15080")]
+    pub socks5_addr: SocketAddr,
+    /// Inbound tunnel: the HBONE port on every local HBONE workload address.
+    #[arg(long, value_name = "PORT", default_value_t = 15008)]
+    pub inbound_port: u16,
+    /// Do not run the tunnel (certificates only).
+    #[arg(long)]
+    pub no_tunnel: bool,
+}
+
+/// Starts the tunnel of an agent's node, unless disabled.
+pub async fn start_tunnel(
+    agent: &RunningAgent,
+    node: &str,
+    config: Option<zident_tunnel::node::TunnelConfig>,
+) -> Result<Option<zident_tunnel::node::RunningTunnel>, String> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let manager = agent.manager.clone();
+    let current = {
+        let m = manager.clone();
+        Arc::new(move |id: &zident_identity::SpiffeId| m.current(id))
+    };
+    let bundle = {
+        let m = manager.clone();
+        Arc::new(move || m.trust().bundle())
+    };
+    zident_tunnel::node::start(
+        config,
+        node.to_owned(),
+        manager,
+        current,
+        bundle,
+        agent.mesh.clone(),
+    )
+    .await
+    .map(Some)
 }
 
 impl AgentArgs {
@@ -245,10 +284,19 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
             }
         }),
         Command::Agent(args) => {
+            let tunnel = (!args.no_tunnel).then_some(zident_tunnel::node::TunnelConfig {
+                socks5_addr: Some(args.socks5_addr),
+                inbound_port: args.inbound_port,
+            });
             let config = args.into_config()?;
+            let node = config.node.clone();
             let agent = RunningAgent::start(config, Some(log))
                 .await
                 .map_err(|e| e.to_string())?;
+            let tunnel = start_tunnel(&agent, &node, tunnel).await?;
+            if let Some(s) = tunnel.as_ref().and_then(|t| t.socks5_addr) {
+                println!("zident agent: SOCKS5 outbound at {s}");
+            }
             if let Some(a) = agent.admin_addr {
                 println!("zident agent: admin at http://{a}/debug/certs");
             }

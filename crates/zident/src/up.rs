@@ -56,7 +56,29 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
     let agent = RunningAgent::start(agent_config, Some(log))
         .await
         .map_err(|e| e.to_string())?;
+    let tunnel = crate::cli::start_tunnel(
+        &agent,
+        &node,
+        Some(zident_tunnel::node::TunnelConfig {
+            socks5_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 15080))),
+            inbound_port: 15008,
+        }),
+    )
+    .await?;
     print_banner(&ca, &agent, &mesh_path, &node, &args.data_dir);
+    if let Some(t) = &tunnel {
+        println!(
+            "Tunnel: SOCKS5 at {} and HBONE on :15008 of each workload address, e.g.",
+            t.socks5_addr.map(|a| a.to_string()).unwrap_or_default()
+        );
+        println!(
+            "  python3 -m http.server 8080 --bind 127.0.0.3 &                               # be the backend workload"
+        );
+        println!(
+            "  curl --interface 127.0.0.2 --socks5 127.0.0.1:15080 http://127.0.0.3:8080/   # as frontend, through the tunnel"
+        );
+        println!();
+    }
     wait_for_shutdown(&mut ca).await;
     Ok(())
 }
