@@ -211,7 +211,7 @@ impl Inbound {
             tracing::info!(target: "zident::tunnel", src, dst = %target.id, "{note}");
         }
         if !decision.allowed {
-            tracing::warn!(target: "zident::tunnel", src, dst = %target.id, %dst, reason = "policy_denied", "inbound: {}", decision.reason);
+            tracing::warn!(target: "zident::tunnel", src, dst = %target.id, dst_addr = %dst, reason = "policy_denied", "inbound: {}", decision.reason);
             return status(StatusCode::UNAUTHORIZED);
         }
         let upstream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst))
@@ -242,7 +242,7 @@ impl Inbound {
                         target: "zident::tunnel",
                         src = %src,
                         dst = %dst_id,
-                        %dst,
+                        dst_addr = %dst,
                         bytes_in = sent,
                         bytes_out = received,
                         duration_ms = started.elapsed().as_millis() as u64,

@@ -82,12 +82,25 @@ async fn http_workload(addr: SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_workload_b_through_both_agents() {
     // Free ports, taken by binding and releasing: one HBONE port for every node, one for B.
-    let free = |ip: [u8; 4]| {
-        std::net::TcpListener::bind(SocketAddr::from((ip, 0)))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    // A port free on every address that needs it (std's bind does not reuse addresses, so
+    // what it can bind, tokio can too).
+    let free = |_: [u8; 4]| {
+        (0..100)
+            .find_map(|_| {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .ok()?
+                    .local_addr()
+                    .ok()?
+                    .port();
+                let all: Vec<_> = [[127, 0, 0, 12], [127, 0, 0, 13]]
+                    .iter()
+                    .map(|ip: &[u8; 4]| std::net::TcpListener::bind(SocketAddr::from((*ip, port))))
+                    .collect::<Result<_, _>>()
+                    .ok()?;
+                drop(all);
+                Some(port)
+            })
+            .expect("a free port")
     };
     let hbone_port = free([127, 0, 0, 13]);
     let http_port = free([127, 0, 0, 13]);

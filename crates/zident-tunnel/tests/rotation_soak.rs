@@ -1,0 +1,262 @@
+//! Rotation without drops: certificates of 3 s, 30 s of continuous traffic between two agents'
+//! workloads — new tunneled connections all the time plus one long-lived connection — and at
+//! least 5 rotations on each side, zero failed connections, zero lost or altered bytes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use zident_agent::{AgentConfig, CaClientConfig, RunningAgent, TokenSource};
+use zident_ca::{CaConfig, RunningCa};
+use zident_identity::SpiffeId;
+use zident_tunnel::node::{RunningTunnel, TunnelConfig, start};
+
+async fn agent(dir: &std::path::Path, ca: &RunningCa, node: &str, token: &str) -> RunningAgent {
+    let client = CaClientConfig {
+        address: format!("localhost:{}", ca.addr.port()),
+        root_ca: ca.root_cert_path.clone(),
+        token: TokenSource::Literal(token.into()),
+        cluster_id: "Kubernetes".into(),
+        request_timeout: Duration::from_secs(10),
+        poll_bundle: true,
+    };
+    let mut c = AgentConfig::new(node, dir.join("mesh.yaml"), client);
+    c.secret_ttl = Duration::from_secs(3);
+    (c.admin_addr, c.metrics_addr, c.readiness_addr) = (None, None, None);
+    let a = RunningAgent::start(c, None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.manager.is_ready() {
+        assert!(Instant::now() < deadline, "{node} never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a
+}
+
+async fn tunnel(a: &RunningAgent, node: &str, socks: bool, port: u16) -> RunningTunnel {
+    let m = a.manager.clone();
+    let current = Arc::new(move |id: &SpiffeId| m.current(id));
+    let m = a.manager.clone();
+    let bundle = Arc::new(move || m.trust().bundle());
+    let config = TunnelConfig {
+        socks5_addr: socks.then(|| "127.0.0.1:0".parse().unwrap()),
+        inbound_port: port,
+    };
+    start(
+        config,
+        node.into(),
+        a.manager.clone(),
+        current,
+        bundle,
+        a.mesh.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+/// An echo workload.
+async fn echo(addr: SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+}
+
+/// A SOCKS5 CONNECT from `from` through `proxy` to `to`.
+async fn socks_connect(
+    from: [u8; 4],
+    proxy: SocketAddr,
+    to: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    let mut s = socket.connect(proxy).await?;
+    s.write_all(&[5, 1, 0]).await?;
+    let mut greet = [0u8; 2];
+    s.read_exact(&mut greet).await?;
+    let SocketAddr::V4(v4) = to else {
+        unreachable!()
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).await?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await?;
+    if reply[1] != 0 {
+        return Err(std::io::Error::other(format!("SOCKS5 reply {}", reply[1])));
+    }
+    Ok(s)
+}
+
+fn serial(a: &RunningAgent, path: &str) -> Option<String> {
+    let id = SpiffeId::new(&format!("spiffe://cluster.local/{path}")).unwrap();
+    a.manager.current(&id).map(|c| c.serial_hex.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_seconds_of_traffic_across_rotations_without_a_failure() {
+    // A port free on every address that needs it.
+    let free = |_: [u8; 4]| {
+        (0..100)
+            .find_map(|_| {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .ok()?
+                    .local_addr()
+                    .ok()?
+                    .port();
+                let all: Vec<tokio::net::TcpListener> = [[127, 0, 0, 22], [127, 0, 0, 23]]
+                    .iter()
+                    .map(|ip: &[u8; 4]| {
+                        // As the tunnel's listeners bind: with SO_REUSEADDR.
+                        let s = TcpSocket::new_v4()?;
+                        s.set_reuseaddr(true)?;
+                        s.bind(SocketAddr::from((*ip, port)))?;
+                        s.listen(1)
+                    })
+                    .collect::<Result<_, std::io::Error>>()
+                    .ok()?;
+                drop(all);
+                Some(port)
+            })
+            .expect("a free port")
+    };
+    let hbone_port = free([127, 0, 0, 23]);
+    let echo_port = free([127, 0, 0, 23]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        "trustDomain: cluster.local\n\
+nodes:\n- {name: node-a, token: ta}\n- {name: node-b, token: tb}\n\
+workloads:\n\
+- {uid: a, name: client, namespace: default, serviceAccount: client, node: node-a, workloadIps: ['127.0.0.22'], protocol: HBONE}\n\
+- {uid: b, name: server, namespace: default, serviceAccount: server, node: node-b, workloadIps: ['127.0.0.23'], protocol: HBONE}\n",
+    )
+    .unwrap();
+    let mut ca = CaConfig::new(dir.path().join("mesh.yaml"));
+    ca.data_dir = dir.path().join("ca");
+    ca.listen = "127.0.0.1:0".parse().unwrap();
+    ca.metrics_addr = None;
+    let ca = RunningCa::start(ca).await.unwrap();
+    let a = agent(dir.path(), &ca, "node-a", "ta").await;
+    let b = agent(dir.path(), &ca, "node-b", "tb").await;
+    let ta = tunnel(&a, "node-a", true, hbone_port).await;
+    let _tb = tunnel(&b, "node-b", false, hbone_port).await;
+    let target = SocketAddr::from(([127, 0, 0, 23], echo_port));
+    echo(target).await;
+    let proxy = ta.socks5_addr.unwrap();
+
+    let failures = Arc::new(AtomicU64::new(0));
+    let connections = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(30);
+
+    // One long-lived connection, streaming across every rotation.
+    let long_lived = {
+        let failures = failures.clone();
+        tokio::spawn(async move {
+            let mut s = socks_connect([127, 0, 0, 22], proxy, target)
+                .await
+                .expect("long-lived tunnel");
+            let mut sent = 0u64;
+            let mut i = 0u8;
+            while Instant::now() < end {
+                let chunk = [i; 1024];
+                s.write_all(&chunk).await.unwrap();
+                let mut back = [0u8; 1024];
+                if s.read_exact(&mut back).await.is_err() || back != chunk {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    return sent;
+                }
+                sent += 1024;
+                i = i.wrapping_add(1);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        })
+    };
+    // New connections all the time, from two loops.
+    let mut workers = Vec::new();
+    for w in 0..2u8 {
+        let (failures, connections) = (failures.clone(), connections.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while Instant::now() < end {
+                n += 1;
+                let message = format!("worker {w} message {n}").into_bytes();
+                let ok = async {
+                    let mut s = socks_connect([127, 0, 0, 22], proxy, target).await?;
+                    s.write_all(&message).await?;
+                    let mut back = vec![0u8; message.len()];
+                    s.read_exact(&mut back).await?;
+                    if back != message {
+                        return Err(std::io::Error::other("echo altered the bytes"));
+                    }
+                    Ok::<_, std::io::Error>(())
+                };
+                match tokio::time::timeout(Duration::from_secs(10), ok).await {
+                    Ok(Ok(())) => {
+                        connections.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => {
+                        if failures.fetch_add(1, Ordering::SeqCst) < 5 {
+                            eprintln!("connection {n} of worker {w} failed: {other:?}");
+                        }
+                    }
+                }
+                // About 100 new connections a second per worker: steady, and within what the
+                // loopback's ephemeral ports (in TIME_WAIT for a minute) allow.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    // Count distinct certificates on both sides meanwhile.
+    let (mut a_serials, mut b_serials) = (Vec::new(), Vec::new());
+    while Instant::now() < end {
+        for (agent, path, seen) in [
+            (&a, "ns/default/sa/client", &mut a_serials),
+            (&b, "ns/default/sa/server", &mut b_serials),
+        ] {
+            if let Some(s) = serial(agent, path)
+                && seen.last() != Some(&s)
+            {
+                seen.push(s);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let streamed = long_lived.await.unwrap();
+
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "no failed connection, no altered byte"
+    );
+    assert!(
+        connections.load(Ordering::SeqCst) > 100,
+        "new connections kept coming: {}",
+        connections.load(Ordering::SeqCst)
+    );
+    assert!(
+        streamed > 500 * 1024,
+        "the long-lived connection kept streaming: {streamed} bytes"
+    );
+    assert!(
+        a_serials.len() >= 6,
+        "at least 5 rotations on the client side: {a_serials:?}"
+    );
+    assert!(
+        b_serials.len() >= 6,
+        "at least 5 rotations on the server side: {b_serials:?}"
+    );
+}
