@@ -2,106 +2,23 @@
 //! flow both ways; policy, bad requests and an unreachable workload get their status codes; a
 //! rotation changes the certificate of new connections while an open tunnel keeps working.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+mod common;
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use common::{Ca, authorizer, echo, id};
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{Issuer, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zident_identity::{
-    SpiffeId, TrustBundle, TrustDomain, WorkloadCertificate, WorkloadKey, profile,
-};
-use zident_mesh::MeshFile;
+use zident_identity::WorkloadCertificate;
 use zident_tunnel::inbound::{Inbound, LocalTarget};
 use zident_tunnel::policy::Authorizer;
 use zident_tunnel::verify::{SpiffeServerVerifier, provider};
-
-struct Ca {
-    key: KeyPair,
-    cert: rcgen::Certificate,
-}
-
-impl Ca {
-    fn new() -> Self {
-        let key = KeyPair::generate().unwrap();
-        let cert = profile::root_params(
-            &TrustDomain::new("cluster.local").unwrap(),
-            SystemTime::now(),
-            Duration::from_secs(86400),
-        )
-        .self_signed(&key)
-        .unwrap();
-        Self { key, cert }
-    }
-
-    fn workload_cert(&self, path: &str) -> Arc<WorkloadCertificate> {
-        let id = id(path);
-        let key = WorkloadKey::generate().unwrap();
-        let now = SystemTime::now();
-        let params = profile::leaf_params(
-            &id,
-            now,
-            Duration::from_secs(600),
-            now + Duration::from_secs(86400),
-        )
-        .unwrap();
-        let (nb, na) = (params.not_before.into(), params.not_after.into());
-        let issuer = Issuer::from_ca_cert_der(self.cert.der(), &self.key).unwrap();
-        let cert = params.signed_by(key.key_pair(), &issuer).unwrap();
-        let serial = zident_identity::check_leaf(cert.der()).unwrap().serial_hex;
-        Arc::new(WorkloadCertificate::new(
-            id,
-            vec![cert.der().clone()],
-            vec![],
-            nb,
-            na,
-            serial,
-            now,
-            key,
-        ))
-    }
-
-    fn bundle(&self) -> Arc<TrustBundle> {
-        let mut b = TrustBundle::new(TrustDomain::new("cluster.local").unwrap());
-        b.add_root(self.cert.der().clone()).unwrap();
-        Arc::new(b)
-    }
-}
-
-fn id(path: &str) -> SpiffeId {
-    SpiffeId::new(&format!("spiffe://cluster.local/{path}")).unwrap()
-}
-
-fn authorizer(policies: &str) -> Arc<Authorizer> {
-    let mesh = MeshFile::parse(
-        Path::new("m.yaml"),
-        &format!("trustDomain: cluster.local\npolicies:\n{policies}"),
-    )
-    .unwrap();
-    Arc::new(Authorizer::new(&mesh).unwrap())
-}
-
-/// A TCP echo server: the destination workload.
-async fn echo() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
 
 struct Setup {
     inbound: SocketAddr,
@@ -112,7 +29,7 @@ struct Setup {
 
 async fn setup() -> Setup {
     let ca = Arc::new(Ca::new());
-    let server_cert = Arc::new(RwLock::new(ca.workload_cert("ns/default/sa/backend")));
+    let server_cert = Arc::new(RwLock::new(ca.issue("ns/default/sa/backend")));
     let policies = Arc::new(RwLock::new(authorizer("  []\n")));
     let bundle = ca.bundle();
     let (c, p) = (server_cert.clone(), policies.clone());
@@ -147,7 +64,7 @@ async fn connect(
     hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
     String,
 ) {
-    let client_cert = s.ca.workload_cert("ns/default/sa/frontend");
+    let client_cert = s.ca.issue("ns/default/sa/frontend");
     let bundle = s.ca.bundle();
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -208,7 +125,7 @@ async fn round_trip(resp: hyper::Response<hyper::body::Incoming>, message: &[u8]
 #[tokio::test]
 async fn connect_reaches_the_workload_and_statuses_mean_what_they_say() {
     let s = setup().await;
-    let workload = echo().await;
+    let workload = echo("127.0.0.1:0".parse().unwrap()).await;
     let (mut sender, _) = connect(&s).await;
 
     let resp = connect_to(&mut sender, Method::CONNECT, &workload.to_string()).await;
@@ -245,14 +162,14 @@ rules:\n  - - - principals: [{Exact: \"cluster.local/ns/default/sa/frontend\"}]\
 #[tokio::test]
 async fn a_rotation_changes_new_connections_and_keeps_open_tunnels() {
     let s = setup().await;
-    let workload = echo().await;
+    let workload = echo("127.0.0.1:0".parse().unwrap()).await;
     let (mut sender, first_serial) = connect(&s).await;
     let resp = connect_to(&mut sender, Method::CONNECT, &workload.to_string()).await;
     let upgraded = hyper::upgrade::on(resp).await.unwrap();
     let mut open = TokioIo::new(upgraded);
 
     // Rotate the server's certificate.
-    let rotated = s.ca.workload_cert("ns/default/sa/backend");
+    let rotated = s.ca.issue("ns/default/sa/backend");
     *s.server_cert.write().unwrap() = rotated.clone();
 
     // The open tunnel still carries bytes.

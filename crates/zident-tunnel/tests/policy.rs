@@ -1,22 +1,14 @@
 //! Authorization semantics, case by case: scopes, DENY before ALLOW, the default allow, every
 //! match field and its negation, dry runs, and policies that cannot be enforced.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 
-use zident_identity::SpiffeId;
+use common::{authorizer, id};
 use zident_mesh::MeshFile;
 use zident_tunnel::policy::{Authorizer, Connection, Destination};
-
-fn authorizer(policies: &str) -> Authorizer {
-    let yaml = format!("trustDomain: cluster.local\npolicies:\n{policies}");
-    let mesh = MeshFile::parse(Path::new("mesh.yaml"), &yaml).unwrap();
-    Authorizer::new(&mesh).unwrap()
-}
-
-fn id(s: &str) -> SpiffeId {
-    SpiffeId::new(&format!("spiffe://cluster.local/{s}")).unwrap()
-}
 
 /// Decides a connection from `src` (identity path, e.g. `ns/default/sa/frontend`) at 127.0.0.2
 /// to a workload in namespace `ns` at `dst`.

@@ -2,6 +2,10 @@
 //! workloads — new tunneled connections all the time plus one long-lived connection — and at
 //! least 5 rotations on each side, zero failed connections, zero lost or altered bytes.
 
+mod common;
+
+use common::{agent, echo, free_port, start_ca, tunnel};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,66 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use zident_agent::{AgentConfig, CaClientConfig, RunningAgent, TokenSource};
-use zident_ca::{CaConfig, RunningCa};
+use zident_agent::RunningAgent;
 use zident_identity::SpiffeId;
-use zident_tunnel::node::{RunningTunnel, TunnelConfig, start};
-
-async fn agent(dir: &std::path::Path, ca: &RunningCa, node: &str, token: &str) -> RunningAgent {
-    let client = CaClientConfig {
-        address: format!("localhost:{}", ca.addr.port()),
-        root_ca: ca.root_cert_path.clone(),
-        token: TokenSource::Literal(token.into()),
-        cluster_id: "Kubernetes".into(),
-        request_timeout: Duration::from_secs(10),
-        poll_bundle: true,
-    };
-    let mut c = AgentConfig::new(node, dir.join("mesh.yaml"), client);
-    c.secret_ttl = Duration::from_secs(3);
-    (c.admin_addr, c.metrics_addr, c.readiness_addr) = (None, None, None);
-    let a = RunningAgent::start(c, None).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a.manager.is_ready() {
-        assert!(Instant::now() < deadline, "{node} never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    a
-}
-
-async fn tunnel(a: &RunningAgent, node: &str, socks: bool, port: u16) -> RunningTunnel {
-    let m = a.manager.clone();
-    let current = Arc::new(move |id: &SpiffeId| m.current(id));
-    let m = a.manager.clone();
-    let bundle = Arc::new(move || m.trust().bundle());
-    let config = TunnelConfig {
-        socks5_addr: socks.then(|| "127.0.0.1:0".parse().unwrap()),
-        inbound_port: port,
-    };
-    start(
-        config,
-        node.into(),
-        a.manager.clone(),
-        current,
-        bundle,
-        a.mesh.clone(),
-    )
-    .await
-    .unwrap()
-}
-
-/// An echo workload.
-async fn echo(addr: SocketAddr) {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-}
 
 /// A SOCKS5 CONNECT from `from` through `proxy` to `to`.
 async fn socks_connect(
@@ -104,33 +50,8 @@ fn serial(a: &RunningAgent, path: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_seconds_of_traffic_across_rotations_without_a_failure() {
-    // A port free on every address that needs it.
-    let free = |_: [u8; 4]| {
-        (0..100)
-            .find_map(|_| {
-                let port = std::net::TcpListener::bind("127.0.0.1:0")
-                    .ok()?
-                    .local_addr()
-                    .ok()?
-                    .port();
-                let all: Vec<tokio::net::TcpListener> = [[127, 0, 0, 22], [127, 0, 0, 23]]
-                    .iter()
-                    .map(|ip: &[u8; 4]| {
-                        // As the tunnel's listeners bind: with SO_REUSEADDR.
-                        let s = TcpSocket::new_v4()?;
-                        s.set_reuseaddr(true)?;
-                        s.bind(SocketAddr::from((*ip, port)))?;
-                        s.listen(1)
-                    })
-                    .collect::<Result<_, std::io::Error>>()
-                    .ok()?;
-                drop(all);
-                Some(port)
-            })
-            .expect("a free port")
-    };
-    let hbone_port = free([127, 0, 0, 23]);
-    let echo_port = free([127, 0, 0, 23]);
+    let hbone_port = free_port(&[[127, 0, 0, 22], [127, 0, 0, 23]]);
+    let echo_port = free_port(&[[127, 0, 0, 23]]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("mesh.yaml"),
@@ -141,13 +62,9 @@ workloads:\n\
 - {uid: b, name: server, namespace: default, serviceAccount: server, node: node-b, workloadIps: ['127.0.0.23'], protocol: HBONE}\n",
     )
     .unwrap();
-    let mut ca = CaConfig::new(dir.path().join("mesh.yaml"));
-    ca.data_dir = dir.path().join("ca");
-    ca.listen = "127.0.0.1:0".parse().unwrap();
-    ca.metrics_addr = None;
-    let ca = RunningCa::start(ca).await.unwrap();
-    let a = agent(dir.path(), &ca, "node-a", "ta").await;
-    let b = agent(dir.path(), &ca, "node-b", "tb").await;
+    let ca = start_ca(dir.path()).await;
+    let a = agent(dir.path(), &ca, "node-a", "ta", Duration::from_secs(3)).await;
+    let b = agent(dir.path(), &ca, "node-b", "tb", Duration::from_secs(3)).await;
     let ta = tunnel(&a, "node-a", true, hbone_port).await;
     let _tb = tunnel(&b, "node-b", false, hbone_port).await;
     let target = SocketAddr::from(([127, 0, 0, 23], echo_port));

@@ -3,79 +3,17 @@
 //! Refusals: an unknown source, a destination whose server presents another identity, and a
 //! policy DENY.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+mod common;
 
-use rcgen::{Issuer, KeyPair};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zident_identity::{
-    CertificateProvider, ProviderError, SpiffeId, TrustBundle, TrustDomain, WorkloadCertificate,
-    WorkloadKey, profile,
-};
-use zident_mesh::MeshFile;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use common::{Ca, authorizer, curl, http_workload, id};
+use zident_identity::{CertificateProvider, ProviderError, SpiffeId, WorkloadCertificate};
 use zident_tunnel::inbound::{Inbound, LocalTarget};
 use zident_tunnel::outbound::{Directory, Outbound, Route};
-use zident_tunnel::policy::Authorizer;
 use zident_tunnel::socks5::Target;
-
-fn id(path: &str) -> SpiffeId {
-    SpiffeId::new(&format!("spiffe://cluster.local/{path}")).unwrap()
-}
-
-struct Ca {
-    key: KeyPair,
-    cert: rcgen::Certificate,
-}
-
-impl Ca {
-    fn new() -> Self {
-        let key = KeyPair::generate().unwrap();
-        let cert = profile::root_params(
-            &TrustDomain::new("cluster.local").unwrap(),
-            SystemTime::now(),
-            Duration::from_secs(86400),
-        )
-        .self_signed(&key)
-        .unwrap();
-        Self { key, cert }
-    }
-    fn issue(&self, id: &SpiffeId) -> Arc<WorkloadCertificate> {
-        let key = WorkloadKey::generate().unwrap();
-        let now = SystemTime::now();
-        let params = profile::leaf_params(
-            id,
-            now,
-            Duration::from_secs(600),
-            now + Duration::from_secs(86400),
-        )
-        .unwrap();
-        let (nb, na) = (params.not_before.into(), params.not_after.into());
-        let cert = params
-            .signed_by(
-                key.key_pair(),
-                &Issuer::from_ca_cert_der(self.cert.der(), &self.key).unwrap(),
-            )
-            .unwrap();
-        let serial = zident_identity::check_leaf(cert.der()).unwrap().serial_hex;
-        Arc::new(WorkloadCertificate::new(
-            id.clone(),
-            vec![cert.der().clone()],
-            vec![],
-            nb,
-            na,
-            serial,
-            now,
-            key,
-        ))
-    }
-    fn bundle(&self) -> Arc<TrustBundle> {
-        let mut b = TrustBundle::new(TrustDomain::new("cluster.local").unwrap());
-        b.add_root(self.cert.der().clone()).unwrap();
-        Arc::new(b)
-    }
-}
 
 /// Certificates by identity, as the agent would hand them out.
 struct Certs(Vec<(SpiffeId, Arc<WorkloadCertificate>)>);
@@ -125,43 +63,6 @@ impl Directory for Mesh {
     }
 }
 
-/// A minimal HTTP workload: answers every request with "hello from backend".
-async fn http_workload(ip: [u8; 4]) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, 0)))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = "hello from backend";
-                let _ = s
-                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-fn authorizer(policies: &str) -> Arc<Authorizer> {
-    let mesh = MeshFile::parse(
-        Path::new("m.yaml"),
-        &format!("trustDomain: cluster.local\npolicies:\n{policies}"),
-    )
-    .unwrap();
-    Arc::new(Authorizer::new(&mesh).unwrap())
-}
-
 /// Everything the tunnel logs in this test.
 fn logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
     static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
@@ -205,33 +106,16 @@ async fn logged(needle: &str) {
     }
 }
 
-async fn curl(args: Vec<String>) -> (bool, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "10"])
-            .args(&args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_through_socks5_and_hbone_reaches_the_workload() {
     logs();
     let ca = Arc::new(Ca::new());
     let bundle = ca.bundle();
-    let backend_cert = ca.issue(&id("ns/default/sa/backend"));
-    let frontend_cert = ca.issue(&id("ns/default/sa/frontend"));
+    let backend_cert = ca.issue("ns/default/sa/backend");
+    let frontend_cert = ca.issue("ns/default/sa/frontend");
 
     // Workload B and its node's inbound, on B's address.
-    let http = http_workload([127, 0, 0, 3]).await;
+    let http = http_workload(SocketAddr::from(([127, 0, 0, 3], 0)), "hello from backend").await;
     let policies = Arc::new(RwLock::new(authorizer("  []\n")));
     let p = policies.clone();
     let b = bundle.clone();

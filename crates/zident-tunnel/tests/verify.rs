@@ -2,56 +2,16 @@
 //! client from an untrusted root, and a client without a certificate are refused with a reason;
 //! a trust bundle change applies to the next handshake.
 
+mod common;
+
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use rcgen::{Issuer, KeyPair};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use common::{Ca, id};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zident_identity::{SpiffeId, TrustBundle, TrustDomain, profile};
+use zident_identity::{SpiffeId, TrustBundle, TrustDomain};
 use zident_tunnel::verify::{BundleSource, SpiffeClientVerifier, SpiffeServerVerifier, provider};
-
-struct Ca {
-    key: KeyPair,
-    cert: rcgen::Certificate,
-}
-
-impl Ca {
-    fn new() -> Self {
-        let key = KeyPair::generate().unwrap();
-        let cert = profile::root_params(
-            &TrustDomain::new("cluster.local").unwrap(),
-            SystemTime::now(),
-            Duration::from_secs(86400),
-        )
-        .self_signed(&key)
-        .unwrap();
-        Self { key, cert }
-    }
-
-    /// An SVID for `path` and its key.
-    fn svid(&self, path: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let id = SpiffeId::new(&format!("spiffe://cluster.local/{path}")).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let params = profile::leaf_params(
-            &id,
-            SystemTime::now(),
-            Duration::from_secs(600),
-            SystemTime::now() + Duration::from_secs(86400),
-        )
-        .unwrap();
-        let issuer = Issuer::from_ca_cert_der(self.cert.der(), &self.key).unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-    }
-}
-
-fn id(path: &str) -> SpiffeId {
-    SpiffeId::new(&format!("spiffe://cluster.local/{path}")).unwrap()
-}
 
 struct Bundle(Arc<RwLock<Arc<TrustBundle>>>);
 
@@ -150,11 +110,12 @@ async fn client(
 async fn both_ends_prove_their_identities() {
     let ca = Ca::new();
     let bundle = Bundle::of(&[&ca]);
-    let (addr, mut results) = server(ca.svid("ns/default/sa/backend"), bundle.source()).await;
+    let (addr, mut results) =
+        server(ca.rustls_svid("ns/default/sa/backend"), bundle.source()).await;
 
     let got = client(
         addr,
-        Some(ca.svid("ns/default/sa/frontend")),
+        Some(ca.rustls_svid("ns/default/sa/frontend")),
         bundle.source(),
         vec![id("ns/default/sa/backend")],
     )
@@ -165,7 +126,7 @@ async fn both_ends_prove_their_identities() {
     // The server is a valid SVID of another identity: the client refuses, saying which.
     let err = client(
         addr,
-        Some(ca.svid("ns/default/sa/frontend")),
+        Some(ca.rustls_svid("ns/default/sa/frontend")),
         bundle.source(),
         vec![id("ns/default/sa/payments")],
     )
@@ -187,13 +148,14 @@ async fn untrusted_and_missing_client_certificates_are_refused() {
     let ca = Ca::new();
     let stranger = Ca::new();
     let bundle = Bundle::of(&[&ca]);
-    let (addr, mut results) = server(ca.svid("ns/default/sa/backend"), bundle.source()).await;
+    let (addr, mut results) =
+        server(ca.rustls_svid("ns/default/sa/backend"), bundle.source()).await;
     let expected = vec![id("ns/default/sa/backend")];
 
     // A client SVID from a root the server does not trust.
     let got = client(
         addr,
-        Some(stranger.svid("ns/default/sa/frontend")),
+        Some(stranger.rustls_svid("ns/default/sa/frontend")),
         bundle.source(),
         expected.clone(),
     )
@@ -252,7 +214,7 @@ async fn untrusted_and_missing_client_certificates_are_refused() {
     bundle.add(&stranger);
     let got = client(
         addr,
-        Some(stranger.svid("ns/default/sa/frontend")),
+        Some(stranger.rustls_svid("ns/default/sa/frontend")),
         bundle.source(),
         expected,
     )

@@ -1,0 +1,246 @@
+//! What the tunnel tests share: a test CA issuing SVIDs, mesh policies, free ports, small
+//! workloads (echo, HTTP), curl, and real agents with their tunnels.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rcgen::{Issuer, KeyPair};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use zident_agent::{AgentConfig, CaClientConfig, RunningAgent, TokenSource};
+use zident_ca::RunningCa;
+use zident_identity::{
+    SpiffeId, TrustBundle, TrustDomain, WorkloadCertificate, WorkloadKey, profile,
+};
+use zident_mesh::MeshFile;
+use zident_tunnel::node::{RunningTunnel, TunnelConfig, start};
+use zident_tunnel::policy::Authorizer;
+
+/// `spiffe://cluster.local/<path>`.
+pub fn id(path: &str) -> SpiffeId {
+    SpiffeId::new(&format!("spiffe://cluster.local/{path}")).unwrap()
+}
+
+/// A root for cluster.local that issues SVIDs of our profile.
+pub struct Ca {
+    key: KeyPair,
+    pub cert: rcgen::Certificate,
+}
+
+impl Ca {
+    pub fn new() -> Self {
+        let key = KeyPair::generate().unwrap();
+        let cert = profile::root_params(
+            &TrustDomain::new("cluster.local").unwrap(),
+            SystemTime::now(),
+            Duration::from_secs(86400),
+        )
+        .self_signed(&key)
+        .unwrap();
+        Self { key, cert }
+    }
+
+    /// A certificate for `path`, as the agent holds one.
+    pub fn issue(&self, path: &str) -> Arc<WorkloadCertificate> {
+        let id = id(path);
+        let key = WorkloadKey::generate().unwrap();
+        let now = SystemTime::now();
+        let params = profile::leaf_params(
+            &id,
+            now,
+            Duration::from_secs(600),
+            now + Duration::from_secs(86400),
+        )
+        .unwrap();
+        let (nb, na) = (params.not_before.into(), params.not_after.into());
+        let issuer = Issuer::from_ca_cert_der(self.cert.der(), &self.key).unwrap();
+        let cert = params.signed_by(key.key_pair(), &issuer).unwrap();
+        let serial = zident_identity::check_leaf(cert.der()).unwrap().serial_hex;
+        Arc::new(WorkloadCertificate::new(
+            id,
+            vec![cert.der().clone()],
+            vec![],
+            nb,
+            na,
+            serial,
+            now,
+            key,
+        ))
+    }
+
+    /// A certificate for `path`, as rustls takes one.
+    pub fn rustls_svid(
+        &self,
+        path: &str,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let c = self.issue(path);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key().pkcs8_der().to_vec()));
+        (c.chain.clone(), key)
+    }
+
+    /// A bundle of this root alone.
+    pub fn bundle(&self) -> Arc<TrustBundle> {
+        let mut b = TrustBundle::new(TrustDomain::new("cluster.local").unwrap());
+        b.add_root(self.cert.der().clone()).unwrap();
+        Arc::new(b)
+    }
+}
+
+/// Policies from the YAML of a mesh file's `policies:` list.
+pub fn authorizer(policies: &str) -> Arc<Authorizer> {
+    let yaml = format!("trustDomain: cluster.local\npolicies:\n{policies}");
+    let mesh = MeshFile::parse(Path::new("m.yaml"), &yaml).unwrap();
+    Arc::new(Authorizer::new(&mesh).unwrap())
+}
+
+/// A port that can be listened on at every one of `ips`, probed as the listeners bind (with
+/// SO_REUSEADDR, so ports held only by TIME_WAIT connections count as free).
+pub fn free_port(ips: &[[u8; 4]]) -> u16 {
+    (0..100)
+        .find_map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let held: Vec<tokio::net::TcpListener> = ips
+                .iter()
+                .map(|ip| {
+                    let s = TcpSocket::new_v4()?;
+                    s.set_reuseaddr(true)?;
+                    s.bind(SocketAddr::from((*ip, port)))?;
+                    s.listen(1)
+                })
+                .collect::<Result<_, std::io::Error>>()
+                .ok()?;
+            drop(held);
+            Some(port)
+        })
+        .expect("a free port")
+}
+
+/// A TCP echo workload.
+pub async fn echo(addr: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    bound
+}
+
+/// An HTTP workload answering every request with `body`.
+pub async fn http_workload(addr: SocketAddr, body: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    bound
+}
+
+/// Runs curl with `args`: (succeeded, stdout + stderr).
+pub async fn curl(args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// A real agent for `node` of `dir/mesh.yaml`, once all its identities have certificates.
+pub async fn agent(
+    dir: &Path,
+    ca: &RunningCa,
+    node: &str,
+    token: &str,
+    ttl: Duration,
+) -> RunningAgent {
+    let client = CaClientConfig {
+        address: format!("localhost:{}", ca.addr.port()),
+        root_ca: ca.root_cert_path.clone(),
+        token: TokenSource::Literal(token.into()),
+        cluster_id: "Kubernetes".into(),
+        request_timeout: Duration::from_secs(10),
+        poll_bundle: true,
+    };
+    let mut c = AgentConfig::new(node, dir.join("mesh.yaml"), client);
+    c.secret_ttl = ttl;
+    (c.admin_addr, c.metrics_addr, c.readiness_addr) = (None, None, None);
+    let a = RunningAgent::start(c, None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.manager.is_ready() {
+        assert!(Instant::now() < deadline, "{node} never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a
+}
+
+/// The tunnel of an agent's node, as `zident agent` starts it.
+pub async fn tunnel(a: &RunningAgent, node: &str, socks: bool, port: u16) -> RunningTunnel {
+    let m = a.manager.clone();
+    let current = Arc::new(move |id: &SpiffeId| m.current(id));
+    let m = a.manager.clone();
+    let bundle = Arc::new(move || m.trust().bundle());
+    let config = TunnelConfig {
+        socks5_addr: socks.then(|| "127.0.0.1:0".parse().unwrap()),
+        inbound_port: port,
+    };
+    start(
+        config,
+        node.into(),
+        a.manager.clone(),
+        current,
+        bundle,
+        a.mesh.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The real CA on `dir/mesh.yaml`, on an ephemeral port.
+pub async fn start_ca(dir: &Path) -> RunningCa {
+    let mut ca = zident_ca::CaConfig::new(dir.join("mesh.yaml"));
+    ca.data_dir = dir.join("ca");
+    ca.listen = "127.0.0.1:0".parse().unwrap();
+    ca.metrics_addr = None;
+    RunningCa::start(ca).await.unwrap()
+}
