@@ -28,10 +28,11 @@ struct WorkloadInfo {
 #[derive(Debug, Clone)]
 struct ServiceInfo {
     key: String,
-    hostname: String,
-    vips: Vec<IpAddr>,
     ports: BTreeMap<u16, u16>,
     extra_identities: Vec<SpiffeId>,
+    /// The address of the backend used (the lowest address of the workloads that back the
+    /// service), found when the view is built, not per connection.
+    backend: Option<IpAddr>,
 }
 
 /// One version of the mesh, indexed for the tunnel.
@@ -41,6 +42,10 @@ pub struct MeshView {
     inbound_port: u16,
     by_ip: HashMap<IpAddr, WorkloadInfo>,
     services: Vec<ServiceInfo>,
+    /// Service VIP → index in `services`.
+    by_vip: HashMap<IpAddr, usize>,
+    /// Service host name → index in `services`.
+    by_hostname: HashMap<String, usize>,
 }
 
 impl MeshView {
@@ -66,20 +71,22 @@ impl MeshView {
             }
         }
         let mut services = Vec::new();
+        let mut by_vip = HashMap::new();
+        let mut by_hostname = HashMap::new();
         for s in &mesh.services {
-            let vips = s
-                .vips
-                .iter()
-                .map(|v| {
-                    let ip = v.rsplit('/').next().unwrap_or(v);
-                    ip.parse::<IpAddr>().map_err(|_| {
-                        format!(
-                            "service {}/{}: VIP {v:?} is not network/ip",
-                            s.namespace, s.name
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?;
+            let key = format!("{}/{}", s.namespace, s.hostname);
+            let index = services.len();
+            for v in &s.vips {
+                let ip = v.rsplit('/').next().unwrap_or(v);
+                let ip = ip.parse::<IpAddr>().map_err(|_| {
+                    format!(
+                        "service {}/{}: VIP {v:?} is not network/ip",
+                        s.namespace, s.name
+                    )
+                })?;
+                by_vip.insert(ip, index);
+            }
+            by_hostname.insert(s.hostname.clone(), index);
             let extra_identities = s
                 .subject_alt_names
                 .iter()
@@ -92,12 +99,16 @@ impl MeshView {
                     })
                 })
                 .collect::<Result<_, _>>()?;
+            let backend = by_ip
+                .iter()
+                .filter(|(_, w)| w.services.contains_key(&key))
+                .map(|(ip, _)| *ip)
+                .min();
             services.push(ServiceInfo {
-                key: format!("{}/{}", s.namespace, s.hostname),
-                hostname: s.hostname.clone(),
-                vips,
+                key,
                 ports: s.ports.clone(),
                 extra_identities,
+                backend,
             });
         }
         Ok(Self {
@@ -105,6 +116,8 @@ impl MeshView {
             inbound_port,
             by_ip,
             services,
+            by_vip,
+            by_hostname,
         })
     }
 
@@ -143,14 +156,9 @@ impl MeshView {
     }
 
     fn service_route(&self, svc: &ServiceInfo, port: u16) -> Option<Route> {
-        // The first backend by address; load balancing across backends is not done yet.
-        let mut backends: Vec<(&IpAddr, &WorkloadInfo)> = self
-            .by_ip
-            .iter()
-            .filter(|(_, w)| w.services.contains_key(&svc.key))
-            .collect();
-        backends.sort_by_key(|(ip, _)| **ip);
-        let (ip, w) = backends.first()?;
+        // Load balancing across backends is not done yet: the view's chosen backend serves.
+        let ip = svc.backend?;
+        let w = self.by_ip.get(&ip)?;
         let target_port = w
             .services
             .get(&svc.key)
@@ -158,7 +166,7 @@ impl MeshView {
             .or_else(|| svc.ports.get(&port))
             .copied()
             .unwrap_or(port);
-        Some(self.workload_route(**ip, w, target_port, &svc.extra_identities))
+        Some(self.workload_route(ip, w, target_port, &svc.extra_identities))
     }
 
     /// How to reach `target`.
@@ -168,11 +176,11 @@ impl MeshView {
                 if let Some(w) = self.by_ip.get(&a.ip()) {
                     return Some(self.workload_route(a.ip(), w, a.port(), &[]));
                 }
-                let svc = self.services.iter().find(|s| s.vips.contains(&a.ip()))?;
+                let svc = &self.services[*self.by_vip.get(&a.ip())?];
                 self.service_route(svc, a.port())
             }
             Target::Host(h, port) => {
-                let svc = self.services.iter().find(|s| s.hostname == *h)?;
+                let svc = &self.services[*self.by_hostname.get(h)?];
                 self.service_route(svc, *port)
             }
         }
@@ -201,5 +209,67 @@ impl Directory for LiveView {
 
     fn route(&self, target: &Target) -> Option<Route> {
         self.get().route(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> MeshView {
+        let yaml = "trustDomain: cluster.local\n\
+workloads:\n\
+- {uid: a, name: a, namespace: default, serviceAccount: a, node: n1, workloadIps: ['127.0.0.2'], protocol: HBONE}\n\
+- {uid: b2, name: b2, namespace: default, serviceAccount: b, node: n2, workloadIps: ['127.0.0.4'], protocol: HBONE,\n   services: {'default/b.svc': {80: 9090}}}\n\
+- {uid: b1, name: b1, namespace: default, serviceAccount: b, node: n2, workloadIps: ['127.0.0.3'], protocol: HBONE,\n   services: {'default/b.svc': {80: 8080}}}\n\
+- {uid: t, name: t, namespace: default, serviceAccount: t, node: n2, workloadIps: ['127.0.0.5']}\n\
+services:\n\
+- {name: b, namespace: default, hostname: b.svc, vips: ['/127.10.0.3'], ports: {80: 7070, 81: 8181},\n   subjectAltNames: ['spiffe://cluster.local/ns/default/sa/b-canary']}\n";
+        let mesh = MeshFile::parse(std::path::Path::new("m.yaml"), yaml).unwrap();
+        MeshView::new(&mesh, "n1", 15008).unwrap()
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::new(&format!("spiffe://cluster.local/ns/default/sa/{s}")).unwrap()
+    }
+
+    #[test]
+    fn routes_by_address_vip_and_host_name() {
+        let v = view();
+        let direct = v
+            .route(&Target::Addr("127.0.0.3:8080".parse().unwrap()))
+            .unwrap();
+        assert_eq!(direct.hbone, Some("127.0.0.3:15008".parse().unwrap()));
+        assert_eq!(direct.expected, vec![id("b")]);
+        // The VIP maps port 80 to the lowest backend's own target port; extra identities join.
+        let vip = v
+            .route(&Target::Addr("127.10.0.3:80".parse().unwrap()))
+            .unwrap();
+        assert_eq!(vip.target, "127.0.0.3:8080".parse().unwrap());
+        assert_eq!(vip.expected, vec![id("b"), id("b-canary")]);
+        // A port only the service maps.
+        let by_name = v.route(&Target::Host("b.svc".into(), 81)).unwrap();
+        assert_eq!(by_name.target, "127.0.0.3:8181".parse().unwrap());
+        // protocol TCP: plain connection.
+        assert_eq!(
+            v.route(&Target::Addr("127.0.0.5:22".parse().unwrap()))
+                .unwrap()
+                .hbone,
+            None
+        );
+        assert!(
+            v.route(&Target::Addr("127.0.0.9:80".parse().unwrap()))
+                .is_none()
+        );
+        assert!(v.route(&Target::Host("nope.svc".into(), 80)).is_none());
+        // Sources and inbound targets are this node's only.
+        let live = LiveView(RwLock::new(Arc::new(v.clone())));
+        assert_eq!(live.source("127.0.0.2".parse().unwrap()), Some(id("a")));
+        assert_eq!(live.source("127.0.0.3".parse().unwrap()), None);
+        assert!(v.local_target("127.0.0.3".parse().unwrap()).is_none());
+        assert_eq!(
+            v.local_hbone(),
+            vec![("127.0.0.2".parse().unwrap(), id("a"))]
+        );
     }
 }
