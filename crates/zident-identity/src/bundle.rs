@@ -61,6 +61,8 @@ pub enum BundleError {
 pub struct TrustBundle {
     trust_domain: TrustDomain,
     roots: Vec<CertificateDer<'static>>,
+    /// The roots parsed for webpki once, when they change, rather than at every verification.
+    anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
     sequence: u64,
     refresh_hint: Option<Duration>,
 }
@@ -71,6 +73,7 @@ impl TrustBundle {
         Self {
             trust_domain,
             roots: Vec::new(),
+            anchors: Vec::new(),
             sequence: 0,
             refresh_hint: None,
         }
@@ -126,6 +129,7 @@ impl TrustBundle {
     pub fn remove_root(&mut self, der: &[u8]) -> bool {
         let before = self.roots.len();
         self.roots.retain(|r| r.as_ref() != der);
+        self.anchors = self.roots.iter().filter_map(|r| anchor(r)).collect();
         before != self.roots.len()
     }
 
@@ -138,6 +142,9 @@ impl TrustBundle {
         if self.contains(&der) {
             return false;
         }
+        if let Some(a) = anchor(&der) {
+            self.anchors.push(a);
+        }
         self.roots.push(der);
         true
     }
@@ -148,12 +155,9 @@ impl TrustBundle {
     }
 
     /// The roots as webpki trust anchors, for chain verification. Roots that webpki cannot
-    /// use are skipped (they were checked on the way in, so none should be).
-    pub fn trust_anchors(&self) -> Vec<rustls_pki_types::TrustAnchor<'_>> {
-        self.roots
-            .iter()
-            .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok())
-            .collect()
+    /// use are left out (they were checked on the way in, so none should be).
+    pub fn trust_anchors(&self) -> &[rustls_pki_types::TrustAnchor<'static>] {
+        &self.anchors
     }
 
     /// The SPIFFE bundle JSON: a JWK Set with one `x509-svid` key per root.
@@ -206,6 +210,12 @@ impl TrustBundle {
         }
         Ok(bundle)
     }
+}
+
+fn anchor(der: &CertificateDer<'_>) -> Option<rustls_pki_types::TrustAnchor<'static>> {
+    webpki::anchor_from_trusted_cert(der)
+        .ok()
+        .map(|a| a.to_owned())
 }
 
 fn check_root(index: usize, der: &[u8]) -> Result<(), BundleError> {

@@ -387,7 +387,7 @@ pub fn verify_chain(
         .unwrap_or_default();
     ee.verify_for_usage(
         VERIFICATION_ALGS,
-        &anchors,
+        anchors,
         intermediates,
         UnixTime::since_unix_epoch(since_epoch),
         webpki::KeyUsage::client_auth(),

@@ -232,6 +232,11 @@ fn chain_level_failures() {
     both.add_root(other.der.clone()).unwrap();
     verify_svid(&[ca.leaf(ID)], &both, now).unwrap();
     verify_svid(&[other.leaf(ID)], &both, now).unwrap();
+    // Retiring a root: its leaves stop verifying at once, the other root's keep verifying.
+    assert!(both.remove_root(other.der.as_ref()));
+    assert!(verify_svid(&[other.leaf(ID)], &both, now).is_err());
+    verify_svid(&[ca.leaf(ID)], &both, now).unwrap();
+    assert_eq!(both.trust_anchors().len(), 1);
 }
 
 #[test]
