@@ -289,13 +289,12 @@ impl Reloader {
 /// Keeps the trust bundle metrics in step with the store.
 async fn track_bundle(trust: Arc<trust::TrustStore>, metrics: Arc<AgentMetrics>) {
     let mut rx = trust.subscribe();
-    loop {
+    metrics.set_bundle(&rx.borrow_and_update().clone());
+    // Only changes after the start count, as the trust store's own count does.
+    while rx.changed().await.is_ok() {
         let bundle = rx.borrow_and_update().clone();
         metrics.set_bundle(&bundle);
         metrics.bundle_changes.inc();
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }
 

@@ -131,6 +131,16 @@ async fn the_spiffe_client_gets_its_svid_and_follows_rotations_and_bundle_change
     .await
     .expect("the bundle update arrives");
     assert_eq!(updated.get(&td()).unwrap().authorities().len(), 2);
+    // The metrics count that one change (not the initial load) and the two roots.
+    let (_, metrics) = curl(&format!("http://{}/metrics", agent.metrics_addr.unwrap()));
+    assert!(
+        metrics.contains("zident_trust_bundle_changes_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zident_trust_bundle_roots 2\n"),
+        "{metrics}"
+    );
     drop(agent);
 }
 
