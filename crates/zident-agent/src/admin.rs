@@ -144,6 +144,7 @@ struct LevelQuery {
 pub fn admin_router(
     manager: Arc<CertificateManager>,
     log: Option<Arc<dyn LogControl>>,
+    data_plane: Option<Arc<dyn crate::DataPlane>>,
 ) -> axum::Router {
     let m1 = manager.clone();
     let m2 = manager.clone();
@@ -170,6 +171,7 @@ pub fn admin_router(
                         "sequence": bundle.sequence(),
                         "changes": m3.trust().change_count(),
                     },
+                    "tunnels": data_plane.as_ref().map(|p| p.connections()).unwrap_or(json!([])),
                 }))
             }),
         )

@@ -109,6 +109,19 @@ pub struct AgentConfig {
     pub metrics_tls: bool,
     /// Workload API sockets and PEM files for workloads (both off unless set).
     pub delivery: crate::workload_api::DeliveryConfig,
+    /// The node's data plane (the tunnel), whose metrics and open connections the agent's
+    /// endpoints show beside its own.
+    pub data_plane: Option<std::sync::Arc<dyn DataPlane>>,
+}
+
+/// What a data plane running beside the agent adds to its endpoints. The tunnel lives in its
+/// own crate and starts after the agent; this is how its state reaches `/metrics` and
+/// `/debug/connections` without the agent depending on it.
+pub trait DataPlane: Send + Sync + std::fmt::Debug + 'static {
+    /// Registers the data plane's metrics in the agent's registry.
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry);
+    /// The open connections, as `/debug/connections` lists them under `tunnels`.
+    fn connections(&self) -> serde_json::Value;
 }
 
 impl AgentConfig {
@@ -127,6 +140,7 @@ impl AgentConfig {
             readiness_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15021))),
             metrics_tls: false,
             delivery: Default::default(),
+            data_plane: None,
         }
     }
 }

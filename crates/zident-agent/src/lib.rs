@@ -36,7 +36,7 @@ use zident_identity::TrustDomain;
 use zident_mesh::{MeshFile, watch};
 
 pub use admin::LogControl;
-pub use config::{AgentConfig, CaClientConfig, RotationPolicy, TokenSource};
+pub use config::{AgentConfig, CaClientConfig, DataPlane, RotationPolicy, TokenSource};
 pub use manager::CertificateManager;
 pub use worker::{CertState, IdentityStatus};
 
@@ -116,6 +116,9 @@ impl RunningAgent {
 
         let mut registry = Registry::default();
         let metrics = Arc::new(AgentMetrics::new(&mut registry));
+        if let Some(plane) = &config.data_plane {
+            plane.register_metrics(&mut registry);
+        }
         let registry = Arc::new(registry);
 
         let ca_root = std::fs::read(&config.ca.root_ca).map_err(|e| {
@@ -189,7 +192,14 @@ impl RunningAgent {
         })));
 
         let admin_addr = match config.admin_addr {
-            Some(a) => Some(serve(a, admin::admin_router(manager.clone(), log), &mut tasks).await?),
+            Some(a) => Some(
+                serve(
+                    a,
+                    admin::admin_router(manager.clone(), log, config.data_plane.clone()),
+                    &mut tasks,
+                )
+                .await?,
+            ),
             None => None,
         };
         let readiness_addr = match config.readiness_addr {

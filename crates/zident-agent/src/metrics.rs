@@ -84,42 +84,42 @@ impl AgentMetrics {
         };
         registry.register(
             "zident_certificate_expiration_timestamp_seconds",
-            "When the current certificate of an identity expires (unix seconds).",
+            "When the current certificate of an identity expires (unix seconds)",
             m.expiry.clone(),
         );
         registry.register(
             "zident_certificate_rotations",
-            "Certificate fetches by outcome and reason.",
+            "Certificate fetches by outcome and reason",
             m.rotations.clone(),
         );
         registry.register(
             "zident_identities",
-            "Local identities by certificate state.",
+            "Local identities by certificate state",
             m.identities.clone(),
         );
         registry.register(
             "zident_ca_request_duration_seconds",
-            "Time for the CA to answer a certificate request.",
+            "Time for the CA to answer a certificate request",
             m.ca_latency.clone(),
         );
         registry.register(
             "zident_trust_bundle_roots",
-            "Roots in this node's trust bundle.",
+            "Roots in this node's trust bundle",
             m.bundle_roots.clone(),
         );
         registry.register(
             "zident_trust_bundle_root_expiration_timestamp_seconds",
-            "When each trust bundle root expires (unix seconds).",
+            "When each trust bundle root expires (unix seconds)",
             m.root_expiry.clone(),
         );
         registry.register(
             "zident_trust_bundle_changes",
-            "Changes of this node's trust bundle.",
+            "Changes of this node's trust bundle",
             m.bundle_changes.clone(),
         );
         registry.register(
             "zident_config_reloads",
-            "Mesh file reloads by outcome (applied or rejected).",
+            "Mesh file reloads by outcome (applied or rejected)",
             m.config_reloads.clone(),
         );
         m

@@ -100,32 +100,32 @@ impl CaMetrics {
         let istio: [(&str, &str, &IstioCounter); 6] = [
             (
                 "citadel_server_csr_count",
-                "The number of CSRs received.",
+                "The number of CSRs received",
                 &m.csr_count,
             ),
             (
                 "citadel_server_authentication_failure_count",
-                "The number of authentication failures.",
+                "The number of authentication failures",
                 &m.authentication_failure_count,
             ),
             (
                 "citadel_server_csr_parsing_err_count",
-                "The number of errors occurred when parsing the CSR.",
+                "The number of errors occurred when parsing the CSR",
                 &m.csr_parsing_err_count,
             ),
             (
                 "citadel_server_id_extraction_err_count",
-                "The number of errors occurred when extracting the ID from CSR.",
+                "The number of errors occurred when extracting the ID from CSR",
                 &m.id_extraction_err_count,
             ),
             (
                 "citadel_server_csr_sign_err_count",
-                "The number of errors occurred when signing the CSR.",
+                "The number of errors occurred when signing the CSR",
                 &m.csr_sign_err_count,
             ),
             (
                 "citadel_server_success_cert_issuance_count",
-                "The number of certificates issuances that have succeeded.",
+                "The number of certificates issuances that have succeeded",
                 &m.success_cert_issuance_count,
             ),
         ];
@@ -134,27 +134,27 @@ impl CaMetrics {
         }
         registry.register(
             "citadel_server_root_cert_expiry_timestamp",
-            "The unix timestamp, in seconds, when the CA root cert will expire.",
+            "The unix timestamp, in seconds, when the CA root cert will expire",
             m.root_cert_expiry_timestamp.clone(),
         );
         registry.register(
             "citadel_server_cert_chain_expiry_timestamp",
-            "The unix timestamp, in seconds, when the CA cert chain will expire.",
+            "The unix timestamp, in seconds, when the CA cert chain will expire",
             m.cert_chain_expiry_timestamp.clone(),
         );
         registry.register(
             "zident_ca_requests_rejected",
-            "Certificate requests refused, by reason.",
+            "Certificate requests refused, by reason",
             m.rejected.clone(),
         );
         registry.register(
             "zident_ca_config_reloads",
-            "Reloads of the mesh file or plugged-in CA files, by outcome.",
+            "Reloads of the mesh file or plugged-in CA files, by outcome",
             m.config_reloads.clone(),
         );
         registry.register(
             "zident_ca_issue_duration_seconds",
-            "Time to authenticate, check and sign one certificate request.",
+            "Time to authenticate, check and sign one certificate request",
             m.issue_duration.clone(),
         );
         m

@@ -83,6 +83,11 @@ pub struct Node {
     /// The agent's own identity, if it keeps a certificate for itself.
     #[serde(default, deserialize_with = "de_opt_spiffe_id")]
     pub spiffe_id: Option<SpiffeId>,
+    /// Where other nodes' tunnels reach this node's workloads: HBONE to `<address>:<inbound
+    /// port>` instead of each workload's own address (the node's agent listens there with
+    /// `--inbound-addr`). Absent: each workload's address.
+    #[serde(default)]
+    pub address: Option<IpAddr>,
 }
 
 /// A caller that may ask only for its own identity (a workload or a dedicated-mode proxy).
@@ -110,6 +115,16 @@ pub enum Protocol {
     /// Mutual TLS over HBONE.
     #[serde(rename = "HBONE")]
     Hbone,
+}
+
+/// A workload's health, as ztunnel's local config spells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum HealthStatus {
+    /// Takes traffic.
+    #[default]
+    Healthy,
+    /// Left out when a service picks a backend (it can still be reached by its own address).
+    Unhealthy,
 }
 
 /// A workload, in ztunnel's local-config shape.
@@ -145,6 +160,9 @@ pub struct Workload {
     /// Policies with scope WorkloadSelector that apply to it (`namespace/name`).
     #[serde(default)]
     pub authorization_policies: Vec<String>,
+    /// Whether it takes traffic as a service backend (`Healthy`, the default, or `Unhealthy`).
+    #[serde(default)]
+    pub status: HealthStatus,
     // Keys of ztunnel's format that zident does not use: accepted and ignored.
     #[serde(default)]
     waypoint: Option<Ignored>,
@@ -168,8 +186,6 @@ pub struct Workload {
     native_tunnel: Option<Ignored>,
     #[serde(default)]
     application_tunnel: Option<Ignored>,
-    #[serde(default)]
-    status: Option<Ignored>,
     #[serde(default)]
     cluster_id: Option<Ignored>,
     #[serde(default)]

@@ -12,6 +12,7 @@ mod policy;
 pub mod watch;
 
 pub use file::{
-    CallerToken, IdentityEntry, MeshError, MeshFile, Node, Protocol, Service, Workload,
+    CallerToken, HealthStatus, IdentityEntry, MeshError, MeshFile, Node, Protocol, Service,
+    Workload,
 };
 pub use policy::{Action, Authorization, RbacMatch, Scope, ServiceAccountMatch, StringMatch};

@@ -6,7 +6,14 @@
 //! address that is not a local workload; 401 when policy denies; 503 when the workload does not
 //! answer. Each connection takes the certificate current when it starts; open ones keep theirs
 //! across rotations. TLS configurations are built once per certificate, not per connection.
+//!
+//! A listener on a workload's own address serves as that workload. A listener on a node's
+//! shared address (`--inbound-addr`) serves every local workload and presents the certificate
+//! of the one the client names in SNI ([`crate::sni`]). Either way a CONNECT may only reach a
+//! workload of the identity the connection was served as, so the client's check of the
+//! server's identity means what it says.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -21,8 +28,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use zident_identity::{SpiffeId, WorkloadCertificate, check_leaf};
 
+use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
 use crate::policy::{Authorizer, Connection, Destination};
 use crate::verify::{BundleSource, SpiffeClientVerifier, provider};
+use crate::{COPY_BUFFER, h2};
 
 /// A TLS handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,12 +47,25 @@ pub struct LocalTarget {
     pub policies: Vec<String>,
 }
 
-/// What the inbound listener of one workload address needs.
+/// Which identity a listener presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serves {
+    /// Always this one: the listener is on the address of a workload with this identity.
+    Identity(SpiffeId),
+    /// The identity of the local workload the client names in SNI (a node's shared address).
+    BySni,
+}
+
+/// The current certificate of an identity; `None` refuses connections (fail closed).
+pub type CertificateLookup =
+    Arc<dyn Fn(&SpiffeId) -> Option<Arc<WorkloadCertificate>> + Send + Sync>;
+
+/// What an inbound HBONE listener needs.
 pub struct Inbound {
-    /// The identity this listener serves as (the workload at its address).
-    pub identity: SpiffeId,
-    /// The identity's current certificate; `None` refuses connections (fail closed).
-    pub certificate: Arc<dyn Fn() -> Option<Arc<WorkloadCertificate>> + Send + Sync>,
+    /// Which identity this listener presents.
+    pub serves: Serves,
+    /// The current certificate of an identity.
+    pub certificate: CertificateLookup,
     /// The current trust bundle.
     pub bundle: BundleSource,
     /// The local workload at an address, if any.
@@ -52,26 +74,37 @@ pub struct Inbound {
     pub authorizer: Arc<dyn Fn() -> Arc<Authorizer> + Send + Sync>,
     /// How long to wait for the workload to accept.
     pub connect_timeout: Duration,
-    config: Mutex<Option<(String, Arc<rustls::ServerConfig>)>>,
+    /// Metrics and open tunnels.
+    pub observer: Arc<Observer>,
+    /// Per identity: the serial of the certificate its configuration was built with.
+    configs: Mutex<HashMap<SpiffeId, (String, Arc<rustls::ServerConfig>)>>,
+}
+
+/// Why a handshake was not completed.
+enum Refused {
+    Tls(std::io::Error),
+    Other(Reason, String),
 }
 
 impl Inbound {
     /// An inbound listener's state.
     pub fn new(
-        identity: SpiffeId,
-        certificate: Arc<dyn Fn() -> Option<Arc<WorkloadCertificate>> + Send + Sync>,
+        serves: Serves,
+        certificate: CertificateLookup,
         bundle: BundleSource,
         local: Arc<dyn Fn(IpAddr) -> Option<LocalTarget> + Send + Sync>,
         authorizer: Arc<dyn Fn() -> Arc<Authorizer> + Send + Sync>,
+        observer: Arc<Observer>,
     ) -> Self {
         Self {
-            identity,
+            serves,
             certificate,
             bundle,
             local,
             authorizer,
             connect_timeout: Duration::from_secs(5),
-            config: Mutex::new(None),
+            observer,
+            configs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -80,8 +113,8 @@ impl Inbound {
         &self,
         cert: &WorkloadCertificate,
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-        let mut cached = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((serial, config)) = cached.as_ref()
+        let mut cached = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((serial, config)) = cached.get(&cert.id)
             && *serial == cert.serial_hex
         {
             return Ok(config.clone());
@@ -93,7 +126,7 @@ impl Inbound {
             .with_single_cert(cert.chain.clone(), key)?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         let config = Arc::new(config);
-        *cached = Some((cert.serial_hex.clone(), config.clone()));
+        cached.insert(cert.id.clone(), (cert.serial_hex.clone(), config.clone()));
         Ok(config)
     }
 
@@ -116,32 +149,82 @@ impl Inbound {
         }
     }
 
+    /// The identity to present for a ClientHello naming `sni`.
+    fn identity_for(&self, sni: Option<&str>) -> Result<SpiffeId, (Reason, String)> {
+        match &self.serves {
+            Serves::Identity(id) => Ok(id.clone()),
+            Serves::BySni => {
+                let name = sni.ok_or((
+                    Reason::BadRequest,
+                    format!(
+                        "this shared HBONE address serves several workloads and the client named none in SNI (expected e.g. {})",
+                        crate::sni::name_for(IpAddr::from([10, 0, 0, 3]))
+                    ),
+                ))?;
+                let ip = crate::sni::parse(name).ok_or_else(|| {
+                    (
+                        Reason::BadRequest,
+                        format!("SNI {name:?} does not name a workload address"),
+                    )
+                })?;
+                (self.local)(ip).map(|t| t.id).ok_or_else(|| {
+                    (
+                        Reason::BadRequest,
+                        format!(
+                            "SNI {name:?} names {ip}, which is not an HBONE workload on this node"
+                        ),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Reads the ClientHello, picks the identity and its certificate, and completes the
+    /// handshake.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(SpiffeId, tokio_rustls::server::TlsStream<TcpStream>), Refused> {
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+            .await
+            .map_err(Refused::Tls)?;
+        let identity = self
+            .identity_for(start.client_hello().server_name())
+            .map_err(|(r, d)| Refused::Other(r, d))?;
+        let cert = (self.certificate)(&identity).ok_or_else(|| {
+            Refused::Other(
+                Reason::NoCertificate,
+                format!("(fail closed) {identity} has no valid certificate"),
+            )
+        })?;
+        let config = self.tls_config(&cert).map_err(|e| {
+            Refused::Other(
+                Reason::TlsFailure,
+                format!("cannot build TLS for {identity}: {e}"),
+            )
+        })?;
+        let tls = start.into_stream(config).await.map_err(Refused::Tls)?;
+        Ok((identity, tls))
+    }
+
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
-        let Some(cert) = (self.certificate)() else {
-            tracing::warn!(target: "zident::tunnel", %peer, "refused: {} has no valid certificate", self.identity);
-            return;
-        };
-        let config = match self.tls_config(&cert) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(target: "zident::tunnel", "cannot build TLS for {}: {e}", self.identity);
-                return;
-            }
-        };
-        let tls = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            tokio_rustls::TlsAcceptor::from(config).accept(tcp),
-        )
-        .await
+        let (served, tls) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(tcp)).await
         {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::warn!(target: "zident::tunnel", %peer, reason = "tls_failure", "inbound TLS handshake refused: {e}");
+            Ok(Ok(done)) => done,
+            Ok(Err(refused)) => {
+                let (reason, detail) = match refused {
+                    Refused::Tls(e) => tls_failure(&e),
+                    Refused::Other(reason, detail) => (reason, detail),
+                };
+                self.observer.failure(Direction::Inbound, reason);
+                tracing::warn!(target: "zident::tunnel", %peer, %reason, "inbound TLS handshake refused: {detail}");
                 return;
             }
             Err(_) => {
-                tracing::warn!(target: "zident::tunnel", %peer, reason = "tls_failure", "inbound TLS handshake timed out");
+                self.observer
+                    .failure(Direction::Inbound, Reason::TlsFailure);
+                tracing::warn!(target: "zident::tunnel", %peer, reason = %Reason::TlsFailure, "inbound TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}");
                 return;
             }
         };
@@ -153,14 +236,20 @@ impl Inbound {
             .and_then(|c| check_leaf(c).ok())
             .map(|i| i.id);
         let this = self.clone();
+        let served = Arc::new(served);
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();
             let source = source.clone();
-            async move { Ok::<_, Infallible>(this.request(source, peer, req).await) }
+            let served = served.clone();
+            async move { Ok::<_, Infallible>(this.request(source, &served, peer, req).await) }
         });
         let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
+            .initial_stream_window_size(h2::STREAM_WINDOW)
+            .initial_connection_window_size(h2::CONNECTION_WINDOW)
+            .max_frame_size(h2::FRAME_SIZE)
+            .max_send_buf_size(h2::SEND_BUFFER)
             .serve_connection(TokioIo::new(tls), service)
             .await;
         if let Err(e) = result {
@@ -171,6 +260,7 @@ impl Inbound {
     async fn request(
         &self,
         source: Option<SpiffeId>,
+        served: &SpiffeId,
         peer: SocketAddr,
         req: Request<hyper::body::Incoming>,
     ) -> Response<Empty<Bytes>> {
@@ -180,8 +270,13 @@ impl Inbound {
             r
         };
         let src = source.as_ref().map(SpiffeId::as_str).unwrap_or("-");
+        let fail = |reason: Reason| {
+            self.observer.failure(Direction::Inbound, reason);
+            reason
+        };
         if req.method() != Method::CONNECT {
-            tracing::warn!(target: "zident::tunnel", %peer, src, reason = "bad_request", "inbound: {} is not CONNECT", req.method());
+            fail(Reason::BadRequest);
+            tracing::warn!(target: "zident::tunnel", %peer, src, reason = %Reason::BadRequest, "inbound: {} is not CONNECT", req.method());
             return status(StatusCode::BAD_REQUEST);
         }
         let Some(dst) = req
@@ -189,13 +284,20 @@ impl Inbound {
             .authority()
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
         else {
-            tracing::warn!(target: "zident::tunnel", %peer, src, reason = "bad_request", "inbound: CONNECT authority {:?} is not ip:port", req.uri());
+            fail(Reason::BadRequest);
+            tracing::warn!(target: "zident::tunnel", %peer, src, reason = %Reason::BadRequest, "inbound: CONNECT authority {:?} is not ip:port", req.uri());
             return status(StatusCode::BAD_REQUEST);
         };
         let Some(target) = (self.local)(dst.ip()) else {
-            tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = "bad_request", "inbound: {dst} is not a workload on this node");
+            fail(Reason::BadRequest);
+            tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is not a workload on this node");
             return status(StatusCode::BAD_REQUEST);
         };
+        if target.id != *served {
+            fail(Reason::BadRequest);
+            tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is {}, but this connection was served as {served}", target.id);
+            return status(StatusCode::BAD_REQUEST);
+        }
         let decision = (self.authorizer)().authorize(
             Destination {
                 namespace: &target.namespace,
@@ -211,7 +313,8 @@ impl Inbound {
             tracing::info!(target: "zident::tunnel", src, dst = %target.id, "{note}");
         }
         if !decision.allowed {
-            tracing::warn!(target: "zident::tunnel", src, dst = %target.id, dst_addr = %dst, reason = "policy_denied", "inbound: {}", decision.reason);
+            fail(Reason::PolicyDenied);
+            tracing::warn!(target: "zident::tunnel", src, dst = %target.id, dst_addr = %dst, reason = %Reason::PolicyDenied, "inbound: {}", decision.reason);
             return status(StatusCode::UNAUTHORIZED);
         }
         let upstream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst))
@@ -219,32 +322,50 @@ impl Inbound {
         {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => {
-                tracing::warn!(target: "zident::tunnel", src, %dst, reason = "upstream_unreachable", "inbound: workload refused: {e}");
+                fail(Reason::UpstreamUnreachable);
+                tracing::warn!(target: "zident::tunnel", src, %dst, reason = %Reason::UpstreamUnreachable, "inbound: workload refused: {e}");
                 return status(StatusCode::SERVICE_UNAVAILABLE);
             }
             Err(_) => {
-                tracing::warn!(target: "zident::tunnel", src, %dst, reason = "upstream_unreachable", "inbound: workload did not answer within {:?}", self.connect_timeout);
+                fail(Reason::UpstreamUnreachable);
+                tracing::warn!(target: "zident::tunnel", src, %dst, reason = %Reason::UpstreamUnreachable, "inbound: workload did not answer within {:?}", self.connect_timeout);
                 return status(StatusCode::SERVICE_UNAVAILABLE);
             }
         };
         let _ = upstream.set_nodelay(true);
         let (src, dst_id) = (src.to_owned(), target.id.clone());
+        let observer = self.observer.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
+                    let guard = observer.opened(OpenTunnel::new(
+                        Direction::Inbound,
+                        src.clone(),
+                        peer,
+                        dst_id.to_string(),
+                        dst,
+                    ));
                     let mut tunnel = TokioIo::new(upgraded);
                     let mut upstream = upstream;
-                    let outcome = tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await;
-                    let (sent, received) =
+                    let outcome = tokio::io::copy_bidirectional_with_sizes(
+                        &mut tunnel,
+                        &mut upstream,
+                        COPY_BUFFER,
+                        COPY_BUFFER,
+                    )
+                    .await;
+                    let (received, sent) =
                         outcome.as_ref().map(|(a, b)| (*a, *b)).unwrap_or((0, 0));
+                    guard.bytes(received, sent);
                     tracing::info!(
                         target: "zident::tunnel",
+                        %peer,
                         src = %src,
                         dst = %dst_id,
                         dst_addr = %dst,
-                        bytes_in = sent,
-                        bytes_out = received,
+                        bytes_in = received,
+                        bytes_out = sent,
                         duration_ms = started.elapsed().as_millis() as u64,
                         outcome = if outcome.is_ok() { "closed" } else { "error" },
                         "inbound connection"

@@ -5,13 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use zident_identity::SpiffeId;
-use zident_mesh::{MeshFile, Protocol};
+use zident_mesh::{HealthStatus, MeshFile, Protocol};
 
 use crate::inbound::LocalTarget;
-use crate::outbound::{Directory, Route};
+use crate::outbound::{Directory, NoRoute, Route};
 use crate::socks5::Target;
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,7 @@ struct WorkloadInfo {
     namespace: String,
     node: String,
     hbone: bool,
+    healthy: bool,
     policies: Vec<String>,
     /// `namespace/hostname` → service port → target port.
     services: BTreeMap<String, BTreeMap<u16, u16>>,
@@ -30,9 +32,11 @@ struct ServiceInfo {
     key: String,
     ports: BTreeMap<u16, u16>,
     extra_identities: Vec<SpiffeId>,
-    /// The address of the backend used (the lowest address of the workloads that back the
-    /// service), found when the view is built, not per connection.
-    backend: Option<IpAddr>,
+    /// The addresses of the healthy workloads that back the service, found when the view is
+    /// built, not per connection.
+    backends: Vec<IpAddr>,
+    /// Round robin over `backends`; shared by the copies of a view.
+    next: Arc<AtomicUsize>,
 }
 
 /// One version of the mesh, indexed for the tunnel.
@@ -40,6 +44,8 @@ struct ServiceInfo {
 pub struct MeshView {
     node: String,
     inbound_port: u16,
+    /// Nodes that give a shared HBONE address.
+    node_addresses: HashMap<String, IpAddr>,
     by_ip: HashMap<IpAddr, WorkloadInfo>,
     services: Vec<ServiceInfo>,
     /// Service VIP → index in `services`.
@@ -64,6 +70,7 @@ impl MeshView {
                         namespace: w.namespace.clone(),
                         node: w.node.clone(),
                         hbone: w.protocol == Protocol::Hbone,
+                        healthy: w.status == HealthStatus::Healthy,
                         policies: w.authorization_policies.clone(),
                         services: w.services.clone(),
                     },
@@ -99,21 +106,29 @@ impl MeshView {
                     })
                 })
                 .collect::<Result<_, _>>()?;
-            let backend = by_ip
+            let mut backends: Vec<IpAddr> = by_ip
                 .iter()
-                .filter(|(_, w)| w.services.contains_key(&key))
+                .filter(|(_, w)| w.healthy && w.services.contains_key(&key))
                 .map(|(ip, _)| *ip)
-                .min();
+                .collect();
+            backends.sort();
             services.push(ServiceInfo {
                 key,
                 ports: s.ports.clone(),
                 extra_identities,
-                backend,
+                backends,
+                next: Arc::new(AtomicUsize::new(0)),
             });
         }
+        let node_addresses = mesh
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), n.address?)))
+            .collect();
         Ok(Self {
             node: node.to_owned(),
             inbound_port,
+            node_addresses,
             by_ip,
             services,
             by_vip,
@@ -148,17 +163,24 @@ impl MeshView {
     fn workload_route(&self, ip: IpAddr, w: &WorkloadInfo, port: u16, extra: &[SpiffeId]) -> Route {
         let mut expected = vec![w.id.clone()];
         expected.extend(extra.iter().filter(|i| **i != w.id).cloned());
+        // Through the node's shared address if it gives one, else the workload's own.
+        let hbone_ip = self.node_addresses.get(&w.node).copied().unwrap_or(ip);
         Route {
             target: SocketAddr::new(ip, port),
-            hbone: w.hbone.then(|| SocketAddr::new(ip, self.inbound_port)),
+            hbone: w
+                .hbone
+                .then(|| SocketAddr::new(hbone_ip, self.inbound_port)),
             expected,
         }
     }
 
-    fn service_route(&self, svc: &ServiceInfo, port: u16) -> Option<Route> {
-        // Load balancing across backends is not done yet: the view's chosen backend serves.
-        let ip = svc.backend?;
-        let w = self.by_ip.get(&ip)?;
+    /// A route to the next healthy backend of `svc`, round robin.
+    fn service_route(&self, svc: &ServiceInfo, port: u16) -> Result<Route, NoRoute> {
+        if svc.backends.is_empty() {
+            return Err(NoRoute::NoHealthyBackend(svc.key.clone()));
+        }
+        let ip = svc.backends[svc.next.fetch_add(1, Ordering::Relaxed) % svc.backends.len()];
+        let w = self.by_ip.get(&ip).ok_or(NoRoute::Unknown)?;
         let target_port = w
             .services
             .get(&svc.key)
@@ -166,21 +188,21 @@ impl MeshView {
             .or_else(|| svc.ports.get(&port))
             .copied()
             .unwrap_or(port);
-        Some(self.workload_route(ip, w, target_port, &svc.extra_identities))
+        Ok(self.workload_route(ip, w, target_port, &svc.extra_identities))
     }
 
     /// How to reach `target`.
-    pub fn route(&self, target: &Target) -> Option<Route> {
+    pub fn route(&self, target: &Target) -> Result<Route, NoRoute> {
         match target {
             Target::Addr(a) => {
                 if let Some(w) = self.by_ip.get(&a.ip()) {
-                    return Some(self.workload_route(a.ip(), w, a.port(), &[]));
+                    return Ok(self.workload_route(a.ip(), w, a.port(), &[]));
                 }
-                let svc = &self.services[*self.by_vip.get(&a.ip())?];
+                let svc = &self.services[*self.by_vip.get(&a.ip()).ok_or(NoRoute::Unknown)?];
                 self.service_route(svc, a.port())
             }
             Target::Host(h, port) => {
-                let svc = &self.services[*self.by_hostname.get(h)?];
+                let svc = &self.services[*self.by_hostname.get(h).ok_or(NoRoute::Unknown)?];
                 self.service_route(svc, *port)
             }
         }
@@ -207,7 +229,7 @@ impl Directory for LiveView {
             .map(|w| w.id.clone())
     }
 
-    fn route(&self, target: &Target) -> Option<Route> {
+    fn route(&self, target: &Target) -> Result<Route, NoRoute> {
         self.get().route(target)
     }
 }
@@ -218,13 +240,17 @@ mod tests {
 
     fn view() -> MeshView {
         let yaml = "trustDomain: cluster.local\n\
+nodes:\n- {name: n1, token: t1}\n- {name: n3, token: t3, address: 127.0.0.100}\n\
 workloads:\n\
 - {uid: a, name: a, namespace: default, serviceAccount: a, node: n1, workloadIps: ['127.0.0.2'], protocol: HBONE}\n\
 - {uid: b2, name: b2, namespace: default, serviceAccount: b, node: n2, workloadIps: ['127.0.0.4'], protocol: HBONE,\n   services: {'default/b.svc': {80: 9090}}}\n\
 - {uid: b1, name: b1, namespace: default, serviceAccount: b, node: n2, workloadIps: ['127.0.0.3'], protocol: HBONE,\n   services: {'default/b.svc': {80: 8080}}}\n\
+- {uid: b3, name: b3, namespace: default, serviceAccount: b, node: n2, workloadIps: ['127.0.0.6'], protocol: HBONE, status: Unhealthy,\n   services: {'default/b.svc': {80: 6060}}}\n\
 - {uid: t, name: t, namespace: default, serviceAccount: t, node: n2, workloadIps: ['127.0.0.5']}\n\
+- {uid: c, name: c, namespace: default, serviceAccount: c, node: n3, workloadIps: ['127.0.0.7'], protocol: HBONE, status: Unhealthy,\n   services: {'default/c.svc': {80: 80}}}\n\
 services:\n\
-- {name: b, namespace: default, hostname: b.svc, vips: ['/127.10.0.3'], ports: {80: 7070, 81: 8181},\n   subjectAltNames: ['spiffe://cluster.local/ns/default/sa/b-canary']}\n";
+- {name: b, namespace: default, hostname: b.svc, vips: ['/127.10.0.3'], ports: {80: 7070, 81: 8181},\n   subjectAltNames: ['spiffe://cluster.local/ns/default/sa/b-canary']}\n\
+- {name: c, namespace: default, hostname: c.svc, vips: ['/127.10.0.7'], ports: {80: 80}}\n";
         let mesh = MeshFile::parse(std::path::Path::new("m.yaml"), yaml).unwrap();
         MeshView::new(&mesh, "n1", 15008).unwrap()
     }
@@ -233,35 +259,30 @@ services:\n\
         SpiffeId::new(&format!("spiffe://cluster.local/ns/default/sa/{s}")).unwrap()
     }
 
+    fn addr(s: &str) -> Target {
+        Target::Addr(s.parse().unwrap())
+    }
+
     #[test]
     fn routes_by_address_vip_and_host_name() {
         let v = view();
-        let direct = v
-            .route(&Target::Addr("127.0.0.3:8080".parse().unwrap()))
-            .unwrap();
+        let direct = v.route(&addr("127.0.0.3:8080")).unwrap();
         assert_eq!(direct.hbone, Some("127.0.0.3:15008".parse().unwrap()));
         assert_eq!(direct.expected, vec![id("b")]);
-        // The VIP maps port 80 to the lowest backend's own target port; extra identities join.
-        let vip = v
-            .route(&Target::Addr("127.10.0.3:80".parse().unwrap()))
-            .unwrap();
+        // The VIP maps port 80 to the backend's own target port; extra identities join.
+        let vip = v.route(&addr("127.10.0.3:80")).unwrap();
         assert_eq!(vip.target, "127.0.0.3:8080".parse().unwrap());
         assert_eq!(vip.expected, vec![id("b"), id("b-canary")]);
-        // A port only the service maps.
+        // A port only the service maps, by name (the next backend in turn).
         let by_name = v.route(&Target::Host("b.svc".into(), 81)).unwrap();
-        assert_eq!(by_name.target, "127.0.0.3:8181".parse().unwrap());
+        assert_eq!(by_name.target, "127.0.0.4:8181".parse().unwrap());
         // protocol TCP: plain connection.
+        assert_eq!(v.route(&addr("127.0.0.5:22")).unwrap().hbone, None);
+        assert_eq!(v.route(&addr("127.0.0.9:80")), Err(NoRoute::Unknown));
         assert_eq!(
-            v.route(&Target::Addr("127.0.0.5:22".parse().unwrap()))
-                .unwrap()
-                .hbone,
-            None
+            v.route(&Target::Host("nope.svc".into(), 80)),
+            Err(NoRoute::Unknown)
         );
-        assert!(
-            v.route(&Target::Addr("127.0.0.9:80".parse().unwrap()))
-                .is_none()
-        );
-        assert!(v.route(&Target::Host("nope.svc".into(), 80)).is_none());
         // Sources and inbound targets are this node's only.
         let live = LiveView(RwLock::new(Arc::new(v.clone())));
         assert_eq!(live.source("127.0.0.2".parse().unwrap()), Some(id("a")));
@@ -271,5 +292,36 @@ services:\n\
             v.local_hbone(),
             vec![("127.0.0.2".parse().unwrap(), id("a"))]
         );
+    }
+
+    #[test]
+    fn services_balance_over_healthy_backends_only() {
+        let v = view();
+        let mut seen = BTreeMap::new();
+        for _ in 0..10 {
+            let r = v.route(&addr("127.10.0.3:80")).unwrap();
+            *seen.entry(r.target).or_insert(0) += 1;
+        }
+        // Two healthy backends, five each; the unhealthy one (127.0.0.6) gets none.
+        let expected: BTreeMap<SocketAddr, i32> = [
+            ("127.0.0.3:8080".parse().unwrap(), 5),
+            ("127.0.0.4:9090".parse().unwrap(), 5),
+        ]
+        .into();
+        assert_eq!(seen, expected);
+        // Still reachable by its own address.
+        assert!(v.route(&addr("127.0.0.6:6060")).is_ok());
+        assert_eq!(
+            v.route(&addr("127.10.0.7:80")),
+            Err(NoRoute::NoHealthyBackend("default/c.svc".into()))
+        );
+    }
+
+    #[test]
+    fn a_node_address_takes_the_hbone_traffic_of_its_workloads() {
+        let v = view();
+        let r = v.route(&addr("127.0.0.7:80")).unwrap();
+        assert_eq!(r.target, "127.0.0.7:80".parse().unwrap());
+        assert_eq!(r.hbone, Some("127.0.0.100:15008".parse().unwrap()));
     }
 }

@@ -7,6 +7,10 @@
 //! sends `CONNECT ip:port`. HTTP/2 connections are pooled per (source certificate, HBONE
 //! address, expected identities), so many tunnels share one TLS connection; a rotation of the
 //! source certificate starts a new pooled connection, and open tunnels keep theirs.
+//!
+//! Transparent capture takes connections that iptables/nftables redirected to the outbound
+//! port (`REDIRECT` to 15001): the destination is the connection's `SO_ORIGINAL_DST`, and the
+//! client sees the tunnel as if it had reached the destination directly.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,8 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate};
 
+use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
 use crate::socks5::{self, Reply, Target};
 use crate::verify::{BundleSource, SpiffeServerVerifier, provider};
+use crate::{COPY_BUFFER, h2};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
@@ -41,12 +47,23 @@ pub struct Route {
     pub expected: Vec<SpiffeId>,
 }
 
+/// Why there is no route to a destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoRoute {
+    /// Neither a workload address nor a service VIP or host name.
+    #[error("is not a known workload or service")]
+    Unknown,
+    /// A service none of whose backends is healthy.
+    #[error("is service {0}, which has no healthy backend")]
+    NoHealthyBackend(String),
+}
+
 /// Decides sources and routes from the mesh.
 pub trait Directory: Send + Sync + 'static {
     /// The identity of the local workload at `ip`, if there is one.
     fn source(&self, ip: IpAddr) -> Option<SpiffeId>;
-    /// How to reach `target`, if it is a known workload or service.
-    fn route(&self, target: &Target) -> Option<Route>;
+    /// How to reach `target`.
+    fn route(&self, target: &Target) -> Result<Route, NoRoute>;
 }
 
 #[derive(Hash, PartialEq, Eq, Clone)]
@@ -54,7 +71,51 @@ struct PoolKey {
     source: SpiffeId,
     serial: String,
     hbone: SocketAddr,
+    /// The workload named in SNI when `hbone` is a node's shared address.
+    sni: Option<IpAddr>,
     expected: Vec<SpiffeId>,
+}
+
+#[derive(Hash, PartialEq, Eq, Clone)]
+struct ConfigKey {
+    source: SpiffeId,
+    serial: String,
+    expected: Vec<SpiffeId>,
+}
+
+/// The client side of an outbound connection: SOCKS5 answers with a reply code; a captured
+/// connection has no protocol of its own, so success is silence and refusal is a close.
+struct Front {
+    stream: TcpStream,
+    peer: SocketAddr,
+    socks: bool,
+}
+
+impl Front {
+    async fn answer(&mut self, code: Reply) -> std::io::Result<()> {
+        if self.socks {
+            socks5::reply(&mut self.stream, code).await
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A refusal: why, what the client is told, and what the log says.
+struct Refusal {
+    reason: Reason,
+    reply: Reply,
+    detail: String,
+}
+
+impl Refusal {
+    fn new(reason: Reason, reply: Reply, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            reply,
+            detail: detail.into(),
+        }
+    }
 }
 
 /// The outbound side of the tunnel.
@@ -62,31 +123,52 @@ pub struct Outbound<P, D> {
     certificates: Arc<P>,
     directory: Arc<D>,
     bundle: BundleSource,
+    observer: Arc<Observer>,
     pool: Mutex<HashMap<PoolKey, SendRequest<Empty<Bytes>>>>,
+    configs: Mutex<HashMap<ConfigKey, Arc<rustls::ClientConfig>>>,
 }
 
 impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
     /// An outbound tunnel over `certificates` and `directory`.
-    pub fn new(certificates: Arc<P>, directory: Arc<D>, bundle: BundleSource) -> Self {
+    pub fn new(
+        certificates: Arc<P>,
+        directory: Arc<D>,
+        bundle: BundleSource,
+        observer: Arc<Observer>,
+    ) -> Self {
         Self {
             certificates,
             directory,
             bundle,
+            observer,
             pool: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
         }
     }
 
     /// Serves SOCKS5 on `listener` until the task is dropped.
     pub async fn serve_socks5(self: Arc<Self>, listener: TcpListener) {
+        self.serve(listener, true).await
+    }
+
+    /// Serves connections redirected to `listener` by iptables/nftables (`SO_ORIGINAL_DST`)
+    /// until the task is dropped.
+    pub async fn serve_transparent(self: Arc<Self>, listener: TcpListener) {
+        self.serve(listener, false).await
+    }
+
+    async fn serve(self: Arc<Self>, listener: TcpListener, socks: bool) {
         let mut connections = JoinSet::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        connections.spawn(self.clone().socks_connection(tcp, peer));
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let front = Front { stream, peer, socks };
+                        connections.spawn(self.clone().connection(front));
                     }
                     Err(e) => {
-                        tracing::warn!(target: "zident::tunnel", "SOCKS5 accept failed: {e}");
+                        tracing::warn!(target: "zident::tunnel", "outbound accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -95,165 +177,260 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         }
     }
 
-    async fn socks_connection(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
-        let _ = client.set_nodelay(true);
-        let target = match tokio::time::timeout(HANDSHAKE_TIMEOUT, socks5::accept(&mut client))
-            .await
-        {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                tracing::warn!(target: "zident::tunnel", %peer, "outbound refused: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(target: "zident::tunnel", %peer, "outbound refused: SOCKS5 handshake timed out");
+    /// Where the client wants to go: the SOCKS5 request, or the address before redirection.
+    async fn destination(front: &mut Front) -> Result<Target, String> {
+        if front.socks {
+            return match tokio::time::timeout(HANDSHAKE_TIMEOUT, socks5::accept(&mut front.stream))
+                .await
+            {
+                Ok(Ok(t)) => Ok(t),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "SOCKS5 handshake timed out after {HANDSHAKE_TIMEOUT:?}"
+                )),
+            };
+        }
+        let local = front.stream.local_addr().map_err(|e| e.to_string())?;
+        let sock = socket2::SockRef::from(&front.stream);
+        let original = if local.is_ipv4() {
+            sock.original_dst_v4()
+        } else {
+            sock.original_dst_v6()
+        };
+        let original = original.ok().and_then(|a| a.as_socket()).ok_or(
+            "the connection was not redirected here by iptables/nftables (no SO_ORIGINAL_DST)",
+        )?;
+        if original == local {
+            return Err(format!(
+                "the connection was made to the capture port {local} itself, not redirected to it"
+            ));
+        }
+        Ok(Target::Addr(original))
+    }
+
+    async fn connection(self: Arc<Self>, mut front: Front) {
+        let peer = front.peer;
+        let target = match Self::destination(&mut front).await {
+            Ok(t) => t,
+            Err(detail) => {
+                self.observer
+                    .failure(Direction::Outbound, Reason::BadRequest);
+                tracing::warn!(target: "zident::tunnel", %peer, reason = %Reason::BadRequest, "outbound refused: {detail}");
                 return;
             }
         };
-        let refuse = |reason: &'static str, code: Reply, detail: String| {
-            tracing::warn!(target: "zident::tunnel", %peer, dst = %target, reason, "outbound refused: {detail}");
-            code
-        };
-        let Some(source) = self.directory.source(peer.ip()) else {
-            let code = refuse(
-                "unknown_source",
+        if let Err(r) = self.forward(&mut front, &target).await {
+            self.observer.failure(Direction::Outbound, r.reason);
+            tracing::warn!(target: "zident::tunnel", %peer, dst = %target, reason = %r.reason, "outbound refused: {}", r.detail);
+            let _ = front.answer(r.reply).await;
+        }
+    }
+
+    async fn forward(&self, front: &mut Front, target: &Target) -> Result<(), Refusal> {
+        let peer = front.peer;
+        let source = self.directory.source(peer.ip()).ok_or_else(|| {
+            Refusal::new(
+                Reason::UnknownSource,
                 Reply::NotAllowed,
                 format!("no local workload has address {}", peer.ip()),
-            );
-            let _ = socks5::reply(&mut client, code).await;
-            return;
-        };
-        let Some(route) = self.directory.route(&target) else {
-            let code = refuse(
-                "unknown_destination",
+            )
+        })?;
+        let route = self.directory.route(target).map_err(|e| {
+            Refusal::new(
+                Reason::UnknownDestination,
                 Reply::HostUnreachable,
-                format!("{target} is not a known workload or service"),
-            );
-            let _ = socks5::reply(&mut client, code).await;
-            return;
-        };
+                format!("{target} {e}"),
+            )
+        })?;
         let started = Instant::now();
-        match route.hbone {
-            None => self.plain(client, peer, &source, &route).await,
-            Some(hbone) => {
-                self.tunnel(client, peer, &source, &route, hbone, started)
-                    .await
-            }
+        let dst_identities = route
+            .expected
+            .iter()
+            .map(SpiffeId::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut upstream = match route.hbone {
+            None => Upstream::Plain(self.plain(&route).await?),
+            Some(hbone) => Upstream::Tunnel(Box::new(TokioIo::new(
+                self.tunnel(&source, &route, hbone).await?,
+            ))),
+        };
+        if front.answer(Reply::Ok).await.is_err() {
+            return Ok(());
         }
-    }
-
-    async fn plain(
-        &self,
-        mut client: TcpStream,
-        peer: SocketAddr,
-        source: &SpiffeId,
-        route: &Route,
-    ) {
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(route.target)).await {
-            Ok(Ok(mut upstream)) => {
-                if socks5::reply(&mut client, Reply::Ok).await.is_ok() {
-                    let r = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    tracing::info!(target: "zident::tunnel", %peer, src = %source, dst = %route.target, protocol = "TCP", ?r, "outbound connection");
-                }
+        let guard = self.observer.opened(OpenTunnel::new(
+            Direction::Outbound,
+            source.to_string(),
+            peer,
+            dst_identities.clone(),
+            route.target,
+        ));
+        let outcome = match &mut upstream {
+            Upstream::Plain(tcp) => {
+                tokio::io::copy_bidirectional_with_sizes(
+                    &mut front.stream,
+                    tcp,
+                    COPY_BUFFER,
+                    COPY_BUFFER,
+                )
+                .await
             }
-            _ => {
-                tracing::warn!(target: "zident::tunnel", src = %source, dst = %route.target, reason = "upstream_unreachable", "outbound refused: destination unreachable");
-                let _ = socks5::reply(&mut client, Reply::Refused).await;
-            }
-        }
-    }
-
-    async fn tunnel(
-        &self,
-        mut client: TcpStream,
-        peer: SocketAddr,
-        source: &SpiffeId,
-        route: &Route,
-        hbone: SocketAddr,
-        started: Instant,
-    ) {
-        let cert = match self
-            .certificates
-            .certificate(source, CERTIFICATE_WAIT)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(target: "zident::tunnel", src = %source, dst = %route.target, reason = "no_certificate", "outbound refused (fail closed): {e}");
-                let _ = socks5::reply(&mut client, Reply::Failure).await;
-                return;
+            Upstream::Tunnel(io) => {
+                tokio::io::copy_bidirectional_with_sizes(
+                    &mut front.stream,
+                    io.as_mut(),
+                    COPY_BUFFER,
+                    COPY_BUFFER,
+                )
+                .await
             }
         };
-        let mut sender = match self.sender(&cert, hbone, &route.expected).await {
-            Ok(s) => s,
-            Err((reason, e)) => {
-                tracing::warn!(target: "zident::tunnel", src = %source, dst = %route.target, reason, "outbound refused: {e}");
-                let _ = socks5::reply(&mut client, Reply::NotAllowed).await;
-                return;
-            }
-        };
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .uri(route.target.to_string())
-            .body(Empty::new());
-        let response = match request {
-            Ok(req) => sender.send_request(req).await,
-            Err(e) => {
-                tracing::error!(target: "zident::tunnel", "cannot build CONNECT: {e}");
-                let _ = socks5::reply(&mut client, Reply::Failure).await;
-                return;
-            }
-        };
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(target: "zident::tunnel", src = %source, dst = %route.target, reason = "tunnel_failed", "outbound: CONNECT failed: {e}");
-                let _ = socks5::reply(&mut client, Reply::Failure).await;
-                return;
-            }
-        };
-        let code = match response.status() {
-            StatusCode::OK => Reply::Ok,
-            StatusCode::UNAUTHORIZED => Reply::NotAllowed,
-            StatusCode::SERVICE_UNAVAILABLE => Reply::Refused,
-            _ => Reply::Failure,
-        };
-        if code != Reply::Ok {
-            let reason = match response.status() {
-                StatusCode::UNAUTHORIZED => "policy_denied",
-                StatusCode::SERVICE_UNAVAILABLE => "upstream_unreachable",
-                _ => "bad_request",
-            };
-            tracing::warn!(target: "zident::tunnel", src = %source, dst = %route.target, reason, status = %response.status(), "outbound refused by the destination");
-            let _ = socks5::reply(&mut client, code).await;
-            return;
-        }
-        let upgraded = match hyper::upgrade::on(response).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(target: "zident::tunnel", "outbound: upgrade failed: {e}");
-                let _ = socks5::reply(&mut client, Reply::Failure).await;
-                return;
-            }
-        };
-        if socks5::reply(&mut client, Reply::Ok).await.is_err() {
-            return;
-        }
-        let mut tunnel = TokioIo::new(upgraded);
-        let outcome = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
         let (sent, received) = outcome.as_ref().map(|(a, b)| (*a, *b)).unwrap_or((0, 0));
+        guard.bytes(sent, received);
         tracing::info!(
             target: "zident::tunnel",
             %peer,
             src = %source,
             dst = %route.target,
-            dst_identities = ?route.expected.iter().map(SpiffeId::as_str).collect::<Vec<_>>(),
+            dst_identities,
+            protocol = if route.hbone.is_some() { "HBONE" } else { "TCP" },
             bytes_out = sent,
             bytes_in = received,
             duration_ms = started.elapsed().as_millis() as u64,
-            outcome = if outcome.is_ok() { "closed" } else { "error" },
+            outcome = match &outcome { Ok(_) => "closed".to_string(), Err(e) => format!("error: {e}") },
             "outbound connection"
         );
+        Ok(())
+    }
+
+    async fn plain(&self, route: &Route) -> Result<TcpStream, Refusal> {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(route.target)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                Ok(tcp)
+            }
+            Ok(Err(e)) => Err(Refusal::new(
+                Reason::UpstreamUnreachable,
+                Reply::Refused,
+                format!("cannot reach {} (protocol TCP): {e}", route.target),
+            )),
+            Err(_) => Err(Refusal::new(
+                Reason::UpstreamUnreachable,
+                Reply::HostUnreachable,
+                format!(
+                    "no answer from {} within {HANDSHAKE_TIMEOUT:?}",
+                    route.target
+                ),
+            )),
+        }
+    }
+
+    async fn tunnel(
+        &self,
+        source: &SpiffeId,
+        route: &Route,
+        hbone: SocketAddr,
+    ) -> Result<hyper::upgrade::Upgraded, Refusal> {
+        let cert = self
+            .certificates
+            .certificate(source, CERTIFICATE_WAIT)
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    Reason::NoCertificate,
+                    Reply::Failure,
+                    format!("(fail closed) {e}"),
+                )
+            })?;
+        // A node's shared address serves many workloads: name ours, so it presents the right
+        // certificate. A workload's own address needs no name.
+        let sni = (hbone.ip() != route.target.ip()).then_some(route.target.ip());
+        let mut sender = self
+            .sender(&cert, hbone, sni, &route.expected)
+            .await
+            .map_err(|(reason, detail)| Refusal::new(reason, Reply::NotAllowed, detail))?;
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(route.target.to_string())
+            .body(Empty::new())
+            .map_err(|e| {
+                Refusal::new(
+                    Reason::BadRequest,
+                    Reply::Failure,
+                    format!("cannot build CONNECT: {e}"),
+                )
+            })?;
+        let response = tokio::time::timeout(HANDSHAKE_TIMEOUT, sender.send_request(request))
+            .await
+            .map_err(|_| {
+                Refusal::new(
+                    Reason::UpstreamUnreachable,
+                    Reply::Failure,
+                    format!("{hbone} did not answer CONNECT within {HANDSHAKE_TIMEOUT:?}"),
+                )
+            })?
+            .map_err(|e| {
+                Refusal::new(
+                    Reason::UpstreamUnreachable,
+                    Reply::Failure,
+                    format!("CONNECT through {hbone} failed: {e}"),
+                )
+            })?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let (reason, reply) = match status {
+                StatusCode::UNAUTHORIZED => (Reason::PolicyDenied, Reply::NotAllowed),
+                StatusCode::SERVICE_UNAVAILABLE => (Reason::UpstreamUnreachable, Reply::Refused),
+                _ => (Reason::BadRequest, Reply::Failure),
+            };
+            return Err(Refusal::new(
+                reason,
+                reply,
+                format!("the destination's tunnel at {hbone} answered {status}"),
+            ));
+        }
+        hyper::upgrade::on(response).await.map_err(|e| {
+            Refusal::new(
+                Reason::TlsFailure,
+                Reply::Failure,
+                format!("CONNECT upgrade failed: {e}"),
+            )
+        })
+    }
+
+    /// The client TLS configuration for this certificate and expected identities, built once.
+    fn client_config(
+        &self,
+        cert: &WorkloadCertificate,
+        expected: &[SpiffeId],
+    ) -> Result<Arc<rustls::ClientConfig>, (Reason, String)> {
+        let key = ConfigKey {
+            source: cert.id.clone(),
+            serial: cert.serial_hex.clone(),
+            expected: expected.to_vec(),
+        };
+        let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = configs.get(&key) {
+            return Ok(c.clone());
+        }
+        // A new certificate of this source: the configurations of its old ones go.
+        configs.retain(|k, _| k.source != key.source || k.serial == key.serial);
+        let key_der =
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key().pkcs8_der().to_vec()));
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| (Reason::TlsFailure, e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+                self.bundle.clone(),
+                expected.to_vec(),
+            )))
+            .with_client_auth_cert(cert.chain.clone(), key_der)
+            .map_err(|e| (Reason::TlsFailure, e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let config = Arc::new(config);
+        configs.insert(key, config.clone());
+        Ok(config)
     }
 
     /// A pooled HTTP/2 connection for this certificate, destination and expected identities.
@@ -261,12 +438,14 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         &self,
         cert: &WorkloadCertificate,
         hbone: SocketAddr,
+        sni: Option<IpAddr>,
         expected: &[SpiffeId],
-    ) -> Result<SendRequest<Empty<Bytes>>, (&'static str, String)> {
+    ) -> Result<SendRequest<Empty<Bytes>>, (Reason, String)> {
         let key = PoolKey {
             source: cert.id.clone(),
             serial: cert.serial_hex.clone(),
             hbone,
+            sni,
             expected: expected.to_vec(),
         };
         {
@@ -282,54 +461,49 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                 return Ok(s.clone());
             }
         }
-        let key_der =
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key().pkcs8_der().to_vec()));
-        let mut config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| ("tls_failure", e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
-                self.bundle.clone(),
-                expected.to_vec(),
-            )))
-            .with_client_auth_cert(cert.chain.clone(), key_der)
-            .map_err(|e| ("tls_failure", e.to_string()))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        let config = self.client_config(cert, expected)?;
         let connect = async {
-            let tcp = TcpStream::connect(hbone)
-                .await
-                .map_err(|e| ("upstream_unreachable", format!("cannot reach {hbone}: {e}")))?;
+            let tcp = TcpStream::connect(hbone).await.map_err(|e| {
+                (
+                    Reason::UpstreamUnreachable,
+                    format!("cannot reach the destination's tunnel at {hbone}: {e}"),
+                )
+            })?;
             let _ = tcp.set_nodelay(true);
-            // SPIFFE identities are checked by the verifier; the name is only for SNI.
-            let name = ServerName::IpAddress(hbone.ip().into());
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            // SPIFFE identities are checked by the verifier; the name is only for SNI (rustls
+            // sends none for an IP address).
+            let name = match sni {
+                Some(ip) => ServerName::try_from(crate::sni::name_for(ip))
+                    .map_err(|e| (Reason::BadRequest, format!("server name for {ip}: {e}")))?,
+                None => ServerName::IpAddress(hbone.ip().into()),
+            };
+            let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
                 .map_err(|e| {
-                    let text = e.to_string();
-                    let reason = if text.contains("IdentityMismatch") {
-                        "identity_mismatch"
-                    } else {
-                        "tls_failure"
-                    };
-                    (reason, format!("TLS to {hbone}: {text}"))
+                    let (reason, detail) = tls_failure(&e);
+                    (reason, format!("TLS to {hbone}: {detail}"))
                 })?;
             let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(Duration::from_secs(30)))
+                .initial_stream_window_size(h2::STREAM_WINDOW)
+                .initial_connection_window_size(h2::CONNECTION_WINDOW)
+                .max_frame_size(h2::FRAME_SIZE)
+                .max_send_buf_size(h2::SEND_BUFFER)
                 .handshake(TokioIo::new(tls))
                 .await
-                .map_err(|e| ("tls_failure", format!("HTTP/2 to {hbone}: {e}")))?;
+                .map_err(|e| (Reason::TlsFailure, format!("HTTP/2 to {hbone}: {e}")))?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            Ok::<_, (&'static str, String)>(sender)
+            Ok::<_, (Reason, String)>(sender)
         };
         let sender = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| {
                 (
-                    "upstream_unreachable",
+                    Reason::UpstreamUnreachable,
                     format!("no answer from {hbone} within {HANDSHAKE_TIMEOUT:?}"),
                 )
             })??;
@@ -339,4 +513,10 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             .insert(key, sender.clone());
         Ok(sender)
     }
+}
+
+/// Where the bytes of an outbound connection go.
+enum Upstream {
+    Plain(TcpStream),
+    Tunnel(Box<TokioIo<hyper::upgrade::Upgraded>>),
 }

@@ -16,7 +16,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zident_identity::WorkloadCertificate;
-use zident_tunnel::inbound::{Inbound, LocalTarget};
+use zident_tunnel::inbound::{Inbound, LocalTarget, Serves};
+use zident_tunnel::observe::{Direction, Observer, Reason};
 use zident_tunnel::policy::Authorizer;
 use zident_tunnel::verify::{SpiffeServerVerifier, provider};
 
@@ -25,6 +26,7 @@ struct Setup {
     server_cert: Arc<RwLock<Arc<WorkloadCertificate>>>,
     policies: Arc<RwLock<Arc<Authorizer>>>,
     ca: Arc<Ca>,
+    observer: Arc<Observer>,
 }
 
 async fn setup() -> Setup {
@@ -32,10 +34,11 @@ async fn setup() -> Setup {
     let server_cert = Arc::new(RwLock::new(ca.issue("ns/default/sa/backend")));
     let policies = Arc::new(RwLock::new(authorizer("  []\n")));
     let bundle = ca.bundle();
+    let observer = Observer::new();
     let (c, p) = (server_cert.clone(), policies.clone());
     let inbound = Arc::new(Inbound::new(
-        id("ns/default/sa/backend"),
-        Arc::new(move || Some(c.read().unwrap().clone())),
+        Serves::Identity(id("ns/default/sa/backend")),
+        Arc::new(move |_: &zident_identity::SpiffeId| Some(c.read().unwrap().clone())),
         Arc::new(move || bundle.clone()),
         Arc::new(|ip: IpAddr| {
             (ip == IpAddr::from([127, 0, 0, 1])).then(|| LocalTarget {
@@ -45,6 +48,7 @@ async fn setup() -> Setup {
             })
         }),
         Arc::new(move || p.read().unwrap().clone()),
+        observer.clone(),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -54,6 +58,7 @@ async fn setup() -> Setup {
         server_cert,
         policies,
         ca,
+        observer,
     }
 }
 
@@ -157,6 +162,12 @@ rules:\n  - - - principals: [{Exact: \"cluster.local/ns/default/sa/frontend\"}]\
     );
     let resp = connect_to(&mut sender, Method::CONNECT, &workload.to_string()).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Each refusal was counted under its reason.
+    let count = |r| s.observer.failure_count(Direction::Inbound, r);
+    assert_eq!(count(Reason::BadRequest), 2);
+    assert_eq!(count(Reason::UpstreamUnreachable), 1);
+    assert_eq!(count(Reason::PolicyDenied), 1);
 }
 
 #[tokio::test]

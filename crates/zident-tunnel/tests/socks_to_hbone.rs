@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::{Ca, authorizer, curl, http_workload, id};
 use zident_identity::{CertificateProvider, ProviderError, SpiffeId, WorkloadCertificate};
-use zident_tunnel::inbound::{Inbound, LocalTarget};
-use zident_tunnel::outbound::{Directory, Outbound, Route};
+use zident_tunnel::inbound::{Inbound, LocalTarget, Serves};
+use zident_tunnel::observe::{Direction, Observer, Reason};
+use zident_tunnel::outbound::{Directory, NoRoute, Outbound, Route};
 use zident_tunnel::socks5::Target;
 
 /// Certificates by identity, as the agent would hand them out.
@@ -41,24 +42,22 @@ impl Directory for Mesh {
     fn source(&self, ip: IpAddr) -> Option<SpiffeId> {
         (ip == IpAddr::from([127, 0, 0, 2])).then(|| id("ns/default/sa/frontend"))
     }
-    fn route(&self, target: &Target) -> Option<Route> {
+    fn route(&self, target: &Target) -> Result<Route, NoRoute> {
         let to_backend = |expected| Route {
             target: self.http,
             hbone: Some(self.inbound),
             expected,
         };
         match target {
-            Target::Addr(a) if *a == self.http => {
-                Some(to_backend(vec![id("ns/default/sa/backend")]))
-            }
+            Target::Addr(a) if *a == self.http => Ok(to_backend(vec![id("ns/default/sa/backend")])),
             Target::Host(h, 80) if h == "backend.default.svc.cluster.local" => {
-                Some(to_backend(vec![id("ns/default/sa/backend")]))
+                Ok(to_backend(vec![id("ns/default/sa/backend")]))
             }
             // A destination whose identity is payments, but whose address is backend's.
             Target::Host(h, 80) if h == "payments.default.svc.cluster.local" => {
-                Some(to_backend(vec![id("ns/default/sa/payments")]))
+                Ok(to_backend(vec![id("ns/default/sa/payments")]))
             }
-            _ => None,
+            _ => Err(NoRoute::Unknown),
         }
     }
 }
@@ -111,6 +110,7 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
     logs();
     let ca = Arc::new(Ca::new());
     let bundle = ca.bundle();
+    let observer = Observer::new();
     let backend_cert = ca.issue("ns/default/sa/backend");
     let frontend_cert = ca.issue("ns/default/sa/frontend");
 
@@ -120,8 +120,8 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
     let p = policies.clone();
     let b = bundle.clone();
     let inbound = Arc::new(Inbound::new(
-        id("ns/default/sa/backend"),
-        Arc::new(move || Some(backend_cert.clone())),
+        Serves::Identity(id("ns/default/sa/backend")),
+        Arc::new(move |_: &SpiffeId| Some(backend_cert.clone())),
         Arc::new(move || b.clone()),
         Arc::new(|ip: IpAddr| {
             (ip == IpAddr::from([127, 0, 0, 3])).then(|| LocalTarget {
@@ -131,6 +131,7 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
             })
         }),
         Arc::new(move || p.read().unwrap().clone()),
+        observer.clone(),
     ));
     let inbound_listener = tokio::net::TcpListener::bind("127.0.0.3:0").await.unwrap();
     let inbound_addr = inbound_listener.local_addr().unwrap();
@@ -145,6 +146,7 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
             inbound: inbound_addr,
         }),
         Arc::new(move || b.clone()),
+        observer.clone(),
     ));
     let socks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let socks_addr = socks.local_addr().unwrap();
@@ -190,7 +192,11 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
     ])
     .await;
     assert!(!ok, "{out}");
-    logged("reason=\"unknown_source\"").await;
+    logged("reason=unknown_source").await;
+    assert_eq!(
+        observer.failure_count(Direction::Outbound, Reason::UnknownSource),
+        1
+    );
 
     // The server presents backend's SVID where payments was expected: refused.
     let (ok, out) = curl(vec![
@@ -202,7 +208,12 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
     ])
     .await;
     assert!(!ok, "{out}");
-    logged("reason=\"identity_mismatch\"").await;
+    logged("reason=identity_mismatch").await;
+    logged("the server presented spiffe://cluster.local/ns/default/sa/backend, but the destination's identities are").await;
+    assert_eq!(
+        observer.failure_count(Direction::Outbound, Reason::IdentityMismatch),
+        1
+    );
 
     // A DENY policy at the destination: refused (401 on the wire, "not allowed" to SOCKS).
     *policies.write().unwrap() = authorizer(
@@ -219,5 +230,16 @@ rules:\n  - - - principals: [{Exact: \"cluster.local/ns/default/sa/frontend\"}]\
     .await;
     assert!(!ok, "{out}");
     assert!(out.contains("SOCKS5"), "{out}");
-    logged("reason=\"policy_denied\"").await;
+    logged("reason=policy_denied").await;
+    // Both ends count it: the destination denied it, the source was refused for it.
+    assert_eq!(
+        observer.failure_count(Direction::Inbound, Reason::PolicyDenied),
+        1
+    );
+    assert_eq!(
+        observer.failure_count(Direction::Outbound, Reason::PolicyDenied),
+        1
+    );
+    // Every tunnel that carried bytes has closed and left the table.
+    assert!(observer.open_tunnels().is_empty());
 }

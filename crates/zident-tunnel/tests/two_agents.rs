@@ -1,12 +1,23 @@
 //! Two agents (two nodes of one mesh file) and the real CA on loopback: curl from workload A's
 //! address, through A's SOCKS5 and B's inbound HBONE, reaches an HTTP server that is workload B.
+//! Both tunnels count and list what they carry; B refuses a client without a certificate
+//! (`openssl s_client`) and one from an untrusted root, each under its reason.
 
 mod common;
 
-use common::{agent, curl, free_port, http_workload, start_ca, tunnel};
+use common::{
+    Ca, agent, curl, free_port, http_workload, metrics_text, socks_connect, start_ca,
+    tunnel_observed, until,
+};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zident_tunnel::observe::{Direction, Observer, Reason};
+use zident_tunnel::verify::{SpiffeServerVerifier, provider};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_workload_b_through_both_agents() {
@@ -29,8 +40,9 @@ rules:\n  - - - principals: [{{Exact: \"cluster.local/ns/default/sa/frontend\"}}
 
     let a = agent(dir.path(), &ca, "node-a", "ta", Duration::from_secs(3600)).await;
     let b = agent(dir.path(), &ca, "node-b", "tb", Duration::from_secs(3600)).await;
-    let ta = tunnel(&a, "node-a", true, hbone_port).await;
-    let tb = tunnel(&b, "node-b", false, hbone_port).await;
+    let (oa, ob) = (Observer::new(), Observer::new());
+    let ta = tunnel_observed(&a, "node-a", true, hbone_port, oa.clone()).await;
+    let tb = tunnel_observed(&b, "node-b", false, hbone_port, ob.clone()).await;
     assert_eq!(
         tb.inbound,
         vec![SocketAddr::from(([127, 0, 0, 13], hbone_port))]
@@ -70,10 +82,117 @@ rules:\n  - - - principals: [{{Exact: \"cluster.local/ns/default/sa/frontend\"}}
         "--interface".into(),
         "127.0.0.14".into(),
         "--socks5".into(),
-        proxy,
+        proxy.clone(),
         format!("http://127.0.0.13:{http_port}/"),
     ])
     .await;
     assert!(!ok);
+    assert_eq!(
+        oa.failure_count(Direction::Outbound, Reason::UnknownSource),
+        1
+    );
+
+    // Three tunnels carried bytes; each side counted them under both principals, and none is
+    // open any more.
+    let labels = "source_principal=\"spiffe://cluster.local/ns/default/sa/frontend\",\
+destination_principal=\"spiffe://cluster.local/ns/default/sa/backend\"";
+    until("B counted three closed tunnels", || {
+        metrics_text(&ob).contains(&format!(
+            "istio_tcp_connections_closed_total{{reporter=\"destination\",{labels}}} 3"
+        ))
+    })
+    .await;
+    let a_text = metrics_text(&oa);
+    assert!(
+        a_text.contains(&format!(
+            "istio_tcp_connections_opened_total{{reporter=\"source\",{labels}}} 3"
+        )),
+        "{a_text}"
+    );
+    assert!(oa.open_tunnels().is_empty() && ob.open_tunnels().is_empty());
+
+    // An open tunnel is listed on both nodes while it lasts.
+    let mut open = socks_connect(
+        ta.socks5_addr.unwrap(),
+        [127, 0, 0, 12],
+        SocketAddr::from(([127, 0, 0, 13], http_port)),
+    )
+    .await
+    .unwrap();
+    until("both nodes list the open tunnel", || {
+        oa.open_tunnels().len() == 1 && ob.open_tunnels().len() == 1
+    })
+    .await;
+    let listed = &ob.open_tunnels()[0];
+    assert_eq!(
+        listed.source,
+        "spiffe://cluster.local/ns/default/sa/frontend"
+    );
+    assert_eq!(
+        listed.destination_addr,
+        SocketAddr::from(([127, 0, 0, 13], http_port))
+    );
+    open.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    open.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.ends_with("I am B!\n"), "{answer}");
+    drop(open);
+    until("the tunnel leaves both tables", || {
+        oa.open_tunnels().is_empty() && ob.open_tunnels().is_empty()
+    })
+    .await;
+
+    // openssl s_client without -cert, a client nobody here wrote: B's handshake refuses it.
+    let hbone = format!("127.0.0.13:{hbone_port}");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .args(["20", "openssl", "s_client", "-connect", &hbone, "-tls1_3"])
+            .args(["-alpn", "h2"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("CONNECTED"), "{text}");
+    until("B counts the client without a certificate", || {
+        ob.failure_count(Direction::Inbound, Reason::NoClientCertificate) == 1
+    })
+    .await;
+
+    // A frontend SVID from another root of the same name, which B does not trust.
+    let stranger = Ca::new();
+    let (chain, key) = stranger.rustls_svid("ns/default/sa/frontend");
+    let m = a.manager.clone();
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+            Arc::new(move || m.trust().bundle()),
+            vec![common::id("ns/default/sa/backend")],
+        )))
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.13", hbone_port))
+        .await
+        .unwrap();
+    let refused = async {
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("127.0.0.13").unwrap(), tcp)
+            .await?;
+        let mut buf = [0u8; 1];
+        tls.read(&mut buf).await
+    }
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    until("B counts the untrusted root", || {
+        ob.failure_count(Direction::Inbound, Reason::UntrustedRoot) == 1
+    })
+    .await;
     drop((ta, tb));
 }

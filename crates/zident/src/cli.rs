@@ -42,7 +42,7 @@ pub enum Command {
     /// Run the certificate authority (Istio-compatible, SPIFFE X.509 SVIDs).
     Ca(CaArgs),
     /// Run the node agent: certificates for every identity on this node, kept rotated.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Run zident on the embedded default mesh (examples/local.yaml) for a first look.
     Up(UpArgs),
     /// Show the certificates of a running agent.
@@ -118,12 +118,36 @@ pub struct AgentArgs {
     /// Outbound tunnel: SOCKS5 for local workloads.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15080")]
     pub socks5_addr: SocketAddr,
+    /// Outbound tunnel: connections redirected here by iptables/nftables (`SO_ORIGINAL_DST`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound_addr: SocketAddr,
+    /// Do not listen for redirected (captured) outbound connections.
+    #[arg(long)]
+    pub no_capture: bool,
     /// Inbound tunnel: the HBONE port on every local HBONE workload address.
     #[arg(long, value_name = "PORT", default_value_t = 15008)]
     pub inbound_port: u16,
+    /// Inbound tunnel: one shared HBONE address for all local workloads instead (give the
+    /// node this `address` in the mesh file so other nodes use it).
+    #[arg(long, value_name = "ADDR")]
+    pub inbound_addr: Option<SocketAddr>,
     /// Do not run the tunnel (certificates only).
     #[arg(long)]
     pub no_tunnel: bool,
+}
+
+/// The tunnel's metrics and open connections, shown by the agent's endpoints.
+#[derive(Debug)]
+pub struct TunnelPlane(pub Arc<zident_tunnel::observe::Observer>);
+
+impl zident_agent::DataPlane for TunnelPlane {
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.0.metrics().register(registry);
+    }
+
+    fn connections(&self) -> serde_json::Value {
+        serde_json::to_value(self.0.open_tunnels()).unwrap_or_default()
+    }
 }
 
 /// Starts the tunnel of an agent's node, unless disabled.
@@ -131,6 +155,7 @@ pub async fn start_tunnel(
     agent: &RunningAgent,
     node: &str,
     config: Option<zident_tunnel::node::TunnelConfig>,
+    observer: Arc<zident_tunnel::observe::Observer>,
 ) -> Result<Option<zident_tunnel::node::RunningTunnel>, String> {
     let Some(config) = config else {
         return Ok(None);
@@ -151,6 +176,7 @@ pub async fn start_tunnel(
         current,
         bundle,
         agent.mesh.clone(),
+        observer,
     )
     .await
     .map(Some)
@@ -286,16 +312,25 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
         Command::Agent(args) => {
             let tunnel = (!args.no_tunnel).then_some(zident_tunnel::node::TunnelConfig {
                 socks5_addr: Some(args.socks5_addr),
+                outbound_addr: (!args.no_capture).then_some(args.outbound_addr),
                 inbound_port: args.inbound_port,
+                inbound_addr: args.inbound_addr,
             });
-            let config = args.into_config()?;
+            let mut config = (*args).into_config()?;
+            let observer = zident_tunnel::observe::Observer::new();
+            if tunnel.is_some() {
+                config.data_plane = Some(Arc::new(TunnelPlane(observer.clone())));
+            }
             let node = config.node.clone();
             let agent = RunningAgent::start(config, Some(log))
                 .await
                 .map_err(|e| e.to_string())?;
-            let tunnel = start_tunnel(&agent, &node, tunnel).await?;
+            let tunnel = start_tunnel(&agent, &node, tunnel, observer).await?;
             if let Some(s) = tunnel.as_ref().and_then(|t| t.socks5_addr) {
                 println!("zident agent: SOCKS5 outbound at {s}");
+            }
+            if let Some(s) = tunnel.as_ref().and_then(|t| t.outbound_addr) {
+                println!("zident agent: captured outbound (iptables REDIRECT) at {s}");
             }
             if let Some(a) = agent.admin_addr {
                 println!("zident agent: admin at http://{a}/debug/certs");

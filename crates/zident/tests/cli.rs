@@ -190,6 +190,10 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
         "127.0.0.1:0",
         "--readiness-addr",
         "127.0.0.1:0",
+        "--socks5-addr",
+        "127.0.0.1:0",
+        "--outbound-addr",
+        "127.0.0.1:0",
     ])
     .env("LOCAL_XDS_PATH", dir.path().join("mesh.yaml"))
     .env("NODE_NAME", "node-a")
@@ -218,6 +222,11 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // The tunnel's open connections are listed beside the CA connection (none yet).
+    let (code, body) = curl(&[&format!("http://{admin}/debug/connections")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"tunnels\":[]"), "{body}");
 
     // The log filter can be read and changed at run time, and a bad one is refused.
     let (code, body) = curl(&[&format!("http://{admin}/logging")]);

@@ -19,6 +19,7 @@ use zident_identity::{
 };
 use zident_mesh::MeshFile;
 use zident_tunnel::node::{RunningTunnel, TunnelConfig, start};
+use zident_tunnel::observe::Observer;
 use zident_tunnel::policy::Authorizer;
 
 /// `spiffe://cluster.local/<path>`.
@@ -214,16 +215,39 @@ pub async fn agent(
     a
 }
 
-/// The tunnel of an agent's node, as `zident agent` starts it.
+/// The tunnel of an agent's node, as `zident agent` starts it (no capture listener).
 pub async fn tunnel(a: &RunningAgent, node: &str, socks: bool, port: u16) -> RunningTunnel {
+    tunnel_observed(a, node, socks, port, Observer::new()).await
+}
+
+/// [`tunnel`], reporting to `observer`.
+pub async fn tunnel_observed(
+    a: &RunningAgent,
+    node: &str,
+    socks: bool,
+    port: u16,
+    observer: Arc<Observer>,
+) -> RunningTunnel {
+    let config = TunnelConfig {
+        socks5_addr: socks.then(|| "127.0.0.1:0".parse().unwrap()),
+        outbound_addr: None,
+        inbound_port: port,
+        inbound_addr: None,
+    };
+    tunnel_with(a, node, config, observer).await
+}
+
+/// The tunnel of an agent's node with `config`, reporting to `observer`.
+pub async fn tunnel_with(
+    a: &RunningAgent,
+    node: &str,
+    config: TunnelConfig,
+    observer: Arc<Observer>,
+) -> RunningTunnel {
     let m = a.manager.clone();
     let current = Arc::new(move |id: &SpiffeId| m.current(id));
     let m = a.manager.clone();
     let bundle = Arc::new(move || m.trust().bundle());
-    let config = TunnelConfig {
-        socks5_addr: socks.then(|| "127.0.0.1:0".parse().unwrap()),
-        inbound_port: port,
-    };
     start(
         config,
         node.into(),
@@ -231,6 +255,7 @@ pub async fn tunnel(a: &RunningAgent, node: &str, socks: bool, port: u16) -> Run
         current,
         bundle,
         a.mesh.clone(),
+        observer,
     )
     .await
     .unwrap()
@@ -243,4 +268,50 @@ pub async fn start_ca(dir: &Path) -> RunningCa {
     ca.listen = "127.0.0.1:0".parse().unwrap();
     ca.metrics_addr = None;
     RunningCa::start(ca).await.unwrap()
+}
+
+/// A SOCKS5 CONNECT from `from` through `proxy` to `target`; the open stream once the proxy
+/// answered success.
+pub async fn socks_connect(
+    proxy: SocketAddr,
+    from: [u8; 4],
+    target: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    let mut s = socket.connect(proxy).await?;
+    s.write_all(&[5, 1, 0]).await?;
+    let mut greeting = [0u8; 2];
+    s.read_exact(&mut greeting).await?;
+    let SocketAddr::V4(v4) = target else {
+        return Err(std::io::Error::other("IPv4 targets only"));
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).await?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await?;
+    if reply[1] != 0 {
+        return Err(std::io::Error::other(format!("SOCKS5 reply {}", reply[1])));
+    }
+    Ok(s)
+}
+
+/// Waits until `done` holds, failing with `what` after 20 s.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The Prometheus text of an observer's metrics.
+pub fn metrics_text(observer: &Observer) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    observer.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
 }
