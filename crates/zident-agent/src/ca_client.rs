@@ -4,16 +4,19 @@
 //! The channel connects lazily and reconnects on its own; every call has a deadline. What
 //! happened last is kept for `/debug/connections`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use hyper_util::rt::TokioIo;
 use prost_types::{Struct, Value, value::Kind};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use rustls_pki_types::ServerName;
+use tonic::transport::{Channel, Endpoint};
 use zident_identity::SpiffeId;
 use zident_proto::istio_ca::IstioCertificateRequest;
 use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
 
 use crate::config::{CaClientConfig, TokenSource};
+use crate::trust::TrustStore;
 
 /// Why a request to the CA failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -83,10 +86,9 @@ pub struct CaClient {
 }
 
 impl CaClient {
-    /// A client for `config`; connects on first use.
-    pub fn new(config: &CaClientConfig) -> Result<Self, String> {
-        let root = std::fs::read(&config.root_ca)
-            .map_err(|e| format!("cannot read CA_ROOT_CA {}: {e}", config.root_ca.display()))?;
+    /// A client for `config`; connects on first use. The CA's certificate is verified against
+    /// `trust` as it is at each connection (see [`crate::ca_tls`]).
+    pub fn new(config: &CaClientConfig, trust: Arc<TrustStore>) -> Result<Self, String> {
         let address = config
             .address
             .trim_start_matches("https://")
@@ -94,19 +96,31 @@ impl CaClient {
             .to_owned();
         let host = host_of(&address)
             .ok_or_else(|| format!("CA_ADDRESS {:?} must be host:port", config.address))?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(root))
-            .domain_name(host);
-        let endpoint = Endpoint::from_shared(format!("https://{address}"))
+        let name = ServerName::try_from(host.clone())
+            .map_err(|e| format!("CA_ADDRESS {:?}: host {host:?}: {e}", config.address))?;
+        let tls =
+            tokio_rustls::TlsConnector::from(Arc::new(crate::ca_tls::client_config(trust, b"h2")?));
+        // TLS is done here rather than by tonic, so the trust follows the bundle.
+        let dial = address.clone();
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let (tls, name, dial) = (tls.clone(), name.clone(), dial.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&dial).await?;
+                let _ = tcp.set_nodelay(true);
+                let stream = tls.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        });
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| format!("CA_ADDRESS {:?}: {e}", config.address))?
-            .tls_config(tls)
-            .map_err(|e| format!("CA TLS setup: {e}"))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(config.request_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
         Ok(Self {
-            client: IstioCertificateServiceClient::new(endpoint.connect_lazy()),
+            client: IstioCertificateServiceClient::new(
+                endpoint.connect_with_connector_lazy(connector),
+            ),
             token: config.token.clone(),
             cluster_id: config.cluster_id.clone(),
             status: Mutex::new(ConnectionStatus {
@@ -196,9 +210,16 @@ fn classify(address: &str, status: tonic::Status) -> CaError {
     match status.code() {
         // No answer from the CA: the transport failed or the deadline passed.
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            let mut message = status.message().to_owned();
+            let detail = format!("{status:?}");
+            if detail.contains("UnknownIssuer") || detail.contains("BadSignature") {
+                message.push_str(
+                    ": the CA's TLS certificate chains to no root this node trusts; if the CA's root rotated while this node was down, give it the CA's current root-cert.pem as CA_ROOT_CA",
+                );
+            }
             CaError::Unreachable {
                 address: address.to_owned(),
-                message: status.message().to_owned(),
+                message,
             }
         }
         code => CaError::Refused {

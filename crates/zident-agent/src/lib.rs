@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod ca_client;
+pub mod ca_tls;
 pub mod config;
 pub mod gate;
 mod json;
@@ -132,7 +133,9 @@ impl RunningAgent {
                 .map_err(AgentError::Config)?,
         );
         trust.set_config_roots(view.extra_roots.clone());
-        let ca = Arc::new(ca_client::CaClient::new(&config.ca).map_err(AgentError::Config)?);
+        let ca = Arc::new(
+            ca_client::CaClient::new(&config.ca, trust.clone()).map_err(AgentError::Config)?,
+        );
         let manager = Arc::new(CertificateManager::new(
             ca.clone(),
             trust.clone(),

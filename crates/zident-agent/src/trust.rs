@@ -4,6 +4,10 @@
 //! its refresh hint, so a new root published in a rotation's prepare phase reaches this node
 //! before any certificate signed by it does), and the mesh file's `caCertificates`. Every
 //! change is logged and counted, and pushed to subscribers (the Workload API).
+//!
+//! `CA_ROOT_CA` starts the trust; once the CA's bundle endpoint has answered, the endpoint
+//! speaks for the CA's roots instead. That is how a root the CA retired leaves this node's
+//! bundle: a root in a file read at start would otherwise be trusted forever.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +27,8 @@ const RETRY_POLL: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Sources {
     ca_root: Vec<CertificateDer<'static>>,
-    endpoint: Vec<CertificateDer<'static>>,
+    /// `None` until the endpoint first answers.
+    endpoint: Option<Vec<CertificateDer<'static>>>,
     config: Vec<CertificateDer<'static>>,
 }
 
@@ -33,6 +38,7 @@ pub struct TrustStore {
     sources: Mutex<Sources>,
     current: watch::Sender<Arc<TrustBundle>>,
     changes: std::sync::atomic::AtomicU64,
+    refresh: tokio::sync::Notify,
 }
 
 impl TrustStore {
@@ -47,6 +53,7 @@ impl TrustStore {
             }),
             current: watch::channel(Arc::new(TrustBundle::new(trust_domain))).0,
             changes: Default::default(),
+            refresh: tokio::sync::Notify::new(),
         };
         store.recompute("CA_ROOT_CA");
         Ok(store)
@@ -67,9 +74,35 @@ impl TrustStore {
         self.changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Asks the bundle poller to fetch now rather than at the next refresh hint.
+    pub fn refresh_now(&self) {
+        self.refresh.notify_one();
+    }
+
     /// Replaces the roots learned from the CA's bundle endpoint.
     pub fn set_endpoint_roots(&self, roots: Vec<CertificateDer<'static>>) {
-        self.lock().endpoint = roots;
+        let mut sources = self.lock();
+        if sources.endpoint.is_none() {
+            let new = roots
+                .iter()
+                .filter(|r| !sources.ca_root.contains(r))
+                .count();
+            let gone = sources
+                .ca_root
+                .iter()
+                .filter(|r| !roots.contains(r))
+                .count();
+            if new > 0 || gone > 0 {
+                tracing::warn!(
+                    target: "zident::identity",
+                    new_roots = new,
+                    missing_roots = gone,
+                    "the CA's trust bundle differs from CA_ROOT_CA: a root rotation is under way or CA_ROOT_CA is out of date; trusting the CA's bundle from now on"
+                );
+            }
+        }
+        sources.endpoint = Some(roots);
+        drop(sources);
         self.recompute("the CA's /bundle endpoint");
     }
 
@@ -86,12 +119,8 @@ impl TrustStore {
     fn recompute(&self, cause: &str) {
         let sources = self.lock();
         let mut next = TrustBundle::new(self.trust_domain.clone());
-        for root in sources
-            .ca_root
-            .iter()
-            .chain(&sources.endpoint)
-            .chain(&sources.config)
-        {
+        let ca_roots = sources.endpoint.as_ref().unwrap_or(&sources.ca_root);
+        for root in ca_roots.iter().chain(&sources.config) {
             if let Err(e) = next.add_root(root.clone()) {
                 tracing::warn!(target: "zident::identity", "ignoring a root from {cause}: {e}");
             }
@@ -123,40 +152,45 @@ impl TrustStore {
 /// Fetches `https://<address>/bundle` over and over, at the CA's refresh hint, feeding the
 /// store. Runs until the task is dropped.
 pub async fn poll_bundle(store: Arc<TrustStore>, address: String, host: String) {
+    let config = match crate::ca_tls::client_config(store.clone(), b"http/1.1") {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!(target: "zident::identity", "cannot poll the trust bundle: TLS setup failed: {e}");
+            return;
+        }
+    };
     loop {
-        let wait = match fetch_bundle(&store, &address, &host).await {
+        let wait = match fetch_bundle(&store, config.clone(), &address, &host).await {
             Ok(hint) => hint.clamp(MIN_POLL, MAX_POLL),
             Err(e) => {
                 tracing::warn!(target: "zident::identity", "cannot fetch the trust bundle from https://{address}/bundle: {e}");
                 RETRY_POLL
             }
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = store.refresh.notified() => {
+                tracing::info!(target: "zident::identity", "fetching the trust bundle now: a certificate from the CA did not verify");
+            }
+        }
     }
 }
 
-async fn fetch_bundle(store: &TrustStore, address: &str, host: &str) -> Result<Duration, String> {
+async fn fetch_bundle(
+    store: &TrustStore,
+    config: Arc<rustls::ClientConfig>,
+    address: &str,
+    host: &str,
+) -> Result<Duration, String> {
     use http_body_util::BodyExt;
 
-    let bundle = store.bundle();
-    let mut roots = rustls::RootCertStore::empty();
-    for root in bundle.roots() {
-        let _ = roots.add(root.clone());
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(10);
     let work = async {
         let tcp = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;

@@ -159,7 +159,14 @@ impl Shared {
                 self.event(id, "completed", format!("serial {}", cert.serial_hex));
                 Ok(Arc::new(cert))
             }
-            Err(e) => fail(e.kind(), e.to_string()),
+            Err(e) => {
+                if matches!(e, crate::validate::ResponseError::Untrusted(_)) {
+                    // Perhaps signed by a root this node has not fetched yet (it missed a
+                    // rotation's prepare phase): fetch the bundle now, not at the next hint.
+                    self.trust.refresh_now();
+                }
+                fail(e.kind(), e.to_string())
+            }
         }
     }
 }

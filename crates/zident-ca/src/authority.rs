@@ -19,6 +19,17 @@ use zident_identity::pem::{certs_from_pem, certs_to_pem};
 use zident_identity::{CsrPublicKey, SpiffeId, TrustBundle, TrustDomain, profile, to_system_time};
 
 use crate::persist::{create_private_dir, write_atomic};
+use crate::rotation;
+
+fn rotation_error(e: rotation::RotationError) -> AuthorityError {
+    match e {
+        rotation::RotationError::Io { path, source } => AuthorityError::Io { path, source },
+        rotation::RotationError::Invalid { path, message } => {
+            AuthorityError::Invalid { path, message }
+        }
+        rotation::RotationError::Refused(m) => AuthorityError::Sign(m),
+    }
+}
 
 /// How long a generated self-signed root is valid.
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -77,6 +88,10 @@ pub struct Authority {
     bundle: TrustBundle,
     /// The PEM strings an issued chain ends with: intermediates, then the roots concatenated.
     chain_tail_pem: Vec<String>,
+    /// During a rotation's overlap (activated, old root still in the bundle): the old root,
+    /// which signs the CA's own serving certificate, so a node that missed the prepare phase
+    /// and trusts only the old root can still reach the CA and learn the new one.
+    serving_signer: Option<(Issuer<'static, KeyPair>, SystemTime)>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -90,13 +105,105 @@ impl std::fmt::Debug for Authority {
 
 impl Authority {
     /// Loads the self-signed authority from `dir`, creating it on first start. A crash during
-    /// creation is recovered: a key without its certificate gets the certificate re-made.
-    pub fn self_signed(dir: &Path, trust_domain: &TrustDomain) -> Result<Self, AuthorityError> {
+    /// creation is recovered: a key without its certificate gets the certificate re-made. With
+    /// a rotation state (`rotation.json`), the active generation signs and every generation in
+    /// the bundle is trusted; a lost key of the active generation is an error, never replaced.
+    pub fn self_signed(
+        dir: &Path,
+        trust_domain: &TrustDomain,
+        root_lifetime: Duration,
+    ) -> Result<Self, AuthorityError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| AuthorityError::Io { path, source }
         };
         create_private_dir(dir).map_err(io(dir))?;
+        let state = match rotation::read_state(dir).map_err(rotation_error)? {
+            Some(state) => state,
+            None => {
+                Self::create_first_root(dir, trust_domain, root_lifetime)?;
+                rotation::RotationState {
+                    trust_domain: trust_domain.to_string(),
+                    sequence: 1,
+                    active: 1,
+                    prepared: None,
+                    previous: None,
+                    activate_after: None,
+                    retire_after: None,
+                    timing: Default::default(),
+                    history: vec![],
+                }
+            }
+        };
+        let active_dir = rotation::generation_dir(dir, state.active);
+        let key_path = active_dir.join(CA_KEY);
+        if !key_path.exists() {
+            return Err(invalid(
+                &key_path,
+                format!(
+                    "the key of the active root (generation {}) is missing; restore it from a backup (zident never makes a new root in place of a lost one)",
+                    state.active
+                ),
+            ));
+        }
+        // A certificate lost while its key survived (a crash between the two writes) is
+        // re-made from the key: certificates it signed still verify.
+        Self::create_first_root(&active_dir, trust_domain, root_lifetime)?;
+        let key = read_key(&key_path)?;
+        let cert_path = active_dir.join(CA_CERT);
+        let cert = first_cert(
+            &cert_path,
+            &std::fs::read(&cert_path).map_err(io(&cert_path))?,
+        )?;
+        check_key_matches(&cert_path, &cert, &key)?;
+        let mut bundle = TrustBundle::new(trust_domain.clone());
+        for generation in state.in_bundle() {
+            let path = rotation::generation_dir(dir, generation).join(CA_CERT);
+            let root = first_cert(&path, &std::fs::read(&path).map_err(io(&path))?)?;
+            bundle
+                .add_root(root)
+                .map_err(|e| invalid(&path, e.to_string()))?;
+        }
+        bundle.set_sequence(state.sequence);
+        let mut authority =
+            Self::assemble(Mode::SelfSigned(dir.to_owned()), key, cert, vec![], bundle)?;
+        if let Some(previous) = state.previous {
+            let gen_dir = rotation::generation_dir(dir, previous);
+            let (key_path, cert_path) = (gen_dir.join(CA_KEY), gen_dir.join(CA_CERT));
+            if key_path.exists() {
+                let key = read_key(&key_path)?;
+                let cert = first_cert(
+                    &cert_path,
+                    &std::fs::read(&cert_path).map_err(io(&cert_path))?,
+                )?;
+                check_key_matches(&cert_path, &cert, &key)?;
+                let (_, parsed) = X509Certificate::from_der(&cert)
+                    .map_err(|e| invalid(&cert_path, e.to_string()))?;
+                let not_after = to_system_time(parsed.validity().not_after);
+                let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| {
+                    invalid(
+                        &cert_path,
+                        format!("cannot sign with this certificate: {e}"),
+                    )
+                })?;
+                authority.serving_signer = Some((issuer, not_after));
+            }
+        }
+        authority.publish_root_cert(dir)?;
+        Ok(authority)
+    }
+
+    /// A root in `dir` (`ca-key.pem`, `ca-cert.pem`), made if missing; a key whose certificate
+    /// was lost in a crash gets its certificate re-made.
+    fn create_first_root(
+        dir: &Path,
+        trust_domain: &TrustDomain,
+        lifetime: Duration,
+    ) -> Result<(), AuthorityError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| AuthorityError::Io { path, source }
+        };
         let key_path = dir.join(CA_KEY);
         let cert_path = dir.join(CA_CERT);
         let key = if key_path.exists() {
@@ -108,32 +215,15 @@ impl Authority {
             tracing::info!(path = %key_path.display(), "generated a new CA root key");
             key
         };
-        let cert = match std::fs::read(&cert_path) {
-            Ok(pem) => {
-                let cert = first_cert(&cert_path, &pem)?;
-                check_key_matches(&cert_path, &cert, &key)?;
-                cert
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let params = profile::root_params(trust_domain, SystemTime::now(), ROOT_LIFETIME);
-                let cert = params
-                    .self_signed(&key)
-                    .map_err(|e| AuthorityError::Sign(e.to_string()))?;
-                write_atomic(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
-                tracing::info!(path = %cert_path.display(), "created the self-signed CA root");
-                cert.der().clone()
-            }
-            Err(e) => return Err(io(&cert_path)(e)),
-        };
-        let mut bundle = TrustBundle::new(trust_domain.clone());
-        bundle
-            .add_root(cert.clone())
-            .map_err(|e| invalid(&cert_path, e.to_string()))?;
-        bundle.set_sequence(1);
-        let authority =
-            Self::assemble(Mode::SelfSigned(dir.to_owned()), key, cert, vec![], bundle)?;
-        authority.publish_root_cert(dir)?;
-        Ok(authority)
+        if !cert_path.exists() {
+            let params = profile::root_params(trust_domain, SystemTime::now(), lifetime);
+            let cert = params
+                .self_signed(&key)
+                .map_err(|e| AuthorityError::Sign(e.to_string()))?;
+            write_atomic(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
+            tracing::info!(path = %cert_path.display(), "created the self-signed CA root");
+        }
+        Ok(())
     }
 
     /// Loads an operator's plugged-in keys from `dir` (Istio's `cacerts` layout). Checks that
@@ -218,6 +308,7 @@ impl Authority {
             intermediates,
             bundle,
             chain_tail_pem,
+            serving_signer: None,
         })
     }
 
@@ -272,6 +363,31 @@ impl Authority {
         })
     }
 
+    /// Signs the CA's own serving certificate: with the old root while a rotation overlaps
+    /// (every node trusts it), else as [`Authority::sign`]. Returns the certificate and the
+    /// chain above it.
+    pub fn sign_serving(
+        &self,
+        params: &CertificateParams,
+        public_key: &impl PublicKeyData,
+    ) -> Result<(rcgen::Certificate, Vec<CertificateDer<'static>>), AuthorityError> {
+        match &self.serving_signer {
+            Some((issuer, _)) => params
+                .signed_by(public_key, issuer)
+                .map(|c| (c, vec![]))
+                .map_err(|e| AuthorityError::Sign(e.to_string())),
+            None => Ok((self.sign(params, public_key)?, self.intermediates.clone())),
+        }
+    }
+
+    /// The notAfter of whichever certificate signs the serving certificate.
+    pub fn serving_signer_not_after(&self) -> SystemTime {
+        self.serving_signer
+            .as_ref()
+            .map(|(_, t)| *t)
+            .unwrap_or(self.signer_not_after)
+    }
+
     /// The trust bundle: every root a client should trust.
     pub fn bundle(&self) -> &TrustBundle {
         &self.bundle
@@ -295,6 +411,14 @@ impl Authority {
     /// Self-signed or plugged-in, and where.
     pub fn mode(&self) -> &Mode {
         &self.mode
+    }
+
+    /// The signing certificate's validity: (notBefore, notAfter).
+    pub fn signer_validity(&self) -> (SystemTime, SystemTime) {
+        let not_before = X509Certificate::from_der(&self.signer_der)
+            .map(|(_, c)| to_system_time(c.validity().not_before))
+            .unwrap_or(self.signer_not_after);
+        (not_before, self.signer_not_after)
     }
 
     /// The earliest notAfter among the roots.

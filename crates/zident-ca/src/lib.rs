@@ -12,6 +12,7 @@ pub mod authority;
 pub mod metrics;
 mod persist;
 pub mod registry;
+pub mod rotation;
 pub mod server;
 pub mod service;
 pub mod state;
@@ -53,6 +54,54 @@ pub struct CaConfig {
     pub ttl: TtlPolicy,
     /// `spiffe_refresh_hint` for the bundle endpoint.
     pub refresh_hint: Duration,
+    /// Root rotation of the self-signed authority.
+    pub rotation: RotationConfig,
+}
+
+/// When the self-signed root rotates on its own, and how long each phase waits.
+#[derive(Debug, Clone, Copy)]
+pub struct RotationConfig {
+    /// Run the phases on a schedule (prepare at `prepare_at` of the root's life, activate and
+    /// retire as soon as each is safe). Off: only `zident ca rotate` moves them.
+    pub auto: bool,
+    /// Share of the active root's lifetime after which a new one is prepared.
+    pub prepare_at: f64,
+    /// Lifetime of a new root.
+    pub root_lifetime: Duration,
+    /// From prepare to activate; `None`: twice the refresh hint. Never less than one hint.
+    pub activate_delay: Option<Duration>,
+    /// Added to the longest certificate lifetime before the old root may retire: covers a
+    /// running CA that picks up a `zident ca rotate activate` a moment late, and clock skew.
+    pub retire_margin: Duration,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            auto: true,
+            prepare_at: 0.8,
+            root_lifetime: authority::ROOT_LIFETIME,
+            activate_delay: None,
+            retire_margin: Duration::from_secs(60),
+        }
+    }
+}
+
+impl CaConfig {
+    /// The phase rules this configuration implies.
+    pub fn rotation_timing(&self) -> rotation::Timing {
+        let activate = self
+            .rotation
+            .activate_delay
+            .unwrap_or(self.refresh_hint * 2)
+            .max(self.refresh_hint);
+        rotation::Timing {
+            activate_delay_secs: activate.as_secs_f64().ceil() as u64,
+            retire_delay_secs: (self.ttl.max_ttl + self.rotation.retire_margin)
+                .as_secs_f64()
+                .ceil() as u64,
+        }
+    }
 }
 
 impl CaConfig {
@@ -67,6 +116,7 @@ impl CaConfig {
             dns_names: vec!["localhost".into()],
             ttl: TtlPolicy::default(),
             refresh_hint: Duration::from_secs(300),
+            rotation: RotationConfig::default(),
         }
     }
 }
@@ -91,6 +141,9 @@ pub enum CaError {
     /// TLS could not be set up.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The rotation state is unusable.
+    #[error("root rotation: {0}")]
+    Rotation(#[from] rotation::RotationError),
     /// A file watch could not be set up.
     #[error("cannot watch {path}: {source}")]
     Watch {
@@ -132,6 +185,20 @@ impl RunningCa {
         let registry = Registry::from_mesh(&mesh, &config.mesh_path)?;
         let trust_domain = mesh.trust_domain.clone();
         let authority = load_authority(&config, &trust_domain)?;
+        if config.root_ca_dir.is_none() {
+            let state =
+                rotation::ensure_state(&config.data_dir, &trust_domain, config.rotation_timing())?;
+            if state.phase() != "steady" {
+                tracing::info!(
+                    target: "zident::ca",
+                    phase = state.phase(),
+                    active = state.active,
+                    prepared = ?state.prepared,
+                    previous = ?state.previous,
+                    "resuming a root rotation"
+                );
+            }
+        }
         let mut metrics_registry = MetricsRegistry::default();
         let metrics = metrics::CaMetrics::new(&mut metrics_registry);
         let serving =
@@ -188,6 +255,27 @@ impl RunningCa {
         background.push(tokio::spawn(watch::reload_on_change(changes, move || {
             reload_mesh(&s, &path)
         })));
+        if config.root_ca_dir.is_none() {
+            let (w, changes) =
+                watch::watch_dir(&config.data_dir, vec![rotation::STATE_FILE.into()]).map_err(
+                    |source| CaError::Watch {
+                        path: config.data_dir.join(rotation::STATE_FILE),
+                        source,
+                    },
+                )?;
+            watchers.push(w);
+            let (s, cfg, sv) = (state.clone(), config.clone(), serving.clone());
+            background.push(tokio::spawn(watch::reload_on_change(changes, move || {
+                reload_rotation(&s, &cfg, &sv)
+            })));
+            if config.rotation.auto {
+                background.push(tokio::spawn(rotate_on_schedule(
+                    state.clone(),
+                    config.clone(),
+                    serving.clone(),
+                )));
+            }
+        }
         if let Some(dir) = &config.root_ca_dir {
             let (w, changes) = watch::watch_dir(dir, vec![]).map_err(|source| CaError::Watch {
                 path: dir.clone(),
@@ -226,7 +314,7 @@ impl RunningCa {
 
 fn load_authority(config: &CaConfig, td: &TrustDomain) -> Result<Authority, AuthorityError> {
     match &config.root_ca_dir {
-        None => Authority::self_signed(&config.data_dir, td),
+        None => Authority::self_signed(&config.data_dir, td, config.rotation.root_lifetime),
         Some(dir) => {
             let authority = Authority::plugged_in(dir, td)?;
             authority.publish_root_cert(&config.data_dir)?;
@@ -289,6 +377,107 @@ fn reload_plugged_in(state: &CaState, config: &CaConfig, serving: &ServingCert) 
     }
 }
 
+/// Loads the authority the rotation state now describes, if it differs from the one in use.
+fn reload_rotation(state: &CaState, config: &CaConfig, serving: &ServingCert) {
+    let td = state.registry().trust_domain().clone();
+    let current = state.authority();
+    match Authority::self_signed(&config.data_dir, &td, config.rotation.root_lifetime) {
+        Ok(authority) => {
+            if authority.signer() == current.signer()
+                && authority.bundle().roots() == current.bundle().roots()
+                && authority.bundle().sequence() == current.bundle().sequence()
+            {
+                return;
+            }
+            if let Err(e) = serving.renew(&authority) {
+                tracing::error!(target: "zident::ca", "the rotated root cannot sign a serving certificate, keeping the current one: {e}");
+                state.metrics.reload("rotation", false);
+                return;
+            }
+            let signer_changed = authority.signer() != current.signer();
+            let (roots, sequence) = (
+                authority.bundle().roots().len(),
+                authority.bundle().sequence(),
+            );
+            let signer_serial = zident_identity::serial_hex(
+                X509Certificate::from_der(authority.signer())
+                    .map(|(_, c)| c.raw_serial().to_vec())
+                    .unwrap_or_default()
+                    .as_slice(),
+            );
+            state.set_authority(authority);
+            state.metrics.reload("rotation", true);
+            tracing::info!(
+                target: "zident::ca",
+                roots,
+                sequence,
+                signer = %signer_serial,
+                signer_changed,
+                "root rotation applied: the trust bundle and signing key are now as {} says",
+                rotation::STATE_FILE
+            );
+        }
+        Err(e) => {
+            state.metrics.reload("rotation", false);
+            tracing::error!(target: "zident::ca", "root rotation state rejected, keeping the current keys: {e}");
+        }
+    }
+}
+
+/// Moves the rotation on by itself: prepare once the active root has used its share of life,
+/// activate and retire as soon as each is safe.
+async fn rotate_on_schedule(state: Arc<CaState>, config: CaConfig, serving: Arc<ServingCert>) {
+    let tick = Duration::from_secs(1)
+        .max(config.refresh_hint / 10)
+        .min(Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(tick).await;
+        let dir = config.data_dir.clone();
+        let now = std::time::SystemTime::now();
+        let rs = match rotation::read_state(&dir) {
+            Ok(Some(rs)) => rs,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(target: "zident::ca", "cannot read the rotation state: {e}");
+                continue;
+            }
+        };
+        let secs = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let due = if rs.prepared.is_some() {
+            (secs(now) >= rs.activate_after.unwrap_or(0)).then_some(rotation::Phase::Activate)
+        } else if rs.previous.is_some() {
+            (secs(now) >= rs.retire_after.unwrap_or(0)).then_some(rotation::Phase::Retire)
+        } else {
+            let (from, to) = state.authority().signer_validity();
+            let life = to.duration_since(from).unwrap_or_default();
+            let used = now.duration_since(from).unwrap_or_default();
+            (used.as_secs_f64() >= life.as_secs_f64() * config.rotation.prepare_at)
+                .then_some(rotation::Phase::Prepare)
+        };
+        let Some(phase) = due else { continue };
+        let lifetime = config.rotation.root_lifetime;
+        let result =
+            tokio::task::spawn_blocking(move || rotation::apply(&dir, phase, now, false, lifetime))
+                .await;
+        match result {
+            Ok(Ok(rs)) => {
+                tracing::info!(target: "zident::ca", phase = phase.as_str(), active = rs.active, prepared = ?rs.prepared, previous = ?rs.previous, sequence = rs.sequence, "scheduled root rotation step");
+                reload_rotation(&state, &config, &serving);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(target: "zident::ca", phase = phase.as_str(), "scheduled root rotation step failed: {e}")
+            }
+            Err(e) => {
+                tracing::error!(target: "zident::ca", "scheduled root rotation step panicked: {e}")
+            }
+        }
+    }
+}
+
 async fn renew_serving_cert(state: Arc<CaState>, serving: Arc<ServingCert>) {
     loop {
         tokio::time::sleep(server::SERVING_CERT_TTL / 2).await;
@@ -337,3 +526,4 @@ async fn serve_metrics(
 }
 
 use axum::response::IntoResponse;
+use x509_parser::prelude::{FromDer, X509Certificate};

@@ -79,12 +79,14 @@ fn issue_serving(authority: &Authority, dns_names: &[String]) -> Result<Certifie
         dns_names,
         SystemTime::now(),
         SERVING_CERT_TTL,
-        authority.signer_not_after(),
+        authority.serving_signer_not_after(),
     )
     .map_err(|e| e.to_string())?;
-    let cert = authority.sign(&params, &key).map_err(|e| e.to_string())?;
+    let (cert, above) = authority
+        .sign_serving(&params, &key)
+        .map_err(|e| e.to_string())?;
     let mut chain = vec![cert.der().clone()];
-    chain.extend(authority.intermediates().iter().cloned());
+    chain.extend(above);
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signer =
         rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).map_err(|e| e.to_string())?;

@@ -63,46 +63,12 @@ impl Directory for Mesh {
 }
 
 /// Everything the tunnel logs in this test.
-fn logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
-    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let w = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("zident::tunnel=info")
-            .with_ansi(false)
-            .with_writer(move || Writer(w.clone()))
-            .try_init();
-        buf
-    })
-    .clone()
+fn logs() {
+    common::capture_logs("zident::tunnel=info");
 }
 
-struct Writer(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Writer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Waits until the logs contain `needle`.
 async fn logged(needle: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if String::from_utf8_lossy(&logs().lock().unwrap()).contains(needle) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never logged {needle:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::logged(needle).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -226,10 +226,14 @@ impl AgentArgs {
 
 /// Flags of `zident ca`.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct CaArgs {
+    /// Instead of running the CA: rotate its root, or show the rotation's status.
+    #[command(subcommand)]
+    pub action: Option<crate::rotate::CaAction>,
     /// The mesh file: trust domain, nodes and their tokens, workloads.
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    pub config: Option<PathBuf>,
     /// Where the self-signed root is kept and root-cert.pem is published.
     #[arg(long, value_name = "DIR", default_value = ".zident/ca")]
     pub data_dir: PathBuf,
@@ -255,6 +259,15 @@ pub struct CaArgs {
     /// How often clients should re-fetch the trust bundle (spiffe_refresh_hint).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub bundle_refresh_hint: Duration,
+    /// Do not rotate the self-signed root on a schedule (only `zident ca rotate` does).
+    #[arg(long)]
+    pub no_auto_rotate: bool,
+    /// Prepare a new root once the active one has used this share of its lifetime.
+    #[arg(long, default_value_t = 0.8)]
+    pub rotate_at: f64,
+    /// Lifetime of a self-signed root made by this CA.
+    #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+    pub root_lifetime: Duration,
 }
 
 /// Flags of `zident up`.
@@ -281,7 +294,17 @@ impl CaArgs {
                 self.max_ttl.as_secs()
             ));
         }
-        let mut config = CaConfig::new(self.config);
+        if !(0.1..=0.95).contains(&self.rotate_at) {
+            return Err(format!(
+                "--rotate-at {} is outside 0.1..0.95",
+                self.rotate_at
+            ));
+        }
+        let mesh = self.config.ok_or("--config is required to run the CA")?;
+        let mut config = CaConfig::new(mesh);
+        config.rotation.auto = !self.no_auto_rotate;
+        config.rotation.prepare_at = self.rotate_at;
+        config.rotation.root_lifetime = self.root_lifetime;
         config.data_dir = self.data_dir;
         config.listen = self.listen;
         config.metrics_addr = Some(self.metrics_addr);
@@ -338,7 +361,10 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
             wait_for_signal().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ca(args) => {
+        Command::Ca(mut args) => {
+            if let Some(action) = args.action.take() {
+                return crate::rotate::run(action);
+            }
             let config = args.into_config()?;
             let mut ca = RunningCa::start(config).await.map_err(|e| e.to_string())?;
             println!(

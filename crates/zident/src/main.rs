@@ -8,6 +8,7 @@ mod cli;
 mod duration;
 mod inspect;
 mod logging;
+mod rotate;
 mod style;
 mod up;
 

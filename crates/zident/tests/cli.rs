@@ -263,3 +263,98 @@ fn the_agent_says_what_is_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("CA_ADDRESS"), "{err}");
 }
+
+/// `zident ca rotate` on the data dir of a running CA: the CA serves the new bundle within
+/// seconds; a step taken too early is refused with when it becomes safe, and changes nothing.
+#[test]
+fn ca_rotate_drives_a_running_ca_and_status_shows_the_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = "trustDomain: cluster.local\nnodes:\n- {name: node-a, token: ta}\n";
+    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+    let ca = start_ca(
+        dir.path(),
+        &["--bundle-refresh-hint", "1s", "--no-auto-rotate"],
+        &[],
+    );
+    let data = dir.path().join("ca");
+    let data_arg = data.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = zident().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&["ca", "status", "--data-dir", data_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("phase steady, bundle sequence 1"), "{out}");
+
+    let (code, out) = run(&["ca", "rotate", "prepare", "--data-dir", data_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("phase prepared, bundle sequence 2"), "{out}");
+    // Too early to activate: refused, with when it will be safe; nothing changes.
+    let (code, out) = run(&["ca", "rotate", "activate", "--data-dir", data_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("too early") && out.contains("--force"),
+        "{out}"
+    );
+    let (_, status) = run(&["ca", "status", "--data-dir", data_arg]);
+    assert!(status.contains("phase prepared"), "{status}");
+
+    // The running CA serves both roots (checked with curl, trusting the published file).
+    let url = format!(
+        "https://localhost:{}/bundle.pem",
+        ca.addr.rsplit(':').next().unwrap()
+    );
+    let root = data.join("root-cert.pem");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = curl(&["--cacert", root.to_str().unwrap(), &url]);
+        if code == 200 && body.matches("BEGIN CERTIFICATE").count() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CA never served two roots: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Once safe, activate; retire is then too early (certificates of up to 90 days may be
+    // valid), unless forced.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out) = run(&["ca", "rotate", "activate", "--data-dir", data_arg]);
+        if code == Some(0) {
+            break;
+        }
+        assert!(out.contains("too early"), "{out}");
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out) = run(&["ca", "rotate", "retire", "--data-dir", data_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("may be valid until"), "{out}");
+    let (code, out) = run(&["ca", "rotate", "retire", "--data-dir", data_arg, "--force"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (_, status) = run(&["ca", "status", "--data-dir", data_arg]);
+    assert!(
+        status.contains("phase steady, bundle sequence 3"),
+        "{status}"
+    );
+    assert!(status.contains("retired"), "{status}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = curl(&["--cacert", root.to_str().unwrap(), &url]);
+        if code == 200 && body.matches("BEGIN CERTIFICATE").count() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CA never dropped the old root: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -315,3 +315,47 @@ pub fn metrics_text(observer: &Observer) -> String {
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     text
 }
+
+static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+/// Captures this test process's logs at `filter` (the first call's filter wins).
+pub fn capture_logs(filter: &str) {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(w.clone()))
+            .try_init();
+        buf
+    });
+}
+
+/// What was logged so far.
+pub fn captured() -> String {
+    LOGS.get()
+        .map(|b| String::from_utf8_lossy(&b.lock().unwrap()).into_owned())
+        .unwrap_or_default()
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Waits until the captured logs contain `needle`.
+pub async fn logged(needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !captured().contains(needle) {
+        assert!(Instant::now() < deadline, "never logged {needle:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

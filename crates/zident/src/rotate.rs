@@ -1,0 +1,163 @@
+//! `zident ca rotate prepare|activate|retire` and `zident ca status`: the self-signed root's
+//! rotation, driven by hand. They act on the data dir, whether its CA is running or not; a
+//! running CA sees `rotation.json` change and applies it within seconds.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use zident_ca::rotation::{self, Phase, RotationState};
+use zident_identity::rfc3339;
+
+use crate::duration::parse_duration;
+
+/// What to do with the CA's roots instead of running it.
+#[derive(Debug, clap::Subcommand)]
+pub enum CaAction {
+    /// Move the self-signed root's rotation one phase on: prepare (publish a new root),
+    /// activate (sign with it), retire (drop the old one).
+    Rotate(RotateArgs),
+    /// Show the root generations, their phase and expiry, and what is safe next.
+    Status(StatusArgs),
+}
+
+/// Flags of `zident ca rotate`.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// prepare, activate or retire.
+    #[arg(value_parser = clap::value_parser!(PhaseArg))]
+    pub phase: PhaseArg,
+    /// The CA's data dir.
+    #[arg(long, value_name = "DIR", default_value = ".zident/ca")]
+    pub data_dir: PathBuf,
+    /// Take the step even though agents may not be ready for it (activate before the bundle
+    /// had time to spread, retire while old certificates may be valid).
+    #[arg(long)]
+    pub force: bool,
+    /// Lifetime of the root that `prepare` makes.
+    #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+    pub root_lifetime: Duration,
+}
+
+/// A rotation phase, as clap parses it.
+#[derive(Debug, Clone, Copy)]
+pub struct PhaseArg(pub Phase);
+
+impl std::str::FromStr for PhaseArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(PhaseArg)
+    }
+}
+
+/// Flags of `zident ca status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The CA's data dir.
+    #[arg(long, value_name = "DIR", default_value = ".zident/ca")]
+    pub data_dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a `zident ca` action.
+pub fn run(action: CaAction) -> Result<ExitCode, String> {
+    match action {
+        CaAction::Rotate(args) => {
+            let phase = args.phase.0;
+            let state = rotation::apply(
+                &args.data_dir,
+                phase,
+                SystemTime::now(),
+                args.force,
+                args.root_lifetime,
+            )
+            .map_err(|e| format!("rotate {}: {e}", phase.as_str()))?;
+            println!(
+                "zident ca rotate {}: done; a running CA applies it within seconds.",
+                phase.as_str()
+            );
+            print_state(&args.data_dir, &state);
+            Ok(ExitCode::SUCCESS)
+        }
+        CaAction::Status(args) => {
+            let state = rotation::read_state(&args.data_dir)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!(
+                        "{} has no {}: it is not the data dir of a self-signed zident CA that has started (plugged-in keys rotate by their files, see docs/root-rotation.md)",
+                        args.data_dir.display(),
+                        rotation::STATE_FILE
+                    )
+                })?;
+            if args.json {
+                let json = serde_json::json!({
+                    "phase": state.phase(),
+                    "sequence": state.sequence,
+                    "state": state,
+                    "generations": rotation::status(&args.data_dir, &state),
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).unwrap_or_default()
+                );
+            } else {
+                print_state(&args.data_dir, &state);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn when(unix: u64) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(unix);
+    match at.duration_since(SystemTime::now()) {
+        Ok(left) if left.as_secs() > 0 => format!("{} (in {}s)", rfc3339(at), left.as_secs()),
+        _ => format!("{} (now)", rfc3339(at)),
+    }
+}
+
+fn print_state(dir: &std::path::Path, state: &RotationState) {
+    println!(
+        "CA roots in {}: trust domain {}, phase {}, bundle sequence {}",
+        dir.display(),
+        state.trust_domain,
+        state.phase(),
+        state.sequence
+    );
+    match (state.prepared, state.previous) {
+        (Some(g), _) => println!(
+            "  next: activate generation {g} (safe from {})",
+            when(state.activate_after.unwrap_or(0))
+        ),
+        (None, Some(g)) => println!(
+            "  next: retire generation {g} (safe from {})",
+            when(state.retire_after.unwrap_or(0))
+        ),
+        (None, None) => println!("  next: prepare, when the active root nears its end"),
+    }
+    println!(
+        "  {:<4} {:<9} {:<34} {:<21} {:<4} CERTIFICATE",
+        "GEN", "PHASE", "SERIAL", "NOT AFTER", "KEY"
+    );
+    for g in rotation::status(dir, state) {
+        println!(
+            "  {:<4} {:<9} {:<34} {:<21} {:<4} {}",
+            g.generation,
+            g.phase,
+            g.serial,
+            g.not_after,
+            if g.has_key { "yes" } else { "no" },
+            g.certificate.display()
+        );
+    }
+    for e in &state.history {
+        println!(
+            "  {} {} generation {}",
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(e.at)),
+            e.phase,
+            e.generation
+        );
+    }
+}
