@@ -388,6 +388,11 @@ impl Authority {
             .unwrap_or(self.signer_not_after)
     }
 
+    /// Sets the bundle's `spiffe_sequence` (plugged-in roots count their changes outside).
+    pub fn set_bundle_sequence(&mut self, sequence: u64) {
+        self.bundle.set_sequence(sequence);
+    }
+
     /// The trust bundle: every root a client should trust.
     pub fn bundle(&self) -> &TrustBundle {
         &self.bundle

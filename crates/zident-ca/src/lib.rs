@@ -11,6 +11,7 @@
 pub mod authority;
 pub mod metrics;
 mod persist;
+pub mod plugged;
 pub mod registry;
 pub mod rotation;
 pub mod server;
@@ -184,7 +185,25 @@ impl RunningCa {
         let mesh = MeshFile::load(&config.mesh_path)?;
         let registry = Registry::from_mesh(&mesh, &config.mesh_path)?;
         let trust_domain = mesh.trust_domain.clone();
-        let authority = load_authority(&config, &trust_domain)?;
+        let mut authority = load_authority(&config, &trust_domain)?;
+        let mut plugged_state = None;
+        if config.root_ca_dir.is_some() {
+            let ps = plugged::PluggedState::on_start(
+                &config.data_dir,
+                &authority,
+                &config.rotation_timing(),
+                std::time::SystemTime::now(),
+            )
+            .map_err(|message| {
+                CaError::Authority(AuthorityError::Invalid {
+                    path: config.data_dir.join(plugged::STATE_FILE),
+                    message,
+                })
+            })?;
+            authority.set_bundle_sequence(ps.sequence);
+            authority.publish_root_cert(&config.data_dir)?;
+            plugged_state = Some(std::sync::Mutex::new(ps));
+        }
         if config.root_ca_dir.is_none() {
             let state =
                 rotation::ensure_state(&config.data_dir, &trust_domain, config.rotation_timing())?;
@@ -283,8 +302,11 @@ impl RunningCa {
             })?;
             watchers.push(w);
             let (s, cfg, serving) = (state.clone(), config.clone(), serving.clone());
+            let ps = plugged_state.take();
             background.push(tokio::spawn(watch::reload_on_change(changes, move || {
-                reload_plugged_in(&s, &cfg, &serving)
+                if let Some(ps) = &ps {
+                    reload_plugged_in(&s, &cfg, &serving, ps)
+                }
             })));
         }
 
@@ -315,11 +337,8 @@ impl RunningCa {
 fn load_authority(config: &CaConfig, td: &TrustDomain) -> Result<Authority, AuthorityError> {
     match &config.root_ca_dir {
         None => Authority::self_signed(&config.data_dir, td, config.rotation.root_lifetime),
-        Some(dir) => {
-            let authority = Authority::plugged_in(dir, td)?;
-            authority.publish_root_cert(&config.data_dir)?;
-            Ok(authority)
-        }
+        // Published by the caller once the change is accepted.
+        Some(dir) => Authority::plugged_in(dir, td),
     }
 }
 
@@ -357,18 +376,55 @@ fn reload_mesh(state: &CaState, path: &Path) {
     }
 }
 
-fn reload_plugged_in(state: &CaState, config: &CaConfig, serving: &ServingCert) {
+fn reload_plugged_in(
+    state: &CaState,
+    config: &CaConfig,
+    serving: &ServingCert,
+    plugged: &std::sync::Mutex<plugged::PluggedState>,
+) {
     let td = state.registry().trust_domain().clone();
-    match load_authority(config, &td) {
-        Ok(authority) => {
+    let timing = config.rotation_timing();
+    let now = std::time::SystemTime::now();
+    let mut known = plugged.lock().unwrap_or_else(|e| e.into_inner());
+    let current = state.authority();
+    let checked = load_authority(config, &td)
+        .map_err(|e| e.to_string())
+        .and_then(|next| {
+            known
+                .check(&current, &next, &timing, now)
+                .map(|()| next)
+                .map_err(|e| format!("the change would break handshakes: {e}"))
+        });
+    match checked {
+        Ok(mut authority) => {
             if let Err(e) = serving.renew(&authority) {
                 tracing::error!(target: "zident::ca", "new CA keys cannot sign a serving certificate, keeping the old keys: {e}");
                 state.metrics.reload("root_ca_dir", false);
                 return;
             }
+            let next_known = match known.applied(
+                &config.data_dir,
+                &current,
+                &authority,
+                &timing,
+                now,
+            ) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(target: "zident::ca", "cannot record the plugged-in roots, keeping the current keys: {e}");
+                    state.metrics.reload("root_ca_dir", false);
+                    return;
+                }
+            };
+            authority.set_bundle_sequence(next_known.sequence);
+            if let Err(e) = authority.publish_root_cert(&config.data_dir) {
+                tracing::error!(target: "zident::ca", "cannot publish root-cert.pem: {e}");
+            }
+            let roots = authority.bundle().roots().len();
             state.set_authority(authority);
+            *known = next_known;
             state.metrics.reload("root_ca_dir", true);
-            tracing::info!(target: "zident::ca", "plugged-in CA files reloaded");
+            tracing::info!(target: "zident::ca", roots, sequence = known.sequence, "plugged-in CA files reloaded");
         }
         Err(e) => {
             state.metrics.reload("root_ca_dir", false);

@@ -297,3 +297,154 @@ async fn unusable_files_stop_the_start_with_the_file_named() {
         .to_string();
     assert!(err.contains("not signed by any root"), "{err}");
 }
+
+/// Reload counters of ROOT_CA_DIR, from the CA's metrics: (applied, rejected).
+fn reloads(metrics_url: &str) -> (u64, u64) {
+    let text = curl(metrics_url, None);
+    let count = |outcome: &str| {
+        let key = format!(
+            "zident_ca_config_reloads_total{{source=\"root_ca_dir\",outcome=\"{outcome}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (count("applied"), count("rejected"))
+}
+
+fn copy_files(from: &Path, to: &Path, names: &[&str]) {
+    for n in names {
+        std::fs::copy(from.join(n), to.join(n)).unwrap();
+    }
+}
+
+const SIGNING: [&str; 3] = ["ca-cert.pem", "ca-key.pem", "cert-chain.pem"];
+
+/// Replacing the plugged-in files with a new root follows the phases: a one-shot swap is
+/// refused, the new root is published first, signing moves once nodes had time to fetch it,
+/// and the old root leaves once nothing it signed can be valid. Every early step is refused
+/// with when it becomes safe, and the old keys keep signing meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plugged_in_root_goes_through_the_phases() {
+    let (dir, cacerts) = fixture();
+    let orig = dir.path().join("orig");
+    let next = dir.path().join("next");
+    std::fs::create_dir(&orig).unwrap();
+    std::fs::create_dir(&next).unwrap();
+    copy_files(
+        &cacerts,
+        &orig,
+        &[
+            "root-cert.pem",
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+        ],
+    );
+    make_root(&next);
+    make_intermediate(&next, "Intermediate Next");
+    let root1 = certs_from_pem(&std::fs::read(orig.join("root-cert.pem")).unwrap()).unwrap();
+    let root2 = certs_from_pem(&std::fs::read(next.join("root-cert.pem")).unwrap()).unwrap();
+
+    let mut c = config(dir.path());
+    c.root_ca_dir = Some(cacerts.clone());
+    c.refresh_hint = Duration::from_secs(1);
+    c.ttl = zident_ca::TtlPolicy {
+        default_ttl: Duration::from_secs(2),
+        max_ttl: Duration::from_secs(2),
+    };
+    c.rotation.activate_delay = Some(Duration::from_secs(2));
+    c.rotation.retire_margin = Duration::from_secs(1);
+    let ca = RunningCa::start(c).await.unwrap();
+    let mut client = client(&ca).await;
+    let metrics_url = format!("http://{}/metrics", ca.metrics_addr.unwrap());
+    let roots_now = || ca.state.authority().bundle().roots().to_vec();
+    assert_eq!(ca.state.authority().bundle().sequence(), 1);
+
+    // The outage operators fear: every file swapped to the new root at once. Refused.
+    copy_files(
+        &next,
+        &cacerts,
+        &[
+            "root-cert.pem",
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+        ],
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the one-shot swap is refused",
+        || reloads(&metrics_url).1 >= 1,
+    )
+    .await;
+    assert_eq!(roots_now(), root1);
+    let (_, chain) = issue_frontend(&mut client, 2).await;
+    assert!(issuer_cn(&chain[0]).contains("Intermediate One"));
+
+    // prepare: the old signing files, both roots.
+    copy_files(&orig, &cacerts, &SIGNING);
+    let both = [
+        std::fs::read_to_string(orig.join("root-cert.pem")).unwrap(),
+        std::fs::read_to_string(next.join("root-cert.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(cacerts.join("root-cert.pem"), both).unwrap();
+    eventually(Duration::from_secs(20), "the new root is published", || {
+        roots_now().len() == 2
+    })
+    .await;
+    assert_eq!(ca.state.authority().bundle().sequence(), 2);
+    let published = std::fs::read_to_string(dir.path().join("ca/root-cert.pem")).unwrap();
+    assert_eq!(published.matches("BEGIN CERTIFICATE").count(), 2);
+
+    // activate: the new signing files, written again until the CA takes them; the first
+    // attempt comes too early and is refused.
+    let rejected = reloads(&metrics_url).1;
+    copy_files(&next, &cacerts, &SIGNING);
+    eventually(
+        Duration::from_secs(20),
+        "an early activation is refused",
+        || reloads(&metrics_url).1 > rejected,
+    )
+    .await;
+    let (_, chain) = issue_frontend(&mut client, 2).await;
+    assert!(issuer_cn(&chain[0]).contains("Intermediate One"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, chain) = issue_frontend(&mut client, 2).await;
+        if issuer_cn(&chain[0]).contains("Intermediate Next") {
+            // It chains to the new root alone.
+            let mut only_new = TrustBundle::new(TrustDomain::new("cluster.local").unwrap());
+            only_new.add_root(root2[0].clone()).unwrap();
+            let leaf = certs_from_pem(chain.concat().as_bytes()).unwrap();
+            verify_svid(&leaf[..2], &only_new, SystemTime::now()).unwrap();
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "activation never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        copy_files(&next, &cacerts, &SIGNING);
+    }
+
+    // retire: the new root alone, refused until the old root's certificates have expired.
+    let rejected = reloads(&metrics_url).1;
+    copy_files(&next, &cacerts, &["root-cert.pem"]);
+    eventually(
+        Duration::from_secs(20),
+        "an early retire is refused",
+        || reloads(&metrics_url).1 > rejected,
+    )
+    .await;
+    assert_eq!(roots_now().len(), 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while roots_now() != root2 {
+        assert!(std::time::Instant::now() < deadline, "retire never applied");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        copy_files(&next, &cacerts, &["root-cert.pem"]);
+    }
+    assert_eq!(ca.state.authority().bundle().sequence(), 3);
+}

@@ -66,6 +66,15 @@ pub fn run(action: CaAction) -> Result<ExitCode, String> {
     match action {
         CaAction::Rotate(args) => {
             let phase = args.phase.0;
+            if args.data_dir.join(zident_ca::plugged::STATE_FILE).exists()
+                && !args.data_dir.join(rotation::STATE_FILE).exists()
+            {
+                return Err(format!(
+                    "rotate {}: the CA of {} uses plugged-in keys (ROOT_CA_DIR); they rotate by replacing the files in ROOT_CA_DIR in the same phases, see docs/root-rotation.md",
+                    phase.as_str(),
+                    args.data_dir.display()
+                ));
+            }
             let state = rotation::apply(
                 &args.data_dir,
                 phase,
@@ -82,15 +91,20 @@ pub fn run(action: CaAction) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         CaAction::Status(args) => {
-            let state = rotation::read_state(&args.data_dir)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| {
-                    format!(
-                        "{} has no {}: it is not the data dir of a self-signed zident CA that has started (plugged-in keys rotate by their files, see docs/root-rotation.md)",
-                        args.data_dir.display(),
-                        rotation::STATE_FILE
-                    )
-                })?;
+            let state = rotation::read_state(&args.data_dir).map_err(|e| e.to_string())?;
+            if state.is_none()
+                && let Some(plugged) = zident_ca::plugged::read(&args.data_dir)?
+            {
+                print_plugged(&args.data_dir, &plugged, args.json);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let state = state.ok_or_else(|| {
+                format!(
+                    "{} has no {}: it is not the data dir of a zident CA that has started",
+                    args.data_dir.display(),
+                    rotation::STATE_FILE
+                )
+            })?;
             if args.json {
                 let json = serde_json::json!({
                     "phase": state.phase(),
@@ -107,6 +121,43 @@ pub fn run(action: CaAction) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn print_plugged(dir: &std::path::Path, state: &zident_ca::plugged::PluggedState, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(state).unwrap_or_default()
+        );
+        return;
+    }
+    println!(
+        "CA roots in {} (plugged-in keys; they rotate by their files, see docs/root-rotation.md): bundle sequence {}",
+        dir.display(),
+        state.sequence
+    );
+    println!(
+        "  {:<18} {:<8} {:<36} SUBJECT",
+        "ROOT (SHA-256)", "SIGNS", "PUBLISHED / MAY HAVE SIGNED UNTIL"
+    );
+    for (fp, published) in &state.published {
+        let signs = state.signing_root.as_deref() == Some(fp.as_str());
+        let note = match state.signed_until.get(fp) {
+            Some(until) => format!("signed until {}", when(*until)),
+            None if *published == 0 => "since the first start".into(),
+            None => format!(
+                "since {}",
+                rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(*published))
+            ),
+        };
+        println!(
+            "  {:<18} {:<8} {:<36} {}",
+            &fp[..fp.len().min(16)],
+            if signs { "yes" } else { "no" },
+            note,
+            state.subjects.get(fp).map(String::as_str).unwrap_or("")
+        );
     }
 }
 

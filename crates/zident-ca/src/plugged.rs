@@ -1,0 +1,283 @@
+//! Root rotation with plugged-in keys: the operator changes the files in `ROOT_CA_DIR`, and the
+//! CA makes the change follow the same three phases as a self-signed rotation, refusing any
+//! change that would break handshakes:
+//!
+//! 1. **prepare**: `root-cert.pem` gains the new root beside the old one (signing files
+//!    unchanged). Applied at once: the bundle grows and `spiffe_sequence` increases.
+//! 2. **activate**: the signing files (`ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`) move to an
+//!    intermediate under the new root. Refused until that root has been in the bundle for the
+//!    activation delay (agents fetch the bundle at its refresh hint).
+//! 3. **retire**: `root-cert.pem` loses the old root. Refused while that root still signs, or
+//!    while certificates signed under it may be valid (activation + the longest lifetime).
+//!
+//! A refused change leaves the current keys signing; the log says what to do and from when. The
+//! CA re-reads the directory when its files change, so the operator writes the files again once
+//! the time has come. What the CA knows of the roots (when each was first published, until when
+//! each may have signed) is kept in `<data dir>/plugged-in.json`, so a restart forgets nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use x509_parser::prelude::*;
+use zident_identity::rfc3339;
+
+use crate::authority::Authority;
+use crate::persist::{create_private_dir, write_atomic};
+use crate::rotation::Timing;
+
+/// The state file.
+pub const STATE_FILE: &str = "plugged-in.json";
+
+/// What the CA remembers of plugged-in roots, keyed by SHA-256 fingerprint (hex).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluggedState {
+    /// `spiffe_sequence` of the bundle.
+    pub sequence: u64,
+    /// Root → unix seconds it was first published (0: in the bundle at the first start).
+    pub published: BTreeMap<String, u64>,
+    /// Roots that stopped signing → unix seconds until which what they signed may be valid.
+    pub signed_until: BTreeMap<String, u64>,
+    /// The root the signing key chains to.
+    pub signing_root: Option<String>,
+    /// Subject of each known root, for people reading the file or `zident ca status`.
+    #[serde(default)]
+    pub subjects: BTreeMap<String, String>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn at(s: u64) -> String {
+    rfc3339(UNIX_EPOCH + Duration::from_secs(s))
+}
+
+/// The SHA-256 fingerprint of a certificate, hex.
+pub fn fingerprint(der: &CertificateDer<'_>) -> String {
+    digest::digest(&digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn short(fp: &str) -> &str {
+    &fp[..fp.len().min(16)]
+}
+
+fn subject(der: &CertificateDer<'_>) -> String {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_default()
+}
+
+/// The root of `authority`'s bundle that its signing chain ends at.
+pub fn signing_root(authority: &Authority) -> Option<String> {
+    let top = authority
+        .intermediates()
+        .last()
+        .unwrap_or(authority.signer());
+    let (_, top_cert) = X509Certificate::from_der(top).ok()?;
+    authority
+        .bundle()
+        .roots()
+        .iter()
+        .find(|r| {
+            *r == top
+                || X509Certificate::from_der(r).is_ok_and(|(_, root)| {
+                    top_cert.verify_signature(Some(root.public_key())).is_ok()
+                })
+        })
+        .map(fingerprint)
+}
+
+fn roots(authority: &Authority) -> Vec<(String, CertificateDer<'static>)> {
+    authority
+        .bundle()
+        .roots()
+        .iter()
+        .map(|r| (fingerprint(r), r.clone()))
+        .collect()
+}
+
+/// Reads the state of `data_dir`, if any.
+pub fn read(data_dir: &Path) -> Result<Option<PluggedState>, String> {
+    let path = data_dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+fn write(data_dir: &Path, state: &PluggedState) -> Result<(), String> {
+    create_private_dir(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let path: PathBuf = data_dir.join(STATE_FILE);
+    let json = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+    write_atomic(&path, &json, 0o644).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl PluggedState {
+    /// The state after the CA started with `authority`: the roots present at a first start
+    /// count as long published; a root that appeared while the CA was stopped is published
+    /// now, and a change of signing root while stopped is logged and recorded.
+    pub fn on_start(
+        data_dir: &Path,
+        authority: &Authority,
+        timing: &Timing,
+        now: SystemTime,
+    ) -> Result<Self, String> {
+        let previous = read(data_dir)?;
+        let first = previous.is_none();
+        let mut state = previous.unwrap_or_default();
+        let t = unix(now);
+        let present = roots(authority);
+        let changed = present
+            .iter()
+            .any(|(fp, _)| !state.published.contains_key(fp))
+            || state
+                .published
+                .keys()
+                .any(|fp| !present.iter().any(|(p, _)| p == fp));
+        for (fp, der) in &present {
+            state
+                .published
+                .entry(fp.clone())
+                .or_insert(if first { 0 } else { t });
+            state.subjects.insert(fp.clone(), subject(der));
+        }
+        state
+            .published
+            .retain(|fp, _| present.iter().any(|(p, _)| p == fp));
+        let signing = signing_root(authority);
+        if !first
+            && signing != state.signing_root
+            && let Some(old) = state.signing_root.take()
+        {
+            tracing::warn!(
+                target: "zident::ca",
+                old_root = short(&old),
+                new_root = signing.as_deref().map(short).unwrap_or("?"),
+                "the plugged-in signing root changed while the CA was stopped; nodes that do not trust the new root yet fail until they fetch the bundle (use the phases of docs/root-rotation.md)"
+            );
+            state.signed_until.insert(old, t + timing.retire_delay_secs);
+        }
+        state.signing_root = signing;
+        state.signed_until.retain(|_, until| *until > t);
+        if first {
+            state.sequence = 1;
+        } else if changed {
+            state.sequence += 1;
+        }
+        write(data_dir, &state)?;
+        Ok(state)
+    }
+
+    /// Whether replacing `current` by `next` keeps every handshake working; the refusal says
+    /// what to do instead, and from when.
+    pub fn check(
+        &self,
+        current: &Authority,
+        next: &Authority,
+        timing: &Timing,
+        now: SystemTime,
+    ) -> Result<(), String> {
+        let t = unix(now);
+        let next_roots = roots(next);
+        let next_signing = signing_root(next);
+        if next_signing != self.signing_root
+            && let Some(root) = &next_signing
+        {
+            let safe = self
+                .published
+                .get(root)
+                .map(|p| p + timing.activate_delay_secs);
+            match safe {
+                None => {
+                    return Err(format!(
+                        "the new signing key chains to root {}, which is not in the bundle yet: first add that root to root-cert.pem beside the current one (prepare), wait {}s for nodes to fetch it, then switch the signing files (activate)",
+                        short(root),
+                        timing.activate_delay_secs
+                    ));
+                }
+                Some(safe) if t < safe => {
+                    return Err(format!(
+                        "too early to sign under root {}: nodes may not have fetched it yet; write the signing files again from {} (in {}s)",
+                        short(root),
+                        at(safe),
+                        safe - t
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for (fp, _) in roots(current) {
+            if next_roots.iter().any(|(p, _)| *p == fp) {
+                continue;
+            }
+            if Some(&fp) == next_signing.as_ref() || Some(&fp) == self.signing_root.as_ref() {
+                return Err(format!(
+                    "root {} still signs: switch the signing files to an intermediate under the new root first (activate), and remove the old root (retire) once its certificates have expired",
+                    short(&fp)
+                ));
+            }
+            if let Some(until) = self.signed_until.get(&fp)
+                && t < *until
+            {
+                return Err(format!(
+                    "certificates signed under root {} may be valid until {} (in {}s): remove it from root-cert.pem (retire) then",
+                    short(&fp),
+                    at(*until),
+                    until - t
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `next` replaced `current`; returns the new state, already persisted.
+    pub fn applied(
+        &self,
+        data_dir: &Path,
+        current: &Authority,
+        next: &Authority,
+        timing: &Timing,
+        now: SystemTime,
+    ) -> Result<Self, String> {
+        let t = unix(now);
+        let mut state = self.clone();
+        let next_roots = roots(next);
+        let changed = next.bundle().roots() != current.bundle().roots();
+        for (fp, der) in &next_roots {
+            state.published.entry(fp.clone()).or_insert(t);
+            state.subjects.insert(fp.clone(), subject(der));
+        }
+        state
+            .published
+            .retain(|fp, _| next_roots.iter().any(|(p, _)| p == fp));
+        let next_signing = signing_root(next);
+        if next_signing != state.signing_root
+            && let Some(old) = state.signing_root.take()
+        {
+            state.signed_until.insert(old, t + timing.retire_delay_secs);
+        }
+        state.signing_root = next_signing;
+        state
+            .signed_until
+            .retain(|fp, until| *until > t && next_roots.iter().any(|(p, _)| p == fp));
+        if changed {
+            state.sequence += 1;
+        }
+        write(data_dir, &state)?;
+        Ok(state)
+    }
+}
