@@ -215,6 +215,13 @@ async fn the_dashboard_shows_timelines_and_follows_rotations_without_a_reload() 
         common::serial_of(&agent, &common::id("ns/default/sa/frontend"))
     );
 
+    // No data plane runs beside this agent: the tunnel table says so.
+    assert_eq!(
+        page.eval("document.getElementById('tunnels').textContent.trim()")
+            .await,
+        json!("none open")
+    );
+
     // Mark this page load; a reload would lose the mark.
     page.eval("window.__zidentMark = 42").await;
     let deadline = Instant::now() + Duration::from_secs(40);

@@ -73,8 +73,9 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
     print_banner(&ca, &agent, &mesh_path, &node, &args.data_dir);
     if let Some(t) = &tunnel {
         println!(
-            "Tunnel: SOCKS5 at {} and HBONE on :15008 of each workload address, e.g.",
-            t.socks5_addr.map(|a| a.to_string()).unwrap_or_default()
+            "Tunnel: SOCKS5 at {}, captured traffic (iptables REDIRECT) at {}, HBONE on :15008 of each workload address, e.g.",
+            t.socks5_addr.map(|a| a.to_string()).unwrap_or_default(),
+            t.outbound_addr.map(|a| a.to_string()).unwrap_or_default()
         );
         println!(
             "  python3 -m http.server 8080 --bind 127.0.0.3 &                               # be the backend workload"
@@ -152,8 +153,12 @@ fn print_banner(ca: &RunningCa, agent: &RunningAgent, mesh: &Path, node: &str, d
     println!("  curl -s http://{admin}/config_dump        # the same, in ztunnel's shape");
     println!("  curl --cacert {root} https://localhost:{port}/bundle");
     if let Some(m) = agent.metrics_addr {
-        println!("  curl -s http://{m}/metrics | grep zident_certificate");
+        println!("  curl -s http://{m}/metrics | grep -E 'zident_certificate|istio_tcp'");
     }
+    println!(
+        "  zident ca status --data-dir {}        # root generations; `zident ca rotate prepare` starts a root rotation",
+        data.join("ca").display()
+    );
     if let Some(first) = agent.delivery.first_socket() {
         let abs = std::fs::canonicalize(&first).unwrap_or(first);
         println!(
