@@ -14,24 +14,25 @@
 //! server's identity means what it says.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::Empty;
-use hyper::body::Bytes;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use zident_identity::{SpiffeId, WorkloadCertificate, check_leaf};
 
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
 use crate::policy::{Authorizer, Connection, Destination};
+use crate::pump::{keepalive, pump};
 use crate::verify::{BundleSource, SpiffeClientVerifier, provider};
-use crate::{COPY_BUFFER, h2};
+use crate::{TLS_READ_BUFFER, window};
 
 /// A TLS handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,10 +185,19 @@ impl Inbound {
     async fn handshake(
         &self,
         tcp: TcpStream,
-    ) -> Result<(SpiffeId, tokio_rustls::server::TlsStream<TcpStream>), Refused> {
-        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-            .await
-            .map_err(Refused::Tls)?;
+    ) -> Result<
+        (
+            SpiffeId,
+            tokio_rustls::server::TlsStream<BufReader<TcpStream>>,
+        ),
+        Refused,
+    > {
+        let start = tokio_rustls::LazyConfigAcceptor::new(
+            rustls::server::Acceptor::default(),
+            BufReader::with_capacity(TLS_READ_BUFFER, tcp),
+        )
+        .await
+        .map_err(Refused::Tls)?;
         let identity = self
             .identity_for(start.client_hello().server_name())
             .map_err(|(r, d)| Refused::Other(r, d))?;
@@ -235,41 +245,122 @@ impl Inbound {
             .and_then(|c| c.first())
             .and_then(|c| check_leaf(c).ok())
             .map(|i| i.id);
-        let this = self.clone();
+        let mut conn = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            h2::server::Builder::new()
+                .initial_window_size(window::STREAM)
+                .initial_connection_window_size(window::CONNECTION)
+                .max_frame_size(window::FRAME)
+                .max_send_buffer_size(window::SEND_BUFFER)
+                .handshake::<_, Bytes>(tls),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(target: "zident::tunnel", %peer, "inbound HTTP/2 handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(target: "zident::tunnel", %peer, "inbound HTTP/2 handshake timed out");
+                return;
+            }
+        };
         let served = Arc::new(served);
-        let service = hyper::service::service_fn(move |req| {
-            let this = this.clone();
-            let source = source.clone();
-            let served = served.clone();
-            async move { Ok::<_, Infallible>(this.request(source, &served, peer, req).await) }
-        });
-        let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .initial_stream_window_size(h2::STREAM_WINDOW)
-            .initial_connection_window_size(h2::CONNECTION_WINDOW)
-            .max_frame_size(h2::FRAME_SIZE)
-            .max_send_buf_size(h2::SEND_BUFFER)
-            .serve_connection(TokioIo::new(tls), service)
-            .await;
-        if let Err(e) = result {
-            tracing::debug!(target: "zident::tunnel", %peer, "inbound connection ended: {e}");
+        let keep = keepalive(conn.ping_pong());
+        tokio::pin!(keep);
+        // The connection is driven here; its tunnels run beside it and end with it.
+        let mut streams = JoinSet::new();
+        loop {
+            tokio::select! {
+                next = conn.accept() => match next {
+                    Some(Ok((request, respond))) => {
+                        let (this, source, served) = (self.clone(), source.clone(), served.clone());
+                        streams.spawn(async move {
+                            this.stream(source, &served, peer, request, respond).await
+                        });
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(target: "zident::tunnel", %peer, "inbound connection ended: {e}");
+                        break;
+                    }
+                    None => break,
+                },
+                () = &mut keep => break,
+                Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            }
         }
     }
 
-    async fn request(
+    /// One CONNECT: checked, answered, and its bytes carried.
+    async fn stream(
         &self,
         source: Option<SpiffeId>,
         served: &SpiffeId,
         peer: SocketAddr,
-        req: Request<hyper::body::Incoming>,
-    ) -> Response<Empty<Bytes>> {
+        request: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+    ) {
         let status = |code: StatusCode| {
-            let mut r = Response::new(Empty::new());
+            let mut r = Response::new(());
             *r.status_mut() = code;
             r
         };
-        let src = source.as_ref().map(SpiffeId::as_str).unwrap_or("-");
+        let (mut upstream, dst_id, dst) =
+            match self.admit(source.as_ref(), served, peer, &request).await {
+                Ok(admitted) => admitted,
+                Err(code) => {
+                    let _ = respond.send_response(status(code), true);
+                    return;
+                }
+            };
+        let send = match respond.send_response(status(StatusCode::OK), false) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(target: "zident::tunnel", %peer, %dst, "inbound: cannot answer CONNECT: {e}");
+                return;
+            }
+        };
+        let src = source
+            .as_ref()
+            .map(SpiffeId::as_str)
+            .unwrap_or("-")
+            .to_owned();
+        let started = Instant::now();
+        let guard = self.observer.opened(OpenTunnel::new(
+            Direction::Inbound,
+            src.clone(),
+            peer,
+            dst_id.to_string(),
+            dst,
+        ));
+        let outcome = pump(&mut upstream, send, request.into_body()).await;
+        // TCP → stream is what the workload sent back; stream → TCP what the client sent.
+        let (sent, received) = outcome.as_ref().map(|(a, b)| (*a, *b)).unwrap_or((0, 0));
+        guard.bytes(received, sent);
+        tracing::info!(
+            target: "zident::tunnel",
+            %peer,
+            src = %src,
+            dst = %dst_id,
+            dst_addr = %dst,
+            bytes_in = received,
+            bytes_out = sent,
+            duration_ms = started.elapsed().as_millis() as u64,
+            outcome = match &outcome { Ok(_) => "closed".to_string(), Err(e) => format!("error: {e}") },
+            "inbound connection"
+        );
+    }
+
+    /// Checks a CONNECT and connects to its workload; the error is the status to answer.
+    async fn admit(
+        &self,
+        source: Option<&SpiffeId>,
+        served: &SpiffeId,
+        peer: SocketAddr,
+        req: &Request<RecvStream>,
+    ) -> Result<(TcpStream, SpiffeId, SocketAddr), StatusCode> {
+        let src = source.map(SpiffeId::as_str).unwrap_or("-");
         let fail = |reason: Reason| {
             self.observer.failure(Direction::Inbound, reason);
             reason
@@ -277,7 +368,7 @@ impl Inbound {
         if req.method() != Method::CONNECT {
             fail(Reason::BadRequest);
             tracing::warn!(target: "zident::tunnel", %peer, src, reason = %Reason::BadRequest, "inbound: {} is not CONNECT", req.method());
-            return status(StatusCode::BAD_REQUEST);
+            return Err(StatusCode::BAD_REQUEST);
         }
         let Some(dst) = req
             .uri()
@@ -286,17 +377,17 @@ impl Inbound {
         else {
             fail(Reason::BadRequest);
             tracing::warn!(target: "zident::tunnel", %peer, src, reason = %Reason::BadRequest, "inbound: CONNECT authority {:?} is not ip:port", req.uri());
-            return status(StatusCode::BAD_REQUEST);
+            return Err(StatusCode::BAD_REQUEST);
         };
         let Some(target) = (self.local)(dst.ip()) else {
             fail(Reason::BadRequest);
             tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is not a workload on this node");
-            return status(StatusCode::BAD_REQUEST);
+            return Err(StatusCode::BAD_REQUEST);
         };
         if target.id != *served {
             fail(Reason::BadRequest);
             tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is {}, but this connection was served as {served}", target.id);
-            return status(StatusCode::BAD_REQUEST);
+            return Err(StatusCode::BAD_REQUEST);
         }
         let decision = (self.authorizer)().authorize(
             Destination {
@@ -304,7 +395,7 @@ impl Inbound {
                 selected: &target.policies,
             },
             &Connection {
-                source: source.as_ref(),
+                source,
                 source_addr: peer.ip(),
                 destination: dst,
             },
@@ -315,67 +406,23 @@ impl Inbound {
         if !decision.allowed {
             fail(Reason::PolicyDenied);
             tracing::warn!(target: "zident::tunnel", src, dst = %target.id, dst_addr = %dst, reason = %Reason::PolicyDenied, "inbound: {}", decision.reason);
-            return status(StatusCode::UNAUTHORIZED);
+            return Err(StatusCode::UNAUTHORIZED);
         }
-        let upstream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst))
-            .await
-        {
-            Ok(Ok(tcp)) => tcp,
+        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                Ok((tcp, target.id, dst))
+            }
             Ok(Err(e)) => {
                 fail(Reason::UpstreamUnreachable);
                 tracing::warn!(target: "zident::tunnel", src, %dst, reason = %Reason::UpstreamUnreachable, "inbound: workload refused: {e}");
-                return status(StatusCode::SERVICE_UNAVAILABLE);
+                Err(StatusCode::SERVICE_UNAVAILABLE)
             }
             Err(_) => {
                 fail(Reason::UpstreamUnreachable);
                 tracing::warn!(target: "zident::tunnel", src, %dst, reason = %Reason::UpstreamUnreachable, "inbound: workload did not answer within {:?}", self.connect_timeout);
-                return status(StatusCode::SERVICE_UNAVAILABLE);
+                Err(StatusCode::SERVICE_UNAVAILABLE)
             }
-        };
-        let _ = upstream.set_nodelay(true);
-        let (src, dst_id) = (src.to_owned(), target.id.clone());
-        let observer = self.observer.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            match hyper::upgrade::on(req).await {
-                Ok(upgraded) => {
-                    let guard = observer.opened(OpenTunnel::new(
-                        Direction::Inbound,
-                        src.clone(),
-                        peer,
-                        dst_id.to_string(),
-                        dst,
-                    ));
-                    let mut tunnel = TokioIo::new(upgraded);
-                    let mut upstream = upstream;
-                    let outcome = tokio::io::copy_bidirectional_with_sizes(
-                        &mut tunnel,
-                        &mut upstream,
-                        COPY_BUFFER,
-                        COPY_BUFFER,
-                    )
-                    .await;
-                    let (received, sent) =
-                        outcome.as_ref().map(|(a, b)| (*a, *b)).unwrap_or((0, 0));
-                    guard.bytes(received, sent);
-                    tracing::info!(
-                        target: "zident::tunnel",
-                        %peer,
-                        src = %src,
-                        dst = %dst_id,
-                        dst_addr = %dst,
-                        bytes_in = received,
-                        bytes_out = sent,
-                        duration_ms = started.elapsed().as_millis() as u64,
-                        outcome = if outcome.is_ok() { "closed" } else { "error" },
-                        "inbound connection"
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(target: "zident::tunnel", src = %src, %dst, "inbound: CONNECT upgrade failed: {e}")
-                }
-            }
-        });
-        status(StatusCode::OK)
+        }
     }
 }

@@ -14,23 +14,25 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::Empty;
-use hyper::body::Bytes;
-use hyper::client::conn::http2::SendRequest;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use http::{Method, Request, StatusCode};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate};
 
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
+use crate::pump::{keepalive, pump};
 use crate::socks5::{self, Reply, Target};
 use crate::verify::{BundleSource, SpiffeServerVerifier, provider};
-use crate::{COPY_BUFFER, h2};
+use crate::{PLAIN_COPY_BUFFER, TLS_READ_BUFFER, window};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
@@ -101,6 +103,13 @@ impl Front {
     }
 }
 
+/// A pooled HTTP/2 connection: its request handle, and whether it has ended.
+#[derive(Clone)]
+struct Pooled {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
 /// A refusal: why, what the client is told, and what the log says.
 struct Refusal {
     reason: Reason,
@@ -124,7 +133,7 @@ pub struct Outbound<P, D> {
     directory: Arc<D>,
     bundle: BundleSource,
     observer: Arc<Observer>,
-    pool: Mutex<HashMap<PoolKey, SendRequest<Empty<Bytes>>>>,
+    pool: Mutex<HashMap<PoolKey, Pooled>>,
     configs: Mutex<HashMap<ConfigKey, Arc<rustls::ClientConfig>>>,
 }
 
@@ -249,11 +258,12 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             .map(SpiffeId::as_str)
             .collect::<Vec<_>>()
             .join(",");
-        let mut upstream = match route.hbone {
+        let upstream = match route.hbone {
             None => Upstream::Plain(self.plain(&route).await?),
-            Some(hbone) => Upstream::Tunnel(Box::new(TokioIo::new(
-                self.tunnel(&source, &route, hbone).await?,
-            ))),
+            Some(hbone) => {
+                let (send, recv) = self.tunnel(&source, &route, hbone).await?;
+                Upstream::Tunnel(send, recv)
+            }
         };
         if front.answer(Reply::Ok).await.is_err() {
             return Ok(());
@@ -265,25 +275,17 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             dst_identities.clone(),
             route.target,
         ));
-        let outcome = match &mut upstream {
-            Upstream::Plain(tcp) => {
+        let outcome = match upstream {
+            Upstream::Plain(mut tcp) => {
                 tokio::io::copy_bidirectional_with_sizes(
                     &mut front.stream,
-                    tcp,
-                    COPY_BUFFER,
-                    COPY_BUFFER,
+                    &mut tcp,
+                    PLAIN_COPY_BUFFER,
+                    PLAIN_COPY_BUFFER,
                 )
                 .await
             }
-            Upstream::Tunnel(io) => {
-                tokio::io::copy_bidirectional_with_sizes(
-                    &mut front.stream,
-                    io.as_mut(),
-                    COPY_BUFFER,
-                    COPY_BUFFER,
-                )
-                .await
-            }
+            Upstream::Tunnel(send, recv) => pump(&mut front.stream, send, recv).await,
         };
         let (sent, received) = outcome.as_ref().map(|(a, b)| (*a, *b)).unwrap_or((0, 0));
         guard.bytes(sent, received);
@@ -330,7 +332,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         source: &SpiffeId,
         route: &Route,
         hbone: SocketAddr,
-    ) -> Result<hyper::upgrade::Upgraded, Refusal> {
+    ) -> Result<(SendStream<Bytes>, RecvStream), Refusal> {
         let cert = self
             .certificates
             .certificate(source, CERTIFICATE_WAIT)
@@ -345,14 +347,27 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         // A node's shared address serves many workloads: name ours, so it presents the right
         // certificate. A workload's own address needs no name.
         let sni = (hbone.ip() != route.target.ip()).then_some(route.target.ip());
-        let mut sender = self
+        let pooled = self
             .sender(&cert, hbone, sni, &route.expected)
             .await
             .map_err(|(reason, detail)| Refusal::new(reason, Reply::NotAllowed, detail))?;
+        let unreachable =
+            |detail: String| Refusal::new(Reason::UpstreamUnreachable, Reply::Failure, detail);
+        let mut sender = tokio::time::timeout(HANDSHAKE_TIMEOUT, pooled.sender.ready())
+            .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "the HTTP/2 connection to {hbone} had no room for a stream within {HANDSHAKE_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|e| {
+                pooled.closed.store(true, Ordering::Relaxed);
+                unreachable(format!("the HTTP/2 connection to {hbone} ended: {e}"))
+            })?;
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(route.target.to_string())
-            .body(Empty::new())
+            .body(())
             .map_err(|e| {
                 Refusal::new(
                     Reason::BadRequest,
@@ -360,22 +375,17 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                     format!("cannot build CONNECT: {e}"),
                 )
             })?;
-        let response = tokio::time::timeout(HANDSHAKE_TIMEOUT, sender.send_request(request))
+        let (response, send) = sender
+            .send_request(request, false)
+            .map_err(|e| unreachable(format!("CONNECT through {hbone} failed: {e}")))?;
+        let response = tokio::time::timeout(HANDSHAKE_TIMEOUT, response)
             .await
             .map_err(|_| {
-                Refusal::new(
-                    Reason::UpstreamUnreachable,
-                    Reply::Failure,
-                    format!("{hbone} did not answer CONNECT within {HANDSHAKE_TIMEOUT:?}"),
-                )
+                unreachable(format!(
+                    "{hbone} did not answer CONNECT within {HANDSHAKE_TIMEOUT:?}"
+                ))
             })?
-            .map_err(|e| {
-                Refusal::new(
-                    Reason::UpstreamUnreachable,
-                    Reply::Failure,
-                    format!("CONNECT through {hbone} failed: {e}"),
-                )
-            })?;
+            .map_err(|e| unreachable(format!("CONNECT through {hbone} failed: {e}")))?;
         let status = response.status();
         if status != StatusCode::OK {
             let (reason, reply) = match status {
@@ -389,13 +399,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                 format!("the destination's tunnel at {hbone} answered {status}"),
             ));
         }
-        hyper::upgrade::on(response).await.map_err(|e| {
-            Refusal::new(
-                Reason::TlsFailure,
-                Reply::Failure,
-                format!("CONNECT upgrade failed: {e}"),
-            )
-        })
+        Ok((send, response.into_body()))
     }
 
     /// The client TLS configuration for this certificate and expected identities, built once.
@@ -440,7 +444,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         hbone: SocketAddr,
         sni: Option<IpAddr>,
         expected: &[SpiffeId],
-    ) -> Result<SendRequest<Empty<Bytes>>, (Reason, String)> {
+    ) -> Result<Pooled, (Reason, String)> {
         let key = PoolKey {
             source: cert.id.clone(),
             serial: cert.serial_hex.clone(),
@@ -452,13 +456,12 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             // Drop connections that ended, and this source's connections made with a certificate
             // that is no longer its current one (their open tunnels carry on regardless).
-            pool.retain(|k, s| {
-                !s.is_closed() && (k.source != key.source || k.serial == key.serial)
+            pool.retain(|k, p| {
+                !p.closed.load(Ordering::Relaxed)
+                    && (k.source != key.source || k.serial == key.serial)
             });
-            if let Some(s) = pool.get(&key)
-                && s.is_ready()
-            {
-                return Ok(s.clone());
+            if let Some(p) = pool.get(&key) {
+                return Ok(p.clone());
             }
         }
         let config = self.client_config(cert, expected)?;
@@ -478,26 +481,35 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                 None => ServerName::IpAddress(hbone.ip().into()),
             };
             let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
+                .connect(name, BufReader::with_capacity(TLS_READ_BUFFER, tcp))
                 .await
                 .map_err(|e| {
                     let (reason, detail) = tls_failure(&e);
                     (reason, format!("TLS to {hbone}: {detail}"))
                 })?;
-            let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(Duration::from_secs(30)))
-                .initial_stream_window_size(h2::STREAM_WINDOW)
-                .initial_connection_window_size(h2::CONNECTION_WINDOW)
-                .max_frame_size(h2::FRAME_SIZE)
-                .max_send_buf_size(h2::SEND_BUFFER)
-                .handshake(TokioIo::new(tls))
+            let (sender, mut conn) = h2::client::Builder::new()
+                .initial_window_size(window::STREAM)
+                .initial_connection_window_size(window::CONNECTION)
+                .max_frame_size(window::FRAME)
+                .max_send_buffer_size(window::SEND_BUFFER)
+                .handshake::<_, Bytes>(tls)
                 .await
                 .map_err(|e| (Reason::TlsFailure, format!("HTTP/2 to {hbone}: {e}")))?;
+            let closed = Arc::new(AtomicBool::new(false));
+            let done = closed.clone();
+            let ping = conn.ping_pong();
             tokio::spawn(async move {
-                let _ = conn.await;
+                tokio::select! {
+                    r = &mut conn => {
+                        if let Err(e) = r {
+                            tracing::debug!(target: "zident::tunnel", %hbone, "HBONE connection ended: {e}");
+                        }
+                    }
+                    () = keepalive(ping) => {}
+                }
+                done.store(true, Ordering::Relaxed);
             });
-            Ok::<_, (Reason, String)>(sender)
+            Ok::<_, (Reason, String)>(Pooled { sender, closed })
         };
         let sender = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
@@ -518,5 +530,5 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
 /// Where the bytes of an outbound connection go.
 enum Upstream {
     Plain(TcpStream),
-    Tunnel(Box<TokioIo<hyper::upgrade::Upgraded>>),
+    Tunnel(SendStream<Bytes>, RecvStream),
 }

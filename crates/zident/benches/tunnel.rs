@@ -12,7 +12,8 @@
 //!   (a new SOCKS5 session and a new HTTP/2 CONNECT stream; for stunnel, a new TLS session).
 //!
 //! Everything is real: `zident ca` and two `zident agent` processes (two nodes of one mesh
-//! file, release build, default logging: an access line per connection on each side), and two
+//! file, release build, default logging: an access line per connection on each side; their
+//! `--worker-threads` from `ZIDENT_WORKER_THREADS`, default 1), and two
 //! `stunnel` processes with P-256 certificates from one CA, verifying each other. The clients
 //! and the workloads run in this process. Rounds alternate the three paths; medians are
 //! reported.
