@@ -122,17 +122,7 @@ impl Authority {
             Some(state) => state,
             None => {
                 Self::create_first_root(dir, trust_domain, root_lifetime)?;
-                rotation::RotationState {
-                    trust_domain: trust_domain.to_string(),
-                    sequence: 1,
-                    active: 1,
-                    prepared: None,
-                    previous: None,
-                    activate_after: None,
-                    retire_after: None,
-                    timing: Default::default(),
-                    history: vec![],
-                }
+                rotation::RotationState::initial(trust_domain)
             }
         };
         let active_dir = rotation::generation_dir(dir, state.active);

@@ -126,7 +126,8 @@ pub struct RotationState {
 }
 
 impl RotationState {
-    fn initial(trust_domain: &TrustDomain) -> Self {
+    /// Generation 1 active, nothing in rotation: a CA's state before its first rotation.
+    pub fn initial(trust_domain: &TrustDomain) -> Self {
         Self {
             trust_domain: trust_domain.to_string(),
             sequence: 1,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{agent, echo, free_port, start_ca, tunnel};
+use common::{agent, echo, free_port, socks_connect, start_ca, tunnel};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,36 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 use zident_agent::RunningAgent;
 use zident_identity::SpiffeId;
-
-/// A SOCKS5 CONNECT from `from` through `proxy` to `to`.
-async fn socks_connect(
-    from: [u8; 4],
-    proxy: SocketAddr,
-    to: SocketAddr,
-) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from((from, 0)))?;
-    let mut s = socket.connect(proxy).await?;
-    s.write_all(&[5, 1, 0]).await?;
-    let mut greet = [0u8; 2];
-    s.read_exact(&mut greet).await?;
-    let SocketAddr::V4(v4) = to else {
-        unreachable!()
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&v4.ip().octets());
-    req.extend_from_slice(&v4.port().to_be_bytes());
-    s.write_all(&req).await?;
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).await?;
-    if reply[1] != 0 {
-        return Err(std::io::Error::other(format!("SOCKS5 reply {}", reply[1])));
-    }
-    Ok(s)
-}
 
 fn serial(a: &RunningAgent, path: &str) -> Option<String> {
     let id = SpiffeId::new(&format!("spiffe://cluster.local/{path}")).unwrap();
@@ -79,7 +51,7 @@ workloads:\n\
     let long_lived = {
         let failures = failures.clone();
         tokio::spawn(async move {
-            let mut s = socks_connect([127, 0, 0, 22], proxy, target)
+            let mut s = socks_connect(proxy, [127, 0, 0, 22], target)
                 .await
                 .expect("long-lived tunnel");
             let mut sent = 0u64;
@@ -109,7 +81,7 @@ workloads:\n\
                 n += 1;
                 let message = format!("worker {w} message {n}").into_bytes();
                 let ok = async {
-                    let mut s = socks_connect([127, 0, 0, 22], proxy, target).await?;
+                    let mut s = socks_connect(proxy, [127, 0, 0, 22], target).await?;
                     s.write_all(&message).await?;
                     let mut back = vec![0u8; message.len()];
                     s.read_exact(&mut back).await?;
