@@ -402,13 +402,7 @@ fn reload_plugged_in(
                 state.metrics.reload("root_ca_dir", false);
                 return;
             }
-            let next_known = match known.applied(
-                &config.data_dir,
-                &current,
-                &authority,
-                &timing,
-                now,
-            ) {
+            let next_known = match known.applied(&config.data_dir, &authority, &timing, now) {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::error!(target: "zident::ca", "cannot record the plugged-in roots, keeping the current keys: {e}");

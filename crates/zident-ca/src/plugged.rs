@@ -140,46 +140,61 @@ impl PluggedState {
         let first = previous.is_none();
         let mut state = previous.unwrap_or_default();
         let t = unix(now);
-        let present = roots(authority);
-        let changed = present
-            .iter()
-            .any(|(fp, _)| !state.published.contains_key(fp))
-            || state
-                .published
-                .keys()
-                .any(|fp| !present.iter().any(|(p, _)| p == fp));
-        for (fp, der) in &present {
-            state
-                .published
-                .entry(fp.clone())
-                .or_insert(if first { 0 } else { t });
-            state.subjects.insert(fp.clone(), subject(der));
-        }
-        state
-            .published
-            .retain(|fp, _| present.iter().any(|(p, _)| p == fp));
-        let signing = signing_root(authority);
-        if !first
-            && signing != state.signing_root
-            && let Some(old) = state.signing_root.take()
-        {
+        let old_signing = state.record(authority, if first { 0 } else { t }, t, timing);
+        if let Some(old) = old_signing.filter(|_| !first) {
             tracing::warn!(
                 target: "zident::ca",
                 old_root = short(&old),
-                new_root = signing.as_deref().map(short).unwrap_or("?"),
+                new_root = state.signing_root.as_deref().map(short).unwrap_or("?"),
                 "the plugged-in signing root changed while the CA was stopped; nodes that do not trust the new root yet fail until they fetch the bundle (use the phases of docs/root-rotation.md)"
             );
-            state.signed_until.insert(old, t + timing.retire_delay_secs);
         }
-        state.signing_root = signing;
-        state.signed_until.retain(|_, until| *until > t);
         if first {
             state.sequence = 1;
-        } else if changed {
-            state.sequence += 1;
         }
         write(data_dir, &state)?;
         Ok(state)
+    }
+
+    /// Brings the record up to `authority` at unix time `t`: its roots (new ones published at
+    /// `published_at`), its signing root (the one it replaces may have signed until
+    /// `t` + the retire delay), and the sequence, increased if the set of roots changed.
+    /// Returns the signing root that was replaced, if any.
+    fn record(
+        &mut self,
+        authority: &Authority,
+        published_at: u64,
+        t: u64,
+        timing: &Timing,
+    ) -> Option<String> {
+        let present = roots(authority);
+        let changed = present.len() != self.published.len()
+            || present
+                .iter()
+                .any(|(fp, _)| !self.published.contains_key(fp));
+        for (fp, der) in &present {
+            self.published.entry(fp.clone()).or_insert(published_at);
+            self.subjects.insert(fp.clone(), subject(der));
+        }
+        self.published
+            .retain(|fp, _| present.iter().any(|(p, _)| p == fp));
+        let signing = signing_root(authority);
+        let replaced = if signing != self.signing_root {
+            self.signing_root.take()
+        } else {
+            None
+        };
+        if let Some(old) = &replaced {
+            self.signed_until
+                .insert(old.clone(), t + timing.retire_delay_secs);
+        }
+        self.signing_root = signing;
+        self.signed_until
+            .retain(|fp, until| *until > t && present.iter().any(|(p, _)| p == fp));
+        if changed {
+            self.sequence += 1;
+        }
+        replaced
     }
 
     /// Whether replacing `current` by `next` keeps every handshake working; the refusal says
@@ -244,39 +259,18 @@ impl PluggedState {
         Ok(())
     }
 
-    /// Records that `next` replaced `current`; returns the new state, already persisted.
+    /// Records that `next` replaced the authority in use; returns the new state, already
+    /// persisted.
     pub fn applied(
         &self,
         data_dir: &Path,
-        current: &Authority,
         next: &Authority,
         timing: &Timing,
         now: SystemTime,
     ) -> Result<Self, String> {
         let t = unix(now);
         let mut state = self.clone();
-        let next_roots = roots(next);
-        let changed = next.bundle().roots() != current.bundle().roots();
-        for (fp, der) in &next_roots {
-            state.published.entry(fp.clone()).or_insert(t);
-            state.subjects.insert(fp.clone(), subject(der));
-        }
-        state
-            .published
-            .retain(|fp, _| next_roots.iter().any(|(p, _)| p == fp));
-        let next_signing = signing_root(next);
-        if next_signing != state.signing_root
-            && let Some(old) = state.signing_root.take()
-        {
-            state.signed_until.insert(old, t + timing.retire_delay_secs);
-        }
-        state.signing_root = next_signing;
-        state
-            .signed_until
-            .retain(|fp, until| *until > t && next_roots.iter().any(|(p, _)| p == fp));
-        if changed {
-            state.sequence += 1;
-        }
+        state.record(next, t, t, timing);
         write(data_dir, &state)?;
         Ok(state)
     }

@@ -452,17 +452,14 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             sni,
             expected: expected.to_vec(),
         };
+        if let Some(p) = self
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .filter(|p| !p.closed.load(Ordering::Relaxed))
         {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            // Drop connections that ended, and this source's connections made with a certificate
-            // that is no longer its current one (their open tunnels carry on regardless).
-            pool.retain(|k, p| {
-                !p.closed.load(Ordering::Relaxed)
-                    && (k.source != key.source || k.serial == key.serial)
-            });
-            if let Some(p) = pool.get(&key) {
-                return Ok(p.clone());
-            }
+            return Ok(p.clone());
         }
         let config = self.client_config(cert, expected)?;
         let connect = async {
@@ -519,10 +516,14 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                     format!("no answer from {hbone} within {HANDSHAKE_TIMEOUT:?}"),
                 )
             })??;
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, sender.clone());
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        // Only when a connection is made (not on every tunnel): drop connections that ended,
+        // and this source's connections made with a certificate that is no longer its current
+        // one (their open tunnels carry on regardless).
+        pool.retain(|k, p| {
+            !p.closed.load(Ordering::Relaxed) && (k.source != key.source || k.serial == key.serial)
+        });
+        pool.insert(key, sender.clone());
         Ok(sender)
     }
 }

@@ -41,8 +41,14 @@ async fn setup() -> Setup {
         Arc::new(move |_: &zident_identity::SpiffeId| Some(c.read().unwrap().clone())),
         Arc::new(move || bundle.clone()),
         Arc::new(|ip: IpAddr| {
-            (ip == IpAddr::from([127, 0, 0, 1])).then(|| LocalTarget {
-                id: id("ns/default/sa/backend"),
+            // This node's workloads: backend (this listener's identity) and payments.
+            let sa = match ip {
+                IpAddr::V4(v4) if v4.octets() == [127, 0, 0, 1] => "backend",
+                IpAddr::V4(v4) if v4.octets() == [127, 0, 0, 8] => "payments",
+                _ => return None,
+            };
+            Some(LocalTarget {
+                id: id(&format!("ns/default/sa/{sa}")),
                 namespace: "default".into(),
                 policies: vec![],
             })
@@ -143,6 +149,10 @@ async fn connect_reaches_the_workload_and_statuses_mean_what_they_say() {
     // Not a workload on this node.
     let resp = connect_to(&mut sender, Method::CONNECT, "127.0.0.9:80").await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // A workload of this node, but of another identity than the one this connection was
+    // served as: the client checked backend's certificate, so it must not reach payments.
+    let resp = connect_to(&mut sender, Method::CONNECT, "127.0.0.8:80").await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     // Not CONNECT.
     let resp = connect_to(&mut sender, Method::GET, &format!("http://{workload}/")).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
@@ -165,7 +175,7 @@ rules:\n  - - - principals: [{Exact: \"cluster.local/ns/default/sa/frontend\"}]\
 
     // Each refusal was counted under its reason.
     let count = |r| s.observer.failure_count(Direction::Inbound, r);
-    assert_eq!(count(Reason::BadRequest), 2);
+    assert_eq!(count(Reason::BadRequest), 3);
     assert_eq!(count(Reason::UpstreamUnreachable), 1);
     assert_eq!(count(Reason::PolicyDenied), 1);
 }
