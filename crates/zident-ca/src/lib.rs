@@ -400,6 +400,12 @@ fn reload_plugged_in(
             if let Err(e) = serving.renew(&authority) {
                 tracing::error!(target: "zident::ca", "new CA keys cannot sign a serving certificate, keeping the old keys: {e}");
                 state.metrics.reload("root_ca_dir", false);
+                record_refusal(
+                    &mut known,
+                    config,
+                    &format!("the new keys cannot sign the CA's serving certificate: {e}"),
+                    now,
+                );
                 return;
             }
             let next_known = match known.applied(&config.data_dir, &authority, &timing, now) {
@@ -423,6 +429,23 @@ fn reload_plugged_in(
         Err(e) => {
             state.metrics.reload("root_ca_dir", false);
             tracing::error!(target: "zident::ca", "plugged-in CA files rejected, keeping the current keys: {e}");
+            record_refusal(&mut known, config, &e, now);
+        }
+    }
+}
+
+/// Keeps why a change of the plugged-in files was refused in the state file, for `zident ca
+/// status`.
+fn record_refusal(
+    known: &mut plugged::PluggedState,
+    config: &CaConfig,
+    reason: &str,
+    now: std::time::SystemTime,
+) {
+    match known.refused(&config.data_dir, reason, now) {
+        Ok(k) => *known = k,
+        Err(e) => {
+            tracing::error!(target: "zident::ca", "cannot record the refusal in the plugged-in state: {e}")
         }
     }
 }

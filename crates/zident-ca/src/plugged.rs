@@ -47,6 +47,20 @@ pub struct PluggedState {
     /// Subject of each known root, for people reading the file or `zident ca status`.
     #[serde(default)]
     pub subjects: BTreeMap<String, String>,
+    /// The last change of the files that the CA refused, kept until a change is applied, so
+    /// `zident ca status` can say why the CA still signs with the files it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refusal: Option<Refusal>,
+}
+
+/// A change of the plugged-in files that the CA refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    /// Unix seconds of the refusal.
+    pub at: u64,
+    /// Why, and what to do instead.
+    pub reason: String,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -271,6 +285,19 @@ impl PluggedState {
         let t = unix(now);
         let mut state = self.clone();
         state.record(next, t, t, timing);
+        state.last_refusal = None;
+        write(data_dir, &state)?;
+        Ok(state)
+    }
+
+    /// Records that a change was refused for `reason`; returns the new state, already
+    /// persisted.
+    pub fn refused(&self, data_dir: &Path, reason: &str, now: SystemTime) -> Result<Self, String> {
+        let mut state = self.clone();
+        state.last_refusal = Some(Refusal {
+            at: unix(now),
+            reason: reason.to_string(),
+        });
         write(data_dir, &state)?;
         Ok(state)
     }

@@ -210,6 +210,13 @@ async fn file_changes_are_applied_or_refused() {
             .contains("zident_ca_config_reloads_total{source=\"root_ca_dir\",outcome=\"rejected\"}")
     })
     .await;
+    let data_dir = dir.path().join("ca");
+    eventually(
+        Duration::from_secs(20),
+        "the refusal names the file",
+        || refused_for(&data_dir, "does not match the private key in ca-key.pem"),
+    )
+    .await;
     let (_, chain) = issue_frontend(&mut client, 600).await;
     assert!(issuer_cn(&chain[0]).contains("Intermediate One"));
     std::fs::write(cacerts.join("ca-key.pem"), good_key).unwrap();
@@ -354,8 +361,9 @@ async fn a_new_plugged_in_root_goes_through_the_phases() {
         default_ttl: Duration::from_secs(2),
         max_ttl: Duration::from_secs(2),
     };
-    c.rotation.activate_delay = Some(Duration::from_secs(2));
-    c.rotation.retire_margin = Duration::from_secs(1);
+    // Wide enough that the early steps below are refused even on a loaded machine.
+    c.rotation.activate_delay = Some(Duration::from_secs(4));
+    c.rotation.retire_margin = Duration::from_secs(3);
     let ca = RunningCa::start(c).await.unwrap();
     let mut client = client(&ca).await;
     let metrics_url = format!("http://{}/metrics", ca.metrics_addr.unwrap());
@@ -373,12 +381,14 @@ async fn a_new_plugged_in_root_goes_through_the_phases() {
             "cert-chain.pem",
         ],
     );
+    let data_dir = dir.path().join("ca");
     eventually(
         Duration::from_secs(20),
         "the one-shot swap is refused",
-        || reloads(&metrics_url).1 >= 1,
+        || refused_for(&data_dir, "which is not in the bundle yet"),
     )
     .await;
+    assert!(reloads(&metrics_url).1 >= 1);
     assert_eq!(roots_now(), root1);
     let (_, chain) = issue_frontend(&mut client, 2).await;
     assert!(issuer_cn(&chain[0]).contains("Intermediate One"));
@@ -406,7 +416,10 @@ async fn a_new_plugged_in_root_goes_through_the_phases() {
     eventually(
         Duration::from_secs(20),
         "an early activation is refused",
-        || reloads(&metrics_url).1 > rejected,
+        || {
+            reloads(&metrics_url).1 > rejected
+                && refused_for(&data_dir, "too early to sign under root")
+        },
     )
     .await;
     let (_, chain) = issue_frontend(&mut client, 2).await;
@@ -436,7 +449,7 @@ async fn a_new_plugged_in_root_goes_through_the_phases() {
     eventually(
         Duration::from_secs(20),
         "an early retire is refused",
-        || reloads(&metrics_url).1 > rejected,
+        || reloads(&metrics_url).1 > rejected && refused_for(&data_dir, "may be valid until"),
     )
     .await;
     assert_eq!(roots_now().len(), 2);
@@ -447,4 +460,19 @@ async fn a_new_plugged_in_root_goes_through_the_phases() {
         copy_files(&next, &cacerts, &["root-cert.pem"]);
     }
     assert_eq!(ca.state.authority().bundle().sequence(), 3);
+    let state = zident_ca::plugged::read(&data_dir).unwrap().unwrap();
+    assert_eq!(
+        state.last_refusal, None,
+        "an applied change clears the refusal"
+    );
+}
+
+/// Whether the CA's last refusal of a change of the files, as `zident ca status` shows it, says
+/// `why`.
+fn refused_for(data_dir: &Path, why: &str) -> bool {
+    zident_ca::plugged::read(data_dir)
+        .ok()
+        .flatten()
+        .and_then(|s| s.last_refusal)
+        .is_some_and(|r| r.reason.contains(why))
 }

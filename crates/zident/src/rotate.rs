@@ -159,6 +159,13 @@ fn print_plugged(dir: &std::path::Path, state: &zident_ca::plugged::PluggedState
             state.subjects.get(fp).map(String::as_str).unwrap_or("")
         );
     }
+    if let Some(refusal) = &state.last_refusal {
+        println!(
+            "Last change of the files refused at {}: {}",
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(refusal.at)),
+            refusal.reason
+        );
+    }
 }
 
 fn when(unix: u64) -> String {
