@@ -18,7 +18,7 @@ pub mod verify;
 /// A busy tunnel reads its client in chunks up to this large: whole TLS records, large HTTP/2
 /// frames, few system calls and wake-ups. A tunnel starts with [`FIRST_READ_BUFFER`] and grows
 /// towards this only while reads fill its buffer, so idle tunnels stay small.
-pub(crate) const COPY_BUFFER: usize = 256 * 1024;
+pub const COPY_BUFFER: usize = 256 * 1024;
 /// The read buffer a tunnel starts with.
 pub(crate) const FIRST_READ_BUFFER: usize = 16 * 1024;
 /// Plain TCP (destinations with `protocol: TCP`) copies through buffers this large.

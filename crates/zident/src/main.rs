@@ -6,6 +6,7 @@
 mod certs;
 mod cli;
 mod duration;
+mod heap;
 mod inspect;
 mod logging;
 mod rotate;
@@ -17,8 +18,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    let heap = heap::tune();
     let cli = cli::Cli::parse();
     let (log, _log_guard) = logging::init(cli.log_format);
+    tracing::debug!(target: "zident", ?heap, "heap settings for the data path");
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let cli::Command::Agent(args) = &cli.command {
         builder.worker_threads(args.worker_threads.max(1));
