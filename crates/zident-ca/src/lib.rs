@@ -9,6 +9,7 @@
 //! port, and watchers that reload the mesh file and plugged-in keys when they change.
 
 pub mod authority;
+pub mod data_lock;
 pub mod metrics;
 mod persist;
 pub mod plugged;
@@ -145,6 +146,9 @@ pub enum CaError {
     /// The rotation state is unusable.
     #[error("root rotation: {0}")]
     Rotation(#[from] rotation::RotationError),
+    /// Another CA holds the data dir, or it cannot be locked.
+    #[error(transparent)]
+    DataDir(#[from] data_lock::DataDirError),
     /// A file watch could not be set up.
     #[error("cannot watch {path}: {source}")]
     Watch {
@@ -168,6 +172,7 @@ pub struct RunningCa {
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     _watchers: Vec<notify::RecommendedWatcher>,
+    _data_dir: data_lock::DataDirLock,
 }
 
 impl Drop for RunningCa {
@@ -182,6 +187,7 @@ impl Drop for RunningCa {
 impl RunningCa {
     /// Loads the mesh file and keys, binds the ports, and starts serving.
     pub async fn start(config: CaConfig) -> Result<Self, CaError> {
+        let data_dir = data_lock::take(&config.data_dir)?;
         let mesh = MeshFile::load(&config.mesh_path)?;
         let registry = Registry::from_mesh(&mesh, &config.mesh_path)?;
         let trust_domain = mesh.trust_domain.clone();
@@ -325,6 +331,7 @@ impl RunningCa {
             server,
             background,
             _watchers: watchers,
+            _data_dir: data_dir,
         })
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use common::*;
 use tonic::Code;
 use x509_parser::prelude::*;
+use zident_ca::RunningCa;
 use zident_identity::pem::certs_from_pem;
 use zident_identity::{TrustBundle, TrustDomain, WorkloadKey, verify_svid};
 
@@ -144,6 +145,17 @@ async fn a_restart_keeps_the_root_and_its_key_stays_private() {
     assert_eq!(key_mode & 0o777, 0o600);
 
     let ca = start_ca(config(dir.path())).await;
+    assert_eq!(std::fs::read(&ca.root_cert_path).unwrap(), root_before);
+    // A second CA on the same data dir is refused, and the first one goes on serving.
+    let second = match RunningCa::start(config(dir.path())).await {
+        Ok(_) => panic!("a second CA started on the same data dir"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        second.contains("is in use by another zident CA")
+            && second.contains(&format!("(pid {})", std::process::id())),
+        "{second}"
+    );
     assert_eq!(std::fs::read(&ca.root_cert_path).unwrap(), root_before);
     // A certificate from before the restart still verifies against the bundle after it.
     let leaf_path = dir.path().join("old-leaf.pem");
