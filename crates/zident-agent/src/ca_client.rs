@@ -211,8 +211,13 @@ fn classify(address: &str, status: tonic::Status) -> CaError {
         // No answer from the CA: the transport failed or the deadline passed.
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             let mut message = status.message().to_owned();
-            let detail = format!("{status:?}");
-            if detail.contains("UnknownIssuer") || detail.contains("BadSignature") {
+            if matches!(
+                tls_error(&status),
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer
+                        | rustls::CertificateError::BadSignature
+                ))
+            ) {
                 message.push_str(
                     ": the CA's TLS certificate chains to no root this node trusts; if the CA's root rotated while this node was down, give it the CA's current root-cert.pem as CA_ROOT_CA",
                 );
@@ -227,6 +232,26 @@ fn classify(address: &str, status: tonic::Status) -> CaError {
             message: status.message().to_owned(),
         },
     }
+}
+
+/// The TLS error under a failed call, if TLS is what failed. The connector's `io::Error` holds
+/// it as its inner error, which `source()` skips, so each `io::Error` is opened on the way.
+fn tls_error(status: &tonic::Status) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// `host` of `host:port` or `[v6]:port`.

@@ -51,7 +51,15 @@ pub struct RotationPolicy {
     pub backoff_initial: Duration,
     /// The longest retry delay.
     pub backoff_max: Duration,
+    /// Renew every certificate early, spread over [`EARLY_RENEWAL_SPREAD`], once a certificate
+    /// arrives under a different root than the one before (a root rotation activated).
+    /// Off by default: certificates then move to the new root at their normal renewal.
+    pub renew_on_root_change: bool,
 }
+
+/// Early renewals after a change of signing root start within this long of it, at random, so a
+/// node's certificates do not all go to the CA at once.
+pub const EARLY_RENEWAL_SPREAD: Duration = Duration::from_secs(5);
 
 impl Default for RotationPolicy {
     fn default() -> Self {
@@ -61,6 +69,7 @@ impl Default for RotationPolicy {
             min_interval: Duration::from_secs(10),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(150),
+            renew_on_root_change: false,
         }
     }
 }

@@ -60,6 +60,7 @@ impl CertificateManager {
                 gate: PriorityGate::new(concurrency),
                 metrics,
                 events: Default::default(),
+                signing_root: crate::signing_root::SigningRoot::new(),
             }),
             slots: Mutex::new(BTreeMap::new()),
             own,

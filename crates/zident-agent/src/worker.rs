@@ -7,15 +7,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, watch};
-use zident_identity::{SpiffeId, WorkloadCertificate, WorkloadKey};
+use zident_identity::{SpiffeId, WorkloadCertificate, WorkloadKey, chain_root};
 
 use crate::ca_client::CaClient;
-use crate::config::RotationPolicy;
+use crate::config::{EARLY_RENEWAL_SPREAD, RotationPolicy};
 use crate::gate::{Priority, PriorityGate};
 use crate::json::rfc3339;
 use crate::metrics::{AgentMetrics, IdentityLabel, unix};
 use crate::schedule::{Backoff, random_unit, rotation_time};
+use crate::signing_root::{SigningRoot, short};
 use crate::trust::TrustStore;
 use crate::validate::check_response;
 
@@ -88,9 +90,10 @@ pub struct RotationEvent {
     pub at: SystemTime,
     /// Which identity.
     pub spiffe_id: String,
-    /// `completed` or `failed`.
+    /// `completed`, `failed`, or `early` (a renewal brought forward: the CA signs under
+    /// another root).
     pub outcome: &'static str,
-    /// Serial of the new certificate, or the reason of the failure.
+    /// Serial of the new certificate, the reason of the failure, or why renewal is early.
     pub detail: String,
 }
 
@@ -103,6 +106,7 @@ pub(crate) struct Shared {
     pub gate: PriorityGate,
     pub metrics: Arc<AgentMetrics>,
     pub events: Mutex<std::collections::VecDeque<RotationEvent>>,
+    pub signing_root: SigningRoot,
 }
 
 const MAX_EVENTS: usize = 100;
@@ -119,6 +123,37 @@ impl Shared {
             outcome,
             detail,
         });
+    }
+
+    /// The root `cert` chains to, noting a change of the CA's signing root.
+    fn root_of(
+        &self,
+        id: &SpiffeId,
+        cert: &WorkloadCertificate,
+    ) -> Option<CertificateDer<'static>> {
+        let bundle = self.trust.bundle();
+        let root = chain_root(&cert.chain[0], &cert.chain[1..], &bundle, SystemTime::now())
+            .ok()?
+            .clone();
+        if let Some(old) = self.signing_root.observe(&root) {
+            let (old, new) = (short(&old), short(&root));
+            if self.policy.renew_on_root_change {
+                tracing::info!(
+                    target: "zident::identity",
+                    old_root = %old,
+                    new_root = %new,
+                    "The CA now signs under another root (the certificate for {id} chains to it): renewing this node's certificates under the old root now"
+                );
+            } else {
+                tracing::info!(
+                    target: "zident::identity",
+                    old_root = %old,
+                    new_root = %new,
+                    "The CA now signs under another root (the certificate for {id} chains to it): the other certificates move to it at their normal renewal (--renew-on-root-change moves them now)"
+                );
+            }
+        }
+        Some(root)
     }
 
     /// One fetch: fresh key, CSR, CA request, response checks.
@@ -192,6 +227,10 @@ pub(crate) async fn run(
         identity: id.to_string(),
     };
     let mut backoff = Backoff::new(&shared.policy);
+    let mut roots = shared.signing_root.subscribe();
+    let mut follow_roots = shared.policy.renew_on_root_change;
+    // The root the certificate in use chains to.
+    let mut my_root = None;
     loop {
         // Wait for a slot; a real-time request meanwhile moves this identity up the queue.
         let permit = loop {
@@ -204,9 +243,10 @@ pub(crate) async fn run(
         let outcome = shared.fetch(&id, own).await;
         drop(permit);
         let now = SystemTime::now();
-        let next_fetch = match outcome {
+        let mut next_fetch = match outcome {
             Ok(cert) => {
                 backoff.reset();
+                my_root = shared.root_of(&id, &cert);
                 let at = rotation_time(&cert, &shared.policy, random_unit());
                 shared
                     .metrics
@@ -269,6 +309,29 @@ pub(crate) async fn run(
                     }
                     if now >= next_fetch {
                         break;
+                    }
+                }
+                changed = roots.changed(), if follow_roots => {
+                    if changed.is_err() {
+                        follow_roots = false;
+                        continue;
+                    }
+                    let newest = roots.borrow_and_update().clone();
+                    let available = matches!(&tx.borrow().state, CertState::Available(_));
+                    if available && newest.is_some() && newest != my_root {
+                        let at = SystemTime::now() + EARLY_RENEWAL_SPREAD.mul_f64(random_unit());
+                        if at < next_fetch {
+                            next_fetch = at;
+                            tx.send_modify(|s| s.next_attempt = Some(at));
+                            let detail = format!(
+                                "chains to root {}, the CA signs under {}: renewing at {}",
+                                my_root.as_ref().map(short).unwrap_or_else(|| "?".into()),
+                                newest.as_ref().map(short).unwrap_or_default(),
+                                rfc3339(at)
+                            );
+                            tracing::info!(target: "zident::identity", "Certificate for {id} {detail}");
+                            shared.event(&id, "early", detail);
+                        }
                     }
                 }
                 _ = wake.notified() => {

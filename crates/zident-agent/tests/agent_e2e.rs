@@ -467,3 +467,158 @@ async fn metrics_over_tls_with_the_agents_own_certificate() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("zident_identities"));
 }
+
+/// A CA whose TLS certificate chains to a root this node does not trust (its root rotated
+/// while the node was down, or CA_ROOT_CA is the wrong file): the failure says so, and what to
+/// do, rather than a bare transport error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_behind_an_untrusted_root_is_reported_with_the_fix() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), mesh(0)).unwrap();
+    let ca = start_ca(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let other_root = zident_identity::profile::root_params(
+        &TrustDomain::new("cluster.local").unwrap(),
+        SystemTime::now(),
+        Duration::from_secs(86400),
+    )
+    .self_signed(&key)
+    .unwrap();
+    let root = dir.path().join("other-root.pem");
+    std::fs::write(&root, other_root.pem()).unwrap();
+    let config = agent_config(
+        &dir.path().join("mesh.yaml"),
+        &root,
+        &format!("localhost:{}", ca.addr.port()),
+        Duration::from_secs(3600),
+    );
+    let agent = start_agent(config).await;
+    let fe = id("ns/default/sa/frontend");
+    eventually(Duration::from_secs(30), "the request fails", || {
+        state_of(&agent, &fe).is_some_and(|s| s.last_error.is_some())
+    })
+    .await;
+    let status = state_of(&agent, &fe).unwrap();
+    let err = status.last_error.unwrap();
+    assert!(err.contains("CA unreachable"), "{err}");
+    assert!(
+        err.contains("chains to no root this node trusts")
+            && err.contains("give it the CA's current root-cert.pem as CA_ROOT_CA"),
+        "{err}"
+    );
+    assert!(!status.ever_available);
+}
+
+/// Whether every certificate of `agent` chains to `root`.
+fn all_under(
+    agent: &zident_agent::RunningAgent,
+    root: &zident_identity::CertificateDer<'_>,
+) -> bool {
+    let bundle = agent.manager.trust().bundle();
+    let snap = agent.manager.snapshot();
+    !snap.is_empty()
+        && snap.iter().all(|(_, s)| match &s.state {
+            CertState::Available(c) => {
+                zident_identity::chain_root(&c.chain[0], &c.chain[1..], &bundle, SystemTime::now())
+                    .is_ok_and(|r| r == root)
+            }
+            _ => false,
+        })
+}
+
+/// A root rotation's activate step is seen by an agent in the first certificate issued under
+/// the new root. With `--renew-on-root-change` the node's other certificates follow at once;
+/// without it they keep the old root (still trusted) until their normal renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_signing_root_moves_the_other_certificates_only_when_asked() {
+    use zident_ca::rotation::{self, Phase};
+    logs();
+    let world = World::new(0).await;
+    let old_root = zident_identity::pem::certs_from_pem(&std::fs::read(world.root_ca()).unwrap())
+        .unwrap()
+        .remove(0);
+    let mut config = world.agent_config(Duration::from_secs(3600));
+    config.rotation.renew_on_root_change = true;
+    let eager = start_agent(config).await;
+    let lazy = start_agent(world.agent_config(Duration::from_secs(3600))).await;
+    eventually(
+        Duration::from_secs(30),
+        "both agents have certificates",
+        || all_under(&eager, &old_root) && all_under(&lazy, &old_root),
+    )
+    .await;
+    let serials = |agent: &zident_agent::RunningAgent| -> Vec<(String, String)> {
+        let mut v: Vec<_> = local_ids()
+            .into_iter()
+            .map(|i| (i.to_string(), serial_of(agent, &i).unwrap_or_default()))
+            .collect();
+        v.sort();
+        v
+    };
+    let lazy_before = serials(&lazy);
+
+    // prepare, and both agents fetch the new root; then activate.
+    let ca_dir = world.dir.path().join("ca");
+    let step = |phase| {
+        rotation::apply(
+            &ca_dir,
+            phase,
+            SystemTime::now(),
+            true,
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    };
+    step(Phase::Prepare);
+    let roots = |a: &zident_agent::RunningAgent| a.manager.trust().bundle().roots().len();
+    eventually(
+        Duration::from_secs(30),
+        "both agents trust the new root",
+        || roots(&eager) == 2 && roots(&lazy) == 2,
+    )
+    .await;
+    let ca = world.ca.as_ref().unwrap();
+    let old_signer = ca.state.authority().signer().clone();
+    step(Phase::Activate);
+    eventually(
+        Duration::from_secs(30),
+        "the CA signs under the new root",
+        || *ca.state.authority().signer() != old_signer,
+    )
+    .await;
+    let new_root = ca
+        .state
+        .authority()
+        .bundle()
+        .roots()
+        .iter()
+        .find(|r| **r != old_root)
+        .unwrap()
+        .clone();
+
+    // A new identity on the node: its certificate is the first under the new root.
+    std::fs::write(world.mesh_path(), mesh(1)).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the eager agent moves every certificate to the new root",
+        || all_under(&eager, &new_root),
+    )
+    .await;
+    assert_eq!(eager.manager.snapshot().len(), local_ids().len() + 1);
+    let extra = id("ns/load/sa/sa0");
+    eventually(
+        Duration::from_secs(30),
+        "the lazy agent has the new identity",
+        || serial_of(&lazy, &extra).is_some(),
+    )
+    .await;
+    assert_eq!(
+        serials(&lazy),
+        lazy_before,
+        "without the option, certificates wait for their normal renewal"
+    );
+    let logged = log_text();
+    assert!(logged.contains("renewing this node's certificates under the old root now"));
+    assert!(logged.contains("the other certificates move to it at their normal renewal"));
+}

@@ -377,6 +377,17 @@ pub fn verify_chain(
     bundle: &TrustBundle,
     now: SystemTime,
 ) -> Result<(), SvidError> {
+    chain_root(leaf, intermediates, bundle, now).map(|_| ())
+}
+
+/// Verifies the chain as [`verify_chain`] does, and returns the root of `bundle` it ends at:
+/// the root that signs, which is what changes when a root rotation activates.
+pub fn chain_root<'b>(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    bundle: &'b TrustBundle,
+    now: SystemTime,
+) -> Result<&'b CertificateDer<'static>, SvidError> {
     let anchors = bundle.trust_anchors();
     let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| SvidError::Malformed {
         index: 0,
@@ -385,29 +396,40 @@ pub fn verify_chain(
     let since_epoch = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    ee.verify_for_usage(
-        VERIFICATION_ALGS,
-        anchors,
-        intermediates,
-        UnixTime::since_unix_epoch(since_epoch),
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .map(|_| ())
-    .map_err(|e| match e {
-        webpki::Error::UnknownIssuer => SvidError::UnknownIssuer,
-        webpki::Error::InvalidSignatureForPublicKey => SvidError::BadSignature,
-        webpki::Error::CertExpired { not_after, .. } => SvidError::InvalidChain(format!(
-            "a certificate in the chain expired at {}",
-            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.as_secs()))
-        )),
-        webpki::Error::CertNotValidYet { not_before, .. } => SvidError::InvalidChain(format!(
-            "a certificate in the chain is not valid before {}",
-            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(not_before.as_secs()))
-        )),
-        other => SvidError::InvalidChain(format!("{other:?}")),
-    })
+    let path = ee
+        .verify_for_usage(
+            VERIFICATION_ALGS,
+            anchors,
+            intermediates,
+            UnixTime::since_unix_epoch(since_epoch),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| match e {
+            webpki::Error::UnknownIssuer => SvidError::UnknownIssuer,
+            webpki::Error::InvalidSignatureForPublicKey => SvidError::BadSignature,
+            webpki::Error::CertExpired { not_after, .. } => SvidError::InvalidChain(format!(
+                "a certificate in the chain expired at {}",
+                rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.as_secs()))
+            )),
+            webpki::Error::CertNotValidYet { not_before, .. } => SvidError::InvalidChain(format!(
+                "a certificate in the chain is not valid before {}",
+                rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(not_before.as_secs()))
+            )),
+            other => SvidError::InvalidChain(format!("{other:?}")),
+        })?;
+    let anchor = path.anchor();
+    bundle
+        .roots()
+        .iter()
+        .find(|root| {
+            webpki::anchor_from_trusted_cert(root).is_ok_and(|a| {
+                a.subject == anchor.subject
+                    && a.subject_public_key_info == anchor.subject_public_key_info
+            })
+        })
+        .ok_or(SvidError::UnknownIssuer)
 }
 
 /// Converts an X.509 time to `SystemTime` (times before 1970 become the epoch).

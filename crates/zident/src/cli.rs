@@ -99,6 +99,11 @@ pub struct AgentArgs {
     /// Renew at this share of a certificate's lifetime.
     #[arg(long, default_value_t = 0.5)]
     pub rotation_ratio: f64,
+    /// When a certificate arrives under another root than the one before (the CA's root
+    /// rotation activated), renew the node's other certificates at once rather than at their
+    /// normal renewal.
+    #[arg(long, env = "RENEW_ON_ROOT_CHANGE")]
+    pub renew_on_root_change: bool,
     /// Certificate requests in flight at most.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
@@ -215,6 +220,7 @@ impl AgentArgs {
         config.trust_domain = self.trust_domain;
         config.secret_ttl = self.secret_ttl;
         config.rotation.ratio = self.rotation_ratio;
+        config.rotation.renew_on_root_change = self.renew_on_root_change;
         config.concurrency = self.concurrency.max(1);
         config.admin_addr = Some(self.admin_addr);
         config.metrics_addr = Some(self.metrics_addr);
