@@ -290,6 +290,28 @@ fn ca_rotate_drives_a_running_ca_and_status_shows_the_phases() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("phase steady, bundle sequence 1"), "{out}");
 
+    // A second CA on the same data dir stops at once and names the first one's process.
+    let mesh_path = dir.path().join("mesh.yaml");
+    let (code, out) = run(&[
+        "ca",
+        "--config",
+        mesh_path.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "is in use by another zident CA (pid {})",
+            ca.child.id()
+        )),
+        "{out}"
+    );
+
     let (code, out) = run(&["ca", "rotate", "prepare", "--data-dir", data_arg]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("phase prepared, bundle sequence 2"), "{out}");
@@ -357,4 +379,34 @@ fn ca_rotate_drives_a_running_ca_and_status_shows_the_phases() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// For plugged-in keys, `zident ca status` shows the roots the CA knows and why the last
+/// change of the files was refused.
+#[test]
+fn ca_status_for_plugged_in_keys_says_why_the_last_change_was_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = "ab".repeat(32);
+    let state = format!(
+        r#"{{"sequence": 2, "published": {{"{root}": 0}}, "signed_until": {{}},
+            "signing_root": "{root}", "subjects": {{"{root}": "O=example, CN=Root One"}},
+            "last_refusal": {{"at": 1700000000, "reason": "too early to sign under root cd"}}}}"#
+    );
+    std::fs::write(dir.path().join("plugged-in.json"), state).unwrap();
+    let out = zident()
+        .args(["ca", "status", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("plugged-in keys"), "{text}");
+    assert!(text.contains("bundle sequence 2"), "{text}");
+    assert!(text.contains("CN=Root One"), "{text}");
+    assert!(
+        text.contains(
+            "Last change of the files refused at 2023-11-14T22:13:20Z: too early to sign under root cd"
+        ),
+        "{text}"
+    );
 }
