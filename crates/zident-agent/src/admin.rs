@@ -39,6 +39,7 @@ fn describe(der: &[u8]) -> Value {
             "serial_number": zident_identity::serial_hex(c.raw_serial()),
             "valid_from": rfc3339(zident_identity::to_system_time(c.validity().not_before)),
             "valid_until": rfc3339(zident_identity::to_system_time(c.validity().not_after)),
+            "sha256": crate::signing_root::fingerprint(der),
             "pem": pem,
         }),
         Err(e) => json!({ "error": e.to_string(), "pem": pem }),
@@ -56,6 +57,9 @@ fn certificate_json(id: &zident_identity::SpiffeId, s: &IdentityStatus) -> Value
             o.insert("valid_from".into(), json!(rfc3339(c.not_before)));
             o.insert("valid_until".into(), json!(rfc3339(c.not_after)));
             o.insert("serial_number".into(), json!(c.serial_hex));
+            if let Some(root) = &s.signing_root {
+                o.insert("root_sha256".into(), json!(root));
+            }
             o.insert(
                 "chain".into(),
                 Value::Array(c.chain.iter().map(|d| describe(d)).collect()),

@@ -45,14 +45,20 @@ impl SigningRoot {
     }
 }
 
-/// The start of a root's SHA-256 fingerprint, for log lines.
-pub(crate) fn short(root: &CertificateDer<'_>) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, root)
+/// A certificate's SHA-256 fingerprint, lowercase hex: how `/debug/certs` names roots.
+pub fn fingerprint(der: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
         .as_ref()
         .iter()
-        .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The start of a root's fingerprint, for log lines and tables.
+pub(crate) fn short(root: &CertificateDer<'_>) -> String {
+    let mut f = fingerprint(root);
+    f.truncate(16);
+    f
 }
 
 #[cfg(test)]
@@ -75,5 +81,7 @@ mod tests {
         assert_eq!(roots.observe(&b), Some(a.clone()));
         assert_eq!(rx.borrow_and_update().as_ref(), Some(&b));
         assert_eq!(short(&a).len(), 16);
+        assert!(fingerprint(&a).starts_with(&short(&a)));
+        assert_eq!(fingerprint(&a).len(), 64);
     }
 }

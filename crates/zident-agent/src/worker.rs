@@ -17,7 +17,7 @@ use crate::gate::{Priority, PriorityGate};
 use crate::json::rfc3339;
 use crate::metrics::{AgentMetrics, IdentityLabel, unix};
 use crate::schedule::{Backoff, random_unit, rotation_time};
-use crate::signing_root::{SigningRoot, short};
+use crate::signing_root::{SigningRoot, fingerprint, short};
 use crate::trust::TrustStore;
 use crate::validate::check_response;
 
@@ -64,6 +64,9 @@ pub struct IdentityStatus {
     pub fetching: bool,
     /// The agent's own identity rather than a workload's.
     pub own: bool,
+    /// SHA-256 fingerprint of the trust-bundle root the last certificate chains to: after a
+    /// root rotation activates, it shows which certificates moved to the new root.
+    pub signing_root: Option<String>,
 }
 
 impl IdentityStatus {
@@ -78,6 +81,7 @@ impl IdentityStatus {
             attempts: 0,
             fetching: false,
             own,
+            signing_root: None,
         }
     }
 }
@@ -260,6 +264,7 @@ pub(crate) async fn run(
                         .state_change(Some(s.state.name()), Some("Available"));
                     s.state = CertState::Available(cert.clone());
                     s.last = Some(cert);
+                    s.signing_root = my_root.as_ref().map(|r| fingerprint(r));
                     s.rotation_at = Some(at);
                     s.next_attempt = Some(at);
                     s.last_error = None;

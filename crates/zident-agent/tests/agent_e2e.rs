@@ -338,9 +338,12 @@ async fn admin_readiness_and_metrics_endpoints() {
             "valid_until",
             "serial_number",
             "rotation_at",
+            "root_sha256",
         ] {
             assert!(c[field].is_string(), "{field} in {c}");
         }
+        // The root it chains to is named as the trust bundle's roots are.
+        assert_eq!(c["root_sha256"], v["trust_bundle"][0]["sha256"], "{c}");
         assert!(
             c["chain"][0]["pem"]
                 .as_str()
@@ -606,6 +609,10 @@ async fn a_new_signing_root_moves_the_other_certificates_only_when_asked() {
     )
     .await;
     assert_eq!(eager.manager.snapshot().len(), local_ids().len() + 1);
+    let new_fingerprint = zident_agent::signing_root::fingerprint(&new_root);
+    for (id, s) in eager.manager.snapshot() {
+        assert_eq!(s.signing_root.as_ref(), Some(&new_fingerprint), "{id}");
+    }
     let extra = id("ns/load/sa/sa0");
     eventually(
         Duration::from_secs(30),

@@ -66,6 +66,7 @@ fn certificate_rows(doc: &Value, now: SystemTime) -> Vec<Value> {
                 "state": c["state"],
                 "own": c["own"],
                 "serial": c["serial_number"],
+                "root": short(&c["root_sha256"]),
                 "not_before": c["valid_from"],
                 "not_after": c["valid_until"],
                 "rotation_at": c["rotation_at"],
@@ -89,6 +90,7 @@ fn root_rows(doc: &Value, now: SystemTime) -> Vec<Value> {
                 .map(|t| seconds_until(now, t));
             json!({
                 "subject": r["subject"],
+                "root": short(&r["sha256"]),
                 "serial": r["serial_number"],
                 "not_after": r["valid_until"],
                 "expires_in_seconds": expires_in,
@@ -105,6 +107,7 @@ fn print_tables(rows: &[Value], roots: &[Value]) {
             "IDENTITY",
             "STATE",
             "SERIAL",
+            "ROOT",
             "NOT BEFORE",
             "NOT AFTER",
             "ROTATES IN",
@@ -134,6 +137,7 @@ fn print_tables(rows: &[Value], roots: &[Value]) {
             identity,
             state_cell,
             text(&r["serial"]),
+            text(&r["root"]),
             text(&r["not_before"]),
             text(&r["not_after"]),
             when,
@@ -142,10 +146,16 @@ fn print_tables(rows: &[Value], roots: &[Value]) {
     print_table(&table);
     println!();
     let mut bundle = vec![
-        ["TRUST BUNDLE ROOT", "SERIAL", "NOT AFTER", "EXPIRES IN"]
-            .iter()
-            .map(|h| style.bold(h))
-            .collect::<Vec<_>>(),
+        [
+            "TRUST BUNDLE ROOT",
+            "ROOT",
+            "SERIAL",
+            "NOT AFTER",
+            "EXPIRES IN",
+        ]
+        .iter()
+        .map(|h| style.bold(h))
+        .collect::<Vec<_>>(),
     ];
     for r in roots {
         let expires = match r["expires_in_seconds"].as_i64() {
@@ -156,12 +166,20 @@ fn print_tables(rows: &[Value], roots: &[Value]) {
         };
         bundle.push(vec![
             text(&r["subject"]),
+            text(&r["root"]),
             text(&r["serial"]),
             text(&r["not_after"]),
             expires,
         ]);
     }
     print_table(&bundle);
+}
+
+/// The start of a SHA-256 fingerprint: enough to tell which root a certificate chains to.
+fn short(fingerprint: &Value) -> Value {
+    fingerprint
+        .as_str()
+        .map_or(Value::Null, |f| Value::String(f.chars().take(16).collect()))
 }
 
 fn parse_time(s: &str) -> Option<SystemTime> {

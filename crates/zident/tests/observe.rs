@@ -95,6 +95,7 @@ async fn certs_shows_the_agents_certificates_before_and_after_a_rotation() {
         "IDENTITY",
         "STATE",
         "SERIAL",
+        "ROOT",
         "NOT BEFORE",
         "NOT AFTER",
         "ROTATES IN",
@@ -123,6 +124,11 @@ async fn certs_shows_the_agents_certificates_before_and_after_a_rotation() {
         .clone();
     assert_eq!(web["serial"], serial.as_str());
     assert_eq!(web["state"], "Available");
+    // Which root it chains to, named as the bundle's root is; the table shows it too.
+    let root = web["root"].as_str().expect("the root of web's certificate");
+    assert_eq!(root.len(), 16);
+    assert_eq!(v["trust_bundle"][0]["root"], root);
+    assert!(web_row.contains(root), "{web_row}");
     let rotates_in = web["rotates_in_seconds"].as_i64().unwrap();
     assert!((-2..=6).contains(&rotates_in), "{rotates_in}");
     assert!(v["trust_bundle"][0]["expires_in_seconds"].as_i64().unwrap() > 86400 * 3000);
