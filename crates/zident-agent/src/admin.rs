@@ -39,7 +39,7 @@ fn describe(der: &[u8]) -> Value {
             "serial_number": zident_identity::serial_hex(c.raw_serial()),
             "valid_from": rfc3339(zident_identity::to_system_time(c.validity().not_before)),
             "valid_until": rfc3339(zident_identity::to_system_time(c.validity().not_after)),
-            "sha256": crate::signing_root::fingerprint(der),
+            "sha256": zident_identity::fingerprint(der),
             "pem": pem,
         }),
         Err(e) => json!({ "error": e.to_string(), "pem": pem }),

@@ -21,7 +21,7 @@ pub mod manager;
 pub mod metrics;
 mod own_tls;
 pub mod schedule;
-pub mod signing_root;
+mod signing_root;
 pub mod trust;
 pub mod validate;
 pub mod worker;

@@ -9,6 +9,7 @@
 
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
+use zident_identity::fingerprint;
 
 /// The root the newest certificate issued to this node chains to.
 pub(crate) struct SigningRoot {
@@ -43,15 +44,6 @@ impl SigningRoot {
         });
         replaced
     }
-}
-
-/// A certificate's SHA-256 fingerprint, lowercase hex: how `/debug/certs` names roots.
-pub fn fingerprint(der: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The start of a root's fingerprint, for log lines and tables.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, watch};
-use zident_identity::{SpiffeId, WorkloadCertificate, WorkloadKey, chain_root};
+use zident_identity::{SpiffeId, WorkloadCertificate, WorkloadKey, chain_root, fingerprint};
 
 use crate::ca_client::CaClient;
 use crate::config::{EARLY_RENEWAL_SPREAD, RotationPolicy};
@@ -17,7 +17,7 @@ use crate::gate::{Priority, PriorityGate};
 use crate::json::rfc3339;
 use crate::metrics::{AgentMetrics, IdentityLabel, unix};
 use crate::schedule::{Backoff, random_unit, rotation_time};
-use crate::signing_root::{SigningRoot, fingerprint, short};
+use crate::signing_root::{SigningRoot, short};
 use crate::trust::TrustStore;
 use crate::validate::check_response;
 

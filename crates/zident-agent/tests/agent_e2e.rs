@@ -609,7 +609,7 @@ async fn a_new_signing_root_moves_the_other_certificates_only_when_asked() {
     )
     .await;
     assert_eq!(eager.manager.snapshot().len(), local_ids().len() + 1);
-    let new_fingerprint = zident_agent::signing_root::fingerprint(&new_root);
+    let new_fingerprint = zident_identity::fingerprint(&new_root);
     for (id, s) in eager.manager.snapshot() {
         assert_eq!(s.signing_root.as_ref(), Some(&new_fingerprint), "{id}");
     }

@@ -527,10 +527,8 @@ async fn rotate_on_schedule(state: Arc<CaState>, config: CaConfig, serving: Arc<
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         };
-        let due = if rs.prepared.is_some() {
-            (secs(now) >= rs.activate_after.unwrap_or(0)).then_some(rotation::Phase::Activate)
-        } else if rs.previous.is_some() {
-            (secs(now) >= rs.retire_after.unwrap_or(0)).then_some(rotation::Phase::Retire)
+        let due = if let Some((phase, _, after)) = rs.next_step() {
+            (secs(now) >= after).then_some(phase)
         } else {
             let (from, to) = state.authority().signer_validity();
             let life = to.duration_since(from).unwrap_or_default();

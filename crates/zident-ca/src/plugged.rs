@@ -19,11 +19,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::digest;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
-use zident_identity::rfc3339;
+use zident_identity::{fingerprint, rfc3339};
 
 use crate::authority::Authority;
 use crate::persist::{create_private_dir, write_atomic};
@@ -73,15 +72,6 @@ fn at(s: u64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_secs(s))
 }
 
-/// The SHA-256 fingerprint of a certificate, hex.
-pub fn fingerprint(der: &CertificateDer<'_>) -> String {
-    digest::digest(&digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn short(fp: &str) -> &str {
     &fp[..fp.len().min(16)]
 }
@@ -109,7 +99,7 @@ pub fn signing_root(authority: &Authority) -> Option<String> {
                     top_cert.verify_signature(Some(root.public_key())).is_ok()
                 })
         })
-        .map(fingerprint)
+        .map(|r| fingerprint(r))
 }
 
 fn roots(authority: &Authority) -> Vec<(String, CertificateDer<'static>)> {

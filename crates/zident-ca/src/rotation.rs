@@ -149,6 +149,17 @@ impl RotationState {
             .collect()
     }
 
+    /// The step that comes next, the generation it acts on, and the unix second from which it
+    /// is safe. `None` when nothing is in rotation: prepare is then due by the active root's
+    /// age, which the state does not hold.
+    pub fn next_step(&self) -> Option<(Phase, Generation, u64)> {
+        match (self.prepared, self.previous) {
+            (Some(g), _) => Some((Phase::Activate, g, self.activate_after.unwrap_or(0))),
+            (None, Some(g)) => Some((Phase::Retire, g, self.retire_after.unwrap_or(0))),
+            (None, None) => None,
+        }
+    }
+
     /// Where rotation stands, in a word.
     pub fn phase(&self) -> &'static str {
         match (self.prepared, self.previous) {
@@ -333,17 +344,15 @@ pub fn apply(
             });
         }
         Phase::Activate => {
-            let Some(next) = state.prepared else {
+            let Some((Phase::Activate, next, after)) = state.next_step() else {
                 return Err(RotationError::Refused(
                     "no generation is prepared; run `prepare` first".into(),
                 ));
             };
-            let after = state.activate_after.unwrap_or(0);
             if at < after && !force {
                 return Err(RotationError::Refused(format!(
-                    "too early: agents may not have fetched generation {next}'s root yet; activation is safe from {} (in {}s), or pass --force",
-                    rfc3339(from_unix(after)),
-                    after - at
+                    "too early: agents may not have fetched generation {next}'s root yet; activation is safe from {}, or pass --force",
+                    safe_from(after, at)
                 )));
             }
             state.previous = Some(state.active);
@@ -358,17 +367,15 @@ pub fn apply(
             });
         }
         Phase::Retire => {
-            let Some(old) = state.previous else {
+            let Some((Phase::Retire, old, after)) = state.next_step() else {
                 return Err(RotationError::Refused(
                     "no previous generation is in the bundle; nothing to retire".into(),
                 ));
             };
-            let after = state.retire_after.unwrap_or(0);
             if at < after && !force {
                 return Err(RotationError::Refused(format!(
-                    "too early: certificates signed by generation {old} may be valid until {} (in {}s); retire then, or pass --force",
-                    rfc3339(from_unix(after)),
-                    after - at
+                    "too early: certificates signed by generation {old} may be valid until {}; retire then, or pass --force",
+                    safe_from(after, at)
                 )));
             }
             state.previous = None;
@@ -394,6 +401,15 @@ pub fn apply(
         }
     }
     Ok(state)
+}
+
+/// `after` (unix seconds) as a time and how far off it is from `at`, for refusals.
+fn safe_from(after: u64, at: u64) -> String {
+    format!(
+        "{} (in {}s)",
+        rfc3339(from_unix(after)),
+        after.saturating_sub(at)
+    )
 }
 
 /// Makes a self-signed root in `dir` (key first, then certificate; both replaced if a crashed
@@ -523,8 +539,14 @@ mod tests {
             "nothing to retire",
         );
 
+        assert_eq!(read_state(d).unwrap().unwrap().next_step(), None);
         let s = apply(d, Phase::Prepare, t0, false, YEAR).unwrap();
         assert_eq!((s.active, s.prepared, s.sequence), (1, Some(2), 2));
+        assert_eq!(
+            s.next_step(),
+            Some((Phase::Activate, 2, unix(t0) + 10)),
+            "what the schedule and `zident ca status` go by"
+        );
         assert!(d.join("roots/2/ca-key.pem").exists());
         refused(
             apply(d, Phase::Prepare, t0, false, YEAR),
@@ -543,6 +565,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.active, s.previous, s.sequence), (2, Some(1), 2));
+        assert_eq!(s.next_step(), Some((Phase::Retire, 1, unix(t0) + 10 + 100)));
         refused(apply(d, Phase::Prepare, t0, false, YEAR), "retire it first");
         refused(
             apply(d, Phase::Retire, t0 + Duration::from_secs(20), false, YEAR),

@@ -29,8 +29,8 @@ pub use keys::{KeyError, WorkloadKey, uri_san_extension};
 pub use provider::{CertificateProvider, ProviderError, WorkloadCertificate};
 pub use spiffe_id::{IdError, MAX_ID_BYTES, SpiffeId, TrustDomain};
 pub use svid::{
-    RuleResult, SvidError, SvidInfo, chain_root, check_leaf, check_time, hex, human, leaf_rules,
-    rfc3339, serial_hex, to_system_time, verify_chain, verify_svid,
+    RuleResult, SvidError, SvidInfo, chain_root, check_leaf, check_time, fingerprint, hex, human,
+    leaf_rules, rfc3339, serial_hex, to_system_time, verify_chain, verify_svid,
 };
 
 /// Re-exported so callers name one version of the DER types.

@@ -462,6 +462,12 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// A certificate's SHA-256 fingerprint, lowercase hex: how the CA's state files, the agent's
+/// `/debug/certs` and `zident certs` name roots.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
+}
+
 /// A time as RFC 3339 in UTC, to the second, e.g. `2026-11-27T20:35:31Z`: how zident shows
 /// times in logs, JSON and tables.
 pub fn rfc3339(t: SystemTime) -> String {

@@ -307,3 +307,47 @@ fn bundle_round_trips_through_pem_and_jwks() {
         Err(zident_identity::BundleError::NotACa { .. })
     ));
 }
+
+/// With two roots of one trust domain in the bundle (a rotation's overlap), `chain_root` names
+/// the one a leaf really chains to, and the fingerprint that names it matches openssl's.
+#[test]
+fn the_root_a_leaf_chains_to_is_named_by_its_fingerprint() {
+    let old = Ca::new(td());
+    let new = Ca::new(td());
+    let mut bundle = old.bundle(td());
+    bundle.add_root(new.der.clone()).unwrap();
+    let now = SystemTime::now();
+    let under_old = old.leaf(ID);
+    let under_new = new.leaf(ID);
+    assert_eq!(
+        zident_identity::chain_root(&under_old, &[], &bundle, now).unwrap(),
+        &old.der
+    );
+    assert_eq!(
+        zident_identity::chain_root(&under_new, &[], &bundle, now).unwrap(),
+        &new.der
+    );
+    assert!(matches!(
+        zident_identity::chain_root(&under_new, &[], &old.bundle(td()), now),
+        Err(SvidError::UnknownIssuer | SvidError::BadSignature)
+    ));
+
+    let mut openssl = std::process::Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-noout", "-fingerprint", "-sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl on PATH");
+    std::io::Write::write_all(&mut openssl.stdin.take().unwrap(), &new.der).unwrap();
+    let out = openssl.wait_with_output().unwrap();
+    assert!(out.status.success());
+    // e.g. "sha256 Fingerprint=AB:CD:..."
+    let theirs: String = String::from_utf8_lossy(&out.stdout)
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .replace(':', "")
+        .to_lowercase();
+    assert_eq!(zident_identity::fingerprint(&new.der), theirs);
+}

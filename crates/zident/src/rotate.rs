@@ -184,16 +184,13 @@ fn print_state(dir: &std::path::Path, state: &RotationState) {
         state.phase(),
         state.sequence
     );
-    match (state.prepared, state.previous) {
-        (Some(g), _) => println!(
-            "  next: activate generation {g} (safe from {})",
-            when(state.activate_after.unwrap_or(0))
+    match state.next_step() {
+        Some((phase, g, after)) => println!(
+            "  next: {} generation {g} (safe from {})",
+            phase.as_str(),
+            when(after)
         ),
-        (None, Some(g)) => println!(
-            "  next: retire generation {g} (safe from {})",
-            when(state.retire_after.unwrap_or(0))
-        ),
-        (None, None) => println!("  next: prepare, when the active root nears its end"),
+        None => println!("  next: prepare, when the active root nears its end"),
     }
     println!(
         "  {:<4} {:<9} {:<34} {:<21} {:<4} CERTIFICATE",

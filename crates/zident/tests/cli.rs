@@ -331,18 +331,21 @@ fn ca_rotate_drives_a_running_ca_and_status_shows_the_phases() {
         ca.addr.rsplit(':').next().unwrap()
     );
     let root = data.join("root-cert.pem");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, body) = curl(&["--cacert", root.to_str().unwrap(), &url]);
-        if code == 200 && body.matches("BEGIN CERTIFICATE").count() == 2 {
-            break;
+    let serves_roots = |n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, body) = curl(&["--cacert", root.to_str().unwrap(), &url]);
+            if code == 200 && body.matches("BEGIN CERTIFICATE").count() == n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the CA never served {n} roots: {code} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the CA never served two roots: {code} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    serves_roots(2);
 
     // Once safe, activate; retire is then too early (certificates of up to 90 days may be
     // valid), unless forced.
@@ -367,18 +370,8 @@ fn ca_rotate_drives_a_running_ca_and_status_shows_the_phases() {
         "{status}"
     );
     assert!(status.contains("retired"), "{status}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, body) = curl(&["--cacert", root.to_str().unwrap(), &url]);
-        if code == 200 && body.matches("BEGIN CERTIFICATE").count() == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the CA never dropped the old root: {code} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The CA dropped the old root.
+    serves_roots(1);
 }
 
 /// For plugged-in keys, `zident ca status` shows the roots the CA knows and why the last
