@@ -333,7 +333,14 @@ fn the_root_a_leaf_chains_to_is_named_by_its_fingerprint() {
     ));
 
     let mut openssl = std::process::Command::new("openssl")
-        .args(["x509", "-inform", "DER", "-noout", "-fingerprint", "-sha256"])
+        .args([
+            "x509",
+            "-inform",
+            "DER",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
