@@ -355,6 +355,7 @@ fn reload_mesh(state: &CaState, path: &Path) {
         if mesh.trust_domain != current_td {
             return Err(MeshError::Invalid {
                 path: path.to_owned(),
+                line: None,
                 field: "trustDomain".into(),
                 message: format!(
                     "cannot change from {current_td} to {} while running; restart the CA",

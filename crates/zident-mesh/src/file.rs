@@ -30,15 +30,21 @@ pub enum MeshError {
         message: String,
     },
     /// A rule across fields is broken (duplicate names, a token given twice, ...).
-    #[error("mesh file {path}: {field}: {message}")]
+    #[error("mesh file {path}{}: {field}: {message}", at_line(.line))]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// Where the entry at fault is written, when it can be found in the text.
+        line: Option<usize>,
         /// Where, e.g. `nodes[1].token`.
         field: String,
         /// What is wrong and how to fix it.
         message: String,
     },
+}
+
+fn at_line(line: &Option<usize>) -> String {
+    line.map(|l| format!(", line {l}")).unwrap_or_default()
 }
 
 /// A whole mesh file, checked.
@@ -170,24 +176,31 @@ pub struct Workload {
     network_gateway: Option<Ignored>,
     #[serde(default)]
     network_mode: Option<Ignored>,
+    /// The network its addresses belong to (empty: the default one). Addresses are unique
+    /// per network.
     #[serde(default)]
-    network: Option<Ignored>,
+    pub network: String,
+    /// The workload's owner name (e.g. its deployment), for telemetry (`baggage`).
     #[serde(default)]
-    workload_name: Option<Ignored>,
+    pub workload_name: String,
+    /// The owner's kind (`deployment`, `job`, …; empty: `pod`), for telemetry.
     #[serde(default)]
-    workload_type: Option<Ignored>,
+    pub workload_type: String,
+    /// The canonical service name, for telemetry (`service.name`).
     #[serde(default)]
-    canonical_name: Option<Ignored>,
+    pub canonical_name: String,
+    /// The canonical revision, for telemetry (`service.version`).
     #[serde(default)]
-    canonical_revision: Option<Ignored>,
+    pub canonical_revision: String,
     #[serde(default)]
     hostname: Option<Ignored>,
     #[serde(default)]
     native_tunnel: Option<Ignored>,
     #[serde(default)]
     application_tunnel: Option<Ignored>,
+    /// The cluster, for telemetry (`k8s.cluster.name`).
     #[serde(default)]
-    cluster_id: Option<Ignored>,
+    pub cluster_id: String,
     #[serde(default)]
     locality: Option<Ignored>,
     #[serde(default)]
@@ -256,7 +269,7 @@ impl MeshFile {
             path: path.to_owned(),
             message: with_line(yaml, e.to_string()),
         })?;
-        mesh.check(path)?;
+        crate::check::check(&mesh, path, yaml)?;
         Ok(mesh)
     }
 
@@ -267,47 +280,6 @@ impl MeshFile {
             source,
         })?;
         Self::parse(path, &yaml)
-    }
-
-    fn check(&self, path: &Path) -> Result<(), MeshError> {
-        let invalid = |field: String, message: String| MeshError::Invalid {
-            path: path.to_owned(),
-            field,
-            message,
-        };
-        let mut names = HashSet::new();
-        for (i, node) in self.nodes.iter().enumerate() {
-            if node.name.is_empty() {
-                return Err(invalid(
-                    format!("nodes[{i}].name"),
-                    "must not be empty".into(),
-                ));
-            }
-            if !names.insert(node.name.as_str()) {
-                return Err(invalid(
-                    format!("nodes[{i}].name"),
-                    format!("node {:?} is listed twice", node.name),
-                ));
-            }
-            check_token_source(&node.token, &node.token_file)
-                .map_err(|m| invalid(format!("nodes[{i}]"), m))?;
-        }
-        for (i, entry) in self.identities.iter().enumerate() {
-            check_token_source(&entry.token, &entry.token_file)
-                .map_err(|m| invalid(format!("identities[{i}]"), m))?;
-        }
-        let mut uids = HashSet::new();
-        for (i, w) in self.workloads.iter().enumerate() {
-            w.spiffe_id(&self.trust_domain)
-                .map_err(|m| invalid(format!("workloads[{i}] ({})", w.name), m))?;
-            if !w.uid.is_empty() && !uids.insert(w.uid.as_str()) {
-                return Err(invalid(
-                    format!("workloads[{i}].uid"),
-                    format!("uid {:?} is used twice", w.uid),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// Every bearer token with its caller, token files read relative to the mesh file's
@@ -325,6 +297,7 @@ impl MeshFile {
                     std::fs::read_to_string(&p)
                         .map_err(|e| MeshError::Invalid {
                             path: mesh_path.to_owned(),
+                            line: None,
                             field: field.clone(),
                             message: format!("cannot read tokenFile {}: {e}", p.display()),
                         })?
@@ -336,6 +309,7 @@ impl MeshFile {
             if value.is_empty() {
                 return Err(MeshError::Invalid {
                     path: mesh_path.to_owned(),
+                    line: None,
                     field,
                     message: "the token is empty".into(),
                 });
@@ -356,6 +330,7 @@ impl MeshFile {
             if !seen.insert(token.as_str()) {
                 return Err(MeshError::Invalid {
                     path: mesh_path.to_owned(),
+                    line: None,
                     field: format!("{who:?}"),
                     message:
                         "this token is also used by another caller; every token must be unique"
@@ -364,6 +339,14 @@ impl MeshFile {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the file names `node`: in `nodes:`, or as some workload's `node:`. An agent
+    /// refuses a file that does not name its node, since applying it would remove every
+    /// workload of the node (decommissioning a node is stopping its agent, not emptying its
+    /// part of the file).
+    pub fn names_node(&self, node: &str) -> bool {
+        self.nodes.iter().any(|n| n.name == node) || self.workloads.iter().any(|w| w.node == node)
     }
 
     /// The SPIFFE IDs of the workloads placed on `node`.
@@ -403,15 +386,6 @@ fn with_line(yaml: &str, message: String) -> String {
     match found {
         Some(i) => format!("{message} at line {}", i + 1),
         None => message,
-    }
-}
-
-fn check_token_source(token: &Option<String>, file: &Option<PathBuf>) -> Result<(), String> {
-    match (token, file) {
-        (Some(_), Some(_)) => Err("give either token or tokenFile, not both".into()),
-        (None, None) => Err("needs a token or a tokenFile".into()),
-        (Some(t), None) if t.trim().is_empty() => Err("token must not be empty".into()),
-        _ => Ok(()),
     }
 }
 

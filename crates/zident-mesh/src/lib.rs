@@ -6,10 +6,20 @@
 //! `identities` and `caCertificates`. Keys ztunnel defines but zident does not use are accepted
 //! and ignored; any other key is an error naming the key and its line, because a typo in a
 //! policy must not silently switch it off.
+//!
+//! A file is checked whole before anyone uses it (see `check.rs` for the rules): an edit
+//! applies everywhere, or nowhere.
 
+mod check;
+mod cidr;
 mod file;
+mod locate;
+mod names;
 mod policy;
 pub mod watch;
+
+pub use cidr::{Cidr, CidrError};
+pub use names::{NameError, check_label, check_subdomain};
 
 pub use file::{
     CallerToken, HealthStatus, IdentityEntry, MeshError, MeshFile, Node, Protocol, Service,

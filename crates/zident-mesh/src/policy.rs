@@ -1,8 +1,11 @@
-//! Authorization policies in ztunnel's local-config shape. Parsed here so a typo is caught when
-//! the file is loaded; evaluated by the tunnel.
+//! Authorization policies in ztunnel's local-config shape. Parsed here, address ranges
+//! included, so a typo or a range that cannot be enforced refuses the file when it is loaded
+//! (on the CA and on every agent alike); evaluated by the tunnel.
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+
+use crate::cidr::Cidr;
 
 /// One authorization policy.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -73,16 +76,16 @@ pub struct RbacMatch {
     pub not_principals: Vec<StringMatch>,
     /// Source address ranges (CIDR).
     #[serde(default)]
-    pub source_ips: Vec<String>,
+    pub source_ips: Vec<Cidr>,
     /// Source ranges that must not match.
     #[serde(default)]
-    pub not_source_ips: Vec<String>,
+    pub not_source_ips: Vec<Cidr>,
     /// Destination address ranges (CIDR).
     #[serde(default)]
-    pub destination_ips: Vec<String>,
+    pub destination_ips: Vec<Cidr>,
     /// Destination ranges that must not match.
     #[serde(default)]
-    pub not_destination_ips: Vec<String>,
+    pub not_destination_ips: Vec<Cidr>,
     /// Destination ports.
     #[serde(default)]
     pub destination_ports: Vec<u16>,

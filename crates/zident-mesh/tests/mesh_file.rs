@@ -145,10 +145,225 @@ fn cross_field_rules() {
         msg.contains("nodes[1].name") && msg.contains("twice"),
         "{msg}"
     );
-    let msg = error_of("workloads:\n- {namespace: 'bad ns', name: w}\n");
-    assert!(msg.contains("workloads[0] (w)"), "{msg}");
-    let msg = error_of("workloads:\n- {uid: u, namespace: a}\n- {uid: u, namespace: b}\n");
-    assert!(msg.contains("workloads[1].uid"), "{msg}");
+    let msg = error_of("workloads:\n- {namespace: 'bad ns', name: w, node: n}\n");
+    assert!(msg.contains("workloads[0] (bad ns/w).namespace"), "{msg}");
+    let msg = error_of(
+        "workloads:\n- {uid: u, name: a, namespace: a, node: n}\n- {uid: u, name: b, namespace: b, node: n}\n",
+    );
+    assert!(
+        msg.contains("workloads[1] (b/b).uid")
+            && msg.contains("also the uid of workloads[0] (a/a)"),
+        "{msg}"
+    );
+}
+
+/// The lines of a small valid mesh, for edits to break.
+const GOOD: &str = "\
+trustDomain: cluster.local
+nodes:
+- name: node-a
+  token: ta
+workloads:
+- uid: u1
+  name: frontend
+  namespace: default
+  serviceAccount: frontend
+  node: node-a
+  workloadIps: [\"127.0.0.2\"]
+- uid: u2
+  name: backend
+  namespace: default
+  serviceAccount: backend
+  node: node-a
+  workloadIps:
+  - 127.0.0.3
+policies:
+- name: p
+  namespace: default
+  rules:
+  - - - sourceIps: [10.0.0.0/8]
+";
+
+/// `GOOD` with line `n` (1-based) replaced by `with`.
+fn edit(n: usize, with: &str) -> String {
+    GOOD.lines()
+        .enumerate()
+        .map(|(i, l)| if i + 1 == n { with } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asserts that `msg` names the file, `line`, and every one of `says`.
+#[track_caller]
+fn refused(msg: &str, line: usize, says: &[&str]) {
+    assert!(msg.starts_with("mesh file mesh.yaml"), "{msg}");
+    assert!(msg.contains(&format!("line {line}")), "line {line}: {msg}");
+    for s in says {
+        assert!(msg.contains(s), "{s:?}: {msg}");
+    }
+}
+
+#[test]
+fn the_good_mesh_parses() {
+    let mesh = parse(GOOD).unwrap();
+    assert!(mesh.names_node("node-a") && !mesh.names_node("node-b"));
+}
+
+#[test]
+fn a_file_that_names_no_node_is_refused() {
+    // A truncated save: empty, a lone document marker, or only the trust domain.
+    for yaml in [
+        "",
+        "---\n",
+        "---",
+        "trustDomain: cluster.local\n",
+        "workloads: []\n",
+    ] {
+        let msg = error_of(yaml);
+        assert!(
+            msg.contains("names no node") && msg.contains("last good file stays in force"),
+            "{yaml:?}: {msg}"
+        );
+    }
+    // ztunnel's local config has no `nodes:`; naming the node on its workloads is enough.
+    assert!(parse("workloads:\n- {name: w, namespace: default, node: local}\n").is_ok());
+}
+
+#[test]
+fn names_follow_kubernetes_rules_so_every_spiffe_id_is_valid() {
+    refused(
+        &error_of(&edit(9, "  serviceAccount: \"front/end\"")),
+        9,
+        &[
+            "workloads[0] (default/frontend).serviceAccount",
+            "DNS-1123 subdomain",
+            "front/end",
+        ],
+    );
+    refused(
+        &error_of(&edit(8, "  namespace: Default")),
+        8,
+        &["namespace", "DNS-1123 label", "lowercase"],
+    );
+    refused(
+        &error_of(&edit(7, "  name: ../../etc")),
+        7,
+        &["workloads[0] (default/../../etc).name", "socket directory"],
+    );
+    refused(
+        &error_of(&edit(21, "  namespace: my_ns")),
+        21,
+        &["policies[0] (my_ns/p).namespace", "DNS-1123 label"],
+    );
+}
+
+#[test]
+fn a_foreign_trust_domain_is_refused_until_federation_exists() {
+    let yaml = GOOD.replace(
+        "  node: node-a\n  workloadIps: [",
+        "  node: node-a\n  trustDomain: other.org\n  workloadIps: [",
+    );
+    refused(
+        &error_of(&yaml),
+        11,
+        &[
+            "workloads[0] (default/frontend).trustDomain",
+            "\"other.org\"",
+            "does not federate",
+        ],
+    );
+    // The mesh's own, written out, is fine.
+    assert!(
+        parse(&GOOD.replace(
+            "  node: node-a\n  workloadIps: [",
+            "  node: node-a\n  trustDomain: cluster.local\n  workloadIps: ["
+        ))
+        .is_ok()
+    );
+    let yaml = edit(4, "  token: ta\n  spiffeId: spiffe://other.org/agent");
+    refused(
+        &error_of(&yaml),
+        5,
+        &["nodes[0].spiffeId", "not in the mesh's trust domain"],
+    );
+    let msg = error_of(
+        "nodes: [{name: a, token: t}]\nidentities:\n- {spiffeId: 'spiffe://x.org/gw', token: g}\n",
+    );
+    refused(&msg, 3, &["identities[0].spiffeId", "x.org"]);
+}
+
+#[test]
+fn one_address_and_one_uid_per_workload() {
+    // backend takes frontend's address: both entries are named, and the line is backend's.
+    refused(
+        &error_of(&edit(18, "  - 127.0.0.2")),
+        18,
+        &[
+            "workloads[1] (default/backend).workloadIps[0]",
+            "127.0.0.2 is also an address of workloads[0] (default/frontend)",
+            "other's identity",
+        ],
+    );
+    refused(
+        &error_of(&edit(12, "- uid: u1")),
+        12,
+        &[
+            "workloads[1] (default/backend).uid",
+            "also the uid of workloads[0] (default/frontend)",
+        ],
+    );
+    // The same address on two networks is two addresses.
+    let yaml = edit(18, "  - 127.0.0.2").replace(
+        "  serviceAccount: backend\n",
+        "  serviceAccount: backend\n  network: other\n",
+    );
+    assert!(parse(&yaml).is_ok(), "{:?}", parse(&yaml).err());
+}
+
+#[test]
+fn policies_compile_when_the_file_is_read() {
+    let msg = error_of(&edit(23, "  - - - sourceIps: [10.0.0.0/33]"));
+    assert!(
+        msg.contains("10.0.0.0/33")
+            && msg.contains("prefix length too long")
+            && msg.contains("line 23"),
+        "{msg}"
+    );
+    let msg = error_of(&edit(23, "  - - - destinationIps: [ten/8]"));
+    assert!(msg.contains("\"ten/8\" is not an IP range"), "{msg}");
+    let twice = format!("{GOOD}- name: p\n  namespace: default\n");
+    refused(
+        &error_of(&twice),
+        24,
+        &[
+            "policies[1] (default/p).name",
+            "also policies[0]",
+            "rename one",
+        ],
+    );
+}
+
+#[test]
+fn services_are_checked_too() {
+    let base = "nodes: [{name: n, token: t}]\nservices:\n";
+    let msg = error_of(&format!(
+        "{base}- {{name: s, namespace: default, hostname: s.svc, vips: [\"/not-an-ip\"]}}\n"
+    ));
+    refused(&msg, 3, &["services[0] (default/s).vips", "not network/ip"]);
+    let msg = error_of(&format!(
+        "{base}- {{name: s, namespace: default, hostname: s.svc, vips: [\"/10.0.0.1\"]}}\n- {{name: t, namespace: default, hostname: t.svc, vips: [\"/10.0.0.1\"]}}\n"
+    ));
+    refused(
+        &msg,
+        4,
+        &["services[1] (default/t).vips", "also a VIP of services[0]"],
+    );
+    let msg = error_of(&format!(
+        "{base}- {{name: s, namespace: default, hostname: s.svc, subjectAltNames: [\"spiffe://cluster.local/a//b\"]}}\n"
+    ));
+    refused(&msg, 3, &["subjectAltNames", "empty segment"]);
+    let msg = error_of("nodes: [{name: n, token: t}]\ncaCertificates: [\"not pem\"]\n");
+    refused(&msg, 2, &["caCertificates[0]", "PEM"]);
 }
 
 #[test]
@@ -206,4 +421,14 @@ fn top_level_errors_find_their_line() {
         "policies:\n- name: p\n  namespace: d\n  rules:\n  - - - principals: [{Exact: a, Prefix: b}]\n",
     );
     assert!(msg.contains("exactly one of Exact"), "{msg}");
+}
+
+#[test]
+fn the_example_in_the_docs_loads() {
+    let doc = include_str!("../../../docs/mesh-file.md");
+    let start = doc.find("```yaml\n").expect("a YAML example") + "```yaml\n".len();
+    let end = start + doc[start..].find("```").expect("its end");
+    let mesh = parse(&doc[start..end]).unwrap();
+    assert_eq!(mesh.workloads[0].workload_type, "deployment");
+    assert_eq!(mesh.nodes[0].address, Some("10.0.0.7".parse().unwrap()));
 }

@@ -3,8 +3,9 @@
 //! both ends of a tunnel prove their SPIFFE identities ([`verify`]), and the inbound HBONE
 //! server ([`inbound`]).
 
-pub mod cidr;
+pub mod headers;
 pub mod inbound;
+pub mod listeners;
 pub mod mesh_view;
 pub mod node;
 pub mod observe;

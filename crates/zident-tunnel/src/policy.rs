@@ -16,21 +16,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use zident_identity::SpiffeId;
-use zident_mesh::{
-    Action, Authorization, MeshFile, RbacMatch, Scope, ServiceAccountMatch, StringMatch,
-};
-
-use crate::cidr::{Cidr, CidrError};
-
-/// A policy that cannot be enforced as written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("policy {policy}: {reason}")]
-pub struct PolicyError {
-    /// `namespace/name`.
-    pub policy: String,
-    /// What is wrong.
-    pub reason: String,
-}
+use zident_mesh::{Action, MeshFile, RbacMatch, Scope, StringMatch};
 
 /// The facts of one connection that policies look at.
 #[derive(Debug, Clone)]
@@ -69,22 +55,7 @@ struct Compiled {
     scope: Scope,
     action: Action,
     dry_run: bool,
-    rules: Vec<Vec<Vec<Match>>>,
-}
-
-struct Match {
-    namespaces: Vec<StringMatch>,
-    not_namespaces: Vec<StringMatch>,
-    service_accounts: Vec<ServiceAccountMatch>,
-    not_service_accounts: Vec<ServiceAccountMatch>,
-    principals: Vec<StringMatch>,
-    not_principals: Vec<StringMatch>,
-    source_ips: Vec<Cidr>,
-    not_source_ips: Vec<Cidr>,
-    destination_ips: Vec<Cidr>,
-    not_destination_ips: Vec<Cidr>,
-    destination_ports: Vec<u16>,
-    not_destination_ports: Vec<u16>,
+    rules: Vec<Vec<Vec<RbacMatch>>>,
 }
 
 /// All policies of a mesh file, compiled.
@@ -93,21 +64,23 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    /// Compiles the mesh file's policies; fails on a range that is not an IP range, or two
-    /// policies with one name.
-    pub fn new(mesh: &MeshFile) -> Result<Self, PolicyError> {
-        let mut policies = Vec::with_capacity(mesh.policies.len());
-        for p in &mesh.policies {
-            let key = format!("{}/{}", p.namespace, p.name);
-            if policies.iter().any(|c: &Compiled| c.key == key) {
-                return Err(PolicyError {
-                    policy: key,
-                    reason: "defined twice".into(),
-                });
-            }
-            policies.push(compile(p, key)?);
-        }
-        Ok(Self { policies })
+    /// Indexes the mesh file's policies. The file was checked whole when it was read
+    /// (address ranges parsed, no two policies with one name), so this cannot fail: a policy
+    /// that could not be enforced never gets this far.
+    pub fn new(mesh: &MeshFile) -> Self {
+        let policies = mesh
+            .policies
+            .iter()
+            .map(|p| Compiled {
+                key: format!("{}/{}", p.namespace, p.name),
+                namespace: p.namespace.clone(),
+                scope: p.scope,
+                action: p.action,
+                dry_run: p.dry_run,
+                rules: p.rules.clone(),
+            })
+            .collect();
+        Self { policies }
     }
 
     /// Decides a connection to `dst`.
@@ -169,61 +142,11 @@ impl Authorizer {
     }
 }
 
-fn compile(p: &Authorization, key: String) -> Result<Compiled, PolicyError> {
-    let cidrs = |v: &[String]| -> Result<Vec<Cidr>, PolicyError> {
-        v.iter()
-            .map(|s| s.parse())
-            .collect::<Result<_, CidrError>>()
-            .map_err(|e| PolicyError {
-                policy: key.clone(),
-                reason: e.to_string(),
-            })
-    };
-    let compile_match = |m: &RbacMatch| -> Result<Match, PolicyError> {
-        Ok(Match {
-            namespaces: m.namespaces.clone(),
-            not_namespaces: m.not_namespaces.clone(),
-            service_accounts: m.service_accounts.clone(),
-            not_service_accounts: m.not_service_accounts.clone(),
-            principals: m.principals.clone(),
-            not_principals: m.not_principals.clone(),
-            source_ips: cidrs(&m.source_ips)?,
-            not_source_ips: cidrs(&m.not_source_ips)?,
-            destination_ips: cidrs(&m.destination_ips)?,
-            not_destination_ips: cidrs(&m.not_destination_ips)?,
-            destination_ports: m.destination_ports.clone(),
-            not_destination_ports: m.not_destination_ports.clone(),
-        })
-    };
-    let rules = p
-        .rules
-        .iter()
-        .map(|rule| {
-            rule.iter()
-                .map(|clause| {
-                    clause
-                        .iter()
-                        .map(compile_match)
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Compiled {
-        key,
-        namespace: p.namespace.clone(),
-        scope: p.scope,
-        action: p.action,
-        dry_run: p.dry_run,
-        rules,
-    })
-}
-
 impl Compiled {
     fn matches(&self, conn: &Connection<'_>) -> bool {
         self.rules.iter().any(|rule| {
             rule.iter().all(|clause| {
-                clause.is_empty() || clause.iter().any(|m| !m.is_empty() && m.matches(conn))
+                clause.is_empty() || clause.iter().any(|m| !is_empty(m) && matches(m, conn))
             })
         })
     }
@@ -243,40 +166,38 @@ fn string_match(m: &StringMatch, value: &str) -> bool {
     }
 }
 
-impl Match {
-    fn is_empty(&self) -> bool {
-        self.namespaces.is_empty()
-            && self.not_namespaces.is_empty()
-            && self.service_accounts.is_empty()
-            && self.not_service_accounts.is_empty()
-            && self.principals.is_empty()
-            && self.not_principals.is_empty()
-            && self.source_ips.is_empty()
-            && self.not_source_ips.is_empty()
-            && self.destination_ips.is_empty()
-            && self.not_destination_ips.is_empty()
-            && self.destination_ports.is_empty()
-            && self.not_destination_ports.is_empty()
-    }
+fn is_empty(m: &RbacMatch) -> bool {
+    m.namespaces.is_empty()
+        && m.not_namespaces.is_empty()
+        && m.service_accounts.is_empty()
+        && m.not_service_accounts.is_empty()
+        && m.principals.is_empty()
+        && m.not_principals.is_empty()
+        && m.source_ips.is_empty()
+        && m.not_source_ips.is_empty()
+        && m.destination_ips.is_empty()
+        && m.not_destination_ips.is_empty()
+        && m.destination_ports.is_empty()
+        && m.not_destination_ports.is_empty()
+}
 
-    fn matches(&self, conn: &Connection<'_>) -> bool {
-        // Principals are SPIFFE IDs without the scheme; no identity matches nothing but
-        // `not…` fields.
-        let principal = conn.source.map(SpiffeId::principal).unwrap_or("");
-        let istio = conn.source.and_then(SpiffeId::istio_parts);
-        let namespace = istio.map(|(ns, _)| ns).unwrap_or("");
-        field(&self.principals, &self.not_principals, |m| {
-            string_match(m, principal)
-        }) && field(&self.namespaces, &self.not_namespaces, |m| {
-            string_match(m, namespace)
-        }) && field(&self.service_accounts, &self.not_service_accounts, |m| {
-            istio.is_some_and(|(ns, sa)| ns == m.namespace && sa == m.service_account)
-        }) && field(&self.source_ips, &self.not_source_ips, |c| {
-            c.contains(conn.source_addr)
-        }) && field(&self.destination_ips, &self.not_destination_ips, |c| {
-            c.contains(conn.destination.ip())
-        }) && field(&self.destination_ports, &self.not_destination_ports, |p| {
-            *p == conn.destination.port()
-        })
-    }
+fn matches(m: &RbacMatch, conn: &Connection<'_>) -> bool {
+    // Principals are SPIFFE IDs without the scheme; no identity matches nothing but
+    // `not…` fields.
+    let principal = conn.source.map(SpiffeId::principal).unwrap_or("");
+    let istio = conn.source.and_then(SpiffeId::istio_parts);
+    let namespace = istio.map(|(ns, _)| ns).unwrap_or("");
+    field(&m.principals, &m.not_principals, |s| {
+        string_match(s, principal)
+    }) && field(&m.namespaces, &m.not_namespaces, |s| {
+        string_match(s, namespace)
+    }) && field(&m.service_accounts, &m.not_service_accounts, |a| {
+        istio.is_some_and(|(ns, sa)| ns == a.namespace && sa == a.service_account)
+    }) && field(&m.source_ips, &m.not_source_ips, |c| {
+        c.contains(conn.source_addr)
+    }) && field(&m.destination_ips, &m.not_destination_ips, |c| {
+        c.contains(conn.destination.ip())
+    }) && field(&m.destination_ports, &m.not_destination_ports, |p| {
+        *p == conn.destination.port()
+    })
 }

@@ -202,10 +202,10 @@ fn every_match_field_and_its_negation() {
 
 #[test]
 fn dry_run_policies_are_reported_but_never_decide() {
-    let yaml = "trustDomain: cluster.local\npolicies:\n\
+    let yaml = "trustDomain: cluster.local\nnodes: [{name: n, token: t}]\npolicies:\n\
 - name: try-deny\n  namespace: default\n  scope: Global\n  action: Deny\n  dryRun: true\n  rules: [[]]\n";
     let mesh = MeshFile::parse(Path::new("m.yaml"), yaml).unwrap();
-    let a = Authorizer::new(&mesh).unwrap();
+    let a = Authorizer::new(&mesh);
     let fe = id("ns/default/sa/frontend");
     let d = a.authorize(
         Destination {
@@ -226,23 +226,27 @@ fn dry_run_policies_are_reported_but_never_decide() {
 }
 
 #[test]
-fn policies_that_cannot_be_enforced_are_refused() {
-    let bad = "trustDomain: cluster.local\npolicies:\n\
+fn policies_that_cannot_be_enforced_never_reach_the_tunnel() {
+    // The mesh file is refused whole when it is read, on the CA and on every agent alike, so
+    // the tunnel never holds a policy it would have to drop.
+    let bad = "trustDomain: cluster.local\nnodes: [{name: n, token: t}]\npolicies:\n\
 - name: p\n  namespace: default\n  rules:\n  - - - sourceIps: [\"10.0.0.0/40\"]\n";
-    let mesh = MeshFile::parse(Path::new("m.yaml"), bad).unwrap();
-    let err = Authorizer::new(&mesh).err().unwrap().to_string();
+    let err = MeshFile::parse(Path::new("m.yaml"), bad)
+        .unwrap_err()
+        .to_string();
     assert!(
-        err.contains("policy default/p") && err.contains("10.0.0.0/40"),
+        err.contains("10.0.0.0/40") && err.contains("prefix length") && err.contains("line 7"),
         "{err}"
     );
-    let twice = "trustDomain: cluster.local\npolicies:\n\
+    let twice = "trustDomain: cluster.local\nnodes: [{name: n, token: t}]\npolicies:\n\
 - {name: p, namespace: default, rules: []}\n- {name: p, namespace: default, rules: []}\n";
-    let mesh = MeshFile::parse(Path::new("m.yaml"), twice).unwrap();
+    let err = MeshFile::parse(Path::new("m.yaml"), twice)
+        .unwrap_err()
+        .to_string();
     assert!(
-        Authorizer::new(&mesh)
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("defined twice")
+        err.contains("policies[1] (default/p).name")
+            && err.contains("also policies[0]")
+            && err.contains("line 5"),
+        "{err}"
     );
 }

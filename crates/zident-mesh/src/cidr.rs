@@ -1,4 +1,7 @@
 //! IP ranges as policies write them: `10.0.0.0/8`, `2001:db8::/32`, or a bare address.
+//!
+//! Parsed when the mesh file is read, so a range that cannot be enforced refuses the whole
+//! file instead of being dropped later by the tunnel.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -64,6 +67,13 @@ impl Cidr {
             }
             _ => false,
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,0 +1,338 @@
+//! The rules a whole mesh file must pass before anything reads it. A file that breaks one is
+//! refused whole, on every component, so that no half of an edit takes effect anywhere: the CA
+//! and every agent run `MeshFile::parse`, and the tunnel's routes and policies are built only
+//! from files that passed it.
+//!
+//! Each refusal names the entry (`workloads[3] (default/backend)`), the line where the text
+//! shows it, the rule, and what to do.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use zident_identity::{SpiffeId, TrustDomain};
+
+use crate::file::{MeshError, MeshFile, Workload};
+use crate::locate::{Step, line_of};
+use crate::names::{check_label, check_subdomain};
+
+/// Collects where an entry is, to build a refusal.
+struct Refuse<'a> {
+    path: &'a Path,
+    yaml: &'a str,
+}
+
+impl Refuse<'_> {
+    fn at(&self, steps: &[Step<'_>], field: String, message: String) -> MeshError {
+        MeshError::Invalid {
+            path: self.path.to_owned(),
+            line: line_of(self.yaml, steps),
+            field,
+            message,
+        }
+    }
+}
+
+/// How an entry is named in messages: its index, and `namespace/name` where it has one.
+fn workload_label(i: usize, w: &Workload) -> String {
+    format!("workloads[{i}] ({}/{})", w.namespace, w.name)
+}
+
+/// Checks every rule across the fields of `mesh`, parsed from `yaml` at `path`.
+pub(crate) fn check(mesh: &MeshFile, path: &Path, yaml: &str) -> Result<(), MeshError> {
+    let r = Refuse { path, yaml };
+    use Step::{Item, Key};
+
+    // A file with no caller at all (no node, no identity-bound token) is what an empty or
+    // cut-short save looks like. (A CA for dedicated-mode proxies alone has `identities:`.)
+    if mesh.nodes.is_empty()
+        && mesh.identities.is_empty()
+        && mesh.workloads.iter().all(|w| w.node.is_empty())
+    {
+        return Err(r.at(
+            &[],
+            "nodes".into(),
+            "the file names no node: no `nodes:` entry and no workload with a `node:` (nor any \
+             `identities:`). An empty or cut-short save would take every node down, so it is \
+             refused and the last good file stays in force. Restore the file's nodes (to stop a \
+             node, stop its agent)."
+                .into(),
+        ));
+    }
+
+    let mut names = HashMap::new();
+    for (i, node) in mesh.nodes.iter().enumerate() {
+        let at = [Key("nodes"), Item(i)];
+        if node.name.is_empty() {
+            return Err(r.at(&at, format!("nodes[{i}].name"), "must not be empty".into()));
+        }
+        if let Some(first) = names.insert(node.name.as_str(), i) {
+            return Err(r.at(
+                &at,
+                format!("nodes[{i}].name"),
+                format!(
+                    "node {:?} is listed twice (also nodes[{first}]); give each node one entry",
+                    node.name
+                ),
+            ));
+        }
+        check_token_source(&node.token, &node.token_file)
+            .map_err(|m| r.at(&at, format!("nodes[{i}]"), m))?;
+        if let Some(id) = &node.spiffe_id {
+            in_trust_domain(id, &mesh.trust_domain).map_err(|m| {
+                r.at(
+                    &[Key("nodes"), Item(i), Key("spiffeId")],
+                    format!("nodes[{i}].spiffeId"),
+                    m,
+                )
+            })?;
+        }
+    }
+    for (i, entry) in mesh.identities.iter().enumerate() {
+        let at = [Key("identities"), Item(i)];
+        check_token_source(&entry.token, &entry.token_file)
+            .map_err(|m| r.at(&at, format!("identities[{i}]"), m))?;
+        in_trust_domain(&entry.spiffe_id, &mesh.trust_domain).map_err(|m| {
+            r.at(
+                &[Key("identities"), Item(i), Key("spiffeId")],
+                format!("identities[{i}].spiffeId"),
+                m,
+            )
+        })?;
+    }
+
+    check_workloads(mesh, &r)?;
+    check_services(mesh, &r)?;
+    check_policies(mesh, &r)?;
+
+    for (i, pem) in mesh.ca_certificates.iter().enumerate() {
+        zident_identity::pem::certs_from_pem(pem.as_bytes()).map_err(|e| {
+            r.at(
+                &[Key("caCertificates"), Item(i)],
+                format!("caCertificates[{i}]"),
+                format!("{e}; give each entry as PEM text (-----BEGIN CERTIFICATE----- …)"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn check_workloads(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
+    use Step::{Item, Key};
+    let mut uids: HashMap<&str, usize> = HashMap::new();
+    let mut addresses: HashMap<(&str, IpAddr), usize> = HashMap::new();
+    for (i, w) in mesh.workloads.iter().enumerate() {
+        let label = workload_label(i, w);
+        let field = |key: &'static str| [Key("workloads"), Item(i), Key(key)];
+        check_subdomain(&w.name).map_err(|e| {
+            r.at(
+                &field("name"),
+                format!("{label}.name"),
+                format!(
+                    "{e}: a workload's name follows Kubernetes' rule for pod names (a DNS-1123 \
+                     subdomain), since it names its Workload API socket directory"
+                ),
+            )
+        })?;
+        check_label(&w.namespace).map_err(|e| {
+            r.at(
+                &field("namespace"),
+                format!("{label}.namespace"),
+                format!(
+                    "{e}: a namespace follows Kubernetes' rule (a DNS-1123 label), since it is \
+                     part of the workload's SPIFFE ID"
+                ),
+            )
+        })?;
+        check_subdomain(&w.service_account).map_err(|e| {
+            r.at(
+                &field("serviceAccount"),
+                format!("{label}.serviceAccount"),
+                format!(
+                    "{e}: a service account follows Kubernetes' rule (a DNS-1123 subdomain), \
+                     since it is part of the workload's SPIFFE ID"
+                ),
+            )
+        })?;
+        if !w.trust_domain.is_empty() && w.trust_domain != mesh.trust_domain.as_str() {
+            return Err(r.at(
+                &field("trustDomain"),
+                format!("{label}.trustDomain"),
+                format!(
+                    "{:?} is not the mesh's trust domain {}; zident does not federate trust \
+                     domains yet, so remove the key or set it to {}",
+                    w.trust_domain, mesh.trust_domain, mesh.trust_domain
+                ),
+            ));
+        }
+        w.spiffe_id(&mesh.trust_domain)
+            .map_err(|m| r.at(&[Key("workloads"), Item(i)], label.clone(), m))?;
+        if !w.uid.is_empty()
+            && let Some(first) = uids.insert(w.uid.as_str(), i)
+        {
+            return Err(r.at(
+                &field("uid"),
+                format!("{label}.uid"),
+                format!(
+                    "uid {:?} is also the uid of {}; every workload needs its own uid",
+                    w.uid,
+                    workload_label(first, &mesh.workloads[first])
+                ),
+            ));
+        }
+        for (j, ip) in w.workload_ips.iter().enumerate() {
+            if let Some(first) = addresses.insert((w.network.as_str(), *ip), i)
+                && first != i
+            {
+                return Err(r.at(
+                    &[Key("workloads"), Item(i), Key("workloadIps"), Item(j)],
+                    format!("{label}.workloadIps[{j}]"),
+                    format!(
+                        "{ip} is also an address of {}{}; an address belongs to one workload, \
+                         or its traffic would leave under the other's identity",
+                        workload_label(first, &mesh.workloads[first]),
+                        if w.network.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" on network {:?}", w.network)
+                        }
+                    ),
+                ));
+            }
+        }
+        for key in w.services.keys() {
+            if !key
+                .split_once('/')
+                .is_some_and(|(ns, host)| !ns.is_empty() && !host.is_empty() && !host.contains('/'))
+            {
+                return Err(r.at(
+                    &field("services"),
+                    format!("{label}.services"),
+                    format!("{key:?} is not namespace/hostname (e.g. default/backend.default.svc.cluster.local)"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_services(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
+    use Step::{Item, Key};
+    let mut hosts: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut vips: HashMap<(&str, IpAddr), usize> = HashMap::new();
+    for (i, s) in mesh.services.iter().enumerate() {
+        let label = format!("services[{i}] ({}/{})", s.namespace, s.name);
+        let at = |key: &'static str| [Key("services"), Item(i), Key(key)];
+        check_label(&s.namespace).map_err(|e| {
+            r.at(
+                &at("namespace"),
+                format!("{label}.namespace"),
+                format!("{e}: a namespace follows Kubernetes' rule (a DNS-1123 label)"),
+            )
+        })?;
+        if s.hostname.is_empty() {
+            return Err(r.at(
+                &[Key("services"), Item(i)],
+                format!("{label}.hostname"),
+                "must not be empty; write the service's host name, e.g. backend.default.svc.cluster.local".into(),
+            ));
+        }
+        if let Some(first) = hosts.insert((&s.namespace, &s.hostname), i) {
+            return Err(r.at(
+                &at("hostname"),
+                format!("{label}.hostname"),
+                format!(
+                    "{}/{} is also services[{first}]; give each service one entry",
+                    s.namespace, s.hostname
+                ),
+            ));
+        }
+        for v in &s.vips {
+            let (network, ip) = v.rsplit_once('/').unwrap_or(("", v));
+            let ip: IpAddr = ip.parse().map_err(|_| {
+                r.at(
+                    &at("vips"),
+                    format!("{label}.vips"),
+                    format!("{v:?} is not network/ip (write e.g. \"/10.0.0.1\")"),
+                )
+            })?;
+            if let Some(first) = vips.insert((network, ip), i)
+                && first != i
+            {
+                return Err(r.at(
+                    &at("vips"),
+                    format!("{label}.vips"),
+                    format!("{v} is also a VIP of services[{first}]; a VIP names one service"),
+                ));
+            }
+        }
+        for n in &s.subject_alt_names {
+            SpiffeId::new(n).map_err(|e| {
+                r.at(
+                    &at("subjectAltNames"),
+                    format!("{label}.subjectAltNames"),
+                    format!("{n:?}: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn check_policies(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
+    use Step::{Item, Key};
+    let mut keys: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, p) in mesh.policies.iter().enumerate() {
+        let label = format!("policies[{i}] ({}/{})", p.namespace, p.name);
+        let at = |key: &'static str| [Key("policies"), Item(i), Key(key)];
+        if p.name.is_empty() {
+            return Err(r.at(
+                &[Key("policies"), Item(i)],
+                format!("{label}.name"),
+                "must not be empty".into(),
+            ));
+        }
+        check_label(&p.namespace).map_err(|e| {
+            r.at(
+                &at("namespace"),
+                format!("{label}.namespace"),
+                format!("{e}: a namespace follows Kubernetes' rule (a DNS-1123 label)"),
+            )
+        })?;
+        if let Some(first) = keys.insert((&p.namespace, &p.name), i) {
+            return Err(r.at(
+                &at("name"),
+                format!("{label}.name"),
+                format!(
+                    "policy {}/{} is also policies[{first}]; two policies with one name cannot \
+                     both be enforced, so rename one",
+                    p.namespace, p.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn in_trust_domain(id: &SpiffeId, td: &TrustDomain) -> Result<(), String> {
+    if id.trust_domain_str() == td.as_str() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id} is not in the mesh's trust domain {td}; zident does not federate trust \
+             domains yet, so use an ID under spiffe://{td}/"
+        ))
+    }
+}
+
+fn check_token_source(
+    token: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+) -> Result<(), String> {
+    match (token, file) {
+        (Some(_), Some(_)) => Err("give either token or tokenFile, not both".into()),
+        (None, None) => Err("needs a token or a tokenFile".into()),
+        (Some(t), None) if t.trim().is_empty() => Err("token must not be empty".into()),
+        _ => Ok(()),
+    }
+}
