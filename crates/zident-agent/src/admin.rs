@@ -176,6 +176,7 @@ pub fn admin_router(
                         "changes": m3.trust().change_count(),
                     },
                     "tunnels": data_plane.as_ref().map(|p| p.connections()).unwrap_or(json!([])),
+                    "listeners": data_plane.as_ref().map(|p| p.listeners()).unwrap_or(json!(null)),
                 }))
             }),
         )

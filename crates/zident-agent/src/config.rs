@@ -131,6 +131,11 @@ pub trait DataPlane: Send + Sync + std::fmt::Debug + 'static {
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry);
     /// The open connections, as `/debug/connections` lists them under `tunnels`.
     fn connections(&self) -> serde_json::Value;
+    /// The data plane's listeners and how its traffic leaves, as `/debug/connections` lists
+    /// them under `listeners`.
+    fn listeners(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 impl AgentConfig {

@@ -109,6 +109,12 @@ impl RunningAgent {
         if config.node.is_empty() {
             return Err(AgentError::Config("NODE_NAME (--node) is required".into()));
         }
+        if !mesh.names_node(&config.node) {
+            return Err(AgentError::Config(not_named(
+                &config.mesh_path,
+                &config.node,
+            )));
+        }
         let view = local_view(&mesh, &config.node).map_err(|e| {
             AgentError::Config(format!("mesh file {}: {e}", config.mesh_path.display()))
         })?;
@@ -271,6 +277,9 @@ impl Reloader {
                         mesh.trust_domain
                     ));
                 }
+                if !mesh.names_node(&self.node) {
+                    return Err(not_named(path, &self.node));
+                }
                 let view = local_view(&mesh, &self.node)
                     .map_err(|e| format!("mesh file {}: {e}", path.display()))?;
                 Ok((mesh, view))
@@ -298,6 +307,14 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Why a mesh file that does not name this agent's node is refused.
+fn not_named(path: &std::path::Path, node: &str) -> String {
+    format!(
+        "mesh file {}: nodes: the file does not name this agent's node {node:?} (no `nodes:` entry          and no workload with `node: {node}`); applying it would remove every workload of this          node. Check NODE_NAME, or restore the node's entries (to take a node out of the mesh,          stop its agent)",
+        path.display()
+    )
 }
 
 /// Keeps the trust bundle metrics in step with the store.

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use zident_identity::{SpiffeId, WorkloadCertificate, check_leaf};
 
+use crate::headers;
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
 use crate::policy::{Authorizer, Connection, Destination};
 use crate::pump::{keepalive, pump};
@@ -51,8 +52,13 @@ pub struct LocalTarget {
 /// Which identity a listener presents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Serves {
-    /// Always this one: the listener is on the address of a workload with this identity.
+    /// Always this one.
     Identity(SpiffeId),
+    /// The identity of the local workload that has this address when a client connects: the
+    /// listener on a workload's own address. An edit that changes the workload's identity
+    /// (a new service account) takes effect for the next connection, without closing the
+    /// listener, so the address is never left unserved.
+    Address(IpAddr),
     /// The identity of the local workload the client names in SNI (a node's shared address).
     BySni,
 }
@@ -60,6 +66,9 @@ pub enum Serves {
 /// The current certificate of an identity; `None` refuses connections (fail closed).
 pub type CertificateLookup =
     Arc<dyn Fn(&SpiffeId) -> Option<Arc<WorkloadCertificate>> + Send + Sync>;
+
+/// `namespace/name` of the workload at an address, on any node.
+pub type PeerLookup = Arc<dyn Fn(IpAddr) -> Option<Arc<str>> + Send + Sync>;
 
 /// What an inbound HBONE listener needs.
 pub struct Inbound {
@@ -77,6 +86,8 @@ pub struct Inbound {
     pub connect_timeout: Duration,
     /// Metrics and open tunnels.
     pub observer: Arc<Observer>,
+    /// `namespace/name` of the workload at an address on any node: who a connection is from.
+    pub peers: Option<PeerLookup>,
     /// Per identity: the serial of the certificate its configuration was built with.
     configs: Mutex<HashMap<SpiffeId, (String, Arc<rustls::ServerConfig>)>>,
 }
@@ -105,8 +116,16 @@ impl Inbound {
             authorizer,
             connect_timeout: Duration::from_secs(5),
             observer,
+            peers: None,
             configs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Names the source workload of each connection in the access log, by the connection's
+    /// source address (as ztunnel does), with `lookup`.
+    pub fn with_peers(mut self, lookup: PeerLookup) -> Self {
+        self.peers = Some(lookup);
+        self
     }
 
     /// The TLS configuration for `cert`, built on its first use.
@@ -154,6 +173,12 @@ impl Inbound {
     fn identity_for(&self, sni: Option<&str>) -> Result<SpiffeId, (Reason, String)> {
         match &self.serves {
             Serves::Identity(id) => Ok(id.clone()),
+            Serves::Address(ip) => (self.local)(*ip).map(|t| t.id).ok_or_else(|| {
+                (
+                    Reason::BadRequest,
+                    format!("{ip} is no longer an HBONE workload on this node"),
+                )
+            }),
             Serves::BySni => {
                 let name = sni.ok_or((
                     Reason::BadRequest,
@@ -219,6 +244,7 @@ impl Inbound {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
+        let Ok(local) = tcp.local_addr() else { return };
         let (served, tls) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(tcp)).await
         {
             Ok(Ok(done)) => done,
@@ -277,7 +303,7 @@ impl Inbound {
                     Some(Ok((request, respond))) => {
                         let (this, source, served) = (self.clone(), source.clone(), served.clone());
                         streams.spawn(async move {
-                            this.stream(source, &served, peer, request, respond).await
+                            this.stream(source, &served, (peer, local), request, respond).await
                         });
                     }
                     Some(Err(e)) => {
@@ -297,7 +323,7 @@ impl Inbound {
         &self,
         source: Option<SpiffeId>,
         served: &SpiffeId,
-        peer: SocketAddr,
+        (peer, local): (SocketAddr, SocketAddr),
         request: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
     ) {
@@ -306,14 +332,16 @@ impl Inbound {
             *r.status_mut() = code;
             r
         };
-        let (mut upstream, dst_id, dst) =
-            match self.admit(source.as_ref(), served, peer, &request).await {
-                Ok(admitted) => admitted,
-                Err(code) => {
-                    let _ = respond.send_response(status(code), true);
-                    return;
-                }
-            };
+        let (mut upstream, dst_id, dst) = match self
+            .admit(source.as_ref(), served, (peer, local), &request)
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(code) => {
+                let _ = respond.send_response(status(code), true);
+                return;
+            }
+        };
         let send = match respond.send_response(status(StatusCode::OK), false) {
             Ok(s) => s,
             Err(e) => {
@@ -326,6 +354,27 @@ impl Inbound {
             .map(SpiffeId::as_str)
             .unwrap_or("-")
             .to_owned();
+        // Who is calling, for the log: the workload at the connection's source address (as
+        // ztunnel looks it up), else what its `baggage` says; and the trace to join both
+        // sides' lines by.
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let src_workload = self
+            .peers
+            .as_ref()
+            .and_then(|lookup| lookup(peer.ip()))
+            .map(|w| w.to_string())
+            .or_else(|| header(headers::BAGGAGE).and_then(|b| headers::Caller::parse(&b).name()))
+            .unwrap_or_else(|| "-".into());
+        let trace_id = header(headers::TRACEPARENT)
+            .and_then(|t| headers::TraceParent::parse(&t))
+            .map(|t| t.trace_id())
+            .unwrap_or_else(|| "-".into());
         let started = Instant::now();
         let guard = self.observer.opened(OpenTunnel::new(
             Direction::Inbound,
@@ -344,6 +393,8 @@ impl Inbound {
             src = %src,
             dst = %dst_id,
             dst_addr = %dst,
+            src_workload = %src_workload,
+            trace_id = %trace_id,
             bytes_in = received,
             bytes_out = sent,
             duration_ms = started.elapsed().as_millis() as u64,
@@ -357,7 +408,7 @@ impl Inbound {
         &self,
         source: Option<&SpiffeId>,
         served: &SpiffeId,
-        peer: SocketAddr,
+        (peer, local): (SocketAddr, SocketAddr),
         req: &Request<RecvStream>,
     ) -> Result<(TcpStream, SpiffeId, SocketAddr), StatusCode> {
         let src = source.map(SpiffeId::as_str).unwrap_or("-");
@@ -379,6 +430,13 @@ impl Inbound {
             tracing::warn!(target: "zident::tunnel", %peer, src, reason = %Reason::BadRequest, "inbound: CONNECT authority {:?} is not ip:port", req.uri());
             return Err(StatusCode::BAD_REQUEST);
         };
+        // A CONNECT to the HBONE port itself would tunnel into this listener, and again, and
+        // again.
+        if dst == local || dst.port() == local.port() {
+            fail(Reason::BadRequest);
+            tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is the HBONE port itself; a tunnel there would loop");
+            return Err(StatusCode::BAD_REQUEST);
+        }
         let Some(target) = (self.local)(dst.ip()) else {
             fail(Reason::BadRequest);
             tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is not a workload on this node");

@@ -12,12 +12,16 @@ use zident_identity::SpiffeId;
 use zident_mesh::{HealthStatus, MeshFile, Protocol};
 
 use crate::inbound::LocalTarget;
-use crate::outbound::{Directory, NoRoute, Route};
+use crate::outbound::{Directory, NoRoute, Route, Source};
 use crate::socks5::Target;
 
 #[derive(Debug, Clone)]
 struct WorkloadInfo {
     id: SpiffeId,
+    /// `namespace/name`, for logs.
+    label: Arc<str>,
+    /// The `baggage` header its outbound tunnels carry.
+    baggage: Arc<str>,
     namespace: String,
     node: String,
     hbone: bool,
@@ -67,6 +71,8 @@ impl MeshView {
                     *ip,
                     WorkloadInfo {
                         id: id.clone(),
+                        label: Arc::from(format!("{}/{}", w.namespace, w.name)),
+                        baggage: Arc::from(crate::headers::baggage_of(w)),
                         namespace: w.namespace.clone(),
                         node: w.node.clone(),
                         hbone: w.protocol == Protocol::Hbone,
@@ -148,6 +154,11 @@ impl MeshView {
         v
     }
 
+    /// `namespace/name` of the workload at `ip`, on any node: who a connection comes from.
+    pub fn workload_at(&self, ip: IpAddr) -> Option<Arc<str>> {
+        self.by_ip.get(&ip).map(|w| w.label.clone())
+    }
+
     /// The local HBONE workload at `ip`, for inbound.
     pub fn local_target(&self, ip: IpAddr) -> Option<LocalTarget> {
         self.by_ip
@@ -221,12 +232,16 @@ impl LiveView {
 }
 
 impl Directory for LiveView {
-    fn source(&self, ip: IpAddr) -> Option<SpiffeId> {
+    fn source(&self, ip: IpAddr) -> Option<Source> {
         let view = self.get();
         view.by_ip
             .get(&ip)
             .filter(|w| w.node == view.node)
-            .map(|w| w.id.clone())
+            .map(|w| Source {
+                id: w.id.clone(),
+                label: w.label.clone(),
+                baggage: w.baggage.clone(),
+            })
     }
 
     fn route(&self, target: &Target) -> Result<Route, NoRoute> {
@@ -285,8 +300,15 @@ services:\n\
         );
         // Sources and inbound targets are this node's only.
         let live = LiveView(RwLock::new(Arc::new(v.clone())));
-        assert_eq!(live.source("127.0.0.2".parse().unwrap()), Some(id("a")));
-        assert_eq!(live.source("127.0.0.3".parse().unwrap()), None);
+        let a = live.source("127.0.0.2".parse().unwrap()).unwrap();
+        assert_eq!(a.id, id("a"));
+        assert_eq!(&*a.label, "default/a");
+        assert_eq!(&*a.baggage, "k8s.namespace.name=default,k8s.pod.name=a");
+        assert!(live.source("127.0.0.3".parse().unwrap()).is_none());
+        assert_eq!(
+            v.workload_at("127.0.0.3".parse().unwrap()).as_deref(),
+            Some("default/b1")
+        );
         assert!(v.local_target("127.0.0.3".parse().unwrap()).is_none());
         assert_eq!(
             v.local_hbone(),

@@ -35,6 +35,9 @@ pub struct TunnelConfig {
     /// (the certificate is chosen by SNI); other nodes reach it when the mesh file gives this
     /// node an `address`.
     pub inbound_addr: Option<SocketAddr>,
+    /// Originate outbound tunnels from workload addresses the node does not have, with
+    /// `IP_TRANSPARENT` (see [`Outbound::with_transparent_source`]).
+    pub transparent_source: bool,
 }
 
 /// A running tunnel. Dropping it closes every listener and connection.
@@ -67,28 +70,133 @@ struct Shared {
 }
 
 impl Shared {
-    async fn listen(
+    fn inbound(&self, serves: Serves) -> Arc<Inbound> {
+        let (view, peers) = (self.view.clone(), self.view.clone());
+        let authorizer = self.authorizer.clone();
+        Arc::new(
+            Inbound::new(
+                serves,
+                self.current.clone(),
+                self.bundle.clone(),
+                Arc::new(move |ip| view.get().local_target(ip)),
+                Arc::new(move || authorizer.read().unwrap_or_else(|e| e.into_inner()).clone()),
+                self.observer.clone(),
+            )
+            .with_peers(Arc::new(move |ip| peers.get().workload_at(ip))),
+        )
+    }
+
+    /// Binds and serves the shared listener; a failure here stops the start.
+    async fn listen_shared(
         &self,
         addr: SocketAddr,
-        serves: Serves,
         set: &mut JoinSet<()>,
-    ) -> std::io::Result<(SocketAddr, AbortHandle)> {
+    ) -> std::io::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
-        let view = self.view.clone();
-        let authorizer = self.authorizer.clone();
-        let shared = serves == Serves::BySni;
-        let inbound = Arc::new(Inbound::new(
-            serves,
-            self.current.clone(),
-            self.bundle.clone(),
-            Arc::new(move |ip| view.get().local_target(ip)),
-            Arc::new(move || authorizer.read().unwrap_or_else(|e| e.into_inner()).clone()),
-            self.observer.clone(),
-        ));
-        let handle = set.spawn(inbound.serve(listener));
-        tracing::info!(target: "zident::tunnel", addr = %bound, shared, "inbound HBONE listening");
-        Ok((bound, handle))
+        set.spawn(self.inbound(Serves::BySni).serve(listener));
+        self.observer.listeners().listening(bound);
+        tracing::info!(target: "zident::tunnel", addr = %bound, shared = true, "inbound HBONE listening");
+        Ok(bound)
+    }
+
+    /// A listener on a workload's address, bound as soon as the address can be bound: the
+    /// socket of a listener that was just closed may not be released yet, and the address may
+    /// not be on the node yet. Tries again with backoff, logging each try, until it binds or
+    /// the workload leaves (the task is aborted).
+    async fn workload_listener(self: Arc<Self>, ip: IpAddr) {
+        let addr = SocketAddr::new(ip, self.config.inbound_port);
+        let mut delay = BIND_RETRY_FIRST;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    let attempts = self.observer.listeners().failed(addr, &e);
+                    tracing::warn!(target: "zident::tunnel", %addr, attempts, "cannot listen for HBONE on {addr}: {e}; trying again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(BIND_RETRY_MAX);
+                }
+            }
+        };
+        self.observer.listeners().listening(addr);
+        tracing::info!(target: "zident::tunnel", %addr, shared = false, "inbound HBONE listening");
+        self.inbound(Serves::Address(ip)).serve(listener).await
+    }
+}
+
+/// The first wait before binding a busy address again, and the longest.
+const BIND_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const BIND_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The per-workload listeners: one task per local HBONE address. The task owns the socket,
+/// so aborting it closes the listener (and the connections it accepted).
+struct WorkloadListeners {
+    shared: Arc<Shared>,
+    tasks: HashMap<IpAddr, AbortHandle>,
+    set: JoinSet<()>,
+}
+
+impl WorkloadListeners {
+    /// Serves exactly the local HBONE addresses of the current view. An address whose
+    /// workload changed identity keeps its listener: it serves whoever has the address.
+    fn follow(&mut self) {
+        // Reap the tasks of listeners closed earlier.
+        while self.set.try_join_next().is_some() {}
+        let wanted: std::collections::HashSet<IpAddr> = self
+            .shared
+            .view
+            .get()
+            .local_hbone()
+            .into_iter()
+            .map(|(ip, _)| ip)
+            .collect();
+        let port = self.shared.config.inbound_port;
+        self.tasks.retain(|ip, handle| {
+            let keep = wanted.contains(ip);
+            if !keep {
+                handle.abort();
+                self.shared
+                    .observer
+                    .listeners()
+                    .removed(SocketAddr::new(*ip, port));
+                tracing::info!(target: "zident::tunnel", %ip, "inbound HBONE listener closed");
+            }
+            keep
+        });
+        for ip in wanted {
+            if !self.tasks.contains_key(&ip) {
+                let handle = self.set.spawn(self.shared.clone().workload_listener(ip));
+                self.tasks.insert(ip, handle);
+            }
+        }
+    }
+
+    /// Waits until every listener of `ips` is bound (or `timeout` passes), so that `start`
+    /// returns with its listeners up; a listener still retrying after that goes on trying.
+    async fn settle(&self, timeout: std::time::Duration) -> Vec<SocketAddr> {
+        let port = self.shared.config.inbound_port;
+        let wanted: Vec<SocketAddr> = self
+            .tasks
+            .keys()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let table = self.shared.observer.listeners().list();
+            let bound: Vec<SocketAddr> = wanted
+                .iter()
+                .copied()
+                .filter(|a| {
+                    table.iter().any(|s| {
+                        s.addr == *a && s.state == crate::listeners::ListenerPhase::Listening
+                    })
+                })
+                .collect();
+            if bound.len() == wanted.len() || tokio::time::Instant::now() >= deadline {
+                return bound;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -108,9 +216,7 @@ pub async fn start<P: CertificateProvider>(
         &node,
         config.inbound_port,
     )?))));
-    let authorizer = Arc::new(RwLock::new(Arc::new(
-        Authorizer::new(&first).map_err(|e| e.to_string())?,
-    )));
+    let authorizer = Arc::new(RwLock::new(Arc::new(Authorizer::new(&first))));
     let shared = Arc::new(Shared {
         node: node.clone(),
         config,
@@ -122,28 +228,28 @@ pub async fn start<P: CertificateProvider>(
     });
 
     let mut tasks = Vec::new();
-    let mut set = JoinSet::new();
-    let mut listeners: HashMap<IpAddr, (SpiffeId, AbortHandle)> = HashMap::new();
+    let mut shared_set = JoinSet::new();
+    let mut workloads = WorkloadListeners {
+        shared: shared.clone(),
+        tasks: HashMap::new(),
+        set: JoinSet::new(),
+    };
     let mut inbound = Vec::new();
     if let Some(addr) = config.inbound_addr {
-        let (bound, _) = shared
-            .listen(addr, Serves::BySni, &mut set)
+        let bound = shared
+            .listen_shared(addr, &mut shared_set)
             .await
             .map_err(|e| format!("cannot listen for HBONE on {addr}: {e}"))?;
         inbound.push(bound);
     } else {
-        for (ip, id) in view.get().local_hbone() {
-            let addr = SocketAddr::new(ip, config.inbound_port);
-            let (bound, handle) = shared
-                .listen(addr, Serves::Identity(id.clone()), &mut set)
-                .await
-                .map_err(|e| format!("cannot listen for HBONE on {addr}: {e}"))?;
-            inbound.push(bound);
-            listeners.insert(ip, (id, handle));
-        }
+        workloads.follow();
+        inbound = workloads.settle(std::time::Duration::from_secs(2)).await;
     }
 
-    let outbound = Arc::new(Outbound::new(provider, view.clone(), bundle, observer));
+    let outbound = Arc::new(
+        Outbound::new(provider, view.clone(), bundle, observer)
+            .with_transparent_source(config.transparent_source),
+    );
     let socks5_addr = match config.socks5_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -169,47 +275,28 @@ pub async fn start<P: CertificateProvider>(
         None => None,
     };
 
-    // Follow the mesh: new views and policies for new connections, listeners for new workloads.
-    let s = shared.clone();
+    // Follow the mesh: new views and policies for new connections, listeners for new
+    // workloads. Every file that reaches here passed the mesh's checks whole, so routes and
+    // policies are always built; the errors below would be bugs, and keep the old view.
     tasks.push(tokio::spawn(async move {
+        let s = workloads.shared.clone();
         while mesh.changed().await.is_ok() {
             let next = mesh.borrow_and_update().clone();
             match MeshView::new(&next, &s.node, s.config.inbound_port) {
                 Ok(v) => *s.view.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(v),
-                Err(e) => tracing::error!(target: "zident::tunnel", "keeping the previous routes: {e}"),
-            }
-            match Authorizer::new(&next) {
-                Ok(a) => *s.authorizer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(a),
-                Err(e) => tracing::error!(target: "zident::tunnel", "keeping the previous policies: {e}"),
-            }
-            if s.config.inbound_addr.is_some() {
-                // The shared listener serves whatever is local now.
-                continue;
-            }
-            let wanted: HashMap<IpAddr, SpiffeId> = s.view.get().local_hbone().into_iter().collect();
-            listeners.retain(|ip, (id, handle)| {
-                let keep = wanted.get(ip) == Some(id);
-                if !keep {
-                    handle.abort();
-                    tracing::info!(target: "zident::tunnel", %ip, "inbound HBONE listener closed");
+                Err(e) => {
+                    tracing::error!(target: "zident::tunnel", "keeping the previous routes: {e}")
                 }
-                keep
-            });
-            for (ip, id) in wanted {
-                if listeners.contains_key(&ip) {
-                    continue;
-                }
-                let addr = SocketAddr::new(ip, s.config.inbound_port);
-                match s.listen(addr, Serves::Identity(id.clone()), &mut set).await {
-                    Ok((_, handle)) => {
-                        listeners.insert(ip, (id, handle));
-                    }
-                    Err(e) => tracing::error!(target: "zident::tunnel", "cannot listen for HBONE on {ip}:{}: {e}", s.config.inbound_port),
-                }
+            }
+            *s.authorizer.write().unwrap_or_else(|e| e.into_inner()) =
+                Arc::new(Authorizer::new(&next));
+            if s.config.inbound_addr.is_none() {
+                // (The shared listener serves whatever is local now.)
+                workloads.follow();
             }
         }
-        // The set (and every listener in it) is dropped with this task.
-        drop(set);
+        // The sets (and every listener in them) are dropped with this task.
+        drop(shared_set);
     }));
     Ok(RunningTunnel {
         socks5_addr,

@@ -77,6 +77,9 @@ pub enum Reason {
     UnknownDestination,
     /// A malformed request (SOCKS5 or HBONE).
     BadRequest,
+    /// A tunnel that was carrying bytes was cut before it closed: its HBONE connection was
+    /// lost, or its listener closed.
+    ConnectionLost,
 }
 
 impl Reason {
@@ -95,6 +98,7 @@ impl Reason {
             Reason::UnknownSource => "unknown_source",
             Reason::UnknownDestination => "unknown_destination",
             Reason::BadRequest => "bad_request",
+            Reason::ConnectionLost => "connection_lost",
         }
     }
 }
@@ -285,10 +289,24 @@ impl OpenTunnel {
     }
 }
 
+/// A workload address that outbound tunnels leave without (they use the node's).
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceFallback {
+    /// The workload's address.
+    pub workload_addr: std::net::IpAddr,
+    /// Why it could not be used.
+    pub reason: String,
+    /// Since when (RFC 3339).
+    pub since: String,
+}
+
 /// The tunnel's metrics and open connections, shared by every listener of a node.
 #[derive(Debug, Default)]
 pub struct Observer {
     metrics: TunnelMetrics,
+    listeners: crate::listeners::ListenerTable,
+    /// Workload addresses outbound tunnels could not originate from, and why.
+    fallbacks: Mutex<BTreeMap<std::net::IpAddr, SourceFallback>>,
     next: AtomicU64,
     open: Mutex<BTreeMap<u64, OpenTunnel>>,
 }
@@ -302,6 +320,46 @@ impl Observer {
     /// The metrics, for registering.
     pub fn metrics(&self) -> &TunnelMetrics {
         &self.metrics
+    }
+
+    /// The inbound listeners and their states.
+    pub fn listeners(&self) -> &crate::listeners::ListenerTable {
+        &self.listeners
+    }
+
+    /// Outbound connections of the workload at `origin` leave from the node's address, for
+    /// `why`. Said once per address (and again if the reason changes), since `sourceIps`
+    /// policies on the peer then cannot match the workload.
+    pub fn source_fallback(&self, origin: std::net::IpAddr, why: &str) {
+        let mut seen = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get(&origin).is_some_and(|f| f.reason == why) {
+            return;
+        }
+        tracing::warn!(target: "zident::tunnel", workload_addr = %origin, "outbound tunnels of {origin} leave from the node's address, so the peer's sourceIps policies cannot match it: {why}");
+        seen.insert(
+            origin,
+            SourceFallback {
+                workload_addr: origin,
+                reason: why.to_owned(),
+                since: zident_identity::rfc3339(SystemTime::now()),
+            },
+        );
+    }
+
+    /// The workload addresses outbound tunnels cannot originate from.
+    pub fn source_fallbacks(&self) -> Vec<SourceFallback> {
+        self.fallbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Registers every metric of the tunnel: [`TunnelMetrics`] and the listeners'.
+    pub fn register(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
+        self.listeners.register(registry);
     }
 
     /// Counts a connection that did not get through.
@@ -351,6 +409,7 @@ impl Observer {
             id,
             direction,
             labels,
+            finished: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -368,18 +427,22 @@ impl Observer {
     }
 }
 
-/// An open tunnel's entry; dropping it closes the entry.
+/// An open tunnel's entry; dropping it closes the entry. A tunnel whose task is dropped before
+/// it reported its bytes (its HBONE connection was lost, its listener closed) still gets its
+/// closing log line, and counts as a `connection_lost` failure.
 #[derive(Debug)]
 pub struct TunnelGuard {
     observer: Arc<Observer>,
     id: u64,
     direction: Direction,
     labels: TcpLabels,
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl TunnelGuard {
     /// Counts the bytes of a tunnel that is closing: `received` from the client, `sent` to it.
     pub fn bytes(&self, received: u64, sent: u64) {
+        self.finished.store(true, Ordering::Relaxed);
         let m = &self.observer.metrics;
         m.received.get_or_create(&self.labels).inc_by(received);
         m.sent.get_or_create(&self.labels).inc_by(sent);
@@ -395,11 +458,29 @@ impl Drop for TunnelGuard {
                 direction: self.direction.as_str(),
             })
             .dec();
-        self.observer
+        let entry = self
+            .observer
             .open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
+        if !self.finished.load(Ordering::Relaxed) {
+            self.observer
+                .failure(self.direction, Reason::ConnectionLost);
+            if let Some(t) = entry {
+                tracing::warn!(
+                    target: "zident::tunnel",
+                    direction = self.direction.as_str(),
+                    src = %t.source,
+                    peer = %t.source_addr,
+                    dst = %t.destination,
+                    dst_addr = %t.destination_addr,
+                    duration_ms = t.started.elapsed().as_millis() as u64,
+                    reason = %Reason::ConnectionLost,
+                    "tunnel cut: its HBONE connection was lost or its listener closed before it ended"
+                );
+            }
+        }
     }
 }
 

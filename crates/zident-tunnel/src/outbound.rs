@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate};
 
+use crate::headers::{self, TraceParent};
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
 use crate::pump::{keepalive, pump};
 use crate::socks5::{self, Reply, Target};
@@ -60,10 +61,32 @@ pub enum NoRoute {
     NoHealthyBackend(String),
 }
 
+/// The local workload an outbound connection comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Its identity: the certificate the tunnel presents.
+    pub id: SpiffeId,
+    /// `namespace/name`, for logs.
+    pub label: Arc<str>,
+    /// The `baggage` header its tunnels carry.
+    pub baggage: Arc<str>,
+}
+
+impl Source {
+    /// A source known only by its identity (no telemetry attributes).
+    pub fn of(id: SpiffeId) -> Self {
+        Self {
+            label: Arc::from(id.as_str()),
+            baggage: Arc::from(""),
+            id,
+        }
+    }
+}
+
 /// Decides sources and routes from the mesh.
 pub trait Directory: Send + Sync + 'static {
-    /// The identity of the local workload at `ip`, if there is one.
-    fn source(&self, ip: IpAddr) -> Option<SpiffeId>;
+    /// The local workload at `ip`, if there is one.
+    fn source(&self, ip: IpAddr) -> Option<Source>;
     /// How to reach `target`.
     fn route(&self, target: &Target) -> Result<Route, NoRoute>;
 }
@@ -71,6 +94,9 @@ pub trait Directory: Send + Sync + 'static {
 #[derive(Hash, PartialEq, Eq, Clone)]
 struct PoolKey {
     source: SpiffeId,
+    /// The address connections are made from (the workload's own, where it can be bound), so
+    /// that two workloads of one identity do not share a connection, as in ztunnel.
+    origin: IpAddr,
     serial: String,
     hbone: SocketAddr,
     /// The workload named in SNI when `hbone` is a node's shared address.
@@ -129,6 +155,8 @@ impl Refusal {
 
 /// The outbound side of the tunnel.
 pub struct Outbound<P, D> {
+    /// Whether to originate from a workload address the node does not have (IP_TRANSPARENT).
+    transparent_source: bool,
     certificates: Arc<P>,
     directory: Arc<D>,
     bundle: BundleSource,
@@ -146,6 +174,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         observer: Arc<Observer>,
     ) -> Self {
         Self {
+            transparent_source: false,
             certificates,
             directory,
             bundle,
@@ -153,6 +182,15 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             pool: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Originate connections from workload addresses that are not on the node, with
+    /// `IP_TRANSPARENT` (needs `CAP_NET_ADMIN`, and routing that brings the replies back to
+    /// this node, as ztunnel's `ENABLE_ORIG_SRC` does). Off: such connections leave from the
+    /// node's address, which is said once per workload.
+    pub fn with_transparent_source(mut self, on: bool) -> Self {
+        self.transparent_source = on;
+        self
     }
 
     /// Serves SOCKS5 on `listener` until the task is dropped.
@@ -259,9 +297,9 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             .collect::<Vec<_>>()
             .join(",");
         let upstream = match route.hbone {
-            None => Upstream::Plain(self.plain(&route).await?),
+            None => Upstream::Plain(self.plain(peer.ip(), &route).await?),
             Some(hbone) => {
-                let (send, recv) = self.tunnel(&source, &route, hbone).await?;
+                let (send, recv) = self.tunnel(&source, peer, &route, hbone).await?;
                 Upstream::Tunnel(send, recv)
             }
         };
@@ -270,7 +308,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         }
         let guard = self.observer.opened(OpenTunnel::new(
             Direction::Outbound,
-            source.to_string(),
+            source.id.to_string(),
             peer,
             dst_identities.clone(),
             route.target,
@@ -292,9 +330,10 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         tracing::info!(
             target: "zident::tunnel",
             %peer,
-            src = %source,
+            src = %source.id,
             dst = %route.target,
             dst_identities,
+            src_workload = %source.label,
             protocol = if route.hbone.is_some() { "HBONE" } else { "TCP" },
             bytes_out = sent,
             bytes_in = received,
@@ -305,15 +344,16 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         Ok(())
     }
 
-    async fn plain(&self, route: &Route) -> Result<TcpStream, Refusal> {
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(route.target)).await {
-            Ok(Ok(tcp)) => {
+    async fn plain(&self, origin: IpAddr, route: &Route) -> Result<TcpStream, Refusal> {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connect_from(origin, route.target)).await
+        {
+            Ok(Ok((tcp, _))) => {
                 let _ = tcp.set_nodelay(true);
                 Ok(tcp)
             }
             Ok(Err(e)) => Err(Refusal::new(
                 Reason::UpstreamUnreachable,
-                Reply::Refused,
+                unreachable_reply(&e),
                 format!("cannot reach {} (protocol TCP): {e}", route.target),
             )),
             Err(_) => Err(Refusal::new(
@@ -329,13 +369,14 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
 
     async fn tunnel(
         &self,
-        source: &SpiffeId,
+        source: &Source,
+        client: SocketAddr,
         route: &Route,
         hbone: SocketAddr,
     ) -> Result<(SendStream<Bytes>, RecvStream), Refusal> {
         let cert = self
             .certificates
-            .certificate(source, CERTIFICATE_WAIT)
+            .certificate(&source.id, CERTIFICATE_WAIT)
             .await
             .map_err(|e| {
                 Refusal::new(
@@ -348,9 +389,8 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         // certificate. A workload's own address needs no name.
         let sni = (hbone.ip() != route.target.ip()).then_some(route.target.ip());
         let pooled = self
-            .sender(&cert, hbone, sni, &route.expected)
-            .await
-            .map_err(|(reason, detail)| Refusal::new(reason, Reply::NotAllowed, detail))?;
+            .sender(&cert, client.ip(), hbone, sni, &route.expected)
+            .await?;
         let unreachable =
             |detail: String| Refusal::new(Reason::UpstreamUnreachable, Reply::Failure, detail);
         let mut sender = tokio::time::timeout(HANDSHAKE_TIMEOUT, pooled.sender.ready())
@@ -364,17 +404,21 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                 pooled.closed.store(true, Ordering::Relaxed);
                 unreachable(format!("the HTTP/2 connection to {hbone} ended: {e}"))
             })?;
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(route.target.to_string())
-            .body(())
-            .map_err(|e| {
-                Refusal::new(
-                    Reason::BadRequest,
-                    Reply::Failure,
-                    format!("cannot build CONNECT: {e}"),
-                )
-            })?;
+            .header(headers::TRACEPARENT, TraceParent::random().to_string())
+            .header(headers::FORWARDED, headers::forwarded(client));
+        if !source.baggage.is_empty() {
+            request = request.header(headers::BAGGAGE, &*source.baggage);
+        }
+        let request = request.body(()).map_err(|e| {
+            Refusal::new(
+                Reason::BadRequest,
+                Reply::Failure,
+                format!("cannot build CONNECT: {e}"),
+            )
+        })?;
         let (response, send) = sender
             .send_request(request, false)
             .map_err(|e| unreachable(format!("CONNECT through {hbone} failed: {e}")))?;
@@ -388,6 +432,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             .map_err(|e| unreachable(format!("CONNECT through {hbone} failed: {e}")))?;
         let status = response.status();
         if status != StatusCode::OK {
+            // RFC 1928's codes: "not allowed by ruleset" only for policy.
             let (reason, reply) = match status {
                 StatusCode::UNAUTHORIZED => (Reason::PolicyDenied, Reply::NotAllowed),
                 StatusCode::SERVICE_UNAVAILABLE => (Reason::UpstreamUnreachable, Reply::Refused),
@@ -441,12 +486,14 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
     async fn sender(
         &self,
         cert: &WorkloadCertificate,
+        origin: IpAddr,
         hbone: SocketAddr,
         sni: Option<IpAddr>,
         expected: &[SpiffeId],
-    ) -> Result<Pooled, (Reason, String)> {
+    ) -> Result<Pooled, Refusal> {
         let key = PoolKey {
             source: cert.id.clone(),
+            origin,
             serial: cert.serial_hex.clone(),
             hbone,
             sni,
@@ -461,11 +508,14 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         {
             return Ok(p.clone());
         }
-        let config = self.client_config(cert, expected)?;
+        let config = self
+            .client_config(cert, expected)
+            .map_err(|(reason, detail)| Refusal::new(reason, Reply::Failure, detail))?;
         let connect = async {
-            let tcp = TcpStream::connect(hbone).await.map_err(|e| {
-                (
+            let (tcp, from) = self.connect_from(origin, hbone).await.map_err(|e| {
+                Refusal::new(
                     Reason::UpstreamUnreachable,
+                    unreachable_reply(&e),
                     format!("cannot reach the destination's tunnel at {hbone}: {e}"),
                 )
             })?;
@@ -473,8 +523,13 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             // SPIFFE identities are checked by the verifier; the name is only for SNI (rustls
             // sends none for an IP address).
             let name = match sni {
-                Some(ip) => ServerName::try_from(crate::sni::name_for(ip))
-                    .map_err(|e| (Reason::BadRequest, format!("server name for {ip}: {e}")))?,
+                Some(ip) => ServerName::try_from(crate::sni::name_for(ip)).map_err(|e| {
+                    Refusal::new(
+                        Reason::BadRequest,
+                        Reply::Failure,
+                        format!("server name for {ip}: {e}"),
+                    )
+                })?,
                 None => ServerName::IpAddress(hbone.ip().into()),
             };
             let tls = tokio_rustls::TlsConnector::from(config)
@@ -482,7 +537,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                 .await
                 .map_err(|e| {
                     let (reason, detail) = tls_failure(&e);
-                    (reason, format!("TLS to {hbone}: {detail}"))
+                    Refusal::new(reason, Reply::Failure, format!("TLS to {hbone}: {detail}"))
                 })?;
             let (sender, mut conn) = h2::client::Builder::new()
                 .initial_window_size(window::STREAM)
@@ -491,7 +546,13 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                 .max_send_buffer_size(window::SEND_BUFFER)
                 .handshake::<_, Bytes>(tls)
                 .await
-                .map_err(|e| (Reason::TlsFailure, format!("HTTP/2 to {hbone}: {e}")))?;
+                .map_err(|e| {
+                    Refusal::new(
+                        Reason::TlsFailure,
+                        Reply::Failure,
+                        format!("HTTP/2 to {hbone}: {e}"),
+                    )
+                })?;
             let closed = Arc::new(AtomicBool::new(false));
             let done = closed.clone();
             let ping = conn.ping_pong();
@@ -506,13 +567,15 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                 }
                 done.store(true, Ordering::Relaxed);
             });
-            Ok::<_, (Reason, String)>(Pooled { sender, closed })
+            tracing::debug!(target: "zident::tunnel", %hbone, from = %from, "HBONE connection opened");
+            Ok::<_, Refusal>(Pooled { sender, closed })
         };
         let sender = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| {
-                (
+                Refusal::new(
                     Reason::UpstreamUnreachable,
+                    Reply::HostUnreachable,
                     format!("no answer from {hbone} within {HANDSHAKE_TIMEOUT:?}"),
                 )
             })??;
@@ -525,6 +588,72 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         });
         pool.insert(key, sender.clone());
         Ok(sender)
+    }
+
+    /// A connection to `dst` from the workload's own address `origin`, as ztunnel makes it, so
+    /// that the peer sees (and its `sourceIps` policies match) the workload, not the node. The
+    /// address is bound when the node has it; otherwise with `IP_TRANSPARENT` when enabled;
+    /// otherwise the connection leaves from the node's address, which is said once per
+    /// workload address (log and `/debug/connections`). Returns the address it left from.
+    async fn connect_from(
+        &self,
+        origin: IpAddr,
+        dst: SocketAddr,
+    ) -> std::io::Result<(TcpStream, SocketAddr)> {
+        let socket = |addr: &SocketAddr| {
+            if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+        };
+        let fallback = if origin.is_ipv4() != dst.is_ipv4() {
+            Some(format!(
+                "the workload address {origin} and the destination {dst} are of different IP families"
+            ))
+        } else {
+            let s = socket(&dst)?;
+            match s.bind(SocketAddr::new(origin, 0)) {
+                Ok(()) => return connected(s.connect(dst).await?),
+                Err(e) if self.transparent_source => {
+                    let s = socket(&dst)?;
+                    let sock = socket2::SockRef::from(&s);
+                    let set = if origin.is_ipv4() {
+                        sock.set_ip_transparent_v4(true)
+                    } else {
+                        sock.set_ip_transparent_v6(true)
+                    };
+                    match set.and_then(|()| s.bind(SocketAddr::new(origin, 0))) {
+                        Ok(()) => return connected(s.connect(dst).await?),
+                        Err(t) => Some(format!(
+                            "{origin} is not on this node ({e}) and IP_TRANSPARENT failed ({t}; it needs CAP_NET_ADMIN)"
+                        )),
+                    }
+                }
+                Err(e) => Some(format!(
+                    "{origin} is not on this node ({e}); enable --transparent-source (IP_TRANSPARENT, with routing that returns replies to this node) to originate from it"
+                )),
+            }
+        };
+        if let Some(why) = fallback {
+            self.observer.source_fallback(origin, &why);
+        }
+        connected(socket(&dst)?.connect(dst).await?)
+    }
+}
+
+fn connected(tcp: TcpStream) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let from = tcp.local_addr()?;
+    Ok((tcp, from))
+}
+
+/// RFC 1928's reply for a destination that could not be reached: refused (0x05) when it said
+/// so, unreachable (0x04) otherwise.
+fn unreachable_reply(e: &std::io::Error) -> Reply {
+    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        Reply::Refused
+    } else {
+        Reply::HostUnreachable
     }
 }
 

@@ -69,6 +69,7 @@ workloads:\n\
             outbound_addr: Some(capture),
             inbound_port: hbone_port,
             inbound_addr: None,
+            transparent_source: false,
         },
         oa.clone(),
     )
@@ -82,6 +83,7 @@ workloads:\n\
             outbound_addr: None,
             inbound_port: hbone_port,
             inbound_addr: None,
+            transparent_source: false,
         },
         ob.clone(),
     )

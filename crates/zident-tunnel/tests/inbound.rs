@@ -156,6 +156,9 @@ async fn connect_reaches_the_workload_and_statuses_mean_what_they_say() {
     // Not CONNECT.
     let resp = connect_to(&mut sender, Method::GET, &format!("http://{workload}/")).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // The HBONE port itself: a tunnel there would loop into this listener.
+    let resp = connect_to(&mut sender, Method::CONNECT, &s.inbound.to_string()).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     // The workload does not answer.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -175,7 +178,7 @@ rules:\n  - - - principals: [{Exact: \"cluster.local/ns/default/sa/frontend\"}]\
 
     // Each refusal was counted under its reason.
     let count = |r| s.observer.failure_count(Direction::Inbound, r);
-    assert_eq!(count(Reason::BadRequest), 3);
+    assert_eq!(count(Reason::BadRequest), 4);
     assert_eq!(count(Reason::UpstreamUnreachable), 1);
     assert_eq!(count(Reason::PolicyDenied), 1);
 }

@@ -41,6 +41,7 @@ services:\n- {{name: backend, namespace: default, hostname: backend.svc, vips: [
             outbound_addr: None,
             inbound_port: hbone_port,
             inbound_addr: None,
+            transparent_source: false,
         },
         oa.clone(),
     )
@@ -54,6 +55,7 @@ services:\n- {{name: backend, namespace: default, hostname: backend.svc, vips: [
             outbound_addr: None,
             inbound_port: hbone_port,
             inbound_addr: Some(shared),
+            transparent_source: false,
         },
         ob.clone(),
     )

@@ -13,7 +13,7 @@ use common::{Ca, authorizer, curl, http_workload, id};
 use zident_identity::{CertificateProvider, ProviderError, SpiffeId, WorkloadCertificate};
 use zident_tunnel::inbound::{Inbound, LocalTarget, Serves};
 use zident_tunnel::observe::{Direction, Observer, Reason};
-use zident_tunnel::outbound::{Directory, NoRoute, Outbound, Route};
+use zident_tunnel::outbound::{Directory, NoRoute, Outbound, Route, Source};
 use zident_tunnel::socks5::Target;
 
 /// Certificates by identity, as the agent would hand them out.
@@ -39,8 +39,8 @@ struct Mesh {
 }
 
 impl Directory for Mesh {
-    fn source(&self, ip: IpAddr) -> Option<SpiffeId> {
-        (ip == IpAddr::from([127, 0, 0, 2])).then(|| id("ns/default/sa/frontend"))
+    fn source(&self, ip: IpAddr) -> Option<Source> {
+        (ip == IpAddr::from([127, 0, 0, 2])).then(|| Source::of(id("ns/default/sa/frontend")))
     }
     fn route(&self, target: &Target) -> Result<Route, NoRoute> {
         let to_backend = |expected| Route {

@@ -136,6 +136,12 @@ pub struct AgentArgs {
     /// node this `address` in the mesh file so other nodes use it).
     #[arg(long, value_name = "ADDR")]
     pub inbound_addr: Option<SocketAddr>,
+    /// Outbound tunnel: leave from a workload's own address even when the node does not have
+    /// it (IP_TRANSPARENT; needs CAP_NET_ADMIN and routing that returns replies to this node,
+    /// like ztunnel's ENABLE_ORIG_SRC). Without it such tunnels leave from the node's address
+    /// and `/debug/connections` says so under `source_fallbacks`.
+    #[arg(long, env = "ZIDENT_TRANSPARENT_SOURCE")]
+    pub transparent_source: bool,
     /// Do not run the tunnel (certificates only).
     #[arg(long)]
     pub no_tunnel: bool,
@@ -152,11 +158,18 @@ pub struct TunnelPlane(pub Arc<zident_tunnel::observe::Observer>);
 
 impl zident_agent::DataPlane for TunnelPlane {
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        self.0.metrics().register(registry);
+        self.0.register(registry);
     }
 
     fn connections(&self) -> serde_json::Value {
         serde_json::to_value(self.0.open_tunnels()).unwrap_or_default()
+    }
+
+    fn listeners(&self) -> serde_json::Value {
+        serde_json::json!({
+            "inbound": self.0.listeners().list(),
+            "source_fallbacks": self.0.source_fallbacks(),
+        })
     }
 }
 
@@ -349,6 +362,7 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
                 outbound_addr: (!args.no_capture).then_some(args.outbound_addr),
                 inbound_port: args.inbound_port,
                 inbound_addr: args.inbound_addr,
+                transparent_source: args.transparent_source,
             });
             let mut config = (*args).into_config()?;
             let observer = zident_tunnel::observe::Observer::new();

@@ -66,6 +66,7 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
             outbound_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 15001))),
             inbound_port: 15008,
             inbound_addr: None,
+            transparent_source: false,
         }),
         observer,
     )

@@ -5,7 +5,8 @@
 //! (mount that one directory into the workload) and `<svid-dir>/<namespace>/<workload name>/`
 //! `{svid.pem, svid_key.pem, bundle.pem}`. Directories are 0700 and sockets 0600: only the
 //! agent's user, and whoever the directory is mounted for, get in. Sockets and files appear and
-//! disappear with the workloads in the mesh file.
+//! disappear with the workloads in the mesh file; a workload whose identity changes keeps its
+//! socket path and directory, served as the new identity.
 
 mod files;
 mod service;
@@ -42,24 +43,56 @@ struct Served {
     id: zident_identity::SpiffeId,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    socket: Option<PathBuf>,
+    /// The socket and the file it was bound as (device, inode): a socket bound later at the
+    /// same path for the same workload (a new identity) is another file, and must survive the
+    /// old one's clean-up.
+    socket: Option<(PathBuf, (u64, u64))>,
+    /// The SVID file directory.
+    files: Option<PathBuf>,
 }
 
+type Key = (String, String);
+
 impl Served {
-    fn shut(self) {
-        // Streams end cleanly first; then the tasks go.
+    /// Ends the streams and tasks, then removes what is no longer wanted: the socket file if
+    /// it is still this one, and the SVID files (private keys among them) if the workload is
+    /// gone from `map` by then. Removal takes the map's lock, so it cannot race a `sync` that
+    /// serves the workload again.
+    fn shut(self, key: Key, map: Arc<Mutex<BTreeMap<Key, Served>>>) {
         let _ = self.stop.send(true);
-        let tasks = self.tasks;
-        let socket = self.socket;
         tokio::spawn(async move {
-            for t in tasks {
+            for t in self.tasks {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
             }
-            if let Some(s) = socket {
-                let _ = std::fs::remove_file(s);
-            }
+            let (socket, files) = (self.socket, self.files);
+            let _ = tokio::task::spawn_blocking(move || {
+                let served = map.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((path, ours)) = socket
+                    && file_id(&path).is_some_and(|now| now == ours)
+                {
+                    let _ = std::fs::remove_file(&path);
+                }
+                if let Some(dir) = files
+                    && !served.contains_key(&key)
+                    && std::fs::symlink_metadata(&dir).is_ok()
+                {
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => tracing::info!(target: "zident::identity", dir = %dir.display(), "removed the SVID files of {}/{}", key.0, key.1),
+                        Err(e) => tracing::warn!(target: "zident::identity", "cannot remove the SVID files in {}: {e}", dir.display()),
+                    }
+                }
+            })
+            .await;
         });
     }
+}
+
+/// The (device, inode) of the file at `path`, without following a link.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// The sockets and files of all local workloads.
@@ -67,7 +100,7 @@ pub struct Delivery {
     config: DeliveryConfig,
     manager: Arc<CertificateManager>,
     trust: Arc<TrustStore>,
-    served: Mutex<BTreeMap<(String, String), Served>>,
+    served: Arc<Mutex<BTreeMap<Key, Served>>>,
 }
 
 impl Drop for Delivery {
@@ -78,7 +111,9 @@ impl Drop for Delivery {
             for t in &s.tasks {
                 t.abort();
             }
-            if let Some(socket) = &s.socket {
+            if let Some((socket, ours)) = &s.socket
+                && file_id(socket).is_some_and(|now| now == *ours)
+            {
                 let _ = std::fs::remove_file(socket);
             }
         }
@@ -96,7 +131,7 @@ impl Delivery {
             config,
             manager,
             trust,
-            served: Mutex::new(BTreeMap::new()),
+            served: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
@@ -114,7 +149,7 @@ impl Delivery {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .find_map(|s| s.socket.clone())
+            .find_map(|s| s.socket.as_ref().map(|(p, _)| p.clone()))
     }
 
     /// Serves exactly `workloads`: new ones get a socket (and files), gone ones lose theirs, and a
@@ -135,8 +170,8 @@ impl Delivery {
             .collect();
         for key in stale {
             if let Some(s) = served.remove(&key) {
-                tracing::info!(target: "zident::identity", "no longer serving {}/{}", key.0, key.1);
-                s.shut();
+                tracing::info!(target: "zident::identity", "no longer serving {}/{} as {}", key.0, key.1, s.id);
+                s.shut(key, self.served.clone());
             }
         }
         for (key, w) in wanted {
@@ -163,6 +198,9 @@ impl Delivery {
         let mut socket = None;
         if let Some(path) = self.socket_path(&w.namespace, &w.name) {
             let listener = bind_private(&path)?;
+            let bound_as = file_id(&path).ok_or_else(|| {
+                std::io::Error::other(format!("{} vanished as it was bound", path.display()))
+            })?;
             let service = WorkloadApiService::new(
                 w.id.clone(),
                 self.manager.clone(),
@@ -183,11 +221,14 @@ impl Delivery {
                 }
             }));
             tracing::info!(target: "zident::identity", socket = %path.display(), "serving the Workload API for {}", w.id);
-            socket = Some(path);
+            socket = Some((path, bound_as));
         }
+        let mut files_dir = None;
         if let (Some(dir), Some(status)) = (&self.config.svid_dir, self.manager.watch(&w.id)) {
+            let dir = dir.join(&w.namespace).join(&w.name);
+            files_dir = Some(dir.clone());
             tasks.push(tokio::spawn(files::keep_files(
-                dir.join(&w.namespace).join(&w.name),
+                dir,
                 status,
                 self.trust.subscribe(),
                 stop_rx,
@@ -199,6 +240,7 @@ impl Delivery {
             stop,
             tasks,
             socket,
+            files: files_dir,
         })
     }
 }

@@ -94,9 +94,11 @@ impl Ca {
 
 /// Policies from the YAML of a mesh file's `policies:` list.
 pub fn authorizer(policies: &str) -> Arc<Authorizer> {
-    let yaml = format!("trustDomain: cluster.local\npolicies:\n{policies}");
+    let yaml = format!(
+        "trustDomain: cluster.local\nnodes: [{{name: n, token: t}}]\npolicies:\n{policies}"
+    );
     let mesh = MeshFile::parse(Path::new("m.yaml"), &yaml).unwrap();
-    Arc::new(Authorizer::new(&mesh).unwrap())
+    Arc::new(Authorizer::new(&mesh))
 }
 
 /// A port that can be listened on at every one of `ips`, probed as the listeners bind (with
@@ -195,6 +197,14 @@ pub async fn agent(
     token: &str,
     ttl: Duration,
 ) -> RunningAgent {
+    let mut c = agent_config(dir, ca, node, token);
+    c.secret_ttl = ttl;
+    (c.admin_addr, c.metrics_addr, c.readiness_addr) = (None, None, None);
+    start_agent(c).await
+}
+
+/// The configuration of an agent for `node` of `dir/mesh.yaml` against `ca`.
+pub fn agent_config(dir: &Path, ca: &RunningCa, node: &str, token: &str) -> AgentConfig {
     let client = CaClientConfig {
         address: format!("localhost:{}", ca.addr.port()),
         root_ca: ca.root_cert_path.clone(),
@@ -203,9 +213,12 @@ pub async fn agent(
         request_timeout: Duration::from_secs(10),
         poll_bundle: true,
     };
-    let mut c = AgentConfig::new(node, dir.join("mesh.yaml"), client);
-    c.secret_ttl = ttl;
-    (c.admin_addr, c.metrics_addr, c.readiness_addr) = (None, None, None);
+    AgentConfig::new(node, dir.join("mesh.yaml"), client)
+}
+
+/// Starts an agent and waits until all its identities have certificates.
+pub async fn start_agent(c: AgentConfig) -> RunningAgent {
+    let node = c.node.clone();
     let a = RunningAgent::start(c, None).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !a.manager.is_ready() {
@@ -233,6 +246,7 @@ pub async fn tunnel_observed(
         outbound_addr: None,
         inbound_port: port,
         inbound_addr: None,
+        transparent_source: false,
     };
     tunnel_with(a, node, config, observer).await
 }
@@ -310,7 +324,7 @@ pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
 /// The Prometheus text of an observer's metrics.
 pub fn metrics_text(observer: &Observer) -> String {
     let mut registry = prometheus_client::registry::Registry::default();
-    observer.metrics().register(&mut registry);
+    observer.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     text
