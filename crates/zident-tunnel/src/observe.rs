@@ -162,7 +162,70 @@ pub fn tls_failure(e: &io::Error) -> (Reason, String) {
             }
             _ => (Reason::InvalidSvid, tls.to_string()),
         },
+        rustls::Error::AlertReceived(alert) => alert_meaning(*alert),
         other => (Reason::TlsFailure, other.to_string()),
+    }
+}
+
+/// Why the peer refused this end after the handshake, from the TLS alert it sent, with the
+/// likely cause. In TLS 1.3 a server checks the client's certificate after the client has
+/// finished its side of the handshake, so a client learns of a refusal only when it next reads:
+/// without this it would see only a closed connection.
+pub fn peer_refusal(e: &h2::Error) -> Option<(Reason, String)> {
+    use rustls::AlertDescription as A;
+    let io = e.get_io()?;
+    let alert = match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(alert)) => *alert,
+        Some(_) => return None,
+        // h2 keeps only the kind and the text of an I/O error, not the error itself, so the
+        // alert is read back from rustls's text for it ("received fatal alert: <name>").
+        None => {
+            let text = io.to_string();
+            let name = text.split("received fatal alert: ").nth(1)?.trim();
+            [
+                A::CertificateExpired,
+                A::UnknownCA,
+                A::BadCertificate,
+                A::DecryptError,
+                A::CertificateUnknown,
+                A::CertificateRequired,
+                A::AccessDenied,
+                A::HandshakeFailure,
+            ]
+            .into_iter()
+            .find(|a| format!("{a:?}") == name)?
+        }
+    };
+    Some(alert_meaning(alert))
+}
+
+/// What a TLS alert from the peer means for this end's certificate, with the likely cause.
+fn alert_meaning(alert: rustls::AlertDescription) -> (Reason, String) {
+    use rustls::AlertDescription as A;
+    match alert {
+        A::CertificateExpired => (
+            Reason::CertificateExpired,
+            format!(
+                "the peer refused this workload's certificate as expired or not yet valid (TLS alert {alert:?}); \
+                 if the certificate is fresh, the clocks of the two nodes disagree (check NTP on both)"
+            ),
+        ),
+        A::UnknownCA | A::BadCertificate | A::DecryptError | A::CertificateUnknown => (
+            Reason::UntrustedRoot,
+            format!(
+                "the peer does not trust this workload's certificate (TLS alert {alert:?}): its trust bundle \
+                 lacks the root that signed it; during a root rotation, the peer may not have the new root yet"
+            ),
+        ),
+        A::CertificateRequired => (
+            Reason::NoClientCertificate,
+            "the peer requires a client certificate and got none (TLS alert CertificateRequired)"
+                .into(),
+        ),
+        other => (
+            Reason::TlsFailure,
+            format!("the peer ended the connection with TLS alert {other:?}"),
+        ),
     }
 }
 

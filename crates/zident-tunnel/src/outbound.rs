@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate};
 
 use crate::headers::{self, TraceParent};
-use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
+use crate::observe::{Direction, Observer, OpenTunnel, Reason, peer_refusal, tls_failure};
 use crate::pump::{keepalive, pump};
 use crate::socks5::{self, Reply, Target};
 use crate::verify::{BundleSource, SpiffeServerVerifier, provider};
@@ -402,7 +402,9 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             })?
             .map_err(|e| {
                 pooled.closed.store(true, Ordering::Relaxed);
-                unreachable(format!("the HTTP/2 connection to {hbone} ended: {e}"))
+                refused_by_peer(&e, hbone).unwrap_or_else(|| {
+                    unreachable(format!("the HTTP/2 connection to {hbone} ended: {e}"))
+                })
             })?;
         let mut request = Request::builder()
             .method(Method::CONNECT)
@@ -429,7 +431,10 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                     "{hbone} did not answer CONNECT within {HANDSHAKE_TIMEOUT:?}"
                 ))
             })?
-            .map_err(|e| unreachable(format!("CONNECT through {hbone} failed: {e}")))?;
+            .map_err(|e| {
+                refused_by_peer(&e, hbone)
+                    .unwrap_or_else(|| unreachable(format!("CONNECT through {hbone} failed: {e}")))
+            })?;
         let status = response.status();
         if status != StatusCode::OK {
             // RFC 1928's codes: "not allowed by ruleset" only for policy.
@@ -558,11 +563,13 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             let ping = conn.ping_pong();
             tokio::spawn(async move {
                 tokio::select! {
-                    r = &mut conn => {
-                        if let Err(e) = r {
-                            tracing::debug!(target: "zident::tunnel", %hbone, "HBONE connection ended: {e}");
-                        }
-                    }
+                    r = &mut conn => match r {
+                        Err(e) => match peer_refusal(&e) {
+                            Some((reason, why)) => tracing::warn!(target: "zident::tunnel", %hbone, %reason, "HBONE connection refused by the peer: {why}"),
+                            None => tracing::debug!(target: "zident::tunnel", %hbone, "HBONE connection ended: {e}"),
+                        },
+                        Ok(()) => {}
+                    },
                     () = keepalive(ping) => {}
                 }
                 done.store(true, Ordering::Relaxed);
@@ -645,6 +652,16 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
 fn connected(tcp: TcpStream) -> std::io::Result<(TcpStream, SocketAddr)> {
     let from = tcp.local_addr()?;
     Ok((tcp, from))
+}
+
+/// A refusal that names the peer's TLS alert and its likely cause, when the peer sent one.
+fn refused_by_peer(e: &h2::Error, hbone: SocketAddr) -> Option<Refusal> {
+    let (reason, why) = peer_refusal(e)?;
+    Some(Refusal::new(
+        reason,
+        Reply::Failure,
+        format!("{hbone}: {why}"),
+    ))
 }
 
 /// RFC 1928's reply for a destination that could not be reached: refused (0x05) when it said

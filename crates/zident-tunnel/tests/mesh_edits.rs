@@ -108,8 +108,10 @@ impl Mesh {
         self.dir.path().join("mesh.yaml")
     }
 
-    fn sockets(&self) -> PathBuf {
-        self.dir.path().join("sockets")
+    /// The Workload API socket directory of `node` (each agent has its own, as on real
+    /// nodes).
+    fn sockets(&self, node: &str) -> PathBuf {
+        self.dir.path().join("sockets").join(node)
     }
 
     /// curl from the frontend's address through node-a's SOCKS5 to `ip:port`.
@@ -189,7 +191,16 @@ impl Mesh {
 
     /// The SPIFFE ID the Workload API socket of `default/<name>` serves, once it serves.
     async fn socket_identity(&self, name: &str) -> String {
-        let path = self.sockets().join("default").join(name).join("agent.sock");
+        let node = if name == "frontend" {
+            "node-a"
+        } else {
+            "node-b"
+        };
+        let path = self
+            .sockets(node)
+            .join("default")
+            .join(name)
+            .join("agent.sock");
         let endpoint = format!("unix:{}", path.display());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -227,7 +238,8 @@ async fn agent(dir: &Path, ca: &RunningCa, node: &str, token: &str) -> RunningAg
     c.secret_ttl = Duration::from_secs(3600);
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     (c.admin_addr, c.metrics_addr, c.readiness_addr) = (Some(any), Some(any), None);
-    c.delivery.socket_dir = Some(dir.join("sockets"));
+    c.delivery.socket_dir = Some(dir.join("sockets").join(node));
+    c.delivery.svid_dir = Some(dir.join("svids").join(node));
     start_agent(c).await
 }
 
@@ -406,12 +418,14 @@ async fn listeners_and_sockets_follow_workloads() {
         !m.backend_answers().await,
         "a removed workload is no destination"
     );
-    let socket = m.sockets().join("default/backend/agent.sock");
+    // Its socket and its SVID files (the private key among them) go.
+    let socket = m.sockets("node-b").join("default/backend/agent.sock");
+    let files = m.dir.path().join("svids/node-b/default/backend");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while socket.exists() {
+    while socket.exists() || files.exists() {
         assert!(
             Instant::now() < deadline,
-            "the removed workload's socket stays"
+            "the removed workload's socket or files stay"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -419,6 +433,23 @@ async fn listeners_and_sockets_follow_workloads() {
     m.until_backend_answers("re-added").await;
     m.until_socket_serves("backend", "spiffe://cluster.local/ns/default/sa/backend-v2")
         .await;
+    // The files come back, for the identity it has now.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pem = std::fs::read_to_string(files.join("svid.pem")).unwrap_or_default();
+        let ok = zident_identity::pem::certs_from_pem(pem.as_bytes())
+            .ok()
+            .and_then(|c| c.first().and_then(|c| zident_identity::check_leaf(c).ok()))
+            .is_some_and(|leaf| leaf.id.as_str().ends_with("/sa/backend-v2"));
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the re-added workload's files never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(m);
 }
 

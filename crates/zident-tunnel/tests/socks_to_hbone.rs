@@ -181,6 +181,46 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
         1
     );
 
+    // A source whose certificate the destination does not trust (another root): TLS 1.3
+    // lets the client finish before the server checks it, so the client learns of the refusal
+    // only from the server's alert. It says so, with the likely cause.
+    let other = Ca::new();
+    let mut trusting_both = zident_identity::TrustBundle::new(
+        zident_identity::TrustDomain::new("cluster.local").unwrap(),
+    );
+    trusting_both.add_root(ca.cert.der().clone()).unwrap();
+    trusting_both.add_root(other.cert.der().clone()).unwrap();
+    let trusting_both = Arc::new(trusting_both);
+    let foreign = Arc::new(Outbound::new(
+        Arc::new(Certs(vec![(
+            id("ns/default/sa/frontend"),
+            other.issue("ns/default/sa/frontend"),
+        )])),
+        Arc::new(Mesh {
+            http,
+            inbound: inbound_addr,
+        }),
+        Arc::new(move || trusting_both.clone()),
+        observer.clone(),
+    ));
+    let foreign_socks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let foreign_proxy = foreign_socks.local_addr().unwrap().to_string();
+    tokio::spawn(foreign.serve_socks5(foreign_socks));
+    let (ok, out) = curl(vec![
+        "--interface".into(),
+        "127.0.0.2".into(),
+        "--socks5".into(),
+        foreign_proxy,
+        format!("http://{http}/"),
+    ])
+    .await;
+    assert!(!ok, "{out}");
+    logged("the peer does not trust this workload's certificate").await;
+    assert_eq!(
+        observer.failure_count(Direction::Outbound, Reason::UntrustedRoot),
+        1
+    );
+
     // A DENY policy at the destination: refused (401 on the wire, "not allowed" to SOCKS).
     *policies.write().unwrap() = authorizer(
         "- name: no-frontend\n  namespace: default\n  scope: Namespace\n  action: Deny\n  \

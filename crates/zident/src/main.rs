@@ -17,9 +17,40 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Prints a line to standard output, and carries on if nobody reads it any more. Long-running
+/// commands (`ca`, `agent`, `up`) print where things are; a closed pipe must not take the CA
+/// or an agent down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
+/// Reports (`certs`, `inspect`, `ca status`, `ca rotate`) end quietly when their reader goes
+/// away (`zident ca status | head -1`), as `cat` and `ls` do: the default action of SIGPIPE,
+/// which Rust's runtime sets to "ignore" so that `println!` would panic instead.
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler code; it runs before any thread is
+    // started, so nothing else observes the change half-made.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let heap = heap::tune();
     let cli = cli::Cli::parse();
+    let report = match &cli.command {
+        cli::Command::Certs(_) | cli::Command::Inspect(_) => true,
+        cli::Command::Ca(args) => args.action.is_some(),
+        cli::Command::Agent(_) | cli::Command::Up(_) => false,
+    };
+    if report {
+        end_quietly_on_closed_pipe();
+    }
     let (log, _log_guard) = logging::init(cli.log_format);
     tracing::debug!(target: "zident", ?heap, "heap settings for the data path");
     let mut builder = tokio::runtime::Builder::new_multi_thread();

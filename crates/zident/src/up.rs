@@ -73,18 +73,18 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
     .await?;
     print_banner(&ca, &agent, &mesh_path, &node, &args.data_dir);
     if let Some(t) = &tunnel {
-        println!(
+        crate::say!(
             "Tunnel: SOCKS5 at {}, captured traffic (iptables REDIRECT) at {}, HBONE on :15008 of each workload address, e.g.",
             t.socks5_addr.map(|a| a.to_string()).unwrap_or_default(),
             t.outbound_addr.map(|a| a.to_string()).unwrap_or_default()
         );
-        println!(
+        crate::say!(
             "  python3 -m http.server 8080 --bind 127.0.0.3 &                               # be the backend workload"
         );
-        println!(
+        crate::say!(
             "  curl --interface 127.0.0.2 --socks5 127.0.0.1:15080 http://127.0.0.3:8080/   # as frontend, through the tunnel"
         );
-        println!();
+        crate::say!();
     }
     wait_for_shutdown(&mut ca).await;
     Ok(())
@@ -112,61 +112,61 @@ fn print_banner(ca: &RunningCa, agent: &RunningAgent, mesh: &Path, node: &str, d
     let root = ca.root_cert_path.display();
     let port = ca.addr.port();
     let admin = agent.admin_addr.map(|a| a.to_string()).unwrap_or_default();
-    println!();
-    println!(
+    crate::say!();
+    crate::say!(
         "zident is up: trust domain {td}, node {node}, certificates live {}s",
         UP_SECRET_TTL.as_secs()
     );
-    println!();
-    println!(
+    crate::say!();
+    crate::say!(
         "  CA, gRPC over TLS 1.3   {}   istio.v1.auth.IstioCertificateService",
         ca.addr
     );
-    println!("  trust bundle            {root}");
-    println!("                          https://localhost:{port}/bundle  and  /bundle.pem");
+    crate::say!("  trust bundle            {root}");
+    crate::say!("                          https://localhost:{port}/bundle  and  /bundle.pem");
     if let Some(m) = ca.metrics_addr {
-        println!("  CA metrics              http://{m}/metrics");
+        crate::say!("  CA metrics              http://{m}/metrics");
     }
-    println!(
+    crate::say!(
         "  agent admin             http://{admin}/debug/certs   /config_dump   /debug/connections"
     );
     if let Some(m) = agent.metrics_addr {
-        println!("  agent metrics           http://{m}/metrics");
+        crate::say!("  agent metrics           http://{m}/metrics");
     }
     if let Some(r) = agent.readiness_addr {
-        println!("  agent readiness         http://{r}/healthz/ready");
+        crate::say!("  agent readiness         http://{r}/healthz/ready");
     }
-    println!(
+    crate::say!(
         "  mesh file               {}   (edit it: reloaded on save)",
         mesh.display()
     );
     if let Some(first) = agent.delivery.first_socket() {
-        println!(
+        crate::say!(
             "  Workload API            {}   (one socket per workload)",
             first.display()
         );
     }
-    println!();
-    println!("Try:");
-    println!(
+    crate::say!();
+    crate::say!("Try:");
+    crate::say!(
         "  curl -s http://{admin}/debug/certs        # every certificate; serials change every ~30s"
     );
-    println!("  curl -s http://{admin}/config_dump        # the same, in ztunnel's shape");
-    println!("  curl --cacert {root} https://localhost:{port}/bundle");
+    crate::say!("  curl -s http://{admin}/config_dump        # the same, in ztunnel's shape");
+    crate::say!("  curl --cacert {root} https://localhost:{port}/bundle");
     if let Some(m) = agent.metrics_addr {
-        println!("  curl -s http://{m}/metrics | grep -E 'zident_certificate|istio_tcp'");
+        crate::say!("  curl -s http://{m}/metrics | grep -E 'zident_certificate|istio_tcp'");
     }
-    println!(
+    crate::say!(
         "  zident ca status --data-dir {}        # root generations; `zident ca rotate prepare` starts a root rotation",
         data.join("ca").display()
     );
     if let Some(first) = agent.delivery.first_socket() {
         let abs = std::fs::canonicalize(&first).unwrap_or(first);
-        println!(
+        crate::say!(
             "  SPIFFE_ENDPOINT_SOCKET=unix://{} <your SPIFFE-aware program>",
             abs.display()
         );
     }
-    println!();
-    println!("Ctrl-C to stop. State is kept under {}.", data.display());
+    crate::say!();
+    crate::say!("Ctrl-C to stop. State is kept under {}.", data.display());
 }

@@ -444,3 +444,34 @@ async fn inspect_passes_what_zident_issues() {
     assert!(ok, "{out}");
     assert!(!out.contains("FAIL"), "{out}");
 }
+
+#[test]
+fn a_report_read_through_a_closed_pipe_ends_quietly() {
+    // `zident inspect good.pem | head -0`: the reader is gone before the first line. The
+    // report ends as `cat` would (SIGPIPE), with no panic on stderr.
+    let dir = tempfile::tempdir().unwrap();
+    openssl_certs(dir.path());
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_zident"))
+        .current_dir(dir.path())
+        .args(["inspect", "good.pem"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigpipe()),
+        "{:?}",
+        out.status
+    );
+}
+
+/// SIGPIPE's number on Linux.
+fn libc_sigpipe() -> i32 {
+    13
+}

@@ -67,7 +67,11 @@ impl Served {
             let (socket, files) = (self.socket, self.files);
             let _ = tokio::task::spawn_blocking(move || {
                 let served = map.lock().unwrap_or_else(|e| e.into_inner());
+                // Served again (a new identity, or re-added): its new socket is at this path.
+                // Otherwise remove the socket if it is still the one bound here (an inode can
+                // be reused, so the identity check alone would not do).
                 if let Some((path, ours)) = socket
+                    && !served.contains_key(&key)
                     && file_id(&path).is_some_and(|now| now == ours)
                 {
                     let _ = std::fs::remove_file(&path);
