@@ -563,12 +563,11 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             let ping = conn.ping_pong();
             tokio::spawn(async move {
                 tokio::select! {
-                    r = &mut conn => match r {
-                        Err(e) => match peer_refusal(&e) {
+                    r = &mut conn => if let Err(e) = r {
+                        match peer_refusal(&e) {
                             Some((reason, why)) => tracing::warn!(target: "zident::tunnel", %hbone, %reason, "HBONE connection refused by the peer: {why}"),
                             None => tracing::debug!(target: "zident::tunnel", %hbone, "HBONE connection ended: {e}"),
-                        },
-                        Ok(()) => {}
+                        }
                     },
                     () = keepalive(ping) => {}
                 }
