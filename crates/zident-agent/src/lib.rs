@@ -23,6 +23,7 @@ mod own_tls;
 pub mod schedule;
 mod signing_root;
 pub mod trust;
+pub mod uds_h2;
 pub mod validate;
 pub mod worker;
 pub mod workload_api;

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::codegen::tokio_stream::StreamExt;
 use tonic::codegen::tokio_stream::wrappers::UnixListenerStream;
 use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
@@ -213,10 +214,15 @@ impl Delivery {
             );
             let mut shutdown = stop_rx.clone();
             let shown = path.display().to_string();
+            // Every connection through the relay that lets any gRPC client in (uds_h2.rs).
+            let socket_name = shown.clone();
+            let incoming = UnixListenerStream::new(listener).map(move |accepted| {
+                accepted.map(|c| crate::uds_h2::relay(c, socket_name.clone()))
+            });
             tasks.push(tokio::spawn(async move {
                 let result = tonic::transport::Server::builder()
                     .add_service(SpiffeWorkloadApiServer::new(service))
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                    .serve_with_incoming_shutdown(incoming, async move {
                         let _ = shutdown.wait_for(|s| *s).await;
                     })
                     .await;

@@ -1,0 +1,101 @@
+//! The Workload API serves gRPC clients nobody here wrote and that Rust's h2 alone would refuse:
+//! the Python `spiffe` package and plain `grpcio` (gRPC C-core), which send the socket's path as
+//! the HTTP/2 `:authority`. They fetch an SVID and the bundles, see a rotation on the stream,
+//! and are refused without the security header, against a real agent and CA.
+//!
+//! The Python packages live in a virtual environment that `.ci/run` makes at
+//! `target/pyenv` (`python3 -m venv target/pyenv && target/pyenv/bin/pip install spiffe grpcio`),
+//! or wherever `ZIDENT_PYTHON` points.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{World, log_text, logs, start_agent};
+use zident_agent::workload_api::DeliveryConfig;
+
+/// The Python with `spiffe` and `grpcio`.
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("ZIDENT_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python3");
+    assert!(
+        venv.exists(),
+        "this test needs Python with the spiffe and grpcio packages: run .ci/run, or \
+         python3 -m venv target/pyenv && target/pyenv/bin/pip install spiffe grpcio"
+    );
+    venv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_spiffe_and_grpcio_clients_are_served() {
+    logs();
+    let python = python();
+    let world = World::new(0).await;
+    let sockets = world.dir.path().join("wl");
+    let mut config = world.agent_config(Duration::from_secs(4));
+    config.delivery = DeliveryConfig {
+        socket_dir: Some(sockets.clone()),
+        ..Default::default()
+    };
+    let _agent = start_agent(config).await;
+    let socket = sockets.join("default/frontend/agent.sock");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/workload_api_client.py");
+
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(&socket)
+            .arg("spiffe://cluster.local/ns/default/sa/frontend")
+            .arg("30")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}\n{}", log_text());
+    for check in [
+        "ok fetch_x509_svid spiffe://cluster.local/ns/default/sa/frontend",
+        "ok fetch_x509_bundles cluster.local",
+        "ok rotation",
+        "ok grpcio",
+        "ok missing_header INVALID_ARGUMENT",
+    ] {
+        assert!(
+            stdout.contains(check),
+            "{check:?} missing:\n{stdout}\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_is_not_http2_is_refused_with_a_line() {
+    logs();
+    let world = World::new(0).await;
+    let sockets = world.dir.path().join("wl");
+    let mut config = world.agent_config(Duration::from_secs(3600));
+    config.delivery = DeliveryConfig {
+        socket_dir: Some(sockets.clone()),
+        ..Default::default()
+    };
+    let _agent = start_agent(config).await;
+    let socket = sockets.join("default/frontend/agent.sock");
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    common::eventually(Duration::from_secs(10), "the refusal is logged", || {
+        log_text().contains("Workload API connection refused at the HTTP/2 level")
+            && log_text().contains("did not start with the HTTP/2 preface")
+    })
+    .await;
+}
