@@ -187,10 +187,12 @@ mod tests {
     use super::*;
 
     fn pseudo(authority: &str) -> h2::frame::Pseudo {
-        let mut p = h2::frame::Pseudo::default();
-        p.authority =
-            Some(BytesStr::try_from(Bytes::copy_from_slice(authority.as_bytes())).unwrap());
-        p
+        h2::frame::Pseudo {
+            authority: Some(
+                BytesStr::try_from(Bytes::copy_from_slice(authority.as_bytes())).unwrap(),
+            ),
+            ..Default::default()
+        }
     }
 
     #[test]
