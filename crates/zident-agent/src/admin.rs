@@ -168,8 +168,11 @@ pub fn admin_router(
             "/debug/connections",
             get(move || async move {
                 let bundle = m3.trust().bundle();
+                let ca = m3.ca().status();
                 Json(json!({
-                    "ca": m3.ca().status(),
+                    // `sds` as well: istio-agent's runbook reads the CA link under that name.
+                    "sds": ca,
+                    "ca": ca,
                     "trust_bundle": {
                         "roots": bundle.roots().len(),
                         "sequence": bundle.sequence(),

@@ -183,6 +183,9 @@ impl CaClient {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         match outcome {
             Ok(_) => {
+                if !s.connected && s.consecutive_failures > 0 {
+                    tracing::info!(target: "zident::identity", ca = %self.address, failures = s.consecutive_failures, "SDS connection restored");
+                }
                 s.connected = true;
                 s.last_success = Some(SystemTime::now());
                 s.last_error = None;
@@ -190,8 +193,15 @@ impl CaClient {
             }
             Err(e) => {
                 // A refusal is an answer: the connection itself works.
-                s.connected = matches!(e, CaError::Refused { .. });
-                s.last_error = Some(e.to_string());
+                let connected = matches!(e, CaError::Refused { .. });
+                let message = e.to_string();
+                // istio-agent's words, so its runbook's `grep "SDS connection error"` finds
+                // the cause; once when the link fails or its reason changes, not per request.
+                if !connected && (s.connected || s.last_error.as_deref() != Some(&message)) {
+                    tracing::warn!(target: "zident::identity", ca = %self.address, "SDS connection error: {message}");
+                }
+                s.connected = connected;
+                s.last_error = Some(message);
                 s.consecutive_failures += 1;
             }
         }

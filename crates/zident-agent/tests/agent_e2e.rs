@@ -131,6 +131,20 @@ async fn a_ca_outage_is_invisible_until_expiry_then_fails_closed_and_recovers() 
         "{reason}"
     );
     assert!(log_text().contains(&format!("Certificate rotation failed for {fe}")));
+    // istio-agent's runbook: `grep "SDS connection error"` and `/debug/connections | jq .sds`.
+    assert!(log_text().contains("SDS connection error: CA unreachable"));
+    let (_, body) = curl(&format!(
+        "http://{}/debug/connections",
+        agent.admin_addr.unwrap()
+    ));
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(dump["sds"]["connected"], false, "{dump}");
+    assert!(
+        dump["sds"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("CA unreachable")),
+        "{dump}"
+    );
     // A real-time request fails closed with the reason.
     match agent.manager.certificate(&fe, Duration::from_secs(2)).await {
         Err(ProviderError::Unavailable { reason, .. }) => {
