@@ -9,6 +9,7 @@
 //! port, and watchers that reload the mesh file and plugged-in keys when they change.
 
 pub mod authority;
+pub mod connections;
 pub mod data_lock;
 pub mod metrics;
 mod persist;
@@ -58,6 +59,8 @@ pub struct CaConfig {
     pub refresh_hint: Duration,
     /// Root rotation of the self-signed authority.
     pub rotation: RotationConfig,
+    /// Bounds on connections: idle timeout, total and per-source caps.
+    pub connections: connections::ConnectionLimits,
 }
 
 /// When the self-signed root rotates on its own, and how long each phase waits.
@@ -119,6 +122,7 @@ impl CaConfig {
             ttl: TtlPolicy::default(),
             refresh_hint: Duration::from_secs(300),
             rotation: RotationConfig::default(),
+            connections: Default::default(),
         }
     }
 }
@@ -248,10 +252,19 @@ impl RunningCa {
         })?;
         let tls = server::tls_config(serving.clone()).map_err(|e| CaError::Tls(e.to_string()))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let connections = connections::Connections::new(config.connections);
+        tracing::info!(
+            target: "zident::ca",
+            max_connections = connections.cap(),
+            max_per_source = config.connections.max_per_source,
+            idle_timeout_s = config.connections.idle_timeout.as_secs(),
+            "connection limits"
+        );
         let server = tokio::spawn(server::serve(
             listener,
             acceptor,
             server::router(state.clone()),
+            connections,
         ));
 
         let mut background = Vec::new();

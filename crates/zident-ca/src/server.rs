@@ -26,6 +26,7 @@ use zident_identity::profile;
 use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
 
 use crate::authority::Authority;
+use crate::connections::{AcceptErrors, Connections, Slot};
 use crate::service::{CaService, PeerAddr};
 use crate::state::CaState;
 
@@ -135,47 +136,72 @@ pub fn router(state: Arc<CaState>) -> axum::Router {
 }
 
 /// Accepts connections until the task is dropped; dropping it also ends every connection
-/// it started.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: axum::Router) {
-    let mut connections = JoinSet::new();
+/// it started. `connections` bounds how many there are and closes idle ones.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    connections: Arc<Connections>,
+) {
+    let mut running = JoinSet::new();
+    let mut errors = AcceptErrors::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    connections.spawn(serve_connection(tcp, peer, acceptor.clone(), router.clone()));
+                    // Over a cap with every connection busy: refused (and logged) by dropping.
+                    if let Some(slot) = connections.admit(peer) {
+                        running.spawn(serve_connection(tcp, peer, acceptor.clone(), router.clone(), slot));
+                    }
                 }
                 Err(e) => {
-                    // Usually out of file descriptors: pause instead of spinning.
-                    tracing::warn!(target: "zident::ca", "accept failed: {e}");
+                    // Usually out of file descriptors: pause instead of spinning, and say so
+                    // once in a while rather than for every try.
+                    errors.failed(&e);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = running.join_next(), if !running.is_empty() => {}
         }
     }
 }
+
+/// How long a connection asked to close may finish its requests.
+const GRACE: Duration = Duration::from_secs(10);
 
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     acceptor: TlsAcceptor,
     router: axum::Router,
+    slot: Slot,
 ) {
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(target: "zident::ca", %peer, "TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(target: "zident::ca", %peer, "TLS handshake timed out");
-            return;
-        }
+    let tls = tokio::select! {
+        done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(target: "zident::ca", %peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(target: "zident::ca", %peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = slot.closing() => return,
     };
-    let service = router.map_request(move |mut req: hyper::Request<Incoming>| {
+    let tracker = slot.tracker();
+    let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
-        req
+        // In flight until the response is ready: the connection is not idle meanwhile.
+        let busy = tracker.busy();
+        let answer = router.clone().oneshot(req);
+        async move {
+            let response = answer.await;
+            drop(busy);
+            response
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -188,10 +214,20 @@ async fn serve_connection(
         .max_concurrent_streams(1024)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
-        .await
-    {
+    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = slot.closing() => {
+            tracing::debug!(target: "zident::ca", %peer, "closing an idle connection");
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(GRACE, conn.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(target: "zident::ca", %peer, "connection ended: {e}");
     }
 }

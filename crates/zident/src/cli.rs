@@ -292,6 +292,16 @@ pub struct CaArgs {
     /// Lifetime of a self-signed root made by this CA.
     #[arg(long, default_value = "3650d", value_parser = parse_duration)]
     pub root_lifetime: Duration,
+    /// Close a connection with no request in flight for this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// At most this many connections (default: the open-files limit less 64); at the cap, the
+    /// longest-idle connection is closed to admit a new one.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// At most this many connections from one source address.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_connections_per_source: usize,
 }
 
 /// Flags of `zident up`.
@@ -329,6 +339,17 @@ impl CaArgs {
         config.rotation.auto = !self.no_auto_rotate;
         config.rotation.prepare_at = self.rotate_at;
         config.rotation.root_lifetime = self.root_lifetime;
+        if self.idle_timeout.is_zero()
+            || self.max_connections == Some(0)
+            || self.max_connections_per_source == 0
+        {
+            return Err("--idle-timeout, --max-connections and --max-connections-per-source must be more than zero".into());
+        }
+        config.connections = zident_ca::connections::ConnectionLimits {
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+        };
         config.data_dir = self.data_dir;
         config.listen = self.listen;
         config.metrics_addr = Some(self.metrics_addr);

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -402,4 +403,110 @@ fn ca_status_for_plugged_in_keys_says_why_the_last_change_was_refused() {
         ),
         "{text}"
     );
+}
+
+/// Opens `n` TLS connections to the CA at once and keeps them idle; those the CA did not take
+/// within a second are kept as bare TCP connections.
+async fn idle_connections(z: &Zident, dir: &Path, n: usize) -> Vec<tokio::net::TcpStream> {
+    let root = std::fs::read(dir.join("ca/root-cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in zident_identity::pem::certs_from_pem(&root).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (config, addr) = (config.clone(), z.addr.clone());
+        set.spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+            match tokio::time::timeout(Duration::from_secs(1), connect).await {
+                Ok(Ok(tls)) => Some(tls.into_inner().0),
+                _ => None,
+            }
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(Some(tcp)) = r {
+            held.push(tcp);
+        }
+    }
+    held
+}
+
+/// Waits until every connection in `held` has been closed by the CA.
+async fn until_all_closed(held: Vec<tokio::net::TcpStream>, within: Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut set = tokio::task::JoinSet::new();
+    for mut tcp in held {
+        set.spawn(async move {
+            let mut buf = [0u8; 256];
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // TLS session tickets, HTTP/2 frames
+                }
+            }
+        });
+    }
+    tokio::time::timeout(within, async { while set.join_next().await.is_some() {} })
+        .await
+        .expect("the CA closes idle connections");
+}
+
+/// `zident ca` under an open-files limit of 300, with `extra` flags.
+fn start_ca_limited(dir: &Path, extra: &[&str]) -> Zident {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=300:300")
+        .arg(env!("CARGO_BIN_EXE_zident"))
+        .arg("ca")
+        .arg("--config")
+        .arg(dir.join("mesh.yaml"))
+        .arg("--data-dir")
+        .arg(dir.join("ca"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--idle-timeout", "2s"])
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    spawn_until(cmd, "zident ca: listening on ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_exhaust_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+
+    // More idle connections than the CA's descriptors allow: at its cap (300 less a reserve)
+    // each new one closes the longest-idle, so a real request still gets in, at once.
+    let z = start_ca_limited(dir.path(), &[]);
+    let held = idle_connections(&z, dir.path(), 400).await;
+    ask(&z, dir.path(), "localhost", 3600)
+        .await
+        .expect("a CreateCertificate among idle connections");
+    // And every idle one is closed by the idle timeout.
+    until_all_closed(held, Duration::from_secs(20)).await;
+    drop(z);
+
+    // With the cap set above the descriptor limit, accept itself fails (EMFILE): the CA backs
+    // off, and the idle timeout frees descriptors, so a request still succeeds within its
+    // deadline.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    let z = start_ca_limited(dir.path(), &["--max-connections", "1000"]);
+    let held = idle_connections(&z, dir.path(), 400).await;
+    assert!(held.len() < 400, "some connections were not accepted");
+    ask(&z, dir.path(), "localhost", 3600)
+        .await
+        .expect("a CreateCertificate once idle connections were closed");
+    drop(held);
 }

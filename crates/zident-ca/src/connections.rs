@@ -1,0 +1,359 @@
+//! Who holds the CA's connections, so that idle ones cannot exhaust it.
+//!
+//! Every accepted connection is entered here with its source address, how many requests it
+//! is serving, and when it last did anything. A connection with no request in flight for
+//! [`ConnectionLimits::idle_timeout`] is closed. There is a cap on all connections (by default
+//! what the process's descriptor limit leaves after a reserve for the CA's own files) and one
+//! per source address; a new connection over a cap makes room by closing the longest-idle
+//! connection (of that source, for the per-source cap), and is refused only when every
+//! connection is busy. Each refusal and eviction is logged with the source, at most once per
+//! source per [`LOG_EVERY`], so a flood cannot flood the log too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// How often the same kind of line may be logged for one source.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Descriptors kept back from the connection cap for the CA's own files and sockets.
+pub const DESCRIPTOR_RESERVE: usize = 64;
+
+/// Limits on the CA's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// A connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
+    /// At most this many connections in all; `None`: the descriptor limit less a reserve.
+    pub max_connections: Option<usize>,
+    /// At most this many connections from one source address.
+    pub max_per_source: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(300),
+            max_connections: None,
+            max_per_source: 512,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The total cap in force: the configured one, or the soft `RLIMIT_NOFILE` less
+    /// [`DESCRIPTOR_RESERVE`] (read from `/proc/self/limits`; 1024 when it cannot be read).
+    pub fn total(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            open_files_limit()
+                .unwrap_or(1024)
+                .saturating_sub(DESCRIPTOR_RESERVE)
+                .max(1)
+        })
+    }
+}
+
+/// The soft limit on open files of this process.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    match soft {
+        "unlimited" => Some(usize::MAX / 2),
+        n => n.parse().ok(),
+    }
+}
+
+struct Entry {
+    peer: IpAddr,
+    active: usize,
+    last_activity: Instant,
+    close: Arc<Notify>,
+}
+
+/// The CA's open connections.
+pub struct Connections {
+    limits: ConnectionLimits,
+    total: usize,
+    next: AtomicU64,
+    table: Mutex<BTreeMap<u64, Entry>>,
+    logged: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
+}
+
+/// One connection's place in the table; leaving drops it from the table.
+pub struct Slot {
+    connections: Arc<Connections>,
+    id: u64,
+    /// Fires when the connection should close (idle, or evicted to make room).
+    pub close: Arc<Notify>,
+}
+
+/// A request in flight on a connection; the connection is not idle while one is held.
+pub struct Busy {
+    connections: Arc<Connections>,
+    id: u64,
+}
+
+impl Connections {
+    /// An empty table with `limits`.
+    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
+        Arc::new(Self {
+            total: limits.total(),
+            limits,
+            next: AtomicU64::new(0),
+            table: Mutex::new(BTreeMap::new()),
+            logged: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The total cap in force.
+    pub fn cap(&self) -> usize {
+        self.total
+    }
+
+    /// How many connections are open.
+    pub fn open(&self) -> usize {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Logs `message` for `peer` unless a line of this `kind` was logged for it lately.
+    fn log(&self, peer: IpAddr, kind: &'static str, message: impl FnOnce() -> String) {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if logged
+            .get(&(peer, kind))
+            .is_some_and(|t| now.duration_since(*t) < LOG_EVERY)
+        {
+            return;
+        }
+        logged.retain(|_, t| now.duration_since(*t) < LOG_EVERY);
+        logged.insert((peer, kind), now);
+        tracing::warn!(target: "zident::ca", source = %peer, "{}", message());
+    }
+
+    /// Enters a new connection from `peer`, closing the longest-idle one if a cap is reached;
+    /// `None` when it must be refused (every connection busy).
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
+        let ip = peer.ip();
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let from_source = table.values().filter(|e| e.peer == ip).count();
+        let over_source = from_source >= self.limits.max_per_source;
+        let over_total = table.len() >= self.total;
+        if over_source || over_total {
+            // The longest-idle connection (of this source, when its own cap is the one hit).
+            let victim = table
+                .iter()
+                .filter(|(_, e)| e.active == 0 && (!over_source || e.peer == ip))
+                .min_by_key(|(_, e)| e.last_activity)
+                .map(|(id, _)| *id);
+            let which = if over_source {
+                format!(
+                    "{from_source} connections from {ip}, the most one source may hold (--max-connections-per-source {})",
+                    self.limits.max_per_source
+                )
+            } else {
+                format!(
+                    "{} connections open, the most the CA holds (--max-connections, or the descriptor limit less {DESCRIPTOR_RESERVE})",
+                    table.len()
+                )
+            };
+            match victim.and_then(|id| table.remove(&id)) {
+                Some(old) => {
+                    old.close.notify_one();
+                    let old_peer = old.peer;
+                    drop(table);
+                    self.log(ip, "evicted", || {
+                        format!("{which}: closed an idle connection from {old_peer} to admit one from {ip}")
+                    });
+                    table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+                }
+                None => {
+                    drop(table);
+                    self.log(ip, "refused", || {
+                        format!("{which}, all busy: refused a connection from {ip}")
+                    });
+                    return None;
+                }
+            }
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        table.insert(
+            id,
+            Entry {
+                peer: ip,
+                active: 0,
+                last_activity: Instant::now(),
+                close: close.clone(),
+            },
+        );
+        Some(Slot {
+            connections: self.clone(),
+            id,
+            close,
+        })
+    }
+
+    fn touch(&self, id: u64, delta: isize) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = table.get_mut(&id) {
+            e.active = e.active.saturating_add_signed(delta);
+            e.last_activity = Instant::now();
+        }
+    }
+
+    /// When the connection becomes closable for idleness, if it is idle now.
+    fn idle_deadline(&self, id: u64) -> Option<Option<Instant>> {
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let e = table.get(&id)?;
+        Some((e.active == 0).then(|| e.last_activity + self.limits.idle_timeout))
+    }
+}
+
+impl Slot {
+    /// A handle that marks requests on this connection, for the service.
+    pub fn tracker(&self) -> Tracker {
+        Tracker {
+            connections: self.connections.clone(),
+            id: self.id,
+        }
+    }
+
+    /// Resolves when the connection should close: idle past the timeout, or evicted.
+    pub async fn closing(&self) {
+        loop {
+            let deadline = match self.connections.idle_deadline(self.id) {
+                None => return, // evicted
+                Some(Some(at)) => at,
+                Some(None) => Instant::now() + self.connections.limits.idle_timeout,
+            };
+            tokio::select! {
+                () = self.close.notified() => return,
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if let Some(Some(at)) = self.connections.idle_deadline(self.id)
+                        && at <= Instant::now()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.connections
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Marks requests on one connection (cloned into its service).
+#[derive(Clone)]
+pub struct Tracker {
+    connections: Arc<Connections>,
+    id: u64,
+}
+
+impl Tracker {
+    /// A request starts; it is in flight until the guard drops.
+    pub fn busy(&self) -> Busy {
+        self.connections.touch(self.id, 1);
+        Busy {
+            connections: self.connections.clone(),
+            id: self.id,
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.connections.touch(self.id, -1);
+    }
+}
+
+/// Logs a failed accept at most once per [`LOG_EVERY`], counting the failures in between.
+#[derive(Default)]
+pub struct AcceptErrors {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl AcceptErrors {
+    /// Records one failure; logs it unless one was logged lately.
+    pub fn failed(&mut self, e: &std::io::Error) {
+        self.since += 1;
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+            return;
+        }
+        let hint = if e.raw_os_error() == Some(24) || e.raw_os_error() == Some(23) {
+            " (out of file descriptors: raise the limit, or lower --max-connections)"
+        } else {
+            ""
+        };
+        tracing::warn!(target: "zident::ca", failures = self.since, "accept failed: {e}{hint}; backing off");
+        self.last = Some(now);
+        self.since = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_source: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            idle_timeout: Duration::from_secs(60),
+            max_connections: Some(total),
+            max_per_source: per_source,
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        format!("{s}:1000").parse().unwrap()
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_longest_idle_and_refuses_only_when_all_are_busy() {
+        let c = Connections::new(limits(2, 10));
+        let first = c.admit(addr("10.0.0.1")).unwrap();
+        let second = c.admit(addr("10.0.0.2")).unwrap();
+        let _busy = second.tracker().busy();
+        // Full: the idle first one makes room.
+        let third = c.admit(addr("10.0.0.3")).unwrap();
+        assert_eq!(c.open(), 2);
+        assert!(c.idle_deadline(first.id).is_none(), "first was evicted");
+        // Full of busy connections: refused.
+        let _busy3 = third.tracker().busy();
+        assert!(c.admit(addr("10.0.0.4")).is_none());
+        drop(first);
+        assert_eq!(c.open(), 2);
+    }
+
+    #[test]
+    fn one_source_cannot_take_the_others_slots() {
+        let c = Connections::new(limits(100, 2));
+        let a1 = c.admit(addr("10.0.0.1")).unwrap();
+        let b = c.admit(addr("10.0.0.2")).unwrap();
+        let a2 = c.admit(addr("10.0.0.1")).unwrap();
+        // A third from the same source evicts that source's oldest idle one, not b's.
+        let _a3 = c.admit(addr("10.0.0.1")).unwrap();
+        assert!(c.idle_deadline(a1.id).is_none());
+        assert!(c.idle_deadline(b.id).is_some());
+        assert!(c.idle_deadline(a2.id).is_some());
+    }
+
+    #[test]
+    fn the_descriptor_limit_sets_the_default_cap() {
+        let l = ConnectionLimits::default();
+        let soft = open_files_limit().unwrap();
+        assert_eq!(l.total(), soft.saturating_sub(DESCRIPTOR_RESERVE).max(1));
+    }
+}
