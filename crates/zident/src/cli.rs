@@ -40,7 +40,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the certificate authority (Istio-compatible, SPIFFE X.509 SVIDs).
-    Ca(CaArgs),
+    Ca(Box<CaArgs>),
     /// Run the node agent: certificates for every identity on this node, kept rotated.
     Agent(Box<AgentArgs>),
     /// Run zident on the embedded default mesh (examples/local.yaml) for a first look.
