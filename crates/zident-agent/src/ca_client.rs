@@ -83,7 +83,19 @@ pub struct CaClient {
     cluster_id: String,
     address: String,
     status: Mutex<ConnectionStatus>,
+    /// What a probe needs: the TLS connector and the CA's name.
+    tls: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+    /// Signalled when a request finds the CA unreachable.
+    down: tokio::sync::Notify,
+    /// Counts the times the CA was found answering again after being unreachable.
+    back: tokio::sync::watch::Sender<u64>,
 }
+
+/// A probe that gets no TCP connection and TLS handshake within this long has failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Probes while the CA is unreachable start at most this often.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl CaClient {
     /// A client for `config`; connects on first use. The CA's certificate is verified against
@@ -102,6 +114,7 @@ impl CaClient {
             tokio_rustls::TlsConnector::from(Arc::new(crate::ca_tls::client_config(trust, b"h2")?));
         // TLS is done here rather than by tonic, so the trust follows the bundle.
         let dial = address.clone();
+        let (probe_tls, probe_name) = (tls.clone(), name.clone());
         let connector = tower::service_fn(move |_: tonic::transport::Uri| {
             let (tls, name, dial) = (tls.clone(), name.clone(), dial.clone());
             async move {
@@ -128,7 +141,49 @@ impl CaClient {
                 ..Default::default()
             }),
             address,
+            tls: probe_tls,
+            name: probe_name,
+            down: tokio::sync::Notify::new(),
+            back: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Whether the CA answers: a TCP connection and a TLS handshake, nothing more (no
+    /// certificate request), within [`PROBE_TIMEOUT`].
+    pub async fn probe(&self) -> bool {
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(&self.address).await?;
+            self.tls.connect(self.name.clone(), tcp).await
+        };
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Wakes when the CA answers again after a request found it unreachable; the value counts
+    /// such returns.
+    pub fn back(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.back.subscribe()
+    }
+
+    /// While requests find the CA unreachable, probes it (at most once per [`PROBE_EVERY`])
+    /// and announces on [`Self::back`] the moment it answers, so every identity waiting on it
+    /// retries at once instead of at its next backoff step. Runs until the task is dropped.
+    pub async fn watch_reachability(self: Arc<Self>) {
+        loop {
+            self.down.notified().await;
+            let since = std::time::Instant::now();
+            loop {
+                let next = tokio::time::Instant::now() + PROBE_EVERY;
+                if self.probe().await {
+                    tracing::info!(target: "zident::identity", ca = %self.address, down_for_ms = since.elapsed().as_millis() as u64, "the CA answers again: retrying every identity that waits on it");
+                    self.back.send_modify(|n| *n += 1);
+                    break;
+                }
+                tokio::time::sleep_until(next).await;
+            }
+        }
     }
 
     /// The address, `host:port`.
@@ -203,6 +258,9 @@ impl CaClient {
                 s.connected = connected;
                 s.last_error = Some(message);
                 s.consecutive_failures += 1;
+                if !connected {
+                    self.down.notify_one();
+                }
             }
         }
     }

@@ -170,6 +170,7 @@ impl RunningAgent {
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(track_bundle(trust.clone(), metrics.clone())));
+        tasks.push(tokio::spawn(ca.clone().watch_reachability()));
         if config.ca.poll_bundle {
             let host = ca
                 .address()

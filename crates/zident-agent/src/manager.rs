@@ -144,6 +144,25 @@ impl CertificateManager {
         }
     }
 
+    /// The current certificate of `id` for a connection that needs it now (an inbound
+    /// handshake, a Workload API call): without waiting, and, when there is no valid one,
+    /// asking the identity's worker to retry at once. Retries are deduplicated: one wake-up
+    /// is pending at most, however many connections ask.
+    pub fn current_or_retry(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
+        let current = self.current(id);
+        if current.is_none() {
+            self.retry_now(id);
+        }
+        current
+    }
+
+    /// Asks `id`'s worker to fetch at once if it has no valid certificate.
+    pub fn retry_now(&self, id: &SpiffeId) {
+        if let Some(slot) = self.lock().get(id) {
+            slot.wake.notify_one();
+        }
+    }
+
     /// The agent's own identity, if configured.
     pub fn own_identity(&self) -> Option<&SpiffeId> {
         self.own.as_ref()

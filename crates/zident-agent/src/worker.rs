@@ -161,13 +161,13 @@ impl Shared {
     }
 
     /// One fetch: fresh key, CSR, CA request, response checks.
-    async fn fetch(&self, id: &SpiffeId, own: bool) -> Result<Arc<WorkloadCertificate>, String> {
+    async fn fetch(&self, id: &SpiffeId, own: bool) -> Result<Arc<WorkloadCertificate>, Failure> {
         tracing::info!(target: "zident::identity", "Certificate rotation started for {id}");
-        let fail = |reason: &'static str, message: String| {
-            self.metrics.rotation(false, reason);
+        let fail = |kind: &'static str, message: String| {
+            self.metrics.rotation(false, kind);
             tracing::warn!(target: "zident::identity", "Certificate rotation failed for {id}: {message}");
             self.event(id, "failed", message.clone());
-            Err(message)
+            Err(Failure { kind, message })
         };
         let key = match WorkloadKey::generate() {
             Ok(k) => k,
@@ -210,6 +210,19 @@ impl Shared {
     }
 }
 
+/// Why a fetch failed: the stable kind (the metric's `reason`) and the words for a person.
+struct Failure {
+    kind: &'static str,
+    message: String,
+}
+
+impl Failure {
+    /// The CA did not answer: a retry is due as soon as it answers again.
+    fn waits_on_ca(&self) -> bool {
+        self.kind == "ca_unreachable"
+    }
+}
+
 /// Sets the state, keeping the per-state gauge in step.
 fn set_state(tx: &watch::Sender<IdentityStatus>, metrics: &AgentMetrics, state: CertState) {
     tx.send_modify(|s| {
@@ -232,6 +245,9 @@ pub(crate) async fn run(
     };
     let mut backoff = Backoff::new(&shared.policy);
     let mut roots = shared.signing_root.subscribe();
+    let mut ca_back = shared.ca.back();
+    // Whether the last fetch failed because the CA did not answer (set by each fetch).
+    let mut waits_on_ca;
     let mut follow_roots = shared.policy.renew_on_root_change;
     // The root the certificate in use chains to.
     let mut my_root = None;
@@ -250,6 +266,7 @@ pub(crate) async fn run(
         let mut next_fetch = match outcome {
             Ok(cert) => {
                 backoff.reset();
+                waits_on_ca = false;
                 my_root = shared.root_of(&id, &cert);
                 let at = rotation_time(&cert, &shared.policy, random_unit());
                 shared
@@ -274,7 +291,11 @@ pub(crate) async fn run(
                 });
                 at
             }
-            Err(reason) => {
+            Err(failure) => {
+                waits_on_ca = failure.waits_on_ca();
+                // Only announcements after this failure count.
+                ca_back.borrow_and_update();
+                let reason = failure.message;
                 let at = now + backoff.next_delay(random_unit());
                 tx.send_modify(|s| {
                     // The old certificate stays in use while it is valid.
@@ -338,6 +359,17 @@ pub(crate) async fn run(
                             shared.event(&id, "early", detail);
                         }
                     }
+                }
+                changed = ca_back.changed(), if waits_on_ca => {
+                    if changed.is_ok() {
+                        // The CA answers again: retry now, ahead of renewals, rather than at
+                        // the next backoff step.
+                        let unavailable = !matches!(&tx.borrow().state, CertState::Available(_));
+                        priority = if unavailable { Priority::RealTime } else { Priority::Warmup };
+                        tx.send_modify(|s| s.next_attempt = Some(SystemTime::now()));
+                        break;
+                    }
+                    waits_on_ca = false;
                 }
                 _ = wake.notified() => {
                     // Someone needs this certificate now. If there is a valid one, nothing

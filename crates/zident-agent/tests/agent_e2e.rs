@@ -643,3 +643,62 @@ async fn a_new_signing_root_moves_the_other_certificates_only_when_asked() {
     assert!(logged.contains("renewing this node's certificates under the old root now"));
     assert!(logged.contains("the other certificates move to it at their normal renewal"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_a_ca_outage_takes_seconds_not_a_backoff_step() {
+    logs();
+    let mut world = World::new(20).await;
+    let mut config = world.agent_config(Duration::from_secs(4));
+    // Backoff as a real agent has it (doubling), so that after a few failures the next retry
+    // is many seconds away: recovery must not wait for it.
+    config.rotation.backoff_initial = Duration::from_secs(2);
+    config.rotation.backoff_max = Duration::from_secs(60);
+    let agent = start_agent(config).await;
+    let fe = id("ns/default/sa/frontend");
+    let attempts = |agent: &zident_agent::RunningAgent| state_of(agent, &fe).unwrap().attempts;
+
+    world.stop_ca();
+    // Three failed tries (at about 0, 2 and 6 s): the next is 8 to 24 s away, and every
+    // certificate has expired.
+    let before = attempts(&agent);
+    eventually(
+        Duration::from_secs(60),
+        "three failures while the CA is down",
+        || {
+            attempts(&agent) >= before + 3
+                && agent
+                    .manager
+                    .snapshot()
+                    .iter()
+                    .all(|(_, s)| matches!(s.state, CertState::Unavailable(_)))
+        },
+    )
+    .await;
+    // A workload that needs its identity now (inbound, the Workload API) gets a retry at once,
+    // even with the CA down: its worker tries again without waiting for its backoff.
+    let tried = attempts(&agent);
+    assert!(agent.manager.current_or_retry(&fe).is_none());
+    eventually(
+        Duration::from_secs(5),
+        "a real-time need retries at once",
+        || attempts(&agent) > tried,
+    )
+    .await;
+
+    world.restart_ca().await;
+    let back = std::time::Instant::now();
+    // Every identity Available again soon after the CA answers (goal: 2 s; the deadline leaves
+    // room for a loaded machine, and is far below the backoff step).
+    eventually(
+        Duration::from_secs(5),
+        "every identity Available after the CA returns",
+        || all_available(&agent),
+    )
+    .await;
+    let took = back.elapsed();
+    assert!(
+        log_text().contains("the CA answers again"),
+        "the probe noticed"
+    );
+    eprintln!("recovery: every identity Available {took:?} after the CA answered");
+}

@@ -186,7 +186,7 @@ pub async fn start_tunnel(
     let manager = agent.manager.clone();
     let current = {
         let m = manager.clone();
-        Arc::new(move |id: &zident_identity::SpiffeId| m.current(id))
+        Arc::new(move |id: &zident_identity::SpiffeId| m.current_or_retry(id))
     };
     let bundle = {
         let m = manager.clone();

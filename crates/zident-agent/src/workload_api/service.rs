@@ -107,6 +107,8 @@ impl SpiffeWorkloadApi for WorkloadApiService {
             Status::unavailable(format!("{} is no longer served on this node", self.id))
         })?;
         if let CertState::Unavailable(reason) = &status.borrow().state {
+            // A workload asks now: retry at once rather than at the next backoff step.
+            self.manager.retry_now(&self.id);
             return Err(Status::unavailable(reason.clone()));
         }
         let mut bundle = self.trust.subscribe();

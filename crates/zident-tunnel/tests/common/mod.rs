@@ -259,7 +259,7 @@ pub async fn tunnel_with(
     observer: Arc<Observer>,
 ) -> RunningTunnel {
     let m = a.manager.clone();
-    let current = Arc::new(move |id: &SpiffeId| m.current(id));
+    let current = Arc::new(move |id: &SpiffeId| m.current_or_retry(id));
     let m = a.manager.clone();
     let bundle = Arc::new(move || m.trust().bundle());
     start(

@@ -55,6 +55,11 @@ impl Drop for Ca {
 /// Starts `zident ca` on `dir/mesh.yaml`. With ZIDENT_BENCH_CA_CPUS=LIST it runs under
 /// `taskset -c LIST`, to measure it on cores of its own.
 pub fn start_ca(dir: &Path) -> Ca {
+    start_ca_at(dir, "127.0.0.1:0")
+}
+
+/// [`start_ca`] on a given listen address (to restart a CA where its clients look for it).
+pub fn start_ca_at(dir: &Path, listen: &str) -> Ca {
     let mut command = match std::env::var("ZIDENT_BENCH_CA_CPUS") {
         Ok(cpus) => {
             let mut c = Command::new("taskset");
@@ -69,7 +74,7 @@ pub fn start_ca(dir: &Path) -> Ca {
         .arg(dir.join("mesh.yaml"))
         .arg("--data-dir")
         .arg(dir.join("ca"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--listen", listen, "--metrics-addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
