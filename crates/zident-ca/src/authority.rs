@@ -206,7 +206,8 @@ impl Authority {
             key
         };
         if !cert_path.exists() {
-            let params = profile::root_params(trust_domain, SystemTime::now(), lifetime);
+            let params =
+                profile::generation_root_params(trust_domain, 1, SystemTime::now(), lifetime);
             let cert = params
                 .self_signed(&key)
                 .map_err(|e| AuthorityError::Sign(e.to_string()))?;
@@ -342,6 +343,7 @@ impl Authority {
             .map(|s| zident_identity::serial_hex(s.as_ref()))
             .unwrap_or_default();
         let not_after = params.not_after.into();
+        let not_before = params.not_before.into();
         let cert = self.sign(&params, key)?;
         let mut chain = Vec::with_capacity(1 + self.chain_tail_pem.len());
         chain.push(cert.pem());
@@ -349,6 +351,7 @@ impl Authority {
         Ok(Issued {
             chain,
             serial_hex,
+            not_before,
             not_after,
         })
     }
@@ -443,6 +446,8 @@ pub struct Issued {
     pub chain: Vec<String>,
     /// The leaf's serial, hex.
     pub serial_hex: String,
+    /// The leaf's notBefore.
+    pub not_before: SystemTime,
     /// The leaf's notAfter.
     pub not_after: SystemTime,
 }

@@ -11,6 +11,7 @@
 pub mod authority;
 pub mod connections;
 pub mod data_lock;
+pub mod ledger;
 pub mod metrics;
 mod persist;
 pub mod plugged;
@@ -78,6 +79,9 @@ pub struct RotationConfig {
     /// Added to the longest certificate lifetime before the old root may retire: covers a
     /// running CA that picks up a `zident ca rotate activate` a moment late, and clock skew.
     pub retire_margin: Duration,
+    /// Added to a pre-prepare certificate's renewal point before its client (one that learns
+    /// roots only from responses) is taken to trust the prepared root.
+    pub renewal_margin: Duration,
 }
 
 impl Default for RotationConfig {
@@ -87,7 +91,8 @@ impl Default for RotationConfig {
             prepare_at: 0.8,
             root_lifetime: authority::ROOT_LIFETIME,
             activate_delay: None,
-            retire_margin: Duration::from_secs(60),
+            retire_margin: rotation::RETIRE_MARGIN,
+            renewal_margin: Duration::from_secs(rotation::RENEWAL_MARGIN_SECS),
         }
     }
 }
@@ -102,6 +107,7 @@ impl CaConfig {
             .max(self.refresh_hint);
         rotation::Timing {
             activate_delay_secs: activate.as_secs_f64().ceil() as u64,
+            renewal_margin_secs: self.rotation.renewal_margin.as_secs_f64().ceil() as u64,
             retire_delay_secs: (self.ttl.max_ttl + self.rotation.retire_margin)
                 .as_secs_f64()
                 .ceil() as u64,
@@ -153,6 +159,14 @@ pub enum CaError {
     /// Another CA holds the data dir, or it cannot be locked.
     #[error(transparent)]
     DataDir(#[from] data_lock::DataDirError),
+    /// The ledger of issued certificates cannot be opened.
+    #[error("cannot open the ledger of issued certificates in {path}: {source}")]
+    Ledger {
+        /// The data dir.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A file watch could not be set up.
     #[error("cannot watch {path}: {source}")]
     Watch {
@@ -232,12 +246,19 @@ impl RunningCa {
         let metrics = metrics::CaMetrics::new(&mut metrics_registry);
         let serving =
             Arc::new(ServingCert::new(&authority, config.dns_names.clone()).map_err(CaError::Tls)?);
+        let ledger = ledger::Ledger::open(&config.data_dir, std::time::SystemTime::now()).map_err(
+            |source| CaError::Ledger {
+                path: config.data_dir.clone(),
+                source,
+            },
+        )?;
         let state = Arc::new(CaState::new(
             authority,
             registry,
             config.ttl,
             metrics,
             config.refresh_hint,
+            ledger,
         ));
 
         let listener = TcpListener::bind(config.listen)
@@ -412,7 +433,7 @@ fn reload_plugged_in(
         .map_err(|e| e.to_string())
         .and_then(|next| {
             known
-                .check(&current, &next, &timing, now)
+                .check(&current, &next, &timing, &state.ledger.snapshot(), now)
                 .map(|()| next)
                 .map_err(|e| format!("the change would break handshakes: {e}"))
         });
@@ -542,6 +563,14 @@ async fn rotate_on_schedule(state: Arc<CaState>, config: CaConfig, serving: Arc<
                 .unwrap_or(0)
         };
         let due = if let Some((phase, _, after)) = rs.next_step() {
+            // Activation waits for clients that learn roots only from responses, too.
+            let after = match phase {
+                rotation::Phase::Activate => {
+                    rotation::activation_safe_at(&rs, &state.ledger.snapshot(), secs(now))
+                        .unwrap_or(after)
+                }
+                _ => after,
+            };
             (secs(now) >= after).then_some(phase)
         } else {
             let (from, to) = state.authority().signer_validity();

@@ -208,6 +208,7 @@ impl PluggedState {
         current: &Authority,
         next: &Authority,
         timing: &Timing,
+        issued: &std::collections::HashMap<String, crate::ledger::Issuance>,
         now: SystemTime,
     ) -> Result<(), String> {
         let t = unix(now);
@@ -237,6 +238,20 @@ impl PluggedState {
                     ));
                 }
                 Some(_) => {}
+            }
+            // Clients that learn roots only from responses trust the new root once they
+            // renewed after it was published.
+            let published = self.published.get(root).copied().unwrap_or(0);
+            let waiting = crate::ledger::waiting(issued, published, t, timing.renewal_margin_secs);
+            if let Some(last) = waiting.last() {
+                return Err(format!(
+                    "too early to sign under root {}: {} identities hold a certificate issued before it was published and have not renewed since (clients that learn roots only from CreateCertificate responses, like ztunnel, do not trust it yet), e.g. {}; write the signing files again once they have renewed, at the latest from {} (in {}s)",
+                    short(root),
+                    waiting.len(),
+                    waiting[0].id,
+                    at(last.renews_by),
+                    last.renews_by - t
+                ));
             }
         }
         for (fp, _) in roots(current) {

@@ -76,14 +76,30 @@ pub struct Timing {
     /// Seconds from activate to the earliest retire (the longest certificate lifetime issued,
     /// plus margin).
     pub retire_delay_secs: u64,
+    /// Seconds added to a certificate's renewal point (half its life) before a client that
+    /// learns roots only from responses is taken to have renewed.
+    #[serde(default = "default_renewal_margin")]
+    pub renewal_margin_secs: u64,
+}
+
+/// Added to the longest certificate lifetime before an old root may retire (the one default,
+/// used by the CA's configuration and by a state file written before timings were recorded).
+pub const RETIRE_MARGIN: Duration = Duration::from_secs(60);
+
+/// The default of [`Timing::renewal_margin_secs`].
+pub const RENEWAL_MARGIN_SECS: u64 = 60;
+
+fn default_renewal_margin() -> u64 {
+    RENEWAL_MARGIN_SECS
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        // The CA's defaults: refresh hint 5 min (twice), maximum lifetime 90 days (+ 5 min).
+        // The CA's defaults: refresh hint 5 min (twice), maximum lifetime 90 days (+ margin).
         Self {
             activate_delay_secs: 600,
-            retire_delay_secs: 90 * 24 * 3600 + 300,
+            retire_delay_secs: 90 * 24 * 3600 + RETIRE_MARGIN.as_secs(),
+            renewal_margin_secs: RENEWAL_MARGIN_SECS,
         }
     }
 }
@@ -333,7 +349,13 @@ pub fn apply(
                 .max()
                 .unwrap_or(1)
                 + 1;
-            make_root(&generation_dir(data_dir, next), &td, now, root_lifetime)?;
+            make_root(
+                &generation_dir(data_dir, next),
+                &td,
+                next,
+                now,
+                root_lifetime,
+            )?;
             state.prepared = Some(next);
             state.sequence += 1;
             state.activate_after = Some(at + state.timing.activate_delay_secs);
@@ -353,6 +375,17 @@ pub fn apply(
                 return Err(RotationError::Refused(format!(
                     "too early: agents may not have fetched generation {next}'s root yet; activation is safe from {}, or pass --force",
                     safe_from(after, at)
+                )));
+            }
+            let clients = clients_wait(&state, &crate::ledger::load(data_dir), at);
+            if let Some(last) = clients.last()
+                && !force
+            {
+                return Err(RotationError::Refused(format!(
+                    "too early: {} identities hold a certificate issued before generation {next} was prepared and have not renewed since (clients that learn roots only from CreateCertificate responses, like ztunnel and istio-agent, do not trust the new root yet), e.g. {}; activation is safe when they have renewed, at the latest from {}, or pass --force (`zident ca status --json` lists them)",
+                    clients.len(),
+                    clients[0].id,
+                    safe_from(last.renews_by, at)
                 )));
             }
             state.previous = Some(state.active);
@@ -403,6 +436,52 @@ pub fn apply(
     Ok(state)
 }
 
+/// When generation `prepared` was prepared (Unix seconds), from the history.
+pub fn prepared_at(state: &RotationState) -> Option<u64> {
+    let g = state.prepared?;
+    state
+        .history
+        .iter()
+        .rev()
+        .find(|e| e.phase == "prepare" && e.generation == g)
+        .map(|e| e.at)
+}
+
+/// While a generation is prepared: the identities (from the CA's ledger `latest`) that may
+/// not trust it yet because they learn roots only from responses and have not renewed since
+/// prepare, each with the time by which it will have; sorted, the last is the time after which
+/// activation is safe regardless. Empty when nothing is prepared or nobody waits.
+pub fn clients_wait(
+    state: &RotationState,
+    latest: &std::collections::HashMap<String, crate::ledger::Issuance>,
+    at: u64,
+) -> Vec<crate::ledger::Waiting> {
+    match prepared_at(state) {
+        Some(prepared) => {
+            crate::ledger::waiting(latest, prepared, at, state.timing.renewal_margin_secs)
+        }
+        None => Vec::new(),
+    }
+}
+
+/// When activation is safe by both rules: the bundle rule (`activate_after`) and every client
+/// having renewed since prepare (or its renewal point having passed).
+pub fn activation_safe_at(
+    state: &RotationState,
+    latest: &std::collections::HashMap<String, crate::ledger::Issuance>,
+    at: u64,
+) -> Option<u64> {
+    let (phase, _, after) = state.next_step()?;
+    if phase != Phase::Activate {
+        return None;
+    }
+    let clients = clients_wait(state, latest, at)
+        .last()
+        .map(|w| w.renews_by)
+        .unwrap_or(0);
+    Some(after.max(clients))
+}
+
 /// `after` (unix seconds) as a time and how far off it is from `at`, for refusals.
 fn safe_from(after: u64, at: u64) -> String {
     format!(
@@ -417,6 +496,7 @@ fn safe_from(after: u64, at: u64) -> String {
 pub fn make_root(
     dir: &Path,
     td: &TrustDomain,
+    generation: Generation,
     now: SystemTime,
     lifetime: Duration,
 ) -> Result<(), RotationError> {
@@ -427,7 +507,7 @@ pub fn make_root(
     })?;
     let key_path = dir.join(CA_KEY);
     write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
-    let cert = profile::root_params(td, now, lifetime)
+    let cert = profile::generation_root_params(td, generation, now, lifetime)
         .self_signed(&key)
         .map_err(|e| RotationError::Invalid {
             path: dir.join(CA_CERT),
@@ -513,8 +593,9 @@ mod tests {
     fn setup() -> (tempfile::TempDir, SystemTime) {
         let dir = tempfile::tempdir().unwrap();
         let td = TrustDomain::new("cluster.local").unwrap();
-        make_root(dir.path(), &td, SystemTime::now(), YEAR).unwrap();
+        make_root(dir.path(), &td, 2, SystemTime::now(), YEAR).unwrap();
         let timing = Timing {
+            renewal_margin_secs: RENEWAL_MARGIN_SECS,
             activate_delay_secs: 10,
             retire_delay_secs: 100,
         };

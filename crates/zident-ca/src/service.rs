@@ -161,9 +161,18 @@ impl IstioCertificateService for CaService {
             }
         };
         let authority = self.state.authority();
-        match authority.issue(&csr.id, &csr.public_key, ttl, SystemTime::now()) {
+        let now = SystemTime::now();
+        match authority.issue(&csr.id, &csr.public_key, ttl, now) {
             Ok(issued) => {
                 metrics.success_cert_issuance_count.inc();
+                self.state.ledger.record(
+                    csr.id.as_str(),
+                    crate::ledger::Issuance {
+                        at: crate::ledger::unix(now),
+                        not_before: crate::ledger::unix(issued.not_before),
+                        not_after: crate::ledger::unix(issued.not_after),
+                    },
+                );
                 metrics
                     .issue_duration
                     .observe(started.elapsed().as_secs_f64());

@@ -18,6 +18,8 @@ pub struct CaState {
     pub metrics: CaMetrics,
     /// `spiffe_refresh_hint` published with the bundle.
     pub refresh_hint: Duration,
+    /// What was issued, for root rotation.
+    pub ledger: crate::ledger::Ledger,
 }
 
 impl CaState {
@@ -28,6 +30,7 @@ impl CaState {
         ttl: TtlPolicy,
         metrics: CaMetrics,
         refresh_hint: Duration,
+        ledger: crate::ledger::Ledger,
     ) -> Self {
         metrics.set_expiries(authority.earliest_root_expiry(), authority.chain_expiry());
         Self {
@@ -36,6 +39,7 @@ impl CaState {
             ttl,
             metrics,
             refresh_hint,
+            ledger,
         }
     }
 

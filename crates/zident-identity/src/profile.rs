@@ -99,6 +99,24 @@ pub fn root_params(
     p
 }
 
+/// The parameters of generation `generation` of a CA's self-signed root: [`root_params`] with
+/// a common name naming the trust domain and the generation. Each generation then has its own
+/// subject, so a peer that lacks a new root reports an unknown issuer (it has no root of that
+/// name), not a bad signature from a same-named root.
+pub fn generation_root_params(
+    trust_domain: &TrustDomain,
+    generation: u32,
+    now: SystemTime,
+    lifetime: Duration,
+) -> CertificateParams {
+    let mut p = root_params(trust_domain, now, lifetime);
+    p.distinguished_name.push(
+        DnType::CommonName,
+        format!("zident root {trust_domain} generation {generation}"),
+    );
+    p
+}
+
 /// The parameters of the CA's own TLS serving certificate: DNS SANs, serverAuth only.
 pub fn serving_params(
     trust_domain: &TrustDomain,

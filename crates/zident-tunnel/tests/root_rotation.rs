@@ -60,6 +60,7 @@ fn ca_config(dir: &Path, listen: SocketAddr) -> CaConfig {
     c.rotation.auto = false;
     c.rotation.activate_delay = Some(Duration::from_secs(2));
     c.rotation.retire_margin = Duration::from_secs(2);
+    c.rotation.renewal_margin = Duration::from_secs(1);
     c
 }
 
@@ -202,13 +203,17 @@ fn roots(agent: &RunningAgent) -> Vec<CertificateDer<'static>> {
 /// Runs `phase` as `zident ca rotate` does, once it is safe.
 async fn rotate(ca_dir: &Path, phase: Phase) -> rotation::RotationState {
     let state = rotation::read_state(ca_dir).unwrap().unwrap();
-    let safe_from = match phase {
+    // Activation is safe by both rules: the bundle's, and every client having renewed since
+    // prepare (from the CA's ledger), as `zident ca status` reports it.
+    let safe_from = || match phase {
         Phase::Prepare => 0,
-        Phase::Activate => state.activate_after.unwrap(),
+        Phase::Activate => {
+            let now = zident_ca::ledger::unix(SystemTime::now());
+            rotation::activation_safe_at(&state, &zident_ca::ledger::load(ca_dir), now).unwrap()
+        }
         Phase::Retire => state.retire_after.unwrap(),
     };
-    let safe = SystemTime::UNIX_EPOCH + Duration::from_secs(safe_from);
-    while SystemTime::now() < safe {
+    while SystemTime::now() < SystemTime::UNIX_EPOCH + Duration::from_secs(safe_from()) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let dir = ca_dir.to_owned();

@@ -106,11 +106,16 @@ pub fn run(action: CaAction) -> Result<ExitCode, String> {
                 )
             })?;
             if args.json {
+                let now = zident_ca::ledger::unix(SystemTime::now());
+                let issued = zident_ca::ledger::load(&args.data_dir);
+                let waiting = rotation::clients_wait(&state, &issued, now);
                 let json = serde_json::json!({
                     "phase": state.phase(),
                     "sequence": state.sequence,
                     "state": state,
                     "generations": rotation::status(&args.data_dir, &state),
+                    "waiting_for_new_root": waiting,
+                    "activate_safe_at": rotation::activation_safe_at(&state, &issued, now),
                 });
                 println!(
                     "{}",
@@ -184,7 +189,28 @@ fn print_state(dir: &std::path::Path, state: &RotationState) {
         state.phase(),
         state.sequence
     );
+    let now = zident_ca::ledger::unix(SystemTime::now());
+    let issued = zident_ca::ledger::load(dir);
     match state.next_step() {
+        Some((rotation::Phase::Activate, g, after)) => {
+            let waiting = rotation::clients_wait(state, &issued, now);
+            let safe = rotation::activation_safe_at(state, &issued, now).unwrap_or(after);
+            println!("  next: activate generation {g} (safe from {})", when(safe));
+            println!(
+                "    bundle rule: agents polling /bundle have it from {}",
+                when(after)
+            );
+            match waiting.last() {
+                None => println!(
+                    "    clients that learn roots only from responses (ztunnel, istio-agent): none waits"
+                ),
+                Some(last) => println!(
+                    "    clients that learn roots only from responses (ztunnel, istio-agent): {} identities still wait for the new root (they renew by {}; --json lists them)",
+                    waiting.len(),
+                    when(last.renews_by)
+                ),
+            }
+        }
         Some((phase, g, after)) => println!(
             "  next: {} generation {g} (safe from {})",
             phase.as_str(),

@@ -510,3 +510,66 @@ async fn idle_connections_cannot_exhaust_the_ca() {
         .expect("a CreateCertificate once idle connections were closed");
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_status_names_the_identities_that_still_wait_for_a_prepared_root() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    let z = start_ca(
+        dir.path(),
+        &["--no-auto-rotate", "--bundle-refresh-hint", "1s"],
+        &[],
+    );
+    // A client gets a certificate before prepare; it learns the new root only when it renews.
+    ask(&z, dir.path(), "localhost", 3600).await.unwrap();
+    let data = dir.path().join("ca");
+    let data_arg = data.to_str().unwrap().to_owned();
+    let run = move |args: &[&str]| {
+        let out = zident().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&["ca", "rotate", "prepare", "--data-dir", &data_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&["ca", "status", "--data-dir", &data_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("1 identities still wait for the new root"),
+        "{out}"
+    );
+    let (_, out) = run(&["ca", "status", "--data-dir", &data_arg, "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        json["waiting_for_new_root"][0]["id"], "spiffe://cluster.local/ns/default/sa/gateway",
+        "{json}"
+    );
+    // Activation is refused, however long ago the bundle rule was met, until it renews.
+    let (code, out) = run(&["ca", "rotate", "activate", "--data-dir", &data_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("too early"), "{out}");
+    // It renews (in a later second than prepare: the ledger counts whole seconds, and one
+    // issued in the second of prepare counts as before it): nobody waits any more.
+    let prepared = json["state"]["history"][0]["at"].as_u64().unwrap();
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while unix() <= prepared {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ask(&z, dir.path(), "localhost", 3600).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out) = run(&["ca", "status", "--data-dir", &data_arg]);
+        if out.contains("none waits") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,280 @@
+//! What the CA issued: for each identity, when its latest certificate was issued and how long
+//! it lives. Root rotation reads it to know when `activate` is safe for clients that learn
+//! roots only from `CreateCertificate` responses (ztunnel, istio-agent): they trust a new root
+//! only once they have renewed after `prepare`, which they do at half of their certificate's
+//! life, on their own schedule.
+//!
+//! Kept in memory for the CA, and in `<data dir>/issued.log`, one JSON line per issuance,
+//! appended by a thread of its own so that issuance never waits on the disk. It survives a
+//! restart of the CA (and a crash of the process: lines are written at once, not fsynced one
+//! by one), is compacted to one line per identity with a valid certificate at each start, and
+//! is read by `zident ca rotate` and `zident ca status` beside a running CA. A line cut short by
+//! a crash is skipped.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::persist::write_atomic;
+
+/// The file, in the data dir.
+pub const LEDGER_FILE: &str = "issued.log";
+
+/// One issuance, as the ledger keeps it (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuance {
+    /// When it was issued.
+    pub at: u64,
+    /// The certificate's notBefore.
+    pub not_before: u64,
+    /// The certificate's notAfter.
+    pub not_after: u64,
+}
+
+impl Issuance {
+    /// When a client renews this certificate at the latest: half its lifetime (Istio's and
+    /// zident's rule), plus `margin` for clocks and late renewals.
+    pub fn renewal_point(&self, margin: u64) -> u64 {
+        self.not_before + (self.not_after.saturating_sub(self.not_before)) / 2 + margin
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    id: String,
+    #[serde(flatten)]
+    issuance: Issuance,
+}
+
+/// Unix seconds.
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The latest issuance of each identity in `data_dir`'s ledger; empty when there is none.
+pub fn load(data_dir: &Path) -> HashMap<String, Issuance> {
+    let mut latest = HashMap::new();
+    let Ok(text) = std::fs::read_to_string(data_dir.join(LEDGER_FILE)) else {
+        return latest;
+    };
+    for line in text.lines() {
+        // A line cut short by a crash is skipped: at worst an identity looks as if its last
+        // certificate were an older one, which only makes activation wait longer.
+        if let Ok(l) = serde_json::from_str::<Line>(line) {
+            let e = latest.entry(l.id).or_insert(l.issuance);
+            if l.issuance.at >= e.at {
+                *e = l.issuance;
+            }
+        }
+    }
+    latest
+}
+
+/// The running CA's ledger.
+pub struct Ledger {
+    latest: Mutex<HashMap<String, Issuance>>,
+    writer: Mutex<Option<mpsc::Sender<String>>>,
+}
+
+impl Ledger {
+    /// Opens the ledger of `data_dir`: loads it, compacts it to the certificates still valid
+    /// at `now`, and starts the thread that appends to it.
+    pub fn open(data_dir: &Path, now: SystemTime) -> std::io::Result<Self> {
+        let mut latest = load(data_dir);
+        let now = unix(now);
+        latest.retain(|_, i| i.not_after > now);
+        let path = data_dir.join(LEDGER_FILE);
+        let mut compact = String::new();
+        for (id, issuance) in &latest {
+            if let Ok(line) = serde_json::to_string(&Line {
+                id: id.clone(),
+                issuance: *issuance,
+            }) {
+                compact.push_str(&line);
+                compact.push('\n');
+            }
+        }
+        write_atomic(&path, compact.as_bytes(), 0o600)?;
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::Builder::new()
+            .name("zident-ledger".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    // Everything that queued up meanwhile goes in one write.
+                    let mut batch = first;
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push_str(&more);
+                    }
+                    if let Err(e) = file.write_all(batch.as_bytes()) {
+                        tracing::error!(target: "zident::ca", "cannot append to {LEDGER_FILE}: {e}; root rotation will wait for the bundle rule and renewal points it knows");
+                    }
+                }
+            })?;
+        Ok(Self {
+            latest: Mutex::new(latest),
+            writer: Mutex::new(Some(tx)),
+        })
+    }
+
+    /// Records a certificate issued to `id`.
+    pub fn record(&self, id: &str, issuance: Issuance) {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), issuance);
+        let Ok(mut line) = serde_json::to_string(&Line {
+            id: id.to_owned(),
+            issuance,
+        }) else {
+            return;
+        };
+        line.push('\n');
+        if let Some(tx) = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(line);
+        }
+    }
+
+    /// The latest issuance of each identity.
+    pub fn snapshot(&self) -> HashMap<String, Issuance> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// An identity that may not trust a prepared root yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waiting {
+    /// The SPIFFE ID.
+    pub id: String,
+    /// When its certificate (issued before prepare) was issued, Unix seconds.
+    pub issued_at: u64,
+    /// When it will have renewed at the latest (and so learned the new root), Unix seconds.
+    pub renews_by: u64,
+}
+
+/// The identities whose latest certificate was issued before (or in the second of) `prepared_at`, and whose renewal
+/// point (plus `margin`) is still ahead at `now`: clients that learn roots only from responses
+/// have not seen the prepared root yet. Sorted by when they renew.
+pub fn waiting(
+    latest: &HashMap<String, Issuance>,
+    prepared_at: u64,
+    now: u64,
+    margin: u64,
+) -> Vec<Waiting> {
+    let mut w: Vec<Waiting> = latest
+        .iter()
+        // Times are whole seconds: an issuance in the second of prepare may have come just
+        // before it, so it counts as before (the cautious side).
+        .filter(|(_, i)| i.at <= prepared_at && i.not_after > now)
+        .map(|(id, i)| Waiting {
+            id: id.clone(),
+            issued_at: i.at,
+            renews_by: i.renewal_point(margin),
+        })
+        .filter(|w| w.renews_by > now)
+        .collect();
+    w.sort_by(|a, b| a.renews_by.cmp(&b.renews_by).then(a.id.cmp(&b.id)));
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: u64) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_secs(s)
+    }
+
+    #[test]
+    fn identities_wait_until_they_renewed_after_prepare_or_their_renewal_point_passed() {
+        let i = |at, nb, na| Issuance {
+            at,
+            not_before: nb,
+            not_after: na,
+        };
+        let latest: HashMap<String, Issuance> = [
+            // Issued before prepare (at 1000), renews at 1000 + 500 = 1500 (+ margin 60).
+            ("a".to_string(), i(1000, 1000, 2000)),
+            // Renewed after prepare: has the new root.
+            ("b".to_string(), i(1200, 1200, 2200)),
+            // Issued before prepare, renewal point already passed at now = 1300.
+            ("c".to_string(), i(100, 100, 2000)),
+            // Expired.
+            ("d".to_string(), i(10, 10, 20)),
+        ]
+        .into();
+        let w = waiting(&latest, 1100, 1300, 60);
+        assert_eq!(
+            w,
+            vec![Waiting {
+                id: "a".into(),
+                issued_at: 1000,
+                renews_by: 1560
+            }]
+        );
+        assert!(waiting(&latest, 1100, 1560, 60).is_empty());
+    }
+
+    #[test]
+    fn the_ledger_survives_a_restart_and_skips_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = Ledger::open(dir.path(), at(1000)).unwrap();
+            l.record(
+                "spiffe://td/a",
+                Issuance {
+                    at: 1000,
+                    not_before: 990,
+                    not_after: 2000,
+                },
+            );
+            l.record(
+                "spiffe://td/b",
+                Issuance {
+                    at: 1001,
+                    not_before: 990,
+                    not_after: 1005,
+                },
+            );
+            l.record(
+                "spiffe://td/a",
+                Issuance {
+                    at: 1500,
+                    not_before: 1490,
+                    not_after: 2500,
+                },
+            );
+        }
+        // The writer thread ends when the ledger drops; wait for its lines.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while load(dir.path()).get("spiffe://td/a").map(|i| i.at) != Some(1500) {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // A crash mid-line.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(LEDGER_FILE))
+            .unwrap();
+        f.write_all(b"{\"id\":\"spiffe://td/c\",\"at\":12").unwrap();
+        let l = Ledger::open(dir.path(), at(1100)).unwrap();
+        let s = l.snapshot();
+        assert_eq!(s.len(), 1, "b expired, c was torn: {s:?}");
+        assert_eq!(s["spiffe://td/a"].at, 1500);
+    }
+}
