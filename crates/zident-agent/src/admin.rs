@@ -98,6 +98,9 @@ pub fn debug_certs(manager: &CertificateManager) -> Value {
         "trust_bundle_sequence": bundle.sequence(),
         "events": manager.events(),
         "now": rfc3339(SystemTime::now()),
+        // The CA's clock minus this node's (seconds), and when it counts as skewed.
+        "clock_skew_seconds": manager.ca().clock().offset(),
+        "clock_skew_threshold_seconds": manager.ca().clock().threshold().as_secs_f64(),
     })
 }
 

@@ -74,6 +74,8 @@ pub struct ConnectionStatus {
     pub last_error: Option<String>,
     /// Failures since the last success.
     pub consecutive_failures: u64,
+    /// The CA's clock minus this node's, seconds, as last measured (`None`: not yet).
+    pub clock_skew_seconds: Option<f64>,
 }
 
 /// A client of the Istio certificate service.
@@ -90,6 +92,8 @@ pub struct CaClient {
     down: tokio::sync::Notify,
     /// Counts the times the CA was found answering again after being unreachable.
     back: tokio::sync::watch::Sender<u64>,
+    /// This node's clock against the CA's.
+    clock: crate::clock::ClockSkew,
 }
 
 /// A probe that gets no TCP connection and TLS handshake within this long has failed.
@@ -145,7 +149,19 @@ impl CaClient {
             name: probe_name,
             down: tokio::sync::Notify::new(),
             back: tokio::sync::watch::channel(0).0,
+            clock: crate::clock::ClockSkew::new(crate::clock::MAX_BACKDATE),
         })
+    }
+
+    /// Complains about clock skew beyond `threshold` instead of [`crate::clock::MAX_BACKDATE`].
+    pub fn with_skew_threshold(mut self, threshold: Duration) -> Self {
+        self.clock = crate::clock::ClockSkew::new(threshold);
+        self
+    }
+
+    /// This node's clock against the CA's.
+    pub fn clock(&self) -> &crate::clock::ClockSkew {
+        &self.clock
     }
 
     /// Whether the CA answers: a TCP connection and a TLS handshake, nothing more (no
@@ -225,10 +241,19 @@ impl CaClient {
         if let Ok(v) = self.cluster_id.parse() {
             md.insert("clusterid", v);
         }
+        let sent = SystemTime::now();
         let result = self.client.clone().create_certificate(request).await;
+        let received = SystemTime::now();
+        let stamped = match &result {
+            Ok(resp) => crate::clock::ca_time(resp.metadata()),
+            Err(status) => crate::clock::ca_time(status.metadata()),
+        };
+        if let Some(ca) = stamped {
+            self.clock.observe(sent, received, ca);
+        }
         let outcome = match result {
             Ok(resp) => Ok(resp.into_inner().cert_chain),
-            Err(status) => Err(classify(&self.address, status)),
+            Err(status) => Err(classify(&self.address, status, &self.clock)),
         };
         self.record(&outcome);
         outcome
@@ -267,28 +292,50 @@ impl CaClient {
 
     /// What happened last.
     pub fn status(&self) -> ConnectionStatus {
-        self.status
+        let mut s = self
+            .status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        s.clock_skew_seconds = self.clock.offset();
+        s
     }
 }
 
-fn classify(address: &str, status: tonic::Status) -> CaError {
+fn classify(address: &str, status: tonic::Status, clock: &crate::clock::ClockSkew) -> CaError {
+    use rustls::CertificateError as C;
     match status.code() {
         // No answer from the CA: the transport failed or the deadline passed.
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             let mut message = status.message().to_owned();
-            if matches!(
-                tls_error(&status),
+            match tls_error(&status) {
+                Some(rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature)) => {
+                    message.push_str(
+                        ": the CA's TLS certificate chains to no root this node trusts; if the CA's root rotated while this node was down, give it the CA's current root-cert.pem as CA_ROOT_CA",
+                    );
+                }
+                Some(rustls::Error::InvalidCertificate(C::NotValidYetContext {
+                    time,
+                    not_before,
+                })) => {
+                    // The CA's serving certificate is recent: a wait this long means this node
+                    // is at least that far behind.
+                    let behind = not_before.as_secs().saturating_sub(time.as_secs());
+                    message.push_str(&format!(
+                        ": the CA's TLS certificate is not valid for another {behind} s by this node's clock; likely cause: this node's clock is at least {behind} s behind the CA's (fix the clock: NTP)"
+                    ));
+                }
                 Some(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::UnknownIssuer
-                        | rustls::CertificateError::BadSignature
-                ))
-            ) {
-                message.push_str(
-                    ": the CA's TLS certificate chains to no root this node trusts; if the CA's root rotated while this node was down, give it the CA's current root-cert.pem as CA_ROOT_CA",
-                );
+                    C::Expired | C::ExpiredContext { .. } | C::NotValidYet,
+                )) => {
+                    message.push_str(
+                        ": the CA's TLS certificate is outside its validity by this node's clock; ",
+                    );
+                    message.push_str(&clock.hint().unwrap_or_else(|| {
+                        "this node's clock agrees with the CA's as last measured".into()
+                    }));
+                }
+                _ => {}
             }
             CaError::Unreachable {
                 address: address.to_owned(),

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod ca_client;
 pub mod ca_tls;
+pub mod clock;
 pub mod config;
 pub mod gate;
 mod json;
@@ -142,7 +143,9 @@ impl RunningAgent {
         );
         trust.set_config_roots(view.extra_roots.clone());
         let ca = Arc::new(
-            ca_client::CaClient::new(&config.ca, trust.clone()).map_err(AgentError::Config)?,
+            ca_client::CaClient::new(&config.ca, trust.clone())
+                .map_err(AgentError::Config)?
+                .with_skew_threshold(clock::threshold_for(config.secret_ttl)),
         );
         let manager = Arc::new(CertificateManager::new(
             ca.clone(),

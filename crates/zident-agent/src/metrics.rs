@@ -67,6 +67,8 @@ pub struct AgentMetrics {
     pub bundle_changes: Counter,
     /// Mesh file reloads by outcome.
     pub config_reloads: Family<OutcomeLabel, Counter>,
+    /// The CA's clock minus this node's, seconds, as last measured.
+    pub clock_skew: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl AgentMetrics {
@@ -81,6 +83,7 @@ impl AgentMetrics {
             root_expiry: Default::default(),
             bundle_changes: Default::default(),
             config_reloads: Default::default(),
+            clock_skew: Default::default(),
         };
         registry.register(
             "zident_certificate_expiration_timestamp_seconds",
@@ -101,6 +104,11 @@ impl AgentMetrics {
             "zident_ca_request_duration_seconds",
             "Time for the CA to answer a certificate request",
             m.ca_latency.clone(),
+        );
+        registry.register(
+            "zident_clock_skew_seconds",
+            "The CA's clock minus this node's, as measured on the last exchange with the CA",
+            m.clock_skew.clone(),
         );
         registry.register(
             "zident_trust_bundle_roots",

@@ -28,6 +28,10 @@ pub enum ResponseError {
     /// The chain does not verify to a trusted root, or breaks an SVID rule.
     #[error("the certificate does not verify against this node's trust bundle: {0}")]
     Untrusted(String),
+    /// The leaf is expired or not valid yet by this node's clock: a fresh certificate, so the
+    /// clocks of this node and the CA most likely disagree.
+    #[error("the certificate is outside its validity by this node's clock: {0}")]
+    OutsideValidity(zident_identity::SvidError),
 }
 
 impl ResponseError {
@@ -38,6 +42,7 @@ impl ResponseError {
             Self::WrongIdentity { .. } => "wrong_identity",
             Self::WrongKey => "wrong_key",
             Self::Untrusted(_) => "untrusted_chain",
+            Self::OutsideValidity(_) => "outside_validity",
         }
     }
 }
@@ -95,8 +100,11 @@ pub fn check_response(
     }
     let mut path = vec![leaf];
     path.extend(intermediates);
-    let info =
-        verify_svid(&path, trust, now).map_err(|e| ResponseError::Untrusted(e.to_string()))?;
+    let info = verify_svid(&path, trust, now).map_err(|e| match e {
+        e @ (zident_identity::SvidError::Expired { .. }
+        | zident_identity::SvidError::NotYetValid { .. }) => ResponseError::OutsideValidity(e),
+        e => ResponseError::Untrusted(e.to_string()),
+    })?;
     Ok(WorkloadCertificate::new(
         id.clone(),
         path,

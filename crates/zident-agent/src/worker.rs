@@ -182,6 +182,9 @@ impl Shared {
         self.metrics
             .ca_latency
             .observe(started.elapsed().as_secs_f64());
+        if let Some(offset) = self.ca.clock().offset() {
+            self.metrics.clock_skew.set(offset);
+        }
         let chain = match result {
             Ok(chain) => chain,
             Err(e) => return fail(e.kind(), e.to_string()),
@@ -199,6 +202,13 @@ impl Shared {
                 Ok(Arc::new(cert))
             }
             Err(e) => {
+                if let crate::validate::ResponseError::OutsideValidity(_) = &e {
+                    let message = match self.ca.clock().hint() {
+                        Some(hint) => format!("{e}; {hint}"),
+                        None => e.to_string(),
+                    };
+                    return fail(e.kind(), message);
+                }
                 if matches!(e, crate::validate::ResponseError::Untrusted(_)) {
                     // Perhaps signed by a root this node has not fetched yet (it missed a
                     // rotation's prepare phase): fetch the bundle now, not at the next hint.

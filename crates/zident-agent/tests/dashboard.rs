@@ -201,6 +201,16 @@ async fn the_dashboard_shows_timelines_and_follows_rotations_without_a_reload() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The clock against the CA's, as measured on the exchanges (same machine: within bounds).
+    let clock = page
+        .eval("document.getElementById('clock').textContent")
+        .await;
+    let clock = clock.as_str().unwrap_or_default();
+    assert!(
+        clock.contains("s behind the CA's") || clock.contains("s ahead of the CA's"),
+        "{clock}"
+    );
+    assert!(!clock.contains("fix this node's clock"), "{clock}");
     let fe = "spiffe://cluster.local/ns/default/sa/frontend";
     let serial_of = |cards: &[Value]| {
         cards

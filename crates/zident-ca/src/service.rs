@@ -186,9 +186,18 @@ impl IstioCertificateService for CaService {
                     ttl_secs = ttl.as_secs(),
                     "issued certificate"
                 );
-                Ok(Response::new(IstioCertificateResponse {
+                let mut response = Response::new(IstioCertificateResponse {
                     cert_chain: issued.chain,
-                }))
+                });
+                // The CA's clock, so that agents can measure their skew against it.
+                let ms = now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0);
+                if let Ok(v) = ms.to_string().parse() {
+                    response.metadata_mut().insert("zident-ca-time", v);
+                }
+                Ok(response)
             }
             Err(e) => {
                 metrics.csr_sign_err_count.inc();

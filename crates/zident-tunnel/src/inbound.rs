@@ -88,6 +88,8 @@ pub struct Inbound {
     pub observer: Arc<Observer>,
     /// `namespace/name` of the workload at an address on any node: who a connection is from.
     pub peers: Option<PeerLookup>,
+    /// How far in the future a client certificate's notBefore may be (clock skew).
+    pub skew_tolerance: Duration,
     /// Per identity: the serial of the certificate its configuration was built with.
     configs: Mutex<HashMap<SpiffeId, (String, Arc<rustls::ServerConfig>)>>,
 }
@@ -117,6 +119,7 @@ impl Inbound {
             connect_timeout: Duration::from_secs(5),
             observer,
             peers: None,
+            skew_tolerance: crate::verify::SKEW_TOLERANCE,
             configs: Mutex::new(HashMap::new()),
         }
     }
@@ -142,7 +145,10 @@ impl Inbound {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key().pkcs8_der().to_vec()));
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(self.bundle.clone())))
+            .with_client_cert_verifier(Arc::new(
+                SpiffeClientVerifier::new(self.bundle.clone())
+                    .with_skew_tolerance(self.skew_tolerance),
+            ))
             .with_single_cert(cert.chain.clone(), key)?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         let config = Arc::new(config);

@@ -38,6 +38,8 @@ pub struct TunnelConfig {
     /// Originate outbound tunnels from workload addresses the node does not have, with
     /// `IP_TRANSPARENT` (see [`Outbound::with_transparent_source`]).
     pub transparent_source: bool,
+    /// How far in the future a peer certificate's notBefore may be (clock skew between nodes).
+    pub skew_tolerance: std::time::Duration,
 }
 
 /// A running tunnel. Dropping it closes every listener and connection.
@@ -73,17 +75,17 @@ impl Shared {
     fn inbound(&self, serves: Serves) -> Arc<Inbound> {
         let (view, peers) = (self.view.clone(), self.view.clone());
         let authorizer = self.authorizer.clone();
-        Arc::new(
-            Inbound::new(
-                serves,
-                self.current.clone(),
-                self.bundle.clone(),
-                Arc::new(move |ip| view.get().local_target(ip)),
-                Arc::new(move || authorizer.read().unwrap_or_else(|e| e.into_inner()).clone()),
-                self.observer.clone(),
-            )
-            .with_peers(Arc::new(move |ip| peers.get().workload_at(ip))),
+        let mut inbound = Inbound::new(
+            serves,
+            self.current.clone(),
+            self.bundle.clone(),
+            Arc::new(move |ip| view.get().local_target(ip)),
+            Arc::new(move || authorizer.read().unwrap_or_else(|e| e.into_inner()).clone()),
+            self.observer.clone(),
         )
+        .with_peers(Arc::new(move |ip| peers.get().workload_at(ip)));
+        inbound.skew_tolerance = self.config.skew_tolerance;
+        Arc::new(inbound)
     }
 
     /// Binds and serves the shared listener; a failure here stops the start.
@@ -248,7 +250,8 @@ pub async fn start<P: CertificateProvider>(
 
     let outbound = Arc::new(
         Outbound::new(provider, view.clone(), bundle, observer)
-            .with_transparent_source(config.transparent_source),
+            .with_transparent_source(config.transparent_source)
+            .with_skew_tolerance(config.skew_tolerance),
     );
     let socks5_addr = match config.socks5_addr {
         Some(addr) => {

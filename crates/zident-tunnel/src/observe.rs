@@ -133,13 +133,25 @@ pub fn tls_failure(e: &io::Error) -> (Reason, String) {
                 Reason::UntrustedRoot,
                 format!("the peer's certificate: {}", SvidError::BadSignature),
             ),
-            C::Expired | C::ExpiredContext { .. } => (
+            C::ExpiredContext { time, not_after } => (
                 Reason::CertificateExpired,
-                format!("the peer's certificate: {tls}"),
+                format!(
+                    "the peer's certificate expired {} s ago by this node's clock: the peer did not renew it, or the two nodes' clocks disagree (check NTP on both)",
+                    time.as_secs().saturating_sub(not_after.as_secs())
+                ),
             ),
-            C::NotValidYet | C::NotValidYetContext { .. } => (
+            C::NotValidYetContext { time, not_before } => (
                 Reason::CertificateExpired,
-                format!("the peer's certificate: {tls}"),
+                format!(
+                    "the peer's certificate is not valid for another {} s by this node's clock, more than the clock skew tolerated: the two nodes' clocks disagree (check NTP on both)",
+                    not_before.as_secs().saturating_sub(time.as_secs())
+                ),
+            ),
+            C::Expired | C::NotValidYet => (
+                Reason::CertificateExpired,
+                format!(
+                    "the peer's certificate: {tls}; if it is fresh, the two nodes' clocks disagree (check NTP)"
+                ),
             ),
             C::Other(other) => {
                 if let Some(m) = other.0.downcast_ref::<IdentityMismatch>() {

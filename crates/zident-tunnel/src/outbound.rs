@@ -157,6 +157,8 @@ impl Refusal {
 pub struct Outbound<P, D> {
     /// Whether to originate from a workload address the node does not have (IP_TRANSPARENT).
     transparent_source: bool,
+    /// How far in the future a server certificate's notBefore may be (clock skew).
+    skew_tolerance: Duration,
     certificates: Arc<P>,
     directory: Arc<D>,
     bundle: BundleSource,
@@ -175,6 +177,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
     ) -> Self {
         Self {
             transparent_source: false,
+            skew_tolerance: crate::verify::SKEW_TOLERANCE,
             certificates,
             directory,
             bundle,
@@ -190,6 +193,12 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
     /// node's address, which is said once per workload.
     pub fn with_transparent_source(mut self, on: bool) -> Self {
         self.transparent_source = on;
+        self
+    }
+
+    /// Accepts a server certificate whose notBefore is at most `tolerance` in the future.
+    pub fn with_skew_tolerance(mut self, tolerance: Duration) -> Self {
+        self.skew_tolerance = tolerance;
         self
     }
 
@@ -475,10 +484,10 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| (Reason::TlsFailure, e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
-                self.bundle.clone(),
-                expected.to_vec(),
-            )))
+            .with_custom_certificate_verifier(Arc::new(
+                SpiffeServerVerifier::new(self.bundle.clone(), expected.to_vec())
+                    .with_skew_tolerance(self.skew_tolerance),
+            ))
             .with_client_auth_cert(cert.chain.clone(), key_der)
             .map_err(|e| (Reason::TlsFailure, e.to_string()))?;
         config.alpn_protocols = vec![b"h2".to_vec()];

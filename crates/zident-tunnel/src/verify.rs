@@ -36,6 +36,50 @@ fn chain(
         .collect()
 }
 
+/// How far in the future a peer's notBefore may be by default: the most a CA backdates a
+/// certificate (zident's and Istio's 2 minutes), so that a fresh certificate from a node whose
+/// clock is somewhat ahead is not refused.
+pub const SKEW_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Verifies `chain` at `now`, accepting a leaf whose notBefore is at most `tolerance` ahead
+/// (then checked as at its notBefore, every other rule included).
+fn verify_tolerant(
+    chain: &[CertificateDer<'static>],
+    bundle: &TrustBundle,
+    now: SystemTime,
+    tolerance: std::time::Duration,
+) -> Result<zident_identity::SvidInfo, SvidError> {
+    match verify_svid(chain, bundle, now) {
+        Err(SvidError::NotYetValid { wait, .. }) if wait <= tolerance => {
+            verify_svid(chain, bundle, now + wait)
+        }
+        other => other,
+    }
+}
+
+fn unix(t: SystemTime) -> UnixTime {
+    UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
+}
+
+fn refuse_at(now: SystemTime) -> impl Fn(SvidError) -> rustls::Error {
+    move |e| match e {
+        // With the times, so the refusal can say how far off the clocks are.
+        SvidError::Expired { not_after, .. } => {
+            rustls::Error::InvalidCertificate(CertificateError::ExpiredContext {
+                time: unix(now),
+                not_after: unix(not_after),
+            })
+        }
+        SvidError::NotYetValid { not_before, .. } => {
+            rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
+                time: unix(now),
+                not_before: unix(not_before),
+            })
+        }
+        other => refuse(other),
+    }
+}
+
 fn refuse(e: SvidError) -> rustls::Error {
     let kind = match e {
         SvidError::Expired { .. } => CertificateError::Expired,
@@ -55,6 +99,7 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
 pub struct SpiffeClientVerifier {
     bundle: BundleSource,
     algorithms: WebPkiSupportedAlgorithms,
+    tolerance: std::time::Duration,
 }
 
 impl std::fmt::Debug for SpiffeClientVerifier {
@@ -70,7 +115,14 @@ impl SpiffeClientVerifier {
         Self {
             bundle,
             algorithms: algorithms(),
+            tolerance: SKEW_TOLERANCE,
         }
+    }
+
+    /// Accepts a client certificate whose notBefore is at most `tolerance` in the future.
+    pub fn with_skew_tolerance(mut self, tolerance: std::time::Duration) -> Self {
+        self.tolerance = tolerance;
+        self
     }
 }
 
@@ -90,9 +142,15 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let bundle = (self.bundle)();
-        verify_svid(&chain(end_entity, intermediates), &bundle, time(now))
-            .map(|_| ClientCertVerified::assertion())
-            .map_err(refuse)
+        let now = time(now);
+        verify_tolerant(
+            &chain(end_entity, intermediates),
+            &bundle,
+            now,
+            self.tolerance,
+        )
+        .map(|_| ClientCertVerified::assertion())
+        .map_err(refuse_at(now))
     }
 
     fn verify_tls12_signature(
@@ -133,6 +191,7 @@ pub struct SpiffeServerVerifier {
     bundle: BundleSource,
     expected: Vec<SpiffeId>,
     algorithms: WebPkiSupportedAlgorithms,
+    tolerance: std::time::Duration,
 }
 
 impl std::fmt::Debug for SpiffeServerVerifier {
@@ -151,7 +210,14 @@ impl SpiffeServerVerifier {
             bundle,
             expected,
             algorithms: algorithms(),
+            tolerance: SKEW_TOLERANCE,
         }
+    }
+
+    /// Accepts a server certificate whose notBefore is at most `tolerance` in the future.
+    pub fn with_skew_tolerance(mut self, tolerance: std::time::Duration) -> Self {
+        self.tolerance = tolerance;
+        self
     }
 }
 
@@ -165,8 +231,14 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let bundle = (self.bundle)();
-        let info =
-            verify_svid(&chain(end_entity, intermediates), &bundle, time(now)).map_err(refuse)?;
+        let now = time(now);
+        let info = verify_tolerant(
+            &chain(end_entity, intermediates),
+            &bundle,
+            now,
+            self.tolerance,
+        )
+        .map_err(refuse_at(now))?;
         if !self.expected.contains(&info.id) {
             let expected = self
                 .expected

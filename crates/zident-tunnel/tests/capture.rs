@@ -70,6 +70,7 @@ workloads:\n\
             inbound_port: hbone_port,
             inbound_addr: None,
             transparent_source: false,
+            skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
         },
         oa.clone(),
     )
@@ -84,6 +85,7 @@ workloads:\n\
             inbound_port: hbone_port,
             inbound_addr: None,
             transparent_source: false,
+            skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
         },
         ob.clone(),
     )

@@ -42,6 +42,7 @@ services:\n- {{name: backend, namespace: default, hostname: backend.svc, vips: [
             inbound_port: hbone_port,
             inbound_addr: None,
             transparent_source: false,
+            skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
         },
         oa.clone(),
     )
@@ -56,6 +57,7 @@ services:\n- {{name: backend, namespace: default, hostname: backend.svc, vips: [
             inbound_port: hbone_port,
             inbound_addr: Some(shared),
             transparent_source: false,
+            skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
         },
         ob.clone(),
     )

@@ -221,3 +221,53 @@ async fn untrusted_and_missing_client_certificates_are_refused() {
     .await;
     assert_eq!(got.as_deref(), Ok("ok"));
 }
+
+#[test]
+fn a_peer_clock_somewhat_ahead_is_tolerated_and_beyond_it_skew_is_named() {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::server::danger::ClientCertVerifier;
+    let ca = Ca::new();
+    let bundle = Bundle::of(&[&ca]);
+    let cert = ca.issue("ns/default/sa/backend");
+    // This node's clock 30 s behind the one that issued it: the leaf is "not valid yet".
+    let behind = |secs: u64| {
+        let t = cert.not_before - Duration::from_secs(secs);
+        rustls_pki_types::UnixTime::since_unix_epoch(
+            t.duration_since(std::time::UNIX_EPOCH).unwrap(),
+        )
+    };
+    let name = ServerName::try_from("backend").unwrap();
+    let server = SpiffeServerVerifier::new(bundle.source(), vec![id("ns/default/sa/backend")]);
+    assert!(
+        server
+            .verify_server_cert(&cert.chain[0], &[], &name, &[], behind(30))
+            .is_ok(),
+        "within the default tolerance (the CA's 2-minute backdate)"
+    );
+    let client = SpiffeClientVerifier::new(bundle.source());
+    assert!(
+        client
+            .verify_client_cert(&cert.chain[0], &[], behind(30))
+            .is_ok()
+    );
+
+    // Beyond the tolerance: refused, and the refusal names the clocks, with by how much.
+    for err in [
+        server
+            .with_skew_tolerance(Duration::from_secs(10))
+            .verify_server_cert(&cert.chain[0], &[], &name, &[], behind(30))
+            .unwrap_err(),
+        SpiffeClientVerifier::new(bundle.source())
+            .with_skew_tolerance(Duration::ZERO)
+            .verify_client_cert(&cert.chain[0], &[], behind(30))
+            .unwrap_err(),
+    ] {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+        let (reason, detail) = zident_tunnel::observe::tls_failure(&io);
+        assert_eq!(reason, zident_tunnel::observe::Reason::CertificateExpired);
+        assert!(
+            detail.contains("not valid for another 30 s") && detail.contains("clocks disagree"),
+            "{detail}"
+        );
+    }
+}

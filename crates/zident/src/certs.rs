@@ -37,17 +37,48 @@ pub async fn run(args: CertsArgs) -> Result<(), String> {
     let now = SystemTime::now();
     let rows = certificate_rows(&doc, now);
     let roots = root_rows(&doc, now);
+    let clock = (
+        doc["clock_skew_seconds"].as_f64(),
+        doc["clock_skew_threshold_seconds"]
+            .as_f64()
+            .unwrap_or(120.0),
+    );
     match args.output {
         Format::Json => {
-            let out = json!({ "certificates": rows, "trust_bundle": roots });
+            let out = json!({
+                "certificates": rows,
+                "trust_bundle": roots,
+                "clock_skew_seconds": clock.0,
+                "clock_skew_threshold_seconds": clock.1,
+            });
             println!(
                 "{}",
                 serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
             );
         }
-        Format::Table => print_tables(&rows, &roots),
+        Format::Table => {
+            print_tables(&rows, &roots);
+            println!();
+            println!("{}", clock_line(clock.0, clock.1));
+        }
     }
     Ok(())
+}
+
+/// How this node's clock stands against the CA's, in words.
+fn clock_line(offset: Option<f64>, threshold: f64) -> String {
+    match offset {
+        None => "CLOCK  not measured yet (no answer from the CA so far)".into(),
+        Some(o) => {
+            let way = if o < 0.0 { "ahead of" } else { "behind" };
+            let verdict = if o.abs() > threshold {
+                format!("SKEWED beyond {threshold:.0} s: fix this node's clock (NTP)")
+            } else {
+                format!("ok (within {threshold:.0} s)")
+            };
+            format!("CLOCK  {:.1} s {way} the CA's: {verdict}", o.abs())
+        }
+    }
 }
 
 fn certificate_rows(doc: &Value, now: SystemTime) -> Vec<Value> {

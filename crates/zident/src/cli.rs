@@ -142,6 +142,10 @@ pub struct AgentArgs {
     /// and `/debug/connections` says so under `source_fallbacks`.
     #[arg(long, env = "ZIDENT_TRANSPARENT_SOURCE")]
     pub transparent_source: bool,
+    /// Tunnel: accept a peer certificate whose notBefore is up to this far in the future, for
+    /// clock skew between nodes (default: the 2 minutes a CA backdates certificates).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub clock_skew_tolerance: Duration,
     /// Do not run the tunnel (certificates only).
     #[arg(long)]
     pub no_tunnel: bool,
@@ -384,6 +388,7 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
                 inbound_port: args.inbound_port,
                 inbound_addr: args.inbound_addr,
                 transparent_source: args.transparent_source,
+                skew_tolerance: args.clock_skew_tolerance,
             });
             let mut config = (*args).into_config()?;
             let observer = zident_tunnel::observe::Observer::new();

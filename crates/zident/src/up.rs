@@ -67,6 +67,7 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
             inbound_port: 15008,
             inbound_addr: None,
             transparent_source: false,
+            skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
         }),
         observer,
     )

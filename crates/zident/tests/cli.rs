@@ -573,3 +573,99 @@ async fn ca_status_names_the_identities_that_still_wait_for_a_prepared_root() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Debian's libfaketime (package `faketime`), preloaded into the agent itself (the `faketime`
+/// wrapper would stand between the test and the process it kills).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// `zident agent` for node-a with its clock moved by `offset` seconds (libfaketime, e.g.
+/// `+300`), and its admin address.
+fn agent_with_clock(dir: &Path, ca: &Zident, offset: &str) -> (Zident, String) {
+    let port = ca.addr.rsplit(':').next().unwrap().to_owned();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zident"));
+    cmd.env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME", offset)
+        .args([
+            "agent",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--readiness-addr",
+            "127.0.0.1:0",
+            "--no-tunnel",
+            "--no-workload-api",
+        ])
+        .env("RUST_LOG", "warn")
+        .env("LOCAL_XDS_PATH", dir.join("mesh.yaml"))
+        .env("NODE_NAME", "node-a")
+        .env("CA_ADDR", format!("localhost:{port}"))
+        .env("CA_ROOT_CA", dir.join("ca/root-cert.pem"))
+        .env("AUTH_TOKEN", "secret-a")
+        .env("SECRET_TTL", "60s");
+    let agent = spawn_until(cmd, "zident agent: admin at http://");
+    let admin = agent.addr.trim_end_matches("/debug/certs").to_owned();
+    (agent, admin)
+}
+
+/// Waits until `/debug/certs` satisfies `done`.
+fn until_certs(
+    admin: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = curl(&[&format!("http://{admin}/debug/certs")]);
+        if code == 200
+            && let Ok(doc) = serde_json::from_str::<serde_json::Value>(&body)
+            && done(&doc)
+        {
+            return doc;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn clock_skew_is_measured_and_named_in_both_directions() {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "this test needs libfaketime: apt-get install faketime (.ci/run does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = "trustDomain: cluster.local\n\
+nodes:\n- {name: node-a, token: secret-a}\n\
+workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node: node-a}\n";
+    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+    let ca = start_ca(dir.path(), &[], &[]);
+
+    // 5 minutes ahead, 60 s certificates: each one has "expired" when it arrives. The agent
+    // measures the CA's clock on each answer and says the clock is the cause.
+    let (agent, admin) = agent_with_clock(dir.path(), &ca, "+300");
+    let doc = until_certs(&admin, "the skew is measured and named", |d| {
+        d["clock_skew_seconds"]
+            .as_f64()
+            .is_some_and(|s| (s + 300.0).abs() < 15.0)
+            && d["certificates"][0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("ahead of the CA's"))
+    });
+    let error = doc["certificates"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("outside its validity") && error.contains("NTP"),
+        "{error}"
+    );
+    drop(agent);
+
+    // 5 minutes behind: the CA's own TLS certificate is not valid yet, and the agent says by
+    // how much at least its clock is behind.
+    let (agent, admin) = agent_with_clock(dir.path(), &ca, "-300");
+    until_certs(&admin, "the CA link names the skew", |d| {
+        d["certificates"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("behind the CA's") && e.contains("NTP"))
+    });
+    drop(agent);
+}

@@ -112,6 +112,12 @@ async fn certs_shows_the_agents_certificates_before_and_after_a_rotation() {
     );
     assert!(text.contains("spiffe://cluster.local/ns/data/sa/db"));
     assert!(text.contains("TRUST BUNDLE ROOT") && text.contains("O=cluster.local"));
+    // The clock against the CA's: one machine, so within the threshold.
+    let clock = text
+        .lines()
+        .find(|l| l.starts_with("CLOCK"))
+        .expect("a CLOCK line");
+    assert!(clock.contains("the CA's: ok"), "{clock}");
 
     let json = run("json").await;
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
@@ -124,6 +130,12 @@ async fn certs_shows_the_agents_certificates_before_and_after_a_rotation() {
         .clone();
     assert_eq!(web["serial"], serial.as_str());
     assert_eq!(web["state"], "Available");
+    assert!(
+        v["clock_skew_seconds"]
+            .as_f64()
+            .is_some_and(|s| s.abs() < 5.0),
+        "{v}"
+    );
     // Which root it chains to, named as the bundle's root is; the table shows it too.
     let root = web["root"].as_str().expect("the root of web's certificate");
     assert_eq!(root.len(), 16);

@@ -247,6 +247,7 @@ pub async fn tunnel_observed(
         inbound_port: port,
         inbound_addr: None,
         transparent_source: false,
+        skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
     };
     tunnel_with(a, node, config, observer).await
 }

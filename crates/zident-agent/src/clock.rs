@@ -1,0 +1,180 @@
+//! How far this node's clock is from the CA's, measured on every exchange with the CA.
+//!
+//! A wrong clock looks like something else: a certificate "expired 4 minutes ago" the moment
+//! it arrives (this node ahead), or "not valid yet" (behind), or TLS to the CA failing on
+//! validity. The CA (zident's) sends its time with each response (`zident-ca-time`, Unix
+//! milliseconds); other CAs send an HTTP `date` header (whole seconds). The offset is the CA's
+//! time minus the midpoint of the request on this node's clock, so network delay cancels out.
+//!
+//! Beyond a threshold (by default the backdate the CA gives certificates of this lifetime:
+//! a tenth of it, at most 2 minutes, which is the skew a fresh certificate absorbs), the agent
+//! logs once per change which way and by how much, and errors that skew would cause say so.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The response metadata key with the CA's time, Unix milliseconds.
+pub const CA_TIME_HEADER: &str = "zident-ca-time";
+/// The most a CA backdates a certificate (zident's profile).
+pub const MAX_BACKDATE: Duration = Duration::from_secs(120);
+
+/// The threshold for certificates of `ttl`: a tenth of it, at most [`MAX_BACKDATE`].
+pub fn threshold_for(ttl: Duration) -> Duration {
+    (ttl / 10).min(MAX_BACKDATE)
+}
+
+/// The CA's time read from response metadata: `zident-ca-time`, else the HTTP `date` header.
+pub fn ca_time(md: &tonic::metadata::MetadataMap) -> Option<SystemTime> {
+    if let Some(ms) = md
+        .get(CA_TIME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Some(UNIX_EPOCH + Duration::from_millis(ms));
+    }
+    let date = md.get("date")?.to_str().ok()?;
+    let t =
+        time::OffsetDateTime::parse(date, &time::format_description::well_known::Rfc2822).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(t.unix_timestamp()).ok()?))
+}
+
+/// Which way a clock is off.
+fn direction(offset_secs: f64) -> &'static str {
+    if offset_secs < 0.0 {
+        "ahead of"
+    } else {
+        "behind"
+    }
+}
+
+/// The measured offset and what was last said about it.
+#[derive(Debug)]
+pub struct ClockSkew {
+    threshold: Duration,
+    state: Mutex<SkewState>,
+}
+
+#[derive(Debug, Default)]
+struct SkewState {
+    /// CA time minus this node's time, seconds, from the last exchange that told it.
+    offset: Option<f64>,
+    /// The offset last logged as skewed (`None`: the clock was last said to be fine).
+    reported: Option<f64>,
+}
+
+impl ClockSkew {
+    /// A tracker that complains beyond `threshold`.
+    pub fn new(threshold: Duration) -> Self {
+        Self {
+            threshold,
+            state: Mutex::default(),
+        }
+    }
+
+    /// The threshold.
+    pub fn threshold(&self) -> Duration {
+        self.threshold
+    }
+
+    /// Records an exchange sent at `sent` and answered at `received` (this node's clock) that
+    /// the CA stamped with `ca`.
+    pub fn observe(&self, sent: SystemTime, received: SystemTime, ca: SystemTime) {
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        let midpoint = (secs(sent) + secs(received)) / 2.0;
+        let offset = secs(ca) - midpoint;
+        let limit = self.threshold.as_secs_f64();
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.offset = Some(offset);
+        let skewed = offset.abs() > limit;
+        match (skewed, s.reported) {
+            (true, None) => {
+                tracing::warn!(target: "zident::identity", clock_skew_seconds = offset, "this node's clock is {:.1} s {} the CA's (more than the {:.0} s a certificate's backdate absorbs): certificates will look {} on this node; fix the clock (NTP: `timedatectl`, `chronyc tracking`)", offset.abs(), direction(offset), limit, if offset < 0.0 { "expired early" } else { "not valid yet" });
+                s.reported = Some(offset);
+            }
+            // Said again only when it changed by more than the threshold (or flipped sides).
+            (true, Some(prev)) if (prev - offset).abs() > limit => {
+                tracing::warn!(target: "zident::identity", clock_skew_seconds = offset, "this node's clock is now {:.1} s {} the CA's (was {:.1} s {}); fix the clock (NTP)", offset.abs(), direction(offset), prev.abs(), direction(prev));
+                s.reported = Some(offset);
+            }
+            (false, Some(_)) => {
+                tracing::info!(target: "zident::identity", clock_skew_seconds = offset, "this node's clock agrees with the CA's again ({offset:.1} s)");
+                s.reported = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// CA time minus this node's time, seconds, if an exchange has told it.
+    pub fn offset(&self) -> Option<f64> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).offset
+    }
+
+    /// A sentence to add to an error that skew may have caused, when the clock is off by more
+    /// than the threshold (or has never been measured).
+    pub fn hint(&self) -> Option<String> {
+        match self.offset() {
+            Some(o) if o.abs() > self.threshold.as_secs_f64() => Some(format!(
+                "likely cause: this node's clock is {:.1} s {} the CA's; fix the clock (NTP)",
+                o.abs(),
+                direction(o)
+            )),
+            Some(_) => None,
+            None => Some(
+                "if the certificate is fresh, check this node's clock against the CA's (NTP)"
+                    .into(),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: f64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn the_offset_is_the_ca_time_against_the_midpoint() {
+        let c = ClockSkew::new(Duration::from_secs(6));
+        // Sent at 1000, answered at 1002 (local); the CA said 1301: 300 s behind.
+        c.observe(t(1000.0), t(1002.0), t(1301.0));
+        assert_eq!(c.offset(), Some(300.0));
+        assert!(c.hint().unwrap().contains("300.0 s behind the CA's"));
+        // Ahead.
+        c.observe(t(1000.0), t(1000.0), t(700.0));
+        assert!(c.hint().unwrap().contains("300.0 s ahead of the CA's"));
+        // Within the threshold: no hint.
+        c.observe(t(1000.0), t(1000.0), t(1003.0));
+        assert_eq!(c.hint(), None);
+    }
+
+    #[test]
+    fn thresholds_follow_the_backdate() {
+        assert_eq!(
+            threshold_for(Duration::from_secs(60)),
+            Duration::from_secs(6)
+        );
+        assert_eq!(threshold_for(Duration::from_secs(86400)), MAX_BACKDATE);
+    }
+
+    #[test]
+    fn the_time_comes_from_our_header_or_the_date() {
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert("date", "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());
+        assert_eq!(
+            ca_time(&md),
+            Some(UNIX_EPOCH + Duration::from_secs(784111777))
+        );
+        md.insert(CA_TIME_HEADER, "784111777500".parse().unwrap());
+        assert_eq!(
+            ca_time(&md),
+            Some(UNIX_EPOCH + Duration::from_millis(784111777500))
+        );
+    }
+}
