@@ -157,8 +157,18 @@ fn print_banner(ca: &RunningCa, agent: &RunningAgent, mesh: &Path, node: &str, d
     if let Some(m) = agent.metrics_addr {
         crate::say!("  curl -s http://{m}/metrics | grep -E 'zident_certificate|istio_tcp'");
     }
+    // After `cargo run`, `zident` is not on PATH: name the binary that is running.
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p))
+        })
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "zident".into());
+    crate::say!("  {exe} certs --admin http://{admin}   # the same as a table");
     crate::say!(
-        "  zident ca status --data-dir {}        # root generations; `zident ca rotate prepare` starts a root rotation",
+        "  {exe} ca status --data-dir {}        # root generations; `ca rotate prepare` starts a root rotation",
         data.join("ca").display()
     );
     if let Some(first) = agent.delivery.first_socket() {
@@ -169,5 +179,8 @@ fn print_banner(ca: &RunningCa, agent: &RunningAgent, mesh: &Path, node: &str, d
         );
     }
     crate::say!();
+    crate::say!(
+        "({exe} is the zident binary; `cargo install --path crates/zident` puts `zident` on PATH.)"
+    );
     crate::say!("Ctrl-C to stop. State is kept under {}.", data.display());
 }
