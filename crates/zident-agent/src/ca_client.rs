@@ -216,7 +216,7 @@ impl CaClient {
         ttl: Duration,
         impersonate: bool,
     ) -> Result<Vec<String>, CaError> {
-        let token = self.token.read().map_err(CaError::Token)?;
+        let token = self.token.read_async().await.map_err(CaError::Token)?;
         let metadata = impersonate.then(|| Struct {
             fields: [(
                 "ImpersonatedIdentity".to_string(),

@@ -34,6 +34,18 @@ impl TokenSource {
                 .map_err(|e| format!("cannot read AUTH_TOKEN file {}: {e}", p.display())),
         }
     }
+
+    /// [`Self::read`] without blocking the runtime: a file is read on every request (so a
+    /// rotated token is picked up), and a slow disk must not stall the tunnels meanwhile.
+    pub async fn read_async(&self) -> Result<String, String> {
+        match self {
+            Self::Literal(t) => Ok(t.clone()),
+            Self::File(p) => tokio::fs::read_to_string(p)
+                .await
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| format!("cannot read AUTH_TOKEN file {}: {e}", p.display())),
+        }
+    }
 }
 
 /// When and how certificates are renewed.

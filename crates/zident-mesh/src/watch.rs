@@ -39,8 +39,14 @@ pub fn watch_dir(
     Ok((watcher, rx))
 }
 
-/// Calls `reload` once per settled burst of changes, until the watcher is dropped.
-pub async fn reload_on_change(mut changes: mpsc::UnboundedReceiver<()>, mut reload: impl FnMut()) {
+/// Calls `reload` once per settled burst of changes, until the watcher is dropped. A reload
+/// reads and checks files, so it runs on the blocking pool, never on a runtime worker (an agent
+/// runs one worker thread by default, which also carries its tunnels); reloads never overlap.
+pub async fn reload_on_change(
+    mut changes: mpsc::UnboundedReceiver<()>,
+    reload: impl Fn() + Send + Sync + 'static,
+) {
+    let reload = std::sync::Arc::new(reload);
     while changes.recv().await.is_some() {
         loop {
             match tokio::time::timeout(SETTLE, changes.recv()).await {
@@ -49,7 +55,8 @@ pub async fn reload_on_change(mut changes: mpsc::UnboundedReceiver<()>, mut relo
                 Err(_) => break,
             }
         }
-        reload();
+        let once = reload.clone();
+        let _ = tokio::task::spawn_blocking(move || once()).await;
     }
 }
 
