@@ -13,14 +13,15 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use zident_identity::profile::MAX_BACKDATE;
+
 /// The response metadata key with the CA's time, Unix milliseconds.
 pub const CA_TIME_HEADER: &str = "zident-ca-time";
-/// The most a CA backdates a certificate (zident's profile).
-pub const MAX_BACKDATE: Duration = Duration::from_secs(120);
 
-/// The threshold for certificates of `ttl`: a tenth of it, at most [`MAX_BACKDATE`].
+/// The threshold for certificates of `ttl`: the backdate the CA gives them (a tenth of the
+/// lifetime, at most [`MAX_BACKDATE`]), which is the skew a fresh certificate absorbs.
 pub fn threshold_for(ttl: Duration) -> Duration {
-    (ttl / 10).min(MAX_BACKDATE)
+    zident_identity::profile::backdate_for(ttl)
 }
 
 /// The CA's time read from response metadata: `zident-ca-time`, else the HTTP `date` header.
@@ -152,15 +153,6 @@ mod tests {
         // Within the threshold: no hint.
         c.observe(t(1000.0), t(1000.0), t(1003.0));
         assert_eq!(c.hint(), None);
-    }
-
-    #[test]
-    fn thresholds_follow_the_backdate() {
-        assert_eq!(
-            threshold_for(Duration::from_secs(60)),
-            Duration::from_secs(6)
-        );
-        assert_eq!(threshold_for(Duration::from_secs(86400)), MAX_BACKDATE);
     }
 
     #[test]

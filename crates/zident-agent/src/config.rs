@@ -158,7 +158,7 @@ impl AgentConfig {
             mesh_path: mesh_path.into(),
             trust_domain: None,
             ca,
-            secret_ttl: Duration::from_secs(24 * 3600),
+            secret_ttl: zident_identity::profile::DEFAULT_TTL,
             rotation: RotationPolicy::default(),
             concurrency: 8,
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15000))),

@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{World, log_text, logs, start_agent};
-use zident_agent::workload_api::DeliveryConfig;
+use common::{World, agent_with_sockets, log_text, logs};
 
 /// The Python with `spiffe` and `grpcio`.
 fn python() -> PathBuf {
@@ -35,13 +34,7 @@ async fn python_spiffe_and_grpcio_clients_are_served() {
     logs();
     let python = python();
     let world = World::new(0).await;
-    let sockets = world.dir.path().join("wl");
-    let mut config = world.agent_config(Duration::from_secs(4));
-    config.delivery = DeliveryConfig {
-        socket_dir: Some(sockets.clone()),
-        ..Default::default()
-    };
-    let _agent = start_agent(config).await;
+    let (_agent, sockets) = agent_with_sockets(&world, Duration::from_secs(4)).await;
     let socket = sockets.join("default/frontend/agent.sock");
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/workload_api_client.py");
@@ -78,13 +71,7 @@ async fn python_spiffe_and_grpcio_clients_are_served() {
 async fn a_connection_that_is_not_http2_is_refused_with_a_line() {
     logs();
     let world = World::new(0).await;
-    let sockets = world.dir.path().join("wl");
-    let mut config = world.agent_config(Duration::from_secs(3600));
-    config.delivery = DeliveryConfig {
-        socket_dir: Some(sockets.clone()),
-        ..Default::default()
-    };
-    let _agent = start_agent(config).await;
+    let (_agent, sockets) = agent_with_sockets(&world, Duration::from_secs(3600)).await;
     let socket = sockets.join("default/frontend/agent.sock");
     let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -50,13 +50,7 @@ fn our_bundle(roots: &[Vec<u8>]) -> TrustBundle {
 async fn the_spiffe_client_gets_its_svid_and_follows_rotations_and_bundle_changes() {
     logs();
     let world = World::new(0).await;
-    let sockets = world.dir.path().join("wl");
-    let mut config = world.agent_config(Duration::from_secs(4));
-    config.delivery = DeliveryConfig {
-        socket_dir: Some(sockets.clone()),
-        ..Default::default()
-    };
-    let agent = start_agent(config).await;
+    let (agent, sockets) = agent_with_sockets(&world, Duration::from_secs(4)).await;
     let fe_socket = socket(&sockets, "default", "frontend");
     let client = spiffe_client(&fe_socket).await;
 

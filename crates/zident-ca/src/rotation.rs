@@ -98,7 +98,8 @@ impl Default for Timing {
         // The CA's defaults: refresh hint 5 min (twice), maximum lifetime 90 days (+ margin).
         Self {
             activate_delay_secs: 600,
-            retire_delay_secs: 90 * 24 * 3600 + RETIRE_MARGIN.as_secs(),
+            retire_delay_secs: zident_identity::profile::MAX_TTL.as_secs()
+                + RETIRE_MARGIN.as_secs(),
             renewal_margin_secs: RENEWAL_MARGIN_SECS,
         }
     }

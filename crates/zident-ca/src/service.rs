@@ -33,8 +33,8 @@ pub struct TtlPolicy {
 impl Default for TtlPolicy {
     fn default() -> Self {
         Self {
-            default_ttl: Duration::from_secs(24 * 3600),
-            max_ttl: Duration::from_secs(90 * 24 * 3600),
+            default_ttl: zident_identity::profile::DEFAULT_TTL,
+            max_ttl: zident_identity::profile::MAX_TTL,
         }
     }
 }

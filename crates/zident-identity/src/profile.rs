@@ -14,6 +14,12 @@ use crate::{SpiffeId, TrustDomain, keys::uri_san_extension};
 /// How far notBefore is moved into the past to absorb clock skew between nodes.
 pub const MAX_BACKDATE: Duration = Duration::from_secs(120);
 
+/// The lifetime of a workload certificate when nobody asks for another (Istio's 24 hours):
+/// the CA's default and the agent's request.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The longest lifetime the CA issues by default (90 days).
+pub const MAX_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
 /// Why a certificate profile could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProfileError {

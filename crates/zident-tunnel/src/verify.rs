@@ -39,7 +39,7 @@ fn chain(
 /// How far in the future a peer's notBefore may be by default: the most a CA backdates a
 /// certificate (zident's and Istio's 2 minutes), so that a fresh certificate from a node whose
 /// clock is somewhat ahead is not refused.
-pub const SKEW_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(120);
+pub const SKEW_TOLERANCE: std::time::Duration = zident_identity::profile::MAX_BACKDATE;
 
 /// Verifies `chain` at `now`, accepting a leaf whose notBefore is at most `tolerance` ahead
 /// (then checked as at its notBefore, every other rule included).

@@ -456,3 +456,47 @@ pub async fn wait_for_signal() {
         _ = term => tracing::info!("terminated, shutting down"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    /// The flags' written defaults are the constants the libraries use: one value each.
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let cli = Cli::try_parse_from(["zident", "ca", "--config", "mesh.yaml"]).unwrap();
+        let Command::Ca(ca) = cli.command else {
+            panic!("not ca")
+        };
+        // Environment variables would win over the defaults under test.
+        if std::env::var_os("DEFAULT_WORKLOAD_CERT_TTL").is_none()
+            && std::env::var_os("MAX_WORKLOAD_CERT_TTL").is_none()
+        {
+            assert_eq!(ca.default_ttl, zident_identity::profile::DEFAULT_TTL);
+            assert_eq!(ca.max_ttl, zident_identity::profile::MAX_TTL);
+        }
+        let cli = Cli::try_parse_from([
+            "zident",
+            "agent",
+            "--config",
+            "m.yaml",
+            "--node",
+            "n",
+            "--ca-address",
+            "h:1",
+            "--ca-root-ca",
+            "r.pem",
+            "--auth-token",
+            "t",
+        ])
+        .unwrap();
+        let Command::Agent(agent) = cli.command else {
+            panic!("not agent")
+        };
+        if std::env::var_os("SECRET_TTL").is_none() {
+            assert_eq!(agent.secret_ttl, zident_identity::profile::DEFAULT_TTL);
+        }
+    }
+}

@@ -30,6 +30,17 @@ impl Drop for Zident {
     }
 }
 
+/// `zident agent` with its admin, metrics and readiness endpoints on ephemeral ports.
+const AGENT_EPHEMERAL: [&str; 7] = [
+    "agent",
+    "--admin-addr",
+    "127.0.0.1:0",
+    "--metrics-addr",
+    "127.0.0.1:0",
+    "--readiness-addr",
+    "127.0.0.1:0",
+];
+
 fn zident() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zident"));
     cmd.env_remove("MAX_WORKLOAD_CERT_TTL")
@@ -183,27 +194,21 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
     let port = ca.addr.rsplit(':').next().unwrap().to_owned();
 
     let mut cmd = zident();
-    cmd.args([
-        "agent",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--readiness-addr",
-        "127.0.0.1:0",
-        "--socks5-addr",
-        "127.0.0.1:0",
-        "--outbound-addr",
-        "127.0.0.1:0",
-    ])
-    .env("LOCAL_XDS_PATH", dir.path().join("mesh.yaml"))
-    .env("NODE_NAME", "node-a")
-    .env("CA_ADDR", format!("localhost:{port}"))
-    .env("CA_ROOT_CA", dir.path().join("ca/root-cert.pem"))
-    .env("AUTH_TOKEN", dir.path().join("node-a.token"))
-    .env("SECRET_TTL", "1h")
-    .env("TRUST_DOMAIN", "cluster.local")
-    .env("CLUSTER_ID", "Kubernetes");
+    cmd.args(AGENT_EPHEMERAL)
+        .args([
+            "--socks5-addr",
+            "127.0.0.1:0",
+            "--outbound-addr",
+            "127.0.0.1:0",
+        ])
+        .env("LOCAL_XDS_PATH", dir.path().join("mesh.yaml"))
+        .env("NODE_NAME", "node-a")
+        .env("CA_ADDR", format!("localhost:{port}"))
+        .env("CA_ROOT_CA", dir.path().join("ca/root-cert.pem"))
+        .env("AUTH_TOKEN", dir.path().join("node-a.token"))
+        .env("SECRET_TTL", "1h")
+        .env("TRUST_DOMAIN", "cluster.local")
+        .env("CLUSTER_ID", "Kubernetes");
     let agent = spawn_until(cmd, "zident agent: admin at http://");
     let admin = agent.addr.trim_end_matches("/debug/certs").to_owned();
 
@@ -585,17 +590,8 @@ fn agent_with_clock(dir: &Path, ca: &Zident, offset: &str) -> (Zident, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zident"));
     cmd.env("LD_PRELOAD", LIBFAKETIME)
         .env("FAKETIME", offset)
-        .args([
-            "agent",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--readiness-addr",
-            "127.0.0.1:0",
-            "--no-tunnel",
-            "--no-workload-api",
-        ])
+        .args(AGENT_EPHEMERAL)
+        .args(["--no-tunnel", "--no-workload-api"])
         .env("RUST_LOG", "warn")
         .env("LOCAL_XDS_PATH", dir.join("mesh.yaml"))
         .env("NODE_NAME", "node-a")

@@ -99,6 +99,18 @@ impl World {
     }
 }
 
+/// A started agent of `world` with certificates of `ttl` and a Workload API socket per workload
+/// under the returned directory.
+pub async fn agent_with_sockets(world: &World, ttl: Duration) -> (RunningAgent, PathBuf) {
+    let sockets = world.dir.path().join("wl");
+    let mut config = world.agent_config(ttl);
+    config.delivery = zident_agent::workload_api::DeliveryConfig {
+        socket_dir: Some(sockets.clone()),
+        ..Default::default()
+    };
+    (start_agent(config).await, sockets)
+}
+
 pub fn agent_config(mesh: &Path, root_ca: &Path, ca_address: &str, ttl: Duration) -> AgentConfig {
     let ca = CaClientConfig {
         address: ca_address.to_string(),
