@@ -11,6 +11,9 @@
 //!
 //! [`CertificateProvider`]: zident_identity::CertificateProvider
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod ca_client;
 pub mod ca_tls;

@@ -8,6 +8,9 @@
 //! [`RunningCa::start`] brings up the TLS port (gRPC + trust bundle endpoint), the metrics
 //! port, and watchers that reload the mesh file and plugged-in keys when they change.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 pub mod authority;
 pub mod connections;
 pub mod data_lock;

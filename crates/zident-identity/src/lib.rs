@@ -13,6 +13,9 @@
 //! - [`CertificateProvider`]: how the tunnel and the Workload API ask the agent for a
 //!   workload's current certificate.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 mod bundle;
 mod csr;
 pub mod inspect;

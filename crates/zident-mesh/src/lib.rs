@@ -10,6 +10,9 @@
 //! A file is checked whole before anyone uses it (see `check.rs` for the rules): an edit
 //! applies everywhere, or nowhere.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 mod check;
 mod cidr;
 mod file;

@@ -3,6 +3,9 @@
 //! both ends of a tunnel prove their SPIFFE identities ([`verify`]), and the inbound HBONE
 //! server ([`inbound`]).
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 pub mod headers;
 pub mod inbound;
 pub mod listeners;
