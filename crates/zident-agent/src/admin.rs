@@ -151,7 +151,7 @@ struct LevelQuery {
 pub fn admin_router(
     manager: Arc<CertificateManager>,
     log: Option<Arc<dyn LogControl>>,
-    data_plane: Option<Arc<dyn crate::DataPlane>>,
+    data_plane: Option<Arc<dyn crate::config::DataPlane>>,
 ) -> axum::Router {
     let m1 = manager.clone();
     let m2 = manager.clone();

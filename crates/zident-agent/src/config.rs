@@ -129,7 +129,7 @@ pub struct AgentConfig {
     /// Serve `/metrics` over TLS with the agent's own certificate.
     pub metrics_tls: bool,
     /// Workload API sockets and PEM files for workloads (both off unless set).
-    pub delivery: crate::workload_api::DeliveryConfig,
+    pub delivery: DeliveryConfig,
     /// The node's data plane (the tunnel), whose metrics and open connections the agent's
     /// endpoints show beside its own.
     pub data_plane: Option<std::sync::Arc<dyn DataPlane>>,
@@ -169,4 +169,15 @@ impl AgentConfig {
             data_plane: None,
         }
     }
+}
+
+/// Where and how workloads get their identities.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryConfig {
+    /// Workload API sockets, if enabled.
+    pub socket_dir: Option<PathBuf>,
+    /// PEM files, if enabled.
+    pub svid_dir: Option<PathBuf>,
+    /// Run after each write of a workload's files (`sh -c`).
+    pub svid_command: Option<String>,
 }

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod bundle_poll;
 pub mod ca_client;
 pub mod ca_tls;
 pub mod clock;
@@ -183,7 +184,7 @@ impl RunningAgent {
                 .rsplit_once(':')
                 .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
                 .unwrap_or_default();
-            tasks.push(tokio::spawn(trust::poll_bundle(
+            tasks.push(tokio::spawn(bundle_poll::poll_bundle(
                 trust.clone(),
                 ca.address().to_owned(),
                 host,

@@ -34,14 +34,7 @@ fn rotation_error(e: rotation::RotationError) -> AuthorityError {
 /// How long a generated self-signed root is valid.
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// Istio's file names, used both in the data dir and in a plugged-in `ROOT_CA_DIR`.
-pub const CA_CERT: &str = "ca-cert.pem";
-/// The signing key.
-pub const CA_KEY: &str = "ca-key.pem";
-/// The trust bundle clients use as `CA_ROOT_CA`.
-pub const ROOT_CERT: &str = "root-cert.pem";
-/// The chain from the signing certificate up to the root.
-pub const CERT_CHAIN: &str = "cert-chain.pem";
+pub use crate::files::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
 
 /// Why an authority could not be loaded or created. Each message names the file.
 #[derive(Debug, thiserror::Error)]

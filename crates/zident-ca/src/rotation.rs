@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
 use zident_identity::{TrustDomain, profile, rfc3339, serial_hex, to_system_time};
 
-use crate::authority::{CA_CERT, CA_KEY};
+use crate::files::{CA_CERT, CA_KEY};
 use crate::persist::{create_private_dir, write_atomic};
 
 /// The state file.

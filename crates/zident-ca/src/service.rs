@@ -5,7 +5,7 @@
 //! and counted, while the caller learns only the gRPC status it needs to act on.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use tonic::{Request, Response, Status};
 use zident_identity::{CsrError, rfc3339, verify_csr_pem};
@@ -20,41 +20,6 @@ pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 /// The address of the connection a request came in on, set by the server per connection.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
-
-/// How long issued certificates live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TtlPolicy {
-    /// Used when a request asks for zero or a negative lifetime.
-    pub default_ttl: Duration,
-    /// Requests above this are refused with `InvalidArgument`.
-    pub max_ttl: Duration,
-}
-
-impl Default for TtlPolicy {
-    fn default() -> Self {
-        Self {
-            default_ttl: zident_identity::profile::DEFAULT_TTL,
-            max_ttl: zident_identity::profile::MAX_TTL,
-        }
-    }
-}
-
-impl TtlPolicy {
-    /// The lifetime for a requested `validity_duration` in seconds.
-    pub fn resolve(&self, requested_secs: i64) -> Result<Duration, String> {
-        if requested_secs <= 0 {
-            return Ok(self.default_ttl);
-        }
-        let ttl = Duration::from_secs(requested_secs as u64);
-        if ttl > self.max_ttl {
-            return Err(format!(
-                "requested validity {requested_secs}s is above the maximum of {}s",
-                self.max_ttl.as_secs()
-            ));
-        }
-        Ok(ttl)
-    }
-}
 
 /// The gRPC service; cheap to clone.
 #[derive(Clone)]

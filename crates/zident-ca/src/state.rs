@@ -4,9 +4,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::authority::Authority;
+use crate::config::TtlPolicy;
 use crate::metrics::CaMetrics;
 use crate::registry::Registry;
-use crate::service::TtlPolicy;
 
 /// Shared CA state. Readers clone an `Arc` under a short read lock and then work lock-free.
 pub struct CaState {

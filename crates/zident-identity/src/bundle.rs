@@ -15,8 +15,8 @@ use x509_parser::oid_registry;
 use x509_parser::prelude::*;
 use x509_parser::public_key::PublicKey;
 
-use crate::TrustDomain;
 use crate::pem::{PemError, certs_from_pem, certs_to_pem};
+use crate::spiffe_id::TrustDomain;
 
 /// The `use` value of a JWK that holds an X.509 root in a SPIFFE bundle.
 const X509_SVID_USE: &str = "x509-svid";

@@ -11,7 +11,7 @@ use rcgen::{
 use x509_parser::oid_registry;
 use x509_parser::prelude::*;
 
-use crate::{IdError, SpiffeId};
+use crate::spiffe_id::{IdError, SpiffeId};
 
 /// The largest PEM CSR accepted, in bytes. Real ones are under 2 KiB.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -189,7 +189,7 @@ fn the_one_uri_san(csr: &X509CertificationRequest<'_>) -> Result<SpiffeId, CsrEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::WorkloadKey;
+    use crate::keys::WorkloadKey;
     use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 
     fn id() -> SpiffeId {

@@ -8,10 +8,12 @@ use std::time::{Duration, SystemTime};
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::*;
 
+use crate::bundle::TrustBundle;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::svid::SvidInfo;
 use crate::svid::{
     RuleResult, check_time, human, leaf_rules, serial_hex, to_system_time, verify_chain,
 };
-use crate::{SpiffeId, SvidInfo, TrustBundle, TrustDomain};
 
 /// The longest lifetime zident's CA issues (DESIGN.md §4).
 const MAX_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);

@@ -9,7 +9,7 @@ use rcgen::{
 };
 use zeroize::Zeroizing;
 
-use crate::SpiffeId;
+use crate::spiffe_id::SpiffeId;
 
 /// The OID of the subjectAltName extension.
 const OID_SUBJECT_ALT_NAME: &[u64] = &[2, 5, 29, 17];

@@ -9,7 +9,8 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-use crate::{SpiffeId, TrustDomain, keys::uri_san_extension};
+use crate::keys::uri_san_extension;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
 
 /// How far notBefore is moved into the past to absorb clock skew between nodes.
 pub const MAX_BACKDATE: Duration = Duration::from_secs(120);

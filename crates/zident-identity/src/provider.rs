@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 
-use crate::{SpiffeId, WorkloadKey};
+use crate::keys::WorkloadKey;
+use crate::spiffe_id::SpiffeId;
 
 /// A certificate the agent holds for one identity, with its private key. Immutable: a rotation
 /// makes a new one, so whoever holds an `Arc` of the old one keeps a consistent pair.

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::*;
 
-use crate::{IdError, SpiffeId, TrustBundle};
+use crate::bundle::TrustBundle;
+use crate::spiffe_id::{IdError, SpiffeId};
 
 /// Why a certificate chain is not a valid X509-SVID for a trust bundle.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

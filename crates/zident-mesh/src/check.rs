@@ -12,7 +12,8 @@ use std::path::Path;
 
 use zident_identity::{SpiffeId, TrustDomain};
 
-use crate::file::{MeshError, MeshFile, Workload};
+use crate::error::MeshError;
+use crate::file::{MeshFile, Workload};
 use crate::locate::{Step, line_of};
 use crate::names::{check_label, check_subdomain};
 

@@ -7,45 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use zident_identity::{SpiffeId, TrustDomain};
 
+pub use crate::error::MeshError;
 use crate::policy::{Authorization, Ignored};
-
-/// Why a mesh file was refused. The message names the file and, where the YAML parser knows
-/// it, the line and column.
-#[derive(Debug, thiserror::Error)]
-pub enum MeshError {
-    /// The file could not be read.
-    #[error("cannot read mesh file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The YAML is malformed, has an unknown key, or a field has a bad value.
-    #[error("mesh file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with line and column.
-        message: String,
-    },
-    /// A rule across fields is broken (duplicate names, a token given twice, ...).
-    #[error("mesh file {path}{}: {field}: {message}", at_line(.line))]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Where the entry at fault is written, when it can be found in the text.
-        line: Option<usize>,
-        /// Where, e.g. `nodes[1].token`.
-        field: String,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-}
-
-fn at_line(line: &Option<usize>) -> String {
-    line.map(|l| format!(", line {l}")).unwrap_or_default()
-}
 
 /// A whole mesh file, checked.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -263,25 +226,6 @@ pub enum CallerToken {
 }
 
 impl MeshFile {
-    /// Parses mesh-file YAML; `path` is only used in messages.
-    pub fn parse(path: &Path, yaml: &str) -> Result<Self, MeshError> {
-        let mesh: Self = serde_yaml_ng::from_str(yaml).map_err(|e| MeshError::Parse {
-            path: path.to_owned(),
-            message: with_line(yaml, e.to_string()),
-        })?;
-        crate::check::check(&mesh, path, yaml)?;
-        Ok(mesh)
-    }
-
-    /// Reads and parses a mesh file.
-    pub fn load(path: &Path) -> Result<Self, MeshError> {
-        let yaml = std::fs::read_to_string(path).map_err(|source| MeshError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &yaml)
-    }
-
     /// Every bearer token with its caller, token files read relative to the mesh file's
     /// directory. Fails on an unreadable or empty token file, or a token used twice.
     pub fn resolve_tokens(
@@ -356,36 +300,6 @@ impl MeshFile {
             .filter(|w| w.node == node)
             .filter_map(|w| w.spiffe_id(&self.trust_domain).ok())
             .collect()
-    }
-}
-
-/// Errors raised at the top level of the document carry no line from the parser. Find the
-/// line from what the message names: the unknown key, or the key and its rejected value.
-fn with_line(yaml: &str, message: String) -> String {
-    if message.contains(" at line ") {
-        return message;
-    }
-    let quoted = |open: char, close: char| {
-        let start = message.find(open)? + open.len_utf8();
-        let end = start + message[start..].find(close)?;
-        Some(message[start..end].to_owned())
-    };
-    let (key, value) = if message.starts_with("unknown field") {
-        (quoted('`', '`'), None)
-    } else {
-        let key = message.split_whitespace().next().map(str::to_owned);
-        (key, quoted('"', '"'))
-    };
-    let Some(key) = key else { return message };
-    let found = yaml.lines().position(|line| {
-        let line = line.trim_start().trim_start_matches("- ").trim_start();
-        line.strip_prefix(key.as_str())
-            .is_some_and(|rest| rest.trim_start().starts_with(':'))
-            && value.as_ref().is_none_or(|v| line.contains(v.as_str()))
-    });
-    match found {
-        Some(i) => format!("{message} at line {}", i + 1),
-        None => message,
     }
 }
 

@@ -15,7 +15,9 @@
 
 mod check;
 mod cidr;
+mod error;
 mod file;
+mod load;
 mod locate;
 mod names;
 mod policy;

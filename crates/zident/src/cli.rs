@@ -8,12 +8,14 @@ use std::time::Duration;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use zident_agent::RunningAgent;
 use zident_ca::{CaConfig, RunningCa, TtlPolicy};
 
 use crate::duration::parse_duration;
-use crate::logging::LogHandle;
+use crate::logging::{LogFormat, LogHandle};
+use crate::up::UpArgs;
+use crate::wiring::{TunnelPlane, start_tunnel, wait_for_shutdown, wait_for_signal};
 
 /// Workload identity for a zero-trust service mesh.
 #[derive(Debug, Parser)]
@@ -25,15 +27,6 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Subcommands.
@@ -156,59 +149,6 @@ pub struct AgentArgs {
     pub worker_threads: usize,
 }
 
-/// The tunnel's metrics and open connections, shown by the agent's endpoints.
-#[derive(Debug)]
-pub struct TunnelPlane(pub Arc<zident_tunnel::observe::Observer>);
-
-impl zident_agent::DataPlane for TunnelPlane {
-    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        self.0.register(registry);
-    }
-
-    fn connections(&self) -> serde_json::Value {
-        serde_json::to_value(self.0.open_tunnels()).unwrap_or_default()
-    }
-
-    fn listeners(&self) -> serde_json::Value {
-        serde_json::json!({
-            "inbound": self.0.listeners().list(),
-            "source_fallbacks": self.0.source_fallbacks(),
-        })
-    }
-}
-
-/// Starts the tunnel of an agent's node, unless disabled.
-pub async fn start_tunnel(
-    agent: &RunningAgent,
-    node: &str,
-    config: Option<zident_tunnel::node::TunnelConfig>,
-    observer: Arc<zident_tunnel::observe::Observer>,
-) -> Result<Option<zident_tunnel::node::RunningTunnel>, String> {
-    let Some(config) = config else {
-        return Ok(None);
-    };
-    let manager = agent.manager.clone();
-    let current = {
-        let m = manager.clone();
-        Arc::new(move |id: &zident_identity::SpiffeId| m.current_or_retry(id))
-    };
-    let bundle = {
-        let m = manager.clone();
-        Arc::new(move || m.trust().bundle())
-    };
-    zident_tunnel::node::start(
-        config,
-        node.to_owned(),
-        manager,
-        current,
-        bundle,
-        agent.mesh.clone(),
-        observer,
-    )
-    .await
-    .map(Some)
-}
-
 impl AgentArgs {
     /// The agent configuration these flags describe.
     pub fn into_config(self) -> Result<zident_agent::AgentConfig, String> {
@@ -306,17 +246,6 @@ pub struct CaArgs {
     /// At most this many connections from one source address.
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub max_connections_per_source: usize,
-}
-
-/// Flags of `zident up`.
-#[derive(Debug, clap::Args)]
-pub struct UpArgs {
-    /// Use this mesh file instead of the embedded default.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Where everything is kept.
-    #[arg(long, value_name = "DIR", default_value = ".zident")]
-    pub data_dir: PathBuf,
 }
 
 impl CaArgs {
@@ -430,30 +359,6 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => crate::up::run(args, log).await.map(|()| ExitCode::SUCCESS),
-    }
-}
-
-/// Waits for Ctrl-C / SIGTERM or for the CA to stop on its own.
-pub async fn wait_for_shutdown(ca: &mut RunningCa) {
-    tokio::select! {
-        _ = ca.wait() => tracing::error!("the CA server stopped"),
-        _ = wait_for_signal() => {}
-    }
-}
-
-/// Waits for Ctrl-C or SIGTERM.
-pub async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
-        _ = term => tracing::info!("terminated, shutting down"),
     }
 }
 

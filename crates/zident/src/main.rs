@@ -12,6 +12,7 @@ mod logging;
 mod rotate;
 mod style;
 mod up;
+mod wiring;
 
 use std::process::ExitCode;
 

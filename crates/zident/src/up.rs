@@ -2,7 +2,7 @@
 //! process on an embedded mesh, keeps everything under one directory, and says where things
 //! are and what to try.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +10,19 @@ use zident_agent::{AgentConfig, CaClientConfig, RunningAgent, TokenSource};
 use zident_ca::{CaConfig, RunningCa};
 use zident_mesh::{CallerToken, MeshFile};
 
-use crate::cli::{UpArgs, wait_for_shutdown};
 use crate::logging::LogHandle;
+use crate::wiring::wait_for_shutdown;
+
+/// Flags of `zident up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Use this mesh file instead of the embedded default.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where everything is kept.
+    #[arg(long, value_name = "DIR", default_value = ".zident")]
+    pub data_dir: PathBuf,
+}
 
 /// The embedded default mesh: a few workloads on one node.
 pub const LOCAL_MESH: &str = include_str!("../../../examples/local.yaml");
@@ -54,11 +65,11 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
     agent_config.secret_ttl = UP_SECRET_TTL;
     agent_config.delivery.socket_dir = Some(args.data_dir.join("agent/workload-api"));
     let observer = zident_tunnel::observe::Observer::new();
-    agent_config.data_plane = Some(Arc::new(crate::cli::TunnelPlane(observer.clone())));
+    agent_config.data_plane = Some(Arc::new(crate::wiring::TunnelPlane(observer.clone())));
     let agent = RunningAgent::start(agent_config, Some(log))
         .await
         .map_err(|e| e.to_string())?;
-    let tunnel = crate::cli::start_tunnel(
+    let tunnel = crate::wiring::start_tunnel(
         &agent,
         &node,
         Some(zident_tunnel::node::TunnelConfig {

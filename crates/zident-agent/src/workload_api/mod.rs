@@ -22,23 +22,13 @@ use tonic::codegen::tokio_stream::StreamExt;
 use tonic::codegen::tokio_stream::wrappers::UnixListenerStream;
 use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
+pub use crate::config::DeliveryConfig;
 pub use files::write_version;
 pub use service::WorkloadApiService;
 
 use crate::manager::CertificateManager;
 use crate::trust::TrustStore;
 use crate::workloads::LocalWorkload;
-
-/// Where and how workloads get their identities.
-#[derive(Debug, Clone, Default)]
-pub struct DeliveryConfig {
-    /// Workload API sockets, if enabled.
-    pub socket_dir: Option<PathBuf>,
-    /// PEM files, if enabled.
-    pub svid_dir: Option<PathBuf>,
-    /// Run after each write of a workload's files (`sh -c`).
-    pub svid_command: Option<String>,
-}
 
 struct Served {
     id: zident_identity::SpiffeId,

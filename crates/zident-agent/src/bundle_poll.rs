@@ -1,0 +1,95 @@
+//! Keeping the trust store in step with the CA's bundle endpoint: `GET https://<CA>/bundle`
+//! (SPIFFE JWKS) at the bundle's refresh hint, and at once when a certificate from the CA did
+//! not verify (perhaps signed by a root this node has not fetched yet). The TLS to the CA is
+//! checked against the store itself, so it follows a root rotation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use zident_identity::TrustBundle;
+
+use crate::trust::TrustStore;
+
+/// Polls never more often than this, whatever the hint says.
+const MIN_POLL: Duration = Duration::from_secs(1);
+/// Nor less often than this.
+const MAX_POLL: Duration = Duration::from_secs(3600);
+/// A failed poll is retried after this, or the hint if shorter.
+const RETRY_POLL: Duration = Duration::from_secs(10);
+
+/// Fetches `https://<address>/bundle` over and over, at the CA's refresh hint, feeding the
+/// store. Runs until the task is dropped.
+pub async fn poll_bundle(store: Arc<TrustStore>, address: String, host: String) {
+    let config = match crate::ca_tls::client_config(store.clone(), b"http/1.1") {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!(target: "zident::identity", "cannot poll the trust bundle: TLS setup failed: {e}");
+            return;
+        }
+    };
+    loop {
+        let wait = match fetch_bundle(&store, config.clone(), &address, &host).await {
+            Ok(hint) => hint.clamp(MIN_POLL, MAX_POLL),
+            Err(e) => {
+                tracing::warn!(target: "zident::identity", "cannot fetch the trust bundle from https://{address}/bundle: {e}");
+                RETRY_POLL
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = store.refresh_requested() => {
+                tracing::info!(target: "zident::identity", "fetching the trust bundle now: a certificate from the CA did not verify");
+            }
+        }
+    }
+}
+
+async fn fetch_bundle(
+    store: &TrustStore,
+    config: Arc<rustls::ClientConfig>,
+    address: &str,
+    host: &str,
+) -> Result<Duration, String> {
+    use http_body_util::BodyExt;
+
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(10);
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/bundle")
+            .header(hyper::header::HOST, host)
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+    };
+    let json = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    let fetched = TrustBundle::from_jwks_json(store.trust_domain().clone(), &json)
+        .map_err(|e| e.to_string())?;
+    let hint = fetched.refresh_hint().unwrap_or(Duration::from_secs(300));
+    store.set_endpoint_roots(fetched.roots().to_vec());
+    Ok(hint)
+}

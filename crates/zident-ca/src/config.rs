@@ -1,0 +1,137 @@
+//! What `zident ca` is configured with: addresses, key sources, certificate lifetimes, root
+//! rotation, connection limits. The flags of the binary fill it; the defaults are here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{authority, connections, rotation};
+
+/// Everything `zident ca` is configured with.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    /// The mesh file.
+    pub mesh_path: PathBuf,
+    /// Where the self-signed root lives and `root-cert.pem` is published.
+    pub data_dir: PathBuf,
+    /// Plugged-in keys (Istio's `cacerts` layout) instead of a self-signed root.
+    pub root_ca_dir: Option<PathBuf>,
+    /// The TLS (gRPC + bundle) listen address.
+    pub listen: SocketAddr,
+    /// The Prometheus listen address, if any.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Names in the serving certificate.
+    pub dns_names: Vec<String>,
+    /// Certificate lifetimes.
+    pub ttl: TtlPolicy,
+    /// `spiffe_refresh_hint` for the bundle endpoint.
+    pub refresh_hint: Duration,
+    /// Root rotation of the self-signed authority.
+    pub rotation: RotationConfig,
+    /// Bounds on connections: idle timeout, total and per-source caps.
+    pub connections: connections::ConnectionLimits,
+}
+
+/// When the self-signed root rotates on its own, and how long each phase waits.
+#[derive(Debug, Clone, Copy)]
+pub struct RotationConfig {
+    /// Run the phases on a schedule (prepare at `prepare_at` of the root's life, activate and
+    /// retire as soon as each is safe). Off: only `zident ca rotate` moves them.
+    pub auto: bool,
+    /// Share of the active root's lifetime after which a new one is prepared.
+    pub prepare_at: f64,
+    /// Lifetime of a new root.
+    pub root_lifetime: Duration,
+    /// From prepare to activate; `None`: twice the refresh hint. Never less than one hint.
+    pub activate_delay: Option<Duration>,
+    /// Added to the longest certificate lifetime before the old root may retire: covers a
+    /// running CA that picks up a `zident ca rotate activate` a moment late, and clock skew.
+    pub retire_margin: Duration,
+    /// Added to a pre-prepare certificate's renewal point before its client (one that learns
+    /// roots only from responses) is taken to trust the prepared root.
+    pub renewal_margin: Duration,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            auto: true,
+            prepare_at: 0.8,
+            root_lifetime: authority::ROOT_LIFETIME,
+            activate_delay: None,
+            retire_margin: rotation::RETIRE_MARGIN,
+            renewal_margin: Duration::from_secs(rotation::RENEWAL_MARGIN_SECS),
+        }
+    }
+}
+
+impl CaConfig {
+    /// The phase rules this configuration implies.
+    pub fn rotation_timing(&self) -> rotation::Timing {
+        let activate = self
+            .rotation
+            .activate_delay
+            .unwrap_or(self.refresh_hint * 2)
+            .max(self.refresh_hint);
+        rotation::Timing {
+            activate_delay_secs: activate.as_secs_f64().ceil() as u64,
+            renewal_margin_secs: self.rotation.renewal_margin.as_secs_f64().ceil() as u64,
+            retire_delay_secs: (self.ttl.max_ttl + self.rotation.retire_margin)
+                .as_secs_f64()
+                .ceil() as u64,
+        }
+    }
+}
+
+impl CaConfig {
+    /// The defaults of `zident ca` for a mesh file.
+    pub fn new(mesh_path: impl Into<PathBuf>) -> Self {
+        Self {
+            mesh_path: mesh_path.into(),
+            data_dir: PathBuf::from(".zident/ca"),
+            root_ca_dir: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 15012)),
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15014))),
+            dns_names: vec!["localhost".into()],
+            ttl: TtlPolicy::default(),
+            refresh_hint: Duration::from_secs(300),
+            rotation: RotationConfig::default(),
+            connections: Default::default(),
+        }
+    }
+}
+
+/// How long issued certificates live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlPolicy {
+    /// Used when a request asks for zero or a negative lifetime.
+    pub default_ttl: Duration,
+    /// Requests above this are refused with `InvalidArgument`.
+    pub max_ttl: Duration,
+}
+
+impl Default for TtlPolicy {
+    fn default() -> Self {
+        Self {
+            default_ttl: zident_identity::profile::DEFAULT_TTL,
+            max_ttl: zident_identity::profile::MAX_TTL,
+        }
+    }
+}
+
+impl TtlPolicy {
+    /// The lifetime for a requested `validity_duration` in seconds.
+    pub fn resolve(&self, requested_secs: i64) -> Result<Duration, String> {
+        if requested_secs <= 0 {
+            return Ok(self.default_ttl);
+        }
+        let ttl = Duration::from_secs(requested_secs as u64);
+        if ttl > self.max_ttl {
+            return Err(format!(
+                "requested validity {requested_secs}s is above the maximum of {}s",
+                self.max_ttl.as_secs()
+            ));
+        }
+        Ok(ttl)
+    }
+}
