@@ -135,3 +135,20 @@ impl TtlPolicy {
         Ok(ttl)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_policy() {
+        let p = TtlPolicy {
+            default_ttl: Duration::from_secs(100),
+            max_ttl: Duration::from_secs(1000),
+        };
+        assert_eq!(p.resolve(0), Ok(Duration::from_secs(100)));
+        assert_eq!(p.resolve(-5), Ok(Duration::from_secs(100)));
+        assert_eq!(p.resolve(1000), Ok(Duration::from_secs(1000)));
+        assert!(p.resolve(1001).unwrap_err().contains("maximum of 1000s"));
+    }
+}

@@ -200,20 +200,3 @@ fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<String>
         Some(_) => Err(format!("metadata {IMPERSONATED_IDENTITY} must be a string")),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ttl_policy() {
-        let p = TtlPolicy {
-            default_ttl: Duration::from_secs(100),
-            max_ttl: Duration::from_secs(1000),
-        };
-        assert_eq!(p.resolve(0), Ok(Duration::from_secs(100)));
-        assert_eq!(p.resolve(-5), Ok(Duration::from_secs(100)));
-        assert_eq!(p.resolve(1000), Ok(Duration::from_secs(1000)));
-        assert!(p.resolve(1001).unwrap_err().contains("maximum of 1000s"));
-    }
-}
