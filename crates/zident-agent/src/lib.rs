@@ -6,8 +6,9 @@
 //! it leaves. Every response from the CA is checked before use. Admin, readiness and metrics
 //! endpoints show what it is doing.
 //!
-//! The tunnel and the Workload API get certificates through [`CertificateProvider`], which
-//! [`CertificateManager`] implements.
+//! The tunnel gets certificates and the trust bundle only through [`CertificateProvider`],
+//! which [`CertificateManager`] implements. (The Workload API still takes the manager: it
+//! streams every status change, which the seam does not carry yet.)
 //!
 //! [`CertificateProvider`]: zident_identity::CertificateProvider
 

@@ -210,6 +210,14 @@ impl CertificateManager {
 }
 
 impl CertificateProvider for CertificateManager {
+    fn current(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
+        self.current_or_retry(id)
+    }
+
+    fn bundle(&self) -> Arc<zident_identity::TrustBundle> {
+        self.shared.trust.bundle()
+    }
+
     async fn certificate(
         &self,
         id: &SpiffeId,

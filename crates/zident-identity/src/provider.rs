@@ -1,5 +1,6 @@
-//! The one thing the tunnel and the Workload API need from the node agent: "the current
-//! certificate for identity X, waiting up to T". Defined here, beside the identity types, so
+//! The seam between identity and its consumers: what the tunnel (and later SDS and xDS) need
+//! from the node agent. The current certificate for identity X (waiting up to T, or not
+//! waiting at all), and the trust bundle in force. Defined here, beside the identity types, so
 //! those crates depend on this small interface and not on the agent.
 
 use std::future::Future;
@@ -87,7 +88,7 @@ pub enum ProviderError {
     Pending(SpiffeId),
 }
 
-/// Hands out the current certificate for an identity.
+/// Hands out the current certificate for an identity, and the trust bundle.
 pub trait CertificateProvider: Send + Sync + 'static {
     /// The current certificate for `id`. If there is none yet, or it is Unavailable, asks for
     /// one at once (real-time priority) and waits up to `wait` for it.
@@ -96,4 +97,12 @@ pub trait CertificateProvider: Send + Sync + 'static {
         id: &SpiffeId,
         wait: Duration,
     ) -> impl Future<Output = Result<Arc<WorkloadCertificate>, ProviderError>> + Send;
+
+    /// The current valid certificate for `id`, without waiting (a TLS handshake in progress
+    /// cannot wait). When there is none, a retry is asked for at once; `None` fails closed.
+    fn current(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>>;
+
+    /// The trust bundle in force, read at each handshake so that a change (a new root in a
+    /// rotation) applies to the next connection.
+    fn bundle(&self) -> Arc<crate::bundle::TrustBundle>;
 }

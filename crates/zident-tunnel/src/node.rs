@@ -8,19 +8,15 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
-use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate};
+use zident_identity::{CertificateProvider, SpiffeId};
 use zident_mesh::MeshFile;
 
-use crate::inbound::{Inbound, Serves};
+use crate::inbound::{CertificateLookup, Inbound, Serves};
 use crate::mesh_view::{LiveView, MeshView};
 use crate::observe::Observer;
 use crate::outbound::Outbound;
 use crate::policy::Authorizer;
 use crate::verify::BundleSource;
-
-/// The current certificate of an identity, without waiting (inbound fails closed without one).
-pub type CurrentCertificate =
-    Arc<dyn Fn(&SpiffeId) -> Option<Arc<WorkloadCertificate>> + Send + Sync>;
 
 /// Where the tunnel listens.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +62,7 @@ struct Shared {
     config: TunnelConfig,
     view: Arc<LiveView>,
     authorizer: Arc<RwLock<Arc<Authorizer>>>,
-    current: CurrentCertificate,
+    current: CertificateLookup,
     bundle: BundleSource,
     observer: Arc<Observer>,
 }
@@ -203,15 +199,24 @@ impl WorkloadListeners {
 }
 
 /// Starts the tunnel of `node`; its metrics and open connections go to `observer`.
+///
+/// Certificates and the trust bundle come from `provider` alone, the one seam between identity
+/// and the tunnel.
 pub async fn start<P: CertificateProvider>(
     config: TunnelConfig,
     node: String,
     provider: Arc<P>,
-    current: CurrentCertificate,
-    bundle: BundleSource,
     mut mesh: watch::Receiver<Arc<MeshFile>>,
     observer: Arc<Observer>,
 ) -> Result<RunningTunnel, String> {
+    let current: CertificateLookup = {
+        let p = provider.clone();
+        Arc::new(move |id: &SpiffeId| p.current(id))
+    };
+    let bundle: BundleSource = {
+        let p = provider.clone();
+        Arc::new(move || p.bundle())
+    };
     let first = mesh.borrow_and_update().clone();
     let view = Arc::new(LiveView(RwLock::new(Arc::new(MeshView::new(
         &first,
@@ -249,7 +254,7 @@ pub async fn start<P: CertificateProvider>(
     }
 
     let outbound = Arc::new(
-        Outbound::new(provider, view.clone(), bundle, observer)
+        Outbound::new(provider, view.clone(), observer)
             .with_transparent_source(config.transparent_source)
             .with_skew_tolerance(config.skew_tolerance),
     );

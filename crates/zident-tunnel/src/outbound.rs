@@ -168,13 +168,13 @@ pub struct Outbound<P, D> {
 }
 
 impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
-    /// An outbound tunnel over `certificates` and `directory`.
-    pub fn new(
-        certificates: Arc<P>,
-        directory: Arc<D>,
-        bundle: BundleSource,
-        observer: Arc<Observer>,
-    ) -> Self {
+    /// An outbound tunnel over `certificates` (certificates and the trust bundle, both from
+    /// the identity seam) and `directory`.
+    pub fn new(certificates: Arc<P>, directory: Arc<D>, observer: Arc<Observer>) -> Self {
+        let bundle: BundleSource = {
+            let p = certificates.clone();
+            Arc::new(move || p.bundle())
+        };
         Self {
             transparent_source: false,
             skew_tolerance: crate::verify::SKEW_TOLERANCE,

@@ -16,8 +16,11 @@ use zident_tunnel::observe::{Direction, Observer, Reason};
 use zident_tunnel::outbound::{Directory, NoRoute, Outbound, Route, Source};
 use zident_tunnel::socks5::Target;
 
-/// Certificates by identity, as the agent would hand them out.
-struct Certs(Vec<(SpiffeId, Arc<WorkloadCertificate>)>);
+/// Certificates by identity and the trust bundle, as the agent would hand them out.
+struct Certs(
+    Vec<(SpiffeId, Arc<WorkloadCertificate>)>,
+    Arc<zident_identity::TrustBundle>,
+);
 
 impl CertificateProvider for Certs {
     async fn certificate(
@@ -25,11 +28,16 @@ impl CertificateProvider for Certs {
         id: &SpiffeId,
         _wait: Duration,
     ) -> Result<Arc<WorkloadCertificate>, ProviderError> {
-        self.0
-            .iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, c)| c.clone())
+        self.current(id)
             .ok_or_else(|| ProviderError::UnknownIdentity(id.clone()))
+    }
+
+    fn current(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
+        self.0.iter().find(|(i, _)| i == id).map(|(_, c)| c.clone())
+    }
+
+    fn bundle(&self) -> Arc<zident_identity::TrustBundle> {
+        self.1.clone()
     }
 }
 
@@ -104,14 +112,15 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
     tokio::spawn(inbound.serve(inbound_listener));
 
     // Node A's outbound.
-    let b = bundle.clone();
     let outbound = Arc::new(Outbound::new(
-        Arc::new(Certs(vec![(id("ns/default/sa/frontend"), frontend_cert)])),
+        Arc::new(Certs(
+            vec![(id("ns/default/sa/frontend"), frontend_cert)],
+            bundle.clone(),
+        )),
         Arc::new(Mesh {
             http,
             inbound: inbound_addr,
         }),
-        Arc::new(move || b.clone()),
         observer.clone(),
     ));
     let socks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -192,15 +201,17 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
     trusting_both.add_root(other.cert.der().clone()).unwrap();
     let trusting_both = Arc::new(trusting_both);
     let foreign = Arc::new(Outbound::new(
-        Arc::new(Certs(vec![(
-            id("ns/default/sa/frontend"),
-            other.issue("ns/default/sa/frontend"),
-        )])),
+        Arc::new(Certs(
+            vec![(
+                id("ns/default/sa/frontend"),
+                other.issue("ns/default/sa/frontend"),
+            )],
+            trusting_both.clone(),
+        )),
         Arc::new(Mesh {
             http,
             inbound: inbound_addr,
         }),
-        Arc::new(move || trusting_both.clone()),
         observer.clone(),
     ));
     let foreign_socks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -38,21 +38,10 @@ pub async fn start_tunnel(
     let Some(config) = config else {
         return Ok(None);
     };
-    let manager = agent.manager.clone();
-    let current = {
-        let m = manager.clone();
-        Arc::new(move |id: &zident_identity::SpiffeId| m.current_or_retry(id))
-    };
-    let bundle = {
-        let m = manager.clone();
-        Arc::new(move || m.trust().bundle())
-    };
     zident_tunnel::node::start(
         config,
         node.to_owned(),
-        manager,
-        current,
-        bundle,
+        agent.manager.clone(),
         agent.mesh.clone(),
         observer,
     )

@@ -259,16 +259,10 @@ pub async fn tunnel_with(
     config: TunnelConfig,
     observer: Arc<Observer>,
 ) -> RunningTunnel {
-    let m = a.manager.clone();
-    let current = Arc::new(move |id: &SpiffeId| m.current_or_retry(id));
-    let m = a.manager.clone();
-    let bundle = Arc::new(move || m.trust().bundle());
     start(
         config,
         node.into(),
         a.manager.clone(),
-        current,
-        bundle,
         a.mesh.clone(),
         observer,
     )
