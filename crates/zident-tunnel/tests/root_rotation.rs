@@ -202,33 +202,8 @@ fn roots(agent: &RunningAgent) -> Vec<CertificateDer<'static>> {
 
 /// Runs `phase` as `zident ca rotate` does, once it is safe.
 async fn rotate(ca_dir: &Path, phase: Phase) -> rotation::RotationState {
-    let state = rotation::read_state(ca_dir).unwrap().unwrap();
-    // Activation is safe by both rules: the bundle's, and every client having renewed since
-    // prepare (from the CA's ledger), as `zident ca status` reports it.
-    let safe_from = || match phase {
-        Phase::Prepare => 0,
-        Phase::Activate => {
-            let now = zident_ca::ledger::unix(SystemTime::now());
-            rotation::activation_safe_at(&state, &zident_ca::ledger::load(ca_dir), now).unwrap()
-        }
-        Phase::Retire => state.retire_after.unwrap(),
-    };
-    while SystemTime::now() < SystemTime::UNIX_EPOCH + Duration::from_secs(safe_from()) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let dir = ca_dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        rotation::apply(
-            &dir,
-            phase,
-            SystemTime::now(),
-            false,
-            Duration::from_secs(3600),
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap()
+    common::until_safe(ca_dir, phase).await;
+    common::apply_phase(ca_dir, phase).await.unwrap()
 }
 
 /// Two nodes with tunnels, and traffic between them.

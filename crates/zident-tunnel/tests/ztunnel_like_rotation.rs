@@ -202,41 +202,6 @@ async fn one_connection(
     a.and(c)
 }
 
-async fn apply(dir: &Path, phase: Phase) -> Result<rotation::RotationState, String> {
-    let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        rotation::apply(
-            &dir,
-            phase,
-            SystemTime::now(),
-            false,
-            Duration::from_secs(3600),
-        )
-        .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap()
-}
-
-/// Waits until `phase` is safe by every rule the CA applies, as `zident ca status` reports it.
-async fn until_safe(dir: &Path, phase: Phase) {
-    loop {
-        let state = rotation::read_state(dir).unwrap().unwrap();
-        let now = zident_ca::ledger::unix(SystemTime::now());
-        let safe = match phase {
-            Phase::Activate => {
-                rotation::activation_safe_at(&state, &zident_ca::ledger::load(dir), now).unwrap()
-            }
-            Phase::Retire => state.retire_after.unwrap(),
-            Phase::Prepare => 0,
-        };
-        if now >= safe {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_learn_roots_only_from_responses_never_fail_through_a_rotation() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,7 +262,7 @@ workloads:\n\
 
     // Prepare right after both renewed, so that both still hold pre-prepare certificates
     // when the bundle rule is met.
-    apply(&ca_dir, Phase::Prepare).await.unwrap();
+    common::apply_phase(&ca_dir, Phase::Prepare).await.unwrap();
     let state = rotation::read_state(&ca_dir).unwrap().unwrap();
     let activate_after = state.activate_after.unwrap();
     while zident_ca::ledger::unix(SystemTime::now()) < activate_after {
@@ -314,16 +279,18 @@ workloads:\n\
         2,
         "a and b hold pre-prepare certificates: {waiting:?}"
     );
-    let refused = apply(&ca_dir, Phase::Activate).await.unwrap_err();
+    let refused = common::apply_phase(&ca_dir, Phase::Activate)
+        .await
+        .unwrap_err();
     assert!(
         refused.contains("too early: 2 identities") && refused.contains("have not renewed since"),
         "{refused}"
     );
     // Both ztunnel-like clients renew at half-life and so learn the new root.
-    until_safe(&ca_dir, Phase::Activate).await;
+    common::until_safe(&ca_dir, Phase::Activate).await;
     assert_eq!(a.held().roots.roots().len(), 2, "a trusts both roots");
     assert_eq!(b.held().roots.roots().len(), 2, "b trusts both roots");
-    apply(&ca_dir, Phase::Activate).await.unwrap();
+    common::apply_phase(&ca_dir, Phase::Activate).await.unwrap();
     // New certificates are signed under generation 2.
     let gen2 = certs_from_pem(&std::fs::read(ca_dir.join("roots/2/ca-cert.pem")).unwrap()).unwrap();
     let mut only_gen2 = TrustBundle::new(TrustDomain::new("cluster.local").unwrap());
@@ -338,8 +305,8 @@ workloads:\n\
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    until_safe(&ca_dir, Phase::Retire).await;
-    apply(&ca_dir, Phase::Retire).await.unwrap();
+    common::until_safe(&ca_dir, Phase::Retire).await;
+    common::apply_phase(&ca_dir, Phase::Retire).await.unwrap();
     // Both renew once more and trust the new root alone.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while a.held().roots.roots().len() != 1 || b.held().roots.roots().len() != 1 {

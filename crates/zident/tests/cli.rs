@@ -170,17 +170,7 @@ fn a_broken_mesh_file_is_one_clear_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
 }
 
-/// `curl` a URL: (status, body).
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
+use zident_testkit::curl;
 
 #[test]
 fn the_agent_reads_istios_environment_names() {

@@ -6,7 +6,6 @@ pub mod fake_ca;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use zident_agent::{
@@ -159,17 +158,7 @@ pub async fn start_agent(config: AgentConfig) -> RunningAgent {
         .expect("agent starts")
 }
 
-/// Polls `check` every 50 ms until it is true, failing after `timeout`.
-pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, what: &str, mut check: F) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use zident_testkit::eventually;
 
 pub fn state_of(agent: &RunningAgent, id: &SpiffeId) -> Option<zident_agent::IdentityStatus> {
     agent
@@ -195,44 +184,17 @@ pub fn serial_of(agent: &RunningAgent, id: &SpiffeId) -> Option<String> {
     }
 }
 
-/// Everything logged by the agent in this test process.
-pub fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer.clone()))
-            .try_init();
-        buf
-    })
-    .clone()
+/// Captures this test process's logs (the agent's among them) at info.
+pub fn logs() {
+    zident_testkit::capture_logs("info");
 }
 
+/// Everything logged so far.
 pub fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+    zident_testkit::captured()
 }
 
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
+/// `GET url` with curl: (status, body).
 pub fn curl(url: &str) -> (u16, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    zident_testkit::curl(&[url])
 }

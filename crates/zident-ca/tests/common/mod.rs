@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prost_types::{Struct, Value, value::Kind};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -171,14 +171,8 @@ pub fn run(cmd: &mut Command) -> String {
     text
 }
 
-/// Polls `check` until it returns true or `timeout` passes.
-pub async fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+#[allow(unused_imports)]
+pub use zident_testkit::eventually;
 
 /// `GET` over HTTPS or HTTP with curl, trusting `cacert` if given.
 pub fn curl(url: &str, cacert: Option<&Path>) -> String {

@@ -171,19 +171,12 @@ pub async fn http_workload(addr: SocketAddr, body: &'static str) -> SocketAddr {
     bound
 }
 
-/// Runs curl with `args`: (succeeded, stdout + stderr).
+/// Runs curl with `args`: (an answer came, body + curl's messages).
 pub async fn curl(args: Vec<String>) -> (bool, String) {
     tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "10"])
-            .args(&args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out) = zident_testkit::curl(&args);
+        (code != 0, out)
     })
     .await
     .unwrap()
@@ -308,12 +301,8 @@ pub async fn socks_connect(
 }
 
 /// Waits until `done` holds, failing with `what` after 20 s.
-pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+pub async fn until(what: &str, done: impl FnMut() -> bool) {
+    zident_testkit::eventually(Duration::from_secs(20), what, done).await
 }
 
 /// The Prometheus text of an observer's metrics.
@@ -325,46 +314,48 @@ pub fn metrics_text(observer: &Observer) -> String {
     text
 }
 
-static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+#[allow(unused_imports)]
+pub use zident_testkit::{capture_logs, captured, logged};
 
-/// Captures this test process's logs at `filter` (the first call's filter wins).
-pub fn capture_logs(filter: &str) {
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let w = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(w.clone()))
-            .try_init();
-        buf
-    });
+/// Takes root rotation step `phase` on the CA data dir `dir`, as `zident ca rotate` does (a
+/// running CA picks it up), refusing what is not safe yet.
+pub async fn apply_phase(
+    dir: &Path,
+    phase: zident_ca::rotation::Phase,
+) -> Result<zident_ca::rotation::RotationState, String> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        zident_ca::rotation::apply(
+            &dir,
+            phase,
+            SystemTime::now(),
+            false,
+            Duration::from_secs(3600),
+        )
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap()
 }
 
-/// What was logged so far.
-pub fn captured() -> String {
-    LOGS.get()
-        .map(|b| String::from_utf8_lossy(&b.lock().unwrap()).into_owned())
-        .unwrap_or_default()
-}
-
-struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Waits until the captured logs contain `needle`.
-pub async fn logged(needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !captured().contains(needle) {
-        assert!(Instant::now() < deadline, "never logged {needle:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Waits until `phase` is safe by every rule the CA applies, as `zident ca status` reports it:
+/// for activation, the bundle rule and every client having renewed since prepare (from the
+/// CA's ledger).
+pub async fn until_safe(dir: &Path, phase: zident_ca::rotation::Phase) {
+    use zident_ca::rotation::{self, Phase};
+    loop {
+        let state = rotation::read_state(dir).unwrap().unwrap();
+        let now = zident_ca::ledger::unix(SystemTime::now());
+        let safe = match phase {
+            Phase::Prepare => 0,
+            Phase::Activate => {
+                rotation::activation_safe_at(&state, &zident_ca::ledger::load(dir), now).unwrap()
+            }
+            Phase::Retire => state.retire_after.unwrap(),
+        };
+        if now >= safe {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -1,0 +1,93 @@
+//! What zident's tests share, so that each test crate's `tests/common` holds only what is its
+//! own (a CA, an agent, a mesh):
+//!
+//! - [`eventually`]: wait for a condition with a deadline (tests never sleep for a fixed time
+//!   to synchronize);
+//! - [`capture_logs`], [`captured`], [`logged`]: the test process's own log lines, to assert
+//!   what an operator would read;
+//! - [`curl`]: the curl command line, a client nobody here wrote.
+//!
+//! A dev-dependency only; never published.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 20 ms until it holds, failing the test with `what` after `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+/// Captures this test process's logs at `filter` (`RUST_LOG` syntax); the first call's filter
+/// wins, later calls change nothing.
+pub fn capture_logs(filter: &str) {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buf
+    });
+}
+
+/// What was logged so far (empty before [`capture_logs`]).
+pub fn captured() -> String {
+    LOGS.get()
+        .map(|b| String::from_utf8_lossy(&b.lock().unwrap_or_else(|e| e.into_inner())).into_owned())
+        .unwrap_or_default()
+}
+
+/// Waits until the captured logs contain `needle`, failing after 20 s.
+pub async fn logged(needle: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("a log line with {needle:?}"),
+        || captured().contains(needle),
+    )
+    .await
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `curl -sS --max-time 10 ARGS -w '\n%{http_code}'`: (HTTP status, 0 when there was no
+/// answer; body and curl's own messages).
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs (apt-get install curl; .ci/run does)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
