@@ -4,7 +4,7 @@
 //! and are refused without the security header, against a real agent and CA.
 //!
 //! The Python packages live in a virtual environment that `.ci/run` makes at
-//! `target/pyenv` (`python3 -m venv target/pyenv && target/pyenv/bin/pip install spiffe grpcio`),
+//! `target/pyenv` (`python3 -m venv target/pyenv && target/pyenv/bin/pip install spiffe==0.3.2 grpcio==1.85.3`),
 //! or wherever `ZIDENT_PYTHON` points.
 
 mod common;
