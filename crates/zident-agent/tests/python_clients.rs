@@ -24,7 +24,7 @@ fn python() -> PathBuf {
     assert!(
         venv.exists(),
         "this test needs Python with the spiffe and grpcio packages: run .ci/run, or \
-         python3 -m venv target/pyenv && target/pyenv/bin/pip install spiffe grpcio"
+         python3 -m venv target/pyenv && target/pyenv/bin/pip install spiffe==0.3.2 grpcio==1.85.3"
     );
     venv
 }
