@@ -67,6 +67,40 @@ fn open_files_limit() -> Option<usize> {
     }
 }
 
+/// The open connections, and how many each source holds (kept with them, so that admitting a
+/// connection does not count the whole table).
+#[derive(Default)]
+struct Table {
+    entries: BTreeMap<u64, Entry>,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+impl Table {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn from(&self, ip: IpAddr) -> usize {
+        self.per_source.get(&ip).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, id: u64, entry: Entry) {
+        *self.per_source.entry(entry.peer).or_default() += 1;
+        self.entries.insert(id, entry);
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        if let Some(n) = self.per_source.get_mut(&entry.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&entry.peer);
+            }
+        }
+        Some(entry)
+    }
+}
+
 struct Entry {
     peer: IpAddr,
     active: usize,
@@ -79,7 +113,7 @@ pub struct Connections {
     limits: ConnectionLimits,
     total: usize,
     next: AtomicU64,
-    table: Mutex<BTreeMap<u64, Entry>>,
+    table: Mutex<Table>,
     logged: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
 }
 
@@ -104,7 +138,7 @@ impl Connections {
             total: limits.total(),
             limits,
             next: AtomicU64::new(0),
-            table: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(Table::default()),
             logged: Mutex::new(HashMap::new()),
         })
     }
@@ -139,12 +173,13 @@ impl Connections {
     pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
         let ip = peer.ip();
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let from_source = table.values().filter(|e| e.peer == ip).count();
+        let from_source = table.from(ip);
         let over_source = from_source >= self.limits.max_per_source;
         let over_total = table.len() >= self.total;
         if over_source || over_total {
             // The longest-idle connection (of this source, when its own cap is the one hit).
             let victim = table
+                .entries
                 .iter()
                 .filter(|(_, e)| e.active == 0 && (!over_source || e.peer == ip))
                 .min_by_key(|(_, e)| e.last_activity)
@@ -199,7 +234,7 @@ impl Connections {
 
     fn touch(&self, id: u64, delta: isize) {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = table.get_mut(&id) {
+        if let Some(e) = table.entries.get_mut(&id) {
             e.active = e.active.saturating_add_signed(delta);
             e.last_activity = Instant::now();
         }
@@ -208,7 +243,7 @@ impl Connections {
     /// When the connection becomes closable for idleness, if it is idle now.
     fn idle_deadline(&self, id: u64) -> Option<Option<Instant>> {
         let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let e = table.get(&id)?;
+        let e = table.entries.get(&id)?;
         Some((e.active == 0).then(|| e.last_activity + self.limits.idle_timeout))
     }
 }
@@ -348,6 +383,11 @@ mod tests {
         assert!(c.idle_deadline(a1.id).is_none());
         assert!(c.idle_deadline(b.id).is_some());
         assert!(c.idle_deadline(a2.id).is_some());
+        // The per-source counts follow evictions and closes.
+        let from = |ip: &str| c.table.lock().unwrap().from(ip.parse().unwrap());
+        assert_eq!((from("10.0.0.1"), from("10.0.0.2")), (2, 1));
+        drop((a1, a2, _a3, b));
+        assert_eq!((from("10.0.0.1"), from("10.0.0.2"), c.open()), (0, 0, 0));
     }
 
     #[test]

@@ -147,7 +147,13 @@ impl Ledger {
         }
     }
 
-    /// The latest issuance of each identity.
+    /// Runs `f` over the latest issuance of each identity, without copying them (the rotation
+    /// schedule asks every second while a root is prepared).
+    pub fn read<R>(&self, f: impl FnOnce(&HashMap<String, Issuance>) -> R) -> R {
+        f(&self.latest.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A copy of the latest issuance of each identity.
     pub fn snapshot(&self) -> HashMap<String, Issuance> {
         self.latest
             .lock()

@@ -468,18 +468,14 @@ async fn rotate_on_schedule(state: Arc<CaState>, config: CaConfig, serving: Arc<
                 continue;
             }
         };
-        let secs = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        };
+        let secs = ledger::unix;
         let due = if let Some((phase, _, after)) = rs.next_step() {
             // Activation waits for clients that learn roots only from responses, too.
             let after = match phase {
-                rotation::Phase::Activate => {
-                    rotation::activation_safe_at(&rs, &state.ledger.snapshot(), secs(now))
-                        .unwrap_or(after)
-                }
+                rotation::Phase::Activate => state
+                    .ledger
+                    .read(|issued| rotation::activation_safe_at(&rs, issued, secs(now)))
+                    .unwrap_or(after),
                 _ => after,
             };
             (secs(now) >= after).then_some(phase)

@@ -62,11 +62,7 @@ pub struct Refusal {
     pub reason: String,
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::ledger::unix;
 
 fn at(s: u64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_secs(s))

@@ -218,11 +218,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RotationError + '_ {
     }
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::ledger::unix;
 
 fn from_unix(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(s)
