@@ -27,6 +27,7 @@ use common::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zident_agent::RunningAgent;
 use zident_ca::RunningCa;
+use zident_tunnel::listeners::ListenerPhase;
 use zident_tunnel::observe::{Direction, Observer, Reason};
 
 /// The mesh every test starts from: frontend on node-a, backend on node-b, both HBONE, on
@@ -70,6 +71,7 @@ struct Mesh {
     b: RunningAgent,
     ta: Option<zident_tunnel::node::RunningTunnel>,
     tb: Option<zident_tunnel::node::RunningTunnel>,
+    oa: Arc<Observer>,
     ob: Arc<Observer>,
 }
 
@@ -87,8 +89,8 @@ impl Mesh {
         let ca = RunningCa::start(config).await.unwrap();
         let a = agent(dir.path(), &ca, "node-a", "ta").await;
         let b = agent(dir.path(), &ca, "node-b", "tb").await;
-        let ob = Observer::new();
-        let ta = tunnel_observed(&a, "node-a", true, hbone_port, Observer::new()).await;
+        let (oa, ob) = (Observer::new(), Observer::new());
+        let ta = tunnel_observed(&a, "node-a", true, hbone_port, oa.clone()).await;
         let tb = tunnel_observed(&b, "node-b", false, hbone_port, ob.clone()).await;
         http_workload(SocketAddr::from(([127, 0, net, 3], http_port)), "backend\n").await;
         Self {
@@ -100,6 +102,7 @@ impl Mesh {
             b,
             ta: Some(ta),
             tb: Some(tb),
+            oa,
             ob,
         }
     }
@@ -232,6 +235,17 @@ impl Mesh {
     }
 }
 
+/// The state of the inbound listener on `ip` in a node's listener table (what
+/// `/debug/connections` shows under `listeners.inbound` in `zident agent`), if it has one.
+fn listener(o: &Observer, ip: &str) -> Option<(ListenerPhase, u32)> {
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    o.listeners()
+        .list()
+        .into_iter()
+        .find(|l| l.addr.ip() == ip)
+        .map(|l| (l.state, l.attempts))
+}
+
 /// A real agent with its admin, metrics and Workload API sockets on, once it is ready.
 async fn agent(dir: &Path, ca: &RunningCa, node: &str, token: &str) -> RunningAgent {
     let mut c = agent_config(dir, ca, node, token);
@@ -339,13 +353,11 @@ workloads:\n- {uid: be, name: backend, namespace: default, serviceAccount: backe
         m.socket_identity("frontend").await,
         "spiffe://cluster.local/ns/default/sa/frontend"
     );
-    let listeners = curl(vec![format!(
-        "http://{}/debug/connections",
-        m.a.admin_addr.unwrap()
-    )])
-    .await
-    .1;
-    assert!(listeners.contains("\"tunnels\""), "{listeners}");
+    // Applied, it would have closed node-a's listener for the frontend.
+    assert_eq!(
+        listener(&m.oa, "127.0.1.2"),
+        Some((ListenerPhase::Listening, 0))
+    );
 
     // Nothing any refused edit held took effect: the same certificates (no identity was
     // forgotten and fetched again), and a good edit still applies.
@@ -382,17 +394,11 @@ async fn listeners_and_sockets_follow_workloads() {
     m.until_backend_answers("after the rename").await;
     m.until_socket_serves("backend", "spiffe://cluster.local/ns/default/sa/backend-v2")
         .await;
-    assert!(
-        !captured().contains("cannot listen for HBONE on 127.0.2.3"),
-        "the listener was never closed"
+    // The listener was never closed: it serves the new identity, bound on the first try.
+    assert_eq!(
+        listener(&m.ob, "127.0.2.3"),
+        Some((ListenerPhase::Listening, 0))
     );
-    let debug = curl(vec![format!(
-        "http://{}/debug/connections",
-        m.b.admin_addr.unwrap()
-    )])
-    .await
-    .1;
-    assert!(debug.contains("\"listeners\""), "{debug}");
 
     // Move the backend to node-a, and back.
     let moved = renamed.replace(
@@ -402,8 +408,20 @@ async fn listeners_and_sockets_follow_workloads() {
     assert_ne!(moved, renamed);
     m.edit(&moved, "applied", "applied").await;
     m.until_backend_answers("moved to node-a").await;
+    // node-a listens there now; node-b no longer wants the address.
+    let (oa, ob) = (m.oa.clone(), m.ob.clone());
+    common::until("the address moves to node-a's listeners", || {
+        listener(&oa, "127.0.2.3").map(|l| l.0) == Some(ListenerPhase::Listening)
+            && listener(&ob, "127.0.2.3").is_none()
+    })
+    .await;
     m.edit(&renamed, "applied", "applied").await;
     m.until_backend_answers("moved back to node-b").await;
+    common::until("the address moves back to node-b's listeners", || {
+        listener(&ob, "127.0.2.3").map(|l| l.0) == Some(ListenerPhase::Listening)
+            && listener(&oa, "127.0.2.3").is_none()
+    })
+    .await;
     m.until_socket_serves("backend", "spiffe://cluster.local/ns/default/sa/backend-v2")
         .await;
 
