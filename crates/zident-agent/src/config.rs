@@ -25,32 +25,41 @@ impl TokenSource {
         }
     }
 
-    /// The current token.
-    pub fn read(&self) -> Result<String, String> {
-        match self {
-            Self::Literal(t) => Ok(t.clone()),
-            Self::File(p) => std::fs::read_to_string(p)
-                .map(|t| t.trim().to_owned())
-                .map_err(|e| format!("cannot read AUTH_TOKEN file {}: {e}", p.display())),
-        }
-    }
-
-    /// [`Self::read`] without blocking the runtime: a file is read on every request (so a
+    /// The current token, without blocking the runtime: a file is read on every request (so a
     /// rotated token is picked up), and a slow disk must not stall the tunnels meanwhile.
-    pub async fn read_async(&self) -> Result<String, String> {
+    pub async fn read(&self) -> Result<String, TokenError> {
         match self {
             Self::Literal(t) => Ok(t.clone()),
             Self::File(p) => tokio::fs::read_to_string(p)
                 .await
                 .map(|t| t.trim().to_owned())
-                .map_err(|e| format!("cannot read AUTH_TOKEN file {}: {e}", p.display())),
+                .map_err(|source| TokenError::Unreadable {
+                    path: p.clone(),
+                    source: std::sync::Arc::new(source),
+                }),
         }
     }
 }
 
+/// Why the bearer token for the CA could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// The token file could not be read.
+    #[error("cannot read AUTH_TOKEN file {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// The token cannot travel in an HTTP header.
+    #[error("AUTH_TOKEN has characters not allowed in a header")]
+    NotAHeader,
+}
+
 /// When and how certificates are renewed.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RotationPolicy {
+pub struct RenewalPolicy {
     /// Renew at notBefore + this share of the lifetime (0.5 = half-life).
     pub ratio: f64,
     /// Renew up to this share of the lifetime earlier, at random, so a node's certificates do
@@ -73,7 +82,7 @@ pub struct RotationPolicy {
 /// node's certificates do not all go to the CA at once.
 pub const EARLY_RENEWAL_SPREAD: Duration = Duration::from_secs(5);
 
-impl Default for RotationPolicy {
+impl Default for RenewalPolicy {
     fn default() -> Self {
         Self {
             ratio: 0.5,
@@ -117,7 +126,7 @@ pub struct AgentConfig {
     /// `SECRET_TTL`: requested certificate lifetime.
     pub secret_ttl: Duration,
     /// Renewal timing.
-    pub rotation: RotationPolicy,
+    pub renewal: RenewalPolicy,
     /// At most this many certificate requests in flight.
     pub concurrency: usize,
     /// Admin (`/debug/certs`, `/config_dump`, ...), loopback by default.
@@ -159,7 +168,7 @@ impl AgentConfig {
             trust_domain: None,
             ca,
             secret_ttl: zident_identity::profile::DEFAULT_TTL,
-            rotation: RotationPolicy::default(),
+            renewal: RenewalPolicy::default(),
             concurrency: 8,
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15000))),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15020))),

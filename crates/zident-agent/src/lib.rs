@@ -6,50 +6,51 @@
 //! it leaves. Every response from the CA is checked before use. Admin, readiness and metrics
 //! endpoints show what it is doing.
 //!
-//! The tunnel gets certificates and the trust bundle only through [`CertificateProvider`],
-//! which [`CertificateManager`] implements. (The Workload API still takes the manager: it
-//! streams every status change, which the seam does not carry yet.)
+//! Consumers (the tunnel, the Workload API) see certificates and the trust bundle only through
+//! [`CertificateProvider`], which [`CertificateManager`] implements.
+//!
+//! The modules:
+//!
+//! - `certs/`: the certificate of each identity, fetched, checked, renewed (the manager, one
+//!   worker per identity, the renewal schedule, the fetch gate, the response checks);
+//! - `ca/`: the CA as this node sees it (gRPC client, its TLS, the trust bundle, the
+//!   `/bundle` poll, clock skew);
+//! - `workload_api/`: the SPIFFE Workload API sockets and SVID files for local workloads;
+//! - `http/`: admin, readiness and metrics endpoints, the dashboard, the `/debug/certs` report;
+//! - `config`, `workloads` (this node's part of the mesh file), `reload` (mesh file edits),
+//!   `metrics`.
 //!
 //! [`CertificateProvider`]: zident_identity::CertificateProvider
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod admin;
-mod bundle_poll;
-pub mod ca_client;
-pub mod ca_tls;
-pub mod clock;
-pub mod config;
-pub mod gate;
-mod json;
-pub mod manager;
-pub mod metrics;
-mod own_tls;
-pub mod schedule;
-mod signing_root;
-pub mod trust;
-pub mod uds_h2;
-pub mod validate;
-pub mod worker;
+mod ca;
+mod certs;
+mod config;
+pub mod http;
+mod metrics;
+mod reload;
 pub mod workload_api;
-pub mod workloads;
+mod workloads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use zident_identity::TrustDomain;
 use zident_mesh::{MeshFile, watch};
 
-pub use admin::LogControl;
-pub use config::{AgentConfig, CaClientConfig, DataPlane, RotationPolicy, TokenSource};
-pub use manager::CertificateManager;
-pub use worker::{CertState, IdentityStatus};
+pub use ca::client::{CaError, ConnectionStatus};
+pub use certs::manager::CertificateManager;
+pub use certs::worker::{CertState, EventOutcome, IdentityStatus, RenewalEvent};
+pub use config::{AgentConfig, CaClientConfig, DataPlane, RenewalPolicy, TokenError, TokenSource};
+pub use http::admin::LogControl;
 
-use crate::metrics::{AgentMetrics, OutcomeLabel};
+use crate::ca::{bundle_poll, clock, trust};
+use crate::http::{admin, serve, serve_tls};
+use crate::metrics::AgentMetrics;
+use crate::reload::Reloader;
 use crate::workloads::local_view;
 
 /// Why the agent could not start.
@@ -82,7 +83,7 @@ pub struct RunningAgent {
     /// Bound readiness address.
     pub readiness_addr: Option<SocketAddr>,
     /// Workload API sockets and SVID files.
-    pub delivery: Arc<workload_api::Delivery>,
+    pub delivery: Arc<workload_api::Delivery<CertificateManager>>,
     /// The mesh file in force: the one loaded at start, then each edit that was accepted.
     pub mesh: tokio::sync::watch::Receiver<Arc<MeshFile>>,
     tasks: Vec<JoinHandle<()>>,
@@ -117,7 +118,7 @@ impl RunningAgent {
             return Err(AgentError::Config("NODE_NAME (--node) is required".into()));
         }
         if !mesh.names_node(&config.node) {
-            return Err(AgentError::Config(not_named(
+            return Err(AgentError::Config(reload::not_named(
                 &config.mesh_path,
                 &config.node,
             )));
@@ -148,7 +149,7 @@ impl RunningAgent {
         );
         trust.set_config_roots(view.extra_roots.clone());
         let ca = Arc::new(
-            ca_client::CaClient::new(&config.ca, trust.clone())
+            ca::client::CaClient::new(&config.ca, trust.clone())
                 .map_err(AgentError::Config)?
                 .with_skew_threshold(clock::threshold_for(config.secret_ttl)),
         );
@@ -156,7 +157,7 @@ impl RunningAgent {
             ca.clone(),
             trust.clone(),
             config.secret_ttl,
-            config.rotation,
+            config.renewal,
             config.concurrency,
             metrics.clone(),
             view.own.clone(),
@@ -165,7 +166,6 @@ impl RunningAgent {
         let delivery = Arc::new(workload_api::Delivery::new(
             config.delivery.clone(),
             manager.clone(),
-            trust.clone(),
         ));
         delivery.sync(&view.workloads);
         tracing::info!(
@@ -261,72 +261,6 @@ impl RunningAgent {
     }
 }
 
-/// Applies an edited mesh file, or keeps the last good one.
-struct Reloader {
-    path: std::path::PathBuf,
-    node: String,
-    trust_domain: TrustDomain,
-    manager: Arc<CertificateManager>,
-    trust: Arc<trust::TrustStore>,
-    metrics: Arc<AgentMetrics>,
-    delivery: Arc<workload_api::Delivery>,
-    mesh: tokio::sync::watch::Sender<Arc<MeshFile>>,
-}
-
-impl Reloader {
-    fn reload(&self) {
-        let path = &self.path;
-        let result = MeshFile::load(path)
-            .map_err(|e| e.to_string())
-            .and_then(|mesh| {
-                if mesh.trust_domain != self.trust_domain {
-                    return Err(format!(
-                        "mesh file {}: trustDomain cannot change from {} to {} while running; restart the agent",
-                        path.display(),
-                        self.trust_domain,
-                        mesh.trust_domain
-                    ));
-                }
-                if !mesh.names_node(&self.node) {
-                    return Err(not_named(path, &self.node));
-                }
-                let view = local_view(&mesh, &self.node)
-                    .map_err(|e| format!("mesh file {}: {e}", path.display()))?;
-                Ok((mesh, view))
-            });
-        match result {
-            Ok((mesh, view)) => {
-                self.metrics
-                    .config_reloads
-                    .get_or_create(&OutcomeLabel { outcome: "applied" })
-                    .inc();
-                tracing::info!(target: "zident::identity", identities = view.identities.len(), "mesh file reloaded");
-                self.trust.set_config_roots(view.extra_roots.clone());
-                self.manager.set_identities(&view.identity_set());
-                self.delivery.sync(&view.workloads);
-                self.mesh.send_replace(Arc::new(mesh));
-            }
-            Err(e) => {
-                self.metrics
-                    .config_reloads
-                    .get_or_create(&OutcomeLabel {
-                        outcome: "rejected",
-                    })
-                    .inc();
-                tracing::error!(target: "zident::identity", "mesh file change rejected, keeping the last good configuration: {e}");
-            }
-        }
-    }
-}
-
-/// Why a mesh file that does not name this agent's node is refused.
-fn not_named(path: &std::path::Path, node: &str) -> String {
-    format!(
-        "mesh file {}: nodes: the file does not name this agent's node {node:?} (no `nodes:` entry          and no workload with `node: {node}`); applying it would remove every workload of this          node. Check NODE_NAME, or restore the node's entries (to take a node out of the mesh,          stop its agent)",
-        path.display()
-    )
-}
-
 /// Keeps the trust bundle metrics in step with the store.
 async fn track_bundle(trust: Arc<trust::TrustStore>, metrics: Arc<AgentMetrics>) {
     let mut rx = trust.subscribe();
@@ -337,68 +271,4 @@ async fn track_bundle(trust: Arc<trust::TrustStore>, metrics: Arc<AgentMetrics>)
         metrics.set_bundle(&bundle);
         metrics.bundle_changes.inc();
     }
-}
-
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AgentError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| AgentError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| AgentError::Bind { addr, source })?;
-    Ok((listener, bound))
-}
-
-async fn serve(
-    addr: SocketAddr,
-    router: axum::Router,
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<SocketAddr, AgentError> {
-    let (listener, bound) = bind(addr).await?;
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!("HTTP server on {bound} stopped: {e}");
-        }
-    }));
-    Ok(bound)
-}
-
-async fn serve_tls(
-    addr: SocketAddr,
-    router: axum::Router,
-    manager: Arc<CertificateManager>,
-    own: zident_identity::SpiffeId,
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<SocketAddr, AgentError> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::service::TowerToHyperService;
-
-    let (listener, bound) = bind(addr).await?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| AgentError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(own_tls::OwnCertResolver::new(manager, own)));
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    tasks.push(tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((tcp, _)) = accepted else { continue };
-                    let (acceptor, router) = (acceptor.clone(), router.clone());
-                    connections.spawn(async move {
-                        let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tls), TowerToHyperService::new(router))
-                            .await;
-                    });
-                }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-    }));
-    Ok(bound)
 }

@@ -134,7 +134,7 @@ impl AgentMetrics {
     }
 
     /// Counts a fetch.
-    pub fn rotation(&self, success: bool, reason: &'static str) {
+    pub fn renewal(&self, success: bool, reason: &'static str) {
         let outcome = if success { "success" } else { "failure" };
         self.rotations
             .get_or_create(&RotationLabel { outcome, reason })

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use zident_agent::CertState;
-use zident_identity::{CertificateProvider, ProviderError, TrustBundle, TrustDomain, verify_svid};
+use zident_identity::{
+    Cause, CertificateProvider, ProviderError, TrustBundle, TrustDomain, verify_svid,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_become_available_and_rotate_at_half_life() {
@@ -126,9 +128,15 @@ async fn a_ca_outage_is_invisible_until_expiry_then_fails_closed_and_recovers() 
     let CertState::Unavailable(reason) = state_of(&agent, &fe).unwrap().state else {
         unreachable!()
     };
+    // The cause is typed: code tells an expiry from a denial without reading the words.
+    assert_eq!(reason.cause, Cause::Expired, "{reason}");
     assert!(
-        reason.contains("expired") && reason.contains("CA unreachable"),
+        reason.detail.contains("expired") && reason.detail.contains("CA unreachable"),
         "{reason}"
+    );
+    assert_eq!(
+        state_of(&agent, &fe).unwrap().last_error.map(|f| f.cause),
+        Some(Cause::CaUnreachable)
     );
     assert!(log_text().contains(&format!("Certificate rotation failed for {fe}")));
     // istio-agent's runbook: `grep "SDS connection error"` and `/debug/connections | jq .sds`.
@@ -147,8 +155,9 @@ async fn a_ca_outage_is_invisible_until_expiry_then_fails_closed_and_recovers() 
     );
     // A real-time request fails closed with the reason.
     match agent.manager.certificate(&fe, Duration::from_secs(2)).await {
-        Err(ProviderError::Unavailable { reason, .. }) => {
-            assert!(reason.contains("CA unreachable"), "{reason}")
+        Err(ProviderError::Unavailable { failure, .. }) => {
+            assert_eq!(failure.cause, Cause::CaUnreachable, "{failure}");
+            assert!(failure.detail.contains("CA unreachable"), "{failure}")
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
@@ -245,10 +254,10 @@ async fn bad_ca_responses_are_refused() {
     logs();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mesh.yaml"), mesh(0)).unwrap();
-    for (mode, expected) in [
-        (Mode::WrongIdentity, "not for"),
-        (Mode::ForeignRoot, "does not verify"),
-        (Mode::WrongKey, "public key is not the key"),
+    for (mode, cause, expected) in [
+        (Mode::WrongIdentity, Cause::WrongIdentity, "not for"),
+        (Mode::ForeignRoot, Cause::Untrusted, "does not verify"),
+        (Mode::WrongKey, Cause::WrongKey, "public key is not the key"),
     ] {
         let ca = start(mode).await;
         let root = dir.path().join(format!("root-{mode:?}.pem"));
@@ -268,7 +277,8 @@ async fn bad_ca_responses_are_refused() {
         .await;
         let status = state_of(&agent, &fe).unwrap();
         let err = status.last_error.clone().unwrap();
-        assert!(err.contains(expected), "{mode:?}: {err}");
+        assert_eq!(err.cause, cause, "{mode:?}: {err}");
+        assert!(err.detail.contains(expected), "{mode:?}: {err}");
         assert!(!status.ever_available, "{mode:?}: nothing was accepted");
         assert!(matches!(status.state, CertState::Unavailable(_)));
         let (code, _) = curl(&format!(
@@ -518,10 +528,13 @@ async fn a_ca_behind_an_untrusted_root_is_reported_with_the_fix() {
     .await;
     let status = state_of(&agent, &fe).unwrap();
     let err = status.last_error.unwrap();
-    assert!(err.contains("CA unreachable"), "{err}");
+    assert_eq!(err.cause, Cause::CaUnreachable, "{err}");
+    assert!(err.detail.contains("CA unreachable"), "{err}");
     assert!(
-        err.contains("chains to no root this node trusts")
-            && err.contains("give it the CA's current root-cert.pem as CA_ROOT_CA"),
+        err.detail.contains("chains to no root this node trusts")
+            && err
+                .detail
+                .contains("give it the CA's current root-cert.pem as CA_ROOT_CA"),
         "{err}"
     );
     assert!(!status.ever_available);
@@ -556,7 +569,7 @@ async fn a_new_signing_root_moves_the_other_certificates_only_when_asked() {
         .unwrap()
         .remove(0);
     let mut config = world.agent_config(Duration::from_secs(3600));
-    config.rotation.renew_on_root_change = true;
+    config.renewal.renew_on_root_change = true;
     let eager = start_agent(config).await;
     let lazy = start_agent(world.agent_config(Duration::from_secs(3600))).await;
     eventually(
@@ -651,8 +664,8 @@ async fn recovery_after_a_ca_outage_takes_seconds_not_a_backoff_step() {
     let mut config = world.agent_config(Duration::from_secs(4));
     // Backoff as a real agent has it (doubling), so that after a few failures the next retry
     // is many seconds away: recovery must not wait for it.
-    config.rotation.backoff_initial = Duration::from_secs(2);
-    config.rotation.backoff_max = Duration::from_secs(60);
+    config.renewal.backoff_initial = Duration::from_secs(2);
+    config.renewal.backoff_max = Duration::from_secs(60);
     let agent = start_agent(config).await;
     let fe = id("ns/default/sa/frontend");
     let attempts = |agent: &zident_agent::RunningAgent| state_of(agent, &fe).unwrap().attempts;

@@ -29,11 +29,13 @@ mod svid;
 pub use bundle::{BundleError, TrustBundle};
 pub use csr::{CsrError, CsrPublicKey, MAX_CSR_BYTES, VerifiedCsr, verify_csr_der, verify_csr_pem};
 pub use keys::{KeyError, WorkloadKey, uri_san_extension};
-pub use provider::{CertificateProvider, ProviderError, WorkloadCertificate};
+pub use provider::{
+    Cause, CertState, CertificateProvider, Failure, ProviderError, WorkloadCertificate,
+};
 pub use spiffe_id::{IdError, MAX_ID_BYTES, SpiffeId, TrustDomain};
 pub use svid::{
     RuleResult, SvidError, SvidInfo, chain_root, check_leaf, check_time, fingerprint, hex, human,
-    leaf_rules, rfc3339, serial_hex, to_system_time, verify_chain, verify_svid,
+    leaf_rules, parse_rfc3339, rfc3339, serial_hex, to_system_time, verify_chain, verify_svid,
 };
 
 /// Re-exported so callers name one version of the DER types.

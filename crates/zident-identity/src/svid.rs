@@ -485,6 +485,13 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_else(|| secs.to_string())
 }
 
+/// Reads a time written by [`rfc3339`] (or any RFC 3339 time); `None` if it is not one.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    ::time::OffsetDateTime::parse(s, &::time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}
+
 /// A duration as people read it: `42s`, `3m07s`, `5h12m`, `12d3h`.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();

@@ -298,7 +298,7 @@ impl World {
                 .manager
                 .events()
                 .into_iter()
-                .filter(|e| e.outcome != "completed")
+                .filter(|e| e.outcome != zident_agent::EventOutcome::Completed)
                 .filter(|e| {
                     let outage = e.detail.starts_with("CA unreachable")
                         && !e.detail.contains("certificate")

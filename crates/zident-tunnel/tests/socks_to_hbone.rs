@@ -10,17 +10,35 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use common::{Ca, authorizer, curl, http_workload, id};
-use zident_identity::{CertificateProvider, ProviderError, SpiffeId, WorkloadCertificate};
+use zident_identity::{
+    CertState, CertificateProvider, ProviderError, SpiffeId, WorkloadCertificate,
+};
 use zident_tunnel::inbound::{Inbound, LocalTarget, Serves};
 use zident_tunnel::observe::{Direction, Observer, Reason};
 use zident_tunnel::outbound::{Directory, NoRoute, Outbound, Route, Source};
 use zident_tunnel::socks5::Target;
 
-/// Certificates by identity and the trust bundle, as the agent would hand them out.
-struct Certs(
-    Vec<(SpiffeId, Arc<WorkloadCertificate>)>,
-    Arc<zident_identity::TrustBundle>,
-);
+/// Certificates by identity and the trust bundle, as the agent would hand them out; they never
+/// change, so the watches hold their one value (the senders live as long as the provider).
+struct Certs {
+    certs: Vec<(SpiffeId, tokio::sync::watch::Sender<CertState>)>,
+    bundle: tokio::sync::watch::Sender<Arc<zident_identity::TrustBundle>>,
+}
+
+impl Certs {
+    fn new(
+        certs: Vec<(SpiffeId, Arc<WorkloadCertificate>)>,
+        bundle: Arc<zident_identity::TrustBundle>,
+    ) -> Self {
+        Self {
+            certs: certs
+                .into_iter()
+                .map(|(id, c)| (id, tokio::sync::watch::Sender::new(CertState::Available(c))))
+                .collect(),
+            bundle: tokio::sync::watch::Sender::new(bundle),
+        }
+    }
+}
 
 impl CertificateProvider for Certs {
     async fn certificate(
@@ -33,11 +51,25 @@ impl CertificateProvider for Certs {
     }
 
     fn current(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
-        self.0.iter().find(|(i, _)| i == id).map(|(_, c)| c.clone())
+        match &*self.watch(id)?.borrow() {
+            CertState::Available(c) => Some(c.clone()),
+            _ => None,
+        }
     }
 
     fn bundle(&self) -> Arc<zident_identity::TrustBundle> {
-        self.1.clone()
+        self.bundle.borrow().clone()
+    }
+
+    fn watch(&self, id: &SpiffeId) -> Option<tokio::sync::watch::Receiver<CertState>> {
+        self.certs
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, c)| c.subscribe())
+    }
+
+    fn watch_bundle(&self) -> tokio::sync::watch::Receiver<Arc<zident_identity::TrustBundle>> {
+        self.bundle.subscribe()
     }
 }
 
@@ -113,7 +145,7 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
 
     // Node A's outbound.
     let outbound = Arc::new(Outbound::new(
-        Arc::new(Certs(
+        Arc::new(Certs::new(
             vec![(id("ns/default/sa/frontend"), frontend_cert)],
             bundle.clone(),
         )),
@@ -201,7 +233,7 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
     trusting_both.add_root(other.cert.der().clone()).unwrap();
     let trusting_both = Arc::new(trusting_both);
     let foreign = Arc::new(Outbound::new(
-        Arc::new(Certs(
+        Arc::new(Certs::new(
             vec![(
                 id("ns/default/sa/frontend"),
                 other.issue("ns/default/sa/frontend"),

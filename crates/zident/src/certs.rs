@@ -4,8 +4,9 @@
 use std::time::{Duration, SystemTime};
 
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
-use zident_identity::human;
+use serde_json::json;
+use zident_agent::http::report::CertsReport;
+use zident_identity::{human, parse_rfc3339};
 
 use crate::style::{Style, print_table};
 
@@ -32,16 +33,14 @@ pub struct CertsArgs {
 /// Fetches and prints.
 pub async fn run(args: CertsArgs) -> Result<(), String> {
     let body = get(&args.admin, "/debug/certs").await?;
-    let doc: Value = serde_json::from_str(&body)
+    let report: CertsReport = serde_json::from_str(&body)
         .map_err(|e| format!("{} did not answer with /debug/certs JSON: {e}", args.admin))?;
     let now = SystemTime::now();
-    let rows = certificate_rows(&doc, now);
-    let roots = root_rows(&doc, now);
+    let rows = certificate_rows(&report, now);
+    let roots = root_rows(&report, now);
     let clock = (
-        doc["clock_skew_seconds"].as_f64(),
-        doc["clock_skew_threshold_seconds"]
-            .as_f64()
-            .unwrap_or(120.0),
+        report.clock_skew_seconds,
+        report.clock_skew_threshold_seconds,
     );
     match args.output {
         Format::Json => {
@@ -81,58 +80,69 @@ fn clock_line(offset: Option<f64>, threshold: f64) -> String {
     }
 }
 
-fn certificate_rows(doc: &Value, now: SystemTime) -> Vec<Value> {
-    doc["certificates"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+/// One output row per identity.
+#[derive(serde::Serialize)]
+struct CertRow<'a> {
+    identity: &'a str,
+    state: &'a str,
+    own: bool,
+    serial: Option<&'a str>,
+    root: Option<String>,
+    not_before: Option<&'a str>,
+    not_after: Option<&'a str>,
+    rotation_at: Option<&'a str>,
+    rotates_in_seconds: Option<i64>,
+    error: Option<&'a str>,
+    cause: Option<&'a str>,
+}
+
+/// One output row per trust-bundle root.
+#[derive(serde::Serialize)]
+struct RootRow<'a> {
+    subject: Option<&'a str>,
+    root: Option<String>,
+    serial: Option<&'a str>,
+    not_after: Option<&'a str>,
+    expires_in_seconds: Option<i64>,
+}
+
+fn certificate_rows(report: &CertsReport, now: SystemTime) -> Vec<CertRow<'_>> {
+    report
+        .certificates
         .iter()
-        .map(|c| {
-            let rotates_in = c["rotation_at"]
-                .as_str()
-                .and_then(parse_time)
-                .map(|t| seconds_until(now, t));
-            json!({
-                "identity": c["spiffe_id"],
-                "state": c["state"],
-                "own": c["own"],
-                "serial": c["serial_number"],
-                "root": short(&c["root_sha256"]),
-                "not_before": c["valid_from"],
-                "not_after": c["valid_until"],
-                "rotation_at": c["rotation_at"],
-                "rotates_in_seconds": rotates_in,
-                "error": c["error"],
-            })
+        .map(|c| CertRow {
+            identity: &c.spiffe_id,
+            state: &c.state,
+            own: c.own,
+            serial: c.serial_number.as_deref(),
+            root: c.root_sha256.as_deref().map(short),
+            not_before: c.valid_from.as_deref(),
+            not_after: c.valid_until.as_deref(),
+            rotation_at: c.rotation_at.as_deref(),
+            rotates_in_seconds: seconds_until(now, c.rotation_at.as_deref()),
+            error: c.error.as_deref(),
+            cause: c.cause.as_deref(),
         })
         .collect()
 }
 
-fn root_rows(doc: &Value, now: SystemTime) -> Vec<Value> {
-    doc["trust_bundle"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+fn root_rows(report: &CertsReport, now: SystemTime) -> Vec<RootRow<'_>> {
+    report
+        .trust_bundle
         .iter()
-        .map(|r| {
-            let expires_in = r["valid_until"]
-                .as_str()
-                .and_then(parse_time)
-                .map(|t| seconds_until(now, t));
-            json!({
-                "subject": r["subject"],
-                "root": short(&r["sha256"]),
-                "serial": r["serial_number"],
-                "not_after": r["valid_until"],
-                "expires_in_seconds": expires_in,
-            })
+        .map(|r| RootRow {
+            subject: r.subject.as_deref(),
+            root: r.sha256.as_deref().map(short),
+            serial: r.serial_number.as_deref(),
+            not_after: r.valid_until.as_deref(),
+            expires_in_seconds: seconds_until(now, r.valid_until.as_deref()),
         })
         .collect()
 }
 
-fn print_tables(rows: &[Value], roots: &[Value]) {
+fn print_tables(rows: &[CertRow<'_>], roots: &[RootRow<'_>]) {
     let style = Style::detect();
-    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let text = |v: Option<&str>| v.unwrap_or("-").to_owned();
     let mut table = vec![
         [
             "IDENTITY",
@@ -148,29 +158,28 @@ fn print_tables(rows: &[Value], roots: &[Value]) {
         .collect::<Vec<_>>(),
     ];
     for r in rows {
-        let state = text(&r["state"]);
-        let state_cell = match state.as_str() {
-            "Available" => style.green(&state),
-            "Initializing" => style.yellow(&state),
-            _ => style.red(&state),
+        let state_cell = match r.state {
+            "Available" => style.green(r.state),
+            "Initializing" => style.yellow(r.state),
+            _ => style.red(r.state),
         };
-        let when = match (&r["error"], r["rotates_in_seconds"].as_i64()) {
-            (Value::String(e), _) => style.red(e),
+        let when = match (r.error, r.rotates_in_seconds) {
+            (Some(e), _) => style.red(e),
             (_, Some(s)) if s <= 0 => style.yellow("due now"),
             (_, Some(s)) => human(Duration::from_secs(s as u64)),
             _ => "-".into(),
         };
-        let mut identity = text(&r["identity"]);
-        if r["own"] == Value::Bool(true) {
+        let mut identity = r.identity.to_owned();
+        if r.own {
             identity.push_str(" (agent)");
         }
         table.push(vec![
             identity,
             state_cell,
-            text(&r["serial"]),
-            text(&r["root"]),
-            text(&r["not_before"]),
-            text(&r["not_after"]),
+            text(r.serial),
+            text(r.root.as_deref()),
+            text(r.not_before),
+            text(r.not_after),
             when,
         ]);
     }
@@ -189,17 +198,17 @@ fn print_tables(rows: &[Value], roots: &[Value]) {
         .collect::<Vec<_>>(),
     ];
     for r in roots {
-        let expires = match r["expires_in_seconds"].as_i64() {
+        let expires = match r.expires_in_seconds {
             Some(s) if s <= 0 => style.red("expired"),
             Some(s) if s < 30 * 86400 => style.yellow(&human(Duration::from_secs(s as u64))),
             Some(s) => human(Duration::from_secs(s as u64)),
             None => "-".into(),
         };
         bundle.push(vec![
-            text(&r["subject"]),
-            text(&r["root"]),
-            text(&r["serial"]),
-            text(&r["not_after"]),
+            text(r.subject),
+            text(r.root.as_deref()),
+            text(r.serial),
+            text(r.not_after),
             expires,
         ]);
     }
@@ -207,23 +216,17 @@ fn print_tables(rows: &[Value], roots: &[Value]) {
 }
 
 /// The start of a SHA-256 fingerprint: enough to tell which root a certificate chains to.
-fn short(fingerprint: &Value) -> Value {
-    fingerprint
-        .as_str()
-        .map_or(Value::Null, |f| Value::String(f.chars().take(16).collect()))
+fn short(fingerprint: &str) -> String {
+    fingerprint.chars().take(16).collect()
 }
 
-fn parse_time(s: &str) -> Option<SystemTime> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(SystemTime::from)
-}
-
-fn seconds_until(now: SystemTime, t: SystemTime) -> i64 {
-    match t.duration_since(now) {
+/// Whole seconds from `now` to the RFC 3339 time `t` (negative once past).
+fn seconds_until(now: SystemTime, t: Option<&str>) -> Option<i64> {
+    let t = parse_rfc3339(t?)?;
+    Some(match t.duration_since(now) {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),
-    }
+    })
 }
 
 /// `GET admin + path` over plain HTTP/1.1, with a deadline.

@@ -176,8 +176,8 @@ impl AgentArgs {
         let mut config = zident_agent::AgentConfig::new(self.node, self.config, ca);
         config.trust_domain = self.trust_domain;
         config.secret_ttl = self.secret_ttl;
-        config.rotation.ratio = self.rotation_ratio;
-        config.rotation.renew_on_root_change = self.renew_on_root_change;
+        config.renewal.ratio = self.rotation_ratio;
+        config.renewal.renew_on_root_change = self.renew_on_root_change;
         config.concurrency = self.concurrency.max(1);
         config.admin_addr = Some(self.admin_addr);
         config.metrics_addr = Some(self.metrics_addr);

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use zident_identity::pem::{certs_to_pem, to_pem};
-use zident_identity::{TrustBundle, WorkloadCertificate};
-
-use crate::worker::{CertState, IdentityStatus};
+use zident_identity::{CertState, TrustBundle, WorkloadCertificate};
 
 const FILES: [&str; 3] = ["svid.pem", "svid_key.pem", "bundle.pem"];
 /// A post-rotation command that runs longer than this is killed.
@@ -89,7 +87,7 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
 /// `command` (with `sh -c`) after each write.
 pub async fn keep_files(
     dir: PathBuf,
-    mut status: watch::Receiver<IdentityStatus>,
+    mut status: watch::Receiver<CertState>,
     mut bundle: watch::Receiver<Arc<TrustBundle>>,
     mut stop: watch::Receiver<bool>,
     command: Option<String>,
@@ -99,7 +97,7 @@ pub async fn keep_files(
         let todo = {
             let s = status.borrow_and_update();
             let b = bundle.borrow_and_update();
-            match &s.state {
+            match &*s {
                 CertState::Available(c)
                     if written != Some((c.serial_hex.clone(), b.sequence())) =>
                 {

@@ -10,6 +10,7 @@
 
 mod files;
 mod service;
+mod uds_h2;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -20,14 +21,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::codegen::tokio_stream::StreamExt;
 use tonic::codegen::tokio_stream::wrappers::UnixListenerStream;
+use zident_identity::CertificateProvider;
 use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 pub use crate::config::DeliveryConfig;
 pub use files::write_version;
 pub use service::WorkloadApiService;
 
-use crate::manager::CertificateManager;
-use crate::trust::TrustStore;
 use crate::workloads::LocalWorkload;
 
 struct Served {
@@ -90,15 +90,14 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// The sockets and files of all local workloads.
-pub struct Delivery {
+/// The sockets and files of all local workloads, served from a [`CertificateProvider`].
+pub struct Delivery<P> {
     config: DeliveryConfig,
-    manager: Arc<CertificateManager>,
-    trust: Arc<TrustStore>,
+    provider: Arc<P>,
     served: Arc<Mutex<BTreeMap<Key, Served>>>,
 }
 
-impl Drop for Delivery {
+impl<P> Drop for Delivery<P> {
     fn drop(&mut self) {
         let served = std::mem::take(&mut *self.served.lock().unwrap_or_else(|e| e.into_inner()));
         for (_, s) in served {
@@ -115,17 +114,12 @@ impl Drop for Delivery {
     }
 }
 
-impl Delivery {
-    /// Delivery for the manager's identities.
-    pub fn new(
-        config: DeliveryConfig,
-        manager: Arc<CertificateManager>,
-        trust: Arc<TrustStore>,
-    ) -> Self {
+impl<P: CertificateProvider> Delivery<P> {
+    /// Delivery for the provider's identities.
+    pub fn new(config: DeliveryConfig, provider: Arc<P>) -> Self {
         Self {
             config,
-            manager,
-            trust,
+            provider,
             served: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
@@ -196,18 +190,14 @@ impl Delivery {
             let bound_as = file_id(&path).ok_or_else(|| {
                 std::io::Error::other(format!("{} vanished as it was bound", path.display()))
             })?;
-            let service = WorkloadApiService::new(
-                w.id.clone(),
-                self.manager.clone(),
-                self.trust.clone(),
-                stop_rx.clone(),
-            );
+            let service =
+                WorkloadApiService::new(w.id.clone(), self.provider.clone(), stop_rx.clone());
             let mut shutdown = stop_rx.clone();
             let shown = path.display().to_string();
             // Every connection through the relay that lets any gRPC client in (uds_h2.rs).
             let socket_name = shown.clone();
             let incoming = UnixListenerStream::new(listener).map(move |accepted| {
-                accepted.map(|c| crate::uds_h2::relay(c, socket_name.clone()))
+                accepted.map(|c| crate::workload_api::uds_h2::relay(c, socket_name.clone()))
             });
             tasks.push(tokio::spawn(async move {
                 let result = tonic::transport::Server::builder()
@@ -224,13 +214,13 @@ impl Delivery {
             socket = Some((path, bound_as));
         }
         let mut files_dir = None;
-        if let (Some(dir), Some(status)) = (&self.config.svid_dir, self.manager.watch(&w.id)) {
+        if let (Some(dir), Some(status)) = (&self.config.svid_dir, self.provider.watch(&w.id)) {
             let dir = dir.join(&w.namespace).join(&w.name);
             files_dir = Some(dir.clone());
             tasks.push(tokio::spawn(files::keep_files(
                 dir,
                 status,
-                self.trust.subscribe(),
+                self.provider.watch_bundle(),
                 stop_rx,
                 self.config.svid_command.clone(),
             )));

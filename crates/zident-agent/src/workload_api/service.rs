@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::codegen::tokio_stream::Stream;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use zident_identity::{SpiffeId, TrustBundle};
+use zident_identity::{CertState, CertificateProvider, SpiffeId, TrustBundle};
 use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use zident_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -18,39 +18,24 @@ use zident_proto::workload::{
     X509svidResponse,
 };
 
-use crate::manager::CertificateManager;
-use crate::trust::TrustStore;
-use crate::worker::{CertState, IdentityStatus};
-
 /// The metadata every Workload API request must carry, so a browser or a confused proxy
 /// cannot be tricked into calling the API.
 const SECURITY_HEADER: &str = "workload.spiffe.io";
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The Workload API as one workload sees it.
-pub struct WorkloadApiService {
+/// The Workload API as one workload sees it, served from any [`CertificateProvider`].
+pub struct WorkloadApiService<P> {
     id: SpiffeId,
-    manager: Arc<CertificateManager>,
-    trust: Arc<TrustStore>,
+    provider: Arc<P>,
     /// Becomes true when the workload leaves or the agent stops: streams then end cleanly.
     stop: watch::Receiver<bool>,
 }
 
-impl WorkloadApiService {
+impl<P: CertificateProvider> WorkloadApiService<P> {
     /// The API for a workload with identity `id`.
-    pub fn new(
-        id: SpiffeId,
-        manager: Arc<CertificateManager>,
-        trust: Arc<TrustStore>,
-        stop: watch::Receiver<bool>,
-    ) -> Self {
-        Self {
-            id,
-            manager,
-            trust,
-            stop,
-        }
+    pub fn new(id: SpiffeId, provider: Arc<P>, stop: watch::Receiver<bool>) -> Self {
+        Self { id, provider, stop }
     }
 }
 
@@ -75,8 +60,8 @@ fn bundle_der(bundle: &TrustBundle) -> Vec<u8> {
         .collect()
 }
 
-fn svid_message(status: &IdentityStatus, bundle: &TrustBundle) -> Option<X509svidResponse> {
-    let CertState::Available(cert) = &status.state else {
+fn svid_message(state: &CertState, bundle: &TrustBundle) -> Option<X509svidResponse> {
+    let CertState::Available(cert) = state else {
         return None;
     };
     Some(X509svidResponse {
@@ -93,7 +78,7 @@ fn svid_message(status: &IdentityStatus, bundle: &TrustBundle) -> Option<X509svi
 }
 
 #[tonic::async_trait]
-impl SpiffeWorkloadApi for WorkloadApiService {
+impl<P: CertificateProvider> SpiffeWorkloadApi for WorkloadApiService<P> {
     type FetchX509SVIDStream = Stream_<X509svidResponse>;
     type FetchX509BundlesStream = Stream_<X509BundlesResponse>;
     type FetchJWTBundlesStream = Stream_<JwtBundlesResponse>;
@@ -103,15 +88,16 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&request)?;
-        let mut status = self.manager.watch(&self.id).ok_or_else(|| {
+        let mut status = self.provider.watch(&self.id).ok_or_else(|| {
             Status::unavailable(format!("{} is no longer served on this node", self.id))
         })?;
-        if let CertState::Unavailable(reason) = &status.borrow().state {
-            // A workload asks now: retry at once rather than at the next backoff step.
-            self.manager.retry_now(&self.id);
-            return Err(Status::unavailable(reason.clone()));
+        if let CertState::Unavailable(reason) = &*status.borrow() {
+            // A workload asks now: retry at once rather than at the next backoff step (the
+            // seam's `current` asks for one when there is no valid certificate).
+            let _ = self.provider.current(&self.id);
+            return Err(Status::unavailable(reason.detail.clone()));
         }
-        let mut bundle = self.trust.subscribe();
+        let mut bundle = self.provider.watch_bundle();
         let mut stop = self.stop.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -121,7 +107,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
                 let item = {
                     let s = status.borrow_and_update();
                     let b = bundle.borrow_and_update();
-                    match &s.state {
+                    match &*s {
                         CertState::Available(c) => {
                             let key = (c.serial_hex.clone(), b.sequence());
                             (sent.as_ref() != Some(&key)).then(|| {
@@ -130,7 +116,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
                             })
                         }
                         CertState::Unavailable(reason) => {
-                            Some(Err(Status::unavailable(reason.clone())))
+                            Some(Err(Status::unavailable(reason.detail.clone())))
                         }
                         CertState::Initializing => None,
                     }
@@ -157,7 +143,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&request)?;
-        let mut bundle = self.trust.subscribe();
+        let mut bundle = self.provider.watch_bundle();
         let mut stop = self.stop.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {

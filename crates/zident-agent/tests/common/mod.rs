@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use zident_agent::{
-    AgentConfig, CaClientConfig, CertState, RotationPolicy, RunningAgent, TokenSource,
+    AgentConfig, CaClientConfig, CertState, RenewalPolicy, RunningAgent, TokenSource,
 };
 use zident_ca::{CaConfig, RunningCa};
 use zident_identity::SpiffeId;
@@ -121,10 +121,10 @@ pub fn agent_config(mesh: &Path, root_ca: &Path, ca_address: &str, ttl: Duration
     };
     let mut c = AgentConfig::new(NODE, mesh, ca);
     c.secret_ttl = ttl;
-    c.rotation = RotationPolicy {
+    c.renewal = RenewalPolicy {
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(2),
-        ..RotationPolicy::default()
+        ..RenewalPolicy::default()
     };
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     c.admin_addr = Some(any);

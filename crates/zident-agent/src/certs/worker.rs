@@ -9,39 +9,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, watch};
-use zident_identity::{SpiffeId, WorkloadCertificate, WorkloadKey, chain_root, fingerprint};
+pub use zident_identity::CertState;
+use zident_identity::{
+    Cause, Failure, SpiffeId, WorkloadCertificate, WorkloadKey, chain_root, fingerprint,
+};
 
-use crate::ca_client::CaClient;
-use crate::config::{EARLY_RENEWAL_SPREAD, RotationPolicy};
-use crate::gate::{Priority, PriorityGate};
-use crate::json::rfc3339;
+use crate::ca::client::CaClient;
+use crate::ca::trust::TrustStore;
+use crate::certs::gate::{Priority, PriorityGate};
+use crate::certs::schedule::{Backoff, random_unit, renewal_time};
+use crate::certs::signing_root::{SigningRoot, short};
+use crate::certs::validate::check_response;
+use crate::config::{EARLY_RENEWAL_SPREAD, RenewalPolicy};
+use crate::http::json::rfc3339;
 use crate::metrics::{AgentMetrics, IdentityLabel, unix};
-use crate::schedule::{Backoff, random_unit, rotation_time};
-use crate::signing_root::{SigningRoot, short};
-use crate::trust::TrustStore;
-use crate::validate::check_response;
-
-/// The state of one identity's certificate.
-#[derive(Debug, Clone)]
-pub enum CertState {
-    /// The first certificate has not arrived yet.
-    Initializing,
-    /// A valid certificate is in use.
-    Available(Arc<WorkloadCertificate>),
-    /// No valid certificate; the reason says why.
-    Unavailable(String),
-}
-
-impl CertState {
-    /// `Initializing`, `Available` or `Unavailable`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Initializing => "Initializing",
-            Self::Available(_) => "Available",
-            Self::Unavailable(_) => "Unavailable",
-        }
-    }
-}
 
 /// Everything known about one identity, as the admin endpoints show it.
 #[derive(Debug, Clone)]
@@ -51,11 +32,11 @@ pub struct IdentityStatus {
     /// The last certificate received (kept for display after it expires).
     pub last: Option<Arc<WorkloadCertificate>>,
     /// When the current certificate will be renewed.
-    pub rotation_at: Option<SystemTime>,
+    pub renewal_at: Option<SystemTime>,
     /// When the next fetch is due (renewal or retry).
     pub next_attempt: Option<SystemTime>,
     /// The last failure, cleared by a success.
-    pub last_error: Option<String>,
+    pub last_error: Option<Failure>,
     /// Whether a certificate was ever Available (readiness).
     pub ever_available: bool,
     /// Fetches finished, successful or not.
@@ -74,7 +55,7 @@ impl IdentityStatus {
         Self {
             state: CertState::Initializing,
             last: None,
-            rotation_at: None,
+            renewal_at: None,
             next_attempt: None,
             last_error: None,
             ever_available: false,
@@ -87,18 +68,32 @@ impl IdentityStatus {
 }
 
 /// One line of the recent-events log shown on the dashboard.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RotationEvent {
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RenewalEvent {
     /// When.
-    #[serde(serialize_with = "crate::json::time")]
+    #[serde(
+        serialize_with = "crate::http::json::time",
+        deserialize_with = "crate::http::json::parse_time"
+    )]
     pub at: SystemTime,
     /// Which identity.
     pub spiffe_id: String,
-    /// `completed`, `failed`, or `early` (a renewal brought forward: the CA signs under
-    /// another root).
-    pub outcome: &'static str,
+    /// What happened.
+    pub outcome: EventOutcome,
     /// Serial of the new certificate, the reason of the failure, or why renewal is early.
     pub detail: String,
+}
+
+/// What a [`RenewalEvent`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventOutcome {
+    /// A new certificate is in use.
+    Completed,
+    /// A fetch failed.
+    Failed,
+    /// A renewal was brought forward: the CA signs under another root.
+    Early,
 }
 
 /// What every worker shares.
@@ -106,22 +101,22 @@ pub(crate) struct Shared {
     pub ca: Arc<CaClient>,
     pub trust: Arc<TrustStore>,
     pub ttl: Duration,
-    pub policy: RotationPolicy,
+    pub policy: RenewalPolicy,
     pub gate: PriorityGate,
     pub metrics: Arc<AgentMetrics>,
-    pub events: Mutex<std::collections::VecDeque<RotationEvent>>,
+    pub events: Mutex<std::collections::VecDeque<RenewalEvent>>,
     pub signing_root: SigningRoot,
 }
 
 const MAX_EVENTS: usize = 100;
 
 impl Shared {
-    fn event(&self, id: &SpiffeId, outcome: &'static str, detail: String) {
+    fn event(&self, id: &SpiffeId, outcome: EventOutcome, detail: String) {
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if events.len() == MAX_EVENTS {
             events.pop_front();
         }
-        events.push_back(RotationEvent {
+        events.push_back(RenewalEvent {
             at: SystemTime::now(),
             spiffe_id: id.to_string(),
             outcome,
@@ -163,19 +158,19 @@ impl Shared {
     /// One fetch: fresh key, CSR, CA request, response checks.
     async fn fetch(&self, id: &SpiffeId, own: bool) -> Result<Arc<WorkloadCertificate>, Failure> {
         tracing::info!(target: "zident::identity", "Certificate rotation started for {id}");
-        let fail = |kind: &'static str, message: String| {
-            self.metrics.rotation(false, kind);
-            tracing::warn!(target: "zident::identity", "Certificate rotation failed for {id}: {message}");
-            self.event(id, "failed", message.clone());
-            Err(Failure { kind, message })
+        let fail = |cause: Cause, detail: String| {
+            self.metrics.renewal(false, cause.label());
+            tracing::warn!(target: "zident::identity", reason = %cause, "Certificate rotation failed for {id}: {detail}");
+            self.event(id, EventOutcome::Failed, detail.clone());
+            Err(Failure::new(cause, detail))
         };
         let key = match WorkloadKey::generate() {
             Ok(k) => k,
-            Err(e) => return fail("keygen", e.to_string()),
+            Err(e) => return fail(Cause::KeyGeneration, e.to_string()),
         };
         let csr = match key.csr_pem(id) {
             Ok(c) => c,
-            Err(e) => return fail("keygen", e.to_string()),
+            Err(e) => return fail(Cause::KeyGeneration, e.to_string()),
         };
         let started = Instant::now();
         let result = self.ca.sign(id, csr, self.ttl, !own).await;
@@ -187,65 +182,82 @@ impl Shared {
         }
         let chain = match result {
             Ok(chain) => chain,
-            Err(e) => return fail(e.kind(), e.to_string()),
+            Err(e) => return fail(e.cause(), e.to_string()),
         };
         match check_response(id, key, &chain, &self.trust.bundle(), SystemTime::now()) {
             Ok(cert) => {
-                self.metrics.rotation(true, "ok");
+                self.metrics.renewal(true, "ok");
                 tracing::info!(
                     target: "zident::identity",
                     serial = %cert.serial_hex,
                     not_after = %rfc3339(cert.not_after),
                     "Certificate rotation completed for {id}"
                 );
-                self.event(id, "completed", format!("serial {}", cert.serial_hex));
+                self.event(
+                    id,
+                    EventOutcome::Completed,
+                    format!("serial {}", cert.serial_hex),
+                );
                 Ok(Arc::new(cert))
             }
             Err(e) => {
-                if let crate::validate::ResponseError::OutsideValidity(_) = &e {
+                if let crate::certs::validate::ResponseError::OutsideValidity(_) = &e {
                     let message = match self.ca.clock().hint() {
                         Some(hint) => format!("{e}; {hint}"),
                         None => e.to_string(),
                     };
-                    return fail(e.kind(), message);
+                    return fail(e.cause(), message);
                 }
-                if matches!(e, crate::validate::ResponseError::Untrusted(_)) {
+                if matches!(e, crate::certs::validate::ResponseError::Untrusted(_)) {
                     // Perhaps signed by a root this node has not fetched yet (it missed a
                     // rotation's prepare phase): fetch the bundle now, not at the next hint.
                     self.trust.refresh_now();
                 }
-                fail(e.kind(), e.to_string())
+                fail(e.cause(), e.to_string())
             }
         }
     }
 }
 
-/// Why a fetch failed: the stable kind (the metric's `reason`) and the words for a person.
-struct Failure {
-    kind: &'static str,
-    message: String,
+/// The two views of one identity a worker keeps current: its whole status (admin endpoints)
+/// and the state its consumers watch through the seam (told only of real changes).
+pub(crate) struct Publish {
+    pub status: watch::Sender<IdentityStatus>,
+    pub state: watch::Sender<CertState>,
 }
 
-impl Failure {
-    /// The CA did not answer: a retry is due as soon as it answers again.
-    fn waits_on_ca(&self) -> bool {
-        self.kind == "ca_unreachable"
+impl Publish {
+    /// Changes the status, then tells consumers if the state changed with it.
+    fn modify(&self, change: impl FnOnce(&mut IdentityStatus)) {
+        self.status.send_modify(change);
+        let now = self.status.borrow().state.clone();
+        self.state.send_if_modified(|s| {
+            let changed = !s.same_as(&now);
+            if changed {
+                *s = now;
+            }
+            changed
+        });
     }
-}
 
-/// Sets the state, keeping the per-state gauge in step.
-fn set_state(tx: &watch::Sender<IdentityStatus>, metrics: &AgentMetrics, state: CertState) {
-    tx.send_modify(|s| {
-        metrics.state_change(Some(s.state.name()), Some(state.name()));
-        s.state = state;
-    });
+    /// Sets the state, keeping the per-state gauge in step.
+    fn set_state(&self, metrics: &AgentMetrics, state: CertState) {
+        self.modify(|s| {
+            metrics.state_change(Some(s.state.name()), Some(state.name()));
+            s.state = state;
+        });
+    }
+
+    fn borrow(&self) -> watch::Ref<'_, IdentityStatus> {
+        self.status.borrow()
+    }
 }
 
 /// The worker loop of one identity. Ends when aborted (the identity was forgotten).
 pub(crate) async fn run(
     shared: Arc<Shared>,
     id: SpiffeId,
-    tx: watch::Sender<IdentityStatus>,
+    tx: Publish,
     wake: Arc<Notify>,
     mut priority: Priority,
 ) {
@@ -269,7 +281,7 @@ pub(crate) async fn run(
                 _ = wake.notified(), if priority != Priority::RealTime => priority = Priority::RealTime,
             }
         };
-        tx.send_modify(|s| s.fetching = true);
+        tx.modify(|s| s.fetching = true);
         let outcome = shared.fetch(&id, own).await;
         drop(permit);
         let now = SystemTime::now();
@@ -278,21 +290,21 @@ pub(crate) async fn run(
                 backoff.reset();
                 waits_on_ca = false;
                 my_root = shared.root_of(&id, &cert);
-                let at = rotation_time(&cert, &shared.policy, random_unit());
+                let at = renewal_time(&cert, &shared.policy, random_unit());
                 shared
                     .metrics
                     .expiry
                     .get_or_create(&label)
                     .set(unix(cert.not_after));
                 // One update: a waiter must never see the attempt counted but the old state.
-                tx.send_modify(|s| {
+                tx.modify(|s| {
                     shared
                         .metrics
                         .state_change(Some(s.state.name()), Some("Available"));
                     s.state = CertState::Available(cert.clone());
                     s.last = Some(cert);
                     s.signing_root = my_root.as_ref().map(|r| fingerprint(r));
-                    s.rotation_at = Some(at);
+                    s.renewal_at = Some(at);
                     s.next_attempt = Some(at);
                     s.last_error = None;
                     s.ever_available = true;
@@ -302,12 +314,13 @@ pub(crate) async fn run(
                 at
             }
             Err(failure) => {
-                waits_on_ca = failure.waits_on_ca();
+                // The CA did not answer: a retry is due as soon as it answers again.
+                waits_on_ca = failure.cause.waits_on_ca();
                 // Only announcements after this failure count.
                 ca_back.borrow_and_update();
-                let reason = failure.message;
+                let reason = failure;
                 let at = now + backoff.next_delay(random_unit());
-                tx.send_modify(|s| {
+                tx.modify(|s| {
                     // The old certificate stays in use while it is valid.
                     let still_valid =
                         matches!(&s.state, CertState::Available(c) if c.is_valid_at(now));
@@ -338,10 +351,10 @@ pub(crate) async fn run(
                 _ = sleep_until(until) => {
                     let now = SystemTime::now();
                     if let Some(e) = expiry.filter(|e| now >= *e) {
-                        let last = tx.borrow().last_error.clone().unwrap_or_else(|| "renewal is pending".into());
-                        let reason = format!("certificate expired at {} before a renewal succeeded; last error: {last}", rfc3339(e));
+                        let last = tx.borrow().last_error.as_ref().map_or_else(|| "renewal is pending".into(), |f| f.detail.clone());
+                        let reason = Failure::new(Cause::Expired, format!("certificate expired at {} before a renewal succeeded; last error: {last}", rfc3339(e)));
                         tracing::error!(target: "zident::identity", "Certificate for {id} is unavailable: {reason}");
-                        set_state(&tx, &shared.metrics, CertState::Unavailable(reason));
+                        tx.set_state(&shared.metrics, CertState::Unavailable(reason));
                     }
                     if now >= next_fetch {
                         break;
@@ -358,7 +371,7 @@ pub(crate) async fn run(
                         let at = SystemTime::now() + EARLY_RENEWAL_SPREAD.mul_f64(random_unit());
                         if at < next_fetch {
                             next_fetch = at;
-                            tx.send_modify(|s| s.next_attempt = Some(at));
+                            tx.modify(|s| s.next_attempt = Some(at));
                             let detail = format!(
                                 "chains to root {}, the CA signs under {}: renewing at {}",
                                 my_root.as_ref().map(short).unwrap_or_else(|| "?".into()),
@@ -366,7 +379,7 @@ pub(crate) async fn run(
                                 rfc3339(at)
                             );
                             tracing::info!(target: "zident::identity", "Certificate for {id} {detail}");
-                            shared.event(&id, "early", detail);
+                            shared.event(&id, EventOutcome::Early, detail);
                         }
                     }
                 }
@@ -376,7 +389,7 @@ pub(crate) async fn run(
                         // the next backoff step.
                         let unavailable = !matches!(&tx.borrow().state, CertState::Available(_));
                         priority = if unavailable { Priority::RealTime } else { Priority::Warmup };
-                        tx.send_modify(|s| s.next_attempt = Some(SystemTime::now()));
+                        tx.modify(|s| s.next_attempt = Some(SystemTime::now()));
                         break;
                     }
                     waits_on_ca = false;

@@ -18,3 +18,10 @@ pub fn opt_time<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S:
         None => s.serialize_none(),
     }
 }
+
+/// Reads a time written by [`time`].
+pub fn parse_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    zident_identity::parse_rfc3339(&s)
+        .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time")))
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 use zident_identity::TrustBundle;
 
-use crate::trust::TrustStore;
+use crate::ca::trust::TrustStore;
 
 /// Polls never more often than this, whatever the hint says.
 const MIN_POLL: Duration = Duration::from_secs(1);
@@ -21,7 +21,7 @@ const RETRY_POLL: Duration = Duration::from_secs(10);
 /// Fetches `https://<address>/bundle` over and over, at the CA's refresh hint, feeding the
 /// store. Runs until the task is dropped.
 pub async fn poll_bundle(store: Arc<TrustStore>, address: String, host: String) {
-    let config = match crate::ca_tls::client_config(store.clone(), b"http/1.1") {
+    let config = match crate::ca::tls::client_config(store.clone(), b"http/1.1") {
         Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::error!(target: "zident::identity", "cannot poll the trust bundle: TLS setup failed: {e}");

@@ -6,7 +6,9 @@ use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
 use zident_identity::pem::certs_from_pem;
-use zident_identity::{SpiffeId, TrustBundle, WorkloadCertificate, WorkloadKey, verify_svid};
+use zident_identity::{
+    Cause, SpiffeId, TrustBundle, WorkloadCertificate, WorkloadKey, verify_svid,
+};
 
 /// Why a CA response was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,14 +37,14 @@ pub enum ResponseError {
 }
 
 impl ResponseError {
-    /// A short, stable label for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// The typed cause, for consumers and the metric's `reason`.
+    pub fn cause(&self) -> Cause {
         match self {
-            Self::Malformed(_) => "malformed_response",
-            Self::WrongIdentity { .. } => "wrong_identity",
-            Self::WrongKey => "wrong_key",
-            Self::Untrusted(_) => "untrusted_chain",
-            Self::OutsideValidity(_) => "outside_validity",
+            Self::Malformed(_) => Cause::MalformedResponse,
+            Self::WrongIdentity { .. } => Cause::WrongIdentity,
+            Self::WrongKey => Cause::WrongKey,
+            Self::Untrusted(_) => Cause::Untrusted,
+            Self::OutsideValidity(_) => Cause::ClockSkew,
         }
     }
 }

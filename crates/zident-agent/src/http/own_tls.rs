@@ -8,7 +8,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use zident_identity::SpiffeId;
 
-use crate::manager::CertificateManager;
+use crate::certs::manager::CertificateManager;
 
 /// Presents the agent's own current certificate.
 pub struct OwnCertResolver {

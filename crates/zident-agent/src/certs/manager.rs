@@ -11,15 +11,16 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use zident_identity::{CertificateProvider, ProviderError, SpiffeId, WorkloadCertificate};
 
-use crate::ca_client::CaClient;
-use crate::config::RotationPolicy;
-use crate::gate::{Priority, PriorityGate};
+use crate::ca::client::CaClient;
+use crate::ca::trust::TrustStore;
+use crate::certs::gate::{Priority, PriorityGate};
+use crate::certs::worker::{self, CertState, IdentityStatus, RenewalEvent, Shared};
+use crate::config::RenewalPolicy;
 use crate::metrics::{AgentMetrics, IdentityLabel};
-use crate::trust::TrustStore;
-use crate::worker::{self, CertState, IdentityStatus, RotationEvent, Shared};
 
 struct Slot {
     status: watch::Receiver<IdentityStatus>,
+    state: watch::Receiver<CertState>,
     wake: Arc<Notify>,
     task: AbortHandle,
 }
@@ -46,7 +47,7 @@ impl CertificateManager {
         ca: Arc<CaClient>,
         trust: Arc<TrustStore>,
         ttl: Duration,
-        policy: RotationPolicy,
+        policy: RenewalPolicy,
         concurrency: usize,
         metrics: Arc<AgentMetrics>,
         own: Option<SpiffeId>,
@@ -60,7 +61,7 @@ impl CertificateManager {
                 gate: PriorityGate::new(concurrency),
                 metrics,
                 events: Default::default(),
-                signing_root: crate::signing_root::SigningRoot::new(),
+                signing_root: crate::certs::signing_root::SigningRoot::new(),
             }),
             slots: Mutex::new(BTreeMap::new()),
             own,
@@ -101,12 +102,16 @@ impl CertificateManager {
             }
             let own = self.own.as_ref() == Some(id);
             let (tx, rx) = watch::channel(IdentityStatus::new(own));
+            let (state_tx, state_rx) = watch::channel(CertState::Initializing);
             let wake = Arc::new(Notify::new());
             self.shared.metrics.state_change(None, Some("Initializing"));
             let task = tokio::spawn(worker::run(
                 self.shared.clone(),
                 id.clone(),
-                tx,
+                worker::Publish {
+                    status: tx,
+                    state: state_tx,
+                },
                 wake.clone(),
                 Priority::Warmup,
             ));
@@ -114,6 +119,7 @@ impl CertificateManager {
                 id.clone(),
                 Slot {
                     status: rx,
+                    state: state_rx,
                     wake,
                     task: task.abort_handle(),
                 },
@@ -129,8 +135,8 @@ impl CertificateManager {
             .collect()
     }
 
-    /// Follows one identity's status (ends when it is forgotten).
-    pub fn watch(&self, id: &SpiffeId) -> Option<watch::Receiver<IdentityStatus>> {
+    /// Follows one identity's whole status (ends when it is forgotten).
+    pub fn watch_status(&self, id: &SpiffeId) -> Option<watch::Receiver<IdentityStatus>> {
         self.lock().get(id).map(|s| s.status.clone())
     }
 
@@ -188,7 +194,7 @@ impl CertificateManager {
     }
 
     /// Recent rotation events, oldest first.
-    pub fn events(&self) -> Vec<RotationEvent> {
+    pub fn events(&self) -> Vec<RenewalEvent> {
         self.shared
             .events
             .lock()
@@ -216,6 +222,14 @@ impl CertificateProvider for CertificateManager {
 
     fn bundle(&self) -> Arc<zident_identity::TrustBundle> {
         self.shared.trust.bundle()
+    }
+
+    fn watch(&self, id: &SpiffeId) -> Option<watch::Receiver<CertState>> {
+        self.lock().get(id).map(|s| s.state.clone())
+    }
+
+    fn watch_bundle(&self) -> watch::Receiver<Arc<zident_identity::TrustBundle>> {
+        self.shared.trust.subscribe()
     }
 
     async fn certificate(
@@ -250,10 +264,10 @@ impl CertificateProvider for CertificateManager {
                     let status = rx.borrow_and_update();
                     match &status.state {
                         CertState::Available(c) => return Ok(c.clone()),
-                        CertState::Unavailable(reason) if status.attempts > answered_after => {
+                        CertState::Unavailable(failure) if status.attempts > answered_after => {
                             return Err(ProviderError::Unavailable {
                                 id: id.clone(),
-                                reason: reason.clone(),
+                                failure: failure.clone(),
                             });
                         }
                         _ => {}
@@ -262,9 +276,9 @@ impl CertificateProvider for CertificateManager {
                 Ok(Err(_)) => return Err(ProviderError::UnknownIdentity(id.clone())),
                 Err(_) => {
                     return Err(match &rx.borrow().state {
-                        CertState::Unavailable(reason) => ProviderError::Unavailable {
+                        CertState::Unavailable(failure) => ProviderError::Unavailable {
                             id: id.clone(),
-                            reason: reason.clone(),
+                            failure: failure.clone(),
                         },
                         _ => ProviderError::Pending(id.clone()),
                     });

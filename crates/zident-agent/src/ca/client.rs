@@ -11,12 +11,12 @@ use hyper_util::rt::TokioIo;
 use prost_types::{Struct, Value, value::Kind};
 use rustls_pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint};
-use zident_identity::SpiffeId;
+use zident_identity::{Cause, SpiffeId};
 use zident_proto::istio_ca::IstioCertificateRequest;
 use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
 
-use crate::config::{CaClientConfig, TokenSource};
-use crate::trust::TrustStore;
+use crate::ca::trust::TrustStore;
+use crate::config::{CaClientConfig, TokenError, TokenSource};
 
 /// Why a request to the CA failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,24 +38,24 @@ pub enum CaError {
         message: String,
     },
     /// The token could not be read.
-    #[error("{0}")]
-    Token(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 impl CaError {
-    /// A short, stable label for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// The typed cause, for consumers and the metric's `reason`.
+    pub fn cause(&self) -> Cause {
         match self {
-            CaError::Unreachable { .. } => "ca_unreachable",
+            CaError::Unreachable { .. } => Cause::CaUnreachable,
             CaError::Refused { code, .. } => match code {
-                tonic::Code::Unauthenticated => "unauthenticated",
-                tonic::Code::PermissionDenied => "permission_denied",
-                tonic::Code::InvalidArgument => "invalid_argument",
-                tonic::Code::DeadlineExceeded => "timeout",
-                tonic::Code::Unavailable => "ca_unreachable",
-                _ => "ca_error",
+                tonic::Code::Unauthenticated => Cause::Unauthenticated,
+                tonic::Code::PermissionDenied => Cause::Denied,
+                tonic::Code::InvalidArgument => Cause::InvalidRequest,
+                tonic::Code::DeadlineExceeded => Cause::CaTimeout,
+                tonic::Code::Unavailable => Cause::CaUnreachable,
+                _ => Cause::CaError,
             },
-            CaError::Token(_) => "token",
+            CaError::Token(_) => Cause::Token,
         }
     }
 }
@@ -68,7 +68,7 @@ pub struct ConnectionStatus {
     /// Whether the last request got an answer.
     pub connected: bool,
     /// When a request last succeeded.
-    #[serde(serialize_with = "crate::json::opt_time")]
+    #[serde(serialize_with = "crate::http::json::opt_time")]
     pub last_success: Option<SystemTime>,
     /// The last error, if the last request failed.
     pub last_error: Option<String>,
@@ -93,7 +93,7 @@ pub struct CaClient {
     /// Counts the times the CA was found answering again after being unreachable.
     back: tokio::sync::watch::Sender<u64>,
     /// This node's clock against the CA's.
-    clock: crate::clock::ClockSkew,
+    clock: crate::ca::clock::ClockSkew,
 }
 
 /// A probe that gets no TCP connection and TLS handshake within this long has failed.
@@ -103,7 +103,7 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl CaClient {
     /// A client for `config`; connects on first use. The CA's certificate is verified against
-    /// `trust` as it is at each connection (see [`crate::ca_tls`]).
+    /// `trust` as it is at each connection (see [`crate::ca::tls`]).
     pub fn new(config: &CaClientConfig, trust: Arc<TrustStore>) -> Result<Self, String> {
         let address = config
             .address
@@ -114,8 +114,9 @@ impl CaClient {
             .ok_or_else(|| format!("CA_ADDRESS {:?} must be host:port", config.address))?;
         let name = ServerName::try_from(host.clone())
             .map_err(|e| format!("CA_ADDRESS {:?}: host {host:?}: {e}", config.address))?;
-        let tls =
-            tokio_rustls::TlsConnector::from(Arc::new(crate::ca_tls::client_config(trust, b"h2")?));
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(crate::ca::tls::client_config(
+            trust, b"h2",
+        )?));
         // TLS is done here rather than by tonic, so the trust follows the bundle.
         let dial = address.clone();
         let (probe_tls, probe_name) = (tls.clone(), name.clone());
@@ -149,18 +150,18 @@ impl CaClient {
             name: probe_name,
             down: tokio::sync::Notify::new(),
             back: tokio::sync::watch::channel(0).0,
-            clock: crate::clock::ClockSkew::new(crate::clock::MAX_BACKDATE),
+            clock: crate::ca::clock::ClockSkew::new(crate::ca::clock::MAX_BACKDATE),
         })
     }
 
-    /// Complains about clock skew beyond `threshold` instead of [`crate::clock::MAX_BACKDATE`].
+    /// Complains about clock skew beyond `threshold` instead of [`crate::ca::clock::MAX_BACKDATE`].
     pub fn with_skew_threshold(mut self, threshold: Duration) -> Self {
-        self.clock = crate::clock::ClockSkew::new(threshold);
+        self.clock = crate::ca::clock::ClockSkew::new(threshold);
         self
     }
 
     /// This node's clock against the CA's.
-    pub fn clock(&self) -> &crate::clock::ClockSkew {
+    pub fn clock(&self) -> &crate::ca::clock::ClockSkew {
         &self.clock
     }
 
@@ -216,7 +217,7 @@ impl CaClient {
         ttl: Duration,
         impersonate: bool,
     ) -> Result<Vec<String>, CaError> {
-        let token = self.token.read_async().await.map_err(CaError::Token)?;
+        let token = self.token.read().await?;
         let metadata = impersonate.then(|| Struct {
             fields: [(
                 "ImpersonatedIdentity".to_string(),
@@ -234,9 +235,9 @@ impl CaClient {
         let md = request.metadata_mut();
         md.insert(
             "authorization",
-            format!("Bearer {token}").parse().map_err(|_| {
-                CaError::Token("AUTH_TOKEN has characters not allowed in a header".into())
-            })?,
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| CaError::Token(TokenError::NotAHeader))?,
         );
         if let Ok(v) = self.cluster_id.parse() {
             md.insert("clusterid", v);
@@ -245,8 +246,8 @@ impl CaClient {
         let result = self.client.clone().create_certificate(request).await;
         let received = SystemTime::now();
         let stamped = match &result {
-            Ok(resp) => crate::clock::ca_time(resp.metadata()),
-            Err(status) => crate::clock::ca_time(status.metadata()),
+            Ok(resp) => crate::ca::clock::ca_time(resp.metadata()),
+            Err(status) => crate::ca::clock::ca_time(status.metadata()),
         };
         if let Some(ca) = stamped {
             self.clock.observe(sent, received, ca);
@@ -302,7 +303,7 @@ impl CaClient {
     }
 }
 
-fn classify(address: &str, status: tonic::Status, clock: &crate::clock::ClockSkew) -> CaError {
+fn classify(address: &str, status: tonic::Status, clock: &crate::ca::clock::ClockSkew) -> CaError {
     use rustls::CertificateError as C;
     match status.code() {
         // No answer from the CA: the transport failed or the deadline passed.

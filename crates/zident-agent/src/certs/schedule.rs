@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use zident_identity::WorkloadCertificate;
 
-use crate::config::RotationPolicy;
+use crate::config::RenewalPolicy;
 
 /// A uniform random number in [0, 1).
 pub fn random_unit() -> f64 {
@@ -22,7 +22,7 @@ pub fn random_unit() -> f64 {
 ///
 /// The floor is what stops a renewal loop: with a lifetime shorter than the CA's backdate,
 /// notBefore + ratio × lifetime is already in the past when the certificate arrives.
-pub fn rotation_time(cert: &WorkloadCertificate, policy: &RotationPolicy, unit: f64) -> SystemTime {
+pub fn renewal_time(cert: &WorkloadCertificate, policy: &RenewalPolicy, unit: f64) -> SystemTime {
     let lifetime = cert
         .not_after
         .duration_since(cert.not_before)
@@ -48,7 +48,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// A backoff from a rotation policy.
-    pub fn new(policy: &RotationPolicy) -> Self {
+    pub fn new(policy: &RenewalPolicy) -> Self {
         Self {
             initial: policy.backoff_initial,
             max: policy.backoff_max,
@@ -99,30 +99,30 @@ mod tests {
 
     #[test]
     fn half_life_with_jitter_only_earlier() {
-        let p = RotationPolicy::default();
+        let p = RenewalPolicy::default();
         // 24h certificate backdated 2 minutes, received at 1000.
         let c = cert(1000 - 120, 1000 + 86400, 1000);
         let mid = 880.0 + 86520.0 / 2.0;
-        assert_eq!(secs(rotation_time(&c, &p, 0.0)), mid);
-        let early = secs(rotation_time(&c, &p, 0.999));
+        assert_eq!(secs(renewal_time(&c, &p, 0.0)), mid);
+        let early = secs(renewal_time(&c, &p, 0.999));
         assert!(early < mid && early >= mid - 0.05 * 86520.0);
     }
 
     #[test]
     fn a_ttl_shorter_than_the_backdate_does_not_loop() {
-        let p = RotationPolicy::default();
+        let p = RenewalPolicy::default();
         // 10 s TTL from a CA that backdates 120 s: half-life is long past on arrival.
         let c = cert(1000 - 120, 1000 + 10, 1000);
-        let at = secs(rotation_time(&c, &p, 0.0));
+        let at = secs(renewal_time(&c, &p, 0.0));
         assert_eq!(at, 1005.0, "half of the 10 s left, not at once");
         // A long certificate received late in life: the floor is min_interval.
         let c = cert(0, 100_000, 99_000);
-        assert_eq!(secs(rotation_time(&c, &p, 0.0)), 99_010.0);
+        assert_eq!(secs(renewal_time(&c, &p, 0.0)), 99_010.0);
     }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_randomization() {
-        let p = RotationPolicy::default();
+        let p = RenewalPolicy::default();
         let mut b = Backoff::new(&p);
         let d: Vec<u64> = (0..12).map(|_| b.next_delay(0.5).as_secs()).collect();
         assert_eq!(&d[..8], &[1, 2, 4, 8, 16, 32, 64, 128]);

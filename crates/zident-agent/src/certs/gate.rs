@@ -98,6 +98,7 @@ impl PriorityGate {
     }
 
     /// Free slots right now.
+    #[cfg(test)]
     pub fn available(&self) -> usize {
         self.lock().available
     }

@@ -10,7 +10,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::trust::TrustStore;
+use crate::ca::trust::TrustStore;
 
 /// Verifies the CA's certificate against the trust store as it is at each handshake.
 pub struct BundleServerVerifier {

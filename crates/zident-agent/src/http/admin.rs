@@ -2,7 +2,6 @@
 //! readiness, and Prometheus metrics.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::Query;
@@ -10,12 +9,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
-use x509_parser::prelude::*;
-use zident_identity::pem::to_pem;
 
-use crate::json::rfc3339;
-use crate::manager::CertificateManager;
-use crate::worker::{CertState, IdentityStatus};
+use crate::certs::manager::CertificateManager;
+use crate::certs::worker::CertState;
+use crate::http::report::{CertificateReport, CertsReport};
 
 /// The dashboard: one self-contained page (no external assets) that draws each certificate's
 /// timeline from `/debug/certs` and refreshes itself.
@@ -29,91 +26,16 @@ pub trait LogControl: Send + Sync {
     fn set_level(&self, filter: &str) -> Result<(), String>;
 }
 
-/// A certificate as the admin endpoints describe it (no key, ever).
-fn describe(der: &[u8]) -> Value {
-    let pem = to_pem("CERTIFICATE", der);
-    match X509Certificate::from_der(der) {
-        Ok((_, c)) => json!({
-            "subject": c.subject().to_string(),
-            "issuer": c.issuer().to_string(),
-            "serial_number": zident_identity::serial_hex(c.raw_serial()),
-            "valid_from": rfc3339(zident_identity::to_system_time(c.validity().not_before)),
-            "valid_until": rfc3339(zident_identity::to_system_time(c.validity().not_after)),
-            "sha256": zident_identity::fingerprint(der),
-            "pem": pem,
-        }),
-        Err(e) => json!({ "error": e.to_string(), "pem": pem }),
-    }
-}
-
-fn certificate_json(id: &zident_identity::SpiffeId, s: &IdentityStatus) -> Value {
-    let mut v = json!({
-        "spiffe_id": id.to_string(),
-        "state": s.state.name(),
-        "own": s.own,
-    });
-    if let Some(o) = v.as_object_mut() {
-        if let Some(c) = &s.last {
-            o.insert("valid_from".into(), json!(rfc3339(c.not_before)));
-            o.insert("valid_until".into(), json!(rfc3339(c.not_after)));
-            o.insert("serial_number".into(), json!(c.serial_hex));
-            if let Some(root) = &s.signing_root {
-                o.insert("root_sha256".into(), json!(root));
-            }
-            o.insert(
-                "chain".into(),
-                Value::Array(c.chain.iter().map(|d| describe(d)).collect()),
-            );
-        }
-        if let Some(t) = s.rotation_at {
-            o.insert("rotation_at".into(), json!(rfc3339(t)));
-        }
-        if let Some(t) = s.next_attempt {
-            o.insert("next_attempt".into(), json!(rfc3339(t)));
-        }
-        match (&s.state, &s.last_error) {
-            (CertState::Unavailable(reason), _) => {
-                o.insert("error".into(), json!(reason));
-            }
-            (_, Some(e)) => {
-                o.insert("error".into(), json!(e));
-            }
-            _ => {}
-        }
-    }
-    v
-}
-
-/// `GET /debug/certs`.
-pub fn debug_certs(manager: &CertificateManager) -> Value {
-    let certificates: Vec<Value> = manager
-        .snapshot()
-        .iter()
-        .map(|(id, s)| certificate_json(id, s))
-        .collect();
-    let bundle = manager.trust().bundle();
-    json!({
-        "certificates": certificates,
-        "trust_bundle": bundle.roots().iter().map(|r| describe(r)).collect::<Vec<_>>(),
-        "trust_bundle_sequence": bundle.sequence(),
-        "events": manager.events(),
-        "now": rfc3339(SystemTime::now()),
-        // The CA's clock minus this node's (seconds), and when it counts as skewed.
-        "clock_skew_seconds": manager.ca().clock().offset(),
-        "clock_skew_threshold_seconds": manager.ca().clock().threshold().as_secs_f64(),
-    })
-}
-
 /// `GET /config_dump`: the `certificates` array in ztunnel's shape, so tools written for
 /// ztunnel (e.g. `istioctl ztunnel-config certificate`) read it.
 pub fn config_dump(manager: &CertificateManager) -> Value {
     let ztunnel_cert = |der: &[u8]| {
-        let d = describe(der);
+        let d = CertificateReport::of(der);
         json!({
-            "pem": d["pem"],
-            "serialNumber": d["serial_number"],
-            "validFrom": d["valid_from"],
-            "expirationTime": d["valid_until"],
+            "pem": d.pem,
+            "serialNumber": d.serial_number,
+            "validFrom": d.valid_from,
+            "expirationTime": d.valid_until,
         })
     };
     let certificates: Vec<Value> = manager
@@ -161,7 +83,7 @@ pub fn admin_router(
         .route("/", get(|| async { axum::response::Html(DASHBOARD) }))
         .route(
             "/debug/certs",
-            get(move || async move { Json(debug_certs(&m1)) }),
+            get(move || async move { Json(CertsReport::of(&m1)) }),
         )
         .route(
             "/config_dump",
