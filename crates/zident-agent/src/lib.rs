@@ -218,12 +218,17 @@ impl RunningAgent {
                     admin::admin_router(manager.clone(), log, config.data_plane.clone()),
                     &mut tasks,
                 )
-                .await?,
+                .await
+                .map_err(|source| AgentError::Bind { addr: a, source })?,
             ),
             None => None,
         };
         let readiness_addr = match config.readiness_addr {
-            Some(a) => Some(serve(a, admin::readiness_router(manager.clone()), &mut tasks).await?),
+            Some(a) => Some(
+                serve(a, admin::readiness_router(manager.clone()), &mut tasks)
+                    .await
+                    .map_err(|source| AgentError::Bind { addr: a, source })?,
+            ),
             None => None,
         };
         let metrics_addr = match config.metrics_addr {
@@ -242,10 +247,15 @@ impl RunningAgent {
                         own,
                         &mut tasks,
                     )
-                    .await?,
+                    .await
+                    .map_err(|source| AgentError::Bind { addr: a, source })?,
                 )
             }
-            Some(a) => Some(serve(a, admin::metrics_router(registry.clone()), &mut tasks).await?),
+            Some(a) => Some(
+                serve(a, admin::metrics_router(registry.clone()), &mut tasks)
+                    .await
+                    .map_err(|source| AgentError::Bind { addr: a, source })?,
+            ),
             None => None,
         };
         Ok(Self {

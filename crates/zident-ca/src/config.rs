@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{authority, connections, rotation};
+use crate::connections;
+use crate::roots::{authority, rotation};
 
 /// Everything `zident ca` is configured with.
 #[derive(Debug, Clone)]

@@ -7,41 +7,48 @@
 //!
 //! [`RunningCa::start`] brings up the TLS port (gRPC + trust bundle endpoint), the metrics
 //! port, and watchers that reload the mesh file and plugged-in keys when they change.
+//!
+//! The modules:
+//!
+//! - `roots/`: the roots and signing keys and how they change (authority, rotation and its
+//!   schedule, plugged-in keys, the ledger of issued certificates);
+//! - `config` (every setting and its default), `state` (what a request reads, swapped whole),
+//!   `registry` (who may ask for what), `service` (`CreateCertificate`);
+//! - `server` (TLS port, serving certificate), `connections` (limits per source), `metrics`;
+//! - `reload` (applying outside changes whole or not at all), `data_lock` (one CA per data
+//!   dir), `persist` (crash-safe writes).
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod authority;
 pub mod config;
 pub mod connections;
 pub mod data_lock;
-mod files;
-pub mod ledger;
 pub mod metrics;
 mod persist;
-pub mod plugged;
 pub mod registry;
-pub mod rotation;
+mod reload;
+pub mod roots;
 pub mod server;
 pub mod service;
 pub mod state;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use zident_identity::TrustDomain;
 use zident_mesh::{MeshError, MeshFile, watch};
 
-pub use authority::{Authority, AuthorityError, Mode};
 pub use config::{CaConfig, RotationConfig, TtlPolicy};
 pub use registry::{Caller, Denied, Registry};
+pub use roots::authority::{Authority, AuthorityError, Mode};
+pub use roots::{ledger, plugged, rotation};
 pub use state::CaState;
 
+use crate::roots::files::FileError;
 use crate::server::ServingCert;
 
 /// Why the CA could not start.
@@ -120,7 +127,7 @@ impl RunningCa {
         let mesh = MeshFile::load(&config.mesh_path)?;
         let registry = Registry::from_mesh(&mesh, &config.mesh_path)?;
         let trust_domain = mesh.trust_domain.clone();
-        let mut authority = load_authority(&config, &trust_domain)?;
+        let mut authority = reload::load_authority(&config, &trust_domain)?;
         let mut plugged_state = None;
         if config.root_ca_dir.is_some() {
             let ps = plugged::PluggedState::on_start(
@@ -130,10 +137,10 @@ impl RunningCa {
                 std::time::SystemTime::now(),
             )
             .map_err(|message| {
-                CaError::Authority(AuthorityError::Invalid {
+                CaError::Authority(AuthorityError::from(FileError::Invalid {
                     path: config.data_dir.join(plugged::STATE_FILE),
                     message,
-                })
+                }))
             })?;
             authority.set_bundle_sequence(ps.sequence);
             authority.publish_root_cert(&config.data_dir)?;
@@ -202,13 +209,15 @@ impl RunningCa {
         let mut background = Vec::new();
         let metrics_addr = match config.metrics_addr {
             Some(a) => {
-                let (bound, task) = serve_metrics(a, Arc::new(metrics_registry)).await?;
+                let (bound, task) = metrics::serve_metrics(a, Arc::new(metrics_registry))
+                    .await
+                    .map_err(|source| CaError::Bind { addr: a, source })?;
                 background.push(task);
                 Some(bound)
             }
             None => None,
         };
-        background.push(tokio::spawn(renew_serving_cert(
+        background.push(tokio::spawn(server::renew_serving_cert(
             state.clone(),
             serving.clone(),
         )));
@@ -223,7 +232,7 @@ impl RunningCa {
         watchers.push(w);
         let (s, path) = (state.clone(), config.mesh_path.clone());
         background.push(tokio::spawn(watch::reload_on_change(changes, move || {
-            reload_mesh(&s, &path)
+            reload::reload_mesh(&s, &path)
         })));
         if config.root_ca_dir.is_none() {
             let (w, changes) =
@@ -236,10 +245,10 @@ impl RunningCa {
             watchers.push(w);
             let (s, cfg, sv) = (state.clone(), config.clone(), serving.clone());
             background.push(tokio::spawn(watch::reload_on_change(changes, move || {
-                reload_rotation(&s, &cfg, &sv)
+                reload::reload_rotation(&s, &cfg, &sv)
             })));
             if config.rotation.auto {
-                background.push(tokio::spawn(rotate_on_schedule(
+                background.push(tokio::spawn(roots::schedule::rotate_on_schedule(
                     state.clone(),
                     config.clone(),
                     serving.clone(),
@@ -256,7 +265,7 @@ impl RunningCa {
             let ps = plugged_state.take();
             background.push(tokio::spawn(watch::reload_on_change(changes, move || {
                 if let Some(ps) = &ps {
-                    reload_plugged_in(&s, &cfg, &serving, ps)
+                    reload::reload_plugged_in(&s, &cfg, &serving, ps)
                 }
             })));
         }
@@ -271,7 +280,7 @@ impl RunningCa {
         Ok(Self {
             addr,
             metrics_addr,
-            root_cert_path: config.data_dir.join(authority::ROOT_CERT),
+            root_cert_path: config.data_dir.join(roots::authority::ROOT_CERT),
             state,
             server,
             background,
@@ -285,273 +294,3 @@ impl RunningCa {
         let _ = (&mut self.server).await;
     }
 }
-
-fn load_authority(config: &CaConfig, td: &TrustDomain) -> Result<Authority, AuthorityError> {
-    match &config.root_ca_dir {
-        None => Authority::self_signed(&config.data_dir, td, config.rotation.root_lifetime),
-        // Published by the caller once the change is accepted.
-        Some(dir) => Authority::plugged_in(dir, td),
-    }
-}
-
-fn reload_mesh(state: &CaState, path: &Path) {
-    let current_td = state.registry().trust_domain().clone();
-    let result = MeshFile::load(path).and_then(|mesh| {
-        if mesh.trust_domain != current_td {
-            return Err(MeshError::Invalid {
-                path: path.to_owned(),
-                line: None,
-                field: "trustDomain".into(),
-                message: format!(
-                    "cannot change from {current_td} to {} while running; restart the CA",
-                    mesh.trust_domain
-                ),
-            });
-        }
-        Registry::from_mesh(&mesh, path).map(|r| (r, mesh))
-    });
-    match result {
-        Ok((registry, mesh)) => {
-            state.set_registry(registry);
-            state.metrics.reload("mesh", true);
-            tracing::info!(
-                target: "zident::ca",
-                nodes = mesh.nodes.len(),
-                identities = mesh.identities.len(),
-                workloads = mesh.workloads.len(),
-                "mesh file reloaded"
-            );
-        }
-        Err(e) => {
-            state.metrics.reload("mesh", false);
-            tracing::error!(target: "zident::ca", "mesh file change rejected, keeping the last good configuration: {e}");
-        }
-    }
-}
-
-fn reload_plugged_in(
-    state: &CaState,
-    config: &CaConfig,
-    serving: &ServingCert,
-    plugged: &std::sync::Mutex<plugged::PluggedState>,
-) {
-    let td = state.registry().trust_domain().clone();
-    let timing = config.rotation_timing();
-    let now = std::time::SystemTime::now();
-    let mut known = plugged.lock().unwrap_or_else(|e| e.into_inner());
-    let current = state.authority();
-    let checked = load_authority(config, &td)
-        .map_err(|e| e.to_string())
-        .and_then(|next| {
-            known
-                .check(&current, &next, &timing, &state.ledger.snapshot(), now)
-                .map(|()| next)
-                .map_err(|e| format!("the change would break handshakes: {e}"))
-        });
-    match checked {
-        Ok(mut authority) => {
-            if let Err(e) = serving.renew(&authority) {
-                tracing::error!(target: "zident::ca", "new CA keys cannot sign a serving certificate, keeping the old keys: {e}");
-                state.metrics.reload("root_ca_dir", false);
-                record_refusal(
-                    &mut known,
-                    config,
-                    &format!("the new keys cannot sign the CA's serving certificate: {e}"),
-                    now,
-                );
-                return;
-            }
-            let next_known = match known.applied(&config.data_dir, &authority, &timing, now) {
-                Ok(k) => k,
-                Err(e) => {
-                    tracing::error!(target: "zident::ca", "cannot record the plugged-in roots, keeping the current keys: {e}");
-                    state.metrics.reload("root_ca_dir", false);
-                    return;
-                }
-            };
-            authority.set_bundle_sequence(next_known.sequence);
-            if let Err(e) = authority.publish_root_cert(&config.data_dir) {
-                tracing::error!(target: "zident::ca", "cannot publish root-cert.pem: {e}");
-            }
-            let roots = authority.bundle().roots().len();
-            state.set_authority(authority);
-            *known = next_known;
-            state.metrics.reload("root_ca_dir", true);
-            tracing::info!(target: "zident::ca", roots, sequence = known.sequence, "plugged-in CA files reloaded");
-        }
-        Err(e) => {
-            state.metrics.reload("root_ca_dir", false);
-            tracing::error!(target: "zident::ca", "plugged-in CA files rejected, keeping the current keys: {e}");
-            record_refusal(&mut known, config, &e, now);
-        }
-    }
-}
-
-/// Keeps why a change of the plugged-in files was refused in the state file, for `zident ca
-/// status`.
-fn record_refusal(
-    known: &mut plugged::PluggedState,
-    config: &CaConfig,
-    reason: &str,
-    now: std::time::SystemTime,
-) {
-    match known.refused(&config.data_dir, reason, now) {
-        Ok(k) => *known = k,
-        Err(e) => {
-            tracing::error!(target: "zident::ca", "cannot record the refusal in the plugged-in state: {e}")
-        }
-    }
-}
-
-/// Loads the authority the rotation state now describes, if it differs from the one in use.
-fn reload_rotation(state: &CaState, config: &CaConfig, serving: &ServingCert) {
-    let td = state.registry().trust_domain().clone();
-    let current = state.authority();
-    match Authority::self_signed(&config.data_dir, &td, config.rotation.root_lifetime) {
-        Ok(authority) => {
-            if authority.signer() == current.signer()
-                && authority.bundle().roots() == current.bundle().roots()
-                && authority.bundle().sequence() == current.bundle().sequence()
-            {
-                return;
-            }
-            if let Err(e) = serving.renew(&authority) {
-                tracing::error!(target: "zident::ca", "the rotated root cannot sign a serving certificate, keeping the current one: {e}");
-                state.metrics.reload("rotation", false);
-                return;
-            }
-            let signer_changed = authority.signer() != current.signer();
-            let (roots, sequence) = (
-                authority.bundle().roots().len(),
-                authority.bundle().sequence(),
-            );
-            let signer_serial = zident_identity::serial_hex(
-                X509Certificate::from_der(authority.signer())
-                    .map(|(_, c)| c.raw_serial().to_vec())
-                    .unwrap_or_default()
-                    .as_slice(),
-            );
-            state.set_authority(authority);
-            state.metrics.reload("rotation", true);
-            tracing::info!(
-                target: "zident::ca",
-                roots,
-                sequence,
-                signer = %signer_serial,
-                signer_changed,
-                "root rotation applied: the trust bundle and signing key are now as {} says",
-                rotation::STATE_FILE
-            );
-        }
-        Err(e) => {
-            state.metrics.reload("rotation", false);
-            tracing::error!(target: "zident::ca", "root rotation state rejected, keeping the current keys: {e}");
-        }
-    }
-}
-
-/// Moves the rotation on by itself: prepare once the active root has used its share of life,
-/// activate and retire as soon as each is safe.
-async fn rotate_on_schedule(state: Arc<CaState>, config: CaConfig, serving: Arc<ServingCert>) {
-    let tick = Duration::from_secs(1)
-        .max(config.refresh_hint / 10)
-        .min(Duration::from_secs(30));
-    loop {
-        tokio::time::sleep(tick).await;
-        let dir = config.data_dir.clone();
-        let now = std::time::SystemTime::now();
-        let rs = match rotation::read_state(&dir) {
-            Ok(Some(rs)) => rs,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(target: "zident::ca", "cannot read the rotation state: {e}");
-                continue;
-            }
-        };
-        let secs = ledger::unix;
-        let due = if let Some((phase, _, after)) = rs.next_step() {
-            // Activation waits for clients that learn roots only from responses, too.
-            let after = match phase {
-                rotation::Phase::Activate => state
-                    .ledger
-                    .read(|issued| rotation::activation_safe_at(&rs, issued, secs(now)))
-                    .unwrap_or(after),
-                _ => after,
-            };
-            (secs(now) >= after).then_some(phase)
-        } else {
-            let (from, to) = state.authority().signer_validity();
-            let life = to.duration_since(from).unwrap_or_default();
-            let used = now.duration_since(from).unwrap_or_default();
-            (used.as_secs_f64() >= life.as_secs_f64() * config.rotation.prepare_at)
-                .then_some(rotation::Phase::Prepare)
-        };
-        let Some(phase) = due else { continue };
-        let lifetime = config.rotation.root_lifetime;
-        let result =
-            tokio::task::spawn_blocking(move || rotation::apply(&dir, phase, now, false, lifetime))
-                .await;
-        match result {
-            Ok(Ok(rs)) => {
-                tracing::info!(target: "zident::ca", phase = phase.as_str(), active = rs.active, prepared = ?rs.prepared, previous = ?rs.previous, sequence = rs.sequence, "scheduled root rotation step");
-                reload_rotation(&state, &config, &serving);
-            }
-            Ok(Err(e)) => {
-                tracing::error!(target: "zident::ca", phase = phase.as_str(), "scheduled root rotation step failed: {e}")
-            }
-            Err(e) => {
-                tracing::error!(target: "zident::ca", "scheduled root rotation step panicked: {e}")
-            }
-        }
-    }
-}
-
-async fn renew_serving_cert(state: Arc<CaState>, serving: Arc<ServingCert>) {
-    loop {
-        tokio::time::sleep(server::SERVING_CERT_TTL / 2).await;
-        match serving.renew(&state.authority()) {
-            Ok(()) => tracing::info!(target: "zident::ca", "renewed the CA's serving certificate"),
-            Err(e) => {
-                tracing::error!(target: "zident::ca", "cannot renew the CA's serving certificate: {e}")
-            }
-        }
-    }
-}
-
-async fn serve_metrics(
-    addr: SocketAddr,
-    registry: Arc<MetricsRegistry>,
-) -> Result<(SocketAddr, JoinHandle<()>), CaError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| CaError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| CaError::Bind { addr, source })?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || async move {
-            let mut body = String::new();
-            match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                Ok(()) => (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    body,
-                )
-                    .into_response(),
-                Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-            }
-        }),
-    );
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(target: "zident::ca", "metrics server stopped: {e}");
-        }
-    });
-    Ok((bound, task))
-}
-
-use axum::response::IntoResponse;
-use x509_parser::prelude::{FromDer, X509Certificate};

@@ -186,3 +186,36 @@ impl CaMetrics {
         self.cert_chain_expiry_timestamp.set(secs(chain));
     }
 }
+
+/// Serves `GET /metrics` (OpenMetrics text) on `addr`.
+pub(crate) async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    registry: std::sync::Arc<prometheus_client::registry::Registry>,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            let mut body = String::new();
+            use axum::response::IntoResponse;
+            match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                Ok(()) => (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+                    .into_response(),
+                Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(target: "zident::ca", "metrics server stopped: {e}");
+        }
+    });
+    Ok((bound, task))
+}

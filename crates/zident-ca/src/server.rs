@@ -25,8 +25,8 @@ use tower::ServiceExt;
 use zident_identity::profile;
 use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
 
-use crate::authority::Authority;
 use crate::connections::{AcceptErrors, Connections, Slot};
+use crate::roots::authority::Authority;
 use crate::service::{CaService, PeerAddr};
 use crate::state::CaState;
 
@@ -229,5 +229,18 @@ async fn serve_connection(
     };
     if let Err(e) = ended {
         tracing::debug!(target: "zident::ca", %peer, "connection ended: {e}");
+    }
+}
+
+/// Renews the CA's own serving certificate at half its lifetime, for as long as the CA runs.
+pub(crate) async fn renew_serving_cert(state: Arc<CaState>, serving: Arc<ServingCert>) {
+    loop {
+        tokio::time::sleep(SERVING_CERT_TTL / 2).await;
+        match serving.renew(&state.authority()) {
+            Ok(()) => tracing::info!(target: "zident::ca", "renewed the CA's serving certificate"),
+            Err(e) => {
+                tracing::error!(target: "zident::ca", "cannot renew the CA's serving certificate: {e}")
+            }
+        }
     }
 }

@@ -132,10 +132,10 @@ impl IstioCertificateService for CaService {
                 metrics.success_cert_issuance_count.inc();
                 self.state.ledger.record(
                     csr.id.as_str(),
-                    crate::ledger::Issuance {
-                        at: crate::ledger::unix(now),
-                        not_before: crate::ledger::unix(issued.not_before),
-                        not_after: crate::ledger::unix(issued.not_after),
+                    crate::roots::ledger::Issuance {
+                        at: crate::roots::ledger::unix(now),
+                        not_before: crate::roots::ledger::unix(issued.not_before),
+                        not_after: crate::roots::ledger::unix(issued.not_after),
                     },
                 );
                 metrics

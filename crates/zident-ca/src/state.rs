@@ -3,10 +3,10 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::authority::Authority;
 use crate::config::TtlPolicy;
 use crate::metrics::CaMetrics;
 use crate::registry::Registry;
+use crate::roots::authority::Authority;
 
 /// Shared CA state. Readers clone an `Arc` under a short read lock and then work lock-free.
 pub struct CaState {
@@ -19,7 +19,7 @@ pub struct CaState {
     /// `spiffe_refresh_hint` published with the bundle.
     pub refresh_hint: Duration,
     /// What was issued, for root rotation.
-    pub ledger: crate::ledger::Ledger,
+    pub ledger: crate::roots::ledger::Ledger,
 }
 
 impl CaState {
@@ -30,7 +30,7 @@ impl CaState {
         ttl: TtlPolicy,
         metrics: CaMetrics,
         refresh_hint: Duration,
-        ledger: crate::ledger::Ledger,
+        ledger: crate::roots::ledger::Ledger,
     ) -> Self {
         metrics.set_expiries(authority.earliest_root_expiry(), authority.chain_expiry());
         Self {

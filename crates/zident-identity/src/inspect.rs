@@ -29,6 +29,13 @@ pub enum Outcome {
     Skip,
 }
 
+impl Outcome {
+    /// `Pass` when the rule holds, else `Fail`.
+    fn of(holds: bool) -> Self {
+        if holds { Self::Pass } else { Self::Fail }
+    }
+}
+
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
@@ -242,21 +249,13 @@ pub fn inspect(
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
     report.checks.push(check(
         "profile: lifetime at most 90 days",
-        if lifetime <= MAX_LIFETIME {
-            Outcome::Pass
-        } else {
-            Outcome::Fail
-        },
+        Outcome::of(lifetime <= MAX_LIFETIME),
         human(lifetime),
     ));
     let serial_bits = leaf.raw_serial().iter().skip_while(|b| **b == 0).count() * 8;
     report.checks.push(check(
         "profile: serial has at least 64 bits",
-        if serial_bits >= 64 {
-            Outcome::Pass
-        } else {
-            Outcome::Fail
-        },
+        Outcome::of(serial_bits >= 64),
         format!("{serial_bits} bits"),
     ));
     match parsed.get(1) {
@@ -264,11 +263,7 @@ pub fn inspect(
             let issuer_end = to_system_time(issuer.validity().not_after);
             report.checks.push(check(
                 "profile: the leaf does not outlive its issuer",
-                if not_after <= issuer_end {
-                    Outcome::Pass
-                } else {
-                    Outcome::Fail
-                },
+                Outcome::of(not_after <= issuer_end),
                 format!("issuer \"{}\"", issuer.subject()),
             ));
         }

@@ -69,11 +69,8 @@ pub fn leaf_params(
     ttl: Duration,
     signer_not_after: SystemTime,
 ) -> Result<CertificateParams, ProfileError> {
-    let (not_before, not_after) = leaf_validity(now, ttl, signer_not_after)?;
-    let mut p = CertificateParams::default();
-    p.distinguished_name = org_name(id.trust_domain_str());
+    let mut p = end_entity(id.trust_domain_str(), now, ttl, signer_not_after)?;
     p.custom_extensions = vec![uri_san_extension(id)];
-    p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -82,6 +79,21 @@ pub fn leaf_params(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
+    Ok(p)
+}
+
+/// What every end-entity certificate the CA issues has: `O=<trust domain>`, CA=false, the
+/// authority key identifier, a random 128-bit serial, and the window from [`leaf_validity`].
+fn end_entity(
+    trust_domain: &str,
+    now: SystemTime,
+    ttl: Duration,
+    signer_not_after: SystemTime,
+) -> Result<CertificateParams, ProfileError> {
+    let (not_before, not_after) = leaf_validity(now, ttl, signer_not_after)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = org_name(trust_domain);
+    p.is_ca = IsCa::ExplicitNoCa;
     p.use_authority_key_identifier_extension = true;
     p.serial_number = Some(random_serial());
     p.not_before = OffsetDateTime::from(not_before);
@@ -132,9 +144,7 @@ pub fn serving_params(
     ttl: Duration,
     signer_not_after: SystemTime,
 ) -> Result<CertificateParams, ProfileError> {
-    let (not_before, not_after) = leaf_validity(now, ttl, signer_not_after)?;
-    let mut p = CertificateParams::default();
-    p.distinguished_name = org_name(trust_domain.as_str());
+    let mut p = end_entity(trust_domain.as_str(), now, ttl, signer_not_after)?;
     p.subject_alt_names = dns_names
         .iter()
         .map(|n| match n.parse::<std::net::IpAddr>() {
@@ -146,13 +156,8 @@ pub fn serving_params(
                 .map_err(|_| ProfileError::BadDnsName(n.clone())),
         })
         .collect::<Result<_, _>>()?;
-    p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    p.use_authority_key_identifier_extension = true;
-    p.serial_number = Some(random_serial());
-    p.not_before = OffsetDateTime::from(not_before);
-    p.not_after = OffsetDateTime::from(not_after);
     Ok(p)
 }
 

@@ -6,25 +6,21 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::AgentError;
 use crate::certs::manager::CertificateManager;
 use crate::http::own_tls;
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AgentError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| AgentError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| AgentError::Bind { addr, source })?;
+async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     Ok((listener, bound))
 }
 
+/// Serves `router` in plain HTTP on `addr`; returns the bound address.
 pub(crate) async fn serve(
     addr: SocketAddr,
     router: axum::Router,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<SocketAddr, AgentError> {
+) -> std::io::Result<SocketAddr> {
     let (listener, bound) = bind(addr).await?;
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
@@ -34,13 +30,14 @@ pub(crate) async fn serve(
     Ok(bound)
 }
 
+/// Serves `router` over TLS with the agent's own current certificate.
 pub(crate) async fn serve_tls(
     addr: SocketAddr,
     router: axum::Router,
     manager: Arc<CertificateManager>,
     own: zident_identity::SpiffeId,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<SocketAddr, AgentError> {
+) -> std::io::Result<SocketAddr> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::service::TowerToHyperService;
 
@@ -48,7 +45,7 @@ pub(crate) async fn serve_tls(
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| AgentError::Config(e.to_string()))?
+        .map_err(std::io::Error::other)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(own_tls::OwnCertResolver::new(manager, own)));
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];

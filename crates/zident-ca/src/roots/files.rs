@@ -10,3 +10,24 @@ pub const CA_KEY: &str = "ca-key.pem";
 pub const ROOT_CERT: &str = "root-cert.pem";
 /// The chain from the signing certificate up to the root.
 pub const CERT_CHAIN: &str = "cert-chain.pem";
+
+/// A file of the CA's that could not be used. Each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file's contents are unusable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}

@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
 use zident_identity::{fingerprint, rfc3339};
 
-use crate::authority::Authority;
 use crate::persist::{create_private_dir, write_atomic};
-use crate::rotation::Timing;
+use crate::roots::authority::Authority;
+use crate::roots::rotation::Timing;
 
 /// The state file.
 pub const STATE_FILE: &str = "plugged-in.json";
@@ -62,7 +62,7 @@ pub struct Refusal {
     pub reason: String,
 }
 
-use crate::ledger::unix;
+use crate::roots::ledger::unix;
 
 fn at(s: u64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_secs(s))
@@ -204,7 +204,7 @@ impl PluggedState {
         current: &Authority,
         next: &Authority,
         timing: &Timing,
-        issued: &std::collections::HashMap<String, crate::ledger::Issuance>,
+        issued: &std::collections::HashMap<String, crate::roots::ledger::Issuance>,
         now: SystemTime,
     ) -> Result<(), String> {
         let t = unix(now);
@@ -238,7 +238,8 @@ impl PluggedState {
             // Clients that learn roots only from responses trust the new root once they
             // renewed after it was published.
             let published = self.published.get(root).copied().unwrap_or(0);
-            let waiting = crate::ledger::waiting(issued, published, t, timing.renewal_margin_secs);
+            let waiting =
+                crate::roots::ledger::waiting(issued, published, t, timing.renewal_margin_secs);
             if let Some(last) = waiting.last() {
                 return Err(format!(
                     "too early to sign under root {}: {} identities hold a certificate issued before it was published and have not renewed since (clients that learn roots only from CreateCertificate responses, like ztunnel, do not trust it yet), e.g. {}; write the signing files again once they have renewed, at the latest from {} (in {}s)",

@@ -19,14 +19,12 @@ use zident_identity::pem::{certs_from_pem, certs_to_pem};
 use zident_identity::{CsrPublicKey, SpiffeId, TrustBundle, TrustDomain, profile, to_system_time};
 
 use crate::persist::{create_private_dir, write_atomic};
-use crate::rotation;
+use crate::roots::files::FileError;
+use crate::roots::rotation;
 
 fn rotation_error(e: rotation::RotationError) -> AuthorityError {
     match e {
-        rotation::RotationError::Io { path, source } => AuthorityError::Io { path, source },
-        rotation::RotationError::Invalid { path, message } => {
-            AuthorityError::Invalid { path, message }
-        }
+        rotation::RotationError::File(e) => AuthorityError::File(e),
         rotation::RotationError::Refused(m) => AuthorityError::Sign(m),
     }
 }
@@ -34,27 +32,14 @@ fn rotation_error(e: rotation::RotationError) -> AuthorityError {
 /// How long a generated self-signed root is valid.
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-pub use crate::files::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
+pub use crate::roots::files::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
 
 /// Why an authority could not be loaded or created. Each message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A file's contents are unusable.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    /// A file could not be read or written, or its contents are unusable.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Signing failed.
     #[error("signing failed: {0}")]
     Sign(String),
@@ -108,7 +93,7 @@ impl Authority {
     ) -> Result<Self, AuthorityError> {
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |source| AuthorityError::Io { path, source }
+            move |source| AuthorityError::from(FileError::Io { path, source })
         };
         create_private_dir(dir).map_err(io(dir))?;
         let state = match rotation::read_state(dir).map_err(rotation_error)? {
@@ -185,7 +170,7 @@ impl Authority {
     ) -> Result<(), AuthorityError> {
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |source| AuthorityError::Io { path, source }
+            move |source| AuthorityError::from(FileError::Io { path, source })
         };
         let key_path = dir.join(CA_KEY);
         let cert_path = dir.join(CA_CERT);
@@ -218,7 +203,7 @@ impl Authority {
             let path = dir.join(name);
             std::fs::read(&path)
                 .map(|b| (path.clone(), b))
-                .map_err(|source| AuthorityError::Io { path, source })
+                .map_err(|source| AuthorityError::from(FileError::Io { path, source }))
         };
         let (cert_path, cert_pem) = read(CA_CERT)?;
         let signer = first_cert(&cert_path, &cert_pem)?;
@@ -238,10 +223,10 @@ impl Authority {
             Ok(pem) => certs_from_pem(&pem).map_err(|e| invalid(&chain_path, e.to_string()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
             Err(source) => {
-                return Err(AuthorityError::Io {
+                return Err(AuthorityError::from(FileError::Io {
                     path: chain_path,
                     source,
-                });
+                }));
             }
         };
         // A signer that is itself one of the roots has no intermediates.
@@ -298,13 +283,15 @@ impl Authority {
 
     /// Writes the trust bundle to `<dir>/root-cert.pem`, for clients to use as `CA_ROOT_CA`.
     pub fn publish_root_cert(&self, dir: &Path) -> Result<(), AuthorityError> {
-        create_private_dir(dir).map_err(|source| AuthorityError::Io {
-            path: dir.to_owned(),
-            source,
+        create_private_dir(dir).map_err(|source| {
+            AuthorityError::from(FileError::Io {
+                path: dir.to_owned(),
+                source,
+            })
         })?;
         let path = dir.join(ROOT_CERT);
         write_atomic(&path, self.bundle.to_pem().as_bytes(), 0o644)
-            .map_err(|source| AuthorityError::Io { path, source })
+            .map_err(|source| AuthorityError::from(FileError::Io { path, source }))
     }
 
     /// Signs a certificate with `params` for `public_key`.
@@ -446,16 +433,18 @@ pub struct Issued {
 }
 
 fn invalid(path: &Path, message: String) -> AuthorityError {
-    AuthorityError::Invalid {
+    AuthorityError::from(FileError::Invalid {
         path: path.to_owned(),
         message,
-    }
+    })
 }
 
 fn read_key(path: &Path) -> Result<KeyPair, AuthorityError> {
-    let pem = std::fs::read(path).map_err(|source| AuthorityError::Io {
-        path: path.to_owned(),
-        source,
+    let pem = std::fs::read(path).map_err(|source| {
+        AuthorityError::from(FileError::Io {
+            path: path.to_owned(),
+            source,
+        })
     })?;
     let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         invalid(

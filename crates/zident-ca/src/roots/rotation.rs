@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
 use zident_identity::{TrustDomain, profile, rfc3339, serial_hex, to_system_time};
 
-use crate::files::{CA_CERT, CA_KEY};
 use crate::persist::{create_private_dir, write_atomic};
+use crate::roots::files::{CA_CERT, CA_KEY, FileError};
 
 /// The state file.
 pub const STATE_FILE: &str = "rotation.json";
@@ -190,35 +190,24 @@ impl RotationState {
 /// Why a rotation step was refused or failed. Nothing changes when one is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The state file or a key is unusable.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    /// A file could not be read or written, or the state file or a key is unusable.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The step does not follow from the current phase, or is not yet safe.
     #[error("{0}")]
     Refused(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RotationError + '_ {
-    move |source| RotationError::Io {
-        path: path.to_owned(),
-        source,
+    move |source| {
+        RotationError::from(FileError::Io {
+            path: path.to_owned(),
+            source,
+        })
     }
 }
 
-use crate::ledger::unix;
+use crate::roots::ledger::unix;
 
 fn from_unix(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(s)
@@ -256,12 +245,12 @@ pub fn lock(data_dir: &Path) -> Result<StateLock, RotationError> {
 pub fn read_state(data_dir: &Path) -> Result<Option<RotationState>, RotationError> {
     let path = data_dir.join(STATE_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| RotationError::Invalid {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            RotationError::from(FileError::Invalid {
                 path,
                 message: format!("not a rotation state: {e}"),
-            }),
+            })
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(&path)(e)),
     }
@@ -270,9 +259,11 @@ pub fn read_state(data_dir: &Path) -> Result<Option<RotationState>, RotationErro
 /// Writes the state atomically (the commit point of every step).
 pub fn write_state(data_dir: &Path, state: &RotationState) -> Result<(), RotationError> {
     let path = data_dir.join(STATE_FILE);
-    let json = serde_json::to_vec_pretty(state).map_err(|e| RotationError::Invalid {
-        path: path.clone(),
-        message: e.to_string(),
+    let json = serde_json::to_vec_pretty(state).map_err(|e| {
+        RotationError::from(FileError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })
     })?;
     write_atomic(&path, &json, 0o644).map_err(io(&path))
 }
@@ -289,13 +280,13 @@ pub fn ensure_state(
     let fresh = existing.is_none();
     let mut state = existing.unwrap_or_else(|| RotationState::initial(trust_domain));
     if state.trust_domain != trust_domain.as_str() {
-        return Err(RotationError::Invalid {
+        return Err(RotationError::from(FileError::Invalid {
             path: data_dir.join(STATE_FILE),
             message: format!(
                 "the roots here are for trust domain {}, but the mesh file says {trust_domain}",
                 state.trust_domain
             ),
-        });
+        }));
     }
     if fresh || state.timing != timing {
         state.timing = timing;
@@ -334,9 +325,11 @@ pub fn apply(
                     "generation {p} is still in the bundle from the last rotation; retire it first"
                 )));
             }
-            let td = TrustDomain::new(&state.trust_domain).map_err(|e| RotationError::Invalid {
-                path: data_dir.join(STATE_FILE),
-                message: e.to_string(),
+            let td = TrustDomain::new(&state.trust_domain).map_err(|e| {
+                RotationError::from(FileError::Invalid {
+                    path: data_dir.join(STATE_FILE),
+                    message: e.to_string(),
+                })
             })?;
             let next = state
                 .history
@@ -374,7 +367,7 @@ pub fn apply(
                     safe_from(after, at)
                 )));
             }
-            let clients = clients_wait(&state, &crate::ledger::load(data_dir), at);
+            let clients = clients_wait(&state, &crate::roots::ledger::load(data_dir), at);
             if let Some(last) = clients.last()
                 && !force
             {
@@ -450,12 +443,12 @@ pub fn prepared_at(state: &RotationState) -> Option<u64> {
 /// activation is safe regardless. Empty when nothing is prepared or nobody waits.
 pub fn clients_wait(
     state: &RotationState,
-    latest: &std::collections::HashMap<String, crate::ledger::Issuance>,
+    latest: &std::collections::HashMap<String, crate::roots::ledger::Issuance>,
     at: u64,
-) -> Vec<crate::ledger::Waiting> {
+) -> Vec<crate::roots::ledger::Waiting> {
     match prepared_at(state) {
         Some(prepared) => {
-            crate::ledger::waiting(latest, prepared, at, state.timing.renewal_margin_secs)
+            crate::roots::ledger::waiting(latest, prepared, at, state.timing.renewal_margin_secs)
         }
         None => Vec::new(),
     }
@@ -465,7 +458,7 @@ pub fn clients_wait(
 /// having renewed since prepare (or its renewal point having passed).
 pub fn activation_safe_at(
     state: &RotationState,
-    latest: &std::collections::HashMap<String, crate::ledger::Issuance>,
+    latest: &std::collections::HashMap<String, crate::roots::ledger::Issuance>,
     at: u64,
 ) -> Option<u64> {
     let (phase, _, after) = state.next_step()?;
@@ -498,17 +491,21 @@ pub fn make_root(
     lifetime: Duration,
 ) -> Result<(), RotationError> {
     create_private_dir(dir).map_err(io(dir))?;
-    let key = KeyPair::generate().map_err(|e| RotationError::Invalid {
-        path: dir.join(CA_KEY),
-        message: e.to_string(),
+    let key = KeyPair::generate().map_err(|e| {
+        RotationError::from(FileError::Invalid {
+            path: dir.join(CA_KEY),
+            message: e.to_string(),
+        })
     })?;
     let key_path = dir.join(CA_KEY);
     write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
     let cert = profile::generation_root_params(td, generation, now, lifetime)
         .self_signed(&key)
-        .map_err(|e| RotationError::Invalid {
-            path: dir.join(CA_CERT),
-            message: e.to_string(),
+        .map_err(|e| {
+            RotationError::from(FileError::Invalid {
+                path: dir.join(CA_CERT),
+                message: e.to_string(),
+            })
         })?;
     let cert_path = dir.join(CA_CERT);
     write_atomic(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))

@@ -1,0 +1,71 @@
+//! The root rotation's own clock: it takes each step (prepare, activate, retire) when it is
+//! due and safe, without an operator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::CaConfig;
+use crate::reload::reload_rotation;
+use crate::roots::{ledger, rotation};
+use crate::server::ServingCert;
+use crate::state::CaState;
+
+/// Moves the rotation on by itself: prepare once the active root has used its share of life,
+/// activate and retire as soon as each is safe.
+pub(crate) async fn rotate_on_schedule(
+    state: Arc<CaState>,
+    config: CaConfig,
+    serving: Arc<ServingCert>,
+) {
+    let tick = Duration::from_secs(1)
+        .max(config.refresh_hint / 10)
+        .min(Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(tick).await;
+        let dir = config.data_dir.clone();
+        let now = std::time::SystemTime::now();
+        let rs = match rotation::read_state(&dir) {
+            Ok(Some(rs)) => rs,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(target: "zident::ca", "cannot read the rotation state: {e}");
+                continue;
+            }
+        };
+        let secs = ledger::unix;
+        let due = if let Some((phase, _, after)) = rs.next_step() {
+            // Activation waits for clients that learn roots only from responses, too.
+            let after = match phase {
+                rotation::Phase::Activate => state
+                    .ledger
+                    .read(|issued| rotation::activation_safe_at(&rs, issued, secs(now)))
+                    .unwrap_or(after),
+                _ => after,
+            };
+            (secs(now) >= after).then_some(phase)
+        } else {
+            let (from, to) = state.authority().signer_validity();
+            let life = to.duration_since(from).unwrap_or_default();
+            let used = now.duration_since(from).unwrap_or_default();
+            (used.as_secs_f64() >= life.as_secs_f64() * config.rotation.prepare_at)
+                .then_some(rotation::Phase::Prepare)
+        };
+        let Some(phase) = due else { continue };
+        let lifetime = config.rotation.root_lifetime;
+        let result =
+            tokio::task::spawn_blocking(move || rotation::apply(&dir, phase, now, false, lifetime))
+                .await;
+        match result {
+            Ok(Ok(rs)) => {
+                tracing::info!(target: "zident::ca", phase = phase.as_str(), active = rs.active, prepared = ?rs.prepared, previous = ?rs.previous, sequence = rs.sequence, "scheduled root rotation step");
+                reload_rotation(&state, &config, &serving);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(target: "zident::ca", phase = phase.as_str(), "scheduled root rotation step failed: {e}")
+            }
+            Err(e) => {
+                tracing::error!(target: "zident::ca", "scheduled root rotation step panicked: {e}")
+            }
+        }
+    }
+}
