@@ -181,11 +181,7 @@ async fn a_ca_outage_is_invisible_until_expiry_then_fails_closed_and_recovers() 
 async fn mesh_file_edits_add_and_forget_identities_and_broken_edits_change_nothing() {
     logs();
     let world = World::new(0).await;
-    let agent = start_agent(world.agent_config(Duration::from_secs(3600))).await;
-    eventually(Duration::from_secs(30), "all Available", || {
-        all_available(&agent)
-    })
-    .await;
+    let agent = available_agent(&world, Duration::from_secs(3600)).await;
     let new_id = id("ns/shop/sa/cart");
     let be = id("ns/default/sa/backend");
 
@@ -336,11 +332,7 @@ workloads:\n- {uid: a, name: a, namespace: default, serviceAccount: a, node: nod
 async fn admin_readiness_and_metrics_endpoints() {
     logs();
     let world = World::new(0).await;
-    let agent = start_agent(world.agent_config(Duration::from_secs(3600))).await;
-    eventually(Duration::from_secs(30), "all Available", || {
-        all_available(&agent)
-    })
-    .await;
+    let agent = available_agent(&world, Duration::from_secs(3600)).await;
     let admin = agent.admin_addr.unwrap();
 
     let (code, body) = curl(&format!(

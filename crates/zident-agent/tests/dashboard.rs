@@ -174,11 +174,7 @@ async fn shown(page: &mut Page) -> Vec<Value> {
 async fn the_dashboard_shows_timelines_and_follows_rotations_without_a_reload() {
     logs();
     let world = World::new(0).await;
-    let agent = start_agent(world.agent_config(Duration::from_secs(6))).await;
-    eventually(Duration::from_secs(30), "all Available", || {
-        all_available(&agent)
-    })
-    .await;
+    let agent = available_agent(&world, Duration::from_secs(6)).await;
 
     let url = format!("http://{}/", agent.admin_addr.unwrap());
     let (_browser, port) = launch(&url).await;

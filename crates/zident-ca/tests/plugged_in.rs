@@ -18,43 +18,16 @@ keyUsage=critical,keyCertSign,cRLSign\n\
 subjectKeyIdentifier=hash\n\
 authorityKeyIdentifier=keyid\n";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    run(Command::new("openssl").current_dir(dir).args(args));
-}
+use zident_testkit::{openssl, openssl_root};
 
 /// A root in `dir/root-key.pem` + `dir/root-cert.pem`.
 fn make_root(dir: &Path) {
-    openssl(
+    openssl_root(
         dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "root-key.pem",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "root-key.pem",
-            "-subj",
-            "/O=cluster.local/CN=Test Root CA",
-            "-days",
-            "3650",
-            "-out",
-            "root-cert.pem",
-            "-addext",
-            "basicConstraints=critical,CA:true",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+        "root-key.pem",
+        "root-cert.pem",
+        "/O=cluster.local/CN=Test Root CA",
+        3650,
     );
 }
 
@@ -275,28 +248,7 @@ async fn unusable_files_stop_the_start_with_the_file_named() {
 
     let (dir, cacerts) = fixture();
     // A root-cert.pem that did not sign the intermediate.
-    openssl(
-        &cacerts,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "x.pem",
-            "-subj",
-            "/O=elsewhere",
-            "-days",
-            "10",
-            "-out",
-            "root-cert.pem",
-            "-addext",
-            "basicConstraints=critical,CA:true",
-        ],
-    );
+    openssl_root(&cacerts, "x.pem", "root-cert.pem", "/O=elsewhere", 10);
     let err = start(dir.path(), &cacerts)
         .await
         .err()

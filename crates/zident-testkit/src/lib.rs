@@ -91,3 +91,48 @@ pub fn curl(args: &[&str]) -> (u16, String) {
         body.to_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
+
+/// Runs the openssl command line in `dir`, failing the test with its stderr if it fails.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the openssl command line (install the openssl package)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed P-256 CA root made by openssl, as an operator makes one: `key` and `cert`
+/// (PEM) in `dir`, subject `subject` (e.g. `/O=cluster.local`), valid for `days`, with
+/// critical basicConstraints CA:true and keyUsage keyCertSign + cRLSign.
+pub fn openssl_root(dir: &std::path::Path, key: &str, cert: &str, subject: &str, days: u32) {
+    let days = days.to_string();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key,
+            "-subj",
+            subject,
+            "-days",
+            &days,
+            "-out",
+            cert,
+            "-addext",
+            "basicConstraints=critical,CA:true",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}

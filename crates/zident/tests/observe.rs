@@ -174,45 +174,11 @@ fn certs_says_clearly_when_the_agent_cannot_be_reached() {
     );
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use zident_testkit::{openssl, openssl_root};
 
 /// A root and leaves made by the openssl command line, each breaking (or keeping) the rules.
 fn openssl_certs(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "root-key.pem",
-            "-subj",
-            "/O=cluster.local",
-            "-days",
-            "3650",
-            "-out",
-            "root.pem",
-            "-addext",
-            "basicConstraints=critical,CA:true",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
+    openssl_root(dir, "root-key.pem", "root.pem", "/O=cluster.local", 3650);
     openssl(
         dir,
         &[
@@ -383,28 +349,7 @@ fn inspect_gives_the_right_verdict_on_openssl_made_certificates() {
     );
 
     // Signed by a root other than the bundle's.
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "x-key.pem",
-            "-subj",
-            "/O=elsewhere",
-            "-days",
-            "10",
-            "-out",
-            "other-root.pem",
-            "-addext",
-            "basicConstraints=critical,CA:true",
-        ],
-    );
+    openssl_root(d, "x-key.pem", "other-root.pem", "/O=elsewhere", 10);
     let (ok, out) = inspect(d, &["good.pem", "--bundle", "other-root.pem"]);
     assert!(!ok);
     assert!(

@@ -160,6 +160,16 @@ pub async fn start_agent(config: AgentConfig) -> RunningAgent {
 
 pub use zident_testkit::eventually;
 
+/// An agent of `world` with certificates of lifetime `ttl`, once every identity is Available.
+pub async fn available_agent(world: &World, ttl: Duration) -> RunningAgent {
+    let agent = start_agent(world.agent_config(ttl)).await;
+    eventually(Duration::from_secs(30), "all Available", || {
+        all_available(&agent)
+    })
+    .await;
+    agent
+}
+
 pub fn state_of(agent: &RunningAgent, id: &SpiffeId) -> Option<zident_agent::IdentityStatus> {
     agent
         .manager
