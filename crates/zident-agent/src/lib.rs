@@ -41,7 +41,7 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use zident_mesh::{MeshFile, watch};
 
-pub use ca::client::{CaError, ConnectionStatus};
+pub use ca::client::{CaAddressError, CaError, ConnectionStatus};
 pub use certs::manager::CertificateManager;
 pub use certs::worker::{CertState, EventOutcome, IdentityStatus, RenewalEvent};
 pub use config::{AgentConfig, CaClientConfig, DataPlane, RenewalPolicy, TokenError, TokenSource};
@@ -62,6 +62,17 @@ pub enum AgentError {
     /// Something in the configuration is wrong; the message says what.
     #[error("{0}")]
     Config(String),
+    /// `CA_ROOT_CA` holds no usable certificate.
+    #[error("CA_ROOT_CA {}: {source}", path.display())]
+    CaRoot {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        source: zident_identity::pem::PemError,
+    },
+    /// The CA address is unusable.
+    #[error(transparent)]
+    CaAddress(#[from] ca::client::CaAddressError),
     /// A port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -144,13 +155,16 @@ impl RunningAgent {
             ))
         })?;
         let trust = Arc::new(
-            trust::TrustStore::new(mesh.trust_domain.clone(), &ca_root)
-                .map_err(AgentError::Config)?,
+            trust::TrustStore::new(mesh.trust_domain.clone(), &ca_root).map_err(|source| {
+                AgentError::CaRoot {
+                    path: config.ca.root_ca.clone(),
+                    source,
+                }
+            })?,
         );
         trust.set_config_roots(view.extra_roots.clone());
         let ca = Arc::new(
-            ca::client::CaClient::new(&config.ca, trust.clone())
-                .map_err(AgentError::Config)?
+            ca::client::CaClient::new(&config.ca, trust.clone())?
                 .with_skew_threshold(clock::threshold_for(config.secret_ttl)),
         );
         let manager = Arc::new(CertificateManager::new(

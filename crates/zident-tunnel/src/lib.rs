@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod headers;
 pub mod inbound;
 pub mod listeners;
@@ -18,6 +19,8 @@ pub mod pump;
 pub mod sni;
 pub mod socks5;
 pub mod verify;
+
+pub use error::{TunnelError, ViewError};
 
 /// A busy tunnel reads its client in chunks up to this large: whole TLS records, large HTTP/2
 /// frames, few system calls and wake-ups. A tunnel starts with [`FIRST_READ_BUFFER`] and grows

@@ -3,6 +3,7 @@
 //! destination — a workload address, a service VIP, or a service host name — with the
 //! identities its server may present.
 
+use crate::error::ViewError;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,12 +61,15 @@ pub struct MeshView {
 
 impl MeshView {
     /// Indexes `mesh` for `node`, whose tunnels listen on `inbound_port`.
-    pub fn new(mesh: &MeshFile, node: &str, inbound_port: u16) -> Result<Self, String> {
+    pub fn new(mesh: &MeshFile, node: &str, inbound_port: u16) -> Result<Self, ViewError> {
         let mut by_ip = HashMap::new();
         for w in &mesh.workloads {
             let id = w
                 .spiffe_id(&mesh.trust_domain)
-                .map_err(|e| format!("workload {}/{}: {e}", w.namespace, w.name))?;
+                .map_err(|message| ViewError::Workload {
+                    workload: format!("{}/{}", w.namespace, w.name),
+                    message,
+                })?;
             for ip in &w.workload_ips {
                 by_ip.insert(
                     *ip,
@@ -91,11 +95,9 @@ impl MeshView {
             let index = services.len();
             for v in &s.vips {
                 let ip = v.rsplit('/').next().unwrap_or(v);
-                let ip = ip.parse::<IpAddr>().map_err(|_| {
-                    format!(
-                        "service {}/{}: VIP {v:?} is not network/ip",
-                        s.namespace, s.name
-                    )
+                let ip = ip.parse::<IpAddr>().map_err(|_| ViewError::Vip {
+                    service: format!("{}/{}", s.namespace, s.name),
+                    vip: v.clone(),
                 })?;
                 by_vip.insert(ip, index);
             }
@@ -104,11 +106,10 @@ impl MeshView {
                 .subject_alt_names
                 .iter()
                 .map(|n| {
-                    SpiffeId::new(n).map_err(|e| {
-                        format!(
-                            "service {}/{}: subjectAltNames {n:?}: {e}",
-                            s.namespace, s.name
-                        )
+                    SpiffeId::new(n).map_err(|e| ViewError::SubjectAltName {
+                        service: format!("{}/{}", s.namespace, s.name),
+                        name: n.clone(),
+                        message: e.to_string(),
                     })
                 })
                 .collect::<Result<_, _>>()?;

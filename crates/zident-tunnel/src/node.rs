@@ -2,6 +2,7 @@
 //! the SOCKS5 outbound listener. Routes, policies and listeners follow the mesh file: each
 //! accepted edit applies to new connections at once.
 
+use crate::error::TunnelError;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -208,7 +209,7 @@ pub async fn start<P: CertificateProvider>(
     provider: Arc<P>,
     mut mesh: watch::Receiver<Arc<MeshFile>>,
     observer: Arc<Observer>,
-) -> Result<RunningTunnel, String> {
+) -> Result<RunningTunnel, TunnelError> {
     let current: CertificateLookup = {
         let p = provider.clone();
         Arc::new(move |id: &SpiffeId| p.current(id))
@@ -246,7 +247,11 @@ pub async fn start<P: CertificateProvider>(
         let bound = shared
             .listen_shared(addr, &mut shared_set)
             .await
-            .map_err(|e| format!("cannot listen for HBONE on {addr}: {e}"))?;
+            .map_err(|source| TunnelError::Listen {
+                what: "HBONE",
+                addr,
+                source,
+            })?;
         inbound.push(bound);
     } else {
         workloads.follow();
@@ -260,10 +265,13 @@ pub async fn start<P: CertificateProvider>(
     );
     let socks5_addr = match config.socks5_addr {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen for SOCKS5 on {addr}: {e}"))?;
-            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            let listen = |source| TunnelError::Listen {
+                what: "SOCKS5",
+                addr,
+                source,
+            };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+            let bound = listener.local_addr().map_err(listen)?;
             tasks.push(tokio::spawn(outbound.clone().serve_socks5(listener)));
             tracing::info!(target: "zident::tunnel", addr = %bound, "outbound SOCKS5 listening");
             Some(bound)
@@ -272,10 +280,13 @@ pub async fn start<P: CertificateProvider>(
     };
     let outbound_addr = match config.outbound_addr {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                format!("cannot listen for captured outbound traffic on {addr}: {e}")
-            })?;
-            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            let listen = |source| TunnelError::Listen {
+                what: "captured outbound traffic",
+                addr,
+                source,
+            };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+            let bound = listener.local_addr().map_err(listen)?;
             tasks.push(tokio::spawn(outbound.clone().serve_transparent(listener)));
             tracing::info!(target: "zident::tunnel", addr = %bound, "outbound capture listening (SO_ORIGINAL_DST)");
             Some(bound)

@@ -328,7 +328,9 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
             let agent = RunningAgent::start(config, Some(log))
                 .await
                 .map_err(|e| e.to_string())?;
-            let tunnel = start_tunnel(&agent, &node, tunnel, observer).await?;
+            let tunnel = start_tunnel(&agent, &node, tunnel, observer)
+                .await
+                .map_err(|e| e.to_string())?;
             if let Some(s) = tunnel.as_ref().and_then(|t| t.socks5_addr) {
                 crate::say!("zident agent: SOCKS5 outbound at {s}");
             }

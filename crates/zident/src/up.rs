@@ -82,7 +82,8 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
         }),
         observer,
     )
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     print_banner(&ca, &agent, &mesh_path, &node, &args.data_dir);
     if let Some(t) = &tunnel {
         crate::say!(

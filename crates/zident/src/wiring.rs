@@ -34,7 +34,7 @@ pub async fn start_tunnel(
     node: &str,
     config: Option<zident_tunnel::node::TunnelConfig>,
     observer: Arc<zident_tunnel::observe::Observer>,
-) -> Result<Option<zident_tunnel::node::RunningTunnel>, String> {
+) -> Result<Option<zident_tunnel::node::RunningTunnel>, zident_tunnel::TunnelError> {
     let Some(config) = config else {
         return Ok(None);
     };

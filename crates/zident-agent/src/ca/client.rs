@@ -60,6 +60,27 @@ impl CaError {
     }
 }
 
+/// Why a CA client could not be made from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CaAddressError {
+    /// The address has no port.
+    #[error("CA_ADDRESS {0:?} must be host:port (for example zident-ca.example:15012)")]
+    NotHostPort(String),
+    /// The host is not a DNS name or an IP address.
+    #[error("CA_ADDRESS {address:?}: host {host:?} is not a DNS name or IP address: {message}")]
+    BadHost {
+        /// The address as given.
+        address: String,
+        /// Its host part.
+        host: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// TLS could not be set up.
+    #[error("TLS to the CA: {0}")]
+    Tls(rustls::Error),
+}
+
 /// The state of the CA connection, as `/debug/connections` shows it.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ConnectionStatus {
@@ -104,19 +125,22 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 impl CaClient {
     /// A client for `config`; connects on first use. The CA's certificate is verified against
     /// `trust` as it is at each connection (see [`crate::ca::tls`]).
-    pub fn new(config: &CaClientConfig, trust: Arc<TrustStore>) -> Result<Self, String> {
+    pub fn new(config: &CaClientConfig, trust: Arc<TrustStore>) -> Result<Self, CaAddressError> {
         let address = config
             .address
             .trim_start_matches("https://")
             .trim_end_matches('/')
             .to_owned();
-        let host = host_of(&address)
-            .ok_or_else(|| format!("CA_ADDRESS {:?} must be host:port", config.address))?;
-        let name = ServerName::try_from(host.clone())
-            .map_err(|e| format!("CA_ADDRESS {:?}: host {host:?}: {e}", config.address))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(crate::ca::tls::client_config(
-            trust, b"h2",
-        )?));
+        let given = || config.address.clone();
+        let host = host_of(&address).ok_or_else(|| CaAddressError::NotHostPort(given()))?;
+        let name = ServerName::try_from(host.clone()).map_err(|e| CaAddressError::BadHost {
+            address: given(),
+            host: host.clone(),
+            message: e.to_string(),
+        })?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(
+            crate::ca::tls::client_config(trust, b"h2").map_err(CaAddressError::Tls)?,
+        ));
         // TLS is done here rather than by tonic, so the trust follows the bundle.
         let dial = address.clone();
         let (probe_tls, probe_name) = (tls.clone(), name.clone());
@@ -130,7 +154,11 @@ impl CaClient {
             }
         });
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| format!("CA_ADDRESS {:?}: {e}", config.address))?
+            .map_err(|e| CaAddressError::BadHost {
+                address: given(),
+                host: host.clone(),
+                message: e.to_string(),
+            })?
             .connect_timeout(Duration::from_secs(5))
             .timeout(config.request_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))

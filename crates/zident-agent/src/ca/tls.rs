@@ -113,11 +113,13 @@ impl ServerCertVerifier for BundleServerVerifier {
 }
 
 /// The client TLS configuration for the CA (TLS 1.3, ALPN `h2` for gRPC, or `http/1.1`).
-pub fn client_config(trust: Arc<TrustStore>, alpn: &[u8]) -> Result<rustls::ClientConfig, String> {
+pub fn client_config(
+    trust: Arc<TrustStore>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(BundleServerVerifier::new(trust)))
         .with_no_client_auth();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
-use zident_identity::pem::certs_from_pem;
+use zident_identity::pem::{PemError, certs_from_pem};
 use zident_identity::{TrustBundle, TrustDomain};
 
 #[derive(Default)]
@@ -35,8 +35,8 @@ pub struct TrustStore {
 
 impl TrustStore {
     /// A store seeded with the roots of `CA_ROOT_CA`.
-    pub fn new(trust_domain: TrustDomain, ca_root_pem: &[u8]) -> Result<Self, String> {
-        let ca_root = certs_from_pem(ca_root_pem).map_err(|e| format!("CA_ROOT_CA: {e}"))?;
+    pub fn new(trust_domain: TrustDomain, ca_root_pem: &[u8]) -> Result<Self, PemError> {
+        let ca_root = certs_from_pem(ca_root_pem)?;
         let store = Self {
             trust_domain: trust_domain.clone(),
             sources: Mutex::new(Sources {
