@@ -149,6 +149,7 @@ impl Connections {
     }
 
     /// How many connections are open.
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.table.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

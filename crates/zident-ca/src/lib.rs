@@ -21,17 +21,17 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod config;
-pub mod connections;
-pub mod data_lock;
-pub mod metrics;
+mod config;
+mod connections;
+mod data_lock;
+mod metrics;
 mod persist;
-pub mod registry;
+mod registry;
 mod reload;
-pub mod roots;
-pub mod server;
-pub mod service;
-pub mod state;
+mod roots;
+mod server;
+mod service;
+mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +43,8 @@ use tokio::task::JoinHandle;
 use zident_mesh::{MeshError, MeshFile, watch};
 
 pub use config::{CaConfig, RotationConfig, TtlPolicy};
+pub use connections::ConnectionLimits;
+pub use data_lock::DataDirError;
 pub use registry::{Caller, Denied, Registry};
 pub use roots::authority::{Authority, AuthorityError, Mode};
 pub use roots::{ledger, plugged, rotation};

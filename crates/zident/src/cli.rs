@@ -278,7 +278,7 @@ impl CaArgs {
         {
             return Err("--idle-timeout, --max-connections and --max-connections-per-source must be more than zero".into());
         }
-        config.connections = zident_ca::connections::ConnectionLimits {
+        config.connections = zident_ca::ConnectionLimits {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
             max_per_source: self.max_connections_per_source,

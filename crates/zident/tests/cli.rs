@@ -191,6 +191,8 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
             "--outbound-addr",
             "127.0.0.1:0",
         ])
+        .arg("--workload-api-dir")
+        .arg(dir.path().join("workload-api"))
         .env("LOCAL_XDS_PATH", dir.path().join("mesh.yaml"))
         .env("NODE_NAME", "node-a")
         .env("CA_ADDR", format!("localhost:{port}"))

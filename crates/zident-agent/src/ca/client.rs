@@ -333,6 +333,9 @@ impl CaClient {
 
 fn classify(address: &str, status: tonic::Status, clock: &crate::ca::clock::ClockSkew) -> CaError {
     use rustls::CertificateError as C;
+    // A connection that broke mid-request comes back as `Unknown: transport error`: no answer
+    // from the CA either, not a refusal.
+    let broke = status.code() == tonic::Code::Unknown && from_transport(&status);
     match status.code() {
         // No answer from the CA: the transport failed or the deadline passed.
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
@@ -371,6 +374,13 @@ fn classify(address: &str, status: tonic::Status, clock: &crate::ca::clock::Cloc
                 message,
             }
         }
+        _ if broke => CaError::Unreachable {
+            address: address.to_owned(),
+            message: format!(
+                "the connection broke during the request: {}",
+                status.message()
+            ),
+        },
         code => CaError::Refused {
             code,
             message: status.message().to_owned(),
@@ -380,6 +390,19 @@ fn classify(address: &str, status: tonic::Status, clock: &crate::ca::clock::Cloc
 
 /// The TLS error under a failed call, if TLS is what failed. The connector's `io::Error` holds
 /// it as its inner error, which `source()` skips, so each `io::Error` is opened on the way.
+/// Whether `status` was made on this side from a failed connection (tonic's transport, hyper
+/// or the OS), rather than sent by the CA.
+fn from_transport(status: &tonic::Status) -> bool {
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        if e.is::<tonic::transport::Error>() || e.is::<hyper::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 fn tls_error(status: &tonic::Status) -> Option<&rustls::Error> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(status);
     while let Some(e) = next {
@@ -411,6 +434,29 @@ fn host_of(address: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_is_no_answer_and_a_sent_status_is_a_refusal() {
+        let clock = crate::ca::clock::ClockSkew::new(Duration::from_secs(120));
+        // What tonic makes of a connection reset mid-request: Unknown, with the I/O error as
+        // its source.
+        let reset = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )));
+        assert_eq!(reset.code(), tonic::Code::Unknown);
+        let e = classify("ca:15012", reset, &clock);
+        assert_eq!(e.cause(), Cause::CaUnreachable, "{e}");
+        assert!(
+            e.to_string().starts_with("CA unreachable at ca:15012"),
+            "{e}"
+        );
+        // The same code sent by the CA itself is its answer.
+        let sent = tonic::Status::unknown("internal error");
+        assert_eq!(classify("ca:15012", sent, &clock).cause(), Cause::CaError);
+        let denied = tonic::Status::permission_denied("not yours");
+        assert_eq!(classify("ca:15012", denied, &clock).cause(), Cause::Denied);
+    }
 
     #[test]
     fn hosts() {
