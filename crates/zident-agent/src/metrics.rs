@@ -1,8 +1,6 @@
 //! Agent metrics: what Istio's users ask for and ztunnel does not export, chiefly when each
 //! certificate expires.
 
-use std::time::SystemTime;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -172,11 +170,4 @@ impl AgentMetrics {
             }
         }
     }
-}
-
-/// Unix seconds.
-pub fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

@@ -175,11 +175,7 @@ impl CaMetrics {
 
     /// Sets the expiry gauges from an authority.
     pub fn set_expiries(&self, root: Option<SystemTime>, chain: SystemTime) {
-        let secs = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0)
-        };
+        let secs = |t| zident_identity::unix_seconds(t) as i64;
         if let Some(root) = root {
             self.root_cert_expiry_timestamp.set(secs(root));
         }

@@ -133,9 +133,9 @@ impl IstioCertificateService for CaService {
                 self.state.ledger.record(
                     csr.id.as_str(),
                     crate::roots::ledger::Issuance {
-                        at: crate::roots::ledger::unix(now),
-                        not_before: crate::roots::ledger::unix(issued.not_before),
-                        not_after: crate::roots::ledger::unix(issued.not_after),
+                        at: zident_identity::unix_seconds(now),
+                        not_before: zident_identity::unix_seconds(issued.not_before),
+                        not_after: zident_identity::unix_seconds(issued.not_after),
                     },
                 );
                 metrics

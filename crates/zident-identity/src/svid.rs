@@ -469,13 +469,18 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
 }
 
+/// Whole seconds since the Unix epoch (0 for a time before it): how the CA's ledger and
+/// state files, the metrics and the JSON count time.
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// A time as RFC 3339 in UTC, to the second, e.g. `2026-11-27T20:35:31Z`: how zident shows
 /// times in logs, JSON and tables.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs = unix_seconds(t) as i64;
     ::time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
         .and_then(|t| {

@@ -265,14 +265,14 @@ workloads:\n\
     common::apply_phase(&ca_dir, Phase::Prepare).await.unwrap();
     let state = rotation::read_state(&ca_dir).unwrap().unwrap();
     let activate_after = state.activate_after.unwrap();
-    while zident_ca::ledger::unix(SystemTime::now()) < activate_after {
+    while zident_identity::unix_seconds(SystemTime::now()) < activate_after {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The bundle rule alone would allow it; the clients still wait: refused, with the count.
     let waiting = rotation::clients_wait(
         &state,
         &zident_ca::ledger::load(&ca_dir),
-        zident_ca::ledger::unix(SystemTime::now()),
+        zident_identity::unix_seconds(SystemTime::now()),
     );
     assert_eq!(
         waiting.len(),

@@ -106,7 +106,7 @@ pub fn run(action: CaAction) -> Result<ExitCode, String> {
                 )
             })?;
             if args.json {
-                let now = zident_ca::ledger::unix(SystemTime::now());
+                let now = zident_identity::unix_seconds(SystemTime::now());
                 let issued = zident_ca::ledger::load(&args.data_dir);
                 let waiting = rotation::clients_wait(&state, &issued, now);
                 let json = serde_json::json!({
@@ -189,7 +189,7 @@ fn print_state(dir: &std::path::Path, state: &RotationState) {
         state.phase(),
         state.sequence
     );
-    let now = zident_ca::ledger::unix(SystemTime::now());
+    let now = zident_identity::unix_seconds(SystemTime::now());
     let issued = zident_ca::ledger::load(dir);
     match state.next_step() {
         Some((rotation::Phase::Activate, g, after)) => {

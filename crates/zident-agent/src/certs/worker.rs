@@ -12,6 +12,7 @@ use tokio::sync::{Notify, watch};
 pub use zident_identity::CertState;
 use zident_identity::{
     Cause, Failure, SpiffeId, WorkloadCertificate, WorkloadKey, chain_root, fingerprint,
+    unix_seconds,
 };
 
 use crate::ca::client::CaClient;
@@ -22,7 +23,7 @@ use crate::certs::signing_root::{SigningRoot, short};
 use crate::certs::validate::check_response;
 use crate::config::{EARLY_RENEWAL_SPREAD, RenewalPolicy};
 use crate::http::json::rfc3339;
-use crate::metrics::{AgentMetrics, IdentityLabel, unix};
+use crate::metrics::{AgentMetrics, IdentityLabel};
 
 /// Everything known about one identity, as the admin endpoints show it.
 #[derive(Debug, Clone)]
@@ -295,7 +296,7 @@ pub(crate) async fn run(
                     .metrics
                     .expiry
                     .get_or_create(&label)
-                    .set(unix(cert.not_after));
+                    .set(unix_seconds(cert.not_after) as i64);
                 // One update: a waiter must never see the attempt counted but the old state.
                 tx.modify(|s| {
                     shared

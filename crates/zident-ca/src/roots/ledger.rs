@@ -16,9 +16,10 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::mpsc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use zident_identity::unix_seconds;
 
 use crate::persist::write_atomic;
 
@@ -51,13 +52,6 @@ struct Line {
     issuance: Issuance,
 }
 
-/// Unix seconds.
-pub fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The latest issuance of each identity in `data_dir`'s ledger; empty when there is none.
 pub fn load(data_dir: &Path) -> HashMap<String, Issuance> {
     let mut latest = HashMap::new();
@@ -88,7 +82,7 @@ impl Ledger {
     /// at `now`, and starts the thread that appends to it.
     pub fn open(data_dir: &Path, now: SystemTime) -> std::io::Result<Self> {
         let mut latest = load(data_dir);
-        let now = unix(now);
+        let now = unix_seconds(now);
         latest.retain(|_, i| i.not_after > now);
         let path = data_dir.join(LEDGER_FILE);
         let mut compact = String::new();
@@ -203,7 +197,7 @@ mod tests {
     use super::*;
 
     fn at(s: u64) -> SystemTime {
-        UNIX_EPOCH + std::time::Duration::from_secs(s)
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)
     }
 
     #[test]

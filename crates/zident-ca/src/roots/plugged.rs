@@ -62,7 +62,7 @@ pub struct Refusal {
     pub reason: String,
 }
 
-use crate::roots::ledger::unix;
+use zident_identity::unix_seconds;
 
 fn at(s: u64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_secs(s))
@@ -139,7 +139,7 @@ impl PluggedState {
         let previous = read(data_dir)?;
         let first = previous.is_none();
         let mut state = previous.unwrap_or_default();
-        let t = unix(now);
+        let t = unix_seconds(now);
         let old_signing = state.record(authority, if first { 0 } else { t }, t, timing);
         if let Some(old) = old_signing.filter(|_| !first) {
             tracing::warn!(
@@ -207,7 +207,7 @@ impl PluggedState {
         issued: &std::collections::HashMap<String, crate::roots::ledger::Issuance>,
         now: SystemTime,
     ) -> Result<(), String> {
-        let t = unix(now);
+        let t = unix_seconds(now);
         let next_roots = roots(next);
         let next_signing = signing_root(next);
         if next_signing != self.signing_root
@@ -284,7 +284,7 @@ impl PluggedState {
         timing: &Timing,
         now: SystemTime,
     ) -> Result<Self, String> {
-        let t = unix(now);
+        let t = unix_seconds(now);
         let mut state = self.clone();
         state.record(next, t, t, timing);
         state.last_refusal = None;
@@ -297,7 +297,7 @@ impl PluggedState {
     pub fn refused(&self, data_dir: &Path, reason: &str, now: SystemTime) -> Result<Self, String> {
         let mut state = self.clone();
         state.last_refusal = Some(Refusal {
-            at: unix(now),
+            at: unix_seconds(now),
             reason: reason.to_string(),
         });
         write(data_dir, &state)?;

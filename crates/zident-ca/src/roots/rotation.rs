@@ -207,7 +207,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RotationError + '_ {
     }
 }
 
-use crate::roots::ledger::unix;
+use zident_identity::unix_seconds;
 
 fn from_unix(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(s)
@@ -312,7 +312,7 @@ pub fn apply(
             data_dir.display()
         ))
     })?;
-    let at = unix(now);
+    let at = unix_seconds(now);
     match phase {
         Phase::Prepare => {
             if let Some(p) = state.prepared {
@@ -619,7 +619,7 @@ mod tests {
         assert_eq!((s.active, s.prepared, s.sequence), (1, Some(2), 2));
         assert_eq!(
             s.next_step(),
-            Some((Phase::Activate, 2, unix(t0) + 10)),
+            Some((Phase::Activate, 2, unix_seconds(t0) + 10)),
             "what the schedule and `zident ca status` go by"
         );
         assert!(d.join("roots/2/ca-key.pem").exists());
@@ -640,7 +640,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.active, s.previous, s.sequence), (2, Some(1), 2));
-        assert_eq!(s.next_step(), Some((Phase::Retire, 1, unix(t0) + 10 + 100)));
+        assert_eq!(
+            s.next_step(),
+            Some((Phase::Retire, 1, unix_seconds(t0) + 10 + 100))
+        );
         refused(apply(d, Phase::Prepare, t0, false, YEAR), "retire it first");
         refused(
             apply(d, Phase::Retire, t0 + Duration::from_secs(20), false, YEAR),

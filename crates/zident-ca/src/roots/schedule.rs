@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::CaConfig;
 use crate::reload::reload_rotation;
-use crate::roots::{ledger, rotation};
+use crate::roots::rotation;
 use crate::server::ServingCert;
 use crate::state::CaState;
 
@@ -32,7 +32,7 @@ pub(crate) async fn rotate_on_schedule(
                 continue;
             }
         };
-        let secs = ledger::unix;
+        let secs = zident_identity::unix_seconds;
         let due = if let Some((phase, _, after)) = rs.next_step() {
             // Activation waits for clients that learn roots only from responses, too.
             let after = match phase {

@@ -345,7 +345,7 @@ pub async fn until_safe(dir: &Path, phase: zident_ca::rotation::Phase) {
     use zident_ca::rotation::{self, Phase};
     loop {
         let state = rotation::read_state(dir).unwrap().unwrap();
-        let now = zident_ca::ledger::unix(SystemTime::now());
+        let now = zident_identity::unix_seconds(SystemTime::now());
         let safe = match phase {
             Phase::Prepare => 0,
             Phase::Activate => {
