@@ -7,7 +7,7 @@ use std::path::Path;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zident_identity::TrustDomain;
-use zident_mesh::{MeshError, MeshFile};
+use zident_mesh::MeshFile;
 
 use crate::config::CaConfig;
 use crate::registry::Registry;
@@ -33,17 +33,7 @@ pub(crate) fn load_authority(
 pub(crate) fn reload_mesh(state: &CaState, path: &Path) {
     let current_td = state.registry().trust_domain().clone();
     let result = MeshFile::load(path).and_then(|mesh| {
-        if mesh.trust_domain != current_td {
-            return Err(MeshError::Invalid {
-                path: path.to_owned(),
-                line: None,
-                field: "trustDomain".into(),
-                message: format!(
-                    "cannot change from {current_td} to {} while running; restart the CA",
-                    mesh.trust_domain
-                ),
-            });
-        }
+        mesh.keeps_trust_domain(&current_td, path, "the CA")?;
         Registry::from_mesh(&mesh, path).map(|r| (r, mesh))
     });
     match result {

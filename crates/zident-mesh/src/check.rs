@@ -135,16 +135,7 @@ fn check_workloads(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
                 ),
             )
         })?;
-        check_label(&w.namespace).map_err(|e| {
-            r.at(
-                &field("namespace"),
-                format!("{label}.namespace"),
-                format!(
-                    "{e}: a namespace follows Kubernetes' rule (a DNS-1123 label), since it is \
-                     part of the workload's SPIFFE ID"
-                ),
-            )
-        })?;
+        check_namespace(r, &field("namespace"), &label, &w.namespace)?;
         check_subdomain(&w.service_account).map_err(|e| {
             r.at(
                 &field("serviceAccount"),
@@ -224,13 +215,7 @@ fn check_services(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
     for (i, s) in mesh.services.iter().enumerate() {
         let label = format!("services[{i}] ({}/{})", s.namespace, s.name);
         let at = |key: &'static str| [Key("services"), Item(i), Key(key)];
-        check_label(&s.namespace).map_err(|e| {
-            r.at(
-                &at("namespace"),
-                format!("{label}.namespace"),
-                format!("{e}: a namespace follows Kubernetes' rule (a DNS-1123 label)"),
-            )
-        })?;
+        check_namespace(r, &at("namespace"), &label, &s.namespace)?;
         if s.hostname.is_empty() {
             return Err(r.at(
                 &[Key("services"), Item(i)],
@@ -249,8 +234,7 @@ fn check_services(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
             ));
         }
         for v in &s.vips {
-            let (network, ip) = v.rsplit_once('/').unwrap_or(("", v));
-            let ip: IpAddr = ip.parse().map_err(|_| {
+            let (network, ip) = crate::file::parse_vip(v).ok_or_else(|| {
                 r.at(
                     &at("vips"),
                     format!("{label}.vips"),
@@ -293,13 +277,7 @@ fn check_policies(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
                 "must not be empty".into(),
             ));
         }
-        check_label(&p.namespace).map_err(|e| {
-            r.at(
-                &at("namespace"),
-                format!("{label}.namespace"),
-                format!("{e}: a namespace follows Kubernetes' rule (a DNS-1123 label)"),
-            )
-        })?;
+        check_namespace(r, &at("namespace"), &label, &p.namespace)?;
         if let Some(first) = keys.insert((&p.namespace, &p.name), i) {
             return Err(r.at(
                 &at("name"),
@@ -313,6 +291,26 @@ fn check_policies(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
         }
     }
     Ok(())
+}
+
+/// Every namespace (of a workload, service or policy) follows Kubernetes' rule: it is part of
+/// SPIFFE IDs and of `namespace/name` keys.
+fn check_namespace(
+    r: &Refuse<'_>,
+    at: &[Step<'_>],
+    label: &str,
+    namespace: &str,
+) -> Result<(), MeshError> {
+    check_label(namespace).map_err(|e| {
+        r.at(
+            at,
+            format!("{label}.namespace"),
+            format!(
+                "{e}: a namespace follows Kubernetes' rule (a DNS-1123 label), since it is part \
+                 of SPIFFE IDs and of namespace/name keys"
+            ),
+        )
+    })
 }
 
 fn in_trust_domain(id: &SpiffeId, td: &TrustDomain) -> Result<(), String> {

@@ -216,6 +216,13 @@ pub struct Service {
     ip_families: Option<Ignored>,
 }
 
+/// A service VIP, `network/ip` (the network may be empty: `/10.0.0.1`), as (network, address);
+/// `None` when it is not one. The one reading of the format, for the checks and the tunnel.
+pub fn parse_vip(vip: &str) -> Option<(&str, IpAddr)> {
+    let (network, ip) = vip.rsplit_once('/').unwrap_or(("", vip));
+    Some((network, ip.parse().ok()?))
+}
+
 /// A resolved bearer token and whom it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallerToken {
@@ -291,6 +298,29 @@ impl MeshFile {
     /// part of the file).
     pub fn names_node(&self, node: &str) -> bool {
         self.nodes.iter().any(|n| n.name == node) || self.workloads.iter().any(|w| w.node == node)
+    }
+
+    /// Refuses an edit (read from `path`) that changes the trust domain of a running `who`
+    /// (`the CA`, `the agent`): every identity, root and token in force belongs to the one it
+    /// started with, so the trust domain changes only with a restart.
+    pub fn keeps_trust_domain(
+        &self,
+        running: &TrustDomain,
+        path: &Path,
+        who: &str,
+    ) -> Result<(), MeshError> {
+        if &self.trust_domain == running {
+            return Ok(());
+        }
+        Err(MeshError::Invalid {
+            path: path.to_owned(),
+            line: None,
+            field: "trustDomain".into(),
+            message: format!(
+                "cannot change from {running} to {} while {who} runs; restart {who}",
+                self.trust_domain
+            ),
+        })
     }
 
     /// The SPIFFE IDs of the workloads placed on `node`.

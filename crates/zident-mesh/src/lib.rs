@@ -28,6 +28,6 @@ pub use names::{NameError, check_label, check_subdomain};
 
 pub use file::{
     CallerToken, HealthStatus, IdentityEntry, MeshError, MeshFile, Node, Protocol, Service,
-    Workload,
+    Workload, parse_vip,
 };
 pub use policy::{Action, Authorization, RbacMatch, Scope, ServiceAccountMatch, StringMatch};

@@ -432,3 +432,22 @@ fn the_example_in_the_docs_loads() {
     assert_eq!(mesh.workloads[0].workload_type, "deployment");
     assert_eq!(mesh.nodes[0].address, Some("10.0.0.7".parse().unwrap()));
 }
+
+#[test]
+fn a_running_component_refuses_an_edit_of_its_trust_domain() {
+    let running = zident_identity::TrustDomain::new("cluster.local").unwrap();
+    let path = Path::new("mesh.yaml");
+    let same = parse("trustDomain: cluster.local\nnodes:\n- {name: a, token: t}\n").unwrap();
+    assert!(same.keeps_trust_domain(&running, path, "the CA").is_ok());
+    let other = parse("trustDomain: other.example\nnodes:\n- {name: a, token: t}\n").unwrap();
+    let msg = other
+        .keeps_trust_domain(&running, path, "the agent")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("trustDomain")
+            && msg.contains("from cluster.local to other.example")
+            && msg.contains("restart the agent"),
+        "{msg}"
+    );
+}

@@ -3,7 +3,6 @@
 //! destination — a workload address, a service VIP, or a service host name — with the
 //! identities its server may present.
 
-use crate::error::ViewError;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use zident_identity::SpiffeId;
 use zident_mesh::{HealthStatus, MeshFile, Protocol};
 
+use crate::error::ViewError;
 use crate::inbound::LocalTarget;
 use crate::outbound::{Directory, NoRoute, Route, Source};
 use crate::socks5::Target;
@@ -94,8 +94,7 @@ impl MeshView {
             let key = format!("{}/{}", s.namespace, s.hostname);
             let index = services.len();
             for v in &s.vips {
-                let ip = v.rsplit('/').next().unwrap_or(v);
-                let ip = ip.parse::<IpAddr>().map_err(|_| ViewError::Vip {
+                let (_, ip) = zident_mesh::parse_vip(v).ok_or_else(|| ViewError::Vip {
                     service: format!("{}/{}", s.namespace, s.name),
                     vip: v.clone(),
                 })?;
