@@ -51,7 +51,6 @@ use crate::ca::{bundle_poll, clock, trust};
 use crate::http::{admin, serve, serve_tls};
 use crate::metrics::AgentMetrics;
 use crate::reload::Reloader;
-use crate::workloads::local_view;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -128,15 +127,8 @@ impl RunningAgent {
         if config.node.is_empty() {
             return Err(AgentError::Config("NODE_NAME (--node) is required".into()));
         }
-        if !mesh.names_node(&config.node) {
-            return Err(AgentError::Config(reload::not_named(
-                &config.mesh_path,
-                &config.node,
-            )));
-        }
-        let view = local_view(&mesh, &config.node).map_err(|e| {
-            AgentError::Config(format!("mesh file {}: {e}", config.mesh_path.display()))
-        })?;
+        let view = reload::node_view(&mesh, &config.mesh_path, &config.node)
+            .map_err(AgentError::Config)?;
         if view.identities.is_empty() {
             tracing::warn!(target: "zident::identity", node = %config.node, "the mesh file places no workloads on this node");
         }
@@ -194,15 +186,10 @@ impl RunningAgent {
         tasks.push(tokio::spawn(track_bundle(trust.clone(), metrics.clone())));
         tasks.push(tokio::spawn(ca.clone().watch_reachability()));
         if config.ca.poll_bundle {
-            let host = ca
-                .address()
-                .rsplit_once(':')
-                .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
-                .unwrap_or_default();
             tasks.push(tokio::spawn(bundle_poll::poll_bundle(
                 trust.clone(),
                 ca.address().to_owned(),
-                host,
+                ca.server_name().clone(),
             )));
         }
 

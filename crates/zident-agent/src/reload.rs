@@ -1,6 +1,7 @@
 //! Applying an edited mesh file on a running agent, or keeping the last good one: an edit is
 //! taken whole or not at all.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use zident_identity::TrustDomain;
@@ -10,7 +11,7 @@ use crate::ca::trust::TrustStore;
 use crate::certs::manager::CertificateManager;
 use crate::metrics::{AgentMetrics, OutcomeLabel};
 use crate::workload_api;
-use crate::workloads::local_view;
+use crate::workloads::{LocalView, local_view};
 
 /// Applies an edited mesh file, or keeps the last good one.
 pub(crate) struct Reloader {
@@ -28,21 +29,13 @@ impl Reloader {
     pub(crate) fn reload(&self) {
         let path = &self.path;
         let result = MeshFile::load(path)
+            .and_then(|mesh| {
+                mesh.keeps_trust_domain(&self.trust_domain, path, "the agent")?;
+                Ok(mesh)
+            })
             .map_err(|e| e.to_string())
             .and_then(|mesh| {
-                if mesh.trust_domain != self.trust_domain {
-                    return Err(format!(
-                        "mesh file {}: trustDomain cannot change from {} to {} while running; restart the agent",
-                        path.display(),
-                        self.trust_domain,
-                        mesh.trust_domain
-                    ));
-                }
-                if !mesh.names_node(&self.node) {
-                    return Err(not_named(path, &self.node));
-                }
-                let view = local_view(&mesh, &self.node)
-                    .map_err(|e| format!("mesh file {}: {e}", path.display()))?;
+                let view = node_view(&mesh, path, &self.node)?;
                 Ok((mesh, view))
             });
         match result {
@@ -70,10 +63,17 @@ impl Reloader {
     }
 }
 
-/// Why a mesh file that does not name this agent's node is refused.
-pub(crate) fn not_named(path: &std::path::Path, node: &str) -> String {
-    format!(
-        "mesh file {}: nodes: the file does not name this agent's node {node:?} (no `nodes:` entry          and no workload with `node: {node}`); applying it would remove every workload of this          node. Check NODE_NAME, or restore the node's entries (to take a node out of the mesh,          stop its agent)",
-        path.display()
-    )
+/// This node's part of `mesh` (read from `path`), or why the file cannot serve this node: at
+/// start and on every edit alike.
+pub(crate) fn node_view(mesh: &MeshFile, path: &Path, node: &str) -> Result<LocalView, String> {
+    if !mesh.names_node(node) {
+        return Err(format!(
+            "mesh file {}: nodes: the file does not name this agent's node {node:?} (no `nodes:` \
+             entry and no workload with `node: {node}`); applying it would remove every workload \
+             of this node. Check NODE_NAME, or restore the node's entries (to take a node out of \
+             the mesh, stop its agent)",
+            path.display()
+        ));
+    }
+    local_view(mesh, node).map_err(|e| format!("mesh file {}: {e}", path.display()))
 }

@@ -47,7 +47,7 @@ async fn certificates_become_available_and_rotate_at_half_life() {
         serial_of(&agent, &fe).is_some_and(|s| s != old.serial_hex)
     })
     .await;
-    let new = agent.manager.current(&fe).unwrap();
+    let new = agent.manager.peek(&fe).unwrap();
     assert_ne!(new.serial_hex, old.serial_hex);
     // Renewal came at notBefore + 50% of the lifetime, up to 5% earlier (jitter); allow a
     // little for the request itself on a loaded machine.
@@ -105,7 +105,7 @@ async fn a_ca_outage_is_invisible_until_expiry_then_fails_closed_and_recovers() 
     .await;
 
     world.stop_ca();
-    let held = agent.manager.current(&fe).unwrap();
+    let held = agent.manager.peek(&fe).unwrap();
     // Renewals fail, but the certificate stays Available while it is valid.
     eventually(Duration::from_secs(30), "a renewal fails", || {
         state_of(&agent, &fe).is_some_and(|s| s.last_error.is_some())
@@ -128,8 +128,9 @@ async fn a_ca_outage_is_invisible_until_expiry_then_fails_closed_and_recovers() 
     let CertState::Unavailable(reason) = state_of(&agent, &fe).unwrap().state else {
         unreachable!()
     };
-    // The cause is typed: code tells an expiry from a denial without reading the words.
-    assert_eq!(reason.cause, Cause::Expired, "{reason}");
+    // The cause is typed, and it is what to act on: the CA is down (the words say the
+    // certificate expired meanwhile). Code tells it from a denial without reading the words.
+    assert_eq!(reason.cause, Cause::CaUnreachable, "{reason}");
     assert!(
         reason.detail.contains("expired") && reason.detail.contains("CA unreachable"),
         "{reason}"
@@ -152,6 +153,23 @@ async fn a_ca_outage_is_invisible_until_expiry_then_fails_closed_and_recovers() 
             .as_str()
             .is_some_and(|e| e.contains("CA unreachable")),
         "{dump}"
+    );
+    // An operator (and `zident certs`) reads the cause by its stable label beside the words.
+    let (_, body) = curl(&format!("http://{}/debug/certs", agent.admin_addr.unwrap()));
+    let report: zident_agent::http::report::CertsReport = serde_json::from_str(&body).unwrap();
+    let shown = report
+        .certificates
+        .iter()
+        .find(|c| c.spiffe_id == fe.as_str())
+        .expect("frontend in /debug/certs");
+    assert_eq!(shown.state, "Unavailable", "{body}");
+    assert_eq!(shown.cause.as_deref(), Some("ca_unreachable"), "{body}");
+    assert!(
+        shown
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("expired")),
+        "{body}"
     );
     // A real-time request fails closed with the reason.
     match agent.manager.certificate(&fe, Duration::from_secs(2)).await {
@@ -429,7 +447,7 @@ async fn a_thousand_identities_on_one_node_all_become_available() {
         &std::fs::read(world.root_ca()).unwrap(),
     )
     .unwrap();
-    let w999 = agent.manager.current(&id("ns/load/sa/sa999")).unwrap();
+    let w999 = agent.manager.peek(&id("ns/load/sa/sa999")).unwrap();
     verify_svid(&w999.chain, &bundle, SystemTime::now()).unwrap();
 }
 
@@ -682,7 +700,7 @@ async fn recovery_after_a_ca_outage_takes_seconds_not_a_backoff_step() {
     // A workload that needs its identity now (inbound, the Workload API) gets a retry at once,
     // even with the CA down: its worker tries again without waiting for its backoff.
     let tried = attempts(&agent);
-    assert!(agent.manager.current_or_retry(&fe).is_none());
+    assert!(CertificateProvider::current(&*agent.manager, &fe).is_none());
     eventually(
         Duration::from_secs(5),
         "a real-time need retries at once",

@@ -102,7 +102,8 @@ pub enum Cause {
     Untrusted,
     /// A fresh certificate is outside its validity by this node's clock: the clocks disagree.
     ClockSkew,
-    /// The certificate expired before a renewal succeeded.
+    /// The certificate expired while its renewal was still in flight, with no failure to
+    /// blame. (Once a renewal has failed, an expired identity's cause is that failure's.)
     Expired,
 }
 

@@ -288,7 +288,7 @@ async fn a_refused_edit_changes_nothing_anywhere() {
             .manager
             .snapshot()
             .into_iter()
-            .filter_map(|(id, _)| a.manager.current(&id).map(|c| c.serial_hex.clone()))
+            .filter_map(|(id, _)| a.manager.peek(&id).map(|c| c.serial_hex.clone()))
             .collect();
         s.sort();
         s

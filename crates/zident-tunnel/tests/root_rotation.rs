@@ -188,7 +188,7 @@ fn root_of(dir: &Path, generation: u32) -> CertificateDer<'static> {
 
 /// Whether `agent`'s current certificate for `who` chains to `root` alone.
 fn chains_to(agent: &RunningAgent, who: &SpiffeId, root: &CertificateDer<'static>) -> bool {
-    let Some(cert) = agent.manager.current(who) else {
+    let Some(cert) = agent.manager.peek(who) else {
         return false;
     };
     let mut only = TrustBundle::new(TrustDomain::new("cluster.local").unwrap());

@@ -17,7 +17,7 @@ use zident_identity::SpiffeId;
 
 fn serial(a: &RunningAgent, path: &str) -> Option<String> {
     let id = SpiffeId::new(&format!("spiffe://cluster.local/{path}")).unwrap();
-    a.manager.current(&id).map(|c| c.serial_hex.clone())
+    a.manager.peek(&id).map(|c| c.serial_hex.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

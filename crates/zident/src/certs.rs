@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use zident_agent::http::report::CertsReport;
 use zident_identity::{human, parse_rfc3339};
@@ -244,27 +244,9 @@ pub async fn get(admin: &str, path: &str) -> Result<String, String> {
         let tcp = tokio::net::TcpStream::connect(authority)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, authority)
-            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
+        let (status, body) = zident_agent::http::get::get(TokioIo::new(tcp), authority, path)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let body = String::from_utf8_lossy(&body).into_owned();
         if !status.is_success() {
             return Err(format!("{admin}{path} answered {status}: {body}"));
         }

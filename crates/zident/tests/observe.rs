@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use zident_agent::{AgentConfig, CaClientConfig, CertState, RunningAgent, TokenSource};
 use zident_ca::{CaConfig, RunningCa};
+use zident_testkit::{openssl, openssl_root};
 
 const MESH: &str = "trustDomain: cluster.local\n\
 nodes:\n- {name: node-a, token: tok-a}\n\
@@ -65,7 +66,7 @@ async fn world(dir: &Path, ttl: Duration) -> (RunningCa, RunningAgent) {
 
 fn web_serial(agent: &RunningAgent) -> String {
     let id = zident_identity::SpiffeId::new("spiffe://cluster.local/ns/default/sa/web").unwrap();
-    agent.manager.current(&id).unwrap().serial_hex.clone()
+    agent.manager.peek(&id).unwrap().serial_hex.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,8 +174,6 @@ fn certs_says_clearly_when_the_agent_cannot_be_reached() {
         "{err}"
     );
 }
-
-use zident_testkit::{openssl, openssl_root};
 
 /// A root and leaves made by the openssl command line, each breaking (or keeping) the rules.
 fn openssl_certs(dir: &Path) {
@@ -377,7 +376,7 @@ async fn inspect_passes_what_zident_issues() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, agent) = world(dir.path(), Duration::from_secs(3600)).await;
     let id = zident_identity::SpiffeId::new("spiffe://cluster.local/ns/data/sa/db").unwrap();
-    let cert = agent.manager.current(&id).unwrap();
+    let cert = agent.manager.peek(&id).unwrap();
     let pem = zident_identity::pem::certs_to_pem(&cert.chain);
     std::fs::write(dir.path().join("db.pem"), pem).unwrap();
     let root = ca.root_cert_path.display().to_string();

@@ -10,6 +10,7 @@ use rustls_pki_types::ServerName;
 use zident_identity::TrustBundle;
 
 use crate::ca::trust::TrustStore;
+use crate::http::get::get;
 
 /// Polls never more often than this, whatever the hint says.
 const MIN_POLL: Duration = Duration::from_secs(1);
@@ -17,10 +18,12 @@ const MIN_POLL: Duration = Duration::from_secs(1);
 const MAX_POLL: Duration = Duration::from_secs(3600);
 /// A failed poll is retried after this, or the hint if shorter.
 const RETRY_POLL: Duration = Duration::from_secs(10);
+/// A fetch that has not finished in this long has failed.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Fetches `https://<address>/bundle` over and over, at the CA's refresh hint, feeding the
-/// store. Runs until the task is dropped.
-pub async fn poll_bundle(store: Arc<TrustStore>, address: String, host: String) {
+/// store; the CA's certificate must be valid for `name`. Runs until the task is dropped.
+pub async fn poll_bundle(store: Arc<TrustStore>, address: String, name: ServerName<'static>) {
     let config = match crate::ca::tls::client_config(store.clone(), b"http/1.1") {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -29,7 +32,7 @@ pub async fn poll_bundle(store: Arc<TrustStore>, address: String, host: String) 
         }
     };
     loop {
-        let wait = match fetch_bundle(&store, config.clone(), &address, &host).await {
+        let wait = match fetch_bundle(&store, config.clone(), &address, &name).await {
             Ok(hint) => hint.clamp(MIN_POLL, MAX_POLL),
             Err(e) => {
                 tracing::warn!(target: "zident::identity", "cannot fetch the trust bundle from https://{address}/bundle: {e}");
@@ -49,42 +52,24 @@ async fn fetch_bundle(
     store: &TrustStore,
     config: Arc<rustls::ClientConfig>,
     address: &str,
-    host: &str,
+    name: &ServerName<'static>,
 ) -> Result<Duration, String> {
-    use http_body_util::BodyExt;
-
-    let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
-    let timeout = Duration::from_secs(10);
     let work = async {
         let tcp = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
+            .connect(name.clone(), tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get("/bundle")
-            .header(hyper::header::HOST, host)
-            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("HTTP {}", resp.status()));
+        let io = hyper_util::rt::TokioIo::new(tls);
+        match get(io, &name.to_str(), "/bundle").await {
+            Ok((status, body)) if status.is_success() => Ok(body),
+            Ok((status, _)) => Err(format!("HTTP {status}")),
+            Err(e) => Err(e.to_string()),
         }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
     };
-    let json = tokio::time::timeout(timeout, work)
+    let json = tokio::time::timeout(FETCH_TIMEOUT, work)
         .await
         .map_err(|_| "timed out".to_string())??;
     let fetched = TrustBundle::from_jwks_json(store.trust_domain().clone(), &json)

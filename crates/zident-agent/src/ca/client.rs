@@ -236,6 +236,11 @@ impl CaClient {
         &self.address
     }
 
+    /// The name the CA's certificate must be valid for: the host of the address.
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.name
+    }
+
     /// Sends a CSR for `id`; `impersonate` adds `ImpersonatedIdentity` (for workloads; not for
     /// the agent's own identity). Returns the PEM chain as the CA sent it.
     pub async fn sign(
@@ -333,63 +338,56 @@ impl CaClient {
 
 fn classify(address: &str, status: tonic::Status, clock: &crate::ca::clock::ClockSkew) -> CaError {
     use rustls::CertificateError as C;
-    // A connection that broke mid-request comes back as `Unknown: transport error`: no answer
-    // from the CA either, not a refusal.
-    let broke = status.code() == tonic::Code::Unknown && from_transport(&status);
-    match status.code() {
+    let mut message = match status.code() {
         // No answer from the CA: the transport failed or the deadline passed.
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            let mut message = status.message().to_owned();
-            match tls_error(&status) {
-                Some(rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature)) => {
-                    message.push_str(
-                        ": the CA's TLS certificate chains to no root this node trusts; if the CA's root rotated while this node was down, give it the CA's current root-cert.pem as CA_ROOT_CA",
-                    );
-                }
-                Some(rustls::Error::InvalidCertificate(C::NotValidYetContext {
-                    time,
-                    not_before,
-                })) => {
-                    // The CA's serving certificate is recent: a wait this long means this node
-                    // is at least that far behind.
-                    let behind = not_before.as_secs().saturating_sub(time.as_secs());
-                    message.push_str(&format!(
-                        ": the CA's TLS certificate is not valid for another {behind} s by this node's clock; likely cause: this node's clock is at least {behind} s behind the CA's (fix the clock: NTP)"
-                    ));
-                }
-                Some(rustls::Error::InvalidCertificate(
-                    C::Expired | C::ExpiredContext { .. } | C::NotValidYet,
-                )) => {
-                    message.push_str(
-                        ": the CA's TLS certificate is outside its validity by this node's clock; ",
-                    );
-                    message.push_str(&clock.hint().unwrap_or_else(|| {
-                        "this node's clock agrees with the CA's as last measured".into()
-                    }));
-                }
-                _ => {}
-            }
-            CaError::Unreachable {
-                address: address.to_owned(),
-                message,
-            }
+            status.message().to_owned()
         }
-        _ if broke => CaError::Unreachable {
-            address: address.to_owned(),
-            message: format!(
-                "the connection broke during the request: {}",
-                status.message()
-            ),
-        },
-        code => CaError::Refused {
-            code,
-            message: status.message().to_owned(),
-        },
+        // A connection that broke mid-request comes back as `Unknown: transport error`, made on
+        // this side: no answer either. The same code sent by the CA is its answer.
+        tonic::Code::Unknown if from_transport(&status) => format!(
+            "the connection broke during the request: {}",
+            status.message()
+        ),
+        code => {
+            return CaError::Refused {
+                code,
+                message: status.message().to_owned(),
+            };
+        }
+    };
+    match tls_error(&status) {
+        Some(rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature)) => {
+            message.push_str(
+                ": the CA's TLS certificate chains to no root this node trusts; if the CA's root rotated while this node was down, give it the CA's current root-cert.pem as CA_ROOT_CA",
+            );
+        }
+        Some(rustls::Error::InvalidCertificate(C::NotValidYetContext { time, not_before })) => {
+            // The CA's serving certificate is recent: a wait this long means this node is at
+            // least that far behind.
+            let behind = not_before.as_secs().saturating_sub(time.as_secs());
+            message.push_str(&format!(
+                ": the CA's TLS certificate is not valid for another {behind} s by this node's clock; likely cause: this node's clock is at least {behind} s behind the CA's (fix the clock: NTP)"
+            ));
+        }
+        Some(rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet,
+        )) => {
+            message.push_str(
+                ": the CA's TLS certificate is outside its validity by this node's clock; ",
+            );
+            message.push_str(&clock.hint().unwrap_or_else(|| {
+                "this node's clock agrees with the CA's as last measured".into()
+            }));
+        }
+        _ => {}
+    }
+    CaError::Unreachable {
+        address: address.to_owned(),
+        message,
     }
 }
 
-/// The TLS error under a failed call, if TLS is what failed. The connector's `io::Error` holds
-/// it as its inner error, which `source()` skips, so each `io::Error` is opened on the way.
 /// Whether `status` was made on this side from a failed connection (tonic's transport, hyper
 /// or the OS), rather than sent by the CA.
 fn from_transport(status: &tonic::Status) -> bool {
@@ -403,6 +401,8 @@ fn from_transport(status: &tonic::Status) -> bool {
     false
 }
 
+/// The TLS error under a failed call, if TLS is what failed. The connector's `io::Error` holds
+/// it as its inner error, which `source()` skips, so each `io::Error` is opened on the way.
 fn tls_error(status: &tonic::Status) -> Option<&rustls::Error> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(status);
     while let Some(e) = next {
@@ -434,6 +434,44 @@ fn host_of(address: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token that cannot be read stops the request before it is sent: the failure names the
+    /// file, and the CA link's state is untouched (no failure counted, no probing started).
+    #[tokio::test]
+    async fn an_unreadable_token_says_nothing_of_the_ca_link() {
+        let td = zident_identity::TrustDomain::new("cluster.local").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let root = zident_identity::profile::root_params(
+            &td,
+            SystemTime::now(),
+            Duration::from_secs(3600),
+        )
+        .self_signed(&key)
+        .unwrap();
+        let trust = Arc::new(TrustStore::new(td, root.pem().as_bytes()).unwrap());
+        let config = CaClientConfig {
+            address: "127.0.0.1:9".into(),
+            root_ca: "unused.pem".into(),
+            token: TokenSource::File("/nonexistent/zident-token".into()),
+            cluster_id: "Kubernetes".into(),
+            request_timeout: Duration::from_secs(1),
+            poll_bundle: false,
+        };
+        let ca = CaClient::new(&config, trust).unwrap();
+        let id = SpiffeId::new("spiffe://cluster.local/ns/a/sa/b").unwrap();
+        let err = ca
+            .sign(&id, "csr".into(), Duration::from_secs(60), true)
+            .await
+            .unwrap_err();
+        assert_eq!(err.cause(), Cause::Token, "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/zident-token"),
+            "{err}"
+        );
+        let status = ca.status();
+        assert_eq!(status.consecutive_failures, 0, "{status:?}");
+        assert_eq!(status.last_error, None, "{status:?}");
+    }
 
     #[test]
     fn a_broken_connection_is_no_answer_and_a_sent_status_is_a_refusal() {

@@ -135,43 +135,11 @@ impl CertificateManager {
             .collect()
     }
 
-    /// Follows one identity's whole status (ends when it is forgotten).
-    pub fn watch_status(&self, id: &SpiffeId) -> Option<watch::Receiver<IdentityStatus>> {
-        self.lock().get(id).map(|s| s.status.clone())
-    }
-
-    /// The current certificate of `id`, if it has a valid one, without waiting.
-    pub fn current(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
-        let slots = self.lock();
-        let status = slots.get(id)?.status.borrow();
-        match &status.state {
-            CertState::Available(c) if c.is_valid_at(SystemTime::now()) => Some(c.clone()),
-            _ => None,
-        }
-    }
-
-    /// The current certificate of `id` for a connection that needs it now (an inbound
-    /// handshake, a Workload API call): without waiting, and, when there is no valid one,
-    /// asking the identity's worker to retry at once. Retries are deduplicated: one wake-up
-    /// is pending at most, however many connections ask.
-    pub fn current_or_retry(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
-        let current = self.current(id);
-        if current.is_none() {
-            self.retry_now(id);
-        }
-        current
-    }
-
-    /// Asks `id`'s worker to fetch at once if it has no valid certificate.
-    pub fn retry_now(&self, id: &SpiffeId) {
-        if let Some(slot) = self.lock().get(id) {
-            slot.wake.notify_one();
-        }
-    }
-
-    /// The agent's own identity, if configured.
-    pub fn own_identity(&self) -> Option<&SpiffeId> {
-        self.own.as_ref()
+    /// The valid certificate of `id`, if it has one, without waiting and without side
+    /// effects: for display and tests. Consumers use [`CertificateProvider::current`], which
+    /// also asks for a retry when there is none.
+    pub fn peek(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
+        valid(&self.lock().get(id)?.status.borrow().state)
     }
 
     /// Whether every tracked identity has been Available at least once. Stops at the first
@@ -216,8 +184,17 @@ impl CertificateManager {
 }
 
 impl CertificateProvider for CertificateManager {
+    /// Without waiting; when there is no valid certificate, wakes the identity's worker to
+    /// retry at once (deduplicated: one wake-up is pending at most, however many connections
+    /// ask).
     fn current(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
-        self.current_or_retry(id)
+        let slots = self.lock();
+        let slot = slots.get(id)?;
+        let current = valid(&slot.status.borrow().state);
+        if current.is_none() {
+            slot.wake.notify_one();
+        }
+        current
     }
 
     fn bundle(&self) -> Arc<zident_identity::TrustBundle> {
@@ -248,10 +225,8 @@ impl CertificateProvider for CertificateManager {
         // in flight (it may have started before the CA came back), wait for the retry after it.
         let answered_after = {
             let status = rx.borrow_and_update();
-            if let CertState::Available(c) = &status.state
-                && c.is_valid_at(SystemTime::now())
-            {
-                return Ok(c.clone());
+            if let Some(c) = valid(&status.state) {
+                return Ok(c);
             }
             status.attempts + u64::from(status.fetching)
         };
@@ -285,5 +260,13 @@ impl CertificateProvider for CertificateManager {
                 }
             }
         }
+    }
+}
+
+/// The certificate of `state` if it is Available and valid now.
+fn valid(state: &CertState) -> Option<Arc<WorkloadCertificate>> {
+    match state {
+        CertState::Available(c) if c.is_valid_at(SystemTime::now()) => Some(c.clone()),
+        _ => None,
     }
 }

@@ -326,10 +326,16 @@ pub(crate) async fn run(
                     let still_valid =
                         matches!(&s.state, CertState::Available(c) if c.is_valid_at(now));
                     if !still_valid {
+                        // Once a certificate has expired, the words keep saying so, with the
+                        // newest failure, whose cause is the state's cause.
+                        let why = match &s.last {
+                            Some(c) if c.not_after <= now => expired(c.not_after, Some(&reason)),
+                            _ => reason.clone(),
+                        };
                         shared
                             .metrics
                             .state_change(Some(s.state.name()), Some("Unavailable"));
-                        s.state = CertState::Unavailable(reason.clone());
+                        s.state = CertState::Unavailable(why);
                     }
                     s.last_error = Some(reason);
                     s.next_attempt = Some(at);
@@ -352,8 +358,7 @@ pub(crate) async fn run(
                 _ = sleep_until(until) => {
                     let now = SystemTime::now();
                     if let Some(e) = expiry.filter(|e| now >= *e) {
-                        let last = tx.borrow().last_error.as_ref().map_or_else(|| "renewal is pending".into(), |f| f.detail.clone());
-                        let reason = Failure::new(Cause::Expired, format!("certificate expired at {} before a renewal succeeded; last error: {last}", rfc3339(e)));
+                        let reason = expired(e, tx.borrow().last_error.as_ref());
                         tracing::error!(target: "zident::identity", "Certificate for {id} is unavailable: {reason}");
                         tx.set_state(&shared.metrics, CertState::Unavailable(reason));
                     }
@@ -406,6 +411,20 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Why an identity whose certificate expired at `not_after` is Unavailable: the cause is that
+/// of the last failure to renew it (what to act on: the CA is down, the node was denied, ...),
+/// or `Expired` when none has failed yet (a renewal still in flight); the words say both.
+fn expired(not_after: SystemTime, last: Option<&Failure>) -> Failure {
+    Failure::new(
+        last.map_or(Cause::Expired, |f| f.cause),
+        format!(
+            "certificate expired at {} before a renewal succeeded; last error: {}",
+            rfc3339(not_after),
+            last.map_or("renewal is pending", |f| f.detail.as_str())
+        ),
+    )
 }
 
 async fn sleep_until(t: SystemTime) {

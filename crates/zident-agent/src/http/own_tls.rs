@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use zident_identity::SpiffeId;
+use zident_identity::{CertificateProvider, SpiffeId};
 
 use crate::certs::manager::CertificateManager;
 
@@ -39,7 +39,7 @@ impl OwnCertResolver {
 impl ResolvesServerCert for OwnCertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // No valid certificate: the handshake fails (fail closed).
-        let cert = self.manager.current_or_retry(&self.id)?;
+        let cert = self.manager.current(&self.id)?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((serial, key)) = cache.as_ref()
             && *serial == cert.serial_hex
