@@ -5,20 +5,18 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use common::*;
 use zident_ca::{CaError, RunningCa};
 use zident_identity::pem::certs_from_pem;
 use zident_identity::{TrustBundle, TrustDomain, verify_svid};
+use zident_testkit::{openssl, openssl_root};
 
 const CA_EXT: &str = "basicConstraints=critical,CA:true,pathlen:0\n\
 keyUsage=critical,keyCertSign,cRLSign\n\
 subjectKeyIdentifier=hash\n\
 authorityKeyIdentifier=keyid\n";
-
-use zident_testkit::{openssl, openssl_root};
 
 /// A root in `dir/root-key.pem` + `dir/root-cert.pem`.
 fn make_root(dir: &Path) {
@@ -131,14 +129,17 @@ async fn three_level_chain_verifies_with_openssl() {
 
     std::fs::write(dir.path().join("leaf.pem"), &chain[0]).unwrap();
     std::fs::write(dir.path().join("int.pem"), &chain[1]).unwrap();
-    let out = run(Command::new("openssl").current_dir(dir.path()).args([
-        "verify",
-        "-CAfile",
-        "cacerts/root-cert.pem",
-        "-untrusted",
-        "int.pem",
-        "leaf.pem",
-    ]));
+    let out = openssl(
+        dir.path(),
+        &[
+            "verify",
+            "-CAfile",
+            "cacerts/root-cert.pem",
+            "-untrusted",
+            "int.pem",
+            "leaf.pem",
+        ],
+    );
     assert!(out.contains("leaf.pem: OK"), "{out}");
 
     // Our verifier agrees, with the intermediate from the chain.

@@ -92,8 +92,9 @@ pub fn curl(args: &[&str]) -> (u16, String) {
     )
 }
 
-/// Runs the openssl command line in `dir`, failing the test with its stderr if it fails.
-pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+/// Runs the openssl command line in `dir`, failing the test with its stderr if it fails;
+/// returns what it printed (stdout, then stderr).
+pub fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new("openssl")
         .current_dir(dir)
         .args(args)
@@ -104,6 +105,11 @@ pub fn openssl(dir: &std::path::Path, args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A self-signed P-256 CA root made by openssl, as an operator makes one: `key` and `cert`
@@ -111,7 +117,7 @@ pub fn openssl(dir: &std::path::Path, args: &[&str]) {
 /// critical basicConstraints CA:true and keyUsage keyCertSign + cRLSign.
 pub fn openssl_root(dir: &std::path::Path, key: &str, cert: &str, subject: &str, days: u32) {
     let days = days.to_string();
-    openssl(
+    let _ = openssl(
         dir,
         &[
             "req",

@@ -174,14 +174,20 @@ pub fn run(cmd: &mut Command) -> String {
 #[allow(unused_imports)]
 pub use zident_testkit::eventually;
 
-/// `GET` over HTTPS or HTTP with curl, trusting `cacert` if given.
+/// `GET` over HTTPS or HTTP with curl, trusting `cacert` if given; fails the test unless the
+/// answer is a success.
 pub fn curl(url: &str, cacert: Option<&Path>) -> String {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--fail", "--max-time", "10"]);
-    if let Some(c) = cacert {
-        cmd.arg("--cacert").arg(c);
+    let cacert = cacert.map(|c| c.display().to_string());
+    let mut args = vec![url];
+    if let Some(c) = &cacert {
+        args.extend(["--cacert", c.as_str()]);
     }
-    run(cmd.arg(url))
+    let (code, body) = zident_testkit::curl(&args);
+    assert!(
+        (200..300).contains(&code),
+        "curl {args:?}: HTTP {code}: {body}"
+    );
+    body
 }
 
 /// Reads one metric's value from Prometheus text.
