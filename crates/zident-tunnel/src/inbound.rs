@@ -436,9 +436,9 @@ impl Inbound {
             tracing::warn!(target: "zident::tunnel", %peer, src, reason = %Reason::BadRequest, "inbound: CONNECT authority {:?} is not ip:port", req.uri());
             return Err(StatusCode::BAD_REQUEST);
         };
-        // A CONNECT to the HBONE port itself would tunnel into this listener, and again, and
-        // again.
-        if dst == local || dst.port() == local.port() {
+        // A CONNECT to the HBONE port (of this or any local address) would tunnel into a
+        // listener of this node, and again, and again.
+        if dst.port() == local.port() {
             fail(Reason::BadRequest);
             tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is the HBONE port itself; a tunnel there would loop");
             return Err(StatusCode::BAD_REQUEST);

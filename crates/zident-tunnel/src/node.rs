@@ -2,7 +2,6 @@
 //! the SOCKS5 outbound listener. Routes, policies and listeners follow the mesh file: each
 //! accepted edit applies to new connections at once.
 
-use crate::error::TunnelError;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -12,6 +11,7 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use zident_identity::{CertificateProvider, SpiffeId};
 use zident_mesh::MeshFile;
 
+use crate::error::TunnelError;
 use crate::inbound::{CertificateLookup, Inbound, Serves};
 use crate::mesh_view::{LiveView, MeshView};
 use crate::observe::Observer;
