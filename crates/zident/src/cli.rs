@@ -9,13 +9,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use zident_agent::RunningAgent;
 use zident_ca::{CaConfig, RunningCa, TtlPolicy};
 
 use crate::duration::parse_duration;
 use crate::logging::{LogFormat, LogHandle};
 use crate::up::UpArgs;
-use crate::wiring::{TunnelPlane, start_tunnel, wait_for_shutdown, wait_for_signal};
+use crate::wiring::{start_node, wait_for_shutdown, wait_for_signal};
 
 /// Workload identity for a zero-trust service mesh.
 #[derive(Debug, Parser)]
@@ -319,18 +318,8 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
                 transparent_source: args.transparent_source,
                 skew_tolerance: args.clock_skew_tolerance,
             });
-            let mut config = (*args).into_config()?;
-            let observer = zident_tunnel::observe::Observer::new();
-            if tunnel.is_some() {
-                config.data_plane = Some(Arc::new(TunnelPlane(observer.clone())));
-            }
-            let node = config.node.clone();
-            let agent = RunningAgent::start(config, Some(log))
-                .await
-                .map_err(|e| e.to_string())?;
-            let tunnel = start_tunnel(&agent, &node, tunnel, observer)
-                .await
-                .map_err(|e| e.to_string())?;
+            let config = (*args).into_config()?;
+            let (agent, tunnel) = start_node(config, tunnel, log).await?;
             if let Some(s) = tunnel.as_ref().and_then(|t| t.socks5_addr) {
                 crate::say!("zident agent: SOCKS5 outbound at {s}");
             }

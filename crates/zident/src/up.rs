@@ -64,26 +64,15 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
     let mut agent_config = AgentConfig::new(node.clone(), &mesh_path, ca_client);
     agent_config.secret_ttl = UP_SECRET_TTL;
     agent_config.delivery.socket_dir = Some(args.data_dir.join("agent/workload-api"));
-    let observer = zident_tunnel::observe::Observer::new();
-    agent_config.data_plane = Some(Arc::new(crate::wiring::TunnelPlane(observer.clone())));
-    let agent = RunningAgent::start(agent_config, Some(log))
-        .await
-        .map_err(|e| e.to_string())?;
-    let tunnel = crate::wiring::start_tunnel(
-        &agent,
-        &node,
-        Some(zident_tunnel::node::TunnelConfig {
-            socks5_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 15080))),
-            outbound_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 15001))),
-            inbound_port: 15008,
-            inbound_addr: None,
-            transparent_source: false,
-            skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
-        }),
-        observer,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let tunnel = zident_tunnel::node::TunnelConfig {
+        socks5_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 15080))),
+        outbound_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 15001))),
+        inbound_port: 15008,
+        inbound_addr: None,
+        transparent_source: false,
+        skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
+    };
+    let (agent, tunnel) = crate::wiring::start_node(agent_config, Some(tunnel), log).await?;
     print_banner(&ca, &agent, &mesh_path, &node, &args.data_dir);
     if let Some(t) = &tunnel {
         crate::say!(

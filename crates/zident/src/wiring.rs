@@ -4,12 +4,16 @@
 
 use std::sync::Arc;
 
-use zident_agent::RunningAgent;
+use zident_agent::{AgentConfig, RunningAgent};
 use zident_ca::RunningCa;
+use zident_tunnel::node::{RunningTunnel, TunnelConfig};
+use zident_tunnel::observe::Observer;
+
+use crate::logging::LogHandle;
 
 /// The tunnel's metrics and open connections, shown by the agent's endpoints.
 #[derive(Debug)]
-pub struct TunnelPlane(pub Arc<zident_tunnel::observe::Observer>);
+struct TunnelPlane(Arc<Observer>);
 
 impl zident_agent::DataPlane for TunnelPlane {
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
@@ -28,25 +32,34 @@ impl zident_agent::DataPlane for TunnelPlane {
     }
 }
 
-/// Starts the tunnel of an agent's node, unless disabled.
-pub async fn start_tunnel(
-    agent: &RunningAgent,
-    node: &str,
-    config: Option<zident_tunnel::node::TunnelConfig>,
-    observer: Arc<zident_tunnel::observe::Observer>,
-) -> Result<Option<zident_tunnel::node::RunningTunnel>, zident_tunnel::TunnelError> {
-    let Some(config) = config else {
-        return Ok(None);
+/// Starts the agent of `config` and, unless `tunnel` is `None`, its node's tunnel, whose
+/// metrics and connections the agent's endpoints then show.
+pub async fn start_node(
+    mut config: AgentConfig,
+    tunnel: Option<TunnelConfig>,
+    log: Arc<LogHandle>,
+) -> Result<(RunningAgent, Option<RunningTunnel>), String> {
+    let observer = Observer::new();
+    if tunnel.is_some() {
+        config.data_plane = Some(Arc::new(TunnelPlane(observer.clone())));
+    }
+    let node = config.node.clone();
+    let agent = RunningAgent::start(config, Some(log))
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(tunnel) = tunnel else {
+        return Ok((agent, None));
     };
-    zident_tunnel::node::start(
-        config,
-        node.to_owned(),
+    let running = zident_tunnel::node::start(
+        tunnel,
+        node,
         agent.manager.clone(),
         agent.mesh.clone(),
         observer,
     )
     .await
-    .map(Some)
+    .map_err(|e| e.to_string())?;
+    Ok((agent, Some(running)))
 }
 
 /// Waits for Ctrl-C / SIGTERM or for the CA to stop on its own.
