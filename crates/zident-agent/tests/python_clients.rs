@@ -78,8 +78,10 @@ async fn a_connection_that_is_not_http2_is_refused_with_a_line() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
+    // Refused: the agent closes the connection (it does not leave it hanging).
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the connection was left open");
     common::eventually(Duration::from_secs(10), "the refusal is logged", || {
         log_text().contains("Workload API connection refused at the HTTP/2 level")
             && log_text().contains("did not start with the HTTP/2 preface")
