@@ -64,22 +64,15 @@ async fn run(identities: usize) {
     // The outage: past every certificate's expiry, and long enough for the backoff to grow.
     drop(ca);
     let outage = Instant::now();
-    let failures = |a: &RunningAgent, n: u64| {
-        a.manager
-            .snapshot()
-            .iter()
-            .all(|(_, s)| s.last_error.is_some() && s.attempts >= n)
-    };
     wait(
         "every identity failed three times",
         Duration::from_secs(300),
         || {
-            failures(&agent, 4)
-                && agent
-                    .manager
-                    .snapshot()
-                    .iter()
-                    .all(|(_, s)| matches!(s.state, CertState::Unavailable(_)))
+            agent.manager.all(|s| {
+                s.last_error.is_some()
+                    && s.attempts >= 4
+                    && matches!(s.state, CertState::Unavailable(_))
+            })
         },
     )
     .await;

@@ -145,9 +145,13 @@ impl CertificateManager {
     /// Whether every tracked identity has been Available at least once. Stops at the first
     /// one that has not, so it is cheap to poll.
     pub fn is_ready(&self) -> bool {
-        self.lock()
-            .values()
-            .all(|s| s.status.borrow().ever_available)
+        self.all(|s| s.ever_available)
+    }
+
+    /// Whether `holds` is true of every tracked identity's status (stops at the first that it
+    /// is not), without copying the statuses as [`Self::snapshot`] does.
+    pub fn all(&self, holds: impl Fn(&IdentityStatus) -> bool) -> bool {
+        self.lock().values().all(|s| holds(&s.status.borrow()))
     }
 
     /// Whether every tracked identity has been Available at least once, and which have not.
