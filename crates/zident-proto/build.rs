@@ -2,7 +2,14 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["istio/v1/auth/ca.proto", "spiffe/workload.proto"];
+    let files = [
+        "istio/v1/auth/ca.proto",
+        "spiffe/workload.proto",
+        "envoy/service/discovery/v3/ads.proto",
+        "istio/workload/workload.proto",
+        "istio/security/authorization.proto",
+        "zident/mesh/mesh.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

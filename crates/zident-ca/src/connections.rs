@@ -126,6 +126,8 @@ pub struct Slot {
 }
 
 /// A request in flight on a connection; the connection is not idle while one is held.
+/// Requests carry it as an [`InFlight`] extension, so a handler whose answer is a long-lived
+/// stream (xDS) keeps its connection from being closed as idle for as long as the stream runs.
 pub struct Busy {
     connections: Arc<Connections>,
     id: u64,
@@ -305,6 +307,20 @@ impl Tracker {
             connections: self.connections.clone(),
             id: self.id,
         }
+    }
+}
+
+/// The request's [`Busy`] guard, shared: a streaming handler keeps a clone for the stream's
+/// life.
+#[derive(Clone)]
+pub struct InFlight {
+    _held: Arc<Busy>,
+}
+
+impl InFlight {
+    /// Shares `busy` with the request's handler.
+    pub fn new(busy: Arc<Busy>) -> Self {
+        Self { _held: busy }
     }
 }
 

@@ -15,6 +15,7 @@
 //! - `config` (every setting and its default), `state` (what a request reads, swapped whole),
 //!   `registry` (who may ask for what), `service` (`CreateCertificate`);
 //! - `server` (TLS port, serving certificate), `connections` (limits per source), `metrics`;
+//! - `xds/`: the mesh pushed to ztunnels and agents over Delta xDS, incrementally;
 //! - `reload` (applying outside changes whole or not at all), `data_lock` (one CA per data
 //!   dir), `persist` (crash-safe writes).
 
@@ -32,6 +33,7 @@ mod roots;
 mod server;
 mod service;
 mod state;
+mod xds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -175,6 +177,7 @@ impl RunningCa {
         let state = Arc::new(CaState::new(
             authority,
             registry,
+            mesh,
             config.ttl,
             metrics,
             config.refresh_hint,
@@ -201,14 +204,20 @@ impl RunningCa {
             idle_timeout_s = config.connections.idle_timeout.as_secs(),
             "connection limits"
         );
+        let mut background = Vec::new();
+        let xds_metrics = Arc::new(xds::XdsMetrics::new(&mut metrics_registry));
+        let (generations, follow) = xds::follow_mesh(&state);
+        background.push(follow);
         let server = tokio::spawn(server::serve(
             listener,
             acceptor,
-            server::router(state.clone()),
+            server::router(
+                state.clone(),
+                xds::XdsService::new(state.clone(), generations, xds_metrics),
+            ),
             connections,
         ));
 
-        let mut background = Vec::new();
         let metrics_addr = match config.metrics_addr {
             Some(a) => {
                 let (bound, task) = metrics::serve_metrics(a, Arc::new(metrics_registry))
@@ -277,7 +286,7 @@ impl RunningCa {
             %addr,
             trust_domain = %trust_domain,
             mode = ?state.authority().mode(),
-            "CA serving istio.v1.auth.IstioCertificateService and /bundle over TLS 1.3"
+            "CA serving istio.v1.auth.IstioCertificateService, xDS (DeltaAggregatedResources) and /bundle over TLS 1.3"
         );
         Ok(Self {
             addr,

@@ -29,6 +29,10 @@ impl IstioCounter {
     }
 }
 
+impl prometheus_client::metrics::TypedMetric for IstioCounter {
+    const TYPE: MetricType = MetricType::Unknown;
+}
+
 impl EncodeMetric for IstioCounter {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         encoder.encode_gauge(&(self.0.get() as i64))

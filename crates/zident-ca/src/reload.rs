@@ -38,8 +38,6 @@ pub(crate) fn reload_mesh(state: &CaState, path: &Path) {
     });
     match result {
         Ok((registry, mesh)) => {
-            state.set_registry(registry);
-            state.metrics.reload("mesh", true);
             tracing::info!(
                 target: "zident::ca",
                 nodes = mesh.nodes.len(),
@@ -47,6 +45,8 @@ pub(crate) fn reload_mesh(state: &CaState, path: &Path) {
                 workloads = mesh.workloads.len(),
                 "mesh file reloaded"
             );
+            state.set_mesh(mesh, registry);
+            state.metrics.reload("mesh", true);
         }
         Err(e) => {
             state.metrics.reload("mesh", false);

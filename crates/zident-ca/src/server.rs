@@ -1,4 +1,4 @@
-//! The CA's TLS port: gRPC (the Istio certificate service) and the trust bundle endpoint
+//! The CA's TLS port: gRPC (the Istio certificate service, xDS) and the trust bundle endpoint
 //! (`GET /bundle`, `GET /bundle.pem`) on one listener, TLS 1.3 only.
 //!
 //! The CA serves TLS with a certificate it issues to itself; the certificate sits behind a
@@ -24,11 +24,13 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use zident_identity::profile;
 use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
+use zident_proto::xds::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
-use crate::connections::{AcceptErrors, Connections, Slot};
+use crate::connections::{AcceptErrors, Connections, InFlight, Slot};
 use crate::roots::authority::Authority;
 use crate::service::{CaService, PeerAddr};
 use crate::state::CaState;
+use crate::xds::XdsService;
 
 /// A TLS handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,12 +108,18 @@ pub fn tls_config(cert: Arc<ServingCert>) -> Result<rustls::ServerConfig, rustls
     Ok(config)
 }
 
-/// The HTTP routes: the gRPC service and the bundle endpoints.
-pub fn router(state: Arc<CaState>) -> axum::Router {
+/// The largest xDS request accepted: a reconnecting client lists every resource it holds.
+const MAX_XDS_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// The HTTP routes: the gRPC services (certificates, xDS) and the bundle endpoints.
+pub(crate) fn router(state: Arc<CaState>, xds: XdsService) -> axum::Router {
     let grpc = IstioCertificateServiceServer::new(CaService::new(state.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let ads = AggregatedDiscoveryServiceServer::new(xds)
+        .max_decoding_message_size(MAX_XDS_REQUEST_BYTES);
     let json_state = state.clone();
     tonic::service::Routes::new(grpc)
+        .add_service(ads)
         .into_axum_router()
         .route(
             "/bundle",
@@ -194,8 +202,10 @@ async fn serve_connection(
     let tracker = slot.tracker();
     let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
-        // In flight until the response is ready: the connection is not idle meanwhile.
-        let busy = tracker.busy();
+        // In flight until the response is ready (and, for a stream, until the stream ends:
+        // its handler keeps a clone): the connection is not idle meanwhile.
+        let busy = Arc::new(tracker.busy());
+        req.extensions_mut().insert(InFlight::new(busy.clone()));
         let answer = router.clone().oneshot(req);
         async move {
             let response = answer.await;

@@ -174,7 +174,7 @@ impl IstioCertificateService for CaService {
     }
 }
 
-fn bearer_token(md: &tonic::metadata::MetadataMap) -> Option<&str> {
+pub(crate) fn bearer_token(md: &tonic::metadata::MetadataMap) -> Option<&str> {
     let value = md.get("authorization")?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {

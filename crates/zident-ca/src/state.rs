@@ -1,17 +1,33 @@
 //! What every request reads: the current authority and registry, swapped whole on reload.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use zident_mesh::MeshFile;
 
 use crate::config::TtlPolicy;
 use crate::metrics::CaMetrics;
 use crate::registry::Registry;
 use crate::roots::authority::Authority;
 
+/// One accepted version of the mesh, as the xDS server and anything else that follows the
+/// mesh sees it.
+#[derive(Debug)]
+pub struct MeshVersion {
+    /// The mesh, checked whole.
+    pub mesh: Arc<MeshFile>,
+    /// Counts accepted versions since the CA started (1 is the one it started with).
+    pub number: u64,
+    /// When it was accepted, to measure how long it took to reach every stream.
+    pub accepted: Instant,
+}
+
 /// Shared CA state. Readers clone an `Arc` under a short read lock and then work lock-free.
 pub struct CaState {
     authority: RwLock<Arc<Authority>>,
     registry: RwLock<Arc<Registry>>,
+    mesh: watch::Sender<Arc<MeshVersion>>,
     /// Certificate lifetimes.
     pub ttl: TtlPolicy,
     /// Metrics.
@@ -27,6 +43,7 @@ impl CaState {
     pub fn new(
         authority: Authority,
         registry: Registry,
+        mesh: MeshFile,
         ttl: TtlPolicy,
         metrics: CaMetrics,
         refresh_hint: Duration,
@@ -36,6 +53,12 @@ impl CaState {
         Self {
             authority: RwLock::new(Arc::new(authority)),
             registry: RwLock::new(Arc::new(registry)),
+            mesh: watch::channel(Arc::new(MeshVersion {
+                mesh: Arc::new(mesh),
+                number: 1,
+                accepted: Instant::now(),
+            }))
+            .0,
             ttl,
             metrics,
             refresh_hint,
@@ -66,9 +89,23 @@ impl CaState {
         *self.authority.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(authority);
     }
 
-    /// Replaces the registry (after a reload of the mesh file).
-    pub fn set_registry(&self, registry: Registry) {
+    /// Replaces the mesh and the registry built from it (after a reload of the mesh file),
+    /// and tells every follower of the mesh.
+    pub fn set_mesh(&self, mesh: MeshFile, registry: Registry) {
         *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(registry);
+        let accepted = Instant::now();
+        self.mesh.send_modify(|v| {
+            *v = Arc::new(MeshVersion {
+                mesh: Arc::new(mesh),
+                number: v.number + 1,
+                accepted,
+            })
+        });
+    }
+
+    /// The mesh in force, and every version accepted after it.
+    pub fn subscribe_mesh(&self) -> watch::Receiver<Arc<MeshVersion>> {
+        self.mesh.subscribe()
     }
 
     /// The trust bundle as SPIFFE JSON, with this CA's refresh hint.

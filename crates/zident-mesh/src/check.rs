@@ -39,8 +39,22 @@ fn workload_label(i: usize, w: &Workload) -> String {
     format!("workloads[{i}] ({}/{})", w.namespace, w.name)
 }
 
+/// Where a mesh came from, for the one rule that differs between the two: tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A mesh file: every node and identity carries its token.
+    File,
+    /// A view received from the control plane, which never sends tokens.
+    ControlPlane,
+}
+
 /// Checks every rule across the fields of `mesh`, parsed from `yaml` at `path`.
-pub(crate) fn check(mesh: &MeshFile, path: &Path, yaml: &str) -> Result<(), MeshError> {
+pub(crate) fn check(
+    mesh: &MeshFile,
+    path: &Path,
+    yaml: &str,
+    source: Source,
+) -> Result<(), MeshError> {
     let r = Refuse { path, yaml };
     use Step::{Item, Key};
 
@@ -77,8 +91,10 @@ pub(crate) fn check(mesh: &MeshFile, path: &Path, yaml: &str) -> Result<(), Mesh
                 ),
             ));
         }
-        check_token_source(&node.token, &node.token_file)
-            .map_err(|m| r.at(&at, format!("nodes[{i}]"), m))?;
+        if source == Source::File {
+            check_token_source(&node.token, &node.token_file)
+                .map_err(|m| r.at(&at, format!("nodes[{i}]"), m))?;
+        }
         if let Some(id) = &node.spiffe_id {
             in_trust_domain(id, &mesh.trust_domain).map_err(|m| {
                 r.at(
@@ -91,8 +107,10 @@ pub(crate) fn check(mesh: &MeshFile, path: &Path, yaml: &str) -> Result<(), Mesh
     }
     for (i, entry) in mesh.identities.iter().enumerate() {
         let at = [Key("identities"), Item(i)];
-        check_token_source(&entry.token, &entry.token_file)
-            .map_err(|m| r.at(&at, format!("identities[{i}]"), m))?;
+        if source == Source::File {
+            check_token_source(&entry.token, &entry.token_file)
+                .map_err(|m| r.at(&at, format!("identities[{i}]"), m))?;
+        }
         in_trust_domain(&entry.spiffe_id, &mesh.trust_domain).map_err(|m| {
             r.at(
                 &[Key("identities"), Item(i), Key("spiffeId")],

@@ -50,6 +50,29 @@ impl FromStr for Cidr {
 }
 
 impl Cidr {
+    /// The range of `prefix` leading bits of `network`; refused when the prefix is longer
+    /// than the address family allows (e.g. a range received over xDS).
+    pub fn new(network: IpAddr, prefix: u8) -> Result<Self, CidrError> {
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(CidrError {
+                input: format!("{network}/{prefix}"),
+                reason: "prefix length too long for the address family",
+            });
+        }
+        Ok(Self { network, prefix })
+    }
+
+    /// The address the range was written with.
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Whether `ip` is in the range (an IPv4 range never holds an IPv6 address, and back).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {

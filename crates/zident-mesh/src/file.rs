@@ -171,6 +171,38 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// A workload in `namespace` with every other field at its default, for views built from
+    /// something other than YAML (the xDS stream); set the public fields after.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            uid: String::new(),
+            name: String::new(),
+            namespace: namespace.into(),
+            service_account: default_service_account(),
+            trust_domain: String::new(),
+            node: String::new(),
+            workload_ips: Vec::new(),
+            protocol: Protocol::default(),
+            services: BTreeMap::new(),
+            authorization_policies: Vec::new(),
+            status: HealthStatus::default(),
+            waypoint: None,
+            network_gateway: None,
+            network_mode: None,
+            network: String::new(),
+            workload_name: String::new(),
+            workload_type: String::new(),
+            canonical_name: String::new(),
+            canonical_revision: String::new(),
+            hostname: None,
+            native_tunnel: None,
+            application_tunnel: None,
+            cluster_id: String::new(),
+            locality: None,
+            capacity: None,
+        }
+    }
+
     /// The workload's SPIFFE ID, `spiffe://<td>/ns/<namespace>/sa/<service account>`, with the
     /// mesh's trust domain when its own is empty.
     pub fn spiffe_id(&self, mesh_trust_domain: &TrustDomain) -> Result<SpiffeId, String> {
@@ -214,6 +246,30 @@ pub struct Service {
     load_balancer: Option<Ignored>,
     #[serde(default)]
     ip_families: Option<Ignored>,
+}
+
+impl Service {
+    /// A service with no VIP, port or extra name yet, for views built from something other
+    /// than YAML (the xDS stream); set the public fields after.
+    pub fn new(
+        name: impl Into<String>,
+        namespace: impl Into<String>,
+        hostname: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            hostname: hostname.into(),
+            vips: Vec::new(),
+            ports: BTreeMap::new(),
+            subject_alt_names: Vec::new(),
+            canonical: false,
+            endpoints: None,
+            waypoint: None,
+            load_balancer: None,
+            ip_families: None,
+        }
+    }
 }
 
 /// A service VIP, `network/ip` (the network may be empty: `/10.0.0.1`), as (network, address);

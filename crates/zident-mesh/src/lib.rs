@@ -30,4 +30,6 @@ pub use file::{
     CallerToken, HealthStatus, IdentityEntry, MeshError, MeshFile, Node, Protocol, Service,
     Workload, parse_vip,
 };
-pub use policy::{Action, Authorization, RbacMatch, Scope, ServiceAccountMatch, StringMatch};
+pub use policy::{
+    Action, Authorization, Ignored, RbacMatch, Scope, ServiceAccountMatch, StringMatch,
+};

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::check::Source;
 use crate::error::MeshError;
 use crate::file::MeshFile;
 
@@ -13,8 +14,16 @@ impl MeshFile {
             path: path.to_owned(),
             message: with_line(yaml, e.to_string()),
         })?;
-        crate::check::check(&mesh, path, yaml)?;
+        crate::check::check(&mesh, path, yaml, Source::File)?;
         Ok(mesh)
+    }
+
+    /// Checks a mesh that was built rather than read (a view received from the control plane)
+    /// by every rule a file must pass, except that its nodes carry no token. `origin` names
+    /// where it came from in messages (e.g. `xds://ca.example:15012`).
+    pub fn received(self, origin: &Path) -> Result<Self, MeshError> {
+        crate::check::check(&self, origin, "", Source::ControlPlane)?;
+        Ok(self)
     }
 
     /// Reads and parses a mesh file.

@@ -1,0 +1,81 @@
+//! xDS metrics, under istiod's names where it has one, so a dashboard built for istiod reads
+//! them: connected streams, pushes and rejects by type, and the time from an accepted edit to
+//! a client's ACK of it.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::metrics::IstioCounter;
+
+/// Label: the resource type, short (`address`, `authorization`, `mesh`, `node`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TypeLabel {
+    pub(crate) r#type: &'static str,
+}
+
+/// Every xDS metric.
+#[derive(Debug)]
+pub(crate) struct XdsMetrics {
+    /// Streams open now.
+    pub(crate) streams: Gauge,
+    /// Responses sent, by type.
+    pub(crate) pushes: Family<TypeLabel, IstioCounter>,
+    /// Responses a client rejected (NACK), by type.
+    pub(crate) rejects: Family<TypeLabel, IstioCounter>,
+    /// Seconds from an edit being accepted to a client's ACK of the push that carried it.
+    pub(crate) convergence: Histogram,
+    /// Bytes of resources in one push, to show a change's push does not grow with the mesh.
+    pub(crate) push_bytes: Histogram,
+}
+
+impl XdsMetrics {
+    pub(crate) fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            streams: Gauge::default(),
+            pushes: Family::default(),
+            rejects: Family::default(),
+            convergence: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            push_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 12)),
+        };
+        registry.register(
+            "pilot_xds",
+            "Number of endpoints connected to this control plane using xDS",
+            m.streams.clone(),
+        );
+        registry.register(
+            "pilot_xds_pushes",
+            "xDS responses sent, by type",
+            m.pushes.clone(),
+        );
+        registry.register(
+            "pilot_total_xds_rejects",
+            "xDS responses rejected by a client (NACK), by type",
+            m.rejects.clone(),
+        );
+        registry.register(
+            "pilot_proxy_convergence_time",
+            "Seconds from a mesh edit being accepted to a client acknowledging it",
+            m.convergence.clone(),
+        );
+        registry.register(
+            "zident_xds_push_bytes",
+            "Bytes of resources in one xDS response",
+            m.push_bytes.clone(),
+        );
+        m
+    }
+}
+
+/// The short label of a type URL.
+pub(crate) fn short(type_url: &str) -> &'static str {
+    match type_url {
+        zident_xds::ADDRESS => "address",
+        zident_xds::AUTHORIZATION => "authorization",
+        zident_xds::MESH => "mesh",
+        zident_xds::NODE => "node",
+        _ => "unknown",
+    }
+}
