@@ -117,8 +117,8 @@ pub struct CaClientConfig {
 pub struct AgentConfig {
     /// `NODE_NAME`: whose workloads to serve.
     pub node: String,
-    /// The mesh file (`LOCAL_XDS_PATH`).
-    pub mesh_path: PathBuf,
+    /// Where the mesh comes from: a file, or the control plane's xDS stream.
+    pub mesh: MeshSource,
     /// `TRUST_DOMAIN`, if set: must agree with the mesh file.
     pub trust_domain: Option<String>,
     /// The CA.
@@ -144,6 +144,20 @@ pub struct AgentConfig {
     pub data_plane: Option<std::sync::Arc<dyn DataPlane>>,
 }
 
+/// Where an agent's mesh comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshSource {
+    /// A mesh file (`LOCAL_XDS_PATH`), watched and reloaded on change.
+    File(PathBuf),
+    /// The control plane's Delta xDS stream on the CA's address, with the same TLS and token
+    /// as certificate requests, as ztunnel gets its mesh from istiod.
+    ControlPlane {
+        /// Where the last good view is kept, so an agent restarted while the control plane is
+        /// down comes back serving its workloads.
+        cache: Option<PathBuf>,
+    },
+}
+
 /// What a data plane running beside the agent adds to its endpoints. The tunnel lives in its
 /// own crate and starts after the agent; this is how its state reaches `/metrics` and
 /// `/debug/connections` without the agent depending on it.
@@ -162,9 +176,23 @@ pub trait DataPlane: Send + Sync + std::fmt::Debug + 'static {
 impl AgentConfig {
     /// The agent's defaults for a node, mesh file and CA.
     pub fn new(node: impl Into<String>, mesh_path: impl Into<PathBuf>, ca: CaClientConfig) -> Self {
+        Self::with_mesh(node, MeshSource::File(mesh_path.into()), ca)
+    }
+
+    /// The agent's defaults for a node whose mesh comes from the control plane at `ca`'s
+    /// address, keeping its last good view at `cache`.
+    pub fn from_control_plane(
+        node: impl Into<String>,
+        cache: Option<PathBuf>,
+        ca: CaClientConfig,
+    ) -> Self {
+        Self::with_mesh(node, MeshSource::ControlPlane { cache }, ca)
+    }
+
+    fn with_mesh(node: impl Into<String>, mesh: MeshSource, ca: CaClientConfig) -> Self {
         Self {
             node: node.into(),
-            mesh_path: mesh_path.into(),
+            mesh,
             trust_domain: None,
             ca,
             secret_ttl: zident_identity::profile::DEFAULT_TTL,

@@ -33,6 +33,7 @@ mod metrics;
 mod reload;
 pub mod workload_api;
 mod workloads;
+mod xds;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,10 +45,15 @@ use zident_mesh::{MeshFile, watch};
 pub use ca::client::{CaAddressError, CaError, ConnectionStatus};
 pub use certs::manager::CertificateManager;
 pub use certs::worker::{CertState, EventOutcome, IdentityStatus, RenewalEvent};
-pub use config::{AgentConfig, CaClientConfig, DataPlane, RenewalPolicy, TokenError, TokenSource};
+pub use config::{
+    AgentConfig, CaClientConfig, DataPlane, MeshSource as MeshSourceConfig, RenewalPolicy,
+    TokenError, TokenSource,
+};
 pub use http::admin::LogControl;
+pub use xds::status::{SharedStatus as XdsStatusHandle, XdsStatus};
 
 use crate::ca::{bundle_poll, clock, trust};
+use crate::config::MeshSource;
 use crate::http::{admin, serve, serve_tls};
 use crate::metrics::AgentMetrics;
 use crate::reload::Reloader;
@@ -97,7 +103,12 @@ pub struct RunningAgent {
     /// The mesh file in force: the one loaded at start, then each edit that was accepted.
     pub mesh: tokio::sync::watch::Receiver<Arc<MeshFile>>,
     tasks: Vec<JoinHandle<()>>,
-    _watcher: notify::RecommendedWatcher,
+    /// The xDS stream's state, when the mesh comes from the control plane.
+    pub xds: Option<Arc<xds::status::SharedStatus>>,
+    /// Whether a mesh is in force: always for a mesh file; for the control plane, once a view
+    /// arrived (or was read from the on-disk copy).
+    pub mesh_ready: tokio::sync::watch::Receiver<bool>,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Drop for RunningAgent {
@@ -114,23 +125,13 @@ impl RunningAgent {
         config: AgentConfig,
         log: Option<Arc<dyn LogControl>>,
     ) -> Result<Self, AgentError> {
-        let mesh = MeshFile::load(&config.mesh_path)?;
-        if let Some(td) = &config.trust_domain
-            && td != mesh.trust_domain.as_str()
-        {
-            return Err(AgentError::Config(format!(
-                "TRUST_DOMAIN is {td} but the mesh file {} says {}",
-                config.mesh_path.display(),
-                mesh.trust_domain
-            )));
-        }
         if config.node.is_empty() {
             return Err(AgentError::Config("NODE_NAME (--node) is required".into()));
         }
-        let view = reload::node_view(&mesh, &config.mesh_path, &config.node)
-            .map_err(AgentError::Config)?;
-        if view.identities.is_empty() {
-            tracing::warn!(target: "zident::identity", node = %config.node, "the mesh file places no workloads on this node");
+        let start = initial_mesh(&config)?;
+        let (mesh, view) = (start.mesh, start.view);
+        if start.ready && view.identities.is_empty() {
+            tracing::warn!(target: "zident::identity", node = %config.node, "the mesh places no workloads on this node");
         }
 
         let mut registry = Registry::default();
@@ -194,12 +195,7 @@ impl RunningAgent {
         }
 
         let (mesh_tx, mesh_rx) = tokio::sync::watch::channel(Arc::new(mesh.clone()));
-        let (dir, name) = watch::dir_and_name(&config.mesh_path);
-        let (watcher, changes) = watch::watch_dir(&dir, vec![name]).map_err(|e| {
-            AgentError::Config(format!("cannot watch {}: {e}", config.mesh_path.display()))
-        })?;
-        let reloader = Reloader {
-            path: config.mesh_path.clone(),
+        let applier = Arc::new(reload::MeshApplier {
             node: config.node.clone(),
             trust_domain: mesh.trust_domain.clone(),
             manager: manager.clone(),
@@ -207,16 +203,54 @@ impl RunningAgent {
             metrics: metrics.clone(),
             delivery: delivery.clone(),
             mesh: mesh_tx,
-        };
-        tasks.push(tokio::spawn(watch::reload_on_change(changes, move || {
-            reloader.reload()
-        })));
+        });
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(start.ready);
+        let mut watcher = None;
+        let mut xds_status = None;
+        match &config.mesh {
+            MeshSource::File(path) => {
+                let (dir, name) = watch::dir_and_name(path);
+                let (w, changes) = watch::watch_dir(&dir, vec![name]).map_err(|e| {
+                    AgentError::Config(format!("cannot watch {}: {e}", path.display()))
+                })?;
+                watcher = Some(w);
+                let reloader = Reloader {
+                    path: path.clone(),
+                    applier,
+                };
+                tasks.push(tokio::spawn(watch::reload_on_change(changes, move || {
+                    reloader.reload()
+                })));
+            }
+            MeshSource::ControlPlane { cache } => {
+                let status = Arc::new(xds::status::SharedStatus::default());
+                status.update(|s| {
+                    s.address = ca.address().to_owned();
+                    s.view_from = if start.ready { "cache" } else { "none" };
+                });
+                xds_status = Some(status.clone());
+                let client = xds::client::XdsClient {
+                    ca: ca.clone(),
+                    applier,
+                    status,
+                    cache: cache.clone(),
+                    ready: ready_tx,
+                };
+                tasks.push(tokio::spawn(client.run(start.held)));
+            }
+        }
 
         let admin_addr = match config.admin_addr {
             Some(a) => Some(
                 serve(
                     a,
-                    admin::admin_router(manager.clone(), log, config.data_plane.clone()),
+                    admin::admin_router(
+                        manager.clone(),
+                        log,
+                        config.data_plane.clone(),
+                        mesh_rx.clone(),
+                        xds_status.clone(),
+                    ),
                     &mut tasks,
                 )
                 .await
@@ -226,9 +260,13 @@ impl RunningAgent {
         };
         let readiness_addr = match config.readiness_addr {
             Some(a) => Some(
-                serve(a, admin::readiness_router(manager.clone()), &mut tasks)
-                    .await
-                    .map_err(|source| AgentError::Bind { addr: a, source })?,
+                serve(
+                    a,
+                    admin::readiness_router(manager.clone(), ready_rx.clone()),
+                    &mut tasks,
+                )
+                .await
+                .map_err(|source| AgentError::Bind { addr: a, source })?,
             ),
             None => None,
         };
@@ -267,8 +305,93 @@ impl RunningAgent {
             delivery,
             mesh: mesh_rx,
             tasks,
+            xds: xds_status,
+            mesh_ready: ready_rx,
             _watcher: watcher,
         })
+    }
+}
+
+/// The mesh an agent starts with.
+struct Start {
+    mesh: MeshFile,
+    view: workloads::LocalView,
+    /// The resources behind `mesh`, when it came from the control plane.
+    held: zident_xds::Snapshot,
+    /// Whether `mesh` is a real view (a file, or a stored copy) rather than a placeholder.
+    ready: bool,
+}
+
+/// The mesh file; or for the control plane, its last good view kept on disk, or an empty
+/// placeholder until the first view arrives (readiness waits for it).
+fn initial_mesh(config: &AgentConfig) -> Result<Start, AgentError> {
+    match &config.mesh {
+        MeshSource::File(path) => {
+            let mesh = MeshFile::load(path)?;
+            if let Some(td) = &config.trust_domain
+                && td != mesh.trust_domain.as_str()
+            {
+                return Err(AgentError::Config(format!(
+                    "TRUST_DOMAIN is {td} but the mesh file {} says {}",
+                    path.display(),
+                    mesh.trust_domain
+                )));
+            }
+            let view = reload::node_view(&mesh, path, &config.node).map_err(AgentError::Config)?;
+            Ok(Start {
+                mesh,
+                view,
+                held: zident_xds::Snapshot::default(),
+                ready: true,
+            })
+        }
+        MeshSource::ControlPlane { cache } => {
+            let setting = config.trust_domain.as_deref().unwrap_or("cluster.local");
+            let td = zident_identity::TrustDomain::new(setting)
+                .map_err(|e| AgentError::Config(format!("TRUST_DOMAIN {setting:?}: {e}")))?;
+            let stored = cache.as_deref().and_then(|path| {
+                let snapshot = xds::client::load_cache(path)?;
+                let read = snapshot
+                    .to_mesh(&td)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| m.received(path).map_err(|e| e.to_string()))
+                    .and_then(|m| {
+                        m.keeps_trust_domain(&td, path, "the agent")
+                            .map_err(|e| e.to_string())?;
+                        let view = reload::node_view(&m, path, &config.node)?;
+                        Ok((m, view))
+                    });
+                match read {
+                    Ok((mesh, view)) => {
+                        tracing::info!(target: "zident::identity", cache = %path.display(), workloads = mesh.workloads.len(), "serving the last good mesh from disk until the control plane answers");
+                        Some(Start {
+                            mesh,
+                            view,
+                            held: snapshot,
+                            ready: true,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "zident::identity", "ignoring the xDS cache {}: {e}", path.display());
+                        None
+                    }
+                }
+            });
+            Ok(stored.unwrap_or_else(|| Start {
+                mesh: MeshFile {
+                    trust_domain: td,
+                    nodes: Vec::new(),
+                    identities: Vec::new(),
+                    workloads: Vec::new(),
+                    policies: Vec::new(),
+                    services: Vec::new(),
+                    ca_certificates: Vec::new(),
+                },
+                view: workloads::LocalView::default(),
+                held: zident_xds::Snapshot::default(),
+                ready: false,
+            }))
+        }
     }
 }
 

@@ -115,8 +115,8 @@ const MAX_XDS_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 pub(crate) fn router(state: Arc<CaState>, xds: XdsService) -> axum::Router {
     let grpc = IstioCertificateServiceServer::new(CaService::new(state.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let ads = AggregatedDiscoveryServiceServer::new(xds)
-        .max_decoding_message_size(MAX_XDS_REQUEST_BYTES);
+    let ads =
+        AggregatedDiscoveryServiceServer::new(xds).max_decoding_message_size(MAX_XDS_REQUEST_BYTES);
     let json_state = state.clone();
     tonic::service::Routes::new(grpc)
         .add_service(ads)

@@ -4,18 +4,22 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use zident_identity::{SpiffeId, TrustDomain};
 
 pub use crate::error::MeshError;
 use crate::policy::{Authorization, Ignored};
 
 /// A whole mesh file, checked.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshFile {
     /// The mesh's trust domain (default `cluster.local`).
-    #[serde(default = "default_trust_domain", deserialize_with = "de_trust_domain")]
+    #[serde(
+        default = "default_trust_domain",
+        deserialize_with = "de_trust_domain",
+        serialize_with = "ser_display"
+    )]
     pub trust_domain: TrustDomain,
     /// Node agents and the tokens they authenticate with.
     #[serde(default)]
@@ -38,19 +42,23 @@ pub struct MeshFile {
 }
 
 /// A node agent's credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Node {
     /// The node's name, as workloads' `node:` refers to it.
     pub name: String,
-    /// The bearer token, inline. Exactly one of `token` and `tokenFile`.
-    #[serde(default)]
+    /// The bearer token, inline. Exactly one of `token` and `tokenFile`. Never shown.
+    #[serde(default, skip_serializing)]
     pub token: Option<String>,
     /// A file holding the bearer token, relative to the mesh file.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub token_file: Option<PathBuf>,
     /// The agent's own identity, if it keeps a certificate for itself.
-    #[serde(default, deserialize_with = "de_opt_spiffe_id")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_spiffe_id",
+        serialize_with = "ser_opt_display"
+    )]
     pub spiffe_id: Option<SpiffeId>,
     /// Where other nodes' tunnels reach this node's workloads: HBONE to `<address>:<inbound
     /// port>` instead of each workload's own address (the node's agent listens there with
@@ -60,22 +68,22 @@ pub struct Node {
 }
 
 /// A caller that may ask only for its own identity (a workload or a dedicated-mode proxy).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IdentityEntry {
     /// The one identity this token may ask for.
-    #[serde(deserialize_with = "de_spiffe_id")]
+    #[serde(deserialize_with = "de_spiffe_id", serialize_with = "ser_display")]
     pub spiffe_id: SpiffeId,
-    /// The bearer token, inline.
-    #[serde(default)]
+    /// The bearer token, inline. Never shown.
+    #[serde(default, skip_serializing)]
     pub token: Option<String>,
     /// A file holding the bearer token.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub token_file: Option<PathBuf>,
 }
 
 /// How a workload receives traffic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Protocol {
     /// Plain TCP: no tunnel (ztunnel's default).
     #[default]
@@ -87,7 +95,7 @@ pub enum Protocol {
 }
 
 /// A workload's health, as ztunnel's local config spells it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum HealthStatus {
     /// Takes traffic.
     #[default]
@@ -97,7 +105,7 @@ pub enum HealthStatus {
 }
 
 /// A workload, in ztunnel's local-config shape.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workload {
     /// Unique ID.
@@ -133,11 +141,11 @@ pub struct Workload {
     #[serde(default)]
     pub status: HealthStatus,
     // Keys of ztunnel's format that zident does not use: accepted and ignored.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     waypoint: Option<Ignored>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     network_gateway: Option<Ignored>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     network_mode: Option<Ignored>,
     /// The network its addresses belong to (empty: the default one). Addresses are unique
     /// per network.
@@ -155,18 +163,18 @@ pub struct Workload {
     /// The canonical revision, for telemetry (`service.version`).
     #[serde(default)]
     pub canonical_revision: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     hostname: Option<Ignored>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     native_tunnel: Option<Ignored>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     application_tunnel: Option<Ignored>,
     /// The cluster, for telemetry (`k8s.cluster.name`).
     #[serde(default)]
     pub cluster_id: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     locality: Option<Ignored>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     capacity: Option<Ignored>,
 }
 
@@ -217,7 +225,7 @@ impl Workload {
 }
 
 /// A service, in ztunnel's local-config shape.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Service {
     /// Name.
@@ -238,13 +246,13 @@ pub struct Service {
     /// Whether this is the canonical service for its hostname.
     #[serde(default)]
     pub canonical: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     endpoints: Option<Ignored>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     waypoint: Option<Ignored>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     load_balancer: Option<Ignored>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     ip_families: Option<Ignored>,
 }
 
@@ -396,6 +404,20 @@ fn default_trust_domain() -> TrustDomain {
 
 fn default_service_account() -> String {
     "default".into()
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn ser_opt_display<S: serde::Serializer, T: std::fmt::Display>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 fn de_trust_domain<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {

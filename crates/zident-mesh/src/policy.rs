@@ -2,13 +2,13 @@
 //! included, so a typo or a range that cannot be enforced refuses the file when it is loaded
 //! (on the CA and on every agent alike); evaluated by the tunnel.
 
-use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 
 use crate::cidr::Cidr;
 
 /// One authorization policy.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Authorization {
     /// Policy name.
@@ -31,7 +31,7 @@ pub struct Authorization {
 }
 
 /// Which workloads a policy applies to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Scope {
     /// Every workload in the mesh.
     #[default]
@@ -43,7 +43,7 @@ pub enum Scope {
 }
 
 /// What a matching policy does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Action {
     /// Allow the connection.
     #[default]
@@ -53,7 +53,7 @@ pub enum Action {
 }
 
 /// One match of a clause; every field present must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RbacMatch {
     /// Source namespaces.
@@ -96,7 +96,7 @@ pub struct RbacMatch {
 
 /// A string match, written `{Exact: "..."}`, `{Prefix: ...}`, `{Suffix: ...}` or
 /// `{Presence: []}`: a map with exactly one of those keys, as ztunnel writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "RawStringMatch")]
 pub enum StringMatch {
     /// Equal to.
@@ -140,6 +140,13 @@ impl TryFrom<RawStringMatch> for StringMatch {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ignored;
 
+impl Serialize for Ignored {
+    /// Shown as `[]`, the way ztunnel writes `{Presence: []}`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(std::iter::empty::<()>())
+    }
+}
+
 impl<'de> Deserialize<'de> for Ignored {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         IgnoredAny::deserialize(d).map(|_| Ignored)
@@ -147,7 +154,7 @@ impl<'de> Deserialize<'de> for Ignored {
 }
 
 /// A `{namespace, serviceAccount}` pair.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceAccountMatch {
     /// Namespace.

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use prost::Message;
 use zident_identity::{SpiffeId, TrustDomain};
 use zident_mesh::{
-    Action, Authorization, Cidr, HealthStatus, Ignored, Node, Protocol, RbacMatch,
-    Scope, Service, ServiceAccountMatch, StringMatch, Workload,
+    Action, Authorization, Cidr, HealthStatus, Ignored, Node, Protocol, RbacMatch, Scope, Service,
+    ServiceAccountMatch, StringMatch, Workload,
 };
 use zident_proto::istio_security as sec;
 use zident_proto::istio_workload as wl;
@@ -40,7 +40,7 @@ impl DecodeError {
 pub(crate) enum Item {
     Mesh(zm::Mesh),
     Node(Node),
-    Workload(Workload),
+    Workload(Box<Workload>),
     Service(Service),
     Policy(Authorization),
 }
@@ -145,7 +145,7 @@ fn workload(w: wl::Workload, mesh_td: &TrustDomain) -> Result<Item, String> {
     out.canonical_name = w.canonical_name;
     out.canonical_revision = w.canonical_revision;
     out.cluster_id = w.cluster_id;
-    Ok(Item::Workload(out))
+    Ok(Item::Workload(Box::new(out)))
 }
 
 fn service(s: wl::Service) -> Result<Service, String> {
@@ -261,8 +261,12 @@ fn ports(list: &[wl::Port]) -> Result<BTreeMap<u16, u16>, String> {
 
 fn ip(bytes: &[u8]) -> Result<IpAddr, String> {
     match bytes.len() {
-        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).map_err(|_| "bad length")?)),
-        16 => Ok(IpAddr::from(<[u8; 16]>::try_from(bytes).map_err(|_| "bad length")?)),
+        4 => Ok(IpAddr::from(
+            <[u8; 4]>::try_from(bytes).map_err(|_| "bad length")?,
+        )),
+        16 => Ok(IpAddr::from(
+            <[u8; 16]>::try_from(bytes).map_err(|_| "bad length")?,
+        )),
         n => Err(format!("an address of {n} bytes (4 or 16 expected)")),
     }
 }

@@ -81,7 +81,10 @@ impl Snapshot {
 
     /// The resources of `type_url`, by name.
     pub fn of(&self, type_url: &str) -> impl Iterator<Item = &Arc<Resource>> {
-        self.types.get(type_url).into_iter().flat_map(|m| m.values())
+        self.types
+            .get(type_url)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// One resource.
@@ -177,7 +180,7 @@ impl Snapshot {
             for r in self.of(type_url) {
                 match decode::item(type_url, &r.name, &r.value, &mesh.trust_domain)? {
                     Item::Node(n) => mesh.nodes.push(n),
-                    Item::Workload(w) => mesh.workloads.push(w),
+                    Item::Workload(w) => mesh.workloads.push(*w),
                     Item::Service(s) => mesh.services.push(s),
                     Item::Policy(p) => mesh.policies.push(p),
                     Item::Mesh(_) => {}
@@ -220,7 +223,15 @@ impl Snapshot {
             let set = out.types.entry(t.type_url).or_default();
             for r in t.resources {
                 let value = r.resource.map(|a| a.value).unwrap_or_default();
-                set.insert(r.name.clone(), Arc::new(Resource::new(r.name, value)));
+                // The version as the control plane gave it, to be sent back on reconnect.
+                set.insert(
+                    r.name.clone(),
+                    Arc::new(Resource {
+                        name: r.name,
+                        version: r.version,
+                        value,
+                    }),
+                );
             }
         }
         Ok(out)

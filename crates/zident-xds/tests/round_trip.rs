@@ -89,9 +89,21 @@ fn a_mesh_read_back_is_the_same_mesh() {
     assert_eq!(snapshot.count(ADDRESS), 3, "two workloads and one service");
     assert_eq!(snapshot.count(AUTHORIZATION), 2);
     // Names as ztunnel keys them.
-    assert!(snapshot.get(ADDRESS, "cluster1//Pod/default/frontend").is_some());
-    assert!(snapshot.get(ADDRESS, "Kubernetes//Pod/shop/backend").is_some());
-    assert!(snapshot.get(ADDRESS, "shop/backend.shop.svc.cluster.local").is_some());
+    assert!(
+        snapshot
+            .get(ADDRESS, "cluster1//Pod/default/frontend")
+            .is_some()
+    );
+    assert!(
+        snapshot
+            .get(ADDRESS, "Kubernetes//Pod/shop/backend")
+            .is_some()
+    );
+    assert!(
+        snapshot
+            .get(ADDRESS, "shop/backend.shop.svc.cluster.local")
+            .is_some()
+    );
     assert!(snapshot.get(AUTHORIZATION, "shop/only-frontend").is_some());
 
     let received = snapshot
@@ -99,18 +111,32 @@ fn a_mesh_read_back_is_the_same_mesh() {
         .expect("every resource reads")
         .received(Path::new("xds://test"))
         .expect("the received mesh passes the mesh rules");
-    assert_eq!(received.trust_domain.as_str(), "example.org", "taken from the Mesh resource");
+    assert_eq!(
+        received.trust_domain.as_str(),
+        "example.org",
+        "taken from the Mesh resource"
+    );
     // Resources arrive keyed by name, so entries come back in name order.
     let by_name = |mut v: Vec<zident_mesh::Authorization>| {
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     };
-    assert_eq!(by_name(received.policies.clone()), by_name(sent.policies.clone()));
+    assert_eq!(
+        by_name(received.policies.clone()),
+        by_name(sent.policies.clone())
+    );
     assert_eq!(received.services, sent.services);
     assert_eq!(received.nodes.len(), 2);
     for (r, s) in received.nodes.iter().zip(&sent.nodes) {
-        assert_eq!((&r.name, r.address, &r.spiffe_id), (&s.name, s.address, &s.spiffe_id));
-        assert_eq!((&r.token, &r.token_file), (&None, &None), "tokens never travel");
+        assert_eq!(
+            (&r.name, r.address, &r.spiffe_id),
+            (&s.name, s.address, &s.spiffe_id)
+        );
+        assert_eq!(
+            (&r.token, &r.token_file),
+            (&None, &None),
+            "tokens never travel"
+        );
     }
     let mut expected = sent.workloads.clone();
     // A workload without a uid is given the name it is sent under.
@@ -135,7 +161,11 @@ fn an_edit_changes_only_the_resources_it_touches() {
     let after = Snapshot::from_mesh(&mesh(&edited));
     let addresses = before.delta(&after, ADDRESS);
     assert_eq!(
-        addresses.changed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        addresses
+            .changed
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
         ["Kubernetes//Pod/shop/backend"]
     );
     assert!(addresses.removed.is_empty());
@@ -161,7 +191,11 @@ fn an_edit_changes_only_the_resources_it_touches() {
     let mut client = before.clone();
     for t in zident_xds::TYPES {
         let d = before.delta(&after, t);
-        client.apply(t, d.changed.iter().map(|r| (**r).clone()).collect(), &d.removed);
+        client.apply(
+            t,
+            d.changed.iter().map(|r| (**r).clone()).collect(),
+            &d.removed,
+        );
     }
     assert_eq!(client, after);
 }

@@ -46,9 +46,28 @@ pub enum Command {
 /// Flags of `zident agent`; each also reads Istio's environment variable.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// The mesh file (ztunnel local-config shape): which workloads run on this node.
-    #[arg(long, env = "LOCAL_XDS_PATH", value_name = "FILE")]
-    pub config: PathBuf,
+    /// The mesh file (ztunnel local-config shape): which workloads run on this node. Without
+    /// it the mesh comes from the control plane (`zident ca`) over xDS, as ztunnel's does.
+    #[arg(
+        long,
+        env = "LOCAL_XDS_PATH",
+        value_name = "FILE",
+        conflicts_with = "xds"
+    )]
+    pub config: Option<PathBuf>,
+    /// Take the mesh from the control plane's xDS stream on CA_ADDRESS (the default when no
+    /// --config is given).
+    #[arg(long)]
+    pub xds: bool,
+    /// Where the last good mesh from the control plane is kept, so an agent restarted during a
+    /// control-plane outage comes back serving its workloads.
+    #[arg(
+        long,
+        env = "ZIDENT_XDS_CACHE",
+        value_name = "FILE",
+        default_value = ".zident/agent/xds-cache.pb"
+    )]
+    pub xds_cache: PathBuf,
     /// This node's name in the mesh file.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node: String,
@@ -172,7 +191,12 @@ impl AgentArgs {
             request_timeout: Duration::from_secs(10),
             poll_bundle: true,
         };
-        let mut config = zident_agent::AgentConfig::new(self.node, self.config, ca);
+        let mut config = match self.config {
+            Some(path) => zident_agent::AgentConfig::new(self.node, path, ca),
+            None => {
+                zident_agent::AgentConfig::from_control_plane(self.node, Some(self.xds_cache), ca)
+            }
+        };
         config.trust_domain = self.trust_domain;
         config.secret_ttl = self.secret_ttl;
         config.renewal.ratio = self.rotation_ratio;

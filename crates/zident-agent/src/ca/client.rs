@@ -102,6 +102,8 @@ pub struct ConnectionStatus {
 /// A client of the Istio certificate service.
 pub struct CaClient {
     client: IstioCertificateServiceClient<Channel>,
+    /// The connection, shared with the xDS stream.
+    channel: Channel,
     token: TokenSource,
     cluster_id: String,
     address: String,
@@ -163,10 +165,10 @@ impl CaClient {
             .timeout(config.request_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
+        let channel = endpoint.connect_with_connector_lazy(connector);
         Ok(Self {
-            client: IstioCertificateServiceClient::new(
-                endpoint.connect_with_connector_lazy(connector),
-            ),
+            client: IstioCertificateServiceClient::new(channel.clone()),
+            channel,
             token: config.token.clone(),
             cluster_id: config.cluster_id.clone(),
             status: Mutex::new(ConnectionStatus {
@@ -241,6 +243,21 @@ impl CaClient {
         &self.name
     }
 
+    /// The connection to the CA, for another service on the same address (xDS).
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The `authorization` header value for a request: the current bearer token.
+    pub(crate) async fn authorization(
+        &self,
+    ) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, CaError> {
+        let token = self.token.read().await?;
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| CaError::Token(TokenError::NotAHeader))
+    }
+
     /// Sends a CSR for `id`; `impersonate` adds `ImpersonatedIdentity` (for workloads; not for
     /// the agent's own identity). Returns the PEM chain as the CA sent it.
     pub async fn sign(
@@ -250,7 +267,7 @@ impl CaClient {
         ttl: Duration,
         impersonate: bool,
     ) -> Result<Vec<String>, CaError> {
-        let token = self.token.read().await?;
+        let authorization = self.authorization().await?;
         let metadata = impersonate.then(|| Struct {
             fields: [(
                 "ImpersonatedIdentity".to_string(),
@@ -266,12 +283,7 @@ impl CaClient {
             metadata,
         });
         let md = request.metadata_mut();
-        md.insert(
-            "authorization",
-            format!("Bearer {token}")
-                .parse()
-                .map_err(|_| CaError::Token(TokenError::NotAHeader))?,
-        );
+        md.insert("authorization", authorization);
         if let Ok(v) = self.cluster_id.parse() {
             md.insert("clusterid", v);
         }

@@ -26,9 +26,10 @@ pub trait LogControl: Send + Sync {
     fn set_level(&self, filter: &str) -> Result<(), String>;
 }
 
-/// `GET /config_dump`: the `certificates` array in ztunnel's shape, so tools written for
-/// ztunnel (e.g. `istioctl ztunnel-config certificate`) read it.
-pub fn config_dump(manager: &CertificateManager) -> Value {
+/// `GET /config_dump`: the `certificates` array, and the `workloads`, `services` and
+/// `policies` in force (from the mesh file or the control plane), in ztunnel's shape, so tools
+/// written for ztunnel (e.g. `istioctl ztunnel-config`) read it.
+pub fn config_dump(manager: &CertificateManager, mesh: &zident_mesh::MeshFile) -> Value {
     let ztunnel_cert = |der: &[u8]| {
         let d = CertificateReport::of(der);
         json!({
@@ -61,7 +62,13 @@ pub fn config_dump(manager: &CertificateManager) -> Value {
             })
         })
         .collect();
-    json!({ "certificates": certificates })
+    json!({
+        "certificates": certificates,
+        "workloads": mesh.workloads,
+        "services": mesh.services,
+        "policies": mesh.policies,
+        "trustDomain": mesh.trust_domain.to_string(),
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -74,6 +81,8 @@ pub fn admin_router(
     manager: Arc<CertificateManager>,
     log: Option<Arc<dyn LogControl>>,
     data_plane: Option<Arc<dyn crate::config::DataPlane>>,
+    mesh: tokio::sync::watch::Receiver<Arc<zident_mesh::MeshFile>>,
+    xds: Option<Arc<crate::xds::status::SharedStatus>>,
 ) -> axum::Router {
     let m1 = manager.clone();
     let m2 = manager.clone();
@@ -87,7 +96,10 @@ pub fn admin_router(
         )
         .route(
             "/config_dump",
-            get(move || async move { Json(config_dump(&m2)) }),
+            get(move || async move {
+                let mesh = mesh.borrow().clone();
+                Json(config_dump(&m2, &mesh))
+            }),
         )
         .route(
             "/debug/connections",
@@ -105,6 +117,8 @@ pub fn admin_router(
                     },
                     "tunnels": data_plane.as_ref().map(|p| p.connections()).unwrap_or(json!([])),
                     "listeners": data_plane.as_ref().map(|p| p.listeners()).unwrap_or(json!(null)),
+                    // The control plane's stream, when the mesh comes from it.
+                    "xds": xds.as_ref().map(|x| x.get()),
                 }))
             }),
         )
@@ -147,11 +161,22 @@ pub fn admin_router(
         )
 }
 
-/// `GET /healthz/ready`: 200 once every local identity has been Available at least once.
-pub fn readiness_router(manager: Arc<CertificateManager>) -> axum::Router {
+/// `GET /healthz/ready`: 200 once a mesh is in force (`mesh_ready`) and every local identity
+/// has been Available at least once.
+pub fn readiness_router(
+    manager: Arc<CertificateManager>,
+    mesh_ready: tokio::sync::watch::Receiver<bool>,
+) -> axum::Router {
     axum::Router::new().route(
         "/healthz/ready",
         get(move || async move {
+            if !*mesh_ready.borrow() {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "waiting for the mesh from the control plane (see /debug/connections, xds)\n"
+                        .to_string(),
+                );
+            }
             let (ready, pending) = manager.readiness();
             if ready {
                 (StatusCode::OK, "ready\n".to_string())

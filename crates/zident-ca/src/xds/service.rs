@@ -89,9 +89,11 @@ impl AggregatedDiscoveryService for XdsService {
                 _in_flight: in_flight,
             },
         ));
-        let responses = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|r| (r, rx))
-        });
+        let responses =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
         Ok(Response::new(Box::pin(responses)))
     }
 }
@@ -130,11 +132,12 @@ async fn run(
             return;
         }
     };
-    let node_id = first.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
-    state.set_client(format!(
-        "{} {} ({})",
-        opened.caller, node_id, opened.peer
-    ));
+    let node_id = first
+        .node
+        .as_ref()
+        .map(|n| n.id.clone())
+        .unwrap_or_default();
+    state.set_client(format!("{} {} ({})", opened.caller, node_id, opened.peer));
     metrics.streams.inc();
     tracing::info!(target: "zident::ca", peer = %opened.peer, caller = %opened.caller, node = %node_id, "xDS stream opened");
 

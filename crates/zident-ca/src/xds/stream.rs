@@ -134,7 +134,9 @@ impl StreamState {
                 sub.held_names = sub
                     .names
                     .iter()
-                    .filter_map(|n| Some((n.clone(), g.snapshot.get(&type_url, n)?.version.clone())))
+                    .filter_map(|n| {
+                        Some((n.clone(), g.snapshot.get(&type_url, n)?.version.clone()))
+                    })
                     .collect();
             }
             named_delta(sub, current, &type_url)
@@ -214,9 +216,7 @@ impl StreamState {
             return;
         }
         self.tally.acks += 1;
-        if let Some(p) = sub
-            .pending
-            .take_if(|p| p.nonce == req.response_nonce)
+        if let Some(p) = sub.pending.take_if(|p| p.nonce == req.response_nonce)
             && let Some(accepted) = p.accepted
         {
             metrics

@@ -1,0 +1,323 @@
+//! The agent's xDS stream. It subscribes to every type zident serves, sends the versions it
+//! already holds (from the last stream or the on-disk copy) so a reconnect carries only what
+//! changed, and judges what arrives as a whole:
+//!
+//! - the answers to a stream's first requests are applied together once every type has
+//!   answered, so policies never lag behind the workloads they guard;
+//! - later responses that arrive together (one edit touching several types) are applied
+//!   together too;
+//! - what is applied must read and pass the mesh rules and this node's checks, as an edited
+//!   file must; otherwise every response of the batch is NACKed with the reason and the last
+//!   good view stays in force.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, watch};
+use zident_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
+use zident_xds::{Resource, Snapshot};
+
+use super::status::{Event, SharedStatus, short};
+use crate::ca::client::CaClient;
+use crate::reload::MeshApplier;
+
+/// The first retry after a stream ends; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// Opening the stream (TCP, TLS, HTTP/2, response headers) must finish within this.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the stream task needs.
+pub(crate) struct XdsClient {
+    pub(crate) ca: Arc<CaClient>,
+    pub(crate) applier: Arc<MeshApplier>,
+    pub(crate) status: Arc<SharedStatus>,
+    pub(crate) cache: Option<PathBuf>,
+    /// Set once a view is in force (from the cache or the stream).
+    pub(crate) ready: watch::Sender<bool>,
+}
+
+/// A response not yet ACKed or NACKed.
+struct Unanswered {
+    type_url: String,
+    nonce: String,
+    version: String,
+}
+
+impl XdsClient {
+    /// Keeps a stream open for as long as the agent runs. `held` is the view in force.
+    pub(crate) async fn run(self, mut held: Snapshot) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let ended = self.stream(&mut held).await;
+            let message = match ended {
+                Ok(()) => "the control plane closed the stream".to_owned(),
+                Err(e) => e,
+            };
+            self.status.update(|s| {
+                s.connected = false;
+                s.connected_since = None;
+                s.last_error = Some(message.clone());
+            });
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = FIRST_BACKOFF;
+            }
+            tracing::warn!(
+                target: "zident::identity",
+                ca = %self.ca.address(),
+                retry_in_ms = backoff.as_millis() as u64,
+                "xDS stream to the control plane ended, keeping the last good mesh: {message}"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn stream(&self, held: &mut Snapshot) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
+        for type_url in zident_xds::TYPES {
+            let request = DeltaDiscoveryRequest {
+                node: Some(self.node()),
+                type_url: type_url.to_owned(),
+                initial_resource_versions: held
+                    .of(type_url)
+                    .map(|r| (r.name.clone(), r.version.clone()))
+                    .collect(),
+                ..Default::default()
+            };
+            tx.send(request)
+                .await
+                .map_err(|_| "the request queue closed".to_owned())?;
+        }
+        let outbound =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
+        let mut request = tonic::Request::new(outbound);
+        request.metadata_mut().insert(
+            "authorization",
+            self.ca.authorization().await.map_err(|e| e.to_string())?,
+        );
+        let mut client = AggregatedDiscoveryServiceClient::new(self.ca.channel())
+            .max_decoding_message_size(256 * 1024 * 1024);
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, client.delta_aggregated_resources(request))
+            .await
+            .map_err(|_| {
+                format!(
+                    "no answer from {} within {OPEN_TIMEOUT:?}",
+                    self.ca.address()
+                )
+            })?
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        let mut responses = opened.into_inner();
+        self.status.update(|s| {
+            s.connected = true;
+            s.connected_since = Some(zident_identity::rfc3339(SystemTime::now()));
+            s.last_error = None;
+        });
+        tracing::info!(target: "zident::identity", ca = %self.ca.address(), "xDS stream to the control plane established");
+
+        let mut awaiting: HashSet<&str> = zident_xds::TYPES.into_iter().collect();
+        let mut staged = held.clone();
+        let mut unanswered: Vec<Unanswered> = Vec::new();
+        loop {
+            let first = match responses.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
+            };
+            // What has already arrived goes into the same judgement.
+            let mut batch = vec![first];
+            while let Some(Ok(Some(m))) = responses.message().now_or_never() {
+                batch.push(m);
+            }
+            let mut broken = None;
+            for response in batch {
+                awaiting.remove(response.type_url.as_str());
+                self.status.update(|s| {
+                    s.pushes += 1;
+                    s.last_push = Some(Event::now(
+                        &response.type_url,
+                        &response.system_version_info,
+                        None,
+                    ));
+                });
+                if let Err(e) = stage(&mut staged, &response) {
+                    broken.get_or_insert(e);
+                }
+                unanswered.push(Unanswered {
+                    type_url: response.type_url,
+                    nonce: response.nonce,
+                    version: response.system_version_info,
+                });
+            }
+            if broken.is_none() && !awaiting.is_empty() {
+                // The first answers of this stream are judged together.
+                continue;
+            }
+            let verdict = match broken {
+                Some(e) => Err(e),
+                None => self.judge(&staged),
+            };
+            match verdict {
+                Ok(()) => {
+                    *held = staged.clone();
+                    self.store(held).await;
+                    for u in unanswered.drain(..) {
+                        self.answer(&tx, &u, None).await?;
+                    }
+                }
+                Err(e) => {
+                    self.applier.refused("control plane mesh", &e);
+                    staged = held.clone();
+                    for u in unanswered.drain(..) {
+                        self.answer(&tx, &u, Some(e.clone())).await?;
+                    }
+                }
+            }
+            self.status.update(|s| {
+                s.resources = zident_xds::TYPES
+                    .iter()
+                    .map(|t| (short(t), held.count(t)))
+                    .collect();
+            });
+        }
+    }
+
+    /// Puts `staged` in force if it passes every check; the reason otherwise.
+    fn judge(&self, staged: &Snapshot) -> Result<(), String> {
+        let origin = PathBuf::from(format!("xds://{}", self.ca.address()));
+        let mesh = staged
+            .to_mesh(&self.applier.trust_domain)
+            .map_err(|e| e.to_string())?
+            .received(&origin)
+            .map_err(|e| e.to_string())?;
+        let view = self.applier.check(&mesh, &origin)?;
+        tracing::info!(
+            target: "zident::identity",
+            workloads = mesh.workloads.len(),
+            policies = mesh.policies.len(),
+            services = mesh.services.len(),
+            identities = view.identities.len(),
+            "mesh from the control plane applied"
+        );
+        self.applier.apply(mesh, &view);
+        self.status.update(|s| s.view_from = "stream");
+        self.ready.send_replace(true);
+        Ok(())
+    }
+
+    async fn answer(
+        &self,
+        tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+        u: &Unanswered,
+        error: Option<String>,
+    ) -> Result<(), String> {
+        let event = Event::now(&u.type_url, &u.version, error.clone());
+        self.status.update(|s| {
+            if error.is_some() {
+                s.nacks += 1;
+                s.last_nack = Some(event);
+            } else {
+                s.acks += 1;
+                s.last_ack = Some(event);
+            }
+        });
+        tx.send(DeltaDiscoveryRequest {
+            type_url: u.type_url.clone(),
+            response_nonce: u.nonce.clone(),
+            error_detail: error.map(|message| Status {
+                // google.rpc.Code.INVALID_ARGUMENT
+                code: 3,
+                message,
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| "the stream's request queue closed".to_owned())
+    }
+
+    async fn store(&self, held: &Snapshot) {
+        let Some(path) = self.cache.clone() else {
+            return;
+        };
+        let snapshot = held.clone();
+        let written =
+            tokio::task::spawn_blocking(move || super::cache::store(&path, &snapshot)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(target: "zident::identity", "cannot keep the mesh from the control plane on disk (a restart during an outage would start empty): {e}")
+            }
+            Err(e) => {
+                tracing::warn!(target: "zident::identity", "writing the xDS cache failed: {e}")
+            }
+        }
+    }
+
+    fn node(&self) -> Node {
+        use prost_types::value::Kind;
+        let text = |s: &str| prost_types::Value {
+            kind: Some(Kind::StringValue(s.to_owned())),
+        };
+        let name = &self.applier.node;
+        Node {
+            id: format!("zident~{name}"),
+            cluster: String::new(),
+            metadata: Some(prost_types::Struct {
+                fields: [
+                    ("NODE_NAME".to_owned(), text(name)),
+                    ("NAME".to_owned(), text(name)),
+                    ("ZIDENT_VERSION".to_owned(), text(env!("CARGO_PKG_VERSION"))),
+                ]
+                .into(),
+            }),
+        }
+    }
+}
+
+/// Applies one response to `staged`; refuses a resource of another type than the response's.
+fn stage(staged: &mut Snapshot, response: &DeltaDiscoveryResponse) -> Result<(), String> {
+    let type_url = response.type_url.as_str();
+    if !zident_xds::is_known_type(type_url) {
+        return Err(format!("zident does not know the type {type_url}"));
+    }
+    let mut changed = Vec::with_capacity(response.resources.len());
+    for r in &response.resources {
+        let Some(any) = &r.resource else {
+            return Err(format!("resource {:?} has no body", r.name));
+        };
+        if any.type_url != type_url {
+            return Err(format!(
+                "resource {:?} is a {} in a response of {type_url}",
+                r.name, any.type_url
+            ));
+        }
+        changed.push(Resource {
+            name: r.name.clone(),
+            version: r.version.clone(),
+            value: any.value.clone(),
+        });
+    }
+    staged.apply(type_url, changed, &response.removed_resources);
+    Ok(())
+}
+
+/// Loads the on-disk copy at `path` for a start without the control plane; `None` (with a
+/// log line saying why) when there is none or it cannot be used.
+pub(crate) fn load_cache(path: &Path) -> Option<Snapshot> {
+    match super::cache::load(path) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(target: "zident::identity", "ignoring the xDS cache: {e}");
+            None
+        }
+    }
+}

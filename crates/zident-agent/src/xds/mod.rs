@@ -1,0 +1,14 @@
+//! The mesh from the control plane: the agent opens the same Delta xDS stream a ztunnel
+//! opens to istiod (on the CA's address, with the CA's TLS and the same bearer token) and
+//! keeps its mesh view from what arrives, so a node needs only `CA_ADDRESS`, `CA_ROOT_CA`,
+//! `AUTH_TOKEN` and `NODE_NAME`.
+//!
+//! - `client`: the stream, reconnecting with backoff; every response is applied to a copy of
+//!   the resources held, checked by the mesh rules, and then ACKed and put in force, or NACKed
+//!   with the reason while the last good view stays;
+//! - `cache`: the last good view on disk, for a restart during a control-plane outage;
+//! - `status`: what `/debug/connections` shows of the stream.
+
+pub(crate) mod cache;
+pub(crate) mod client;
+pub(crate) mod status;
