@@ -5,12 +5,15 @@
 //!   to synchronize);
 //! - [`capture_logs`], [`captured`], [`logged`]: the test process's own log lines, to assert
 //!   what an operator would read;
-//! - [`curl`]: the curl command line, a client nobody here wrote.
+//! - [`curl`]: the curl command line, a client nobody here wrote;
+//! - [`netns`]: nodes in their own network namespaces on a shared bridge.
 //!
 //! A dev-dependency only; never published.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod netns;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
