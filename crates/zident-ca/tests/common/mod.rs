@@ -72,6 +72,13 @@ pub async fn start_ca(config: CaConfig) -> RunningCa {
 }
 
 pub async fn client(ca: &RunningCa) -> IstioCertificateServiceClient<Channel> {
+    IstioCertificateServiceClient::new(channel(ca).await)
+        .max_decoding_message_size(4 << 20)
+        .max_encoding_message_size(4 << 20)
+}
+
+/// A TLS connection to the CA's port, trusting its root-cert.pem, for any of its services.
+pub async fn channel(ca: &RunningCa) -> Channel {
     let root = std::fs::read(&ca.root_cert_path).unwrap();
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(root))
@@ -85,9 +92,7 @@ pub async fn client(ca: &RunningCa) -> IstioCertificateServiceClient<Channel> {
         .connect()
         .await
         .expect("connects over TLS");
-    IstioCertificateServiceClient::new(channel)
-        .max_decoding_message_size(4 << 20)
-        .max_encoding_message_size(4 << 20)
+    channel
 }
 
 pub fn id(path: &str) -> SpiffeId {
