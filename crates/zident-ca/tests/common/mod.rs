@@ -83,7 +83,7 @@ pub async fn channel(ca: &RunningCa) -> Channel {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(root))
         .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{}", ca.addr))
+    Channel::from_shared(format!("https://{}", ca.addr))
         .unwrap()
         .tls_config(tls)
         .unwrap()
@@ -91,8 +91,7 @@ pub async fn channel(ca: &RunningCa) -> Channel {
         .timeout(Duration::from_secs(20))
         .connect()
         .await
-        .expect("connects over TLS");
-    channel
+        .expect("connects over TLS")
 }
 
 pub fn id(path: &str) -> SpiffeId {
