@@ -37,6 +37,8 @@ pub fn mesh(workloads: usize) -> String {
 pub struct Ca {
     child: Child,
     pub addr: String,
+    /// Where its Prometheus metrics are (`host:port`).
+    pub metrics: String,
 }
 
 impl Ca {
@@ -60,6 +62,17 @@ pub fn start_ca(dir: &Path) -> Ca {
 
 /// [`start_ca`] on a given listen address (to restart a CA where its clients look for it).
 pub fn start_ca_at(dir: &Path, listen: &str) -> Ca {
+    spawn_ca(dir, listen, None)
+}
+
+/// [`start_ca`], also reporting when it accepts each reload of its mesh file (the time its
+/// log line carries), to measure from that moment on.
+pub fn start_ca_watching_reloads(dir: &Path) -> (Ca, mpsc::Receiver<std::time::SystemTime>) {
+    let (tx, rx) = mpsc::channel();
+    (spawn_ca(dir, "127.0.0.1:0", Some(tx)), rx)
+}
+
+fn spawn_ca(dir: &Path, listen: &str, reloads: Option<mpsc::Sender<std::time::SystemTime>>) -> Ca {
     let mut command = match std::env::var("ZIDENT_BENCH_CA_CPUS") {
         Ok(cpus) => {
             let mut c = Command::new("taskset");
@@ -87,12 +100,31 @@ pub fn start_ca_at(dir: &Path, listen: &str) -> Ca {
             if let Some(rest) = line.strip_prefix("zident ca: listening on ") {
                 let _ = tx.send(rest.split(' ').next().unwrap_or_default().to_owned());
             }
+            if let Some(rest) = line.strip_prefix("zident ca: metrics at http://") {
+                let _ = tx.send(rest.trim_end_matches("/metrics").to_owned());
+            }
+            if let Some(reloads) = &reloads
+                && line.contains("mesh file reloaded")
+                && let Some(at) = line
+                    .split_whitespace()
+                    .next()
+                    .and_then(zident_identity::parse_rfc3339)
+            {
+                let _ = reloads.send(at);
+            }
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("zident ca printed its address");
-    Ca { child, addr }
+    let metrics = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("zident ca printed its metrics address");
+    Ca {
+        child,
+        addr,
+        metrics,
+    }
 }
 
 /// A CreateCertificate request as a node agent sends it.
@@ -220,7 +252,16 @@ pub fn thread_cpu() -> Duration {
 
 /// Resident set size of this process, bytes.
 pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc status");
+    rss_of("/proc/self/status")
+}
+
+/// Resident set size of process `pid`, bytes.
+pub fn process_rss(pid: u32) -> u64 {
+    rss_of(&format!("/proc/{pid}/status"))
+}
+
+fn rss_of(path: &str) -> u64 {
+    let status = std::fs::read_to_string(path).expect("/proc status");
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

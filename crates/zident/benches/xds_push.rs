@@ -1,0 +1,281 @@
+//! xDS at scale: 10,000 workloads, 100 streams subscribed as ztunnel subscribes (wildcard,
+//! `istio.workload.Address` and `istio.security.Authorization`), each on its own TLS
+//! connection to the real `zident ca` process.
+//!
+//! Run: `cargo bench -p zident --bench xds_push` (optionally `-- WORKLOADS STREAMS EDITS`,
+//! default 10,000 100 21).
+//!
+//! Measured, each beside its baseline from the same run:
+//! - an edit of one workload (the mesh file rewritten, as an operator would): time from the
+//!   write until every stream has received the push and ACKed it, and the CA's own
+//!   `pilot_proxy_convergence_time` (edit accepted → ACK), against the time the same streams
+//!   took to receive the whole mesh at the start (what a push of everything costs);
+//! - the bytes of that push against the bytes of the whole mesh;
+//! - the CA's CPU and memory per stream.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use zident_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use zident_proto::xds::{DeltaDiscoveryRequest, Node};
+
+const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
+const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
+
+fn mesh(workloads: usize, edit: usize) -> String {
+    let mut s = format!(
+        "trustDomain: cluster.local\nnodes:\n- {{name: bench-node, token: {}}}\nworkloads:\n",
+        common::TOKEN
+    );
+    for i in 0..workloads {
+        // Edit number `edit` moves workload 0 to a new address.
+        let ip = if i == 0 {
+            format!("10.250.{}.{}", edit / 250, edit % 250 + 1)
+        } else {
+            format!("10.{}.{}.{}", i / 62500, (i / 250) % 250, i % 250 + 1)
+        };
+        s.push_str(&format!(
+            "- {{uid: w{i}, name: app-{i}, namespace: bench, serviceAccount: app-{}, node: node-{}, workloadIps: [\"{ip}\"], protocol: HBONE}}\n",
+            i % 500,
+            i % 100
+        ));
+    }
+    s.push_str("policies:\n- {name: allow-bench, namespace: bench, scope: Namespace, action: Allow, rules: [[[{namespaces: [{Exact: bench}]}]]]}\n");
+    s
+}
+
+/// What each stream reports: ADDRESS responses seen, the time of the last, its size.
+#[derive(Default)]
+struct Seen {
+    count: AtomicU64,
+    last: Mutex<Option<(Instant, SystemTime, usize)>>,
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let workloads = args.first().copied().unwrap_or(10_000);
+    let streams = args.get(1).copied().unwrap_or(100);
+    let edits = args.get(2).copied().unwrap_or(21);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(workloads, streams, edits));
+}
+
+async fn wait(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn open_stream(addr: &str, root: &[u8], seen: Arc<Seen>) {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+    for t in [ADDRESS, AUTHORIZATION] {
+        tx.send(DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: "ztunnel~10.0.0.1~bench.istio-system~istio-system.svc.cluster.local".into(),
+                ..Default::default()
+            }),
+            type_url: t.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("queue");
+    }
+    let outbound =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut req = tonic::Request::new(outbound);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", common::TOKEN).parse().expect("header"),
+    );
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(1 << 30)
+        .delta_aggregated_resources(req)
+        .await
+        .expect("stream opens")
+        .into_inner();
+    tokio::spawn(async move {
+        while let Ok(Some(r)) = responses.message().await {
+            if r.type_url == ADDRESS {
+                *seen.last.lock().expect("lock") =
+                    Some((Instant::now(), SystemTime::now(), r.encoded_len()));
+                seen.count.fetch_add(1, Ordering::SeqCst);
+            }
+            let ack = DeltaDiscoveryRequest {
+                type_url: r.type_url,
+                response_nonce: r.nonce,
+                ..Default::default()
+            };
+            if tx.send(ack).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn run(workloads: usize, streams: usize, edits: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(&path, mesh(workloads, 0)).expect("mesh file");
+    let (ca, reloads) = common::start_ca_watching_reloads(dir.path());
+    let root = std::fs::read(dir.path().join("ca/root-cert.pem")).expect("root");
+    let rss_idle = common::process_rss(ca.pid());
+    let cpu_before = common::process_cpu(ca.pid());
+
+    // Every stream receives the whole mesh.
+    let seen: Vec<Arc<Seen>> = (0..streams).map(|_| Arc::new(Seen::default())).collect();
+    let start = Instant::now();
+    for s in &seen {
+        open_stream(&ca.addr, &root, s.clone()).await;
+    }
+    wait(
+        "every stream has the mesh",
+        Duration::from_secs(600),
+        || seen.iter().all(|s| s.count.load(Ordering::SeqCst) >= 1),
+    )
+    .await;
+    let full_sync = start.elapsed();
+    let full_bytes = seen[0].last.lock().expect("lock").map_or(0, |l| l.2);
+    let cpu_sync = common::process_cpu(ca.pid()) - cpu_before;
+    // Let the ACKs land before reading memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_streams = common::process_rss(ca.pid());
+
+    // Edits of one workload.
+    let metrics_before = metrics_text(&ca).await;
+    let cpu_before_edits = common::process_cpu(ca.pid());
+    let mut times = Vec::new();
+    let mut accepted_times = Vec::new();
+    let mut push_bytes = 0;
+    for edit in 1..=edits {
+        let counts: Vec<u64> = seen
+            .iter()
+            .map(|s| s.count.load(Ordering::SeqCst))
+            .collect();
+        let yaml = mesh(workloads, edit);
+        let tmp = dir.path().join("mesh.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write");
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, &path).expect("rename");
+        wait("every stream has the edit", Duration::from_secs(60), || {
+            seen.iter()
+                .zip(&counts)
+                .all(|(s, c)| s.count.load(Ordering::SeqCst) > *c)
+        })
+        .await;
+        let receipts: Vec<(Instant, SystemTime, usize)> = seen
+            .iter()
+            .filter_map(|s| *s.last.lock().expect("lock"))
+            .collect();
+        let last = receipts.iter().map(|r| r.0).max().expect("a receipt");
+        let last_wall = receipts.iter().map(|r| r.1).max().expect("a receipt");
+        times.push(last.duration_since(t0).as_secs_f64() * 1000.0);
+        // The CA's own moment of acceptance, from its log line.
+        let accepted = reloads
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the CA logs the reload");
+        while reloads.try_recv().is_ok() {}
+        accepted_times.push(
+            last_wall
+                .duration_since(accepted)
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1000.0,
+        );
+        push_bytes = seen[0].last.lock().expect("lock").map_or(0, |l| l.2);
+    }
+    let cpu_edits = common::process_cpu(ca.pid()) - cpu_before_edits;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics_after = metrics_text(&ca).await;
+    let conv_sum = metric(&metrics_after, "pilot_proxy_convergence_time_sum")
+        - metric(&metrics_before, "pilot_proxy_convergence_time_sum");
+    let conv_count = metric(&metrics_after, "pilot_proxy_convergence_time_count")
+        - metric(&metrics_before, "pilot_proxy_convergence_time_count");
+
+    let accepted_median = common::median(accepted_times.clone());
+    let accepted_max = accepted_times.iter().copied().fold(0.0, f64::max);
+    let median_ms = common::median(times.clone());
+    let max_ms = times.iter().copied().fold(0.0, f64::max);
+    println!("xDS push: {workloads} workloads, {streams} streams, {edits} edits of one workload");
+    println!(
+        "  whole mesh to every stream at start: {:.0} ms ({:.1} MiB per stream, CA CPU {:.2} s = {:.1} ms per stream)",
+        full_sync.as_secs_f64() * 1000.0,
+        full_bytes as f64 / (1024.0 * 1024.0),
+        cpu_sync.as_secs_f64(),
+        cpu_sync.as_secs_f64() * 1000.0 / streams as f64
+    );
+    println!(
+        "  one edit, accepted by the CA -> every stream has it and ACKs: median {accepted_median:.1} ms, max {accepted_max:.1} ms (goal: median under 100 ms; ratio to the whole-mesh push: {:.3})",
+        accepted_median / (full_sync.as_secs_f64() * 1000.0)
+    );
+    println!(
+        "  one edit, file written -> every stream has it (adds the CA's 150 ms settle for editors' multi-step saves and the parse): median {median_ms:.1} ms, max {max_ms:.1} ms"
+    );
+    println!(
+        "  one edit, accepted -> ACKed (CA's pilot_proxy_convergence_time, mean of {conv_count:.0}): {:.1} ms",
+        if conv_count > 0.0 {
+            conv_sum / conv_count * 1000.0
+        } else {
+            f64::NAN
+        }
+    );
+    println!(
+        "  push of one edit: {push_bytes} bytes per stream, against {full_bytes} for the whole mesh (ratio {:.6})",
+        push_bytes as f64 / full_bytes.max(1) as f64
+    );
+    println!(
+        "  CA CPU per edit (parse + check {workloads} workloads, diff, {streams} pushes): {:.1} ms",
+        cpu_edits.as_secs_f64() * 1000.0 / edits as f64
+    );
+    println!(
+        "  CA memory: {:.1} MiB idle with the mesh, {:.1} MiB with {streams} streams ({:.1} KiB per stream)",
+        rss_idle as f64 / (1024.0 * 1024.0),
+        rss_streams as f64 / (1024.0 * 1024.0),
+        (rss_streams.saturating_sub(rss_idle)) as f64 / 1024.0 / streams as f64
+    );
+}
+
+/// The CA's /metrics, by plain HTTP/1.1.
+async fn metrics_text(ca: &common::Ca) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(&ca.metrics)
+        .await
+        .expect("metrics port");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.expect("response");
+    body
+}
