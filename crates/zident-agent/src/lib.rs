@@ -378,15 +378,7 @@ fn initial_mesh(config: &AgentConfig) -> Result<Start, AgentError> {
                 }
             });
             Ok(stored.unwrap_or_else(|| Start {
-                mesh: MeshFile {
-                    trust_domain: td,
-                    nodes: Vec::new(),
-                    identities: Vec::new(),
-                    workloads: Vec::new(),
-                    policies: Vec::new(),
-                    services: Vec::new(),
-                    ca_certificates: Vec::new(),
-                },
+                mesh: MeshFile::empty(td),
                 view: workloads::LocalView::default(),
                 held: zident_xds::Snapshot::default(),
                 ready: false,

@@ -297,6 +297,21 @@ pub enum CallerToken {
 }
 
 impl MeshFile {
+    /// A mesh with nothing in it but its trust domain: what is built up from received
+    /// resources, or held until the first arrive. (It does not pass the checks: it names no
+    /// node.)
+    pub fn empty(trust_domain: TrustDomain) -> Self {
+        Self {
+            trust_domain,
+            nodes: Vec::new(),
+            identities: Vec::new(),
+            workloads: Vec::new(),
+            policies: Vec::new(),
+            services: Vec::new(),
+            ca_certificates: Vec::new(),
+        }
+    }
+
     /// Every bearer token with its caller, token files read relative to the mesh file's
     /// directory. Fails on an unreadable or empty token file, or a token used twice.
     pub fn resolve_tokens(

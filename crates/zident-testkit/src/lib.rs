@@ -82,8 +82,16 @@ impl std::io::Write for LogWriter {
 /// Runs `curl -sS --max-time 10 ARGS -w '\n%{http_code}'`: (HTTP status, 0 when there was no
 /// answer; body and curl's own messages).
 pub fn curl(args: &[&str]) -> (u16, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10"]);
+    run_curl(cmd, args)
+}
+
+/// Runs `cmd` (a curl command line so far) with `-w '\n%{http_code}' ARGS` and splits what it
+/// printed into the status and the rest.
+pub(crate) fn run_curl(mut cmd: std::process::Command, args: &[&str]) -> (u16, String) {
+    let out = cmd
+        .args(["-w", "\n%{http_code}"])
         .args(args)
         .output()
         .expect("curl runs (apt-get install curl; .ci/run does)");

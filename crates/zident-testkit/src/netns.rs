@@ -143,16 +143,30 @@ impl Drop for NsProcess {
 /// Runs `curl -sS --max-time 5 ARGS -w '\n%{http_code}'` in namespace `ns`: (HTTP status, 0
 /// when there was no answer; body and curl's own messages).
 pub fn curl_in(ns: &str, args: &[&str]) -> (u16, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "5"])
-        .args(["-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl runs (apt-get install curl; .ci/run does)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        body.to_owned() + &String::from_utf8_lossy(&out.stderr),
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "curl", "-sS", "--max-time", "5"]);
+    crate::run_curl(cmd, args)
+}
+
+/// A web server (Python's `http.server`) on `ip:8080` in namespace `ns`, answering
+/// `GET /whoami` with `who`; its files and log under `dir`.
+pub fn whoami_server(ns: &str, ip: &str, who: &str, dir: &Path) -> NsProcess {
+    let www = dir.join(format!("www-{who}"));
+    std::fs::create_dir_all(&www).expect("create the web root");
+    std::fs::write(www.join("whoami"), who).expect("write /whoami");
+    let root = www.to_string_lossy().into_owned();
+    NsProcess::spawn(
+        ns,
+        Path::new("python3"),
+        &[
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            ip,
+            "--directory",
+            &root,
+        ],
+        &dir.join(format!("www-{who}.log")),
     )
 }

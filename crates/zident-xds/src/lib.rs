@@ -37,6 +37,18 @@ pub const MESH_RESOURCE: &str = "mesh";
 /// Every type, in the order a new stream is sent them.
 pub const TYPES: [&str; 4] = [MESH, NODE, ADDRESS, AUTHORIZATION];
 
+/// The short name of a type (`address`, `authorization`, `mesh`, `node`), for metric labels
+/// and admin output; `unknown` for any other.
+pub fn short_name(type_url: &str) -> &'static str {
+    match type_url {
+        ADDRESS => "address",
+        AUTHORIZATION => "authorization",
+        MESH => "mesh",
+        NODE => "node",
+        _ => "unknown",
+    }
+}
+
 /// Whether zident serves resources of `type_url`.
 pub fn is_known_type(type_url: &str) -> bool {
     TYPES.contains(&type_url)

@@ -159,15 +159,7 @@ impl Snapshot {
     /// [`MeshFile::received`]). `trust_domain` is used when there is no `zident.mesh.Mesh`
     /// resource (a control plane that is not zident).
     pub fn to_mesh(&self, trust_domain: &TrustDomain) -> Result<MeshFile, DecodeError> {
-        let mut mesh = MeshFile {
-            trust_domain: trust_domain.clone(),
-            nodes: Vec::new(),
-            identities: Vec::new(),
-            workloads: Vec::new(),
-            policies: Vec::new(),
-            services: Vec::new(),
-            ca_certificates: Vec::new(),
-        };
+        let mut mesh = MeshFile::empty(trust_domain.clone());
         if let Some(r) = self.get(crate::MESH, crate::MESH_RESOURCE)
             && let Item::Mesh(m) = decode::item(crate::MESH, &r.name, &r.value, trust_domain)?
         {

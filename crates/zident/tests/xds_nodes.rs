@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use zident_testkit::eventually;
-use zident_testkit::netns::{Lan, NsProcess, curl_in, ip};
+use zident_testkit::netns::{Lan, NsProcess, curl_in, ip, whoami_server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zident");
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -111,23 +111,7 @@ impl World {
 
     /// A web server for workload `ip` in `ns`, answering `GET /whoami` with `who`.
     fn server(&self, ns: &str, ip: &str, who: &str) -> NsProcess {
-        let dir = self.path(&format!("www-{who}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("whoami"), who).unwrap();
-        NsProcess::spawn(
-            ns,
-            Path::new("python3"),
-            &[
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                ip,
-                "--directory",
-                s(&dir),
-            ],
-            &self.path(&format!("www-{who}.log")),
-        )
+        whoami_server(ns, ip, who, self.dir.path())
     }
 
     fn write_mesh(&self, yaml: &str) {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use zident_testkit::eventually;
-use zident_testkit::netns::{Lan, NsProcess, curl_in, ip};
+use zident_testkit::netns::{Lan, NsProcess, curl_in, ip, whoami_server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zident");
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -63,26 +63,6 @@ fn ztunnel_workloads(ns: &str) -> Vec<String> {
         .unwrap_or_default();
     uids.sort();
     uids
-}
-
-fn web(ns: &str, ip: &str, who: &str, dir: &Path) -> NsProcess {
-    let www = dir.join(format!("www-{who}"));
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("whoami"), who).unwrap();
-    NsProcess::spawn(
-        ns,
-        Path::new("python3"),
-        &[
-            "-m",
-            "http.server",
-            "8080",
-            "--bind",
-            ip,
-            "--directory",
-            s(&www),
-        ],
-        &dir.join(format!("www-{who}.log")),
-    )
 }
 
 #[tokio::test]
@@ -204,8 +184,8 @@ async fn a_real_ztunnel_takes_its_mesh_from_zident_ca_and_carries_traffic_with_z
     })
     .await;
 
-    let _server = web(&b, "10.89.2.10", "server-on-zident", dir.path());
-    let _zt_app = web(&z, "10.89.3.10", "zt-app-behind-ztunnel", dir.path());
+    let _server = whoami_server(&b, "10.89.2.10", "server-on-zident", dir.path());
+    let _zt_app = whoami_server(&z, "10.89.3.10", "zt-app-behind-ztunnel", dir.path());
     for (ns, url) in [
         (&b, "http://10.89.2.10:8080/whoami"),
         (&z, "http://10.89.3.10:8080/whoami"),

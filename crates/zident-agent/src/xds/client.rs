@@ -21,7 +21,7 @@ use zident_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryS
 use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use zident_xds::{Resource, Snapshot};
 
-use super::status::{Event, SharedStatus, short};
+use super::status::{Event, SharedStatus};
 use crate::ca::client::CaClient;
 use crate::reload::MeshApplier;
 
@@ -185,7 +185,7 @@ impl XdsClient {
             self.status.update(|s| {
                 s.resources = zident_xds::TYPES
                     .iter()
-                    .map(|t| (short(t), held.count(t)))
+                    .map(|t| (zident_xds::short_name(t), held.count(t)))
                     .collect();
             });
         }

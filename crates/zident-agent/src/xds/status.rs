@@ -55,21 +55,10 @@ impl Event {
     pub(crate) fn now(type_url: &str, version: &str, error: Option<String>) -> Self {
         Self {
             at: rfc3339(SystemTime::now()),
-            r#type: short(type_url).to_owned(),
+            r#type: zident_xds::short_name(type_url).to_owned(),
             version: version.to_owned(),
             error,
         }
-    }
-}
-
-/// The short name of a type URL.
-pub(crate) fn short(type_url: &str) -> &'static str {
-    match type_url {
-        zident_xds::ADDRESS => "address",
-        zident_xds::AUTHORIZATION => "authorization",
-        zident_xds::MESH => "mesh",
-        zident_xds::NODE => "node",
-        _ => "unknown",
     }
 }
 

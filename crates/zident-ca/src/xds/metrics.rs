@@ -68,14 +68,3 @@ impl XdsMetrics {
         m
     }
 }
-
-/// The short label of a type URL.
-pub(crate) fn short(type_url: &str) -> &'static str {
-    match type_url {
-        zident_xds::ADDRESS => "address",
-        zident_xds::AUTHORIZATION => "authorization",
-        zident_xds::MESH => "mesh",
-        zident_xds::NODE => "node",
-        _ => "unknown",
-    }
-}

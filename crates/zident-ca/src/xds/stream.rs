@@ -21,7 +21,7 @@ use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource}
 use zident_xds::Delta;
 
 use super::generation::Generation;
-use super::metrics::{TypeLabel, XdsMetrics, short};
+use super::metrics::{TypeLabel, XdsMetrics};
 
 /// The response a client has not acknowledged yet, per type.
 struct Pending {
@@ -193,7 +193,7 @@ impl StreamState {
             return;
         };
         let label = TypeLabel {
-            r#type: short(type_url),
+            r#type: zident_xds::short_name(type_url),
         };
         if let Some(error) = &req.error_detail {
             self.tally.nacks += 1;
@@ -255,7 +255,7 @@ impl StreamState {
         metrics
             .pushes
             .get_or_create(&TypeLabel {
-                r#type: short(type_url),
+                r#type: zident_xds::short_name(type_url),
             })
             .inc();
         metrics.push_bytes.observe(bytes as f64);
