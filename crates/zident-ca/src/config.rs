@@ -31,6 +31,8 @@ pub struct CaConfig {
     pub rotation: RotationConfig,
     /// Bounds on connections: idle timeout, total and per-source caps.
     pub connections: connections::ConnectionLimits,
+    /// Shared state in PostgreSQL, for several replicas; `None`: the data dir alone.
+    pub datastore: Option<crate::datastore::DatastoreConfig>,
 }
 
 /// When the self-signed root rotates on its own, and how long each phase waits.
@@ -98,6 +100,7 @@ impl CaConfig {
             refresh_hint: Duration::from_secs(300),
             rotation: RotationConfig::default(),
             connections: Default::default(),
+            datastore: None,
         }
     }
 }

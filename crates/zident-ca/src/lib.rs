@@ -25,6 +25,7 @@
 mod config;
 mod connections;
 mod data_lock;
+pub mod datastore;
 mod metrics;
 mod persist;
 mod registry;
@@ -89,6 +90,9 @@ pub enum CaError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The shared datastore could not be used at start.
+    #[error("datastore: {0}")]
+    Datastore(#[from] datastore::StoreError),
     /// A file watch could not be set up.
     #[error("cannot watch {path}: {source}")]
     Watch {
@@ -126,8 +130,18 @@ impl Drop for RunningCa {
 
 impl RunningCa {
     /// Loads the mesh file and keys, binds the ports, and starts serving.
-    pub async fn start(config: CaConfig) -> Result<Self, CaError> {
+    pub async fn start(mut config: CaConfig) -> Result<Self, CaError> {
         let data_dir = data_lock::take(&config.data_dir)?;
+        // With a shared datastore, the replica serves the working copy the datastore keeps in
+        // its data dir.
+        let replica = match &config.datastore {
+            Some(ds) => {
+                let prepared = datastore::replica::prepare(&config, ds).await?;
+                config.mesh_path = config.data_dir.join(datastore::files::MESH_COPY);
+                Some(prepared)
+            }
+            None => None,
+        };
         let mesh = MeshFile::load(&config.mesh_path)?;
         let registry = Registry::from_mesh(&mesh, &config.mesh_path)?;
         let trust_domain = mesh.trust_domain.clone();
@@ -183,6 +197,9 @@ impl RunningCa {
             config.refresh_hint,
             ledger,
         ));
+        if replica.is_some() {
+            state.ledger.share();
+        }
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -220,7 +237,14 @@ impl RunningCa {
 
         let metrics_addr = match config.metrics_addr {
             Some(a) => {
-                let (bound, task) = metrics::serve_metrics(a, Arc::new(metrics_registry))
+                let ready: metrics::Readiness = match &replica {
+                    Some(r) => {
+                        let status = r.status.clone();
+                        Arc::new(move || status.ready())
+                    }
+                    None => Arc::new(|| Ok(())),
+                };
+                let (bound, task) = metrics::serve_metrics(a, Arc::new(metrics_registry), ready)
                     .await
                     .map_err(|source| CaError::Bind { addr: a, source })?;
                 background.push(task);
@@ -258,7 +282,8 @@ impl RunningCa {
             background.push(tokio::spawn(watch::reload_on_change(changes, move || {
                 reload::reload_rotation(&s, &cfg, &sv)
             })));
-            if config.rotation.auto {
+            // With a datastore, the leader replica takes the scheduled steps (see below).
+            if config.rotation.auto && replica.is_none() {
                 background.push(tokio::spawn(roots::schedule::rotate_on_schedule(
                     state.clone(),
                     config.clone(),
@@ -281,6 +306,18 @@ impl RunningCa {
             })));
         }
 
+        if let (Some(prepared), Some(ds)) = (replica, config.datastore.clone()) {
+            background.push(tokio::spawn(datastore::replica::run(
+                config.clone(),
+                ds,
+                prepared,
+                datastore::replica::Running {
+                    state: state.clone(),
+                    serving: serving.clone(),
+                },
+                addr.to_string(),
+            )));
+        }
         tracing::info!(
             target: "zident::ca",
             %addr,

@@ -83,6 +83,10 @@ pub struct CaMetrics {
     pub config_reloads: Family<ReloadLabel, Counter>,
     /// Time to handle an issuance, seconds.
     pub issue_duration: Histogram,
+    /// 1 while a replica's shared datastore is unreachable (it serves from its copy).
+    pub datastore_degraded: Gauge,
+    /// 1 while this replica holds the leader lock (takes rotation steps).
+    pub leader: Gauge,
 }
 
 impl CaMetrics {
@@ -100,6 +104,8 @@ impl CaMetrics {
             rejected: Default::default(),
             config_reloads: Default::default(),
             issue_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
+            datastore_degraded: Gauge::default(),
+            leader: Gauge::default(),
         };
         let istio: [(&str, &str, &IstioCounter); 6] = [
             (
@@ -157,6 +163,16 @@ impl CaMetrics {
             m.config_reloads.clone(),
         );
         registry.register(
+            "zident_ca_datastore_degraded",
+            "1 while the shared datastore is unreachable and this replica serves from its copy",
+            m.datastore_degraded.clone(),
+        );
+        registry.register(
+            "zident_ca_leader",
+            "1 while this replica holds the leader lock and takes root rotation steps",
+            m.leader.clone(),
+        );
+        registry.register(
             "zident_ca_issue_duration_seconds",
             "Time to authenticate, check and sign one certificate request",
             m.issue_duration.clone(),
@@ -187,31 +203,50 @@ impl CaMetrics {
     }
 }
 
-/// Serves `GET /metrics` (OpenMetrics text) on `addr`.
+/// Whether the CA is ready, and why not.
+pub(crate) type Readiness = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serves `GET /metrics` (OpenMetrics text) and `GET /ready` on `addr`.
 pub(crate) async fn serve_metrics(
     addr: std::net::SocketAddr,
     registry: std::sync::Arc<prometheus_client::registry::Registry>,
+    ready: Readiness,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || async move {
-            let mut body = String::new();
-            use axum::response::IntoResponse;
-            match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                Ok(()) => (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    body,
-                )
-                    .into_response(),
-                Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-            }
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/ready",
+            axum::routing::get(move || async move {
+                use axum::response::IntoResponse;
+                match ready() {
+                    Ok(()) => (axum::http::StatusCode::OK, "ready\n".to_string()).into_response(),
+                    Err(why) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{why}\n"),
+                    )
+                        .into_response(),
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                let mut body = String::new();
+                use axum::response::IntoResponse;
+                match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                    Ok(()) => (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response(),
+                    Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
+            }),
+        );
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(target: "zident::ca", "metrics server stopped: {e}");

@@ -6,7 +6,8 @@
 //! - [`capture_logs`], [`captured`], [`logged`]: the test process's own log lines, to assert
 //!   what an operator would read;
 //! - [`curl`]: the curl command line, a client nobody here wrote;
-//! - [`netns`]: nodes in their own network namespaces on a shared bridge.
+//! - [`netns`]: nodes in their own network namespaces on a shared bridge;
+//! - [`postgres`]: a real PostgreSQL cluster in a temporary directory.
 //!
 //! A dev-dependency only; never published.
 
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod netns;
+pub mod postgres;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -222,9 +222,31 @@ pub struct CaArgs {
     /// Instead of running the CA: rotate its root, or show the rotation's status.
     #[command(subcommand)]
     pub action: Option<crate::rotate::CaAction>,
-    /// The mesh file: trust domain, nodes and their tokens, workloads.
-    #[arg(long, value_name = "FILE", required = true)]
+    /// The mesh file: trust domain, nodes and their tokens, workloads. With --datastore: the
+    /// mesh to store as the first version when the datastore holds none.
+    #[arg(long, value_name = "FILE", required_unless_present = "datastore")]
     pub config: Option<PathBuf>,
+    /// Share roots, rotation and the mesh with other replicas in PostgreSQL
+    /// (`postgres://user@host:port/db`); without it, the data dir alone.
+    #[arg(
+        long,
+        env = "ZIDENT_DATASTORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub datastore: Option<String>,
+    /// With --datastore: the 256-bit key that seals root keys in the database (32 random
+    /// bytes or 64 hex digits; `head -c 32 /dev/urandom > kek`). Never stored there.
+    #[arg(
+        long,
+        env = "ZIDENT_KEK_FILE",
+        value_name = "FILE",
+        requires = "datastore"
+    )]
+    pub kek_file: Option<PathBuf>,
+    /// With --datastore: this replica's name in `zident ca status` (default: host:listen).
+    #[arg(long, value_name = "NAME")]
+    pub replica_name: Option<String>,
     /// Where the self-signed root is kept and root-cert.pem is published.
     #[arg(long, value_name = "DIR", default_value = ".zident/ca")]
     pub data_dir: PathBuf,
@@ -290,8 +312,30 @@ impl CaArgs {
                 self.rotate_at
             ));
         }
-        let mesh = self.config.ok_or("--config is required to run the CA")?;
-        let mut config = CaConfig::new(mesh);
+        let mut config = match (&self.datastore, self.config.clone()) {
+            (Some(url), import) => {
+                let kek_file = self
+                    .kek_file
+                    .clone()
+                    .ok_or("--kek-file (ZIDENT_KEK_FILE) is required with --datastore")?;
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "localhost".into());
+                let mut c = CaConfig::new(self.data_dir.join("mesh.yaml"));
+                c.datastore = Some(zident_ca::datastore::DatastoreConfig {
+                    url: url.clone(),
+                    kek_file,
+                    name: self
+                        .replica_name
+                        .clone()
+                        .unwrap_or_else(|| format!("{host}:{}", self.listen)),
+                    import,
+                });
+                c
+            }
+            (None, Some(mesh)) => CaConfig::new(mesh),
+            (None, None) => return Err("--config is required to run the CA".into()),
+        };
         config.rotation.auto = !self.no_auto_rotate;
         config.rotation.prepare_at = self.rotate_at;
         config.rotation.root_lifetime = self.root_lifetime;
@@ -358,7 +402,7 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
         }
         Command::Ca(mut args) => {
             if let Some(action) = args.action.take() {
-                return crate::rotate::run(action);
+                return crate::rotate::run(action).await;
             }
             let config = args.into_config()?;
             let mut ca = RunningCa::start(config).await.map_err(|e| e.to_string())?;

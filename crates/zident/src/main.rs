@@ -5,6 +5,7 @@
 
 mod certs;
 mod cli;
+mod datastore_cli;
 mod duration;
 mod heap;
 mod inspect;

@@ -19,6 +19,12 @@ pub enum CaAction {
     Rotate(RotateArgs),
     /// Show the root generations, their phase and expiry, and what is safe next.
     Status(StatusArgs),
+    /// Store a mesh file in the shared datastore as a new version (checked first; a broken
+    /// file changes nothing); every replica follows within a second.
+    Apply(crate::datastore_cli::ApplyArgs),
+    /// The mesh versions in the shared datastore.
+    #[command(subcommand)]
+    Mesh(crate::datastore_cli::MeshAction),
 }
 
 /// Flags of `zident ca rotate`.
@@ -37,6 +43,17 @@ pub struct RotateArgs {
     /// Lifetime of the root that `prepare` makes.
     #[arg(long, default_value = "3650d", value_parser = parse_duration)]
     pub root_lifetime: Duration,
+    /// Take the step in the replicas' shared datastore instead of a data dir.
+    #[arg(
+        long,
+        env = "ZIDENT_DATASTORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub datastore: Option<String>,
+    /// The key-encryption key of the datastore's root keys.
+    #[arg(long, env = "ZIDENT_KEK_FILE", value_name = "FILE")]
+    pub kek_file: Option<PathBuf>,
 }
 
 /// A rotation phase, as clap parses it.
@@ -59,11 +76,35 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Read the replicas' shared datastore instead of a data dir.
+    #[arg(
+        long,
+        env = "ZIDENT_DATASTORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub datastore: Option<String>,
 }
 
 /// Runs a `zident ca` action.
-pub fn run(action: CaAction) -> Result<ExitCode, String> {
+pub async fn run(action: CaAction) -> Result<ExitCode, String> {
+    use crate::datastore_cli as ds;
     match action {
+        CaAction::Apply(args) => ds::apply(args).await,
+        CaAction::Mesh(action) => ds::mesh(action).await,
+        CaAction::Rotate(RotateArgs {
+            phase,
+            datastore: Some(url),
+            kek_file,
+            force,
+            root_lifetime,
+            ..
+        }) => ds::rotate(&url, kek_file, phase.0, force, root_lifetime).await,
+        CaAction::Status(StatusArgs {
+            datastore: Some(url),
+            json,
+            ..
+        }) => ds::status(&url, json).await,
         CaAction::Rotate(args) => {
             let phase = args.phase.0;
             if args.data_dir.join(zident_ca::plugged::STATE_FILE).exists()

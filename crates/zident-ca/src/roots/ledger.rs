@@ -71,10 +71,28 @@ pub fn load(data_dir: &Path) -> HashMap<String, Issuance> {
     latest
 }
 
+/// Writes `latest` as a ledger file in `data_dir` (one line per identity).
+pub(crate) fn write(data_dir: &Path, latest: &HashMap<String, Issuance>) -> std::io::Result<()> {
+    let mut compact = String::new();
+    for (id, issuance) in latest {
+        if let Ok(line) = serde_json::to_string(&Line {
+            id: id.clone(),
+            issuance: *issuance,
+        }) {
+            compact.push_str(&line);
+            compact.push('\n');
+        }
+    }
+    write_atomic(&data_dir.join(LEDGER_FILE), compact.as_bytes(), 0o600)
+}
+
 /// The running CA's ledger.
 pub struct Ledger {
     latest: Mutex<HashMap<String, Issuance>>,
     writer: Mutex<Option<mpsc::Sender<String>>>,
+    /// With a shared datastore: what was issued since it was last sent there (the latest per
+    /// identity, so it stays bounded while the database is away).
+    outbox: Mutex<Option<HashMap<String, Issuance>>>,
 }
 
 impl Ledger {
@@ -85,17 +103,7 @@ impl Ledger {
         let now = unix_seconds(now);
         latest.retain(|_, i| i.not_after > now);
         let path = data_dir.join(LEDGER_FILE);
-        let mut compact = String::new();
-        for (id, issuance) in &latest {
-            if let Ok(line) = serde_json::to_string(&Line {
-                id: id.clone(),
-                issuance: *issuance,
-            }) {
-                compact.push_str(&line);
-                compact.push('\n');
-            }
-        }
-        write_atomic(&path, compact.as_bytes(), 0o600)?;
+        write(data_dir, &latest)?;
         let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::Builder::new()
@@ -115,6 +123,7 @@ impl Ledger {
         Ok(Self {
             latest: Mutex::new(latest),
             writer: Mutex::new(Some(tx)),
+            outbox: Mutex::new(None),
         })
     }
 
@@ -124,6 +133,14 @@ impl Ledger {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_owned(), issuance);
+        if let Some(outbox) = self
+            .outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            outbox.insert(id.to_owned(), issuance);
+        }
         let Ok(mut line) = serde_json::to_string(&Line {
             id: id.to_owned(),
             issuance,
@@ -145,6 +162,39 @@ impl Ledger {
     /// schedule asks every second while a root is prepared).
     pub fn read<R>(&self, f: impl FnOnce(&HashMap<String, Issuance>) -> R) -> R {
         f(&self.latest.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Starts keeping what is issued for a shared datastore, beginning with everything known.
+    pub(crate) fn share(&self) {
+        let all = self.snapshot();
+        *self.outbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(all);
+    }
+
+    /// What was issued since the last call, for the shared datastore.
+    pub(crate) fn take_outbox(&self) -> HashMap<String, Issuance> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Puts back what could not be sent (newer entries win).
+    pub(crate) fn return_outbox(&self, unsent: HashMap<String, Issuance>) {
+        if let Some(outbox) = self
+            .outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            for (id, i) in unsent {
+                let e = outbox.entry(id).or_insert(i);
+                if i.at > e.at {
+                    *e = i;
+                }
+            }
+        }
     }
 
     /// A copy of the latest issuance of each identity.

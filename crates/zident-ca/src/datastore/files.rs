@@ -1,0 +1,74 @@
+//! A replica's working copy of the shared state in its data dir: the root generations (keys
+//! opened with the KEK, written 0600), `rotation.json`, and the mesh file it serves
+//! (`mesh.yaml`). The CA reads and reloads these exactly as it does without a database, so
+//! the rules for keys, rotation and mesh edits are one code path; and a replica that starts
+//! while the database is down serves from them.
+
+use std::path::Path;
+
+use super::StoreError;
+use super::kek::Kek;
+use super::store::StoredRoot;
+use crate::persist::{create_private_dir, write_atomic};
+use crate::roots::files::{CA_CERT, CA_KEY};
+use crate::roots::rotation::{self, RotationState};
+
+/// The mesh a replica serves, in its data dir.
+pub const MESH_COPY: &str = "mesh.yaml";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Refused(format!("cannot write {}: {e}", path.display()))
+}
+
+/// Writes every root generation under `data_dir`: the certificate, then the key (absent for a
+/// retired root). A file already holding the same bytes is left alone.
+pub(crate) fn write_roots(
+    data_dir: &Path,
+    roots: &[StoredRoot],
+    kek: &Kek,
+) -> Result<(), StoreError> {
+    for root in roots {
+        let dir = rotation::generation_dir(data_dir, root.generation);
+        create_private_dir(&dir).map_err(io(&dir))?;
+        let cert_path = dir.join(CA_CERT);
+        if std::fs::read(&cert_path).ok().as_deref() != Some(root.cert_pem.as_bytes()) {
+            write_atomic(&cert_path, root.cert_pem.as_bytes(), 0o644).map_err(io(&cert_path))?;
+        }
+        let key_path = dir.join(CA_KEY);
+        match &root.key_sealed {
+            Some(sealed) => {
+                let key = kek.open(root.generation, sealed)?;
+                if std::fs::read(&key_path).ok().as_deref() != Some(&key[..]) {
+                    write_atomic(&key_path, &key, 0o600).map_err(io(&key_path))?;
+                }
+            }
+            None => {
+                let _ = std::fs::remove_file(&key_path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the rotation state last: the commit point the CA's reload watches.
+pub(crate) fn write_rotation(data_dir: &Path, state: &RotationState) -> Result<(), StoreError> {
+    rotation::write_state(data_dir, state).map_err(|e| StoreError::Refused(e.to_string()))
+}
+
+/// Writes the mesh the replica serves.
+pub(crate) fn write_mesh(data_dir: &Path, yaml: &str) -> Result<(), StoreError> {
+    let path = data_dir.join(MESH_COPY);
+    write_atomic(&path, yaml.as_bytes(), 0o600).map_err(io(&path))
+}
+
+/// A generation's certificate and key PEM, as `make_root` left them in `dir`.
+pub(crate) fn read_generation(dir: &Path) -> Result<(String, Vec<u8>), StoreError> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p)
+            .map_err(|e| StoreError::Refused(format!("cannot read {}: {e}", p.display())))
+    };
+    let cert = String::from_utf8(read(CA_CERT)?)
+        .map_err(|_| StoreError::Refused("a root certificate that is not text".into()))?;
+    Ok((cert, read(CA_KEY)?))
+}

@@ -1,0 +1,84 @@
+//! High availability on PostgreSQL: several `zident ca` replicas share one database
+//! (`--datastore postgres://…`).
+//!
+//! The database is the source of truth for the root generations (keys sealed under a
+//! key-encryption key that never enters it), the rotation state and its history, what every
+//! replica issued (so `activate` waits for clients of all of them), and the mesh, as numbered
+//! versions. Each replica keeps a working copy in its own data dir and serves from it, so
+//! issuance never waits on the database and a replica whose database is away keeps issuing.
+//!
+//! - `kek`: sealing root keys (AES-256-GCM);
+//! - `schema`: numbered migrations, run once under an advisory lock;
+//! - `store`: every read and write; a rotation step or a mesh version is one transaction;
+//! - `files`: the working copy in the data dir;
+//! - `replica`: a running replica's loop (follow changes by LISTEN/NOTIFY with polling as a
+//!   fallback, send what it issued, report itself, lead rotation while it holds the advisory
+//!   lock on its session, and say when it is degraded).
+
+pub mod files;
+pub mod kek;
+pub(crate) mod replica;
+mod schema;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+
+pub use kek::{Kek, KekError};
+pub use store::{MeshVersionRow, ReplicaRow, Step, Store, StoredRoot};
+
+/// Why the shared state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection (refused, timed out, or lost).
+    #[error("the database is unreachable: {0}")]
+    Unreachable(String),
+    /// A statement failed.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// A sealed key does not open, or the KEK is unusable.
+    #[error(transparent)]
+    Kek(#[from] KekError),
+    /// The request does not follow from what is stored, or what is stored is unusable.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// How a replica reaches the shared state.
+#[derive(Debug, Clone)]
+pub struct DatastoreConfig {
+    /// `postgres://user@host:port/db` (or key=value pairs), `ZIDENT_DATASTORE`.
+    pub url: String,
+    /// The 256-bit key-encryption key for root keys.
+    pub kek_file: PathBuf,
+    /// This replica's name in `zident ca status` (default: the host name and listen address).
+    pub name: String,
+    /// A mesh file to store as the first version when the database holds none.
+    pub import: Option<PathBuf>,
+}
+
+/// Reads and checks a mesh file for storing: as a reload would, and with its tokens inline
+/// (a token file would not exist beside the other replicas).
+pub fn mesh_for_store(path: &Path) -> Result<(String, zident_mesh::MeshFile), String> {
+    let yaml = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mesh = zident_mesh::MeshFile::parse(path, &yaml).map_err(|e| e.to_string())?;
+    crate::registry::Registry::from_mesh(&mesh, path).map_err(|e| e.to_string())?;
+    for (i, n) in mesh.nodes.iter().enumerate() {
+        if n.token_file.is_some() {
+            return Err(format!(
+                "{}: nodes[{i}] ({}) has a tokenFile; a mesh stored in the database must carry its tokens inline (token: …), since the file would not be there for the other replicas",
+                path.display(),
+                n.name
+            ));
+        }
+    }
+    for (i, e) in mesh.identities.iter().enumerate() {
+        if e.token_file.is_some() {
+            return Err(format!(
+                "{}: identities[{i}] has a tokenFile; a mesh stored in the database must carry its tokens inline (token: …)",
+                path.display()
+            ));
+        }
+    }
+    Ok((yaml, mesh))
+}

@@ -1,0 +1,333 @@
+//! A running replica: at start, the shared state is brought into the data dir (or, with the
+//! database away, the copy already there is used); then, once a second and on every
+//! notification, the replica follows what changed, sends what it issued, reports itself,
+//! and, while it holds the leader lock, takes the rotation steps that are due.
+//!
+//! A replica that loses its database keeps serving from its copy, says it is degraded
+//! (`/ready`, `zident_ca_datastore_degraded`), takes no rotation step, and catches up when the
+//! database returns.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::kek::Kek;
+use super::store::{STATEMENT_TIMEOUT, Store, redact};
+use super::{DatastoreConfig, StoreError, files, mesh_for_store};
+use crate::config::CaConfig;
+use crate::reload;
+use crate::roots::rotation;
+use crate::server::ServingCert;
+use crate::state::CaState;
+
+/// How often a replica looks for changes when no notification comes.
+const POLL: Duration = Duration::from_secs(1);
+
+/// What a replica shows of itself.
+#[derive(Debug, Default)]
+pub struct ReplicaStatus {
+    degraded: AtomicBool,
+    leader: AtomicBool,
+    mesh_version: AtomicI64,
+    rotation_version: AtomicI64,
+    reason: std::sync::Mutex<Option<String>>,
+}
+
+impl ReplicaStatus {
+    /// `Err(why)` while the database is away.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.degraded.load(Ordering::SeqCst) {
+            let why = self
+                .reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default();
+            return Err(format!(
+                "degraded: {why}; issuing from the roots and mesh version {} held, taking no rotation step",
+                self.mesh_version.load(Ordering::SeqCst)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this replica takes rotation steps.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
+    fn degrade(&self, why: &str, metrics: &crate::metrics::CaMetrics) {
+        metrics.datastore_degraded.set(1);
+        metrics.leader.set(0);
+        self.leader.store(false, Ordering::SeqCst);
+        let was = self.degraded.swap(true, Ordering::SeqCst);
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_owned());
+        if !was {
+            tracing::error!(target: "zident::ca", "datastore lost, serving from the working copy (degraded, no rotation steps): {why}");
+        }
+    }
+
+    fn recover(&self, metrics: &crate::metrics::CaMetrics) {
+        metrics.datastore_degraded.set(0);
+        metrics.leader.set(i64::from(self.is_leader()));
+        if self.degraded.swap(false, Ordering::SeqCst) {
+            tracing::info!(target: "zident::ca", "datastore back; catching up");
+        }
+    }
+}
+
+/// What [`prepare`] leaves for the running replica.
+pub(crate) struct Prepared {
+    pub(crate) kek: Arc<Kek>,
+    pub(crate) store: Option<Store>,
+    pub(crate) status: Arc<ReplicaStatus>,
+}
+
+/// Brings the shared state into `config.data_dir` before the CA starts: migrate, make the
+/// first root and import the first mesh if the database has none, write the working copy.
+/// With the database unreachable, a data dir that already holds a copy starts degraded.
+pub(crate) async fn prepare(
+    config: &CaConfig,
+    ds: &DatastoreConfig,
+) -> Result<Prepared, StoreError> {
+    let kek = Arc::new(Kek::load(&ds.kek_file)?);
+    let status = Arc::new(ReplicaStatus::default());
+    let mut store = match Store::connect(&ds.url).await {
+        Ok(s) => s,
+        Err(StoreError::Unreachable(why)) if super::store::has_working_copy(&config.data_dir) => {
+            tracing::error!(target: "zident::ca", "the datastore is unreachable at start; serving from the working copy in {} (degraded): {why}", config.data_dir.display());
+            status.degraded.store(true, Ordering::SeqCst);
+            *status.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            return Ok(Prepared {
+                kek,
+                store: None,
+                status,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let latest = store.latest_mesh().await?;
+    let import = match (&latest, &ds.import) {
+        (None, Some(path)) => Some(mesh_for_store(path).map_err(StoreError::Refused)?),
+        (None, None) => {
+            return Err(StoreError::Refused(format!(
+                "{} holds no mesh yet: store one with `zident ca apply -f mesh.yaml --datastore …`, or start this replica with --config mesh.yaml to import it",
+                redact(&ds.url)
+            )));
+        }
+        (Some(_), _) => None,
+    };
+    let td = match (&latest, &import) {
+        (Some(row), _) => {
+            let yaml = row.yaml.clone().unwrap_or_default();
+            zident_mesh::MeshFile::parse(
+                &PathBuf::from(format!("mesh version {}", row.version)),
+                &yaml,
+            )
+            .map_err(|e| StoreError::Refused(e.to_string()))?
+            .trust_domain
+        }
+        (None, Some((_, mesh))) => mesh.trust_domain.clone(),
+        (None, None) => {
+            return Err(StoreError::Refused(
+                "no mesh to take the trust domain from".into(),
+            ));
+        }
+    };
+    let by = format!("{} (import at start)", ds.name);
+    store
+        .bootstrap(
+            &td,
+            config.rotation.root_lifetime,
+            config.rotation_timing(),
+            &kek,
+            import
+                .as_ref()
+                .map(|(yaml, _)| (yaml.as_str(), by.as_str())),
+            &ds.name,
+        )
+        .await?;
+    sync(config, &store, &kek, &status, None).await?;
+    Ok(Prepared {
+        kek,
+        store: Some(store),
+        status,
+    })
+}
+
+/// The running CA's side: what [`sync`] reloads.
+pub(crate) struct Running {
+    pub(crate) state: Arc<CaState>,
+    pub(crate) serving: Arc<ServingCert>,
+}
+
+/// Writes what changed in the database into the data dir, and reloads it into the running CA
+/// when there is one.
+async fn sync(
+    config: &CaConfig,
+    store: &Store,
+    kek: &Kek,
+    status: &ReplicaStatus,
+    running: Option<&Running>,
+) -> Result<(), StoreError> {
+    let dir = &config.data_dir;
+    if let Some((state, version)) = within(store.rotation()).await?
+        && (version != status.rotation_version.load(Ordering::SeqCst)
+            || !dir.join(rotation::STATE_FILE).exists())
+    {
+        let roots = within(store.roots()).await?;
+        files::write_roots(dir, &roots, kek)?;
+        files::write_rotation(dir, &state)?;
+        status.rotation_version.store(version, Ordering::SeqCst);
+        if let Some(r) = running {
+            reload::reload_rotation(&r.state, config, &r.serving);
+        }
+    }
+    if let Some(row) = within(store.latest_mesh()).await?
+        && (row.version != status.mesh_version.load(Ordering::SeqCst)
+            || !dir.join(files::MESH_COPY).exists())
+    {
+        files::write_mesh(dir, row.yaml.as_deref().unwrap_or_default())?;
+        status.mesh_version.store(row.version, Ordering::SeqCst);
+        if let Some(r) = running {
+            tracing::info!(target: "zident::ca", version = row.version, applied_by = %row.applied_by, "following mesh version from the datastore");
+            reload::reload_mesh(&r.state, &dir.join(files::MESH_COPY));
+        }
+    }
+    Ok(())
+}
+
+/// A database call that gives up after [`STATEMENT_TIMEOUT`].
+async fn within<T>(
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(STATEMENT_TIMEOUT, f)
+        .await
+        .map_err(|_| StoreError::Unreachable(format!("no answer within {STATEMENT_TIMEOUT:?}")))?
+}
+
+/// The replica's loop, for as long as the CA runs.
+pub(crate) async fn run(
+    config: CaConfig,
+    ds: DatastoreConfig,
+    prepared: Prepared,
+    running: Running,
+    listen: String,
+) {
+    let Prepared { kek, store, status } = prepared;
+    let mut store = store;
+    loop {
+        let s = match store.take() {
+            Some(s) => Ok(s),
+            None => Store::connect(&ds.url).await,
+        };
+        let ended = match s {
+            Ok(s) => session(&config, &ds, &kek, &status, &running, &listen, s).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ended {
+            status.degrade(&e.to_string(), &running.state.metrics);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn session(
+    config: &CaConfig,
+    ds: &DatastoreConfig,
+    kek: &Kek,
+    status: &ReplicaStatus,
+    running: &Running,
+    listen: &str,
+    mut store: Store,
+) -> Result<(), StoreError> {
+    within(store.listen()).await?;
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        sync(config, &store, kek, status, Some(running)).await?;
+        status.recover(&running.state.metrics);
+        let outbox = running.state.ledger.take_outbox();
+        if let Err(e) = within(store.record_issued(&outbox)).await {
+            running.state.ledger.return_outbox(outbox);
+            return Err(e);
+        }
+        if !status.is_leader() && within(store.try_lead()).await? {
+            status.leader.store(true, Ordering::SeqCst);
+            tracing::info!(target: "zident::ca", replica = %ds.name, "this replica now takes the rotation steps (it holds the leader lock)");
+        }
+        within(store.heartbeat(
+            &ds.name,
+            listen,
+            status.is_leader(),
+            status.mesh_version.load(Ordering::SeqCst),
+            status.rotation_version.load(Ordering::SeqCst),
+        ))
+        .await?;
+        if status.is_leader() && config.rotation.auto && config.root_ca_dir.is_none() {
+            scheduled_step(config, ds, kek, running, &mut store).await?;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            note = store.notifications.recv() => {
+                if matches!(note, None | Some(None)) || store.is_closed() {
+                    return Err(StoreError::Unreachable("the connection to the database was lost".into()));
+                }
+            }
+        }
+    }
+}
+
+/// Takes the rotation step that is due, as the file-based schedule would, but with what every
+/// replica issued.
+async fn scheduled_step(
+    config: &CaConfig,
+    ds: &DatastoreConfig,
+    kek: &Kek,
+    running: &Running,
+    store: &mut Store,
+) -> Result<(), StoreError> {
+    let Some((rs, _)) = within(store.rotation()).await? else {
+        return Ok(());
+    };
+    let now = SystemTime::now();
+    let secs = zident_identity::unix_seconds(now);
+    let due = match rs.next_step() {
+        Some((phase, _, after)) => {
+            let after = if phase == rotation::Phase::Activate {
+                let issued = within(store.issued()).await?;
+                rotation::activation_safe_at(&rs, &issued, secs).unwrap_or(after)
+            } else {
+                after
+            };
+            (secs >= after).then_some(phase)
+        }
+        None => {
+            let (from, to) = running.state.authority().signer_validity();
+            let life = to.duration_since(from).unwrap_or_default();
+            let used = now.duration_since(from).unwrap_or_default();
+            (used.as_secs_f64() >= life.as_secs_f64() * config.rotation.prepare_at)
+                .then_some(rotation::Phase::Prepare)
+        }
+    };
+    let Some(phase) = due else { return Ok(()) };
+    let step = super::store::Step {
+        phase,
+        now,
+        force: false,
+        root_lifetime: config.rotation.root_lifetime,
+        timing: Some(config.rotation_timing()),
+        by: ds.name.clone(),
+    };
+    match within(store.step(&step, kek)).await {
+        Ok(rs) => {
+            tracing::info!(target: "zident::ca", phase = phase.as_str(), active = rs.active, prepared = ?rs.prepared, previous = ?rs.previous, sequence = rs.sequence, "scheduled root rotation step (committed to the datastore)");
+            Ok(())
+        }
+        Err(StoreError::Refused(why)) => {
+            tracing::error!(target: "zident::ca", phase = phase.as_str(), "scheduled root rotation step refused: {why}");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,549 @@
+//! Every read and write of the shared state. A rotation step, a mesh version and the first
+//! root are each one transaction; a replica's working copy in its data dir is written from
+//! what committed (`files.rs`), never the other way round.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use tokio_postgres::{Client, NoTls};
+use zident_identity::TrustDomain;
+
+use super::kek::Kek;
+use super::schema::{LOCK_BOOTSTRAP, migrate};
+use super::{StoreError, files};
+use crate::roots::ledger::Issuance;
+use crate::roots::rotation::{self, Phase, RotationState};
+
+/// The channel replicas are told of changes on.
+pub(crate) const CHANNEL: &str = "zident_changes";
+/// A statement that takes longer than this counts as a lost database.
+pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A rotation step to take, and by whom.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// prepare, activate or retire.
+    pub phase: Phase,
+    /// The time it is taken at.
+    pub now: SystemTime,
+    /// Take it before it is safe.
+    pub force: bool,
+    /// The lifetime of a root `prepare` makes.
+    pub root_lifetime: Duration,
+    /// The rules to record in the state (a replica's own); `None` keeps the stored ones.
+    pub timing: Option<rotation::Timing>,
+    /// Who takes it, for the state's `updated_by`.
+    pub by: String,
+}
+
+/// A root generation as stored.
+#[derive(Debug, Clone)]
+pub struct StoredRoot {
+    /// The generation.
+    pub generation: u32,
+    /// Its certificate, PEM.
+    pub cert_pem: String,
+    /// Its key, sealed; `None` once retired.
+    pub key_sealed: Option<Vec<u8>>,
+}
+
+/// One stored version of the mesh.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MeshVersionRow {
+    /// Its number, from 1.
+    pub version: i64,
+    /// SHA-256 of the YAML, hex.
+    pub sha256: String,
+    /// Who applied it.
+    pub applied_by: String,
+    /// When (RFC 3339).
+    pub applied_at: String,
+    /// The file, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yaml: Option<String>,
+}
+
+/// A replica as it last reported itself.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplicaRow {
+    /// Its name.
+    pub name: String,
+    /// Where it serves.
+    pub listen: String,
+    /// Whether it held the rotation lock.
+    pub leader: bool,
+    /// The mesh version it serves.
+    pub mesh_version: i64,
+    /// The rotation version it serves.
+    pub rotation_version: i64,
+    /// Seconds since it last reported.
+    pub seconds_ago: f64,
+}
+
+/// A connection to the shared state.
+pub struct Store {
+    client: Client,
+    /// Notifications on [`CHANNEL`], and `None` once the connection is gone.
+    pub notifications: tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
+}
+
+impl Store {
+    /// Connects to `url` and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Refused(format!("--datastore {}: {e}", redact(url))))?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(StoreError::Refused(
+                "the --datastore URL asks for sslmode=require, and this zident does not speak TLS to PostgreSQL yet; connect over a Unix socket or loopback (host=/var/run/postgresql), or through a TLS tunnel".into(),
+            ));
+        }
+        config.connect_timeout(STATEMENT_TIMEOUT);
+        config.application_name("zident-ca");
+        let (client, mut connection) =
+            tokio::time::timeout(STATEMENT_TIMEOUT, config.connect(NoTls))
+                .await
+                .map_err(|_| {
+                    StoreError::Unreachable(format!(
+                        "no answer from {} within {STATEMENT_TIMEOUT:?}",
+                        redact(url)
+                    ))
+                })?
+                .map_err(|e| StoreError::Unreachable(format!("{}: {e}", redact(url))))?;
+        let (tx, notifications) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio_postgres::AsyncMessage;
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        let _ = tx.send(Some(n.payload().to_owned()));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(target: "zident::ca", "database connection ended: {e}");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let _ = tx.send(None);
+        });
+        let mut store = Self {
+            client,
+            notifications,
+        };
+        migrate(&mut store.client).await?;
+        Ok(store)
+    }
+
+    /// Subscribes to change notifications.
+    pub async fn listen(&self) -> Result<(), StoreError> {
+        self.client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Makes the first root (generation 1) and stores the first mesh version, unless another
+    /// replica did: under one lock, in one transaction, so replicas starting together on an
+    /// empty database make one root.
+    pub async fn bootstrap(
+        &mut self,
+        td: &TrustDomain,
+        root_lifetime: Duration,
+        timing: rotation::Timing,
+        kek: &Kek,
+        import: Option<(&str, &str)>,
+        by: &str,
+    ) -> Result<(), StoreError> {
+        let tx = self.client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_BOOTSTRAP])
+            .await?;
+        let existing = tx
+            .query_opt("SELECT state FROM zident_rotation WHERE id = 1", &[])
+            .await?;
+        match existing {
+            Some(row) => {
+                let state: serde_json::Value = row.get(0);
+                let state: RotationState = serde_json::from_value(state)
+                    .map_err(|e| StoreError::Refused(format!("the stored rotation state: {e}")))?;
+                if state.trust_domain != td.as_str() {
+                    return Err(StoreError::Refused(format!(
+                        "the database holds roots for trust domain {}, but the mesh says {td}",
+                        state.trust_domain
+                    )));
+                }
+            }
+            None => {
+                let tmp = tempdir()?;
+                rotation::make_root(tmp.path(), td, 1, SystemTime::now(), root_lifetime)
+                    .map_err(|e| StoreError::Refused(e.to_string()))?;
+                let (cert, key) = files::read_generation(tmp.path())?;
+                let sealed = kek.seal(1, &key)?;
+                tx.execute(
+                    "INSERT INTO zident_roots (generation, cert_pem, key_sealed) VALUES (1, $1, $2)",
+                    &[&cert, &sealed],
+                )
+                .await?;
+                let mut initial = RotationState::initial(td);
+                initial.timing = timing;
+                let state = serde_json::to_value(initial)
+                    .map_err(|e| StoreError::Refused(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO zident_rotation (id, state, version, updated_by) VALUES (1, $1, 1, $2)",
+                    &[&state, &by],
+                )
+                .await?;
+                tracing::info!(target: "zident::ca", trust_domain = %td, "created the first root in the database");
+            }
+        }
+        let meshes: i64 = tx
+            .query_one("SELECT COUNT(*) FROM zident_mesh", &[])
+            .await?
+            .get(0);
+        if meshes == 0
+            && let Some((yaml, applied_by)) = import
+        {
+            insert_mesh(&tx, yaml, applied_by).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The rotation state and its version.
+    pub async fn rotation(&self) -> Result<Option<(RotationState, i64)>, StoreError> {
+        let Some(row) = self
+            .client
+            .query_opt(
+                "SELECT state, version FROM zident_rotation WHERE id = 1",
+                &[],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let state: RotationState = serde_json::from_value(row.get(0))
+            .map_err(|e| StoreError::Refused(format!("the stored rotation state: {e}")))?;
+        Ok(Some((state, row.get(1))))
+    }
+
+    /// Every root generation.
+    pub async fn roots(&self) -> Result<Vec<StoredRoot>, StoreError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT generation, cert_pem, key_sealed FROM zident_roots ORDER BY generation",
+                &[],
+            )
+            .await?
+            .into_iter()
+            .map(|r| StoredRoot {
+                generation: r.get::<_, i32>(0) as u32,
+                cert_pem: r.get(1),
+                key_sealed: r.get(2),
+            })
+            .collect())
+    }
+
+    /// The newest mesh version, with its YAML.
+    pub async fn latest_mesh(&self) -> Result<Option<MeshVersionRow>, StoreError> {
+        self.mesh_where("ORDER BY version DESC LIMIT 1", &[], true)
+            .await
+            .map(|mut v| v.pop())
+    }
+
+    /// One mesh version, with its YAML.
+    pub async fn mesh_version(&self, version: i64) -> Result<Option<MeshVersionRow>, StoreError> {
+        self.mesh_where("WHERE version = $1", &[&version], true)
+            .await
+            .map(|mut v| v.pop())
+    }
+
+    /// Every mesh version, oldest first, without the YAML.
+    pub async fn mesh_history(&self) -> Result<Vec<MeshVersionRow>, StoreError> {
+        self.mesh_where("ORDER BY version", &[], false).await
+    }
+
+    async fn mesh_where(
+        &self,
+        clause: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        with_yaml: bool,
+    ) -> Result<Vec<MeshVersionRow>, StoreError> {
+        let sql = format!(
+            "SELECT version, sha256, applied_by, to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), yaml FROM zident_mesh {clause}"
+        );
+        Ok(self
+            .client
+            .query(&sql, params)
+            .await?
+            .into_iter()
+            .map(|r| MeshVersionRow {
+                version: r.get(0),
+                sha256: r.get(1),
+                applied_by: r.get(2),
+                applied_at: r.get(3),
+                yaml: with_yaml.then(|| r.get(4)),
+            })
+            .collect())
+    }
+
+    /// Stores `yaml` (already checked) as the next mesh version and tells every replica.
+    pub async fn apply_mesh(&mut self, yaml: &str, applied_by: &str) -> Result<i64, StoreError> {
+        let tx = self.client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_BOOTSTRAP])
+            .await?;
+        let version = insert_mesh(&tx, yaml, applied_by).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// Records what replicas issued (the latest per identity wins).
+    pub async fn record_issued(&self, batch: &HashMap<String, Issuance>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (mut ids, mut at, mut nb, mut na) = (vec![], vec![], vec![], vec![]);
+        for (id, i) in batch {
+            ids.push(id.clone());
+            at.push(i.at as i64);
+            nb.push(i.not_before as i64);
+            na.push(i.not_after as i64);
+        }
+        self.client
+            .execute(
+                "INSERT INTO zident_issued (identity, at, not_before, not_after)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+                 ON CONFLICT (identity) DO UPDATE
+                   SET at = EXCLUDED.at, not_before = EXCLUDED.not_before, not_after = EXCLUDED.not_after
+                   WHERE zident_issued.at <= EXCLUDED.at",
+                &[&ids, &at, &nb, &na],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// What every replica issued, the latest per identity.
+    pub async fn issued(&self) -> Result<HashMap<String, Issuance>, StoreError> {
+        issued_of(&self.client).await
+    }
+
+    /// Takes rotation step `phase` as one transaction: the state row is locked, the step
+    /// computed by the same rules as for a data dir (on a copy of the stored state and what
+    /// every replica issued), and its result committed with a new version, or nothing changes.
+    pub async fn step(&mut self, step: &Step, kek: &Kek) -> Result<RotationState, StoreError> {
+        let Step {
+            phase,
+            now,
+            force,
+            root_lifetime,
+            timing,
+            ref by,
+        } = *step;
+        let tx = self.client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT state, version FROM zident_rotation WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await?
+            .ok_or_else(|| {
+                StoreError::Refused("the database has no roots yet: start a replica first".into())
+            })?;
+        let mut state: RotationState = serde_json::from_value(row.get(0))
+            .map_err(|e| StoreError::Refused(format!("the stored rotation state: {e}")))?;
+        // The leader's rules, as a CA records its own in rotation.json at start.
+        if let Some(t) = timing {
+            state.timing = t;
+        }
+        let roots: Vec<StoredRoot> = tx
+            .query(
+                "SELECT generation, cert_pem, key_sealed FROM zident_roots",
+                &[],
+            )
+            .await?
+            .into_iter()
+            .map(|r| StoredRoot {
+                generation: r.get::<_, i32>(0) as u32,
+                cert_pem: r.get(1),
+                key_sealed: r.get(2),
+            })
+            .collect();
+        let issued = issued_of(&tx).await?;
+        let tmp = tempdir()?;
+        files::write_roots(tmp.path(), &roots, kek)?;
+        crate::roots::ledger::write(tmp.path(), &issued)
+            .map_err(|e| StoreError::Refused(format!("a scratch copy of the ledger: {e}")))?;
+        rotation::write_state(tmp.path(), &state)
+            .map_err(|e| StoreError::Refused(e.to_string()))?;
+        let next = rotation::apply(tmp.path(), phase, now, force, root_lifetime)
+            .map_err(|e| StoreError::Refused(e.to_string()))?;
+        match phase {
+            Phase::Prepare => {
+                let g = next
+                    .prepared
+                    .ok_or_else(|| StoreError::Refused("prepare made no generation".into()))?;
+                let (cert, key) = files::read_generation(&rotation::generation_dir(tmp.path(), g))?;
+                let sealed = kek.seal(g, &key)?;
+                tx.execute(
+                    "INSERT INTO zident_roots (generation, cert_pem, key_sealed) VALUES ($1, $2, $3)",
+                    &[&(g as i32), &cert, &sealed],
+                )
+                .await?;
+            }
+            Phase::Retire => {
+                if let Some(e) = next.history.last() {
+                    tx.execute(
+                        "UPDATE zident_roots SET key_sealed = NULL WHERE generation = $1",
+                        &[&(e.generation as i32)],
+                    )
+                    .await?;
+                }
+            }
+            Phase::Activate => {}
+        }
+        let json = serde_json::to_value(&next).map_err(|e| StoreError::Refused(e.to_string()))?;
+        tx.execute(
+            "UPDATE zident_rotation SET state = $1, version = version + 1, updated_at = now(), updated_by = $2 WHERE id = 1",
+            &[&json, &by],
+        )
+        .await?;
+        tx.execute(&format!("NOTIFY {CHANNEL}, 'rotation'"), &[])
+            .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    /// Tries to become the leader: the advisory lock on this session, kept until the session
+    /// ends.
+    pub async fn try_lead(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&super::schema::LOCK_LEADER],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// Records that replica `name` is alive and what it serves.
+    pub async fn heartbeat(
+        &self,
+        name: &str,
+        listen: &str,
+        leader: bool,
+        mesh_version: i64,
+        rotation_version: i64,
+    ) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "INSERT INTO zident_replicas (name, listen, leader, mesh_version, rotation_version, last_seen)
+                 VALUES ($1, $2, $3, $4, $5, now())
+                 ON CONFLICT (name) DO UPDATE SET listen = $2, leader = $3, mesh_version = $4,
+                   rotation_version = $5, last_seen = now()",
+                &[&name, &listen, &leader, &mesh_version, &rotation_version],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every replica that ever reported, and how long ago it last did.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaRow>, StoreError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT name, listen, leader, mesh_version, rotation_version,
+                        EXTRACT(EPOCH FROM (now() - last_seen))::float8
+                 FROM zident_replicas ORDER BY name",
+                &[],
+            )
+            .await?
+            .into_iter()
+            .map(|r| ReplicaRow {
+                name: r.get(0),
+                listen: r.get(1),
+                leader: r.get(2),
+                mesh_version: r.get(3),
+                rotation_version: r.get(4),
+                seconds_ago: r.get(5),
+            })
+            .collect())
+    }
+}
+
+async fn insert_mesh(
+    tx: &tokio_postgres::Transaction<'_>,
+    yaml: &str,
+    applied_by: &str,
+) -> Result<i64, StoreError> {
+    let version: i64 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) + 1 FROM zident_mesh", &[])
+        .await?
+        .get(0);
+    let sha = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, yaml.as_bytes()).as_ref());
+    tx.execute(
+        "INSERT INTO zident_mesh (version, yaml, sha256, applied_by) VALUES ($1, $2, $3, $4)",
+        &[&version, &yaml, &sha, &applied_by],
+    )
+    .await?;
+    tx.execute(&format!("NOTIFY {CHANNEL}, 'mesh'"), &[])
+        .await?;
+    Ok(version)
+}
+
+async fn issued_of(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<HashMap<String, Issuance>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT identity, at, not_before, not_after FROM zident_issued",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                Issuance {
+                    at: r.get::<_, i64>(1) as u64,
+                    not_before: r.get::<_, i64>(2) as u64,
+                    not_after: r.get::<_, i64>(3) as u64,
+                },
+            )
+        })
+        .collect())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn tempdir() -> Result<tempfile::TempDir, StoreError> {
+    tempfile::tempdir().map_err(|e| StoreError::Refused(format!("a scratch directory: {e}")))
+}
+
+/// The URL with any password replaced, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Whether `path` holds a working copy a replica can start from without the database.
+pub(crate) fn has_working_copy(data_dir: &Path) -> bool {
+    data_dir.join(rotation::STATE_FILE).exists() && data_dir.join(files::MESH_COPY).exists()
+}
