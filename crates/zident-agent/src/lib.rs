@@ -189,7 +189,7 @@ impl RunningAgent {
         if config.ca.poll_bundle {
             tasks.push(tokio::spawn(bundle_poll::poll_bundle(
                 trust.clone(),
-                ca.address().to_owned(),
+                ca.first_address().to_owned(),
                 ca.server_name().clone(),
             )));
         }

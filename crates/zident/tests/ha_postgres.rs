@@ -455,3 +455,93 @@ async fn a_replica_keeps_issuing_through_a_database_outage_and_catches_up() {
     .await;
     assert!(r.output().contains("datastore lost"), "{}", r.output());
 }
+
+/// The serial of frontend's certificate on `agent`, when it has one.
+fn serial(agent: &zident_agent::RunningAgent) -> Option<String> {
+    agent
+        .manager
+        .snapshot()
+        .into_iter()
+        .find(|(id, _)| id.as_str() == "spiffe://cluster.local/ns/default/sa/frontend")
+        .and_then(|(_, s)| match s.state {
+            zident_agent::CertState::Available(c) => Some(c.serial_hex.clone()),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_given_two_replicas_goes_on_with_the_other_when_one_is_killed() {
+    let Some(w) = setup() else { return };
+    let extra = ["--dns-name", "127.0.0.1"];
+    let mut a = w.replica("r1", true, &extra);
+    eventually(DEADLINE, "r1 serves", || a.serving()).await;
+    let b = w.replica("r2", false, &extra);
+    eventually(DEADLINE, "r2 serves", || b.serving()).await;
+
+    // An agent with nothing but the two addresses, its root and a token; its mesh comes over
+    // xDS from whichever replica it reaches.
+    let ca = zident_agent::CaClientConfig {
+        address: format!("127.0.0.1:{}, 127.0.0.1:{}", a.port, b.port),
+        root_ca: a.dir.join("root-cert.pem"),
+        token: zident_agent::TokenSource::Literal("token-a".into()),
+        cluster_id: "Kubernetes".into(),
+        request_timeout: Duration::from_secs(5),
+        poll_bundle: false,
+    };
+    let mut config = zident_agent::AgentConfig::from_control_plane("node-a", None, ca);
+    config.secret_ttl = Duration::from_secs(4);
+    config.renewal.min_interval = Duration::from_secs(1);
+    config.admin_addr = None;
+    config.metrics_addr = None;
+    config.readiness_addr = None;
+    let agent = zident_agent::RunningAgent::start(config, None)
+        .await
+        .expect("agent starts");
+    eventually(DEADLINE, "frontend's certificate arrives", || {
+        serial(&agent).is_some()
+    })
+    .await;
+    let status = agent.manager.ca().status();
+    assert_eq!(status.replicas.len(), 2, "{status:?}");
+
+    // r1 is killed: renewals go on at r2, and the agent shows which it uses.
+    a.kill9();
+    let before = serial(&agent);
+    let killed = format!("127.0.0.1:{}", a.port);
+    eventually(DEADLINE, "a renewal after r1 is gone", || {
+        serial(&agent).is_some() && serial(&agent) != before
+    })
+    .await;
+    // Round robin reaches r1 within a renewal or two: it is found unreachable, set aside, and
+    // the same request is answered by r2.
+    eventually(DEADLINE, "r1 is tried, found gone and set aside", || {
+        let s = agent.manager.ca().status();
+        s.replicas
+            .iter()
+            .any(|r| r.address == killed && r.last_error.is_some())
+    })
+    .await;
+    let after_failover = serial(&agent);
+    eventually(DEADLINE, "renewals go on after the failover", || {
+        serial(&agent).is_some() && serial(&agent) != after_failover
+    })
+    .await;
+    let s = agent.manager.ca().status();
+    assert_eq!(
+        s.last_replica.as_deref(),
+        Some(format!("127.0.0.1:{}", b.port).as_str()),
+        "{s:?}"
+    );
+    // Every renewal after the kill succeeded: no identity became Unavailable.
+    assert!(
+        agent
+            .manager
+            .snapshot()
+            .iter()
+            .all(|(_, s)| matches!(s.state, zident_agent::CertState::Available(_))),
+        "{:?}",
+        agent.manager.snapshot()
+    );
+    let xds = agent.xds.as_ref().unwrap().get();
+    assert_eq!(xds.resources.get("address"), Some(&1usize), "{xds:?}");
+}

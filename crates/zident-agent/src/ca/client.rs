@@ -7,14 +7,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use prost_types::{Struct, Value, value::Kind};
 use rustls_pki_types::ServerName;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use zident_identity::{Cause, SpiffeId};
 use zident_proto::istio_ca::IstioCertificateRequest;
 use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
 
+use crate::ca::endpoints::Endpoints;
 use crate::ca::trust::TrustStore;
 use crate::config::{CaClientConfig, TokenError, TokenSource};
 
@@ -97,20 +97,22 @@ pub struct ConnectionStatus {
     pub consecutive_failures: u64,
     /// The CA's clock minus this node's, seconds, as last measured (`None`: not yet).
     pub clock_skew_seconds: Option<f64>,
+    /// The replica that answered last.
+    pub last_replica: Option<String>,
+    /// Every replica: in use or set aside, requests, last failure.
+    pub replicas: Vec<crate::ca::endpoints::EndpointStatus>,
 }
 
 /// A client of the Istio certificate service.
 pub struct CaClient {
-    client: IstioCertificateServiceClient<Channel>,
-    /// The connection, shared with the xDS stream.
-    channel: Channel,
+    /// The replicas (one, or several from a list or a name with several addresses).
+    endpoints: Endpoints,
     token: TokenSource,
     cluster_id: String,
     address: String,
     status: Mutex<ConnectionStatus>,
-    /// What a probe needs: the TLS connector and the CA's name.
+    /// What a probe needs: the TLS connector.
     tls: tokio_rustls::TlsConnector,
-    name: ServerName<'static>,
     /// Signalled when a request finds the CA unreachable.
     down: tokio::sync::Notify,
     /// Counts the times the CA was found answering again after being unreachable.
@@ -128,47 +130,16 @@ impl CaClient {
     /// A client for `config`; connects on first use. The CA's certificate is verified against
     /// `trust` as it is at each connection (see [`crate::ca::tls`]).
     pub fn new(config: &CaClientConfig, trust: Arc<TrustStore>) -> Result<Self, CaAddressError> {
-        let address = config
-            .address
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .to_owned();
-        let given = || config.address.clone();
-        let host = host_of(&address).ok_or_else(|| CaAddressError::NotHostPort(given()))?;
-        let name = ServerName::try_from(host.clone()).map_err(|e| CaAddressError::BadHost {
-            address: given(),
-            host: host.clone(),
-            message: e.to_string(),
-        })?;
+        let address = config.address.trim().to_owned();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(
             crate::ca::tls::client_config(trust, b"h2").map_err(CaAddressError::Tls)?,
         ));
-        // TLS is done here rather than by tonic, so the trust follows the bundle.
-        let dial = address.clone();
-        let (probe_tls, probe_name) = (tls.clone(), name.clone());
-        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-            let (tls, name, dial) = (tls.clone(), name.clone(), dial.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&dial).await?;
-                let _ = tcp.set_nodelay(true);
-                let stream = tls.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        });
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| CaAddressError::BadHost {
-                address: given(),
-                host: host.clone(),
-                message: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(config.request_timeout)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let channel = endpoint.connect_with_connector_lazy(connector);
+        let endpoints = Endpoints::new(&address, tls.clone(), config.request_timeout)?;
+        if endpoints.len() > 1 {
+            tracing::info!(target: "zident::identity", replicas = ?endpoints.status().iter().map(|e| e.address.clone()).collect::<Vec<_>>(), "CA replicas: requests go round robin, and past any that does not answer");
+        }
         Ok(Self {
-            client: IstioCertificateServiceClient::new(channel.clone()),
-            channel,
+            endpoints,
             token: config.token.clone(),
             cluster_id: config.cluster_id.clone(),
             status: Mutex::new(ConnectionStatus {
@@ -176,8 +147,7 @@ impl CaClient {
                 ..Default::default()
             }),
             address,
-            tls: probe_tls,
-            name: probe_name,
+            tls,
             down: tokio::sync::Notify::new(),
             back: tokio::sync::watch::channel(0).0,
             clock: crate::ca::clock::ClockSkew::new(crate::ca::clock::MAX_BACKDATE),
@@ -198,14 +168,20 @@ impl CaClient {
     /// Whether the CA answers: a TCP connection and a TLS handshake, nothing more (no
     /// certificate request), within [`PROBE_TIMEOUT`].
     pub async fn probe(&self) -> bool {
-        let attempt = async {
-            let tcp = tokio::net::TcpStream::connect(&self.address).await?;
-            self.tls.connect(self.name.clone(), tcp).await
-        };
-        matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
-            Ok(Ok(_))
-        )
+        for e in self.endpoints.order() {
+            let attempt = async {
+                let tcp = tokio::net::TcpStream::connect(&e.address).await?;
+                self.tls.connect(e.name.clone(), tcp).await
+            };
+            if matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+                Ok(Ok(_))
+            ) {
+                e.answered();
+                return true;
+            }
+        }
+        false
     }
 
     /// Wakes when the CA answers again after a request found it unreachable; the value counts
@@ -233,19 +209,39 @@ impl CaClient {
         }
     }
 
-    /// The address, `host:port`.
+    /// The address as configured (`host:port`, or several, comma-separated).
     pub fn address(&self) -> &str {
         &self.address
     }
 
-    /// The name the CA's certificate must be valid for: the host of the address.
-    pub fn server_name(&self) -> &ServerName<'static> {
-        &self.name
+    /// The first replica's address, for what asks one replica (the `/bundle` poll).
+    pub fn first_address(&self) -> &str {
+        &self.endpoints.first().address
     }
 
-    /// The connection to the CA, for another service on the same address (xDS).
-    pub(crate) fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// The name the first replica's certificate must be valid for: the host of its address.
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.endpoints.first().name
+    }
+
+    /// A connection to the replica whose turn it is, for another service on the CA's port
+    /// (xDS), with its address.
+    pub(crate) fn channel(&self) -> (String, Channel) {
+        let e = self.endpoints.order()[0];
+        e.sent();
+        (e.address.clone(), e.channel.clone())
+    }
+
+    /// Sets replica `address` aside after another service found it unreachable.
+    pub(crate) fn unreachable(&self, address: &str, why: &str) {
+        if let Some(e) = self
+            .endpoints
+            .order()
+            .into_iter()
+            .find(|e| e.address == address)
+        {
+            e.unreachable(why);
+        }
     }
 
     /// The `authorization` header value for a request: the current bearer token.
@@ -277,30 +273,59 @@ impl CaClient {
             )]
             .into(),
         });
-        let mut request = tonic::Request::new(IstioCertificateRequest {
-            csr,
-            validity_duration: ttl.as_secs() as i64,
-            metadata,
+        let mut outcome = None;
+        // Round robin over the replicas; one that cannot be reached is set aside and the
+        // request goes on to the next. An answer, even a refusal, ends it.
+        for e in self.endpoints.order() {
+            let mut request = tonic::Request::new(IstioCertificateRequest {
+                csr: csr.clone(),
+                validity_duration: ttl.as_secs() as i64,
+                metadata: metadata.clone(),
+            });
+            let md = request.metadata_mut();
+            md.insert("authorization", authorization.clone());
+            if let Ok(v) = self.cluster_id.parse() {
+                md.insert("clusterid", v);
+            }
+            e.sent();
+            let sent = SystemTime::now();
+            let result = IstioCertificateServiceClient::new(e.channel.clone())
+                .create_certificate(request)
+                .await;
+            let received = SystemTime::now();
+            let stamped = match &result {
+                Ok(resp) => crate::ca::clock::ca_time(resp.metadata()),
+                Err(status) => crate::ca::clock::ca_time(status.metadata()),
+            };
+            if let Some(ca) = stamped {
+                self.clock.observe(sent, received, ca);
+            }
+            let this = match result {
+                Ok(resp) => Ok(resp.into_inner().cert_chain),
+                Err(status) => Err(classify(&e.address, status, &self.clock)),
+            };
+            match &this {
+                Err(CaError::Unreachable { message, .. }) => {
+                    e.unreachable(message);
+                    outcome = Some(this);
+                }
+                _ => {
+                    e.answered();
+                    self.status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .last_replica = Some(e.address.clone());
+                    outcome = Some(this);
+                    break;
+                }
+            }
+        }
+        let outcome = outcome.unwrap_or_else(|| {
+            Err(CaError::Unreachable {
+                address: self.address.clone(),
+                message: "no CA address".into(),
+            })
         });
-        let md = request.metadata_mut();
-        md.insert("authorization", authorization);
-        if let Ok(v) = self.cluster_id.parse() {
-            md.insert("clusterid", v);
-        }
-        let sent = SystemTime::now();
-        let result = self.client.clone().create_certificate(request).await;
-        let received = SystemTime::now();
-        let stamped = match &result {
-            Ok(resp) => crate::ca::clock::ca_time(resp.metadata()),
-            Err(status) => crate::ca::clock::ca_time(status.metadata()),
-        };
-        if let Some(ca) = stamped {
-            self.clock.observe(sent, received, ca);
-        }
-        let outcome = match result {
-            Ok(resp) => Ok(resp.into_inner().cert_chain),
-            Err(status) => Err(classify(&self.address, status, &self.clock)),
-        };
         self.record(&outcome);
         outcome
     }
@@ -344,6 +369,7 @@ impl CaClient {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         s.clock_skew_seconds = self.clock.offset();
+        s.replicas = self.endpoints.status();
         s
     }
 }
@@ -433,16 +459,6 @@ fn tls_error(status: &tonic::Status) -> Option<&rustls::Error> {
     None
 }
 
-/// `host` of `host:port` or `[v6]:port`.
-fn host_of(address: &str) -> Option<String> {
-    if let Some(rest) = address.strip_prefix('[') {
-        return rest.split_once(']').map(|(h, _)| h.to_owned());
-    }
-    let (host, port) = address.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    (!host.is_empty()).then(|| host.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,17 +522,5 @@ mod tests {
         assert_eq!(classify("ca:15012", sent, &clock).cause(), Cause::CaError);
         let denied = tonic::Status::permission_denied("not yours");
         assert_eq!(classify("ca:15012", denied, &clock).cause(), Cause::Denied);
-    }
-
-    #[test]
-    fn hosts() {
-        assert_eq!(host_of("localhost:15012").as_deref(), Some("localhost"));
-        assert_eq!(
-            host_of("istiod.istio-system.svc:15012").as_deref(),
-            Some("istiod.istio-system.svc")
-        );
-        assert_eq!(host_of("[::1]:15012").as_deref(), Some("::1"));
-        assert_eq!(host_of("localhost"), None);
-        assert_eq!(host_of(":15012"), None);
     }
 }

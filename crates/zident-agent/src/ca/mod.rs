@@ -6,5 +6,6 @@
 pub(crate) mod bundle_poll;
 pub(crate) mod client;
 pub(crate) mod clock;
+pub(crate) mod endpoints;
 pub(crate) mod tls;
 pub(crate) mod trust;

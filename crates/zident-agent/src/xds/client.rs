@@ -105,24 +105,36 @@ impl XdsClient {
             "authorization",
             self.ca.authorization().await.map_err(|e| e.to_string())?,
         );
-        let mut client = AggregatedDiscoveryServiceClient::new(self.ca.channel())
+        let (replica, channel) = self.ca.channel();
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(256 * 1024 * 1024);
-        let opened = tokio::time::timeout(OPEN_TIMEOUT, client.delta_aggregated_resources(request))
-            .await
-            .map_err(|_| {
-                format!(
-                    "no answer from {} within {OPEN_TIMEOUT:?}",
-                    self.ca.address()
-                )
-            })?
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        let opened =
+            match tokio::time::timeout(OPEN_TIMEOUT, client.delta_aggregated_resources(request))
+                .await
+            {
+                Ok(Ok(o)) => o,
+                Ok(Err(s)) => {
+                    let why = format!("{}: {}", s.code(), s.message());
+                    if s.code() == tonic::Code::Unavailable {
+                        // The next attempt goes to another replica, if there is one.
+                        self.ca.unreachable(&replica, &why);
+                    }
+                    return Err(format!("{replica}: {why}"));
+                }
+                Err(_) => {
+                    let why = format!("no answer within {OPEN_TIMEOUT:?}");
+                    self.ca.unreachable(&replica, &why);
+                    return Err(format!("{replica}: {why}"));
+                }
+            };
         let mut responses = opened.into_inner();
         self.status.update(|s| {
             s.connected = true;
             s.connected_since = Some(zident_identity::rfc3339(SystemTime::now()));
             s.last_error = None;
+            s.replica = Some(replica.clone());
         });
-        tracing::info!(target: "zident::identity", ca = %self.ca.address(), "xDS stream to the control plane established");
+        tracing::info!(target: "zident::identity", ca = %replica, "xDS stream to the control plane established");
 
         let mut awaiting: HashSet<&str> = zident_xds::TYPES.into_iter().collect();
         let mut staged = held.clone();
@@ -131,7 +143,12 @@ impl XdsClient {
             let first = match responses.message().await {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(()),
-                Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
+                Err(s) => {
+                    // The replica went away: the next stream opens to another, if any.
+                    let why = format!("{}: {}", s.code(), s.message());
+                    self.ca.unreachable(&replica, &why);
+                    return Err(format!("{replica}: {why}"));
+                }
             };
             // What has already arrived goes into the same judgement.
             let mut batch = vec![first];

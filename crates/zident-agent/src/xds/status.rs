@@ -15,6 +15,8 @@ pub struct XdsStatus {
     pub address: String,
     /// Whether a stream is open.
     pub connected: bool,
+    /// The CA replica the stream is (or was last) open to.
+    pub replica: Option<String>,
     /// When the open stream was established (RFC 3339).
     pub connected_since: Option<String>,
     /// The last response received: when, its type and the control plane's version.
