@@ -65,6 +65,11 @@ pub fn start_ca_at(dir: &Path, listen: &str) -> Ca {
     spawn_ca(dir, listen, None)
 }
 
+/// [`start_ca`] with more flags (e.g. a shared datastore).
+pub fn start_ca_with(dir: &Path, extra: &[&str]) -> Ca {
+    spawn_ca_args(dir, "127.0.0.1:0", None, extra)
+}
+
 /// [`start_ca`], also reporting when it accepts each reload of its mesh file (the time its
 /// log line carries), to measure from that moment on.
 pub fn start_ca_watching_reloads(dir: &Path) -> (Ca, mpsc::Receiver<std::time::SystemTime>) {
@@ -73,6 +78,15 @@ pub fn start_ca_watching_reloads(dir: &Path) -> (Ca, mpsc::Receiver<std::time::S
 }
 
 fn spawn_ca(dir: &Path, listen: &str, reloads: Option<mpsc::Sender<std::time::SystemTime>>) -> Ca {
+    spawn_ca_args(dir, listen, reloads, &[])
+}
+
+fn spawn_ca_args(
+    dir: &Path,
+    listen: &str,
+    reloads: Option<mpsc::Sender<std::time::SystemTime>>,
+    extra: &[&str],
+) -> Ca {
     let mut command = match std::env::var("ZIDENT_BENCH_CA_CPUS") {
         Ok(cpus) => {
             let mut c = Command::new("taskset");
@@ -88,6 +102,7 @@ fn spawn_ca(dir: &Path, listen: &str, reloads: Option<mpsc::Sender<std::time::Sy
         .arg("--data-dir")
         .arg(dir.join("ca"))
         .args(["--listen", listen, "--metrics-addr", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
