@@ -13,6 +13,8 @@ pub struct Postgres {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// Server options beyond the port, socket directory and listen address.
+    options: String,
 }
 
 fn find_bin() -> Option<PathBuf> {
@@ -40,6 +42,16 @@ impl Postgres {
     /// Makes and starts a cluster; its superuser is `zident`, with no password (trust, on
     /// loopback only).
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// Like [`Postgres::start`], but TCP connections must use TLS with `cert_pem`/`key_pem`
+    /// (a plain one is refused by `pg_hba.conf`).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<Self, String> {
         let bin = find_bin().ok_or(
             "no /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql; .ci/run does)",
         )?;
@@ -63,11 +75,40 @@ impl Postgres {
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            let write = |name: &str, data: &str, mode: u32| -> Result<String, String> {
+                use std::os::unix::fs::PermissionsExt;
+                let p = dir.path().join(name);
+                std::fs::write(&p, data).map_err(|e| e.to_string())?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| e.to_string())?;
+                if as_postgres {
+                    Command::new("chown")
+                        .args(["postgres:postgres"])
+                        .arg(&p)
+                        .output()
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(p.to_string_lossy().into_owned())
+            };
+            let cert = write("server.crt", cert, 0o644)?;
+            let key = write("server.key", key, 0o600)?;
+            let hba = write(
+                "pg_hba.conf",
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n",
+                0o644,
+            )?;
+            options = format!(
+                " -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key} -c hba_file={hba}"
+            );
+        }
         let pg = Self {
             dir,
             bin,
             port,
             as_postgres,
+            options,
         };
         let data = pg.data();
         pg.run(
@@ -137,8 +178,8 @@ impl Postgres {
     pub fn start_again(&self) -> Result<(), String> {
         let sockets = self.dir.path().to_string_lossy().into_owned();
         let options = format!(
-            "-p {} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            self.port
+            "-p {} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200{}",
+            self.port, self.options
         );
         let log = self.log().to_string_lossy().into_owned();
         self.run(

@@ -545,3 +545,78 @@ async fn an_agent_given_two_replicas_goes_on_with_the_other_when_one_is_killed()
     let xds = agent.xds.as_ref().unwrap().get();
     assert_eq!(xds.resources.get("address"), Some(&1usize), "{xds:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_speaks_tls_to_the_database_when_the_url_asks() {
+    // A CA and a server certificate for 127.0.0.1, made here.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test database CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let pg = match Postgres::start_tls(&server.pem(), &key.serialize_pem()) {
+        Ok(pg) => pg,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot start PostgreSQL here: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("db-ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let wrong_file = dir.path().join("wrong-ca.pem");
+    std::fs::write(&wrong_file, other_params.self_signed(&other).unwrap().pem()).unwrap();
+
+    // Plain TCP is refused by this server; TLS verified against its CA is accepted.
+    let plain = format!("{}?sslmode=disable", pg.url());
+    let err = Store::connect(&plain)
+        .await
+        .err()
+        .expect("plain TCP is refused");
+    assert!(
+        err.to_string().contains("no encryption") || err.to_string().contains("pg_hba"),
+        "{err}"
+    );
+    let tls = format!(
+        "{}?sslmode=require&sslrootcert={}",
+        pg.url(),
+        ca_file.display()
+    );
+    let store = Store::connect(&tls)
+        .await
+        .expect("TLS with the right CA connects");
+    assert_eq!(store.mesh_history().await.unwrap().len(), 0);
+    let _ = store.listen().await;
+    // The server's certificate is verified: another CA is refused, with the reason.
+    let wrong = format!(
+        "{}?sslmode=require&sslrootcert={}",
+        pg.url(),
+        wrong_file.display()
+    );
+    let err = Store::connect(&wrong)
+        .await
+        .err()
+        .expect("an unknown CA is refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // Without a CA file, `require` is refused before connecting, saying what to add.
+    let bare = format!("{}?sslmode=require", pg.url());
+    let err = Store::connect(&bare)
+        .await
+        .err()
+        .expect("require needs a CA file");
+    assert!(err.to_string().contains("sslrootcert"), "{err}");
+}

@@ -20,6 +20,7 @@ pub mod kek;
 pub(crate) mod replica;
 mod schema;
 pub mod store;
+mod tls;
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +34,7 @@ pub enum StoreError {
     #[error("the database is unreachable: {0}")]
     Unreachable(String),
     /// A statement failed.
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     /// A sealed key does not open, or the KEK is unusable.
     #[error(transparent)]
@@ -41,6 +42,26 @@ pub enum StoreError {
     /// The request does not follow from what is stored, or what is stored is unusable.
     #[error("{0}")]
     Refused(String),
+}
+
+/// What PostgreSQL said, in full: the client library's own text for a server error is only
+/// "db error".
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({}): {detail}", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => {
+            let mut text = e.to_string();
+            let mut next = std::error::Error::source(e);
+            while let Some(inner) = next {
+                text.push_str(&format!(": {inner}"));
+                next = inner.source();
+            }
+            text
+        }
+    }
 }
 
 /// How a replica reaches the shared state.

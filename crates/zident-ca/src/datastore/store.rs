@@ -81,6 +81,29 @@ pub struct ReplicaRow {
     pub seconds_ago: f64,
 }
 
+/// The connection's I/O half, plain or over TLS.
+enum Connection {
+    Plain(tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>),
+    Tls(
+        tokio_postgres::Connection<
+            tokio_postgres::Socket,
+            super::tls::RustlsStream<tokio_postgres::Socket>,
+        >,
+    ),
+}
+
+impl Connection {
+    fn poll_message(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>> {
+        match self {
+            Connection::Plain(c) => c.poll_message(cx),
+            Connection::Tls(c) => c.poll_message(cx),
+        }
+    }
+}
+
 /// A connection to the shared state.
 pub struct Store {
     client: Client,
@@ -91,26 +114,52 @@ pub struct Store {
 impl Store {
     /// Connects to `url` and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url
+        let (rest, root) = super::tls::take_root_cert(url);
+        let mut config: tokio_postgres::Config = rest
             .parse()
             .map_err(|e| StoreError::Refused(format!("--datastore {}: {e}", redact(url))))?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(StoreError::Refused(
-                "the --datastore URL asks for sslmode=require, and this zident does not speak TLS to PostgreSQL yet; connect over a Unix socket or loopback (host=/var/run/postgresql), or through a TLS tunnel".into(),
-            ));
-        }
         config.connect_timeout(STATEMENT_TIMEOUT);
         config.application_name("zident-ca");
-        let (client, mut connection) =
-            tokio::time::timeout(STATEMENT_TIMEOUT, config.connect(NoTls))
-                .await
-                .map_err(|_| {
-                    StoreError::Unreachable(format!(
-                        "no answer from {} within {STATEMENT_TIMEOUT:?}",
-                        redact(url)
-                    ))
-                })?
-                .map_err(|e| StoreError::Unreachable(format!("{}: {e}", redact(url))))?;
+        let unreachable = |e: String| StoreError::Unreachable(format!("{}: {e}", redact(url)));
+        let timeout = || {
+            StoreError::Unreachable(format!(
+                "no answer from {} within {STATEMENT_TIMEOUT:?}",
+                redact(url)
+            ))
+        };
+        use tokio_postgres::config::SslMode;
+        let (client, connection) = match (config.get_ssl_mode(), root) {
+            (SslMode::Disable, _) => {
+                let (c, conn) = tokio::time::timeout(STATEMENT_TIMEOUT, config.connect(NoTls))
+                    .await
+                    .map_err(|_| timeout())?
+                    .map_err(|e| unreachable(super::describe(&e)))?;
+                (c, Connection::Plain(conn))
+            }
+            (_, Some(root)) => {
+                let tls = super::tls::RustlsConnect::new(&root)?;
+                let (c, conn) = tokio::time::timeout(STATEMENT_TIMEOUT, config.connect(tls))
+                    .await
+                    .map_err(|_| timeout())?
+                    .map_err(|e| unreachable(super::describe(&e)))?;
+                (c, Connection::Tls(conn))
+            }
+            (SslMode::Require, None) => {
+                return Err(StoreError::Refused(format!(
+                    "--datastore {} asks for sslmode=require: give the server's CA certificate as sslrootcert=FILE in the URL, so that zident can verify it",
+                    redact(url)
+                )));
+            }
+            // `prefer` (the default) without a CA file: no TLS, as libpq would fall back to.
+            (_, None) => {
+                let (c, conn) = tokio::time::timeout(STATEMENT_TIMEOUT, config.connect(NoTls))
+                    .await
+                    .map_err(|_| timeout())?
+                    .map_err(|e| unreachable(super::describe(&e)))?;
+                (c, Connection::Plain(conn))
+            }
+        };
+        let mut connection = connection;
         let (tx, notifications) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             use tokio_postgres::AsyncMessage;
