@@ -85,9 +85,11 @@ pub struct ReplicaRow {
 enum Connection {
     Plain(tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>),
     Tls(
-        tokio_postgres::Connection<
-            tokio_postgres::Socket,
-            super::tls::RustlsStream<tokio_postgres::Socket>,
+        Box<
+            tokio_postgres::Connection<
+                tokio_postgres::Socket,
+                super::tls::RustlsStream<tokio_postgres::Socket>,
+            >,
         >,
     ),
 }
@@ -142,7 +144,7 @@ impl Store {
                     .await
                     .map_err(|_| timeout())?
                     .map_err(|e| unreachable(super::describe(&e)))?;
-                (c, Connection::Tls(conn))
+                (c, Connection::Tls(Box::new(conn)))
             }
             (SslMode::Require, None) => {
                 return Err(StoreError::Refused(format!(
