@@ -83,7 +83,9 @@ pub struct ReplicaRow {
 
 /// The connection's I/O half, plain or over TLS.
 enum Connection {
-    Plain(tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>),
+    Plain(
+        Box<tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>>,
+    ),
     Tls(
         Box<
             tokio_postgres::Connection<
@@ -136,7 +138,7 @@ impl Store {
                     .await
                     .map_err(|_| timeout())?
                     .map_err(|e| unreachable(super::describe(&e)))?;
-                (c, Connection::Plain(conn))
+                (c, Connection::Plain(Box::new(conn)))
             }
             (_, Some(root)) => {
                 let tls = super::tls::RustlsConnect::new(&root)?;
@@ -158,7 +160,7 @@ impl Store {
                     .await
                     .map_err(|_| timeout())?
                     .map_err(|e| unreachable(super::describe(&e)))?;
-                (c, Connection::Plain(conn))
+                (c, Connection::Plain(Box::new(conn)))
             }
         };
         let mut connection = connection;
