@@ -213,6 +213,10 @@ impl AgentConfig {
 pub struct DeliveryConfig {
     /// Workload API sockets, if enabled.
     pub socket_dir: Option<PathBuf>,
+    /// One Workload API socket for every workload, attesting each caller, if enabled.
+    pub shared_socket: Option<PathBuf>,
+    /// The group that may use the shared socket (0660); `None`: everyone (0666).
+    pub shared_socket_group: Option<u32>,
     /// PEM files, if enabled.
     pub svid_dir: Option<PathBuf>,
     /// Run after each write of a workload's files (`sh -c`).

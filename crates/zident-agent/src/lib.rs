@@ -31,6 +31,7 @@ mod config;
 pub mod http;
 mod metrics;
 mod reload;
+mod unix_users;
 pub mod workload_api;
 mod workloads;
 mod xds;
@@ -50,6 +51,7 @@ pub use config::{
     TokenError, TokenSource,
 };
 pub use http::admin::LogControl;
+pub use unix_users::group_id;
 pub use xds::status::{SharedStatus as XdsStatusHandle, XdsStatus};
 
 use crate::ca::{bundle_poll, clock, trust};
@@ -139,6 +141,12 @@ impl RunningAgent {
         if let Some(plane) = &config.data_plane {
             plane.register_metrics(&mut registry);
         }
+        let wapi_clients = Arc::new(workload_api::shared::Clients::default());
+        registry.register(
+            "zident_workload_api_attestations",
+            "Workload API callers, by how they were matched to a workload (network_namespace, user, socket) or refused",
+            wapi_clients.attestations.clone(),
+        );
         let registry = Arc::new(registry);
 
         let ca_root = std::fs::read(&config.ca.root_ca).map_err(|e| {
@@ -173,8 +181,20 @@ impl RunningAgent {
         let delivery = Arc::new(workload_api::Delivery::new(
             config.delivery.clone(),
             manager.clone(),
+            wapi_clients.clone(),
         ));
         delivery.sync(&view.workloads);
+        delivery.start_shared().map_err(|e| {
+            AgentError::Config(format!(
+                "cannot serve the shared Workload API socket {}: {e}",
+                config
+                    .delivery
+                    .shared_socket
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            ))
+        })?;
         tracing::info!(
             target: "zident::identity",
             node = %config.node,
@@ -250,6 +270,7 @@ impl RunningAgent {
                         config.data_plane.clone(),
                         mesh_rx.clone(),
                         xds_status.clone(),
+                        Some(wapi_clients.clone()),
                     ),
                     &mut tasks,
                 )

@@ -17,6 +17,11 @@ pub struct LocalWorkload {
     pub name: String,
     /// Its identity.
     pub id: SpiffeId,
+    /// Its addresses: a Workload API caller in a network namespace holding one of them is
+    /// this workload.
+    pub ips: Vec<std::net::IpAddr>,
+    /// Who runs it, when it says (`user:`/`group:` in the mesh).
+    pub run_as: Option<crate::unix_users::RunAs>,
 }
 
 /// This node's part of the mesh file.
@@ -51,10 +56,14 @@ pub fn local_view(mesh: &MeshFile, node: &str) -> Result<LocalView, String> {
             .entry(id.clone())
             .or_default()
             .push(format!("{}/{}", w.namespace, w.name));
+        let run_as = crate::unix_users::run_as(w.user.as_ref(), w.group.as_ref())
+            .map_err(|e| format!("workload {}/{}: {e}", w.namespace, w.name))?;
         workloads.push(LocalWorkload {
             namespace: w.namespace.clone(),
             name: w.name.clone(),
             id,
+            ips: w.workload_ips.clone(),
+            run_as,
         });
     }
     let own = mesh

@@ -249,6 +249,7 @@ async fn svid_files_verify_with_openssl_after_each_rotation() {
             "echo \"$ZIDENT_SPIFFE_ID $ZIDENT_SERIAL\" >> {}",
             log.display()
         )),
+        ..Default::default()
     };
     let agent = start_agent(config).await;
     let dir = files.join("default/frontend");

@@ -177,6 +177,24 @@ fn check_workloads(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
         }
         w.spiffe_id(&mesh.trust_domain)
             .map_err(|m| r.at(&[Key("workloads"), Item(i)], label.clone(), m))?;
+        if w.group.is_some() && w.user.is_none() {
+            return Err(r.at(
+                &field("group"),
+                format!("{label}.group"),
+                "a group is checked beside a user: give `user:` too (a uid or a user name)".into(),
+            ));
+        }
+        for (key, v) in [("user", &w.user), ("group", &w.group)] {
+            if let Some(crate::file::UnixId::Name(n)) = v
+                && (n.is_empty() || n.contains(|c: char| c == ':' || c.is_whitespace()))
+            {
+                return Err(r.at(
+                    &field(key),
+                    format!("{label}.{key}"),
+                    format!("{n:?} is not a unix {key} name; give a name or a number"),
+                ));
+            }
+        }
         if !w.uid.is_empty()
             && let Some(first) = uids.insert(w.uid.as_str(), i)
         {

@@ -176,6 +176,45 @@ pub struct Workload {
     locality: Option<Ignored>,
     #[serde(default, skip_serializing)]
     capacity: Option<Ignored>,
+    /// zident: the unix user that runs the workload (a uid or a user name on its node). On the
+    /// agent's shared Workload API socket, a caller running as this user gets the workload's
+    /// identity; the workload's own socket, its directory and its SVID files are owned by it,
+    /// so that it needs no root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UnixId>,
+    /// zident: the unix group that runs it (a gid or a group name), checked beside `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<UnixId>,
+}
+
+/// A unix user or group, by number or by name (resolved on the node, in /etc/passwd and
+/// /etc/group).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum UnixId {
+    /// A uid or gid.
+    Id(u32),
+    /// A user or group name.
+    Name(String),
+}
+
+impl std::fmt::Display for UnixId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnixId::Id(n) => write!(f, "{n}"),
+            UnixId::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::str::FromStr for UnixId {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.parse::<u32>() {
+            Ok(n) => UnixId::Id(n),
+            Err(_) => UnixId::Name(s.to_owned()),
+        })
+    }
 }
 
 impl Workload {
@@ -208,6 +247,8 @@ impl Workload {
             cluster_id: String::new(),
             locality: None,
             capacity: None,
+            user: None,
+            group: None,
         }
     }
 

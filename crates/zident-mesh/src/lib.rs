@@ -27,7 +27,7 @@ pub use cidr::{Cidr, CidrError};
 pub use names::{NameError, check_label, check_subdomain};
 
 pub use file::{
-    CallerToken, HealthStatus, IdentityEntry, MeshError, MeshFile, Node, Protocol, Service,
+    CallerToken, HealthStatus, IdentityEntry, MeshError, MeshFile, Node, Protocol, Service, UnixId,
     Workload, parse_vip,
 };
 pub use policy::{

@@ -145,6 +145,21 @@ fn workload(w: wl::Workload, mesh_td: &TrustDomain) -> Result<Item, String> {
     out.canonical_name = w.canonical_name;
     out.canonical_revision = w.canonical_revision;
     out.cluster_id = w.cluster_id;
+    if let Some(ext) = w.extensions.iter().find(|e| e.name == crate::RUN_AS) {
+        let run_as = zm::RunAs::decode(
+            ext.config
+                .as_ref()
+                .map(|a| a.value.as_slice())
+                .unwrap_or_default(),
+        )
+        .map_err(|e| format!("extension {}: {e}", crate::RUN_AS))?;
+        if !run_as.user.is_empty() {
+            out.user = run_as.user.parse().ok();
+        }
+        if !run_as.group.is_empty() {
+            out.group = run_as.group.parse().ok();
+        }
+    }
     Ok(Item::Workload(Box::new(out)))
 }
 

@@ -142,7 +142,25 @@ fn workload(w: &Workload, mesh: &MeshFile, uid: &str) -> wl::Workload {
             HealthStatus::Unhealthy => wl::WorkloadStatus::Unhealthy,
         } as i32,
         cluster_id: w.cluster_id.clone(),
+        extensions: run_as(w).into_iter().collect(),
     }
+}
+
+/// The extension carrying who runs the workload, when it says.
+fn run_as(w: &Workload) -> Option<wl::Extension> {
+    let user = w.user.as_ref()?;
+    let value = zm::RunAs {
+        user: user.to_string(),
+        group: w.group.as_ref().map(|g| g.to_string()).unwrap_or_default(),
+    }
+    .encode_to_vec();
+    Some(wl::Extension {
+        name: crate::RUN_AS.into(),
+        config: Some(prost_types::Any {
+            type_url: "type.googleapis.com/zident.mesh.RunAs".into(),
+            value,
+        }),
+    })
 }
 
 /// The mesh file writes the owner's kind in lower case, empty for a bare pod.

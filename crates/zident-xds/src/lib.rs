@@ -31,6 +31,8 @@ pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorizatio
 pub const MESH: &str = "type.googleapis.com/zident.mesh.Mesh";
 /// The mesh's nodes (names, shared inbound addresses, own identities; never tokens).
 pub const NODE: &str = "type.googleapis.com/zident.mesh.Node";
+/// The name of the workload extension that carries the user and group it runs as.
+pub const RUN_AS: &str = "zident.run_as";
 /// The name of the one [`MESH`] resource.
 pub const MESH_RESOURCE: &str = "mesh";
 

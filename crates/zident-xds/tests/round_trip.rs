@@ -32,6 +32,8 @@ workloads:
     canonicalName: frontend
     canonicalRevision: v1
     clusterId: cluster1
+    user: 1001
+    group: apps
   - name: backend
     namespace: shop
     node: node-b

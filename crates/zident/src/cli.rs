@@ -124,6 +124,14 @@ pub struct AgentArgs {
     /// Do not serve the Workload API.
     #[arg(long)]
     pub no_workload_api: bool,
+    /// Also serve one Workload API socket for every workload of the node, open to every local
+    /// user (0666): each caller is attested by its network namespace's addresses, or by the
+    /// user its workload declares, and gets that workload's identity only.
+    #[arg(long, env = "ZIDENT_WORKLOAD_API_SOCKET", value_name = "PATH")]
+    pub workload_api_socket: Option<PathBuf>,
+    /// Open the shared socket to this group only (0660), a gid or a group name.
+    #[arg(long, value_name = "GROUP", requires = "workload_api_socket")]
+    pub workload_api_group: Option<String>,
     /// Keep DIR/<namespace>/<workload>/{svid.pem, svid_key.pem, bundle.pem} current.
     #[arg(long, value_name = "DIR")]
     pub svid_dir: Option<PathBuf>,
@@ -206,7 +214,14 @@ impl AgentArgs {
         config.metrics_addr = Some(self.metrics_addr);
         config.readiness_addr = Some(self.readiness_addr);
         config.metrics_tls = self.metrics_tls;
+        let shared_socket_group = self
+            .workload_api_group
+            .as_deref()
+            .map(zident_agent::group_id)
+            .transpose()?;
         config.delivery = zident_agent::workload_api::DeliveryConfig {
+            shared_socket: self.workload_api_socket.filter(|_| !self.no_workload_api),
+            shared_socket_group,
             socket_dir: (!self.no_workload_api).then_some(self.workload_api_dir),
             svid_dir: self.svid_dir,
             svid_command: self.svid_command,

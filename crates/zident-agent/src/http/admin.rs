@@ -83,6 +83,7 @@ pub fn admin_router(
     data_plane: Option<Arc<dyn crate::config::DataPlane>>,
     mesh: tokio::sync::watch::Receiver<Arc<zident_mesh::MeshFile>>,
     xds: Option<Arc<crate::xds::status::SharedStatus>>,
+    workload_api: Option<Arc<crate::workload_api::shared::Clients>>,
 ) -> axum::Router {
     let m1 = manager.clone();
     let m2 = manager.clone();
@@ -119,6 +120,8 @@ pub fn admin_router(
                     "listeners": data_plane.as_ref().map(|p| p.listeners()).unwrap_or(json!(null)),
                     // The control plane's stream, when the mesh comes from it.
                     "xds": xds.as_ref().map(|x| x.get()),
+                    // Who is connected to the Workload API, and as whom.
+                    "workload_api_clients": workload_api.as_ref().map(|c| c.list()).unwrap_or_default(),
                 }))
             }),
         )

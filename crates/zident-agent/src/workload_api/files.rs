@@ -24,7 +24,25 @@ pub fn write_version(
     cert: &WorkloadCertificate,
     bundle: &TrustBundle,
 ) -> std::io::Result<()> {
+    write_version_for(dir, cert, bundle, None)
+}
+
+/// [`write_version`], with the directory, the files and their links owned by `owner` (the
+/// workload's declared user and group), so that it can read them without root.
+pub fn write_version_for(
+    dir: &Path,
+    cert: &WorkloadCertificate,
+    bundle: &TrustBundle,
+    owner: Option<crate::unix_users::RunAs>,
+) -> std::io::Result<()> {
+    let give = |path: &Path| -> std::io::Result<()> {
+        match owner {
+            Some(o) => std::os::unix::fs::lchown(path, Some(o.uid), o.gid),
+            None => Ok(()),
+        }
+    };
     std::fs::create_dir_all(dir)?;
+    give(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     let version = format!(".v-{}-{}", cert.serial_hex, bundle.sequence());
     let vdir = dir.join(&version);
@@ -33,6 +51,7 @@ pub fn write_version(
     }
     std::fs::create_dir(&vdir)?;
     std::fs::set_permissions(&vdir, std::fs::Permissions::from_mode(0o700))?;
+    give(&vdir)?;
     write_file(
         &vdir.join("svid.pem"),
         certs_to_pem(&cert.chain).as_bytes(),
@@ -44,17 +63,22 @@ pub fn write_version(
         0o600,
     )?;
     write_file(&vdir.join("bundle.pem"), bundle.to_pem().as_bytes(), 0o644)?;
+    for name in FILES {
+        give(&vdir.join(name))?;
+    }
     std::fs::File::open(&vdir)?.sync_all()?;
 
     // Switch: a new symlink renamed over `.current` in one step.
     let tmp = dir.join(".current.tmp");
     let _ = std::fs::remove_file(&tmp);
     symlink(&version, &tmp)?;
+    give(&tmp)?;
     std::fs::rename(&tmp, dir.join(".current"))?;
     for name in FILES {
         let link = dir.join(name);
         if std::fs::symlink_metadata(&link).is_err() {
             symlink(Path::new(".current").join(name), &link)?;
+            give(&link)?;
         }
     }
     std::fs::File::open(dir)?.sync_all()?;
@@ -91,6 +115,7 @@ pub async fn keep_files(
     mut bundle: watch::Receiver<Arc<TrustBundle>>,
     mut stop: watch::Receiver<bool>,
     command: Option<String>,
+    owner: Option<crate::unix_users::RunAs>,
 ) {
     let mut written: Option<(String, u64)> = None;
     loop {
@@ -108,7 +133,8 @@ pub async fn keep_files(
         };
         if let Some((cert, b)) = todo {
             let (d, c2, b2) = (dir.clone(), cert.clone(), b.clone());
-            match tokio::task::spawn_blocking(move || write_version(&d, &c2, &b2)).await {
+            match tokio::task::spawn_blocking(move || write_version_for(&d, &c2, &b2, owner)).await
+            {
                 Ok(Ok(())) => {
                     written = Some((cert.serial_hex.clone(), b.sequence()));
                     tracing::info!(target: "zident::identity", dir = %dir.display(), serial = %cert.serial_hex, "wrote SVID files for {}", cert.id);

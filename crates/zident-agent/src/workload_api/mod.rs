@@ -8,8 +8,10 @@
 //! disappear with the workloads in the mesh file; a workload whose identity changes keeps its
 //! socket path and directory, served as the new identity.
 
+pub mod attest;
 mod files;
 mod service;
+pub mod shared;
 mod uds_h2;
 
 use std::collections::BTreeMap;
@@ -19,19 +21,17 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::codegen::tokio_stream::StreamExt;
-use tonic::codegen::tokio_stream::wrappers::UnixListenerStream;
 use zident_identity::CertificateProvider;
-use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 pub use crate::config::DeliveryConfig;
-pub use files::write_version;
+pub use files::{write_version, write_version_for};
 pub use service::WorkloadApiService;
 
 use crate::workloads::LocalWorkload;
 
 struct Served {
     id: zident_identity::SpiffeId,
+    run_as: Option<crate::unix_users::RunAs>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// The socket and the file it was bound as (device, inode): a socket bound later at the
@@ -95,10 +95,18 @@ pub struct Delivery<P> {
     config: DeliveryConfig,
     provider: Arc<P>,
     served: Arc<Mutex<BTreeMap<Key, Served>>>,
+    /// Workload API clients, the workloads they are attested against, and the counts.
+    clients: Arc<shared::Clients>,
+    /// Stops the shared socket.
+    shared_stop: watch::Sender<bool>,
 }
 
 impl<P> Drop for Delivery<P> {
     fn drop(&mut self) {
+        let _ = self.shared_stop.send(true);
+        if let Some(path) = &self.config.shared_socket {
+            let _ = std::fs::remove_file(path);
+        }
         let served = std::mem::take(&mut *self.served.lock().unwrap_or_else(|e| e.into_inner()));
         for (_, s) in served {
             let _ = s.stop.send(true);
@@ -116,12 +124,50 @@ impl<P> Drop for Delivery<P> {
 
 impl<P: CertificateProvider> Delivery<P> {
     /// Delivery for the provider's identities.
-    pub fn new(config: DeliveryConfig, provider: Arc<P>) -> Self {
+    pub fn new(config: DeliveryConfig, provider: Arc<P>, clients: Arc<shared::Clients>) -> Self {
         Self {
             config,
             provider,
             served: Arc::new(Mutex::new(BTreeMap::new())),
+            clients,
+            shared_stop: watch::channel(false).0,
         }
+    }
+
+    /// Opens the shared socket (`--workload-api-socket`), if configured: 0666, or 0660 with
+    /// the configured group. Call within the runtime.
+    pub fn start_shared(&self) -> std::io::Result<()> {
+        let Some(path) = self.config.shared_socket.clone() else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        if std::fs::symlink_metadata(&path).is_ok() {
+            std::fs::remove_file(&path)?;
+        }
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        match self.config.shared_socket_group {
+            Some(gid) => {
+                std::os::unix::fs::chown(&path, None, Some(gid))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+            }
+            None => std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?,
+        }
+        tracing::info!(target: "zident::identity", socket = %path.display(), "serving the Workload API to every local workload, attesting each caller");
+        tokio::spawn(shared::run(
+            listener,
+            path,
+            self.clients.clone(),
+            self.provider.clone(),
+            self.shared_stop.subscribe(),
+        ));
+        Ok(())
+    }
+
+    /// The Workload API clients and attestation counts.
+    pub fn clients(&self) -> Arc<shared::Clients> {
+        self.clients.clone()
     }
 
     /// The socket path of a workload.
@@ -144,6 +190,7 @@ impl<P: CertificateProvider> Delivery<P> {
     /// Serves exactly `workloads`: new ones get a socket (and files), gone ones lose theirs, and a
     /// workload whose identity changed is served anew.
     pub fn sync(&self, workloads: &[LocalWorkload]) {
+        self.clients.set_workloads(workloads);
         if self.config.socket_dir.is_none() && self.config.svid_dir.is_none() {
             return;
         }
@@ -154,7 +201,11 @@ impl<P: CertificateProvider> Delivery<P> {
             .collect();
         let stale: Vec<_> = served
             .iter()
-            .filter(|(k, s)| wanted.get(*k).is_none_or(|w| w.id != s.id))
+            .filter(|(k, s)| {
+                wanted
+                    .get(*k)
+                    .is_none_or(|w| w.id != s.id || w.run_as != s.run_as)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for key in stale {
@@ -186,30 +237,19 @@ impl<P: CertificateProvider> Delivery<P> {
         let mut tasks = Vec::new();
         let mut socket = None;
         if let Some(path) = self.socket_path(&w.namespace, &w.name) {
-            let listener = bind_private(&path)?;
+            let listener = bind_private(&path, w.run_as)?;
             let bound_as = file_id(&path).ok_or_else(|| {
                 std::io::Error::other(format!("{} vanished as it was bound", path.display()))
             })?;
-            let service =
-                WorkloadApiService::new(w.id.clone(), self.provider.clone(), stop_rx.clone());
-            let mut shutdown = stop_rx.clone();
-            let shown = path.display().to_string();
-            // Every connection through the relay that lets any gRPC client in (uds_h2.rs).
-            let socket_name = shown.clone();
-            let incoming = UnixListenerStream::new(listener).map(move |accepted| {
-                accepted.map(|c| crate::workload_api::uds_h2::relay(c, socket_name.clone()))
-            });
-            tasks.push(tokio::spawn(async move {
-                let result = tonic::transport::Server::builder()
-                    .add_service(SpiffeWorkloadApiServer::new(service))
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        let _ = shutdown.wait_for(|s| *s).await;
-                    })
-                    .await;
-                if let Err(e) = result {
-                    tracing::error!(target: "zident::identity", "Workload API on {shown} stopped: {e}");
-                }
-            }));
+            tasks.push(tokio::spawn(own_socket(
+                listener,
+                path.display().to_string(),
+                w.id.clone(),
+                w.run_as,
+                self.clients.clone(),
+                self.provider.clone(),
+                stop_rx.clone(),
+            )));
             tracing::info!(target: "zident::identity", socket = %path.display(), "serving the Workload API for {}", w.id);
             socket = Some((path, bound_as));
         }
@@ -223,10 +263,12 @@ impl<P: CertificateProvider> Delivery<P> {
                 self.provider.watch_bundle(),
                 stop_rx,
                 self.config.svid_command.clone(),
+                w.run_as,
             )));
         }
         Ok(Served {
             id: w.id.clone(),
+            run_as: w.run_as,
             stop,
             tasks,
             socket,
@@ -235,8 +277,12 @@ impl<P: CertificateProvider> Delivery<P> {
     }
 }
 
-/// Binds a Unix socket at `path` in a 0700 directory, with the socket itself 0600.
-fn bind_private(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+/// Binds a Unix socket at `path` in a 0700 directory, with the socket itself 0600, both owned
+/// by the workload's declared user and group (if any), so that it needs no root.
+fn bind_private(
+    path: &Path,
+    owner: Option<crate::unix_users::RunAs>,
+) -> std::io::Result<tokio::net::UnixListener> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -246,5 +292,65 @@ fn bind_private(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     }
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(o) = owner {
+        std::os::unix::fs::chown(dir, Some(o.uid), o.gid)?;
+        std::os::unix::fs::chown(path, Some(o.uid), o.gid)?;
+    }
     Ok(listener)
+}
+
+/// Serves a workload's own socket: a caller is that workload, provided it runs as the user the
+/// workload declares (or as root); any other is refused with the reason.
+async fn own_socket<P: CertificateProvider>(
+    listener: tokio::net::UnixListener,
+    shown: String,
+    id: zident_identity::SpiffeId,
+    owner: Option<crate::unix_users::RunAs>,
+    clients: Arc<shared::Clients>,
+    provider: Arc<P>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(target: "zident::identity", socket = %shown, "Workload API accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(peer) = shared::peer_of(&stream) else {
+            continue;
+        };
+        let attested = match owner {
+            Some(o) if peer.uid != o.uid && peer.uid != 0 => {
+                clients.count("refused");
+                let why = format!(
+                    "pid {} runs as uid {}, but {id} is declared to run as uid {}",
+                    peer.pid, peer.uid, o.uid
+                );
+                tracing::warn!(target: "zident::identity", socket = %shown, "Workload API caller refused: {why}");
+                Err(why)
+            }
+            _ => {
+                clients.count(attest::Method::Socket.label());
+                Ok((id.clone(), attest::Method::Socket))
+            }
+        };
+        let (conn_stop, conn_stop_rx) = watch::channel(false);
+        let listed = clients.enter(peer, shown.clone(), &attested, conn_stop);
+        let (provider, socket, mut agent_stop) = (provider.clone(), shown.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _listed = listed;
+            let identity = attested.map(|(id, _)| id);
+            tokio::select! {
+                _ = shared::serve_connection(stream, socket, identity, provider, conn_stop_rx) => {}
+                _ = async { let _ = agent_stop.wait_for(|s| *s).await; } => {}
+            }
+        });
+    }
 }

@@ -1,6 +1,8 @@
-//! The SPIFFE Workload API for one workload: `FetchX509SVID` and `FetchX509Bundles` stream
-//! the workload's SVID and the trust bundle, with a new full message on every rotation and
-//! every bundle change. The socket a workload reaches decides the identity it gets.
+//! The SPIFFE Workload API for one caller: `FetchX509SVID` and `FetchX509Bundles` stream the
+//! workload's SVID and the trust bundle, with a new full message on every rotation and every
+//! bundle change. The identity is decided before: by the socket a workload reaches, or by
+//! attesting the caller on the shared socket; a caller that was refused gets
+//! `PermissionDenied` with the reason on every call.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -26,7 +28,7 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The Workload API as one workload sees it, served from any [`CertificateProvider`].
 pub struct WorkloadApiService<P> {
-    id: SpiffeId,
+    id: Result<SpiffeId, String>,
     provider: Arc<P>,
     /// Becomes true when the workload leaves or the agent stops: streams then end cleanly.
     stop: watch::Receiver<bool>,
@@ -35,7 +37,22 @@ pub struct WorkloadApiService<P> {
 impl<P: CertificateProvider> WorkloadApiService<P> {
     /// The API for a workload with identity `id`.
     pub fn new(id: SpiffeId, provider: Arc<P>, stop: watch::Receiver<bool>) -> Self {
+        Self::for_caller(Ok(id), provider, stop)
+    }
+
+    /// The API for a caller attested as `id`, or refused for the reason it holds.
+    pub fn for_caller(
+        id: Result<SpiffeId, String>,
+        provider: Arc<P>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         Self { id, provider, stop }
+    }
+
+    fn identity(&self) -> Result<SpiffeId, Status> {
+        self.id
+            .clone()
+            .map_err(|why| Status::permission_denied(format!("no identity for this caller: {why}")))
     }
 }
 
@@ -88,13 +105,15 @@ impl<P: CertificateProvider> SpiffeWorkloadApi for WorkloadApiService<P> {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&request)?;
-        let mut status = self.provider.watch(&self.id).ok_or_else(|| {
-            Status::unavailable(format!("{} is no longer served on this node", self.id))
-        })?;
+        let id = self.identity()?;
+        let mut status = self
+            .provider
+            .watch(&id)
+            .ok_or_else(|| Status::unavailable(format!("{id} is no longer served on this node")))?;
         if let CertState::Unavailable(reason) = &*status.borrow() {
             // A workload asks now: retry at once rather than at the next backoff step (the
             // seam's `current` asks for one when there is no valid certificate).
-            let _ = self.provider.current(&self.id);
+            let _ = self.provider.current(&id);
             return Err(Status::unavailable(reason.detail.clone()));
         }
         let mut bundle = self.provider.watch_bundle();
@@ -143,6 +162,7 @@ impl<P: CertificateProvider> SpiffeWorkloadApi for WorkloadApiService<P> {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&request)?;
+        self.identity()?;
         let mut bundle = self.provider.watch_bundle();
         let mut stop = self.stop.clone();
         let (tx, rx) = mpsc::channel(4);

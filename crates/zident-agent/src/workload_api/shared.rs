@@ -1,0 +1,259 @@
+//! One Workload API socket for every workload of the node (`--workload-api-socket`), open to
+//! any local user (0666, or 0660 with a group). Each connection is attested when it is
+//! accepted (`attest.rs`) and served as that workload alone; a caller that matches no
+//! workload gets `PermissionDenied` with the reason on every call. When the mesh changes,
+//! every open connection is attested again: one whose answer changed is closed (its streams
+//! end), and its next call, on a new connection, is answered for what it is now.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::watch;
+use zident_identity::{CertificateProvider, SpiffeId};
+use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+
+use super::attest::{Attested, Method, Peer, attest};
+use super::service::WorkloadApiService;
+use crate::workloads::LocalWorkload;
+
+/// Label of `zident_workload_api_attestations`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttestationLabel {
+    /// `network_namespace`, `user`, `socket` or `refused`.
+    pub outcome: &'static str,
+}
+
+/// A connected Workload API client, as `/debug/connections` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Client {
+    /// Its process id.
+    pub pid: i32,
+    /// Its user.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
+    /// The socket it came in on.
+    pub socket: String,
+    /// The identity it is served as, if any.
+    pub identity: Option<String>,
+    /// How it was matched (`network_namespace`, `user`, `socket`), or `refused`.
+    pub method: &'static str,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Connected since (RFC 3339).
+    pub since: String,
+}
+
+struct Entry {
+    client: Client,
+    peer: Peer,
+    stop: watch::Sender<bool>,
+}
+
+/// What the shared socket and the per-workload sockets share: the workloads in force, the
+/// clients connected, the attestation counts.
+#[derive(Default)]
+pub struct Clients {
+    workloads: RwLock<Vec<LocalWorkload>>,
+    entries: Mutex<std::collections::BTreeMap<u64, Entry>>,
+    next: AtomicU64,
+    /// Attestations by outcome.
+    pub attestations: Family<AttestationLabel, Counter>,
+}
+
+impl Clients {
+    /// Replaces the workloads in force and attests every shared-socket client again, closing
+    /// those whose answer changed.
+    pub(crate) fn set_workloads(&self, workloads: &[LocalWorkload]) {
+        *self.workloads.write().unwrap_or_else(|e| e.into_inner()) = workloads.to_vec();
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for e in entries.values() {
+            if e.client.method == Method::Socket.label() {
+                continue;
+            }
+            let now = attest(e.peer, workloads).ok().map(|(id, _)| id.to_string());
+            if now != e.client.identity {
+                tracing::info!(target: "zident::identity", pid = e.peer.pid, before = ?e.client.identity, now = ?now, "a Workload API client's identity changed with the mesh: closing its connection");
+                let _ = e.stop.send(true);
+            }
+        }
+    }
+
+    /// Attests `peer` against the workloads in force, and counts the outcome.
+    pub(crate) fn attest(&self, peer: Peer) -> Attested {
+        let result = attest(
+            peer,
+            &self.workloads.read().unwrap_or_else(|e| e.into_inner()),
+        );
+        let outcome = match &result {
+            Ok((_, m)) => m.label(),
+            Err(_) => "refused",
+        };
+        self.attestations
+            .get_or_create(&AttestationLabel { outcome })
+            .inc();
+        result
+    }
+
+    /// Counts a caller let in, or turned away, by a workload's own socket.
+    pub(crate) fn count(&self, outcome: &'static str) {
+        self.attestations
+            .get_or_create(&AttestationLabel { outcome })
+            .inc();
+    }
+
+    /// Registers a client; it is listed until the returned guard drops.
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        peer: Peer,
+        socket: String,
+        attested: &Attested,
+        stop: watch::Sender<bool>,
+    ) -> Listed {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let client = Client {
+            pid: peer.pid,
+            uid: peer.uid,
+            gid: peer.gid,
+            socket,
+            identity: attested.as_ref().ok().map(|(id, _)| id.to_string()),
+            method: match attested {
+                Ok((_, m)) => m.label(),
+                Err(_) => "refused",
+            },
+            refused: attested.as_ref().err().cloned(),
+            since: zident_identity::rfc3339(SystemTime::now()),
+        };
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, Entry { client, peer, stop });
+        Listed {
+            clients: self.clone(),
+            key,
+        }
+    }
+
+    /// The clients connected now.
+    pub fn list(&self) -> Vec<Client> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|e| e.client.clone())
+            .collect()
+    }
+}
+
+/// A listed client; dropping it removes the entry.
+pub(crate) struct Listed {
+    clients: Arc<Clients>,
+    key: u64,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.clients
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// The kernel's credentials of a Unix-socket peer.
+pub(crate) fn peer_of(stream: &tokio::net::UnixStream) -> std::io::Result<Peer> {
+    let cred = stream.peer_cred()?;
+    Ok(Peer {
+        pid: cred.pid().unwrap_or(0),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    })
+}
+
+/// Serves one connection as `identity` until it ends or `stop` turns true.
+pub(crate) async fn serve_connection<P: CertificateProvider>(
+    stream: tokio::net::UnixStream,
+    socket: String,
+    identity: Result<SpiffeId, String>,
+    provider: Arc<P>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = WorkloadApiService::for_caller(identity, provider, stop.clone());
+    let io = super::uds_h2::relay(stream, socket);
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http2_only();
+    let conn = builder.serve_connection(
+        TokioIo::new(io),
+        TowerToHyperService::new(SpiffeWorkloadApiServer::new(service)),
+    );
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+        }
+    }
+}
+
+/// Accepts on the shared socket for as long as the task runs.
+pub(crate) async fn run<P: CertificateProvider>(
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    clients: Arc<Clients>,
+    provider: Arc<P>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let shown = path.display().to_string();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(target: "zident::identity", socket = %shown, "Workload API accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let peer = match peer_of(&stream) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(target: "zident::identity", socket = %shown, "cannot read a Workload API caller's credentials, refusing it: {e}");
+                continue;
+            }
+        };
+        let attested = clients.attest(peer);
+        match &attested {
+            Ok((id, how)) => {
+                tracing::info!(target: "zident::identity", pid = peer.pid, uid = peer.uid, identity = %id, method = how.label(), "Workload API caller attested")
+            }
+            Err(why) => {
+                tracing::warn!(target: "zident::identity", pid = peer.pid, uid = peer.uid, "Workload API caller refused: {why}")
+            }
+        }
+        let (conn_stop, conn_stop_rx) = watch::channel(false);
+        let listed = clients.enter(peer, shown.clone(), &attested, conn_stop);
+        let provider = provider.clone();
+        let socket = shown.clone();
+        let mut agent_stop = stop.clone();
+        tokio::spawn(async move {
+            let _listed = listed;
+            let identity = attested.map(|(id, _)| id);
+            tokio::select! {
+                _ = serve_connection(stream, socket, identity, provider, conn_stop_rx) => {}
+                _ = async { let _ = agent_stop.wait_for(|s| *s).await; } => {}
+            }
+        });
+    }
+}
