@@ -295,8 +295,25 @@ fn bind_private(
     if let Some(o) = owner {
         std::os::unix::fs::chown(dir, Some(o.uid), o.gid)?;
         std::os::unix::fs::chown(path, Some(o.uid), o.gid)?;
+        // `<dir>/<namespace>` and `<dir>` must let the workload's user through (not list).
+        traversable(dir, 2)?;
     }
     Ok(listener)
+}
+
+/// Adds search (x) permission for everyone to the `levels` directories above `dir`, so that a
+/// workload's own user reaches its directory; listing them stays closed.
+pub(crate) fn traversable(dir: &Path, levels: usize) -> std::io::Result<()> {
+    for ancestor in dir.ancestors().skip(1).take(levels) {
+        let mode = std::fs::metadata(ancestor)?.permissions().mode();
+        if mode & 0o111 != 0o111 {
+            std::fs::set_permissions(
+                ancestor,
+                std::fs::Permissions::from_mode((mode | 0o111) & 0o7777),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Serves a workload's own socket: a caller is that workload, provided it runs as the user the
