@@ -337,8 +337,27 @@ async fn each_caller_of_the_shared_socket_gets_its_own_identity_and_no_other() {
     );
 
     // /debug/connections lists the clients, and the metric counts the outcomes.
-    let clients = agent.delivery.clients().list();
-    assert!(clients.iter().all(|c| c.pid > 0), "{clients:?}");
+    let stream = tokio::task::spawn_blocking({
+        let (ns, shared) = (three.clone(), shared.clone());
+        move || fetch(Some(&ns), None, &shared, &["--stream", "5"])
+    });
+    eventually(WAIT, "/debug/connections lists the open client", || {
+        let (_, body) = common::curl(&format!(
+            "http://{}/debug/connections",
+            agent.admin_addr.unwrap()
+        ));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["workload_api_clients"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["identity"] == "spiffe://cluster.local/ns/default/sa/three"
+                    && c["method"] == "network_namespace"
+                    && c["pid"].as_i64().is_some_and(|p| p > 0)
+                    && c["since"].is_string()
+            })
+        })
+    })
+    .await;
+    let _ = stream.await;
     let (_, metrics) = common::curl(&format!("http://{}/metrics", agent.metrics_addr.unwrap()));
     assert!(
         metrics.contains("zident_workload_api_attestations_total{outcome=\"network_namespace\"}"),
