@@ -67,9 +67,10 @@ pub fn attest(peer: Peer, workloads: &[LocalWorkload]) -> Attested {
         0 => {}
         _ => {
             return Err(format!(
-                "pid {} (uid {}) is in a network namespace holding addresses of workloads with different identities ({}); addresses {}",
+                "pid {} (uid {}) is in network namespace {} holding addresses of workloads with different identities ({}); addresses {}",
                 peer.pid,
                 peer.uid,
+                netns(peer.pid),
                 by_address
                     .iter()
                     .map(|i| i.as_str())
@@ -95,10 +96,11 @@ pub fn attest(peer: Peer, workloads: &[LocalWorkload]) -> Attested {
             .map(|id| (id, Method::User))
             .ok_or_else(|| "no identity".into()),
         0 => Err(format!(
-            "pid {} (uid {}, gid {}) is in a network namespace with no workload address (its addresses: {}), and no workload on this node declares its user",
+            "pid {} (uid {}, gid {}) is in network namespace {} with no workload address (its addresses: {}), and no workload on this node declares its user",
             peer.pid,
             peer.uid,
             peer.gid,
+            netns(peer.pid),
             shown(&addresses)
         )),
         _ => Err(format!(
@@ -112,6 +114,13 @@ pub fn attest(peer: Peer, workloads: &[LocalWorkload]) -> Attested {
                 .join(", ")
         )),
     }
+}
+
+/// The caller's network namespace as the kernel names it (`net:[4026531840]`).
+fn netns(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn shown(addresses: &BTreeSet<IpAddr>) -> String {

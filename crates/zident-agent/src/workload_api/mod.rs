@@ -360,14 +360,12 @@ async fn own_socket<P: CertificateProvider>(
         };
         let (conn_stop, conn_stop_rx) = watch::channel(false);
         let listed = clients.enter(peer, shown.clone(), &attested, conn_stop);
-        let (provider, socket, mut agent_stop) = (provider.clone(), shown.clone(), stop.clone());
+        let (provider, socket, agent_stop) = (provider.clone(), shown.clone(), stop.clone());
         tokio::spawn(async move {
             let _listed = listed;
             let identity = attested.map(|(id, _)| id);
-            tokio::select! {
-                _ = shared::serve_connection(stream, socket, identity, provider, conn_stop_rx) => {}
-                _ = async { let _ = agent_stop.wait_for(|s| *s).await; } => {}
-            }
+            shared::serve_connection(stream, socket, identity, provider, conn_stop_rx, agent_stop)
+                .await;
         });
     }
 }

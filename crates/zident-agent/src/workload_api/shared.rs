@@ -179,14 +179,32 @@ pub(crate) fn peer_of(stream: &tokio::net::UnixStream) -> std::io::Result<Peer> 
     })
 }
 
-/// Serves one connection as `identity` until it ends or `stop` turns true.
+/// A receiver that turns true once either `a` or `b` does.
+fn either(mut a: watch::Receiver<bool>, mut b: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(*a.borrow() || *b.borrow());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = async { let _ = a.wait_for(|s| *s).await; } => {}
+            _ = async { let _ = b.wait_for(|s| *s).await; } => {}
+            _ = tx.closed() => return,
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Serves one connection as `identity` until it ends, or until `connection` (this caller's
+/// answer changed) or `agent` (the workload left, the agent stops) turns true: then its
+/// streams end cleanly and the connection closes gracefully.
 pub(crate) async fn serve_connection<P: CertificateProvider>(
     stream: tokio::net::UnixStream,
     socket: String,
     identity: Result<SpiffeId, String>,
     provider: Arc<P>,
-    mut stop: watch::Receiver<bool>,
+    connection: watch::Receiver<bool>,
+    agent: watch::Receiver<bool>,
 ) {
+    let mut stop = either(connection, agent);
     let service = WorkloadApiService::for_caller(identity, provider, stop.clone());
     let io = super::uds_h2::relay(stream, socket);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http2_only();
@@ -246,14 +264,11 @@ pub(crate) async fn run<P: CertificateProvider>(
         let listed = clients.enter(peer, shown.clone(), &attested, conn_stop);
         let provider = provider.clone();
         let socket = shown.clone();
-        let mut agent_stop = stop.clone();
+        let agent_stop = stop.clone();
         tokio::spawn(async move {
             let _listed = listed;
             let identity = attested.map(|(id, _)| id);
-            tokio::select! {
-                _ = serve_connection(stream, socket, identity, provider, conn_stop_rx) => {}
-                _ = async { let _ = agent_stop.wait_for(|s| *s).await; } => {}
-            }
+            serve_connection(stream, socket, identity, provider, conn_stop_rx, agent_stop).await;
         });
     }
 }
