@@ -10,13 +10,11 @@ use std::time::{Duration, SystemTime};
 use zident_ca::datastore::{Kek, Store};
 use zident_ca::rotation::Phase;
 
-/// Flags of `zident ca apply`.
+/// The shared datastore, as every `zident ca` command that reads it takes it.
 #[derive(Debug, clap::Args)]
-pub struct ApplyArgs {
-    /// The mesh file to store (checked exactly as a running CA checks an edit).
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
-    pub file: PathBuf,
-    /// The shared datastore.
+pub struct DatastoreArg {
+    /// The shared datastore (`postgres://user@host:port/db`; add
+    /// `?sslmode=require&sslrootcert=FILE` for TLS).
     #[arg(
         long,
         env = "ZIDENT_DATASTORE",
@@ -24,6 +22,16 @@ pub struct ApplyArgs {
         hide_env_values = true
     )]
     pub datastore: String,
+}
+
+/// Flags of `zident ca apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The mesh file to store (checked exactly as a running CA checks an edit).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub store: DatastoreArg,
     /// Who applies it, as kept in the history (default: $USER@host).
     #[arg(long, value_name = "NAME")]
     pub applied_by: Option<String>,
@@ -41,14 +49,8 @@ pub enum MeshAction {
 /// Flags of `zident ca mesh history`.
 #[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
-    /// The shared datastore.
-    #[arg(
-        long,
-        env = "ZIDENT_DATASTORE",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub datastore: String,
+    #[command(flatten)]
+    pub store: DatastoreArg,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -59,14 +61,8 @@ pub struct HistoryArgs {
 pub struct ShowArgs {
     /// The version (default: the newest).
     pub version: Option<i64>,
-    /// The shared datastore.
-    #[arg(
-        long,
-        env = "ZIDENT_DATASTORE",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub datastore: String,
+    #[command(flatten)]
+    pub store: DatastoreArg,
 }
 
 async fn connect(url: &str) -> Result<Store, String> {
@@ -86,7 +82,7 @@ fn operator() -> String {
 pub async fn apply(args: ApplyArgs) -> Result<ExitCode, String> {
     let (yaml, mesh) = zident_ca::datastore::mesh_for_store(&args.file)
         .map_err(|e| format!("zident ca apply: refused, nothing stored: {e}"))?;
-    let mut store = connect(&args.datastore).await?;
+    let mut store = connect(&args.store.datastore).await?;
     if let Some((rs, _)) = store.rotation().await.map_err(|e| e.to_string())?
         && rs.trust_domain != mesh.trust_domain.as_str()
     {
@@ -125,7 +121,7 @@ pub async fn apply(args: ApplyArgs) -> Result<ExitCode, String> {
 pub async fn mesh(action: MeshAction) -> Result<ExitCode, String> {
     match action {
         MeshAction::History(args) => {
-            let store = connect(&args.datastore).await?;
+            let store = connect(&args.store.datastore).await?;
             let rows = store.mesh_history().await.map_err(|e| e.to_string())?;
             if args.json {
                 println!(
@@ -150,7 +146,7 @@ pub async fn mesh(action: MeshAction) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         MeshAction::Show(args) => {
-            let store = connect(&args.datastore).await?;
+            let store = connect(&args.store.datastore).await?;
             let row = match args.version {
                 Some(v) => store.mesh_version(v).await,
                 None => store.latest_mesh().await,

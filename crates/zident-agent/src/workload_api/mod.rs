@@ -325,47 +325,23 @@ async fn own_socket<P: CertificateProvider>(
     owner: Option<crate::unix_users::RunAs>,
     clients: Arc<shared::Clients>,
     provider: Arc<P>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(target: "zident::identity", socket = %shown, "Workload API accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(peer) = shared::peer_of(&stream) else {
-            continue;
-        };
-        let attested = match owner {
+    let decide = {
+        let clients = clients.clone();
+        move |peer: attest::Peer| match owner {
             Some(o) if peer.uid != o.uid && peer.uid != 0 => {
                 clients.count("refused");
-                let why = format!(
+                Err(format!(
                     "pid {} runs as uid {}, but {id} is declared to run as uid {}",
                     peer.pid, peer.uid, o.uid
-                );
-                tracing::warn!(target: "zident::identity", socket = %shown, "Workload API caller refused: {why}");
-                Err(why)
+                ))
             }
             _ => {
                 clients.count(attest::Method::Socket.label());
                 Ok((id.clone(), attest::Method::Socket))
             }
-        };
-        let (conn_stop, conn_stop_rx) = watch::channel(false);
-        let listed = clients.enter(peer, shown.clone(), &attested, conn_stop);
-        let (provider, socket, agent_stop) = (provider.clone(), shown.clone(), stop.clone());
-        tokio::spawn(async move {
-            let _listed = listed;
-            let identity = attested.map(|(id, _)| id);
-            shared::serve_connection(stream, socket, identity, provider, conn_stop_rx, agent_stop)
-                .await;
-        });
-    }
+        }
+    };
+    shared::accept(listener, shown, clients, provider, stop, decide).await;
 }

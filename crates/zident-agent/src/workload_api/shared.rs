@@ -222,15 +222,17 @@ pub(crate) async fn serve_connection<P: CertificateProvider>(
     }
 }
 
-/// Accepts on the shared socket for as long as the task runs.
-pub(crate) async fn run<P: CertificateProvider>(
+/// Accepts on `listener` (shown as `shown`) for as long as the task runs: reads each caller's
+/// credentials, asks `decide` who it is, lists it, and serves it as that. The shared socket
+/// decides by attestation; a workload's own socket by its declared user.
+pub(crate) async fn accept<P: CertificateProvider>(
     listener: tokio::net::UnixListener,
-    path: PathBuf,
+    shown: String,
     clients: Arc<Clients>,
     provider: Arc<P>,
     mut stop: watch::Receiver<bool>,
+    decide: impl Fn(Peer) -> Attested,
 ) {
-    let shown = path.display().to_string();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -251,24 +253,45 @@ pub(crate) async fn run<P: CertificateProvider>(
                 continue;
             }
         };
-        let attested = clients.attest(peer);
+        let attested = decide(peer);
         match &attested {
             Ok((id, how)) => {
-                tracing::info!(target: "zident::identity", pid = peer.pid, uid = peer.uid, identity = %id, method = how.label(), "Workload API caller attested")
+                tracing::debug!(target: "zident::identity", socket = %shown, pid = peer.pid, uid = peer.uid, identity = %id, method = how.label(), "Workload API caller attested")
             }
             Err(why) => {
-                tracing::warn!(target: "zident::identity", pid = peer.pid, uid = peer.uid, "Workload API caller refused: {why}")
+                tracing::warn!(target: "zident::identity", socket = %shown, pid = peer.pid, uid = peer.uid, "Workload API caller refused: {why}")
             }
         }
         let (conn_stop, conn_stop_rx) = watch::channel(false);
         let listed = clients.enter(peer, shown.clone(), &attested, conn_stop);
-        let provider = provider.clone();
-        let socket = shown.clone();
-        let agent_stop = stop.clone();
+        let (provider, socket, agent_stop) = (provider.clone(), shown.clone(), stop.clone());
         tokio::spawn(async move {
             let _listed = listed;
             let identity = attested.map(|(id, _)| id);
             serve_connection(stream, socket, identity, provider, conn_stop_rx, agent_stop).await;
         });
     }
+}
+
+/// The shared socket: every caller attested against the workloads in force.
+pub(crate) async fn run<P: CertificateProvider>(
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    clients: Arc<Clients>,
+    provider: Arc<P>,
+    stop: watch::Receiver<bool>,
+) {
+    let decide = {
+        let clients = clients.clone();
+        move |peer| clients.attest(peer)
+    };
+    accept(
+        listener,
+        path.display().to_string(),
+        clients,
+        provider,
+        stop,
+        decide,
+    )
+    .await;
 }

@@ -288,20 +288,7 @@ impl Store {
 
     /// Every root generation.
     pub async fn roots(&self) -> Result<Vec<StoredRoot>, StoreError> {
-        Ok(self
-            .client
-            .query(
-                "SELECT generation, cert_pem, key_sealed FROM zident_roots ORDER BY generation",
-                &[],
-            )
-            .await?
-            .into_iter()
-            .map(|r| StoredRoot {
-                generation: r.get::<_, i32>(0) as u32,
-                cert_pem: r.get(1),
-                key_sealed: r.get(2),
-            })
-            .collect())
+        roots_of(&self.client).await
     }
 
     /// The newest mesh version, with its YAML.
@@ -415,19 +402,7 @@ impl Store {
         if let Some(t) = timing {
             state.timing = t;
         }
-        let roots: Vec<StoredRoot> = tx
-            .query(
-                "SELECT generation, cert_pem, key_sealed FROM zident_roots",
-                &[],
-            )
-            .await?
-            .into_iter()
-            .map(|r| StoredRoot {
-                generation: r.get::<_, i32>(0) as u32,
-                cert_pem: r.get(1),
-                key_sealed: r.get(2),
-            })
-            .collect();
+        let roots = roots_of(&tx).await?;
         let issued = issued_of(&tx).await?;
         let tmp = tempdir()?;
         files::write_roots(tmp.path(), &roots, kek)?;
@@ -549,6 +524,24 @@ async fn insert_mesh(
     tx.execute(&format!("NOTIFY {CHANNEL}, 'mesh'"), &[])
         .await?;
     Ok(version)
+}
+
+async fn roots_of(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<Vec<StoredRoot>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT generation, cert_pem, key_sealed FROM zident_roots ORDER BY generation",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .map(|r| StoredRoot {
+            generation: r.get::<_, i32>(0) as u32,
+            cert_pem: r.get(1),
+            key_sealed: r.get(2),
+        })
+        .collect())
 }
 
 async fn issued_of(

@@ -17,41 +17,35 @@ use super::StoreError;
 /// Splits libpq's `sslrootcert` out of a URL (`?…&sslrootcert=FILE`) or a key=value string,
 /// since the PostgreSQL client library reads the rest.
 pub(crate) fn take_root_cert(url: &str) -> (String, Option<PathBuf>) {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let Some((base, query)) = url.split_once('?') else {
-            return (url.to_owned(), None);
-        };
-        let mut root = None;
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|kv| match kv.strip_prefix("sslrootcert=") {
-                Some(v) => {
-                    root = Some(PathBuf::from(v));
-                    false
-                }
-                None => true,
-            })
-            .collect();
-        let rest = if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        };
-        (rest, root)
+    // The parameters, and what joins them back: a URL's query, or the key=value string.
+    let (base, params, sep) = if url.starts_with("postgres://") || url.starts_with("postgresql://")
+    {
+        match url.split_once('?') {
+            Some((base, query)) => (Some(base), query, '&'),
+            None => return (url.to_owned(), None),
+        }
     } else {
-        let mut root = None;
-        let kept: Vec<&str> = url
-            .split_whitespace()
-            .filter(|kv| match kv.strip_prefix("sslrootcert=") {
-                Some(v) => {
-                    root = Some(PathBuf::from(v));
-                    false
-                }
-                None => true,
-            })
-            .collect();
-        (kept.join(" "), root)
-    }
+        (None, url, ' ')
+    };
+    let mut root = None;
+    let kept: Vec<&str> = params
+        .split(sep)
+        .filter(|kv| !kv.is_empty())
+        .filter(|kv| match kv.strip_prefix("sslrootcert=") {
+            Some(v) => {
+                root = Some(PathBuf::from(v));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let joined = kept.join(&sep.to_string());
+    let rest = match base {
+        Some(base) if joined.is_empty() => base.to_owned(),
+        Some(base) => format!("{base}?{joined}"),
+        None => joined,
+    };
+    (rest, root)
 }
 
 /// A rustls connector trusting the CA certificates in `root`.
