@@ -161,7 +161,7 @@ fn main() {
         t / b
     );
     println!(
-        "  leader killed -> another replica holds the leader lock: median {:.0} ms, max {:.0} ms (replicas try the lock once a second)",
+        "  leader killed -> another replica holds the leader lock: median {:.0} ms, max {:.0} ms (replicas wait in the lock; PostgreSQL hands it over when the holder's session ends)",
         median(failovers.clone()),
         failovers.iter().copied().fold(0.0, f64::max)
     );

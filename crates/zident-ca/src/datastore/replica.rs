@@ -244,6 +244,7 @@ async fn session(
 ) -> Result<(), StoreError> {
     within(store.listen()).await?;
     let mut tick = tokio::time::interval(POLL);
+    let (mut lead_rx, mut leader) = spawn_leadership(&ds.url);
     loop {
         sync(config, &store, kek, status, Some(running)).await?;
         status.recover(&running.state.metrics);
@@ -252,9 +253,19 @@ async fn session(
             running.state.ledger.return_outbox(outbox);
             return Err(e);
         }
-        if !status.is_leader() && within(store.try_lead()).await? {
-            status.leader.store(true, Ordering::SeqCst);
-            tracing::info!(target: "zident::ca", replica = %ds.name, "this replica now takes the rotation steps (it holds the leader lock)");
+        if leader.0.is_finished() {
+            // Its session ended while this one lives: wait for the lock again.
+            (lead_rx, leader) = spawn_leadership(&ds.url);
+        }
+        let leading = *lead_rx.borrow_and_update();
+        if leading != status.is_leader() {
+            status.leader.store(leading, Ordering::SeqCst);
+            running.state.metrics.leader.set(i64::from(leading));
+            if leading {
+                tracing::info!(target: "zident::ca", replica = %ds.name, "this replica now takes the rotation steps (it holds the leader lock)");
+            } else {
+                tracing::warn!(target: "zident::ca", replica = %ds.name, "the leader lock's session ended: this replica no longer takes rotation steps");
+            }
         }
         within(store.heartbeat(
             &ds.name,
@@ -269,6 +280,7 @@ async fn session(
         }
         tokio::select! {
             _ = tick.tick() => {}
+            _ = lead_rx.changed() => {}
             note = store.notifications.recv() => {
                 if matches!(note, None | Some(None)) || store.is_closed() {
                     return Err(StoreError::Unreachable("the connection to the database was lost".into()));
@@ -276,6 +288,37 @@ async fn session(
             }
         }
     }
+}
+
+/// A task, aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Waits for the leader lock on a session of its own, and reports whether it holds it: true
+/// once granted, false when that session ends. Waiting in the lock (rather than trying it now
+/// and then) lets PostgreSQL hand it over the moment a leader's session ends, so a killed
+/// leader is replaced at once. Dropping the task ends the session, and with it the lock.
+fn spawn_leadership(url: &str) -> (tokio::sync::watch::Receiver<bool>, AbortOnDrop) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let url = url.to_owned();
+    let task = tokio::spawn(async move {
+        let Ok(mut session) = Store::connect(&url).await else {
+            return;
+        };
+        if session.lead().await.is_err() {
+            return;
+        }
+        tx.send_replace(true);
+        // Held until the session ends.
+        while let Some(Some(_)) = session.notifications.recv().await {}
+        tx.send_replace(false);
+    });
+    (rx, AbortOnDrop(task))
 }
 
 /// Takes the rotation step that is due, as the file-based schedule would, but with what every

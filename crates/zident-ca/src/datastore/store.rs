@@ -124,6 +124,9 @@ impl Store {
             .map_err(|e| StoreError::Refused(format!("--datastore {}: {e}", redact(url))))?;
         config.connect_timeout(STATEMENT_TIMEOUT);
         config.application_name("zident-ca");
+        // A session whose server vanished without a word is found out, even while it waits.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
         let unreachable = |e: String| StoreError::Unreachable(format!("{}: {e}", redact(url)));
         let timeout = || {
             StoreError::Unreachable(format!(
@@ -448,17 +451,16 @@ impl Store {
         Ok(next)
     }
 
-    /// Tries to become the leader: the advisory lock on this session, kept until the session
-    /// ends.
-    pub async fn try_lead(&self) -> Result<bool, StoreError> {
-        Ok(self
-            .client
+    /// Waits until this session holds the leader lock, an advisory lock PostgreSQL keeps for
+    /// the session and hands to the next waiter the moment the session ends.
+    pub async fn lead(&self) -> Result<(), StoreError> {
+        self.client
             .query_one(
-                "SELECT pg_try_advisory_lock($1)",
+                "SELECT pg_advisory_lock($1)",
                 &[&super::schema::LOCK_LEADER],
             )
-            .await?
-            .get(0))
+            .await?;
+        Ok(())
     }
 
     /// Records that replica `name` is alive and what it serves.
