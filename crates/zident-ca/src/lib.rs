@@ -257,19 +257,24 @@ impl RunningCa {
             serving.clone(),
         )));
 
+        // The mesh file and the rotation state are watched for edits made beside the CA. A
+        // replica on a datastore writes its working copy itself and reloads it as it does, so
+        // watching the copy would apply every change twice.
         let mut watchers = Vec::new();
-        let (mesh_dir, mesh_name) = watch::dir_and_name(&config.mesh_path);
-        let (w, changes) =
-            watch::watch_dir(&mesh_dir, vec![mesh_name]).map_err(|source| CaError::Watch {
-                path: config.mesh_path.clone(),
-                source,
-            })?;
-        watchers.push(w);
-        let (s, path) = (state.clone(), config.mesh_path.clone());
-        background.push(tokio::spawn(watch::reload_on_change(changes, move || {
-            reload::reload_mesh(&s, &path)
-        })));
-        if config.root_ca_dir.is_none() {
+        if replica.is_none() {
+            let (mesh_dir, mesh_name) = watch::dir_and_name(&config.mesh_path);
+            let (w, changes) =
+                watch::watch_dir(&mesh_dir, vec![mesh_name]).map_err(|source| CaError::Watch {
+                    path: config.mesh_path.clone(),
+                    source,
+                })?;
+            watchers.push(w);
+            let (s, path) = (state.clone(), config.mesh_path.clone());
+            background.push(tokio::spawn(watch::reload_on_change(changes, move || {
+                reload::reload_mesh(&s, &path)
+            })));
+        }
+        if config.root_ca_dir.is_none() && replica.is_none() {
             let (w, changes) =
                 watch::watch_dir(&config.data_dir, vec![rotation::STATE_FILE.into()]).map_err(
                     |source| CaError::Watch {
@@ -282,8 +287,8 @@ impl RunningCa {
             background.push(tokio::spawn(watch::reload_on_change(changes, move || {
                 reload::reload_rotation(&s, &cfg, &sv)
             })));
-            // With a datastore, the leader replica takes the scheduled steps (see below).
-            if config.rotation.auto && replica.is_none() {
+            // (With a datastore, the leader replica takes the scheduled steps: see below.)
+            if config.rotation.auto {
                 background.push(tokio::spawn(roots::schedule::rotate_on_schedule(
                     state.clone(),
                     config.clone(),

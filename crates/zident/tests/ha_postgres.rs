@@ -139,6 +139,11 @@ impl Replica {
 
     /// Asks for frontend's certificate as node-a, with lifetime `ttl_secs`.
     async fn issue(&self, ttl_secs: i64) -> Result<Vec<String>, String> {
+        self.issue_for("frontend", ttl_secs).await
+    }
+
+    /// Asks for service account `sa`'s certificate as node-a.
+    async fn issue_for(&self, sa: &str, ttl_secs: i64) -> Result<Vec<String>, String> {
         let root = std::fs::read(self.dir.join("root-cert.pem")).map_err(|e| e.to_string())?;
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(root))
@@ -152,7 +157,7 @@ impl Replica {
             .connect()
             .await
             .map_err(|e| e.to_string())?;
-        let id = SpiffeId::new("spiffe://cluster.local/ns/default/sa/frontend").unwrap();
+        let id = SpiffeId::new(&format!("spiffe://cluster.local/ns/default/sa/{sa}")).unwrap();
         let csr = WorkloadKey::generate().unwrap().csr_pem(&id).unwrap();
         let metadata = prost_types::Struct {
             fields: [(
@@ -249,6 +254,13 @@ async fn a_broken_apply_changes_nothing_and_a_good_one_reaches_every_replica() {
     let good = MESH.to_owned()
         + "- {uid: be, name: backend, namespace: default, serviceAccount: backend, node: node-a}\n";
     std::fs::write(w.path("good.yaml"), &good).unwrap();
+    for r in [&a, &b] {
+        let refused = r.issue_for("backend", 600).await.unwrap_err();
+        assert!(
+            refused.contains("permission denied"),
+            "not yet in the mesh: {refused}"
+        );
+    }
     let out = w.zident(&[
         "ca",
         "apply",
@@ -262,11 +274,26 @@ async fn a_broken_apply_changes_nothing_and_a_good_one_reaches_every_replica() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Every replica applies it: the new workload's identity is issued by each.
     for r in [&a, &b] {
-        eventually(DEADLINE, "the replica serves mesh version 2", || {
-            std::fs::read_to_string(r.dir.join("mesh.yaml")).is_ok_and(|m| m == good)
-        })
-        .await;
+        let mut issued = Err(String::new());
+        for _ in 0..100 {
+            issued = r.issue_for("backend", 600).await;
+            if issued.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            issued.is_ok(),
+            "{} serves mesh version 2: {issued:?}{}",
+            r.name,
+            logs(&[r])
+        );
+        assert_eq!(
+            std::fs::read_to_string(r.dir.join("mesh.yaml")).unwrap(),
+            good
+        );
     }
     let history = w.zident(&["ca", "mesh", "history"]);
     let text = String::from_utf8_lossy(&history.stdout);

@@ -256,6 +256,14 @@ async fn agents_with_no_mesh_file_follow_the_control_plane_across_nodes() {
         fetch(&w, "10.88.2.10").0 != 200
     })
     .await;
+    // Refused by node-b's inbound for the policy, not failed for another reason.
+    let (_, metrics) = curl_in(&w.b, &["http://127.0.0.1:15020/metrics"]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("zident_tunnel_failures") && l.contains("policy_denied")),
+        "{metrics}"
+    );
     let dump = admin(&w.b, "/config_dump");
     assert_eq!(dump["policies"][0]["name"], "no-client", "{dump}");
     // …and removed again.

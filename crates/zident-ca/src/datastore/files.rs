@@ -72,3 +72,8 @@ pub(crate) fn read_generation(dir: &Path) -> Result<(String, Vec<u8>), StoreErro
         .map_err(|_| StoreError::Refused("a root certificate that is not text".into()))?;
     Ok((cert, read(CA_KEY)?))
 }
+
+/// Whether `data_dir` holds a working copy a replica can start from without the database.
+pub(crate) fn has_working_copy(data_dir: &Path) -> bool {
+    data_dir.join(rotation::STATE_FILE).exists() && data_dir.join(MESH_COPY).exists()
+}

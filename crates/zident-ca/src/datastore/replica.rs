@@ -95,7 +95,7 @@ pub(crate) async fn prepare(
     let status = Arc::new(ReplicaStatus::default());
     let mut store = match Store::connect(&ds.url).await {
         Ok(s) => s,
-        Err(StoreError::Unreachable(why)) if super::store::has_working_copy(&config.data_dir) => {
+        Err(StoreError::Unreachable(why)) if files::has_working_copy(&config.data_dir) => {
             tracing::error!(target: "zident::ca", "the datastore is unreachable at start; serving from the working copy in {} (degraded): {why}", config.data_dir.display());
             status.degraded.store(true, Ordering::SeqCst);
             *status.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
@@ -307,7 +307,7 @@ fn spawn_leadership(url: &str) -> (tokio::sync::watch::Receiver<bool>, AbortOnDr
     let (tx, rx) = tokio::sync::watch::channel(false);
     let url = url.to_owned();
     let task = tokio::spawn(async move {
-        let Ok(mut session) = Store::connect(&url).await else {
+        let Ok(mut session) = Store::session(&url).await else {
             return;
         };
         if session.lead().await.is_err() {

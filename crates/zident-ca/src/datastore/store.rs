@@ -3,7 +3,6 @@
 //! what committed (`files.rs`), never the other way round.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use tokio_postgres::{Client, NoTls};
@@ -116,8 +115,17 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to `url` and brings the schema up to date.
+    /// Connects to `url` and brings the schema up to date: what a replica does at start and
+    /// on every reconnect, and what the command line does before it reads or writes.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut store = Self::session(url).await?;
+        migrate(&mut store.client).await?;
+        Ok(store)
+    }
+
+    /// Connects to `url` without touching the schema (a second session of a replica that
+    /// migrated on its first, such as the one that waits for the leader lock).
+    pub async fn session(url: &str) -> Result<Self, StoreError> {
         let (rest, root) = super::tls::take_root_cert(url);
         let mut config: tokio_postgres::Config = rest
             .parse()
@@ -185,12 +193,10 @@ impl Store {
             }
             let _ = tx.send(None);
         });
-        let mut store = Self {
+        Ok(Self {
             client,
             notifications,
-        };
-        migrate(&mut store.client).await?;
-        Ok(store)
+        })
     }
 
     /// Subscribes to change notifications.
@@ -589,9 +595,4 @@ pub(crate) fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-/// Whether `path` holds a working copy a replica can start from without the database.
-pub(crate) fn has_working_copy(data_dir: &Path) -> bool {
-    data_dir.join(rotation::STATE_FILE).exists() && data_dir.join(files::MESH_COPY).exists()
 }
