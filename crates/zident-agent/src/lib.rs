@@ -52,7 +52,7 @@ pub use config::{
 };
 pub use http::admin::LogControl;
 pub use unix_users::group_id;
-pub use xds::status::{SharedStatus as XdsStatusHandle, XdsStatus};
+pub use xds::status::{XdsStatus, XdsStatusCell};
 
 use crate::ca::{bundle_poll, clock, trust};
 use crate::config::MeshSource;
@@ -106,7 +106,7 @@ pub struct RunningAgent {
     pub mesh: tokio::sync::watch::Receiver<Arc<MeshFile>>,
     tasks: Vec<JoinHandle<()>>,
     /// The xDS stream's state, when the mesh comes from the control plane.
-    pub xds: Option<Arc<xds::status::SharedStatus>>,
+    pub xds: Option<Arc<xds::status::XdsStatusCell>>,
     /// Whether a mesh is in force: always for a mesh file; for the control plane, once a view
     /// arrived (or was read from the on-disk copy).
     pub mesh_ready: tokio::sync::watch::Receiver<bool>,
@@ -243,7 +243,7 @@ impl RunningAgent {
                 })));
             }
             MeshSource::ControlPlane { cache } => {
-                let status = Arc::new(xds::status::SharedStatus::default());
+                let status = Arc::new(xds::status::XdsStatusCell::default());
                 status.update(|s| {
                     s.address = ca.address().to_owned();
                     s.view_from = if start.ready { "cache" } else { "none" };

@@ -146,15 +146,6 @@ impl Snapshot {
         }
     }
 
-    /// Checks that every resource of `type_url` reads (`mesh_td`: the trust domain a
-    /// workload's is compared with). A change that fails is refused before it is applied.
-    pub fn check(&self, type_url: &str, mesh_td: &TrustDomain) -> Result<(), DecodeError> {
-        for r in self.of(type_url) {
-            decode::item(type_url, &r.name, &r.value, mesh_td)?;
-        }
-        Ok(())
-    }
-
     /// The mesh these resources describe, not yet checked by the mesh rules (call
     /// [`MeshFile::received`]). `trust_domain` is used when there is no `zident.mesh.Mesh`
     /// resource (a control plane that is not zident).

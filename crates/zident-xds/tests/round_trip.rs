@@ -217,10 +217,11 @@ fn a_resource_that_does_not_read_is_refused_by_name() {
         vec![Resource::new("shop/future".into(), policy.encode_to_vec())],
         &[],
     );
-    let err = snapshot.check(AUTHORIZATION, &td()).unwrap_err();
+    let err = snapshot.to_mesh(&td()).unwrap_err();
     assert_eq!(err.name, "shop/future");
     assert!(err.message.contains("action 7"), "{err}");
 
+    let mut snapshot = Snapshot::from_mesh(&mesh(MESH_YAML));
     snapshot.apply(
         ADDRESS,
         vec![Resource::new("broken".into(), vec![0xff, 0xff, 0xff])],

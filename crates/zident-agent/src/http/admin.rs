@@ -82,7 +82,7 @@ pub fn admin_router(
     log: Option<Arc<dyn LogControl>>,
     data_plane: Option<Arc<dyn crate::config::DataPlane>>,
     mesh: tokio::sync::watch::Receiver<Arc<zident_mesh::MeshFile>>,
-    xds: Option<Arc<crate::xds::status::SharedStatus>>,
+    xds: Option<Arc<crate::xds::status::XdsStatusCell>>,
     workload_api: Option<Arc<crate::workload_api::shared::Clients>>,
 ) -> axum::Router {
     let m1 = manager.clone();

@@ -21,7 +21,7 @@ use zident_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryS
 use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use zident_xds::{Resource, Snapshot};
 
-use super::status::{Event, SharedStatus};
+use super::status::{Event, XdsStatusCell};
 use crate::ca::client::CaClient;
 use crate::reload::MeshApplier;
 
@@ -36,7 +36,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct XdsClient {
     pub(crate) ca: Arc<CaClient>,
     pub(crate) applier: Arc<MeshApplier>,
-    pub(crate) status: Arc<SharedStatus>,
+    pub(crate) status: Arc<XdsStatusCell>,
     pub(crate) cache: Option<PathBuf>,
     /// Set once a view is in force (from the cache or the stream).
     pub(crate) ready: watch::Sender<bool>,

@@ -66,9 +66,9 @@ impl Event {
 
 /// Shared between the stream task and the admin endpoint.
 #[derive(Debug, Default)]
-pub struct SharedStatus(Mutex<XdsStatus>);
+pub struct XdsStatusCell(Mutex<XdsStatus>);
 
-impl SharedStatus {
+impl XdsStatusCell {
     pub(crate) fn update(&self, f: impl FnOnce(&mut XdsStatus)) {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
     }
