@@ -234,12 +234,7 @@ impl CaClient {
 
     /// Sets replica `address` aside after another service found it unreachable.
     pub(crate) fn unreachable(&self, address: &str, why: &str) {
-        if let Some(e) = self
-            .endpoints
-            .order()
-            .into_iter()
-            .find(|e| e.address == address)
-        {
+        if let Some(e) = self.endpoints.find(address) {
             e.unreachable(why);
         }
     }

@@ -143,6 +143,11 @@ impl Endpoints {
         ready
     }
 
+    /// The replica dialled at `address`, without taking a turn of the round robin.
+    pub fn find(&self, address: &str) -> Option<&Endpoint> {
+        self.list.iter().find(|e| e.address == address)
+    }
+
     /// The first replica.
     pub fn first(&self) -> &Endpoint {
         &self.list[0]
