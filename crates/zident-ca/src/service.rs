@@ -43,11 +43,7 @@ impl IstioCertificateService for CaService {
         let started = Instant::now();
         let metrics = &self.state.metrics;
         metrics.csr_count.inc();
-        let peer = request
-            .extensions()
-            .get::<PeerAddr>()
-            .map(|p| p.0.to_string())
-            .unwrap_or_default();
+        let peer = peer_of(&request);
         let cluster = request
             .metadata()
             .get("clusterid")
@@ -56,20 +52,11 @@ impl IstioCertificateService for CaService {
             .to_owned();
 
         let registry = self.state.registry();
-        let Some(token) = bearer_token(request.metadata()) else {
-            metrics.authentication_failure_count.inc();
-            metrics.reject("no_token");
-            tracing::warn!(target: "zident::ca", %peer, "denied: no bearer token in the authorization header");
-            return Err(Status::unauthenticated(
-                "missing \"authorization: Bearer <token>\" metadata",
-            ));
-        };
-        let Some(caller) = registry.authenticate(token).cloned() else {
-            metrics.authentication_failure_count.inc();
-            metrics.reject("unknown_token");
-            tracing::warn!(target: "zident::ca", %peer, "denied: unknown bearer token");
-            return Err(Status::unauthenticated("unknown bearer token"));
-        };
+        let caller = authenticate(&self.state, &registry, request.metadata(), &peer, "request")
+            .map_err(|(status, reason)| {
+                metrics.reject(reason);
+                status
+            })?;
 
         let req = request.into_inner();
         let impersonated = match impersonated_identity(&req) {
@@ -174,7 +161,46 @@ impl IstioCertificateService for CaService {
     }
 }
 
-pub(crate) fn bearer_token(md: &tonic::metadata::MetadataMap) -> Option<&str> {
+/// The caller a request's bearer token belongs to. A missing or unknown token is counted
+/// (`citadel_server_authentication_failure_count`) and logged with `peer` and `what` was
+/// refused; the error carries the status to answer and a reason code for the caller's own
+/// count.
+pub(crate) fn authenticate(
+    state: &CaState,
+    registry: &crate::registry::Registry,
+    md: &tonic::metadata::MetadataMap,
+    peer: &str,
+    what: &str,
+) -> Result<crate::registry::Caller, (Status, &'static str)> {
+    let Some(token) = bearer_token(md) else {
+        state.metrics.authentication_failure_count.inc();
+        tracing::warn!(target: "zident::ca", %peer, "{what} denied: no bearer token in the authorization header");
+        return Err((
+            Status::unauthenticated("missing \"authorization: Bearer <token>\" metadata"),
+            "no_token",
+        ));
+    };
+    let Some(caller) = registry.authenticate(token).cloned() else {
+        state.metrics.authentication_failure_count.inc();
+        tracing::warn!(target: "zident::ca", %peer, "{what} denied: unknown bearer token");
+        return Err((
+            Status::unauthenticated("unknown bearer token"),
+            "unknown_token",
+        ));
+    };
+    Ok(caller)
+}
+
+/// The address a request came from, as the server set it on its connection.
+pub(crate) fn peer_of<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0.to_string())
+        .unwrap_or_default()
+}
+
+fn bearer_token(md: &tonic::metadata::MetadataMap) -> Option<&str> {
     let value = md.get("authorization")?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {

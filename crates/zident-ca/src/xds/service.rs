@@ -18,7 +18,7 @@ use super::metrics::XdsMetrics;
 use super::stream::StreamState;
 use crate::connections::InFlight;
 use crate::registry::Caller;
-use crate::service::{PeerAddr, bearer_token};
+use crate::service::{authenticate, peer_of};
 use crate::state::CaState;
 
 /// A stream that sends no first request within this long is closed.
@@ -58,23 +58,16 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Responses>, Status> {
-        let peer = request
-            .extensions()
-            .get::<PeerAddr>()
-            .map(|p| p.0.to_string())
-            .unwrap_or_default();
-        let Some(token) = bearer_token(request.metadata()) else {
-            self.state.metrics.authentication_failure_count.inc();
-            tracing::warn!(target: "zident::ca", %peer, "xDS stream denied: no bearer token in the authorization header");
-            return Err(Status::unauthenticated(
-                "missing \"authorization: Bearer <token>\" metadata",
-            ));
-        };
-        let Some(caller) = self.state.registry().authenticate(token).cloned() else {
-            self.state.metrics.authentication_failure_count.inc();
-            tracing::warn!(target: "zident::ca", %peer, "xDS stream denied: unknown bearer token");
-            return Err(Status::unauthenticated("unknown bearer token"));
-        };
+        let peer = peer_of(&request);
+        let registry = self.state.registry();
+        let caller = authenticate(
+            &self.state,
+            &registry,
+            request.metadata(),
+            &peer,
+            "xDS stream",
+        )
+        .map_err(|(status, _)| status)?;
         let in_flight = request.extensions().get::<InFlight>().cloned();
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(QUEUE);
