@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "istio/workload/workload.proto",
         "istio/security/authorization.proto",
         "zident/mesh/mesh.proto",
+        "zident/ca/v1/jwt.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

@@ -25,8 +25,12 @@ pub struct CaConfig {
     pub dns_names: Vec<String>,
     /// Certificate lifetimes.
     pub ttl: TtlPolicy,
+    /// Lifetime of a JWT-SVID when the request does not ask for one (clamped to `ttl.max_ttl`).
+    pub jwt_ttl: Duration,
     /// `spiffe_refresh_hint` for the bundle endpoint.
     pub refresh_hint: Duration,
+    /// Where the mesh file's `certificates:` are written; `None`: they are not issued.
+    pub dns_cert_dir: Option<PathBuf>,
     /// Root rotation of the self-signed authority.
     pub rotation: RotationConfig,
     /// Bounds on connections: idle timeout, total and per-source caps.
@@ -97,13 +101,19 @@ impl CaConfig {
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15014))),
             dns_names: vec!["localhost".into()],
             ttl: TtlPolicy::default(),
+            jwt_ttl: DEFAULT_JWT_TTL,
             refresh_hint: Duration::from_secs(300),
+            dns_cert_dir: None,
             rotation: RotationConfig::default(),
             connections: Default::default(),
             datastore: None,
         }
     }
 }
+
+/// The lifetime of a JWT-SVID by default: short, because a bearer token cannot be bound to the
+/// caller's key the way a certificate is.
+pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 
 /// How long issued certificates live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,6 +26,8 @@ mod config;
 mod connections;
 mod data_lock;
 pub mod datastore;
+mod dns_certs;
+mod jwt_service;
 mod metrics;
 mod persist;
 mod registry;
@@ -167,6 +169,11 @@ impl RunningCa {
         if config.root_ca_dir.is_none() {
             let state =
                 rotation::ensure_state(&config.data_dir, &trust_domain, config.rotation_timing())?;
+            // A data dir from before JWT-SVIDs gets its JWT keys (a replica's copy has them
+            // from the database, which bootstrap gave them).
+            if rotation::ensure_jwt_keys(&config.data_dir, &state)? {
+                authority = reload::load_authority(&config, &trust_domain)?;
+            }
             if state.phase() != "steady" {
                 tracing::info!(
                     target: "zident::ca",
@@ -193,6 +200,7 @@ impl RunningCa {
             registry,
             mesh,
             config.ttl,
+            config.jwt_ttl,
             metrics,
             config.refresh_hint,
             ledger,
@@ -252,6 +260,19 @@ impl RunningCa {
             }
             None => None,
         };
+        match &config.dns_cert_dir {
+            Some(dir) => background.push(tokio::spawn(dns_certs::run(
+                state.clone(),
+                dir.clone(),
+                config.ttl.default_ttl,
+            ))),
+            None => {
+                let listed = state.subscribe_mesh().borrow().mesh.certificates.len();
+                if listed > 0 {
+                    tracing::warn!(target: "zident::ca", listed, "the mesh file lists `certificates:` but --dns-cert-dir is not set: they are not issued");
+                }
+            }
+        }
         background.push(tokio::spawn(server::renew_serving_cert(
             state.clone(),
             serving.clone(),

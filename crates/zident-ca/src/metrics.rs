@@ -49,6 +49,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label for [`CaMetrics::dns_cert_expiry`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabel {
+    /// The entry's `secretName`.
+    pub secret_name: String,
+}
+
 /// Label for [`CaMetrics::config_reloads`].
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabel {
@@ -87,6 +94,10 @@ pub struct CaMetrics {
     pub datastore_degraded: Gauge,
     /// 1 while this replica holds the leader lock (takes rotation steps).
     pub leader: Gauge,
+    /// JWT-SVIDs signed.
+    pub jwt_svids_issued: Counter,
+    /// Unix time each DNS certificate in `--dns-cert-dir` expires.
+    pub dns_cert_expiry: Family<SecretLabel, Gauge<i64>>,
 }
 
 impl CaMetrics {
@@ -106,6 +117,8 @@ impl CaMetrics {
             issue_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
             datastore_degraded: Gauge::default(),
             leader: Gauge::default(),
+            jwt_svids_issued: Counter::default(),
+            dns_cert_expiry: Default::default(),
         };
         let istio: [(&str, &str, &IstioCounter); 6] = [
             (
@@ -173,6 +186,16 @@ impl CaMetrics {
             m.leader.clone(),
         );
         registry.register(
+            "zident_ca_jwt_svids_issued",
+            "JWT-SVIDs signed (refusals are counted in zident_ca_requests_rejected)",
+            m.jwt_svids_issued.clone(),
+        );
+        registry.register(
+            "zident_ca_dns_certificate_expiry_timestamp",
+            "The unix timestamp, in seconds, when each DNS certificate (mesh `certificates:`) expires",
+            m.dns_cert_expiry.clone(),
+        );
+        registry.register(
             "zident_ca_issue_duration_seconds",
             "Time to authenticate, check and sign one certificate request",
             m.issue_duration.clone(),
@@ -183,6 +206,22 @@ impl CaMetrics {
     /// Counts a refused request under `reason`.
     pub fn reject(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Records when DNS certificate `secret_name` expires.
+    pub fn set_dns_cert_expiry(&self, secret_name: &str, not_after: SystemTime) {
+        self.dns_cert_expiry
+            .get_or_create(&SecretLabel {
+                secret_name: secret_name.to_owned(),
+            })
+            .set(zident_identity::unix_seconds(not_after) as i64);
+    }
+
+    /// Drops the expiry of a DNS certificate that was deleted.
+    pub fn forget_dns_cert(&self, secret_name: &str) {
+        self.dns_cert_expiry.remove(&SecretLabel {
+            secret_name: secret_name.to_owned(),
+        });
     }
 
     /// Counts a reload outcome.

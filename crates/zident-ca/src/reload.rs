@@ -25,7 +25,7 @@ pub(crate) fn load_authority(
     match &config.root_ca_dir {
         None => Authority::self_signed(&config.data_dir, td, config.rotation.root_lifetime),
         // Published by the caller once the change is accepted.
-        Some(dir) => Authority::plugged_in(dir, td),
+        Some(dir) => Authority::plugged_in(dir, td)?.with_data_dir_jwt_key(&config.data_dir),
     }
 }
 

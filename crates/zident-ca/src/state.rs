@@ -26,10 +26,14 @@ pub struct MeshVersion {
 /// Shared CA state. Readers clone an `Arc` under a short read lock and then work lock-free.
 pub struct CaState {
     authority: RwLock<Arc<Authority>>,
+    /// Counts authority replacements, for whoever re-issues on a change (DNS certificates).
+    authority_changes: watch::Sender<u64>,
     registry: RwLock<Arc<Registry>>,
     mesh: watch::Sender<Arc<MeshVersion>>,
     /// Certificate lifetimes.
     pub ttl: TtlPolicy,
+    /// JWT-SVID lifetime when a request names none.
+    pub jwt_ttl: Duration,
     /// Metrics.
     pub metrics: CaMetrics,
     /// `spiffe_refresh_hint` published with the bundle.
@@ -40,11 +44,13 @@ pub struct CaState {
 
 impl CaState {
     /// State over a loaded authority and registry.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         authority: Authority,
         registry: Registry,
         mesh: MeshFile,
         ttl: TtlPolicy,
+        jwt_ttl: Duration,
         metrics: CaMetrics,
         refresh_hint: Duration,
         ledger: crate::roots::ledger::Ledger,
@@ -52,6 +58,7 @@ impl CaState {
         metrics.set_expiries(authority.earliest_root_expiry(), authority.chain_expiry());
         Self {
             authority: RwLock::new(Arc::new(authority)),
+            authority_changes: watch::channel(0).0,
             registry: RwLock::new(Arc::new(registry)),
             mesh: watch::channel(Arc::new(MeshVersion {
                 mesh: Arc::new(mesh),
@@ -60,6 +67,7 @@ impl CaState {
             }))
             .0,
             ttl,
+            jwt_ttl: jwt_ttl.min(ttl.max_ttl),
             metrics,
             refresh_hint,
             ledger,
@@ -87,6 +95,12 @@ impl CaState {
         self.metrics
             .set_expiries(authority.earliest_root_expiry(), authority.chain_expiry());
         *self.authority.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(authority);
+        self.authority_changes.send_modify(|n| *n += 1);
+    }
+
+    /// Notified each time the authority is replaced (a rotation step, new plugged-in files).
+    pub fn subscribe_authority(&self) -> watch::Receiver<u64> {
+        self.authority_changes.subscribe()
     }
 
     /// Replaces the mesh and the registry built from it (after a reload of the mesh file),

@@ -15,6 +15,7 @@ use x509_parser::oid_registry;
 use x509_parser::prelude::*;
 use x509_parser::public_key::PublicKey;
 
+use crate::jwt::{EcJwk, JWT_SVID_USE, JwtKey};
 use crate::pem::{PemError, certs_from_pem, certs_to_pem};
 use crate::spiffe_id::TrustDomain;
 
@@ -63,6 +64,8 @@ pub struct TrustBundle {
     roots: Vec<CertificateDer<'static>>,
     /// The roots parsed for webpki once, when they change, rather than at every verification.
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    /// The keys that sign JWT-SVIDs (not X.509 roots: separate keys, published beside them).
+    jwt_keys: Vec<JwtKey>,
     sequence: u64,
     refresh_hint: Option<Duration>,
 }
@@ -74,6 +77,7 @@ impl TrustBundle {
             trust_domain,
             roots: Vec::new(),
             anchors: Vec::new(),
+            jwt_keys: Vec::new(),
             sequence: 0,
             refresh_hint: None,
         }
@@ -133,6 +137,27 @@ impl TrustBundle {
         before != self.roots.len()
     }
 
+    /// The JWT-SVID signing keys, oldest first.
+    pub fn jwt_keys(&self) -> &[JwtKey] {
+        &self.jwt_keys
+    }
+
+    /// Adds a JWT signing key unless one with its `kid` is present; says whether it was added.
+    pub fn add_jwt_key(&mut self, key: JwtKey) -> bool {
+        if self.jwt_keys.iter().any(|k| k.kid() == key.kid()) {
+            return false;
+        }
+        self.jwt_keys.push(key);
+        true
+    }
+
+    /// The JWT keys alone as a JWK Set: what `FetchJWTBundles` sends per trust domain.
+    pub fn jwt_jwks_json(&self) -> Result<String, BundleError> {
+        let keys: Vec<EcJwk> = self.jwt_keys.iter().map(JwtKey::to_jwk).collect();
+        serde_json::to_string(&serde_json::json!({ "keys": keys }))
+            .map_err(|e| BundleError::Json(e.to_string()))
+    }
+
     /// Whether `der` is one of the roots.
     pub fn contains(&self, der: &[u8]) -> bool {
         self.roots.iter().any(|r| r.as_ref() == der)
@@ -160,14 +185,24 @@ impl TrustBundle {
         &self.anchors
     }
 
-    /// The SPIFFE bundle JSON: a JWK Set with one `x509-svid` key per root.
+    /// The SPIFFE bundle JSON: a JWK Set with one `x509-svid` key per root, then one
+    /// `jwt-svid` key per JWT signing key.
     pub fn to_jwks_json(&self) -> Result<String, BundleError> {
-        let keys = self
+        let mut keys = self
             .roots
             .iter()
             .enumerate()
-            .map(|(index, der)| jwk_for(index, der))
+            .map(|(index, der)| {
+                jwk_for(index, der).and_then(|jwk| {
+                    serde_json::to_value(jwk).map_err(|e| BundleError::Json(e.to_string()))
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        for key in &self.jwt_keys {
+            keys.push(
+                serde_json::to_value(key.to_jwk()).map_err(|e| BundleError::Json(e.to_string()))?,
+            );
+        }
         let set = JwkSet {
             keys,
             spiffe_sequence: Some(self.sequence),
@@ -176,18 +211,28 @@ impl TrustBundle {
         serde_json::to_string_pretty(&set).map_err(|e| BundleError::Json(e.to_string()))
     }
 
-    /// Reads SPIFFE bundle JSON. Keys whose `use` is not `x509-svid` (JWT keys) are skipped;
-    /// each X.509 key must hold exactly one certificate whose public key matches the JWK.
+    /// Reads SPIFFE bundle JSON: `x509-svid` keys become roots (each must hold exactly one
+    /// certificate whose public key matches the JWK), `jwt-svid` keys JWT signing keys (EC
+    /// P-256 with a `kid`); keys of any other use are skipped.
     pub fn from_jwks_json(trust_domain: TrustDomain, json: &str) -> Result<Self, BundleError> {
         let set: JwkSet =
             serde_json::from_str(json).map_err(|e| BundleError::Json(e.to_string()))?;
         let mut bundle = Self::new(trust_domain);
         bundle.sequence = set.spiffe_sequence.unwrap_or(0);
         bundle.refresh_hint = set.spiffe_refresh_hint.map(Duration::from_secs);
-        for (index, jwk) in set.keys.into_iter().enumerate() {
-            if jwk.use_ != X509_SVID_USE {
+        for (index, value) in set.keys.into_iter().enumerate() {
+            let bad = |reason: String| BundleError::BadJwk { index, reason };
+            let use_ = value.get("use").and_then(|u| u.as_str()).unwrap_or("");
+            if use_ == JWT_SVID_USE {
+                let jwk: EcJwk = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+                let key = JwtKey::from_jwk(&jwk).map_err(|e| bad(e.to_string()))?;
+                bundle.add_jwt_key(key);
                 continue;
             }
+            if use_ != X509_SVID_USE {
+                continue;
+            }
+            let jwk: Jwk = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
             let bad = |reason: String| BundleError::BadJwk { index, reason };
             let [cert] = jwk.x5c.as_slice() else {
                 return Err(bad(format!(
@@ -234,7 +279,7 @@ fn check_root(index: usize, der: &[u8]) -> Result<(), BundleError> {
 
 #[derive(Serialize, Deserialize)]
 struct JwkSet {
-    keys: Vec<Jwk>,
+    keys: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     spiffe_sequence: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]

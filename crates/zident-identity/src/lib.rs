@@ -9,7 +9,8 @@
 //! - [`verify_csr_pem`]: how a CA reads a CSR (proof of possession, one SPIFFE ID);
 //! - [`profile`]: what the issued certificates contain (DESIGN.md §4);
 //! - [`verify_svid`]: an X509-SVID checked against a [`TrustBundle`] at a given time;
-//! - [`TrustBundle`]: several roots, as PEM or SPIFFE bundle JSON;
+//! - [`TrustBundle`]: several roots, as PEM or SPIFFE bundle JSON, and the JWT-SVID keys;
+//! - [`jwt`]: JWT-SVIDs signed, read and validated;
 //! - [`CertificateProvider`]: how the tunnel and the Workload API ask the agent for a
 //!   workload's current certificate.
 
@@ -19,6 +20,7 @@
 mod bundle;
 mod csr;
 pub mod inspect;
+pub mod jwt;
 mod keys;
 pub mod pem;
 pub mod profile;

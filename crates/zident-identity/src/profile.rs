@@ -161,6 +161,37 @@ pub fn serving_params(
     Ok(p)
 }
 
+/// The parameters of a certificate with DNS names (the mesh file's `certificates:`, Istio's
+/// `meshConfig.certificates`): those DNS SANs and no URI SAN (it names no workload), serverAuth
+/// and clientAuth, as a webhook server or its client needs.
+pub fn dns_params(
+    trust_domain: &TrustDomain,
+    dns_names: &[String],
+    now: SystemTime,
+    ttl: Duration,
+    signer_not_after: SystemTime,
+) -> Result<CertificateParams, ProfileError> {
+    let mut p = end_entity(trust_domain.as_str(), now, ttl, signer_not_after)?;
+    p.subject_alt_names = dns_names
+        .iter()
+        .map(|n| {
+            n.clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|_| ProfileError::BadDnsName(n.clone()))
+        })
+        .collect::<Result<_, _>>()?;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(p)
+}
+
 fn org_name(trust_domain: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, trust_domain);

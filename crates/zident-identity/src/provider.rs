@@ -240,4 +240,21 @@ pub trait CertificateProvider: Send + Sync + 'static {
 
     /// Follows the trust bundle: each change (a root added or retired) is a new value.
     fn watch_bundle(&self) -> watch::Receiver<Arc<crate::bundle::TrustBundle>>;
+
+    /// A JWT-SVID for `id` accepted by `audience`, with at least half of its lifetime left.
+    /// A provider that issues none says so.
+    fn jwt_svid(
+        &self,
+        id: &SpiffeId,
+        audience: &[String],
+    ) -> impl Future<Output = Result<Arc<crate::jwt::SignedJwt>, ProviderError>> + Send {
+        let id = id.clone();
+        let _ = audience;
+        async move {
+            Err(ProviderError::Unavailable {
+                id,
+                failure: Failure::new(Cause::CaError, "this provider issues no JWT-SVIDs"),
+            })
+        }
+    }
 }

@@ -15,7 +15,7 @@ use zident_identity::{SpiffeId, TrustDomain};
 use crate::error::MeshError;
 use crate::file::{MeshFile, Workload};
 use crate::locate::{Step, line_of};
-use crate::names::{check_label, check_subdomain};
+use crate::names::{check_dns_name, check_label, check_subdomain};
 
 /// Collects where an entry is, to build a refusal.
 struct Refuse<'a> {
@@ -124,6 +124,8 @@ pub(crate) fn check(
     check_services(mesh, &r)?;
     check_policies(mesh, &r)?;
 
+    check_certificates(mesh, &r)?;
+
     for (i, pem) in mesh.ca_certificates.iter().enumerate() {
         zident_identity::pem::certs_from_pem(pem.as_bytes()).map_err(|e| {
             r.at(
@@ -132,6 +134,55 @@ pub(crate) fn check(
                 format!("{e}; give each entry as PEM text (-----BEGIN CERTIFICATE----- …)"),
             )
         })?;
+    }
+    Ok(())
+}
+
+/// `certificates:`: each a directory name of its own and at least one valid DNS name.
+fn check_certificates(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
+    use Step::{Item, Key};
+    let mut names = HashMap::new();
+    for (i, c) in mesh.certificates.iter().enumerate() {
+        let at = [Key("certificates"), Item(i)];
+        check_subdomain(&c.secret_name).map_err(|e| {
+            r.at(
+                &[Key("certificates"), Item(i), Key("secretName")],
+                format!("certificates[{i}].secretName"),
+                format!(
+                    "{e}; it names the directory the files go to, as a Kubernetes secret's name"
+                ),
+            )
+        })?;
+        if let Some(first) = names.insert(c.secret_name.as_str(), i) {
+            return Err(r.at(
+                &at,
+                format!("certificates[{i}].secretName"),
+                format!(
+                    "{:?} is used twice (also certificates[{first}]); each certificate needs a directory of its own",
+                    c.secret_name
+                ),
+            ));
+        }
+        if c.dns_names.is_empty() {
+            return Err(r.at(
+                &at,
+                format!("certificates[{i}].dnsNames"),
+                "must list at least one DNS name".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (j, name) in c.dns_names.iter().enumerate() {
+            let here = [Key("certificates"), Item(i), Key("dnsNames"), Item(j)];
+            check_dns_name(name)
+                .map_err(|m| r.at(&here, format!("certificates[{i}].dnsNames[{j}]"), m))?;
+            if !seen.insert(name.to_ascii_lowercase()) {
+                return Err(r.at(
+                    &here,
+                    format!("certificates[{i}].dnsNames[{j}]"),
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -39,6 +39,20 @@ pub struct MeshFile {
     /// Extra trusted roots (PEM), for agents.
     #[serde(default)]
     pub ca_certificates: Vec<String>,
+    /// Certificates with DNS names the CA issues and keeps renewed in its `--dns-cert-dir`
+    /// (Istio's `meshConfig.certificates`, e.g. for webhooks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<DnsCertificate>,
+}
+
+/// One certificate with DNS names: written to `<dns cert dir>/<secretName>/`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsCertificate {
+    /// The directory the files go to (a DNS-1123 subdomain, as a Kubernetes secret's name).
+    pub secret_name: String,
+    /// The DNS SANs: RFC 1123 host names; `*.` only as the whole leftmost label.
+    pub dns_names: Vec<String>,
 }
 
 /// A node agent's credentials.
@@ -350,6 +364,7 @@ impl MeshFile {
             policies: Vec::new(),
             services: Vec::new(),
             ca_certificates: Vec::new(),
+            certificates: Vec::new(),
         }
     }
 

@@ -24,11 +24,11 @@ mod policy;
 pub mod watch;
 
 pub use cidr::{Cidr, CidrError};
-pub use names::{NameError, check_label, check_subdomain};
+pub use names::{NameError, check_dns_name, check_label, check_subdomain};
 
 pub use file::{
-    CallerToken, HealthStatus, IdentityEntry, MeshError, MeshFile, Node, Protocol, Service, UnixId,
-    Workload, parse_vip,
+    CallerToken, DnsCertificate, HealthStatus, IdentityEntry, MeshError, MeshFile, Node, Protocol,
+    Service, UnixId, Workload, parse_vip,
 };
 pub use policy::{
     Action, Authorization, Ignored, RbacMatch, Scope, ServiceAccountMatch, StringMatch,

@@ -77,6 +77,29 @@ pub fn check_subdomain(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// A DNS name for a certificate's SAN: an RFC 1123 host name (letters of either case, digits,
+/// `-`, dot-separated labels of 1 to 63, at most 253 in all) of at least two labels, or `*.`
+/// followed by one (a wildcard only as the whole leftmost label, and never over a single
+/// label such as `*.com`).
+pub fn check_dns_name(name: &str) -> Result<(), String> {
+    let (wildcard, rest) = match name.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, name),
+    };
+    if rest.contains('*') {
+        return Err(format!(
+            "{name:?}: a wildcard may only be the whole leftmost label (`*.example.com`)"
+        ));
+    }
+    check_subdomain(&rest.to_ascii_lowercase()).map_err(|e| format!("{name:?}: {e}"))?;
+    if wildcard && !rest.contains('.') {
+        return Err(format!(
+            "{name:?}: a wildcard must stand over at least two labels (`*.example.com`, not `*.com`)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -451,3 +451,66 @@ fn a_running_component_refuses_an_edit_of_its_trust_domain() {
         "{msg}"
     );
 }
+
+#[test]
+fn dns_certificates_are_read_and_every_bad_entry_is_refused_by_name() {
+    let base = "nodes: [{name: n, token: t}]\ncertificates:\n";
+    let mesh = parse(&format!(
+        "{base}- secretName: webhook-tls\n  dnsNames: [hook.ns.svc, Hook.NS.svc.cluster.local, \"*.hooks.example.com\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(mesh.certificates[0].secret_name, "webhook-tls");
+    assert_eq!(mesh.certificates[0].dns_names.len(), 3);
+
+    for (entry, says) in [
+        (
+            "- {secretName: a, dnsNames: []}",
+            &["certificates[0].dnsNames", "at least one"][..],
+        ),
+        (
+            "- {secretName: a, dnsNames: [\"*\"]}",
+            &["certificates[0].dnsNames[0]"],
+        ),
+        ("- {secretName: a, dnsNames: [\"*.com\"]}", &["two labels"]),
+        (
+            "- {secretName: a, dnsNames: [\"a.*.example.com\"]}",
+            &["leftmost label"],
+        ),
+        (
+            "- {secretName: a, dnsNames: [\"*a.example.com\"]}",
+            &["leftmost label"],
+        ),
+        (
+            "- {secretName: a, dnsNames: [\"under_score.example.com\"]}",
+            &["dnsNames[0]"],
+        ),
+        (
+            "- {secretName: a, dnsNames: [\"-a.example.com\"]}",
+            &["dnsNames[0]"],
+        ),
+        (
+            "- {secretName: a, dnsNames: [a.example.com, A.example.com]}",
+            &["dnsNames[1]", "twice"],
+        ),
+        (
+            "- {secretName: ../etc, dnsNames: [a.example.com]}",
+            &["certificates[0].secretName"],
+        ),
+        (
+            "- {secretName: a/b, dnsNames: [a.example.com]}",
+            &["secretName"],
+        ),
+        (
+            "- {secretName: a, dnsNames: [a.example.com]}\n- {secretName: a, dnsNames: [b.example.com]}",
+            &["certificates[1].secretName", "used twice"],
+        ),
+    ] {
+        let msg = error_of(&format!("{base}{entry}\n"));
+        for s in says {
+            assert!(msg.contains(s), "{entry}: {s:?} not in {msg}");
+        }
+    }
+    let long = format!("{}.example.com", "a".repeat(64));
+    let msg = error_of(&format!("{base}- {{secretName: a, dnsNames: [{long}]}}\n"));
+    assert!(msg.contains("dnsNames[0]"), "{msg}");
+}

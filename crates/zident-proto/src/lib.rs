@@ -40,3 +40,9 @@ pub mod zident_mesh {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("zident.mesh");
 }
+
+/// zident's own CA method for JWT-SVIDs (`zident.ca.v1.JwtSvidService`).
+pub mod zident_ca {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("zident.ca.v1");
+}

@@ -284,6 +284,13 @@ pub struct CaArgs {
     /// The longest lifetime a request may ask for.
     #[arg(long, env = "MAX_WORKLOAD_CERT_TTL", default_value = "90d", value_parser = parse_duration)]
     pub max_ttl: Duration,
+    /// Issue the mesh file's `certificates:` (DNS names) into DIR/<secretName>/ (cert-chain.pem,
+    /// key.pem, root-cert.pem), renewed at half their lifetime (--default-ttl).
+    #[arg(long, value_name = "DIR")]
+    pub dns_cert_dir: Option<PathBuf>,
+    /// Lifetime of a JWT-SVID when the request does not ask for one (at most --max-ttl).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub jwt_ttl: Duration,
     /// How often clients should re-fetch the trust bundle (spiffe_refresh_hint).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub bundle_refresh_hint: Duration,
@@ -376,6 +383,11 @@ impl CaArgs {
             default_ttl: self.default_ttl,
             max_ttl: self.max_ttl,
         };
+        if self.jwt_ttl.is_zero() {
+            return Err("--jwt-ttl must be more than zero".into());
+        }
+        config.jwt_ttl = self.jwt_ttl.min(self.max_ttl);
+        config.dns_cert_dir = self.dns_cert_dir;
         config.refresh_hint = self.bundle_refresh_hint;
         Ok(config)
     }

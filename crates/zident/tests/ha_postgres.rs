@@ -142,13 +142,40 @@ impl Replica {
         self.issue_for("frontend", ttl_secs).await
     }
 
-    /// Asks for service account `sa`'s certificate as node-a.
-    async fn issue_for(&self, sa: &str, ttl_secs: i64) -> Result<Vec<String>, String> {
+    /// The replica's SPIFFE bundle (`/bundle`).
+    fn bundle(&self) -> zident_identity::TrustBundle {
+        let root = self.dir.join("root-cert.pem").display().to_string();
+        let url = format!("https://localhost:{}/bundle", self.port);
+        let (code, json) = zident_testkit::curl(&["--cacert", &root, &url]);
+        assert_eq!(code, 200, "{json}");
+        let td = zident_identity::TrustDomain::new("cluster.local").unwrap();
+        zident_identity::TrustBundle::from_jwks_json(td, &json).unwrap()
+    }
+
+    /// Asks for a JWT-SVID for frontend as node-a.
+    async fn jwt(&self) -> Result<String, String> {
+        let mut req = tonic::Request::new(zident_proto::zident_ca::CreateJwtSvidRequest {
+            spiffe_id: "spiffe://cluster.local/ns/default/sa/frontend".into(),
+            audience: vec!["api".into()],
+            validity_seconds: 0,
+        });
+        req.metadata_mut()
+            .insert("authorization", "Bearer token-a".parse().unwrap());
+        zident_proto::zident_ca::jwt_svid_service_client::JwtSvidServiceClient::new(
+            self.channel().await?,
+        )
+        .create_jwt_svid(req)
+        .await
+        .map(|r| r.into_inner().token)
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+    }
+
+    async fn channel(&self) -> Result<Channel, String> {
         let root = std::fs::read(self.dir.join("root-cert.pem")).map_err(|e| e.to_string())?;
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(root))
             .domain_name("localhost");
-        let channel = Channel::from_shared(format!("https://127.0.0.1:{}", self.port))
+        Channel::from_shared(format!("https://127.0.0.1:{}", self.port))
             .unwrap()
             .tls_config(tls)
             .unwrap()
@@ -156,7 +183,12 @@ impl Replica {
             .timeout(Duration::from_secs(10))
             .connect()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// Asks for service account `sa`'s certificate as node-a.
+    async fn issue_for(&self, sa: &str, ttl_secs: i64) -> Result<Vec<String>, String> {
+        let channel = self.channel().await?;
         let id = SpiffeId::new(&format!("spiffe://cluster.local/ns/default/sa/{sa}")).unwrap();
         let csr = WorkloadKey::generate().unwrap().csr_pem(&id).unwrap();
         let metadata = prost_types::Struct {
@@ -223,6 +255,47 @@ async fn two_replicas_started_at_once_on_an_empty_database_make_one_schema_and_o
     assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"));
     // Both issue under it.
     assert!(a.issue(600).await.is_ok() && b.issue(600).await.is_ok());
+
+    // One JWT-SVID key, sealed in the database like the root key, published by both: a token
+    // one replica signs verifies with the other's bundle.
+    let jwt_sealed = roots[0].jwt_key_sealed.clone().expect("a JWT-SVID key");
+    assert!(!String::from_utf8_lossy(&jwt_sealed).contains("PRIVATE KEY"));
+    let keys = a.bundle().jwt_keys().to_vec();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(b.bundle().jwt_keys(), &keys[..]);
+    let token = a.jwt().await.unwrap();
+    let valid = zident_identity::jwt::validate(
+        &token,
+        &keys,
+        &zident_identity::TrustDomain::new("cluster.local").unwrap(),
+        "api",
+        std::time::SystemTime::now(),
+    );
+    assert!(valid.is_ok(), "{valid:?}");
+    assert!(b.jwt().await.is_ok());
+    drop((a, b));
+
+    // A database from before JWT-SVIDs (no JWT key on its root): the first replica to start
+    // makes one, once, and every replica signs with it.
+    let (sql, connection) = tokio_postgres::connect(&w.pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sql.execute("UPDATE zident_roots SET jwt_key_sealed = NULL", &[])
+        .await
+        .unwrap();
+    let (a, b) = (w.replica("r1", false, &[]), w.replica("r2", false, &[]));
+    eventually(DEADLINE, "both replicas serve again", || {
+        a.serving() && b.serving()
+    })
+    .await;
+    let roots = store.roots().await.unwrap();
+    assert!(roots[0].jwt_key_sealed.is_some(), "{}", logs(&[&a, &b]));
+    let upgraded = a.bundle().jwt_keys().to_vec();
+    assert_eq!(upgraded.len(), 1);
+    assert_ne!(upgraded, keys, "a new key, not the old one restored");
+    assert_eq!(b.bundle().jwt_keys(), &upgraded[..], "{}", logs(&[&a, &b]));
+    assert!(a.jwt().await.is_ok() && b.jwt().await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

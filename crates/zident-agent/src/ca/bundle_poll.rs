@@ -75,6 +75,6 @@ async fn fetch_bundle(
     let fetched = TrustBundle::from_jwks_json(store.trust_domain().clone(), &json)
         .map_err(|e| e.to_string())?;
     let hint = fetched.refresh_hint().unwrap_or(Duration::from_secs(300));
-    store.set_endpoint_roots(fetched.roots().to_vec());
+    store.set_endpoint_bundle(&fetched);
     Ok(hint)
 }

@@ -13,6 +13,8 @@ use tonic::transport::Channel;
 use zident_identity::{Cause, SpiffeId};
 use zident_proto::istio_ca::IstioCertificateRequest;
 use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
+use zident_proto::zident_ca::CreateJwtSvidRequest;
+use zident_proto::zident_ca::jwt_svid_service_client::JwtSvidServiceClient;
 
 use crate::ca::endpoints::Endpoints;
 use crate::ca::trust::TrustStore;
@@ -268,10 +270,8 @@ impl CaClient {
             )]
             .into(),
         });
-        let mut outcome = None;
-        // Round robin over the replicas; one that cannot be reached is set aside and the
-        // request goes on to the next. An answer, even a refusal, ends it.
-        for e in self.endpoints.order() {
+        let cluster_id = self.cluster_id.clone();
+        self.ask(move |channel| {
             let mut request = tonic::Request::new(IstioCertificateRequest {
                 csr: csr.clone(),
                 validity_duration: ttl.as_secs() as i64,
@@ -279,14 +279,56 @@ impl CaClient {
             });
             let md = request.metadata_mut();
             md.insert("authorization", authorization.clone());
-            if let Ok(v) = self.cluster_id.parse() {
+            if let Ok(v) = cluster_id.parse() {
                 md.insert("clusterid", v);
             }
+            async move {
+                IstioCertificateServiceClient::new(channel)
+                    .create_certificate(request)
+                    .await
+                    .map(|r| r.map(|m| m.cert_chain))
+            }
+        })
+        .await
+    }
+
+    /// Asks the CA for a JWT-SVID for `id` (a workload of this node) accepted by `audience`;
+    /// the CA's `--jwt-ttl` decides its lifetime. Returns the compact token.
+    pub async fn jwt_svid(&self, id: &SpiffeId, audience: &[String]) -> Result<String, CaError> {
+        let authorization = self.authorization().await?;
+        let (id, audience) = (id.to_string(), audience.to_vec());
+        self.ask(move |channel| {
+            let mut request = tonic::Request::new(CreateJwtSvidRequest {
+                spiffe_id: id.clone(),
+                audience: audience.clone(),
+                validity_seconds: 0,
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+            async move {
+                JwtSvidServiceClient::new(channel)
+                    .create_jwt_svid(request)
+                    .await
+                    .map(|r| r.map(|m| m.token))
+            }
+        })
+        .await
+    }
+
+    /// Sends one request, made by `call` for a replica's channel, round robin over the
+    /// replicas: one that cannot be reached is set aside and the request goes on to the next;
+    /// an answer, even a refusal, ends it. Every call has the channel's deadline.
+    async fn ask<T, F, Fut>(&self, call: F) -> Result<T, CaError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut outcome = None;
+        for e in self.endpoints.order() {
             e.sent();
             let sent = SystemTime::now();
-            let result = IstioCertificateServiceClient::new(e.channel.clone())
-                .create_certificate(request)
-                .await;
+            let result = call(e.channel.clone()).await;
             let received = SystemTime::now();
             let stamped = match &result {
                 Ok(resp) => crate::ca::clock::ca_time(resp.metadata()),
@@ -296,7 +338,7 @@ impl CaClient {
                 self.clock.observe(sent, received, ca);
             }
             let this = match result {
-                Ok(resp) => Ok(resp.into_inner().cert_chain),
+                Ok(resp) => Ok(resp.into_inner()),
                 Err(status) => Err(classify(&e.address, status, &self.clock)),
             };
             match &this {
@@ -325,7 +367,7 @@ impl CaClient {
         outcome
     }
 
-    fn record(&self, outcome: &Result<Vec<String>, CaError>) {
+    fn record<T>(&self, outcome: &Result<T, CaError>) {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         match outcome {
             Ok(_) => {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
+use zident_identity::jwt::JwtKey;
 use zident_identity::pem::{PemError, certs_from_pem};
 use zident_identity::{TrustBundle, TrustDomain};
 
@@ -22,6 +23,8 @@ struct Sources {
     /// `None` until the endpoint first answers.
     endpoint: Option<Vec<CertificateDer<'static>>>,
     config: Vec<CertificateDer<'static>>,
+    /// The JWT-SVID keys the endpoint published (only the CA's bundle has them).
+    jwt_keys: Vec<JwtKey>,
 }
 
 /// The current trust bundle and where its roots came from.
@@ -81,6 +84,12 @@ impl TrustStore {
         self.refresh.notify_one();
     }
 
+    /// Replaces the roots and JWT keys learned from the CA's bundle endpoint.
+    pub fn set_endpoint_bundle(&self, fetched: &TrustBundle) {
+        self.lock().jwt_keys = fetched.jwt_keys().to_vec();
+        self.set_endpoint_roots(fetched.roots().to_vec());
+    }
+
     /// Replaces the roots learned from the CA's bundle endpoint.
     pub fn set_endpoint_roots(&self, roots: Vec<CertificateDer<'static>>) {
         let mut sources = self.lock();
@@ -127,9 +136,12 @@ impl TrustStore {
                 tracing::warn!(target: "zident::identity", "ignoring a root from {cause}: {e}");
             }
         }
+        for key in &sources.jwt_keys {
+            next.add_jwt_key(key.clone());
+        }
         drop(sources);
         self.current.send_if_modified(|current| {
-            if current.roots() == next.roots() {
+            if current.roots() == next.roots() && current.jwt_keys() == next.jwt_keys() {
                 return false;
             }
             let added = next.roots().iter().filter(|r| !current.contains(r)).count();
@@ -138,6 +150,7 @@ impl TrustStore {
             tracing::info!(
                 target: "zident::identity",
                 roots = next.roots().len(),
+                jwt_keys = next.jwt_keys().len(),
                 added,
                 removed,
                 sequence = next.sequence(),

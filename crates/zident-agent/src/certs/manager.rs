@@ -30,6 +30,7 @@ pub struct CertificateManager {
     shared: Arc<Shared>,
     slots: Mutex<BTreeMap<SpiffeId, Slot>>,
     own: Option<SpiffeId>,
+    jwts: crate::certs::jwt::JwtCache,
 }
 
 impl Drop for CertificateManager {
@@ -65,6 +66,7 @@ impl CertificateManager {
             }),
             slots: Mutex::new(BTreeMap::new()),
             own,
+            jwts: Default::default(),
         }
     }
 
@@ -181,6 +183,11 @@ impl CertificateManager {
         &self.shared.ca
     }
 
+    /// The JWT-SVIDs held, for the admin endpoints.
+    pub fn jwt_svids(&self) -> Vec<Arc<zident_identity::jwt::SignedJwt>> {
+        self.jwts.snapshot()
+    }
+
     /// The trust store.
     pub fn trust(&self) -> &Arc<TrustStore> {
         &self.shared.trust
@@ -211,6 +218,21 @@ impl CertificateProvider for CertificateManager {
 
     fn watch_bundle(&self) -> watch::Receiver<Arc<zident_identity::TrustBundle>> {
         self.shared.trust.subscribe()
+    }
+
+    /// Only for identities served on this node: the CA would refuse the others anyway, and
+    /// asking would let any local caller make the agent spend requests on them.
+    async fn jwt_svid(
+        &self,
+        id: &SpiffeId,
+        audience: &[String],
+    ) -> Result<Arc<zident_identity::jwt::SignedJwt>, ProviderError> {
+        if !self.lock().contains_key(id) {
+            return Err(ProviderError::UnknownIdentity(id.clone()));
+        }
+        self.jwts
+            .get(&self.shared.ca, id, audience, SystemTime::now())
+            .await
     }
 
     async fn certificate(

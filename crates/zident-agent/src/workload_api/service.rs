@@ -1,6 +1,8 @@
 //! The SPIFFE Workload API for one caller: `FetchX509SVID` and `FetchX509Bundles` stream the
 //! workload's SVID and the trust bundle, with a new full message on every rotation and every
-//! bundle change. The identity is decided before: by the socket a workload reaches, or by
+//! bundle change; `FetchJWTSVID` hands out a JWT-SVID for the caller's identity,
+//! `FetchJWTBundles` streams the JWT keys on every change of them, and `ValidateJWTSVID`
+//! checks a token against them. The identity is decided before: by the socket a workload reaches, or by
 //! attesting the caller on the shared socket; a caller that was refused gets
 //! `PermissionDenied` with the reason on every call.
 
@@ -12,12 +14,12 @@ use tokio::sync::{mpsc, watch};
 use tonic::codegen::tokio_stream::Stream;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use zident_identity::{CertState, CertificateProvider, SpiffeId, TrustBundle};
+use zident_identity::{CertState, CertificateProvider, SpiffeId, TrustBundle, jwt};
 use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use zident_proto::workload::{
-    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
-    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
-    X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
 };
 
 /// The metadata every Workload API request must carry, so a browser or a confused proxy
@@ -193,9 +195,27 @@ impl<P: CertificateProvider> SpiffeWorkloadApi for WorkloadApiService<P> {
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
         check_header(&request)?;
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not issued by zident yet; use X.509-SVIDs",
-        ))
+        let id = self.identity()?;
+        let req = request.into_inner();
+        if !req.spiffe_id.is_empty() && req.spiffe_id != id.as_str() {
+            return Err(Status::permission_denied(format!(
+                "this caller is {id}; it cannot have a JWT-SVID for {}",
+                req.spiffe_id
+            )));
+        }
+        jwt::check_audience(&req.audience).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let jwt = self
+            .provider
+            .jwt_svid(&id, &req.audience)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(JwtsvidResponse {
+            svids: vec![Jwtsvid {
+                spiffe_id: id.to_string(),
+                svid: jwt.token.clone(),
+                hint: String::new(),
+            }],
+        }))
     }
 
     async fn fetch_jwt_bundles(
@@ -203,9 +223,40 @@ impl<P: CertificateProvider> SpiffeWorkloadApi for WorkloadApiService<P> {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&request)?;
-        Err(Status::unimplemented(
-            "JWT bundles are not served by zident yet; use X.509 bundles",
-        ))
+        self.identity()?;
+        let mut bundle = self.provider.watch_bundle();
+        let mut stop = self.stop.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            // Sent again only when the JWT keys change, not for every new X.509 root.
+            let mut sent: Option<Vec<zident_identity::jwt::JwtKey>> = None;
+            loop {
+                let message = {
+                    let b = bundle.borrow_and_update();
+                    if sent.as_deref() == Some(b.jwt_keys()) {
+                        None
+                    } else {
+                        sent = Some(b.jwt_keys().to_vec());
+                        Some(b.jwt_jwks_json().map(|json| JwtBundlesResponse {
+                            bundles: [(b.trust_domain().id_string(), json.into_bytes())].into(),
+                        }))
+                    }
+                };
+                if let Some(message) = message {
+                    let message = message.map_err(|e| Status::internal(e.to_string()));
+                    let last = message.is_err();
+                    if tx.send(message).await.is_err() || last {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = bundle.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn validate_jwtsvid(
@@ -213,8 +264,49 @@ impl<P: CertificateProvider> SpiffeWorkloadApi for WorkloadApiService<P> {
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         check_header(&request)?;
-        Err(Status::unimplemented(
-            "JWT-SVID validation is not offered by zident yet",
-        ))
+        self.identity()?;
+        let req = request.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must not be empty"));
+        }
+        if req.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must not be empty"));
+        }
+        let bundle = self.provider.bundle();
+        let valid = jwt::validate(
+            &req.svid,
+            bundle.jwt_keys(),
+            bundle.trust_domain(),
+            &req.audience,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: valid.id.to_string(),
+            claims: Some(json_struct(valid.claims)),
+        }))
     }
+}
+
+/// A JSON object as a protobuf `Struct` (the claims of `ValidateJWTSVID`).
+fn json_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map.into_iter().map(|(k, v)| (k, json_value(v))).collect(),
+    }
+}
+
+fn json_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(json_value).collect(),
+        }),
+        J::Object(map) => Kind::StructValue(json_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
 }

@@ -139,6 +139,8 @@ pub async fn start_ca(dir: &Path, listen: std::net::SocketAddr) -> RunningCa {
     c.listen = listen;
     c.metrics_addr = None;
     c.refresh_hint = Duration::from_secs(1);
+    // JWT-SVIDs short enough that a test sees one refreshed at half its life.
+    c.jwt_ttl = Duration::from_secs(20);
     // The CA may be restarted on the same port right after stopping: retry a busy port.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

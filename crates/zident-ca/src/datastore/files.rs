@@ -7,10 +7,10 @@
 use std::path::Path;
 
 use super::StoreError;
-use super::kek::Kek;
+use super::kek::{Kek, KeyKind};
 use super::store::StoredRoot;
 use crate::persist::{create_private_dir, write_atomic};
-use crate::roots::files::{CA_CERT, CA_KEY};
+use crate::roots::files::{CA_CERT, CA_KEY, JWT_KEY};
 use crate::roots::rotation::{self, RotationState};
 
 /// The mesh a replica serves, in its data dir.
@@ -34,16 +34,21 @@ pub(crate) fn write_roots(
         if std::fs::read(&cert_path).ok().as_deref() != Some(root.cert_pem.as_bytes()) {
             write_atomic(&cert_path, root.cert_pem.as_bytes(), 0o644).map_err(io(&cert_path))?;
         }
-        let key_path = dir.join(CA_KEY);
-        match &root.key_sealed {
-            Some(sealed) => {
-                let key = kek.open(root.generation, sealed)?;
-                if std::fs::read(&key_path).ok().as_deref() != Some(&key[..]) {
-                    write_atomic(&key_path, &key, 0o600).map_err(io(&key_path))?;
+        for (kind, name, sealed) in [
+            (KeyKind::Root, CA_KEY, &root.key_sealed),
+            (KeyKind::Jwt, JWT_KEY, &root.jwt_key_sealed),
+        ] {
+            let key_path = dir.join(name);
+            match sealed {
+                Some(sealed) => {
+                    let key = kek.open(kind, root.generation, sealed)?;
+                    if std::fs::read(&key_path).ok().as_deref() != Some(&key[..]) {
+                        write_atomic(&key_path, &key, 0o600).map_err(io(&key_path))?;
+                    }
                 }
-            }
-            None => {
-                let _ = std::fs::remove_file(&key_path);
+                None => {
+                    let _ = std::fs::remove_file(&key_path);
+                }
             }
         }
     }
@@ -61,8 +66,33 @@ pub(crate) fn write_mesh(data_dir: &Path, yaml: &str) -> Result<(), StoreError> 
     write_atomic(&path, yaml.as_bytes(), 0o600).map_err(io(&path))
 }
 
+/// A generation as `make_root` left it in `dir`: the certificate PEM, the root key and the
+/// JWT-SVID key, sealed for the datastore.
+pub(crate) struct SealedGeneration {
+    pub cert_pem: String,
+    pub key_sealed: Vec<u8>,
+    pub jwt_key_sealed: Vec<u8>,
+}
+
+/// Reads and seals generation `generation` from `dir`.
+pub(crate) fn seal_generation(
+    dir: &Path,
+    generation: u32,
+    kek: &Kek,
+) -> Result<SealedGeneration, StoreError> {
+    let (cert_pem, key) = read_generation(dir)?;
+    let jwt = std::fs::read(dir.join(JWT_KEY)).map_err(|e| {
+        StoreError::Refused(format!("cannot read {}: {e}", dir.join(JWT_KEY).display()))
+    })?;
+    Ok(SealedGeneration {
+        cert_pem,
+        key_sealed: kek.seal(KeyKind::Root, generation, &key)?,
+        jwt_key_sealed: kek.seal(KeyKind::Jwt, generation, &jwt)?,
+    })
+}
+
 /// A generation's certificate and key PEM, as `make_root` left them in `dir`.
-pub(crate) fn read_generation(dir: &Path) -> Result<(String, Vec<u8>), StoreError> {
+fn read_generation(dir: &Path) -> Result<(String, Vec<u8>), StoreError> {
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read(&p)

@@ -30,15 +30,37 @@ pub enum KekError {
     },
     /// A sealed key does not open under this key: another KEK, or altered data.
     #[error(
-        "the root key of generation {generation} does not decrypt with this --kek-file (another key-encryption key, or the row was altered)"
+        "the {} of generation {generation} does not decrypt with this --kek-file (another key-encryption key, or the row was altered)",
+        kind.describe()
     )]
     Open {
+        /// Which key.
+        kind: KeyKind,
         /// The root generation.
         generation: u32,
     },
     /// Sealing failed (the system's random source).
     #[error("cannot encrypt a root key: {0}")]
     Seal(String),
+}
+
+/// Which of a generation's keys is sealed: bound in with the generation, so neither can be
+/// moved into the other's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// The root's signing key.
+    Root,
+    /// The JWT-SVID signing key.
+    Jwt,
+}
+
+impl KeyKind {
+    fn describe(self) -> &'static str {
+        match self {
+            KeyKind::Root => "root key",
+            KeyKind::Jwt => "JWT-SVID key",
+        }
+    }
 }
 
 /// The loaded key-encryption key.
@@ -83,10 +105,15 @@ impl Kek {
         })
     }
 
-    /// Seals the PEM key of root `generation`: a random nonce, then the ciphertext and tag.
-    /// The generation is bound in as associated data, so a sealed key moved to another row
-    /// does not open.
-    pub fn seal(&self, generation: u32, key_pem: &[u8]) -> Result<Vec<u8>, KekError> {
+    /// Seals the PEM key of `kind` of root `generation`: a random nonce, then the ciphertext
+    /// and tag. The kind and generation are bound in as associated data, so a sealed key moved
+    /// to another row or column does not open.
+    pub fn seal(
+        &self,
+        kind: KeyKind,
+        generation: u32,
+        key_pem: &[u8],
+    ) -> Result<Vec<u8>, KekError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -95,7 +122,7 @@ impl Kek {
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(generation)),
+                Aad::from(aad(kind, generation)),
                 &mut data,
             )
             .map_err(|_| KekError::Seal("AES-256-GCM failed".into()))?;
@@ -105,8 +132,13 @@ impl Kek {
     }
 
     /// Opens what [`Kek::seal`] made for `generation`.
-    pub fn open(&self, generation: u32, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KekError> {
-        let err = || KekError::Open { generation };
+    pub fn open(
+        &self,
+        kind: KeyKind,
+        generation: u32,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KekError> {
+        let err = || KekError::Open { kind, generation };
         if sealed.len() < NONCE_LEN {
             return Err(err());
         }
@@ -115,14 +147,18 @@ impl Kek {
         let mut data = Zeroizing::new(data.to_vec());
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(aad(generation)), &mut data)
+            .open_in_place(nonce, Aad::from(aad(kind, generation)), &mut data)
             .map_err(|_| err())?;
         Ok(Zeroizing::new(plain.to_vec()))
     }
 }
 
-fn aad(generation: u32) -> Vec<u8> {
-    format!("zident-root-key/{generation}").into_bytes()
+fn aad(kind: KeyKind, generation: u32) -> Vec<u8> {
+    match kind {
+        KeyKind::Root => format!("zident-root-key/{generation}"),
+        KeyKind::Jwt => format!("zident-jwt-key/{generation}"),
+    }
+    .into_bytes()
 }
 
 #[cfg(test)]
@@ -135,24 +171,28 @@ mod tests {
         let path = dir.path().join("kek");
         std::fs::write(&path, [7u8; 32]).unwrap();
         let kek = Kek::load(&path).unwrap();
-        let sealed = kek.seal(2, b"-----BEGIN PRIVATE KEY-----").unwrap();
+        let sealed = kek
+            .seal(KeyKind::Root, 2, b"-----BEGIN PRIVATE KEY-----")
+            .unwrap();
         assert!(
             !sealed.windows(5).any(|w| w == b"BEGIN"),
             "no plaintext in the row"
         );
         assert_eq!(
-            &*kek.open(2, &sealed).unwrap(),
+            &*kek.open(KeyKind::Root, 2, &sealed).unwrap(),
             b"-----BEGIN PRIVATE KEY-----"
         );
         assert!(matches!(
-            kek.open(3, &sealed),
-            Err(KekError::Open { generation: 3 })
+            kek.open(KeyKind::Root, 3, &sealed),
+            Err(KekError::Open { generation: 3, .. })
         ));
+        let e = kek.open(KeyKind::Jwt, 2, &sealed).unwrap_err().to_string();
+        assert!(e.contains("JWT-SVID key of generation 2"), "{e}");
 
         std::fs::write(&path, "ab".repeat(32) + "\n").unwrap();
         let other = Kek::load(&path).unwrap();
         assert!(
-            other.open(2, &sealed).is_err(),
+            other.open(KeyKind::Root, 2, &sealed).is_err(),
             "another KEK does not open it"
         );
 

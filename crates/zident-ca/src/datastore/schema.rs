@@ -56,6 +56,12 @@ const MIGRATIONS: &[&str] = &[
         last_seen         timestamptz NOT NULL
     );
     "#,
+    // 2: a JWT-SVID signing key per root generation, sealed like the root key; NULL for a
+    // generation made before JWT-SVIDs (bootstrap fills the active and prepared ones) and once
+    // the generation is retired.
+    r#"
+    ALTER TABLE zident_roots ADD COLUMN jwt_key_sealed bytea;
+    "#,
 ];
 
 /// The version this build's schema is at.

@@ -45,6 +45,8 @@ pub struct StoredRoot {
     pub cert_pem: String,
     /// Its key, sealed; `None` once retired.
     pub key_sealed: Option<Vec<u8>>,
+    /// Its JWT-SVID key, sealed; `None` once retired (or made before JWT-SVIDs).
+    pub jwt_key_sealed: Option<Vec<u8>>,
 }
 
 /// One stored version of the mesh.
@@ -241,16 +243,40 @@ impl Store {
                         state.trust_domain
                     )));
                 }
+                // A database from before JWT-SVIDs: the generations that sign or are about to
+                // get a JWT key, made once, under the bootstrap lock, for every replica.
+                for g in std::iter::once(state.active).chain(state.prepared) {
+                    let missing = tx
+                        .query_opt(
+                            "SELECT 1 FROM zident_roots WHERE generation = $1 AND key_sealed IS NOT NULL AND jwt_key_sealed IS NULL",
+                            &[&(g as i32)],
+                        )
+                        .await?
+                        .is_some();
+                    if missing {
+                        let tmp = tempdir()?;
+                        rotation::make_jwt_key(tmp.path())
+                            .map_err(|e| StoreError::Refused(e.to_string()))?;
+                        let pem = std::fs::read(tmp.path().join(crate::roots::files::JWT_KEY))
+                            .map_err(|e| StoreError::Refused(format!("a new JWT key: {e}")))?;
+                        let sealed = kek.seal(super::kek::KeyKind::Jwt, g, &pem)?;
+                        tx.execute(
+                            "UPDATE zident_roots SET jwt_key_sealed = $2 WHERE generation = $1",
+                            &[&(g as i32), &sealed],
+                        )
+                        .await?;
+                        tracing::info!(target: "zident::ca", generation = g, "made a JWT-SVID signing key for this root generation");
+                    }
+                }
             }
             None => {
                 let tmp = tempdir()?;
                 rotation::make_root(tmp.path(), td, 1, SystemTime::now(), root_lifetime)
                     .map_err(|e| StoreError::Refused(e.to_string()))?;
-                let (cert, key) = files::read_generation(tmp.path())?;
-                let sealed = kek.seal(1, &key)?;
+                let g = files::seal_generation(tmp.path(), 1, kek)?;
                 tx.execute(
-                    "INSERT INTO zident_roots (generation, cert_pem, key_sealed) VALUES (1, $1, $2)",
-                    &[&cert, &sealed],
+                    "INSERT INTO zident_roots (generation, cert_pem, key_sealed, jwt_key_sealed) VALUES (1, $1, $2, $3)",
+                    &[&g.cert_pem, &g.key_sealed, &g.jwt_key_sealed],
                 )
                 .await?;
                 let mut initial = RotationState::initial(td);
@@ -426,18 +452,18 @@ impl Store {
                 let g = next
                     .prepared
                     .ok_or_else(|| StoreError::Refused("prepare made no generation".into()))?;
-                let (cert, key) = files::read_generation(&rotation::generation_dir(tmp.path(), g))?;
-                let sealed = kek.seal(g, &key)?;
+                let sealed =
+                    files::seal_generation(&rotation::generation_dir(tmp.path(), g), g, kek)?;
                 tx.execute(
-                    "INSERT INTO zident_roots (generation, cert_pem, key_sealed) VALUES ($1, $2, $3)",
-                    &[&(g as i32), &cert, &sealed],
+                    "INSERT INTO zident_roots (generation, cert_pem, key_sealed, jwt_key_sealed) VALUES ($1, $2, $3, $4)",
+                    &[&(g as i32), &sealed.cert_pem, &sealed.key_sealed, &sealed.jwt_key_sealed],
                 )
                 .await?;
             }
             Phase::Retire => {
                 if let Some(e) = next.history.last() {
                     tx.execute(
-                        "UPDATE zident_roots SET key_sealed = NULL WHERE generation = $1",
+                        "UPDATE zident_roots SET key_sealed = NULL, jwt_key_sealed = NULL WHERE generation = $1",
                         &[&(e.generation as i32)],
                     )
                     .await?;
@@ -539,7 +565,7 @@ async fn roots_of(
 ) -> Result<Vec<StoredRoot>, StoreError> {
     Ok(client
         .query(
-            "SELECT generation, cert_pem, key_sealed FROM zident_roots ORDER BY generation",
+            "SELECT generation, cert_pem, key_sealed, jwt_key_sealed FROM zident_roots ORDER BY generation",
             &[],
         )
         .await?
@@ -548,6 +574,7 @@ async fn roots_of(
             generation: r.get::<_, i32>(0) as u32,
             cert_pem: r.get(1),
             key_sealed: r.get(2),
+            jwt_key_sealed: r.get(3),
         })
         .collect())
 }

@@ -12,9 +12,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+
 use rcgen::{CertificateParams, Issuer, KeyPair, PublicKeyData};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use x509_parser::prelude::*;
+use zident_identity::jwt::{JwtSigner, SignedJwt};
 use zident_identity::pem::{certs_from_pem, certs_to_pem};
 use zident_identity::{CsrPublicKey, SpiffeId, TrustBundle, TrustDomain, profile, to_system_time};
 
@@ -32,7 +35,7 @@ fn rotation_error(e: rotation::RotationError) -> AuthorityError {
 /// How long a generated self-signed root is valid.
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-pub use crate::roots::files::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
+pub use crate::roots::files::{CA_CERT, CA_KEY, CERT_CHAIN, JWT_KEY, ROOT_CERT};
 
 /// Why an authority could not be loaded or created. Each message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,9 @@ pub struct Authority {
     /// which signs the CA's own serving certificate, so a node that missed the prepare phase
     /// and trusts only the old root can still reach the CA and learn the new one.
     serving_signer: Option<(Issuer<'static, KeyPair>, SystemTime)>,
+    /// The key that signs JWT-SVIDs now; `None` when the active generation has none (a
+    /// datastore from before JWT-SVIDs, until its next rotation).
+    jwt_signer: Option<Arc<JwtSigner>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -133,8 +139,22 @@ impl Authority {
                 .map_err(|e| invalid(&path, e.to_string()))?;
         }
         bundle.set_sequence(state.sequence);
+        // The JWT keys of the same generations; the active one signs.
+        let mut jwt_signer = None;
+        for generation in state.in_bundle() {
+            let path = rotation::generation_dir(dir, generation).join(JWT_KEY);
+            if !path.exists() {
+                continue;
+            }
+            let signer = read_jwt_key(&path)?;
+            bundle.add_jwt_key(signer.public().clone());
+            if generation == state.active {
+                jwt_signer = Some(Arc::new(signer));
+            }
+        }
         let mut authority =
             Self::assemble(Mode::SelfSigned(dir.to_owned()), key, cert, vec![], bundle)?;
+        authority.jwt_signer = jwt_signer;
         if let Some(previous) = state.previous {
             let gen_dir = rotation::generation_dir(dir, previous);
             let (key_path, cert_path) = (gen_dir.join(CA_KEY), gen_dir.join(CA_CERT));
@@ -181,6 +201,9 @@ impl Authority {
             write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
                 .map_err(io(&key_path))?;
             tracing::info!(path = %key_path.display(), "generated a new CA root key");
+            if !dir.join(JWT_KEY).exists() {
+                rotation::make_jwt_key(dir).map_err(rotation_error)?;
+            }
             key
         };
         if !cert_path.exists() {
@@ -278,7 +301,86 @@ impl Authority {
             bundle,
             chain_tail_pem,
             serving_signer: None,
+            jwt_signer: None,
         })
+    }
+
+    /// Gives a plugged-in authority its JWT-SVID key: `<data_dir>/jwt-key.pem`, made on first
+    /// start. (The operator's files hold no JWT key, and Istio's layout has no place for one.)
+    pub fn with_data_dir_jwt_key(mut self, data_dir: &Path) -> Result<Self, AuthorityError> {
+        create_private_dir(data_dir).map_err(|source| {
+            AuthorityError::from(FileError::Io {
+                path: data_dir.to_owned(),
+                source,
+            })
+        })?;
+        let path = data_dir.join(JWT_KEY);
+        if !path.exists() {
+            rotation::make_jwt_key(data_dir).map_err(rotation_error)?;
+        }
+        let signer = read_jwt_key(&path)?;
+        self.bundle.add_jwt_key(signer.public().clone());
+        self.jwt_signer = Some(Arc::new(signer));
+        Ok(self)
+    }
+
+    /// Signs a JWT-SVID for `id` and `audience`, valid for `ttl` from `now`, cut short so that
+    /// it does not outlive the signing certificate (as an X.509 leaf is).
+    pub fn sign_jwt(
+        &self,
+        id: &SpiffeId,
+        audience: &[String],
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<SignedJwt, AuthorityError> {
+        let signer = self.jwt_signer.as_ref().ok_or_else(|| {
+            AuthorityError::Sign(
+                "the active root generation has no JWT-SVID key (a datastore from before JWT-SVIDs): run `zident ca rotate prepare`, then activate, to get one".into(),
+            )
+        })?;
+        let left = self
+            .signer_not_after
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO);
+        if left.is_zero() {
+            return Err(AuthorityError::Sign(
+                "the signing certificate has expired".into(),
+            ));
+        }
+        signer
+            .sign(id, audience, now, ttl.min(left))
+            .map_err(|e| AuthorityError::Sign(e.to_string()))
+    }
+
+    /// Issues a certificate with `dns_names` (no URI SAN) on a fresh P-256 key, valid for
+    /// `ttl` from `now` (cut short to the signer's life).
+    pub fn issue_dns(
+        &self,
+        trust_domain: &TrustDomain,
+        dns_names: &[String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<DnsIssued, AuthorityError> {
+        let params = profile::dns_params(trust_domain, dns_names, now, ttl, self.signer_not_after)
+            .map_err(|e| AuthorityError::Sign(e.to_string()))?;
+        let (not_before, not_after) = (params.not_before.into(), params.not_after.into());
+        let key = KeyPair::generate().map_err(|e| AuthorityError::Sign(e.to_string()))?;
+        let cert = self.sign(&params, &key)?;
+        let mut chain_pem = cert.pem();
+        for c in &self.intermediates {
+            chain_pem.push_str(&certs_to_pem([c]));
+        }
+        Ok(DnsIssued {
+            chain_pem,
+            key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+            not_before,
+            not_after,
+        })
+    }
+
+    /// The `kid` of the JWT key that signs now, if any.
+    pub fn jwt_kid(&self) -> Option<&str> {
+        self.jwt_signer.as_ref().map(|s| s.public().kid())
     }
 
     /// Writes the trust bundle to `<dir>/root-cert.pem`, for clients to use as `CA_ROOT_CA`.
@@ -432,6 +534,18 @@ pub struct Issued {
     pub not_after: SystemTime,
 }
 
+/// A certificate with DNS names and its key, as [`Authority::issue_dns`] made them.
+pub struct DnsIssued {
+    /// The leaf, then the intermediates (not the roots), PEM.
+    pub chain_pem: String,
+    /// The private key, PKCS#8 PEM.
+    pub key_pem: zeroize::Zeroizing<String>,
+    /// The leaf's notBefore.
+    pub not_before: SystemTime,
+    /// The leaf's notAfter.
+    pub not_after: SystemTime,
+}
+
 fn invalid(path: &Path, message: String) -> AuthorityError {
     AuthorityError::from(FileError::Invalid {
         path: path.to_owned(),
@@ -453,6 +567,16 @@ fn read_key(path: &Path) -> Result<KeyPair, AuthorityError> {
         )
     })?;
     KeyPair::try_from(&der).map_err(|e| invalid(path, format!("unsupported private key: {e}")))
+}
+
+fn read_jwt_key(path: &Path) -> Result<JwtSigner, AuthorityError> {
+    let pem = std::fs::read(path).map_err(|source| {
+        AuthorityError::from(FileError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    })?;
+    JwtSigner::from_pem(&pem).map_err(|e| invalid(path, e.to_string()))
 }
 
 fn first_cert(path: &Path, pem: &[u8]) -> Result<CertificateDer<'static>, AuthorityError> {

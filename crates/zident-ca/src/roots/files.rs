@@ -6,6 +6,8 @@
 pub const CA_CERT: &str = "ca-cert.pem";
 /// The signing key.
 pub const CA_KEY: &str = "ca-key.pem";
+/// The key that signs JWT-SVIDs, one per root generation (zident's own; Istio has none).
+pub const JWT_KEY: &str = "jwt-key.pem";
 /// The trust bundle clients use as `CA_ROOT_CA`.
 pub const ROOT_CERT: &str = "root-cert.pem";
 /// The chain from the signing certificate up to the root.

@@ -11,6 +11,11 @@
 //! (`rotation.lock`), so `zident ca rotate` and a running CA's own schedule never interleave,
 //! and a restart mid-rotation resumes where it was. Generation 1 is the original root in the
 //! data dir (`ca-key.pem`, `ca-cert.pem`); generation N > 1 lives in `roots/N/`.
+//!
+//! Each generation also has a JWT-SVID signing key (`jwt-key.pem`), a key of its own, never
+//! the root's: it goes through the same three phases with its root, so a prepared JWT key is
+//! in the bundle before it signs, and a retired one leaves only when the longest lifetime the
+//! CA issues (X.509 or JWT) has passed since it last signed.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -22,7 +27,7 @@ use x509_parser::prelude::*;
 use zident_identity::{TrustDomain, profile, rfc3339, serial_hex, to_system_time};
 
 use crate::persist::{create_private_dir, write_atomic};
-use crate::roots::files::{CA_CERT, CA_KEY, FileError};
+use crate::roots::files::{CA_CERT, CA_KEY, FileError, JWT_KEY};
 
 /// The state file.
 pub const STATE_FILE: &str = "rotation.json";
@@ -415,15 +420,46 @@ pub fn apply(
     if phase == Phase::Retire
         && let Some(event) = state.history.last()
     {
-        // After the commit: the key of a retired root is of no further use.
-        let key = generation_dir(data_dir, event.generation).join(CA_KEY);
-        if let Err(e) = std::fs::remove_file(&key)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(target: "zident::ca", path = %key.display(), "cannot delete the retired root's key: {e}");
+        // After the commit: the keys of a retired generation are of no further use.
+        for name in [CA_KEY, JWT_KEY] {
+            let key = generation_dir(data_dir, event.generation).join(name);
+            if let Err(e) = std::fs::remove_file(&key)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(target: "zident::ca", path = %key.display(), "cannot delete the retired generation's key: {e}");
+            }
         }
     }
     Ok(state)
+}
+
+/// Gives the active and the prepared generation a JWT signing key where they have a root key
+/// but no JWT key (a data dir from before JWT-SVIDs). Says whether it made one. Under the
+/// rotation lock, so only one process makes each key.
+pub fn ensure_jwt_keys(data_dir: &Path, state: &RotationState) -> Result<bool, RotationError> {
+    let _lock = lock(data_dir)?;
+    let mut made = false;
+    for generation in std::iter::once(state.active).chain(state.prepared) {
+        let dir = generation_dir(data_dir, generation);
+        if dir.join(CA_KEY).exists() && !dir.join(JWT_KEY).exists() {
+            make_jwt_key(&dir)?;
+            tracing::info!(target: "zident::ca", generation, "made a JWT-SVID signing key for this root generation");
+            made = true;
+        }
+    }
+    Ok(made)
+}
+
+/// Writes a new JWT signing key to `dir/jwt-key.pem` (0600).
+pub fn make_jwt_key(dir: &Path) -> Result<(), RotationError> {
+    let path = dir.join(JWT_KEY);
+    let pem = zident_identity::jwt::JwtSigner::generate_pem().map_err(|e| {
+        RotationError::from(FileError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })
+    })?;
+    write_atomic(&path, pem.as_bytes(), 0o600).map_err(io(&path))
 }
 
 /// When generation `prepared` was prepared (Unix seconds), from the history.
@@ -499,6 +535,7 @@ pub fn make_root(
     })?;
     let key_path = dir.join(CA_KEY);
     write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
+    make_jwt_key(dir)?;
     let cert = profile::generation_root_params(td, generation, now, lifetime)
         .self_signed(&key)
         .map_err(|e| {
@@ -652,6 +689,8 @@ mod tests {
         let s = apply(d, Phase::Retire, t0 + Duration::from_secs(110), false, YEAR).unwrap();
         assert_eq!((s.active, s.previous, s.sequence), (2, None, 3));
         assert!(!d.join(CA_KEY).exists(), "the retired key is deleted");
+        assert!(!d.join(JWT_KEY).exists(), "and its JWT key");
+        assert!(d.join("roots/2").join(JWT_KEY).exists());
         assert!(d.join(CA_CERT).exists(), "its certificate is kept");
 
         let st = status(d, &s);
