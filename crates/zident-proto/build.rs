@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "istio/security/authorization.proto",
         "zident/mesh/mesh.proto",
         "zident/ca/v1/jwt.proto",
+        "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+        "envoy/service/secret/v3/sds.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

@@ -147,6 +147,11 @@ impl RunningAgent {
             "Workload API callers, by how they were matched to a workload (network_namespace, user, socket) or refused",
             wapi_clients.attestations.clone(),
         );
+        registry.register(
+            "zident_sds_events",
+            "Envoy SDS events: secrets pushed, ACKed, NACKed (the client keeps its last accepted), requests refused",
+            wapi_clients.sds.clone(),
+        );
         let registry = Arc::new(registry);
 
         let ca_root = std::fs::read(&config.ca.root_ca).map_err(|e| {

@@ -197,12 +197,13 @@ async fn each_workload_gets_only_its_own_identity_and_the_header_is_required() {
         "{}",
         err.message()
     );
-    // JWT: Unimplemented, with a message.
+    // JWT: an audience is required, and the refusal says so.
     let mut req = tonic::Request::new(zident_proto::workload::JwtsvidRequest::default());
     req.metadata_mut()
         .insert("workload.spiffe.io", "true".parse().unwrap());
     let err = raw.fetch_jwtsvid(req).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("audience"), "{}", err.message());
 
     // The workload leaves: its stream ends cleanly and its socket disappears.
     let mut stream = be.stream_x509_svids().await.unwrap();

@@ -48,6 +48,89 @@ struct OnDisk {
     bundle_current: bool,
 }
 
+/// One set in a DNS certificate directory, as `zident certs --dns-cert-dir` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DnsCertStatus {
+    /// The directory name (the mesh entry's `secretName`).
+    pub secret_name: String,
+    /// The DNS SANs of the certificate.
+    pub dns_names: Vec<String>,
+    /// Its serial, hex.
+    pub serial: String,
+    /// notBefore (RFC 3339).
+    pub not_before: String,
+    /// notAfter (RFC 3339).
+    pub not_after: String,
+    /// When the CA renews it (RFC 3339): half way through its life.
+    pub renews_at: String,
+    /// Whether the certificate chains to a root in the set's `root-cert.pem`.
+    pub chains_to_root_cert: bool,
+}
+
+/// The sets zident manages in `dir`, by name; a set that cannot be read is left out.
+pub fn list(dir: &Path) -> std::io::Result<Vec<DnsCertStatus>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(DATA_PREFIX) {
+            continue;
+        }
+        let set = e.path();
+        let (Ok(chain), Ok(root)) = (
+            std::fs::read(set.join(CERT_CHAIN)),
+            std::fs::read(set.join(ROOT_CERT)),
+        ) else {
+            continue;
+        };
+        let Some(leaf) = certs_from_pem(&chain)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+        else {
+            continue;
+        };
+        let Ok((_, cert)) = X509Certificate::from_der(&leaf) else {
+            continue;
+        };
+        let roots = certs_from_pem(&root).unwrap_or_default();
+        let chains = roots.iter().any(|r| {
+            X509Certificate::from_der(r)
+                .is_ok_and(|(_, r)| cert.verify_signature(Some(r.public_key())).is_ok())
+        });
+        let (nb, na) = (
+            to_system_time(cert.validity().not_before),
+            to_system_time(cert.validity().not_after),
+        );
+        out.push(DnsCertStatus {
+            secret_name: name,
+            dns_names: dns_names(&cert).into_iter().collect(),
+            serial: zident_identity::serial_hex(cert.raw_serial()),
+            not_before: rfc3339(nb),
+            not_after: rfc3339(na),
+            renews_at: rfc3339(renew_at(nb, na)),
+            chains_to_root_cert: chains,
+        });
+    }
+    out.sort_by(|a, b| a.secret_name.cmp(&b.secret_name));
+    Ok(out)
+}
+
+fn dns_names(cert: &X509Certificate<'_>) -> BTreeSet<String> {
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Keeps the certificates of the mesh in force in `dir`, for as long as the CA runs.
 pub(crate) async fn run(state: Arc<CaState>, dir: PathBuf, ttl: Duration) {
     let mut mesh = state.subscribe_mesh();
@@ -150,21 +233,7 @@ fn read(dir: &Path, name: &str, authority: &Authority) -> Option<OnDisk> {
     }
     let leaf = certs_from_pem(&chain).ok()?.into_iter().next()?;
     let (_, cert) = X509Certificate::from_der(&leaf).ok()?;
-    let names = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|g| match g {
-                    GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = dns_names(&cert);
     let signer = X509Certificate::from_der(authority.signer()).ok()?.1;
     Some(OnDisk {
         names,

@@ -26,7 +26,7 @@ mod config;
 mod connections;
 mod data_lock;
 pub mod datastore;
-mod dns_certs;
+pub mod dns_certs;
 mod jwt_service;
 mod metrics;
 mod persist;

@@ -283,6 +283,7 @@ impl JwtSigner {
                 "{signing_input}.{}",
                 URL_SAFE_NO_PAD.encode(signature.as_ref())
             ),
+            kid: self.public.kid.clone(),
             id: id.clone(),
             audience: audience.to_vec(),
             issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(iat),
@@ -320,6 +321,8 @@ pub fn check_audience(audience: &[String]) -> Result<(), JwtError> {
 pub struct SignedJwt {
     /// The compact JWS.
     pub token: String,
+    /// The key it names as its signer.
+    pub kid: String,
     /// `sub`.
     pub id: SpiffeId,
     /// `aud`.
@@ -335,6 +338,12 @@ impl SignedJwt {
     /// from its own CA over an authenticated channel, to learn when to refresh it.
     pub fn read_unverified(token: &str) -> Result<Self, JwtError> {
         let parts = Parts::split(token)?;
+        let kid = parts
+            .json(0, "header")?
+            .get("kid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let claims = parts.claims()?;
         let id = subject(&claims)?;
         let audience = audiences(&claims)?;
@@ -343,6 +352,7 @@ impl SignedJwt {
         let iat = number(&claims, "iat")?.unwrap_or(exp);
         Ok(Self {
             token: token.to_owned(),
+            kid,
             id,
             audience,
             issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(iat),

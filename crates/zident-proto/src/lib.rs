@@ -15,12 +15,36 @@ pub mod workload {
     tonic::include_proto!("_");
 }
 
-/// Envoy's aggregated discovery service (Delta xDS), the stream ztunnel and zident agents
-/// receive the mesh on.
-pub mod xds {
+/// Envoy's packages, nested as their names are, because generated code refers from one to
+/// another by relative paths (SDS to the discovery messages).
+pub mod envoy {
     #![allow(missing_docs, clippy::all)]
-    tonic::include_proto!("envoy.service.discovery.v3");
+    pub mod service {
+        pub mod discovery {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.discovery.v3");
+            }
+        }
+        pub mod secret {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.secret.v3");
+            }
+        }
+    }
+    pub mod extensions {
+        pub mod transport_sockets {
+            pub mod tls {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.extensions.transport_sockets.tls.v3");
+                }
+            }
+        }
+    }
 }
+
+/// Envoy's aggregated discovery service (Delta xDS), the stream ztunnel and zident agents
+/// receive the mesh on; and the state-of-the-world messages SDS uses.
+pub use envoy::service::discovery::v3 as xds;
 
 /// Istio's workload and service resources (`istio.workload.Address`).
 pub mod istio_workload {
@@ -46,3 +70,9 @@ pub mod zident_ca {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("zident.ca.v1");
 }
+
+/// Envoy's TLS secrets (`envoy.extensions.transport_sockets.tls.v3.Secret`), what SDS carries.
+pub use envoy::extensions::transport_sockets::tls::v3 as envoy_tls;
+
+/// Envoy's Secret Discovery Service (`envoy.service.secret.v3.SecretDiscoveryService`).
+pub use envoy::service::secret::v3 as sds;

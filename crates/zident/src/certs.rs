@@ -28,10 +28,17 @@ pub struct CertsArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Show the CA's DNS certificates in this directory (`zident ca --dns-cert-dir`) instead
+    /// of an agent's certificates.
+    #[arg(long, value_name = "DIR")]
+    pub dns_cert_dir: Option<std::path::PathBuf>,
 }
 
 /// Fetches and prints.
 pub async fn run(args: CertsArgs) -> Result<(), String> {
+    if let Some(dir) = &args.dns_cert_dir {
+        return dns_certs(dir, args.output);
+    }
     let body = get(&args.admin, "/debug/certs").await?;
     let report: CertsReport = serde_json::from_str(&body)
         .map_err(|e| format!("{} did not answer with /debug/certs JSON: {e}", args.admin))?;
@@ -47,6 +54,8 @@ pub async fn run(args: CertsArgs) -> Result<(), String> {
             let out = json!({
                 "certificates": rows,
                 "trust_bundle": roots,
+                "jwt_keys": report.jwt_keys,
+                "jwt_svids": report.jwt_svids,
                 "clock_skew_seconds": clock.0,
                 "clock_skew_threshold_seconds": clock.1,
             });
@@ -57,6 +66,8 @@ pub async fn run(args: CertsArgs) -> Result<(), String> {
         }
         Format::Table => {
             print_tables(&rows, &roots);
+            println!();
+            print_jwt(&report, now);
             println!();
             println!("{}", clock_line(clock.0, clock.1));
         }
@@ -213,6 +224,103 @@ fn print_tables(rows: &[CertRow<'_>], roots: &[RootRow<'_>]) {
         ]);
     }
     print_table(&bundle);
+}
+
+/// The JWT-SVID keys the node trusts and the JWT-SVIDs it holds.
+fn print_jwt(report: &CertsReport, now: SystemTime) {
+    let style = Style::detect();
+    let mut table = vec![
+        ["JWT-SVID", "AUDIENCE", "KEY", "EXPIRES IN"]
+            .iter()
+            .map(|h| style.bold(h))
+            .collect::<Vec<_>>(),
+    ];
+    for j in &report.jwt_svids {
+        let expires = match seconds_until(now, Some(&j.expires)) {
+            Some(s) if s <= 0 => style.red("expired"),
+            Some(s) => human(Duration::from_secs(s as u64)),
+            None => "-".into(),
+        };
+        table.push(vec![
+            j.spiffe_id.clone(),
+            j.audience.join(","),
+            short(&j.kid),
+            expires,
+        ]);
+    }
+    if report.jwt_svids.is_empty() {
+        table.push(vec![
+            "(none fetched)".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ]);
+    }
+    print_table(&table);
+    let keys: Vec<String> = report.jwt_keys.iter().map(|k| short(k)).collect();
+    println!(
+        "JWT-SVID KEYS  {}",
+        if keys.is_empty() {
+            "none (the CA's /bundle has not been read yet, or it publishes none)".into()
+        } else {
+            keys.join(", ")
+        }
+    );
+}
+
+/// `--dns-cert-dir`: the DNS certificates the CA keeps there.
+fn dns_certs(dir: &std::path::Path, format: Format) -> Result<(), String> {
+    let sets = zident_ca::dns_certs::list(dir)
+        .map_err(|e| format!("cannot read --dns-cert-dir {}: {e}", dir.display()))?;
+    if let Format::Json = format {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "dns_certificates": sets }))
+                .map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let style = Style::detect();
+    let now = SystemTime::now();
+    let mut table = vec![
+        [
+            "DNS CERTIFICATE",
+            "DNS NAMES",
+            "SERIAL",
+            "NOT AFTER",
+            "RENEWS IN",
+            "ROOT",
+        ]
+        .iter()
+        .map(|h| style.bold(h))
+        .collect::<Vec<_>>(),
+    ];
+    for c in &sets {
+        let renews = match seconds_until(now, Some(&c.renews_at)) {
+            Some(s) if s <= 0 => style.yellow("due now"),
+            Some(s) => human(Duration::from_secs(s as u64)),
+            None => "-".into(),
+        };
+        let root = if c.chains_to_root_cert {
+            style.green("chains to root-cert.pem")
+        } else {
+            style.red("does not chain to root-cert.pem")
+        };
+        table.push(vec![
+            c.secret_name.clone(),
+            c.dns_names.join(","),
+            c.serial.clone(),
+            c.not_after.clone(),
+            renews,
+            root,
+        ]);
+    }
+    if sets.is_empty() {
+        println!("no DNS certificates in {}", dir.display());
+        return Ok(());
+    }
+    print_table(&table);
+    Ok(())
 }
 
 /// The start of a SHA-256 fingerprint: enough to tell which root a certificate chains to.

@@ -28,11 +28,23 @@ fn stdout(o: &Output) -> String {
 }
 
 async fn world(dir: &Path, ttl: Duration) -> (RunningCa, RunningAgent) {
-    std::fs::write(dir.join("mesh.yaml"), MESH).unwrap();
+    world_with(dir, ttl, "", None).await
+}
+
+/// [`world`] with `extra` appended to the mesh file and the CA's `--dns-cert-dir`.
+async fn world_with(
+    dir: &Path,
+    ttl: Duration,
+    extra: &str,
+    dns_cert_dir: Option<&Path>,
+) -> (RunningCa, RunningAgent) {
+    std::fs::write(dir.join("mesh.yaml"), format!("{MESH}{extra}")).unwrap();
     let mut ca = CaConfig::new(dir.join("mesh.yaml"));
     ca.data_dir = dir.join("ca");
     ca.listen = "127.0.0.1:0".parse().unwrap();
     ca.metrics_addr = None;
+    ca.refresh_hint = Duration::from_secs(1);
+    ca.dns_cert_dir = dns_cert_dir.map(Path::to_owned);
     let ca = RunningCa::start(ca).await.unwrap();
     let client = CaClientConfig {
         address: format!("localhost:{}", ca.addr.port()),
@@ -162,6 +174,104 @@ async fn certs_shows_the_agents_certificates_before_and_after_a_rotation() {
             .iter()
             .any(|c| c["serial"] == rotated.as_str())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_shows_jwt_svids_their_keys_and_the_cas_dns_certificates() {
+    use zident_identity::CertificateProvider;
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dir.path().join("dns");
+    let extra = "certificates:\n- {secretName: webhook-tls, dnsNames: [hook.data.svc]}\n";
+    let (_ca, agent) = world_with(dir.path(), Duration::from_secs(3600), extra, Some(&dns)).await;
+    let admin = format!("http://{}", agent.admin_addr.unwrap());
+    let web = zident_identity::SpiffeId::new("spiffe://cluster.local/ns/default/sa/web").unwrap();
+    let jwt = agent
+        .manager
+        .jwt_svid(&web, &["billing".to_string()])
+        .await
+        .unwrap();
+    let certs = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            zident(&args)
+        })
+        .await
+        .unwrap()
+    };
+    // The agent reads the JWT keys from the CA's /bundle (refresh hint 1 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let out = certs(vec!["certs".into(), "--admin".into(), admin.clone()]).await;
+        let text = stdout(&out);
+        if text.contains(&format!("JWT-SVID KEYS  {}", &jwt.kid[..16])) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let row = text
+        .lines()
+        .find(|l| {
+            l.starts_with("spiffe://cluster.local/ns/default/sa/web") && l.contains("billing")
+        })
+        .unwrap_or_else(|| panic!("a JWT-SVID row for web: {text}"));
+    assert!(row.contains(&jwt.kid[..16]), "{row}");
+    assert!(
+        !text.contains(&jwt.token),
+        "the token itself is never shown"
+    );
+    let v: serde_json::Value = serde_json::from_slice(
+        &certs(vec![
+            "certs".into(),
+            "--admin".into(),
+            admin.clone(),
+            "-o".into(),
+            "json".into(),
+        ])
+        .await
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(v["jwt_svids"][0]["audience"][0], "billing");
+    assert_eq!(v["jwt_keys"][0], jwt.kid.as_str());
+
+    // The CA's DNS certificates, read from its --dns-cert-dir.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dns.join("webhook-tls/cert-chain.pem").exists() {
+        assert!(Instant::now() < deadline, "no DNS certificate written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dns_arg = dns.display().to_string();
+    let out = certs(vec![
+        "certs".into(),
+        "--dns-cert-dir".into(),
+        dns_arg.clone(),
+    ])
+    .await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("webhook-tls"))
+        .unwrap_or_else(|| panic!("a row for webhook-tls: {text}"));
+    assert!(
+        row.contains("hook.data.svc") && row.contains("chains to root-cert.pem"),
+        "{row}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(
+        &certs(vec![
+            "certs".into(),
+            "--dns-cert-dir".into(),
+            dns_arg,
+            "-o".into(),
+            "json".into(),
+        ])
+        .await
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(v["dns_certificates"][0]["dns_names"][0], "hook.data.svc");
+    assert_eq!(v["dns_certificates"][0]["chains_to_root_cert"], true);
 }
 
 #[test]

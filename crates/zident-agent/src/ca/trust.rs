@@ -64,7 +64,7 @@ impl TrustStore {
         self.current.subscribe()
     }
 
-    /// How many times the set of roots changed.
+    /// How many times the set of roots changed (a change of JWT-SVID keys alone is not counted).
     pub fn change_count(&self) -> u64 {
         self.changes.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -141,8 +141,21 @@ impl TrustStore {
         }
         drop(sources);
         self.current.send_if_modified(|current| {
-            if current.roots() == next.roots() && current.jwt_keys() == next.jwt_keys() {
-                return false;
+            if current.roots() == next.roots() {
+                if current.jwt_keys() == next.jwt_keys() {
+                    return false;
+                }
+                // Only the JWT-SVID keys: streams of JWT bundles follow; the count of root
+                // changes does not move.
+                next.set_sequence(current.sequence() + 1);
+                tracing::info!(
+                    target: "zident::identity",
+                    jwt_keys = next.jwt_keys().len(),
+                    sequence = next.sequence(),
+                    "JWT-SVID keys changed (from {cause})"
+                );
+                *current = Arc::new(next);
+                return true;
             }
             let added = next.roots().iter().filter(|r| !current.contains(r)).count();
             let removed = current.roots().iter().filter(|r| !next.contains(r)).count();

@@ -30,6 +30,27 @@ pub struct CertsReport {
     pub clock_skew_seconds: Option<f64>,
     /// Beyond this (seconds) the clocks count as skewed.
     pub clock_skew_threshold_seconds: f64,
+    /// The `kid`s of the JWT-SVID keys this node trusts (from the CA's bundle).
+    #[serde(default)]
+    pub jwt_keys: Vec<String>,
+    /// The JWT-SVIDs held for the node's workloads.
+    #[serde(default)]
+    pub jwt_svids: Vec<JwtSvidReport>,
+}
+
+/// A JWT-SVID the agent holds (never the token itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JwtSvidReport {
+    /// `sub`.
+    pub spiffe_id: String,
+    /// `aud`.
+    pub audience: Vec<String>,
+    /// The key that signed it.
+    pub kid: String,
+    /// `iat`.
+    pub issued_at: String,
+    /// `exp`.
+    pub expires: String,
 }
 
 /// One identity: its state, and the last certificate received for it.
@@ -173,6 +194,22 @@ impl CertsReport {
             now: rfc3339(SystemTime::now()),
             clock_skew_seconds: manager.ca().clock().offset(),
             clock_skew_threshold_seconds: manager.ca().clock().threshold().as_secs_f64(),
+            jwt_keys: bundle
+                .jwt_keys()
+                .iter()
+                .map(|k| k.kid().to_owned())
+                .collect(),
+            jwt_svids: manager
+                .jwt_svids()
+                .iter()
+                .map(|j| JwtSvidReport {
+                    spiffe_id: j.id.to_string(),
+                    audience: j.audience.clone(),
+                    kid: j.kid.clone(),
+                    issued_at: rfc3339(j.issued_at),
+                    expires: rfc3339(j.expiry),
+                })
+                .collect(),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! optionally, PEM files per workload.
 //!
 //! Layout, under the configured directories: `<dir>/<namespace>/<workload name>/agent.sock`
-//! (mount that one directory into the workload) and `<svid-dir>/<namespace>/<workload name>/`
+//! and, for an Envoy, `<dir>/<namespace>/<workload name>/workload-spiffe-uds/socket` (SDS;
+//! both serve both APIs; mount that one directory into the workload) and `<svid-dir>/<namespace>/<workload name>/`
 //! `{svid.pem, svid_key.pem, bundle.pem}`. Directories are 0700 and sockets 0600: only the
 //! agent's user, and whoever the directory is mounted for, get in. Sockets and files appear and
 //! disappear with the workloads in the mesh file; a workload whose identity changes keeps its
@@ -10,6 +11,7 @@
 
 pub mod attest;
 mod files;
+pub mod sds;
 mod service;
 pub mod shared;
 mod uds_h2;
@@ -34,10 +36,10 @@ struct Served {
     run_as: Option<crate::unix_users::RunAs>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    /// The socket and the file it was bound as (device, inode): a socket bound later at the
-    /// same path for the same workload (a new identity) is another file, and must survive the
-    /// old one's clean-up.
-    socket: Option<(PathBuf, (u64, u64))>,
+    /// The sockets (Workload API, then SDS) and the files they were bound as (device, inode):
+    /// a socket bound later at the same path for the same workload (a new identity) is another
+    /// file, and must survive the old one's clean-up.
+    sockets: Vec<(PathBuf, (u64, u64))>,
     /// The SVID file directory.
     files: Option<PathBuf>,
 }
@@ -55,17 +57,16 @@ impl Served {
             for t in self.tasks {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
             }
-            let (socket, files) = (self.socket, self.files);
+            let (sockets, files) = (self.sockets, self.files);
             let _ = tokio::task::spawn_blocking(move || {
                 let served = map.lock().unwrap_or_else(|e| e.into_inner());
                 // Served again (a new identity, or re-added): its new socket is at this path.
                 // Otherwise remove the socket if it is still the one bound here (an inode can
                 // be reused, so the identity check alone would not do).
-                if let Some((path, ours)) = socket
-                    && !served.contains_key(&key)
-                    && file_id(&path).is_some_and(|now| now == ours)
-                {
-                    let _ = std::fs::remove_file(&path);
+                for (path, ours) in sockets {
+                    if !served.contains_key(&key) && file_id(&path).is_some_and(|now| now == ours) {
+                        let _ = std::fs::remove_file(&path);
+                    }
                 }
                 if let Some(dir) = files
                     && !served.contains_key(&key)
@@ -113,10 +114,10 @@ impl<P> Drop for Delivery<P> {
             for t in &s.tasks {
                 t.abort();
             }
-            if let Some((socket, ours)) = &s.socket
-                && file_id(socket).is_some_and(|now| now == *ours)
-            {
-                let _ = std::fs::remove_file(socket);
+            for (socket, ours) in &s.sockets {
+                if file_id(socket).is_some_and(|now| now == *ours) {
+                    let _ = std::fs::remove_file(socket);
+                }
             }
         }
     }
@@ -178,13 +179,23 @@ impl<P: CertificateProvider> Delivery<P> {
             .map(|d| d.join(namespace).join(name).join("agent.sock"))
     }
 
+    /// The SDS socket of a workload (istio-agent's path, under the workload's directory).
+    pub fn sds_socket_path(&self, namespace: &str, name: &str) -> Option<PathBuf> {
+        self.config.socket_dir.as_ref().map(|d| {
+            d.join(namespace)
+                .join(name)
+                .join(SDS_SOCKET_DIR)
+                .join("socket")
+        })
+    }
+
     /// The socket of the first workload served (for showing where sockets are).
     pub fn first_socket(&self) -> Option<PathBuf> {
         self.served
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .find_map(|s| s.socket.as_ref().map(|(p, _)| p.clone()))
+            .find_map(|s| s.sockets.first().map(|(p, _)| p.clone()))
     }
 
     /// Serves exactly `workloads`: new ones get a socket (and files), gone ones lose theirs, and a
@@ -235,9 +246,20 @@ impl<P: CertificateProvider> Delivery<P> {
     fn serve(&self, w: &LocalWorkload) -> std::io::Result<Served> {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let mut socket = None;
-        if let Some(path) = self.socket_path(&w.namespace, &w.name) {
-            let listener = bind_private(&path, w.run_as)?;
+        let mut sockets = Vec::new();
+        // The Workload API socket, and the SDS socket where istio-agent puts it; each serves
+        // both APIs, as the same workload.
+        let paths = [
+            (
+                self.socket_path(&w.namespace, &w.name),
+                2,
+                "the Workload API",
+            ),
+            (self.sds_socket_path(&w.namespace, &w.name), 3, "Envoy SDS"),
+        ];
+        for (path, depth, what) in paths {
+            let Some(path) = path else { continue };
+            let listener = bind_private(&path, w.run_as, depth)?;
             let bound_as = file_id(&path).ok_or_else(|| {
                 std::io::Error::other(format!("{} vanished as it was bound", path.display()))
             })?;
@@ -250,8 +272,8 @@ impl<P: CertificateProvider> Delivery<P> {
                 self.provider.clone(),
                 stop_rx.clone(),
             )));
-            tracing::info!(target: "zident::identity", socket = %path.display(), "serving the Workload API for {}", w.id);
-            socket = Some((path, bound_as));
+            tracing::info!(target: "zident::identity", socket = %path.display(), "serving {what} for {}", w.id);
+            sockets.push((path, bound_as));
         }
         let mut files_dir = None;
         if let (Some(dir), Some(status)) = (&self.config.svid_dir, self.provider.watch(&w.id)) {
@@ -271,17 +293,22 @@ impl<P: CertificateProvider> Delivery<P> {
             run_as: w.run_as,
             stop,
             tasks,
-            socket,
+            sockets,
             files: files_dir,
         })
     }
 }
 
+/// The directory of a workload's SDS socket, under its own directory (istio-agent's name).
+pub const SDS_SOCKET_DIR: &str = "workload-spiffe-uds";
+
 /// Binds a Unix socket at `path` in a 0700 directory, with the socket itself 0600, both owned
-/// by the workload's declared user and group (if any), so that it needs no root.
+/// by the workload's declared user and group (if any), so that it needs no root. `depth`: how
+/// many directories above the socket's lie under the socket root (they are made traversable).
 fn bind_private(
     path: &Path,
     owner: Option<crate::unix_users::RunAs>,
+    depth: usize,
 ) -> std::io::Result<tokio::net::UnixListener> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -295,8 +322,9 @@ fn bind_private(
     if let Some(o) = owner {
         std::os::unix::fs::chown(dir, Some(o.uid), o.gid)?;
         std::os::unix::fs::chown(path, Some(o.uid), o.gid)?;
-        // `<dir>/<namespace>` and `<dir>` must let the workload's user through (not list).
-        traversable(dir, 2)?;
+        // `<dir>/<namespace>` and `<dir>` (and the workload's own directory, for the SDS
+        // socket) must let the workload's user through (not list).
+        traversable(dir, depth)?;
     }
     Ok(listener)
 }

@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 use zident_identity::{CertificateProvider, SpiffeId};
+use zident_proto::sds::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 use super::attest::{Attested, Method, Peer, attest};
@@ -67,6 +68,8 @@ pub struct Clients {
     next: AtomicU64,
     /// Attestations by outcome.
     pub attestations: Family<AttestationLabel, Counter>,
+    /// SDS pushes, ACKs, NACKs and refusals.
+    pub sds: super::sds::SdsEvents,
 }
 
 impl Clients {
@@ -201,17 +204,24 @@ pub(crate) async fn serve_connection<P: CertificateProvider>(
     socket: String,
     identity: Result<SpiffeId, String>,
     provider: Arc<P>,
+    sds_events: super::sds::SdsEvents,
     connection: watch::Receiver<bool>,
     agent: watch::Receiver<bool>,
 ) {
     let mut stop = either(connection, agent);
+    let sds = SecretDiscoveryServiceServer::new(super::sds::SdsService::new(
+        identity.clone(),
+        provider.clone(),
+        stop.clone(),
+        sds_events,
+    ));
     let service = WorkloadApiService::for_caller(identity, provider, stop.clone());
+    // Both APIs on every socket: a SPIFFE library and an Envoy each find theirs.
+    let routes =
+        tonic::service::Routes::new(SpiffeWorkloadApiServer::new(service)).add_service(sds);
     let io = super::uds_h2::relay(stream, socket);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http2_only();
-    let conn = builder.serve_connection(
-        TokioIo::new(io),
-        TowerToHyperService::new(SpiffeWorkloadApiServer::new(service)),
-    );
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(routes));
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
@@ -265,10 +275,20 @@ pub(crate) async fn accept<P: CertificateProvider>(
         let (conn_stop, conn_stop_rx) = watch::channel(false);
         let listed = clients.enter(peer, shown.clone(), &attested, conn_stop);
         let (provider, socket, agent_stop) = (provider.clone(), shown.clone(), stop.clone());
+        let sds_events = clients.sds.clone();
         tokio::spawn(async move {
             let _listed = listed;
             let identity = attested.map(|(id, _)| id);
-            serve_connection(stream, socket, identity, provider, conn_stop_rx, agent_stop).await;
+            serve_connection(
+                stream,
+                socket,
+                identity,
+                provider,
+                sds_events,
+                conn_stop_rx,
+                agent_stop,
+            )
+            .await;
         });
     }
 }
