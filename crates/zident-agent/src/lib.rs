@@ -416,11 +416,16 @@ fn initial_mesh(config: &AgentConfig) -> Result<Start, AgentError> {
 /// Keeps the trust bundle metrics in step with the store.
 async fn track_bundle(trust: Arc<trust::TrustStore>, metrics: Arc<AgentMetrics>) {
     let mut rx = trust.subscribe();
-    metrics.set_bundle(&rx.borrow_and_update().clone());
-    // Only changes after the start count, as the trust store's own count does.
+    let mut roots = rx.borrow_and_update().clone();
+    metrics.set_bundle(&roots);
+    // Only changes of the roots after the start count, as the trust store's own count does (a
+    // change of the JWT-SVID keys alone is not one).
     while rx.changed().await.is_ok() {
         let bundle = rx.borrow_and_update().clone();
-        metrics.set_bundle(&bundle);
-        metrics.bundle_changes.inc();
+        if bundle.roots() != roots.roots() {
+            metrics.set_bundle(&bundle);
+            metrics.bundle_changes.inc();
+            roots = bundle;
+        }
     }
 }

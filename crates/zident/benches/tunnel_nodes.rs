@@ -1,0 +1,942 @@
+//! The tunnel as users lay it out: two nodes, each in its own network namespace, joined by a
+//! veth pair; zident against a real ztunnel pair and a stunnel pair on the same layout, in
+//! paired rounds of one run.
+//!
+//! Run: `scripts/bench-tunnel nodes [ROUNDS MIB SECONDS CONCURRENCY PINGS]` as root (defaults
+//! 3 1024 3 64 2000), with `ZTUNNEL_BIN` naming a ztunnel built from istio/ztunnel (without it
+//! the ztunnel column is left out, with a message). Every proxy runs with one worker thread and
+//! its access log on.
+//!
+//! Layout, per product (zident, ztunnel, stunnel), so that none shares a port or a kernel
+//! queue with another: node A (`10.6k.0.1`, the client workload's addresses `10.6k.1.10-25` on
+//! its loopback) and node B (`10.6k.0.2`, the server workload at `10.6k.2.10`), joined by one
+//! veth pair that carries the tunnel. `zident ca` runs in a namespace of its own with a link
+//! to each node (control plane only). The client and the server workloads are this same
+//! program, run inside the nodes' namespaces (`ip netns exec`), so no byte of the data path
+//! crosses the benchmark's own process.
+//!
+//! Measured per round, for each product in turn (the order rotates): bulk MiB/s of one
+//! connection, new connections/s with CONCURRENCY clients (one byte echoed on each), the CPU
+//! time both proxies spent per GiB and per 1,000 connections, and the round trip of one byte
+//! on an open tunnel (p50, p99). RSS of each proxy is read before the first round (idle, the
+//! tunnel warmed once) and after the last.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+const SINK_PORT: u16 = 9000;
+const ECHO_PORT: u16 = 9001;
+const SOCKS_PORT: u16 = 15080;
+const CLIENT_IPS: u8 = 16;
+
+/// A child process, killed when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `program args` inside namespace `ns`, its output to `log`.
+fn spawn_in(ns: &str, program: &Path, args: &[&str], env: &[(&str, String)], log: &Path) -> Proc {
+    let out = std::fs::File::create(log).expect("log file");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("ip netns exec");
+    Proc {
+        child,
+        log: log.to_owned(),
+    }
+}
+
+/// Namespaces, removed when dropped.
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn add(&mut self, name: String) -> String {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        // Many short connections from few addresses: reuse TIME_WAIT ports, as a busy node does.
+        for (k, v) in [
+            ("net.ipv4.tcp_tw_reuse", "1"),
+            ("net.ipv4.ip_local_port_range", "10000 65000"),
+        ] {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &name, "sysctl", "-qw", &format!("{k}={v}")])
+                .output();
+        }
+        self.0.push(name.clone());
+        name
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Joins `a` (`a_addr/prefix`) and `b` (`b_addr/prefix`) with a veth pair named `name`.
+fn link(name: &str, a: &str, a_addr: &str, b: &str, b_addr: &str) {
+    let (ea, eb) = (format!("{name}a"), format!("{name}b"));
+    ip(&[
+        "link", "add", &ea, "netns", a, "type", "veth", "peer", "name", &eb, "netns", b,
+    ]);
+    ip(&["-n", a, "addr", "add", a_addr, "dev", &ea]);
+    ip(&["-n", b, "addr", "add", b_addr, "dev", &eb]);
+    ip(&["-n", a, "link", "set", &ea, "up"]);
+    ip(&["-n", b, "link", "set", &eb, "up"]);
+}
+
+/// One product's two nodes.
+struct Pair {
+    name: &'static str,
+    k: u8,
+    a: String,
+    b: String,
+}
+
+impl Pair {
+    fn client_ip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 60 + self.k, 1, 10 + (i % CLIENT_IPS as usize) as u8)
+    }
+    fn server_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 60 + self.k, 2, 10)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The roles run inside the namespaces.
+
+/// `serve IP`: the server workload, a sink (answers the byte count at EOF) and an echo.
+async fn serve(ip: Ipv4Addr) {
+    let sink = TcpListener::bind((ip, SINK_PORT)).await.expect("sink");
+    let echo = TcpListener::bind((ip, ECHO_PORT)).await.expect("echo");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = sink.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0u64;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => total += n as u64,
+                        Err(_) => return,
+                    }
+                }
+                let _ = s.write_all(&total.to_be_bytes()).await;
+            });
+        }
+    });
+    println!("serving");
+    loop {
+        let Ok((mut s, _)) = echo.accept().await else {
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// How the client reaches the server workload.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    /// A SOCKS5 proxy on the node (zident's and ztunnel's outbound).
+    Socks(SocketAddr),
+    /// A local stunnel port per target port: `base` for the sink, `base + 1` for the echo.
+    Plain(u16),
+}
+
+async fn connect(via: Via, from: Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    let addr = match via {
+        Via::Socks(s) => s,
+        Via::Plain(base) => {
+            SocketAddr::from(([127, 0, 0, 1], base + u16::from(target.port() == ECHO_PORT)))
+        }
+    };
+    let mut s = socket.connect(addr).await?;
+    s.set_nodelay(true)?;
+    if let Via::Socks(_) = via {
+        let SocketAddr::V4(t) = target else {
+            return Err(std::io::Error::other("IPv4 targets only"));
+        };
+        let mut hello = vec![5, 1, 0, 5, 1, 0, 1];
+        hello.extend_from_slice(&t.ip().octets());
+        hello.extend_from_slice(&t.port().to_be_bytes());
+        s.write_all(&hello).await?;
+        let mut greeting = [0u8; 2];
+        s.read_exact(&mut greeting).await?;
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).await?;
+        if reply[1] != 0 {
+            return Err(std::io::Error::other(format!("SOCKS5 reply {}", reply[1])));
+        }
+    }
+    Ok(s)
+}
+
+/// `client MODE VIA CLIENT_IP_BASE SERVER_IP N [CONCURRENCY]`: one measurement, printed as one
+/// line `result <value> <failures>` (bulk: MiB/s; conns: connections/s; ping: p50_us p99_us).
+async fn client(args: &[String]) {
+    let mode = args[0].as_str();
+    let via = match args[1].split_once(':') {
+        Some(("socks", port)) => Via::Socks(SocketAddr::from((
+            [127, 0, 0, 1],
+            port.parse().expect("port"),
+        ))),
+        Some(("plain", port)) => Via::Plain(port.parse().expect("port")),
+        _ => panic!("via: socks:PORT or plain:PORT"),
+    };
+    let base: Ipv4Addr = args[2].parse().expect("client ip");
+    let from = |i: usize| {
+        let o = base.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], o[3] + (i % CLIENT_IPS as usize) as u8)
+    };
+    let server: Ipv4Addr = args[3].parse().expect("server ip");
+    let n: u64 = args[4].parse().expect("N");
+    match mode {
+        "bulk" => {
+            let target = SocketAddr::from((server, SINK_PORT));
+            let mut s = connect(via, from(0), target).await.expect("connect");
+            let chunk = vec![0x5au8; 1024 * 1024];
+            let start = Instant::now();
+            for _ in 0..n {
+                s.write_all(&chunk).await.expect("write");
+            }
+            s.shutdown().await.expect("shutdown");
+            let mut count = [0u8; 8];
+            s.read_exact(&mut count).await.expect("count");
+            let secs = start.elapsed().as_secs_f64();
+            assert_eq!(u64::from_be_bytes(count), n * 1024 * 1024, "bytes lost");
+            println!("result {} 0", n as f64 / secs);
+        }
+        "conns" => {
+            let concurrency: usize = args[5].parse().expect("concurrency");
+            let target = SocketAddr::from((server, ECHO_PORT));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let mut tasks = Vec::new();
+            let start = Instant::now();
+            for i in 0..concurrency {
+                let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+                let from = from(i);
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let one = async {
+                            let mut s = connect(via, from, target).await?;
+                            s.write_all(b"x").await?;
+                            let mut b = [0u8; 1];
+                            s.read_exact(&mut b).await?;
+                            Ok::<_, std::io::Error>(())
+                        };
+                        match tokio::time::timeout(Duration::from_secs(10), one).await {
+                            Ok(Ok(())) => done.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_secs(n)).await;
+            stop.store(true, Ordering::Relaxed);
+            for t in tasks {
+                let _ = t.await;
+            }
+            let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+            println!("result {rate} {}", failed.load(Ordering::Relaxed));
+        }
+        "ping" => {
+            let target = SocketAddr::from((server, ECHO_PORT));
+            let mut s = connect(via, from(0), target).await.expect("connect");
+            let mut rtts = Vec::with_capacity(n as usize);
+            let mut b = [0u8; 1];
+            // A few unmeasured round trips first: the tunnel's stream is open on both sides.
+            for i in 0..(n + 50) {
+                let t = Instant::now();
+                s.write_all(b"p").await.expect("write");
+                s.read_exact(&mut b).await.expect("read");
+                if i >= 50 {
+                    rtts.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            rtts.sort_by(|a, b| a.total_cmp(b));
+            let at = |q: f64| rtts[((rtts.len() as f64 * q) as usize).min(rtts.len() - 1)];
+            println!("result {} {}", at(0.5), at(0.99));
+        }
+        other => panic!("mode {other}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The benchmark.
+
+fn this_program() -> PathBuf {
+    std::env::current_exe().expect("current exe")
+}
+
+/// One measurement run by the client role in `pair`'s node A.
+fn measure(pair: &Pair, via: &str, mode: &str, n: u64, extra: &[String]) -> (f64, f64) {
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        pair.a.clone(),
+        this_program().display().to_string(),
+        "client".into(),
+        mode.into(),
+        via.into(),
+        pair.client_ip(0).to_string(),
+        pair.server_ip().to_string(),
+        n.to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    let out = Command::new("ip")
+        .args(&args)
+        .output()
+        .expect("client runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("result "))
+        .unwrap_or_else(|| {
+            panic!(
+                "{} {mode} failed: {text}{}",
+                pair.name,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let mut it = line
+        .split(' ')
+        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
+    (it.next().unwrap_or(f64::NAN), it.next().unwrap_or(f64::NAN))
+}
+
+/// A product under test: its pair, how its client reaches it, and its proxies' pids.
+struct Product {
+    pair: Pair,
+    via: String,
+    procs: Vec<Proc>,
+}
+
+impl Product {
+    fn cpu(&self) -> Duration {
+        self.procs
+            .iter()
+            .map(|p| common::process_cpu(p.pid()))
+            .sum()
+    }
+    fn rss_mib(&self) -> Vec<f64> {
+        self.procs
+            .iter()
+            .map(|p| common::process_rss(p.pid()) as f64 / (1024.0 * 1024.0))
+            .collect()
+    }
+    fn logs(&self) -> String {
+        self.procs
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                format!(
+                    "--- {} ---\n{}\n",
+                    p.log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect()
+    }
+}
+
+fn wait_until(
+    what: &str,
+    deadline: Duration,
+    mut ok: impl FnMut() -> bool,
+    logs: impl Fn() -> String,
+) {
+    let until = Instant::now() + deadline;
+    while !ok() {
+        assert!(
+            Instant::now() < until,
+            "{what} within {deadline:?}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// P-256 certificates for the stunnel pair: one CA, a server and a client certificate.
+fn stunnel_certs(dir: &Path) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bench stunnel CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).expect("issuer");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
+    for name in ["server", "client"] {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec![format!("{name}.bench")]).expect("params");
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    common::median(v.to_vec())
+}
+
+fn spread(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.2}–{max:.2}")
+}
+
+fn bench(args: &[usize]) {
+    let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
+    let (rounds, mib, seconds, concurrency, pings) = (
+        arg(0, 3).max(1),
+        arg(1, 1024),
+        arg(2, 3),
+        arg(3, 64),
+        arg(4, 2000),
+    );
+    let ztunnel = std::env::var_os("ZTUNNEL_BIN").map(PathBuf::from);
+    if ztunnel.is_none() {
+        println!(
+            "ZTUNNEL_BIN is not set: the ztunnel column is left out (build ztunnel from istio/ztunnel, see BENCHMARKS.md)"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let p = |f: &str| d.join(f);
+    let tag = std::process::id() % 10_000;
+    let mut ns = Namespaces(Vec::new());
+    let cp = ns.add(format!("zb{tag}-cp"));
+    let mut pairs = Vec::new();
+    for (k, name) in [(1u8, "zident"), (2, "ztunnel"), (3, "stunnel")] {
+        if name == "ztunnel" && ztunnel.is_none() {
+            continue;
+        }
+        let a = ns.add(format!("zb{tag}-{k}a"));
+        let b = ns.add(format!("zb{tag}-{k}b"));
+        let net = 60 + k;
+        // The data link between the two nodes.
+        link(
+            &format!("zb{tag}d{k}"),
+            &a,
+            &format!("10.{net}.0.1/24"),
+            &b,
+            &format!("10.{net}.0.2/24"),
+        );
+        for i in 0..CLIENT_IPS {
+            ip(&[
+                "-n",
+                &a,
+                "addr",
+                "add",
+                &format!("10.{net}.1.{}/32", 10 + i),
+                "dev",
+                "lo",
+            ]);
+        }
+        ip(&[
+            "-n",
+            &b,
+            "addr",
+            "add",
+            &format!("10.{net}.2.10/32"),
+            "dev",
+            "lo",
+        ]);
+        ip(&[
+            "-n",
+            &a,
+            "route",
+            "add",
+            &format!("10.{net}.2.0/24"),
+            "via",
+            &format!("10.{net}.0.2"),
+        ]);
+        ip(&[
+            "-n",
+            &b,
+            "route",
+            "add",
+            &format!("10.{net}.1.0/24"),
+            "via",
+            &format!("10.{net}.0.1"),
+        ]);
+        // Control-plane links to the CA's namespace.
+        for (side, node) in [(0u8, &a), (1u8, &b)] {
+            let j = k * 2 + side;
+            link(
+                &format!("zb{tag}c{j}"),
+                &cp,
+                &format!("10.59.{j}.1/24"),
+                node,
+                &format!("10.59.{j}.2/24"),
+            );
+        }
+        pairs.push(Pair { name, k, a, b });
+    }
+
+    // The mesh: zident's two nodes, and ztunnel's two workloads with their own tokens.
+    let client_ips = |k: u8| {
+        (0..CLIENT_IPS)
+            .map(|i| format!("'10.{}.1.{}'", 60 + k, 10 + i))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mesh = format!(
+        "trustDomain: cluster.local\n\
+nodes:\n- {{name: node-za, token: token-za}}\n- {{name: node-zb, token: token-zb}}\n\
+identities:\n- {{spiffeId: spiffe://cluster.local/ns/bench/sa/client-t, token: token-ta}}\n\
+- {{spiffeId: spiffe://cluster.local/ns/bench/sa/server-t, token: token-tb}}\n\
+workloads:\n\
+- {{uid: client-z, name: client-z, namespace: bench, serviceAccount: client-z, node: node-za, workloadIps: [{}], protocol: HBONE}}\n\
+- {{uid: server-z, name: server-z, namespace: bench, serviceAccount: server-z, node: node-zb, workloadIps: ['10.61.2.10'], protocol: HBONE}}\n\
+- {{uid: client-t, name: client-t, namespace: bench, serviceAccount: client-t, node: node-ta, workloadIps: [{}], protocol: HBONE}}\n\
+- {{uid: server-t, name: server-t, namespace: bench, serviceAccount: server-t, node: node-tb, workloadIps: ['10.62.2.10'], protocol: HBONE}}\n",
+        client_ips(1),
+        client_ips(2),
+    );
+    std::fs::write(p("mesh.yaml"), mesh).expect("mesh");
+    std::fs::write(p("token-ta"), "token-ta").expect("token");
+    std::fs::write(p("token-tb"), "token-tb").expect("token");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_zident"));
+    let mut ca_args = vec![
+        "ca".to_string(),
+        "--config".into(),
+        p("mesh.yaml").display().to_string(),
+        "--data-dir".into(),
+        p("ca").display().to_string(),
+        "--listen".into(),
+        "0.0.0.0:15012".into(),
+        "--metrics-addr".into(),
+        "127.0.0.1:15014".into(),
+    ];
+    for j in 2..=7 {
+        ca_args.push("--dns-name".into());
+        ca_args.push(format!("10.59.{j}.1"));
+    }
+    let ca_args: Vec<&str> = ca_args.iter().map(String::as_str).collect();
+    let _ca = spawn_in(&cp, &bin, &ca_args, &[], &p("ca.log"));
+    let root = p("ca/root-cert.pem");
+    wait_until(
+        "the CA publishes its root",
+        Duration::from_secs(30),
+        || root.exists(),
+        || std::fs::read_to_string(p("ca.log")).unwrap_or_default(),
+    );
+    let root_s = root.display().to_string();
+
+    let mut products = Vec::new();
+    let mut servers = Vec::new();
+    for pair in pairs {
+        let (a, b) = (pair.a.clone(), pair.b.clone());
+        let ca_of = |side: u8| format!("10.59.{}.1:15012", pair.k * 2 + side);
+        servers.push(spawn_in(
+            &b,
+            &this_program(),
+            &["serve", &pair.server_ip().to_string()],
+            &[],
+            &p(&format!("serve-{}.log", pair.name)),
+        ));
+        let procs = match pair.name {
+            "zident" => {
+                let agent = |node: &str, token: &str, side: u8, ns: &str| {
+                    spawn_in(
+                        ns,
+                        &bin,
+                        &[
+                            "agent",
+                            "--config",
+                            &p("mesh.yaml").display().to_string(),
+                            "--node",
+                            node,
+                            "--auth-token",
+                            token,
+                            "--ca-address",
+                            &ca_of(side),
+                            "--ca-root-ca",
+                            &root_s,
+                            "--secret-ttl",
+                            "1h",
+                            "--no-workload-api",
+                            "--socks5-addr",
+                            &format!("127.0.0.1:{SOCKS_PORT}"),
+                            "--outbound-addr",
+                            "127.0.0.1:15001",
+                        ],
+                        &[("ZIDENT_WORKER_THREADS", "1".into())],
+                        &p(&format!("agent-{node}.log")),
+                    )
+                };
+                vec![
+                    agent("node-za", "token-za", 0, &a),
+                    agent("node-zb", "token-zb", 1, &b),
+                ]
+            }
+            "ztunnel" => {
+                let zt = ztunnel.clone().expect("ztunnel");
+                let run = |who: &str, node: &str, token: &str, side: u8, ns: &str, ip: String| {
+                    let ca = format!("https://{}", ca_of(side));
+                    spawn_in(
+                        ns,
+                        &zt,
+                        &["proxy", "ztunnel"],
+                        &[
+                            ("XDS_ADDRESS", ca.clone()),
+                            ("CA_ADDRESS", ca),
+                            ("XDS_ROOT_CA", root_s.clone()),
+                            ("CA_ROOT_CA", root_s.clone()),
+                            ("AUTH_TOKEN", p(token).display().to_string()),
+                            ("PROXY_MODE", "dedicated".into()),
+                            ("PROXY_WORKLOAD_INFO", format!("bench/{who}/{who}")),
+                            ("UNSTABLE_ENABLE_SOCKS5", "true".into()),
+                            ("ENABLE_ORIG_SRC", "false".into()),
+                            ("INSTANCE_IP", ip),
+                            ("NODE_NAME", node.to_string()),
+                            ("ZTUNNEL_WORKER_THREADS", "1".into()),
+                            ("RUST_LOG", "info".into()),
+                        ],
+                        &p(&format!("ztunnel-{who}.log")),
+                    )
+                };
+                vec![
+                    run(
+                        "client-t",
+                        "node-ta",
+                        "token-ta",
+                        0,
+                        &a,
+                        pair.client_ip(0).to_string(),
+                    ),
+                    run(
+                        "server-t",
+                        "node-tb",
+                        "token-tb",
+                        1,
+                        &b,
+                        pair.server_ip().to_string(),
+                    ),
+                ]
+            }
+            _ => {
+                stunnel_certs(d);
+                let f = |n: &str| p(n).display().to_string();
+                let server_ip = pair.server_ip();
+                let server_conf = format!(
+                    "foreground = yes\npid =\ndebug = 5\n\
+[sink]\naccept = {server_ip}:4433\nconnect = {server_ip}:{SINK_PORT}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\nsslVersionMin = TLSv1.3\n\
+[echo]\naccept = {server_ip}:4434\nconnect = {server_ip}:{ECHO_PORT}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\nsslVersionMin = TLSv1.3\n",
+                    f("server.pem"),
+                    f("server.key"),
+                    f("ca.pem"),
+                    f("server.pem"),
+                    f("server.key"),
+                    f("ca.pem"),
+                );
+                let client_conf = format!(
+                    "foreground = yes\npid =\ndebug = 5\n\
+[sink]\nclient = yes\naccept = 127.0.0.1:{SOCKS_PORT}\nconnect = {server_ip}:4433\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\ncheckHost = server.bench\nsslVersionMin = TLSv1.3\n\
+[echo]\nclient = yes\naccept = 127.0.0.1:{}\nconnect = {server_ip}:4434\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\ncheckHost = server.bench\nsslVersionMin = TLSv1.3\n",
+                    f("client.pem"),
+                    f("client.key"),
+                    f("ca.pem"),
+                    SOCKS_PORT + 1,
+                    f("client.pem"),
+                    f("client.key"),
+                    f("ca.pem"),
+                );
+                std::fs::write(p("stunnel-server.conf"), server_conf).expect("conf");
+                std::fs::write(p("stunnel-client.conf"), client_conf).expect("conf");
+                let stunnel = PathBuf::from("/usr/bin/stunnel");
+                vec![
+                    spawn_in(
+                        &a,
+                        &stunnel,
+                        &[&f("stunnel-client.conf")],
+                        &[],
+                        &p("stunnel-client.log"),
+                    ),
+                    spawn_in(
+                        &b,
+                        &stunnel,
+                        &[&f("stunnel-server.conf")],
+                        &[],
+                        &p("stunnel-server.log"),
+                    ),
+                ]
+            }
+        };
+        let via = if pair.name == "stunnel" {
+            format!("plain:{SOCKS_PORT}")
+        } else {
+            format!("socks:{SOCKS_PORT}")
+        };
+        products.push(Product { pair, via, procs });
+    }
+
+    // Warm up: each path carries a connection end to end (certificates fetched, xDS in).
+    for prod in &products {
+        wait_until(
+            &format!("{} carries a connection", prod.pair.name),
+            Duration::from_secs(90),
+            || {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &prod.pair.a])
+                    .arg(this_program())
+                    .args([
+                        "client",
+                        "ping",
+                        &prod.via,
+                        &prod.pair.client_ip(0).to_string(),
+                        &prod.pair.server_ip().to_string(),
+                        "10",
+                    ])
+                    .output();
+                out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("result "))
+            },
+            || prod.logs(),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let idle: Vec<Vec<f64>> = products.iter().map(Product::rss_mib).collect();
+
+    println!(
+        "tunnel across two network namespaces (veth): {rounds} rounds; bulk {mib} MiB on one connection; new connections for {seconds} s with {concurrency} clients; {pings} one-byte round trips"
+    );
+    let n = products.len();
+    let mut bulk = vec![Vec::new(); n];
+    let mut conns = vec![Vec::new(); n];
+    let mut cpu_gib = vec![Vec::new(); n];
+    let mut cpu_kconn = vec![Vec::new(); n];
+    let mut p50 = vec![Vec::new(); n];
+    let mut p99 = vec![Vec::new(); n];
+    let mut failures = vec![0.0; n];
+    for round in 0..rounds {
+        let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
+        for &i in &order {
+            let prod = &products[i];
+            let before = prod.cpu();
+            let (v, _) = measure(&prod.pair, &prod.via, "bulk", mib as u64, &[]);
+            let cpu = (prod.cpu() - before).as_secs_f64();
+            bulk[i].push(v);
+            cpu_gib[i].push(cpu / (mib as f64 / 1024.0));
+            println!(
+                "  round {round}: {:<8} bulk {v:>7.0} MiB/s, {:.2} CPU s/GiB",
+                prod.pair.name,
+                cpu / (mib as f64 / 1024.0)
+            );
+        }
+        for &i in &order {
+            let prod = &products[i];
+            let before = prod.cpu();
+            let (v, failed) = measure(
+                &prod.pair,
+                &prod.via,
+                "conns",
+                seconds as u64,
+                &[concurrency.to_string()],
+            );
+            let cpu = (prod.cpu() - before).as_secs_f64();
+            let per_k = cpu / (v * seconds as f64 / 1000.0);
+            conns[i].push(v);
+            cpu_kconn[i].push(per_k);
+            failures[i] += failed;
+            println!(
+                "  round {round}: {:<8} {v:>7.0} connections/s ({failed} failed), {per_k:.3} CPU s/1000",
+                prod.pair.name
+            );
+        }
+        for &i in &order {
+            let prod = &products[i];
+            let (a, b) = measure(&prod.pair, &prod.via, "ping", pings as u64, &[]);
+            p50[i].push(a);
+            p99[i].push(b);
+            println!(
+                "  round {round}: {:<8} 1-byte round trip p50 {a:.0} µs, p99 {b:.0} µs",
+                prod.pair.name
+            );
+        }
+    }
+    let after: Vec<Vec<f64>> = products.iter().map(Product::rss_mib).collect();
+
+    println!();
+    let names: Vec<&str> = products.iter().map(|p| p.pair.name).collect();
+    println!("| median of {rounds} rounds | {} |", names.join(" | "));
+    println!("|---|{}", "---|".repeat(n));
+    let row = |label: &str, v: &[Vec<f64>], digits: usize| {
+        let cells: Vec<String> = v
+            .iter()
+            .map(|x| format!("{:.*}", digits, median(x)))
+            .collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    };
+    row("bulk MiB/s, 1 connection", &bulk, 0);
+    row(
+        &format!("new connections/s, {concurrency} clients"),
+        &conns,
+        0,
+    );
+    row("CPU s per GiB (both proxies)", &cpu_gib, 2);
+    row("CPU s per 1,000 connections", &cpu_kconn, 3);
+    row("1-byte round trip p50, µs", &p50, 0);
+    row("1-byte round trip p99, µs", &p99, 0);
+    let rss: Vec<String> = idle
+        .iter()
+        .zip(&after)
+        .map(|(i, a)| {
+            let show = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
+            format!("{} → {}", show(i), show(a))
+        })
+        .collect();
+    println!(
+        "| RSS MiB per proxy (A/B), idle → after | {} |",
+        rss.join(" | ")
+    );
+    println!(
+        "| failed connections | {} |",
+        failures
+            .iter()
+            .map(|f| format!("{f:.0}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!();
+
+    // zident against each other product, round by round (paired: same machine state).
+    for (j, other) in names.iter().enumerate().skip(1) {
+        let ratios = |v: &[Vec<f64>], invert: bool| -> (f64, String, String) {
+            let r: Vec<f64> = v[0]
+                .iter()
+                .zip(&v[j])
+                .map(|(z, o)| if invert { o / z } else { z / o })
+                .collect();
+            let shown = r
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (median(&r), shown, spread(&r))
+        };
+        let (b, bs, bsp) = ratios(&bulk, false);
+        let (c, cs, csp) = ratios(&conns, false);
+        let (g, gs, gsp) = ratios(&cpu_gib, false);
+        let (l, ls, lsp) = ratios(&p50, false);
+        println!(
+            "zident / {other}: bulk {b:.2} (rounds {bs}; spread {bsp}), connections/s {c:.2} ({cs}; {csp}), CPU per GiB {g:.2} ({gs}; {gsp}), latency p50 {l:.2} ({ls}; {lsp})"
+        );
+    }
+    println!(
+        "idle RSS per proxy, MiB: {}",
+        names
+            .iter()
+            .zip(&idle)
+            .map(|(n, v)| format!(
+                "{n} {}",
+                v.iter()
+                    .map(|x| format!("{x:.1}"))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    drop(servers);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => {
+            let ip: Ipv4Addr = args[1].parse().expect("ip");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(serve(ip));
+        }
+        Some("client") => {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(if args[1] == "conns" { 2 } else { 1 })
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(client(&args[1..]));
+        }
+        _ => {
+            if !Path::new("/run/netns").exists()
+                && Command::new("ip").args(["netns", "list"]).output().is_err()
+            {
+                println!("SKIPPED: needs `ip` (iproute2) and root for network namespaces");
+                return;
+            }
+            let numbers: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+            bench(&numbers);
+        }
+    }
+}
