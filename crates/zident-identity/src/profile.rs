@@ -149,11 +149,7 @@ pub fn serving_params(
         .iter()
         .map(|n| match n.parse::<std::net::IpAddr>() {
             Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => n
-                .clone()
-                .try_into()
-                .map(SanType::DnsName)
-                .map_err(|_| ProfileError::BadDnsName(n.clone())),
+            Err(_) => dns_san(n),
         })
         .collect::<Result<_, _>>()?;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -174,12 +170,7 @@ pub fn dns_params(
     let mut p = end_entity(trust_domain.as_str(), now, ttl, signer_not_after)?;
     p.subject_alt_names = dns_names
         .iter()
-        .map(|n| {
-            n.clone()
-                .try_into()
-                .map(SanType::DnsName)
-                .map_err(|_| ProfileError::BadDnsName(n.clone()))
-        })
+        .map(|n| dns_san(n))
         .collect::<Result<_, _>>()?;
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -190,6 +181,13 @@ pub fn dns_params(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     Ok(p)
+}
+
+fn dns_san(name: &str) -> Result<SanType, ProfileError> {
+    name.to_owned()
+        .try_into()
+        .map(SanType::DnsName)
+        .map_err(|_| ProfileError::BadDnsName(name.to_owned()))
 }
 
 fn org_name(trust_domain: &str) -> DistinguishedName {

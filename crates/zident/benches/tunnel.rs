@@ -97,26 +97,6 @@ fn start_agent(dir: &Path, ca: &common::Ca, node: &str, token: &str, args: &[Str
     Proc(child)
 }
 
-/// P-256 certificates for a stunnel pair: one CA, a server and a client certificate.
-fn stunnel_certs(dir: &Path) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "bench stunnel CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
-    let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).expect("issuer");
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
-    for name in ["server", "client"] {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let params = rcgen::CertificateParams::new(vec![format!("{name}.bench")]).expect("params");
-        let cert = params.signed_by(&key, &issuer).expect("sign");
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
-    }
-}
-
 /// Starts one stunnel with `config`, waiting until `accept` takes connections.
 async fn start_stunnel(dir: &Path, name: &str, config: String, accept: SocketAddr) -> Proc {
     let path = dir.join(format!("{name}.conf"));
@@ -179,45 +159,6 @@ impl Path3 {
             }
         }
         Ok(s)
-    }
-}
-
-/// Reads everything until EOF, then answers with the count (8 bytes).
-async fn sink(listener: TcpListener) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut total = 0u64;
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => total += n as u64,
-                    Err(_) => return,
-                }
-            }
-            let _ = s.write_all(&total.to_be_bytes()).await;
-        });
-    }
-}
-
-/// Answers each byte with itself, until EOF.
-async fn echo(listener: TcpListener) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = s.set_nodelay(true);
-        tokio::spawn(async move {
-            let mut buf = [0u8; 64];
-            while let Ok(n) = s.read(&mut buf).await {
-                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        });
     }
 }
 
@@ -303,8 +244,12 @@ async fn run(mib: usize, rounds: usize, seconds: u64, concurrency: usize) {
     // Workload B: a sink and an echo server on its address.
     let sink_addr = SocketAddr::from((WORKLOAD_B, free_port(WORKLOAD_B)));
     let echo_addr = SocketAddr::from((WORKLOAD_B, free_port(WORKLOAD_B)));
-    tokio::spawn(sink(TcpListener::bind(sink_addr).await.expect("sink")));
-    tokio::spawn(echo(TcpListener::bind(echo_addr).await.expect("echo")));
+    tokio::spawn(common::sink(
+        TcpListener::bind(sink_addr).await.expect("sink"),
+    ));
+    tokio::spawn(common::echo(
+        TcpListener::bind(echo_addr).await.expect("echo"),
+    ));
 
     // zident: CA, node A (the clients' addresses) and node B (workload B).
     let ips: Vec<String> = (0..CLIENT_IPS as usize)
@@ -350,7 +295,7 @@ workloads:\n\
     );
 
     // stunnel: client side takes plain TCP, server side hands it to workload B.
-    stunnel_certs(d);
+    common::stunnel_certs(d);
     let st_server = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
     let st_client = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
     let st_client_echo = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));

@@ -152,40 +152,9 @@ impl Pair {
 async fn serve(ip: Ipv4Addr) {
     let sink = TcpListener::bind((ip, SINK_PORT)).await.expect("sink");
     let echo = TcpListener::bind((ip, ECHO_PORT)).await.expect("echo");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = sink.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut total = 0u64;
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) => break,
-                        Ok(n) => total += n as u64,
-                        Err(_) => return,
-                    }
-                }
-                let _ = s.write_all(&total.to_be_bytes()).await;
-            });
-        }
-    });
+    tokio::spawn(common::sink(sink));
     println!("serving");
-    loop {
-        let Ok((mut s, _)) = echo.accept().await else {
-            continue;
-        };
-        let _ = s.set_nodelay(true);
-        tokio::spawn(async move {
-            let mut buf = [0u8; 64];
-            while let Ok(n) = s.read(&mut buf).await {
-                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    common::echo(echo).await;
 }
 
 /// How the client reaches the server workload.
@@ -412,26 +381,6 @@ fn wait_until(
             logs()
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// P-256 certificates for the stunnel pair: one CA, a server and a client certificate.
-fn stunnel_certs(dir: &Path) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "bench stunnel CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
-    let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).expect("issuer");
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
-    for name in ["server", "client"] {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let params = rcgen::CertificateParams::new(vec![format!("{name}.bench")]).expect("params");
-        let cert = params.signed_by(&key, &issuer).expect("sign");
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
     }
 }
 
@@ -677,7 +626,7 @@ workloads:\n\
                 ]
             }
             _ => {
-                stunnel_certs(d);
+                common::stunnel_certs(d);
                 let f = |n: &str| p(n).display().to_string();
                 let server_ip = pair.server_ip();
                 let server_conf = format!(

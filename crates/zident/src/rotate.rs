@@ -260,17 +260,25 @@ fn print_state(dir: &std::path::Path, state: &RotationState) {
         None => println!("  next: prepare, when the active root nears its end"),
     }
     println!(
-        "  {:<4} {:<9} {:<34} {:<21} {:<4} CERTIFICATE",
-        "GEN", "PHASE", "SERIAL", "NOT AFTER", "KEY"
+        "  {:<4} {:<9} {:<34} {:<21} {:<4} {:<17} CERTIFICATE",
+        "GEN", "PHASE", "SERIAL", "NOT AFTER", "KEY", "JWT KEY (KID)"
     );
     for g in rotation::status(dir, state) {
+        let kid: String = g
+            .jwt_kid
+            .as_deref()
+            .unwrap_or("-")
+            .chars()
+            .take(16)
+            .collect();
         println!(
-            "  {:<4} {:<9} {:<34} {:<21} {:<4} {}",
+            "  {:<4} {:<9} {:<34} {:<21} {:<4} {:<17} {}",
             g.generation,
             g.phase,
             g.serial,
             g.not_after,
             if g.has_key { "yes" } else { "no" },
+            kid,
             g.certificate.display()
         );
     }

@@ -322,6 +322,23 @@ fn ca_rotate_drives_a_running_ca_and_status_shows_the_phases() {
     );
     let (_, status) = run(&["ca", "status", "--data-dir", data_arg]);
     assert!(status.contains("phase prepared"), "{status}");
+    // Each generation shows its own JWT-SVID key: two different kids.
+    assert!(status.contains("JWT KEY (KID)"), "{status}");
+    // Generation rows: GEN PHASE SERIAL NOT-AFTER KEY KID CERTIFICATE.
+    let rows = |status: &str| -> Vec<Vec<String>> {
+        status
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|w| w.len() == 7 && w[0].parse::<u32>().is_ok())
+            .collect()
+    };
+    let kids: std::collections::BTreeSet<String> = rows(&status)
+        .into_iter()
+        .filter(|w| w[1] == "active" || w[1] == "prepared")
+        .map(|w| w[5].clone())
+        .filter(|k| k != "-")
+        .collect();
+    assert_eq!(kids.len(), 2, "{status}");
 
     // The running CA serves both roots (checked with curl, trusting the published file).
     let url = format!(
@@ -367,7 +384,14 @@ fn ca_rotate_drives_a_running_ca_and_status_shows_the_phases() {
         status.contains("phase steady, bundle sequence 3"),
         "{status}"
     );
-    assert!(status.contains("retired"), "{status}");
+    let retired = rows(&status)
+        .into_iter()
+        .find(|w| w[1] == "retired")
+        .unwrap_or_else(|| panic!("a retired generation: {status}"));
+    assert_eq!(
+        retired[5], "-",
+        "a retired generation's JWT key is deleted with its root key: {status}"
+    );
     // The CA dropped the old root.
     serves_roots(1);
 }

@@ -89,6 +89,33 @@ impl<P: CertificateProvider> SdsService<P> {
     fn count(&self, event: &'static str) {
         self.events.get_or_create(&SdsLabel { event }).inc();
     }
+
+    /// What a stream follows: the caller's certificate, the bundle, the stop signal, and the
+    /// counter of its events.
+    fn follow(&self) -> Result<Follow, Status> {
+        let id = self.identity()?;
+        let state = self
+            .provider
+            .watch(&id)
+            .ok_or_else(|| Status::unavailable(format!("{id} is no longer served on this node")))?;
+        let events = self.events.clone();
+        Ok(Follow {
+            state,
+            bundle: self.provider.watch_bundle(),
+            stop: self.stop.clone(),
+            count: Box::new(move |event| {
+                events.get_or_create(&SdsLabel { event }).inc();
+            }),
+        })
+    }
+}
+
+/// See [`SdsService::follow`].
+struct Follow {
+    state: watch::Receiver<CertState>,
+    bundle: watch::Receiver<Arc<TrustBundle>>,
+    stop: watch::Receiver<bool>,
+    count: Box<dyn Fn(&'static str) + Send + Sync>,
 }
 
 /// Checks the names a client asks for.
@@ -220,18 +247,13 @@ impl<P: CertificateProvider> SecretDiscoveryService for SdsService<P> {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let id = self.identity()?;
-        let mut state = self
-            .provider
-            .watch(&id)
-            .ok_or_else(|| Status::unavailable(format!("{id} is no longer served on this node")))?;
-        let mut bundle = self.provider.watch_bundle();
+        let Follow {
+            mut state,
+            mut bundle,
+            mut stop,
+            count,
+        } = self.follow()?;
         let mut requests = request.into_inner();
-        let mut stop = self.stop.clone();
-        let events = self.events.clone();
-        let count = move |event| {
-            events.get_or_create(&SdsLabel { event }).inc();
-        };
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut names: BTreeSet<String> = BTreeSet::new();
@@ -319,18 +341,13 @@ impl<P: CertificateProvider> SecretDiscoveryService for SdsService<P> {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let id = self.identity()?;
-        let mut state = self
-            .provider
-            .watch(&id)
-            .ok_or_else(|| Status::unavailable(format!("{id} is no longer served on this node")))?;
-        let mut bundle = self.provider.watch_bundle();
+        let Follow {
+            mut state,
+            mut bundle,
+            mut stop,
+            count,
+        } = self.follow()?;
         let mut requests = request.into_inner();
-        let mut stop = self.stop.clone();
-        let events = self.events.clone();
-        let count = move |event| {
-            events.get_or_create(&SdsLabel { event }).inc();
-        };
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut names: BTreeSet<String> = BTreeSet::new();

@@ -563,6 +563,8 @@ pub struct GenerationStatus {
     pub certificate: PathBuf,
     /// Whether the key is still on disk.
     pub has_key: bool,
+    /// The `kid` of the generation's JWT-SVID key, while it is on disk.
+    pub jwt_kid: Option<String>,
 }
 
 /// Every generation of `data_dir` that is or was in the bundle, newest first.
@@ -610,6 +612,10 @@ pub fn status(data_dir: &Path, state: &RotationState) -> Vec<GenerationStatus> {
                 not_after,
                 certificate: cert,
                 has_key: dir.join(CA_KEY).exists(),
+                jwt_kid: std::fs::read(dir.join(JWT_KEY))
+                    .ok()
+                    .and_then(|pem| zident_identity::jwt::JwtSigner::from_pem(&pem).ok())
+                    .map(|k| k.public().kid().to_owned()),
             }
         })
         .collect()

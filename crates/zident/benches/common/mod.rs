@@ -1,5 +1,6 @@
 //! What the benchmarks share: the real `zident ca` as a child process, a gRPC client for it,
-//! and CPU and memory readings from /proc.
+//! CPU and memory readings from /proc, and the tunnel benchmarks' workloads (a sink and an
+//! echo server) and stunnel certificates.
 
 #![allow(dead_code)]
 
@@ -289,4 +290,67 @@ fn rss_of(path: &str) -> u64 {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// The tunnel benchmarks' sink: reads everything until EOF, then answers with the count (8
+/// bytes).
+pub async fn sink(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(_) => return,
+                }
+            }
+            let _ = s.write_all(&total.to_be_bytes()).await;
+        });
+    }
+}
+
+/// The tunnel benchmarks' echo: answers each byte with itself, until EOF.
+pub async fn echo(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// P-256 certificates for a stunnel pair in `dir`: one CA (`ca.pem`), a server and a client
+/// certificate (`server.pem`/`server.key` for `server.bench`, `client.pem`/`client.key`).
+pub fn stunnel_certs(dir: &Path) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bench stunnel CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).expect("issuer");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
+    for name in ["server", "client"] {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec![format!("{name}.bench")]).expect("params");
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
 }
