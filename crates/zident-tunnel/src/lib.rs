@@ -44,8 +44,10 @@ pub(crate) mod window {
     pub const STREAM: u32 = 4 * 1024 * 1024;
     /// Per-connection flow-control window.
     pub const CONNECTION: u32 = 16 * 1024 * 1024;
-    /// Largest frame this end accepts.
-    pub const FRAME: u32 = 64 * 1024;
+    /// Largest frame this end accepts: with its 9-byte header, a full frame is exactly 64 KiB
+    /// of plaintext, four full TLS records that fit rustls's 64 KiB send buffer at once. (A
+    /// 64 KiB frame left its last 9 bytes to a record, a write and a packet of their own.)
+    pub const FRAME: u32 = 64 * 1024 - 9;
     /// Bytes buffered per stream before writes wait.
     pub const SEND_BUFFER: usize = 1024 * 1024;
 }

@@ -4,7 +4,8 @@
 //!
 //! Run: `scripts/bench-tunnel nodes [ROUNDS MIB SECONDS CONCURRENCY PINGS]` as root (defaults
 //! 3 1024 3 64 2000), with `ZTUNNEL_BIN` naming a ztunnel built from istio/ztunnel (without it
-//! the ztunnel column is left out, with a message). Every proxy runs with one worker thread and
+//! the ztunnel column is left out, with a message). `ZIDENT_BENCH_ONLY=zident,ztunnel` runs
+//! only the products named. Every proxy runs with one worker thread and
 //! its access log on.
 //!
 //! Layout, per product (zident, ztunnel, stunnel), so that none shares a port or a kernel
@@ -14,6 +15,9 @@
 //! to each node (control plane only). The client and the server workloads are this same
 //! program, run inside the nodes' namespaces (`ip netns exec`), so no byte of the data path
 //! crosses the benchmark's own process.
+//!
+//! Node A's processes (the client and its proxy) run on CPU 0 and node B's (the proxy and the
+//! server) on CPU 1 (`taskset`), as on two machines; `ZIDENT_BENCH_NO_PIN=1` turns that off.
 //!
 //! Measured per round, for each product in turn (the order rotates): bulk MiB/s of one
 //! connection, new connections/s with CONCURRENCY clients (one byte echoed on each), the CPU
@@ -67,11 +71,36 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// The CPU a node's processes run on: node A on one core, node B on the other, as two
+/// machines would be (and the ratios of one round stop depending on where the scheduler put
+/// the two proxies). `ZIDENT_BENCH_NO_PIN=1` leaves placement to the scheduler.
+fn cpu_of(ns: &str) -> Option<&'static str> {
+    if std::env::var_os("ZIDENT_BENCH_NO_PIN").is_some() {
+        return None;
+    }
+    if ns.ends_with('a') {
+        Some("0")
+    } else if ns.ends_with('b') {
+        Some("1")
+    } else {
+        None
+    }
+}
+
+/// `ip netns exec NS [taskset -c CPU]`: the start of a command line run in a node.
+fn in_node(ns: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]);
+    if let Some(cpu) = cpu_of(ns) {
+        c.args(["taskset", "-c", cpu]);
+    }
+    c
+}
+
 /// Runs `program args` inside namespace `ns`, its output to `log`.
 fn spawn_in(ns: &str, program: &Path, args: &[&str], env: &[(&str, String)], log: &Path) -> Proc {
     let out = std::fs::File::create(log).expect("log file");
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
+    let child = in_node(ns)
         .arg(program)
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -298,11 +327,7 @@ fn this_program() -> PathBuf {
 /// One measurement run by the client role in `pair`'s node A.
 fn measure(pair: &Pair, via: &str, mode: &str, n: u64, extra: &[String]) -> (f64, f64) {
     let mut args = vec![
-        "netns".to_string(),
-        "exec".into(),
-        pair.a.clone(),
-        this_program().display().to_string(),
-        "client".into(),
+        "client".to_string(),
         mode.into(),
         via.into(),
         pair.client_ip(0).to_string(),
@@ -310,7 +335,8 @@ fn measure(pair: &Pair, via: &str, mode: &str, n: u64, extra: &[String]) -> (f64
         n.to_string(),
     ];
     args.extend(extra.iter().cloned());
-    let out = Command::new("ip")
+    let out = in_node(&pair.a)
+        .arg(this_program())
         .args(&args)
         .output()
         .expect("client runs");
@@ -416,8 +442,13 @@ fn bench(args: &[usize]) {
     let mut ns = Namespaces(Vec::new());
     let cp = ns.add(format!("zb{tag}-cp"));
     let mut pairs = Vec::new();
+    // ZIDENT_BENCH_ONLY=zident[,ztunnel]: only those (for a profiler, or an A/B of one change).
+    let only = std::env::var("ZIDENT_BENCH_ONLY").ok();
     for (k, name) in [(1u8, "zident"), (2, "ztunnel"), (3, "stunnel")] {
         if name == "ztunnel" && ztunnel.is_none() {
+            continue;
+        }
+        if only.as_deref().is_some_and(|o| !o.split(',').any(|x| x == name)) {
             continue;
         }
         let a = ns.add(format!("zb{tag}-{k}a"));
@@ -687,8 +718,7 @@ workloads:\n\
             &format!("{} carries a connection", prod.pair.name),
             Duration::from_secs(90),
             || {
-                let out = Command::new("ip")
-                    .args(["netns", "exec", &prod.pair.a])
+                let out = in_node(&prod.pair.a)
                     .arg(this_program())
                     .args([
                         "client",
