@@ -448,7 +448,10 @@ fn bench(args: &[usize]) {
         if name == "ztunnel" && ztunnel.is_none() {
             continue;
         }
-        if only.as_deref().is_some_and(|o| !o.split(',').any(|x| x == name)) {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|x| x == name))
+        {
             continue;
         }
         let a = ns.add(format!("zb{tag}-{k}a"));
