@@ -416,16 +416,14 @@ fn initial_mesh(config: &AgentConfig) -> Result<Start, AgentError> {
 /// Keeps the trust bundle metrics in step with the store.
 async fn track_bundle(trust: Arc<trust::TrustStore>, metrics: Arc<AgentMetrics>) {
     let mut rx = trust.subscribe();
-    let mut roots = rx.borrow_and_update().clone();
-    metrics.set_bundle(&roots);
-    // Only changes of the roots after the start count, as the trust store's own count does (a
-    // change of the JWT-SVID keys alone is not one).
+    metrics.set_bundle(&rx.borrow_and_update().clone());
+    // The store's own count of root changes since the start (a change of the JWT-SVID keys
+    // alone is not one); the counter follows it.
+    let mut counted = trust.change_count();
     while rx.changed().await.is_ok() {
-        let bundle = rx.borrow_and_update().clone();
-        if bundle.roots() != roots.roots() {
-            metrics.set_bundle(&bundle);
-            metrics.bundle_changes.inc();
-            roots = bundle;
-        }
+        metrics.set_bundle(&rx.borrow_and_update().clone());
+        let now = trust.change_count();
+        metrics.bundle_changes.inc_by(now.saturating_sub(counted));
+        counted = now;
     }
 }

@@ -128,6 +128,14 @@ async fn the_spiffe_crate_fetches_and_validates_jwt_svids() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(renewed.expiry() > svid.expiry());
+    // Issued no earlier than half the first one's life (10 s of 20; whole seconds, so 1 s of
+    // slack): a cache that refreshed every few seconds would fail here.
+    let issued = |t: &JwtSvid| t.expiry().unix_timestamp() - 20;
+    assert!(
+        issued(&renewed) >= issued(&svid) + 9,
+        "refreshed {} s after the first, before half its life",
+        issued(&renewed) - issued(&svid)
+    );
 }
 
 /// The next JWT bundle set on `stream` with `want` keys.

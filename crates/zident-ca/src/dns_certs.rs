@@ -167,8 +167,14 @@ pub(crate) fn sync(
         tracing::error!(target: "zident::ca", dir = %dir.display(), "cannot create the DNS certificate directory: {e}");
         return now + RETRY;
     }
+    // Once per pass, not per entry.
+    let bundle_pem = authority.bundle().to_pem();
+    let Ok((_, signer)) = X509Certificate::from_der(authority.signer()) else {
+        tracing::error!(target: "zident::ca", "the signing certificate does not parse; DNS certificates are not issued");
+        return now + RETRY;
+    };
     for entry in wanted {
-        let current = read(dir, &entry.secret_name, &authority);
+        let current = read(dir, &entry.secret_name, &signer, &bundle_pem);
         let names: BTreeSet<String> = entry
             .dns_names
             .iter()
@@ -193,7 +199,7 @@ pub(crate) fn sync(
             }
             continue;
         };
-        match issue(dir, entry, &authority, &td, ttl, now) {
+        match issue(dir, entry, &authority, &bundle_pem, &td, ttl, now) {
             Ok((not_before, not_after)) => {
                 tracing::info!(
                     target: "zident::ca",
@@ -224,7 +230,8 @@ fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     not_before + not_after.duration_since(not_before).unwrap_or_default() / 2
 }
 
-fn read(dir: &Path, name: &str, authority: &Authority) -> Option<OnDisk> {
+/// What is on disk for `name`, judged against the active `signer` and the bundle in force.
+fn read(dir: &Path, name: &str, signer: &X509Certificate<'_>, bundle_pem: &str) -> Option<OnDisk> {
     let set = dir.join(name);
     let chain = std::fs::read(set.join(CERT_CHAIN)).ok()?;
     let root = std::fs::read(set.join(ROOT_CERT)).ok()?;
@@ -234,13 +241,12 @@ fn read(dir: &Path, name: &str, authority: &Authority) -> Option<OnDisk> {
     let leaf = certs_from_pem(&chain).ok()?.into_iter().next()?;
     let (_, cert) = X509Certificate::from_der(&leaf).ok()?;
     let names = dns_names(&cert);
-    let signer = X509Certificate::from_der(authority.signer()).ok()?.1;
     Some(OnDisk {
         names,
         not_before: to_system_time(cert.validity().not_before),
         not_after: to_system_time(cert.validity().not_after),
         signed_by_active: cert.verify_signature(Some(signer.public_key())).is_ok(),
-        bundle_current: root == authority.bundle().to_pem().as_bytes(),
+        bundle_current: root == bundle_pem.as_bytes(),
     })
 }
 
@@ -249,6 +255,7 @@ fn issue(
     dir: &Path,
     entry: &DnsCertificate,
     authority: &Authority,
+    bundle_pem: &str,
     td: &zident_identity::TrustDomain,
     ttl: Duration,
     now: SystemTime,
@@ -264,7 +271,6 @@ fn issue(
     let data_path = dir.join(&data);
     let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
     std::fs::create_dir(&data_path).map_err(|e| io("cannot create", &data_path, e))?;
-    let bundle_pem = authority.bundle().to_pem();
     for (file, bytes, mode) in [
         (CERT_CHAIN, issued.chain_pem.as_bytes(), 0o644),
         (KEY, issued.key_pem.as_bytes(), 0o600),

@@ -6,7 +6,7 @@
 //! status it can act on.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tonic::{Request, Response, Status};
 use zident_identity::{SpiffeId, jwt, rfc3339};
@@ -27,22 +27,6 @@ impl JwtService {
     /// A service over the shared CA state.
     pub fn new(state: Arc<CaState>) -> Self {
         Self { state }
-    }
-
-    /// The lifetime for a requested `validity_seconds`: 0 or less takes `--jwt-ttl`.
-    fn ttl(&self, requested: i64) -> Result<Duration, String> {
-        if requested <= 0 {
-            return Ok(self.state.jwt_ttl);
-        }
-        let max = self.state.ttl.max_ttl;
-        let ttl = Duration::from_secs(requested as u64);
-        if ttl > max {
-            return Err(format!(
-                "requested validity {requested}s is above the maximum of {}s",
-                max.as_secs()
-            ));
-        }
-        Ok(ttl)
     }
 }
 
@@ -90,8 +74,13 @@ impl JwtSvidService for JwtService {
             tracing::warn!(target: "zident::ca", %peer, %caller, identity = %id, "JWT-SVID denied: {denied}");
             return Err(Status::permission_denied("permission denied"));
         }
-        let ttl = self
-            .ttl(req.validity_seconds)
+        // The certificate rules, with --jwt-ttl as the default.
+        let policy = crate::config::TtlPolicy {
+            default_ttl: self.state.jwt_ttl,
+            max_ttl: self.state.ttl.max_ttl,
+        };
+        let ttl = policy
+            .resolve(req.validity_seconds)
             .map_err(|msg| refuse("ttl_too_long", msg))?;
         let now = SystemTime::now();
         match self

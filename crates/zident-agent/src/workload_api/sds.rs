@@ -215,7 +215,7 @@ enum Answer {
     /// Answers a response older than the last: ignored, per the protocol.
     Stale,
     Ack,
-    Nack(String),
+    Nack,
 }
 
 impl Nonces {
@@ -224,7 +224,14 @@ impl Nonces {
         self.last.to_string()
     }
 
-    fn judge(&self, nonce: &str, error: Option<&zident_proto::xds::Status>) -> Answer {
+    /// What a request with `nonce` and `error` means; an ACK or a NACK is counted, and a NACK
+    /// logged with the client's reason.
+    fn judge(
+        &self,
+        nonce: &str,
+        error: Option<&zident_proto::xds::Status>,
+        count: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Answer {
         if nonce.is_empty() {
             return Answer::Subscribe;
         }
@@ -232,8 +239,15 @@ impl Nonces {
             return Answer::Stale;
         }
         match error {
-            Some(e) => Answer::Nack(e.message.clone()),
-            None => Answer::Ack,
+            Some(e) => {
+                count("nack");
+                tracing::warn!(target: "zident::identity", nonce, "an SDS client rejected the secrets sent (it keeps its last accepted ones): {}", e.message);
+                Answer::Nack
+            }
+            None => {
+                count("ack");
+                Answer::Ack
+            }
         }
     }
 }
@@ -302,13 +316,9 @@ impl<P: CertificateProvider> SecretDiscoveryService for SdsService<P> {
                             return;
                         }
                         let wanted: BTreeSet<String> = req.resource_names.iter().cloned().collect();
-                        match nonces.judge(&req.response_nonce, req.error_detail.as_ref()) {
+                        match nonces.judge(&req.response_nonce, req.error_detail.as_ref(), &*count) {
                             Answer::Stale => continue,
-                            Answer::Ack => count("ack"),
-                            Answer::Nack(why) => {
-                                count("nack");
-                                tracing::warn!(target: "zident::identity", version = req.version_info, "an SDS client rejected the secrets sent (it keeps its last accepted ones): {why}");
-                            }
+                            Answer::Ack | Answer::Nack => {}
                             Answer::Subscribe => {
                                 // A fresh subscription is always answered.
                                 sent = None;
@@ -396,13 +406,9 @@ impl<P: CertificateProvider> SecretDiscoveryService for SdsService<P> {
                             let _ = tx.send(Err(e)).await;
                             return;
                         }
-                        match nonces.judge(&req.response_nonce, req.error_detail.as_ref()) {
+                        match nonces.judge(&req.response_nonce, req.error_detail.as_ref(), &*count) {
                             Answer::Stale => continue,
-                            Answer::Ack => count("ack"),
-                            Answer::Nack(why) => {
-                                count("nack");
-                                tracing::warn!(target: "zident::identity", "an SDS client rejected the secrets sent (it keeps its last accepted ones): {why}");
-                            }
+                            Answer::Ack | Answer::Nack => {}
                             Answer::Subscribe => {
                                 for (n, v) in req.initial_resource_versions {
                                     held.insert(n, v);
