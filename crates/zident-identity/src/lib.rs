@@ -38,7 +38,7 @@ pub use spiffe_id::{IdError, MAX_ID_BYTES, SpiffeId, TrustDomain};
 pub use svid::{
     RuleResult, SvidError, SvidInfo, chain_root, check_leaf, check_time, fingerprint, hex, human,
     leaf_rules, parse_rfc3339, rfc3339, serial_hex, to_system_time, unix_seconds, verify_chain,
-    verify_svid,
+    verify_svid, verify_svid_root,
 };
 
 /// Re-exported so callers name one version of the DER types.

@@ -140,6 +140,17 @@ pub fn verify_svid(
     bundle: &TrustBundle,
     now: SystemTime,
 ) -> Result<SvidInfo, SvidError> {
+    verify_svid_root(chain, bundle, now).map(|(info, _)| info)
+}
+
+/// [`verify_svid`], also returning the root of `bundle` the chain ends at. One chain
+/// verification (an ECDSA verification per link) is most of an agent's work per certificate:
+/// a caller that needs both the checks and the root asks once, not twice.
+pub fn verify_svid_root<'b>(
+    chain: &[CertificateDer<'_>],
+    bundle: &'b TrustBundle,
+    now: SystemTime,
+) -> Result<(SvidInfo, &'b CertificateDer<'static>), SvidError> {
     let leaf_der = chain.first().ok_or(SvidError::EmptyChain)?;
     for (index, der) in chain.iter().enumerate().skip(1) {
         X509Certificate::from_der(der).map_err(|e| SvidError::Malformed {
@@ -155,8 +166,8 @@ pub fn verify_svid(
             found: info.id.trust_domain_str().to_owned(),
         });
     }
-    verify_chain(leaf_der, &chain[1..], bundle, now)?;
-    Ok(info)
+    let root = chain_root(leaf_der, &chain[1..], bundle, now)?;
+    Ok((info, root))
 }
 
 /// One rule of the X509-SVID standard applied to a leaf: `Ok(detail)` when it holds, the

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use rustls_pki_types::CertificateDer;
 use zident_identity::pem::certs_from_pem;
 use zident_identity::{
-    Cause, SpiffeId, TrustBundle, WorkloadCertificate, WorkloadKey, verify_svid,
+    Cause, SpiffeId, TrustBundle, WorkloadCertificate, WorkloadKey, verify_svid_root,
 };
 
 /// Why a CA response was refused.
@@ -50,7 +50,8 @@ impl ResponseError {
 }
 
 /// Checks a response chain for `id` and `key` against `trust` at `now`, and returns the
-/// certificate to use.
+/// certificate to use and the root of `trust` it chains to (the CA's signing root, which the
+/// agent watches to notice a root rotation).
 ///
 /// The leaf must chain to a root this node already trusts (`CA_ROOT_CA`, the CA's bundle
 /// endpoint, configured roots). Roots that arrive only inside a response are not enough: a CA
@@ -61,7 +62,7 @@ pub fn check_response(
     chain_pem: &[String],
     trust: &TrustBundle,
     now: SystemTime,
-) -> Result<WorkloadCertificate, ResponseError> {
+) -> Result<(WorkloadCertificate, CertificateDer<'static>), ResponseError> {
     let mut elements = Vec::with_capacity(chain_pem.len());
     for (i, pem) in chain_pem.iter().enumerate() {
         let certs = certs_from_pem(pem.as_bytes())
@@ -102,12 +103,13 @@ pub fn check_response(
     }
     let mut path = vec![leaf];
     path.extend(intermediates);
-    let info = verify_svid(&path, trust, now).map_err(|e| match e {
+    let (info, root) = verify_svid_root(&path, trust, now).map_err(|e| match e {
         e @ (zident_identity::SvidError::Expired { .. }
         | zident_identity::SvidError::NotYetValid { .. }) => ResponseError::OutsideValidity(e),
         e => ResponseError::Untrusted(e.to_string()),
     })?;
-    Ok(WorkloadCertificate::new(
+    let root = root.clone();
+    let cert = WorkloadCertificate::new(
         id.clone(),
         path,
         roots,
@@ -116,5 +118,6 @@ pub fn check_response(
         info.serial_hex,
         now,
         key,
-    ))
+    );
+    Ok((cert, root))
 }

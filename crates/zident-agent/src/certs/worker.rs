@@ -11,8 +11,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, watch};
 pub use zident_identity::CertState;
 use zident_identity::{
-    Cause, Failure, SpiffeId, WorkloadCertificate, WorkloadKey, chain_root, fingerprint,
-    unix_seconds,
+    Cause, Failure, SpiffeId, WorkloadCertificate, WorkloadKey, fingerprint, unix_seconds,
 };
 
 use crate::ca::client::CaClient;
@@ -125,16 +124,9 @@ impl Shared {
         });
     }
 
-    /// The root `cert` chains to, noting a change of the CA's signing root.
-    fn root_of(
-        &self,
-        id: &SpiffeId,
-        cert: &WorkloadCertificate,
-    ) -> Option<CertificateDer<'static>> {
-        let bundle = self.trust.bundle();
-        let root = chain_root(&cert.chain[0], &cert.chain[1..], &bundle, SystemTime::now())
-            .ok()?
-            .clone();
+    /// Notes `root`, the root the new certificate for `id` chains to (found by the response
+    /// check), and tells the operator when the CA's signing root changed.
+    fn note_root(&self, id: &SpiffeId, root: CertificateDer<'static>) -> CertificateDer<'static> {
         if let Some(old) = self.signing_root.observe(&root) {
             let (old, new) = (short(&old), short(&root));
             if self.policy.renew_on_root_change {
@@ -153,11 +145,15 @@ impl Shared {
                 );
             }
         }
-        Some(root)
+        root
     }
 
     /// One fetch: fresh key, CSR, CA request, response checks.
-    async fn fetch(&self, id: &SpiffeId, own: bool) -> Result<Arc<WorkloadCertificate>, Failure> {
+    async fn fetch(
+        &self,
+        id: &SpiffeId,
+        own: bool,
+    ) -> Result<(Arc<WorkloadCertificate>, CertificateDer<'static>), Failure> {
         tracing::info!(target: "zident::identity", "Certificate rotation started for {id}");
         let fail = |cause: Cause, detail: String| {
             self.metrics.renewal(false, cause.label());
@@ -186,7 +182,7 @@ impl Shared {
             Err(e) => return fail(e.cause(), e.to_string()),
         };
         match check_response(id, key, &chain, &self.trust.bundle(), SystemTime::now()) {
-            Ok(cert) => {
+            Ok((cert, root)) => {
                 self.metrics.renewal(true, "ok");
                 tracing::info!(
                     target: "zident::identity",
@@ -199,7 +195,7 @@ impl Shared {
                     EventOutcome::Completed,
                     format!("serial {}", cert.serial_hex),
                 );
-                Ok(Arc::new(cert))
+                Ok((Arc::new(cert), root))
             }
             Err(e) => {
                 if let crate::certs::validate::ResponseError::OutsideValidity(_) = &e {
@@ -287,10 +283,10 @@ pub(crate) async fn run(
         drop(permit);
         let now = SystemTime::now();
         let mut next_fetch = match outcome {
-            Ok(cert) => {
+            Ok((cert, root)) => {
                 backoff.reset();
                 waits_on_ca = false;
-                my_root = shared.root_of(&id, &cert);
+                my_root = Some(shared.note_root(&id, root));
                 let at = renewal_time(&cert, &shared.policy, random_unit());
                 shared
                     .metrics
