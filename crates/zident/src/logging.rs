@@ -10,6 +10,8 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 use clap::ValueEnum;
 
+use crate::batched_stdout::{self, FlushGuard};
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -46,17 +48,15 @@ impl zident_agent::LogControl for LogHandle {
 
 /// Sets up tracing: `RUST_LOG` if set, else `info`.
 ///
-/// Lines are written to stdout by a background thread, so a request never waits on a write
-/// to a slow pipe or terminal. The returned guard flushes what is queued when dropped, so it
-/// must live until the process exits.
-pub fn init(format: LogFormat) -> (LogHandle, tracing_appender::non_blocking::WorkerGuard) {
+/// Lines are written to stdout by a background thread, in batches ([`batched_stdout`]), so a
+/// request never waits on a write to a slow pipe or terminal. The returned guard writes what
+/// is buffered when dropped, so it must live until the process exits.
+pub fn init(format: LogFormat) -> std::io::Result<(LogHandle, FlushGuard)> {
     let initial = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     let filter = EnvFilter::try_new(&initial).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::stdout().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::new(std::io::stdout()));
+    let (writer, guard) = batched_stdout::start(std::io::stdout())?;
     let output = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
@@ -71,11 +71,11 @@ pub fn init(format: LogFormat) -> (LogHandle, tracing_appender::non_blocking::Wo
         .with(filter)
         .with(output)
         .init();
-    (
+    Ok((
         LogHandle {
             handle,
             current: Mutex::new(initial),
         },
         guard,
-    )
+    ))
 }

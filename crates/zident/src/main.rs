@@ -3,6 +3,7 @@
 //! One binary: `zident ca` runs the certificate authority, `zident agent` the node agent, and
 //! `zident up` both, on an embedded default mesh, for a first look.
 
+mod batched_stdout;
 mod certs;
 mod cli;
 mod datastore_cli;
@@ -53,7 +54,13 @@ fn main() -> ExitCode {
     if report {
         end_quietly_on_closed_pipe();
     }
-    let (log, _log_guard) = logging::init(cli.log_format);
+    let (log, _log_guard) = match logging::init(cli.log_format) {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("zident: cannot start the log writer thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::debug!(target: "zident", ?heap, "heap settings for the data path");
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let cli::Command::Agent(args) = &cli.command {

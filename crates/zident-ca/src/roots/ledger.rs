@@ -6,8 +6,8 @@
 //!
 //! Kept in memory for the CA, and in `<data dir>/issued.log`, one JSON line per issuance,
 //! appended by a thread of its own so that issuance never waits on the disk. It survives a
-//! restart of the CA (and a crash of the process: lines are written at once, not fsynced one
-//! by one), is compacted to one line per identity with a valid certificate at each start, and
+//! restart of the CA (and a crash of the process: lines are written within milliseconds, not
+//! fsynced one by one), is compacted to one line per identity with a valid certificate at each start, and
 //! is read by `zident ca rotate` and `zident ca status` beside a running CA. A line cut short by
 //! a crash is skipped.
 
@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::mpsc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use zident_identity::unix_seconds;
@@ -25,6 +25,11 @@ use crate::persist::write_atomic;
 
 /// The file, in the data dir.
 pub const LEDGER_FILE: &str = "issued.log";
+
+/// The longest a line waits for the write after the one before it. A line that comes while
+/// the ledger is idle is written at once; a crash loses at most this much, which only makes
+/// root activation wait longer (see [`load`]).
+const COALESCE: Duration = Duration::from_millis(10);
 
 /// One issuance, as the ledger keeps it (Unix seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +123,10 @@ impl Ledger {
                     if let Err(e) = file.write_all(batch.as_bytes()) {
                         tracing::error!(target: "zident::ca", "cannot append to {LEDGER_FILE}: {e}; root rotation will wait for the bundle rule and renewal points it knows");
                     }
+                    // Under load, lines gather for a moment before the next write: one write
+                    // (and one wake-up of this thread and of the data dir's file watcher) per
+                    // batch, not per certificate.
+                    std::thread::sleep(COALESCE);
                 }
             })?;
         Ok(Self {
