@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod coalesce;
 mod config;
 mod connections;
 mod data_lock;

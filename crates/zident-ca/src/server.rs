@@ -21,6 +21,8 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+
+use crate::coalesce::CoalescedWrites;
 use tower::ServiceExt;
 use zident_identity::profile;
 use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
@@ -229,7 +231,10 @@ async fn serve_connection(
         .max_concurrent_streams(1024)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+    let conn = builder.serve_connection(
+        TokioIo::new(CoalescedWrites::new(tls)),
+        TowerToHyperService::new(service),
+    );
     tokio::pin!(conn);
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
