@@ -8,7 +8,6 @@ mod certs;
 mod cli;
 mod datastore_cli;
 mod duration;
-mod heap;
 mod inspect;
 mod logging;
 mod rotate;
@@ -43,8 +42,15 @@ fn end_quietly_on_closed_pipe() {
     }
 }
 
+/// jemalloc, the allocator ztunnel ships with. A tunnel allocates read buffers of up to
+/// 256 KiB and TLS records of 16 KiB and frees them as soon as the bytes move on; glibc's
+/// malloc, untuned, handed each one fresh pages (a third less throughput), and even tuned it
+/// kept more memory at idle than ztunnel (18 MiB per agent against 16). jemalloc reuses
+/// them on its own and holds 15 (BENCHMARKS.md). Operators tune it with `MALLOC_CONF`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
-    let heap = heap::tune();
     let cli = cli::Cli::parse();
     let report = match &cli.command {
         cli::Command::Certs(_) | cli::Command::Inspect(_) => true,
@@ -61,7 +67,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::debug!(target: "zident", ?heap, "heap settings for the data path");
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let cli::Command::Agent(args) = &cli.command {
         builder.worker_threads(args.worker_threads.max(1));
