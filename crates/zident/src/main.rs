@@ -46,7 +46,11 @@ fn end_quietly_on_closed_pipe() {
 /// 256 KiB and TLS records of 16 KiB and frees them as soon as the bytes move on; glibc's
 /// malloc, untuned, handed each one fresh pages (a third less throughput), and even tuned it
 /// kept more memory at idle than ztunnel (18 MiB per agent against 16). jemalloc reuses
-/// them on its own and holds 15 (BENCHMARKS.md). Operators tune it with `MALLOC_CONF`.
+/// them on its own and holds 15 (BENCHMARKS.md). Operators tune it with `_RJEM_MALLOC_CONF`.
+///
+/// Rust's allocations only: the C library's `malloc` stays for aws-lc. With jemalloc replacing
+/// that too (as ztunnel builds it), the process hung at start under an `LD_PRELOAD`ed
+/// libfaketime, which the clock-skew test uses and operators use to test clock skew.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
