@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::persist::create_private_dir;
 
@@ -40,8 +41,35 @@ pub struct DataDirLock {
     _file: File,
 }
 
-/// Takes `dir` for this CA, creating it if needed; refused at once if another CA holds it.
+/// How long a lock held by this very process is waited for (see [`take`]).
+const SAME_PROCESS_GRACE: Duration = Duration::from_secs(2);
+
+/// Takes `dir` for this CA, creating it if needed; refused at once if another process holds it.
+///
+/// A lock that this process itself holds is waited for, briefly: a CA stopped and started
+/// again in one process (tests, an embedding program) has closed its lock file, but a child
+/// that another thread was starting at that moment may still hold a copy of the descriptor
+/// until it `exec`s, and the lock lives as long as any copy does. A second CA really running
+/// in this process is still refused, after [`SAME_PROCESS_GRACE`].
 pub fn take(dir: &Path) -> Result<DataDirLock, DataDirError> {
+    let deadline = Instant::now() + SAME_PROCESS_GRACE;
+    loop {
+        match take_once(dir) {
+            Err(DataDirError::InUse { holder, .. })
+                if holder == holder_text(std::process::id()) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn holder_text(pid: u32) -> String {
+    format!(" (pid {pid})")
+}
+
+fn take_once(dir: &Path) -> Result<DataDirLock, DataDirError> {
     let path = dir.join(LOCK_FILE);
     let io = |source| DataDirError::Io {
         path: path.clone(),
@@ -61,7 +89,7 @@ pub fn take(dir: &Path) -> Result<DataDirLock, DataDirError> {
             let holder = std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|s| s.trim().parse::<u32>().ok())
-                .map(|pid| format!(" (pid {pid})"))
+                .map(holder_text)
                 .unwrap_or_default();
             return Err(DataDirError::InUse {
                 dir: dir.to_path_buf(),
@@ -92,5 +120,20 @@ mod tests {
         );
         drop(first);
         take(&data).unwrap();
+    }
+
+    #[test]
+    fn a_copy_of_this_process_s_descriptor_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("ca");
+        let first = take(&data).unwrap();
+        // What a child being spawned holds until it execs: a copy of the descriptor.
+        let copy = first._file.try_clone().unwrap();
+        drop(first);
+        let err = take_once(&data).unwrap_err().to_string();
+        assert!(err.contains("in use"), "the copy holds the lock: {err}");
+        let taker = std::thread::spawn(move || take(&data).map(|_| ()));
+        drop(copy);
+        taker.join().unwrap().unwrap();
     }
 }
