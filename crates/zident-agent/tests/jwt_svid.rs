@@ -235,3 +235,35 @@ async fn a_jwt_key_rotation_never_fails_a_validation() {
     }
     JwtSvid::parse_and_validate(after.token(), &last, &[after.audience()[0].as_str()]).unwrap();
 }
+
+/// A token is handed out only if the node's own bundle can validate it: an agent that never
+/// learns the CA's JWT keys (no `/bundle` polling) refuses, and names the key and what to check,
+/// rather than give a workload a token nobody on the node can verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_whose_key_the_node_does_not_serve_is_refused() {
+    logs();
+    let world = World::new(0).await;
+    let sockets = world.dir.path().join("wl");
+    let mut config = world.agent_config(Duration::from_secs(3600));
+    config.ca.poll_bundle = false;
+    config.delivery = zident_agent::workload_api::DeliveryConfig {
+        socket_dir: Some(sockets.clone()),
+        ..Default::default()
+    };
+    let _agent = start_agent(config).await;
+    let c = client(&sockets.join("default/frontend/agent.sock")).await;
+    // The X.509 side works without the bundle endpoint (CA_ROOT_CA is enough).
+    let x509 = c.fetch_x509_svid().await.expect("an X.509-SVID");
+    assert_eq!(x509.spiffe_id().to_string(), FRONTEND);
+    let err = c
+        .fetch_jwt_svid(&["api"], None)
+        .await
+        .expect_err("a token the node's bundle cannot validate was handed out");
+    let err = err.to_string();
+    assert!(
+        err.contains("not in this node's bundle") && err.contains("/bundle"),
+        "{err}"
+    );
+    let bundles = c.fetch_jwt_bundles().await.expect("JWT bundles");
+    assert!(kids(&bundles).is_empty(), "the node serves no JWT key");
+}

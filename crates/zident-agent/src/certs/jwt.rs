@@ -6,15 +6,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use zident_identity::jwt::SignedJwt;
+use zident_identity::jwt::{SignedJwt, validate};
 use zident_identity::{Cause, Failure, ProviderError, SpiffeId};
 
 use crate::ca::client::CaClient;
+use crate::ca::trust::TrustStore;
 
 /// Tokens kept at most; past this the ones closest to expiry are dropped first.
 const MAX_ENTRIES: usize = 4096;
+
+/// How long a new token waits for this node to learn the key it was signed with.
+const KEY_WAIT: Duration = Duration::from_secs(5);
 
 type Key = (SpiffeId, BTreeSet<String>);
 
@@ -34,6 +38,7 @@ impl JwtCache {
     pub(crate) async fn get(
         &self,
         ca: &CaClient,
+        trust: &TrustStore,
         id: &SpiffeId,
         audience: &[String],
         now: SystemTime,
@@ -78,6 +83,15 @@ impl JwtCache {
             }
             Ok(Arc::new(jwt))
         });
+        let fetched = match fetched {
+            Ok(jwt) => signed_by_node_key(trust, &jwt)
+                .await
+                .inspect_err(|failure| {
+                    tracing::warn!(target: "zident::identity", identity = %id, "refusing a JWT-SVID from the CA: {failure}");
+                })
+                .map(|()| jwt),
+            Err(failure) => Err(failure),
+        };
         match fetched {
             Ok(jwt) => {
                 let mut entries = self.lock();
@@ -111,6 +125,45 @@ impl JwtCache {
         let mut all: Vec<_> = self.lock().values().cloned().collect();
         all.sort_by(|a, b| (&a.id, &a.audience).cmp(&(&b.id, &b.audience)));
         all
+    }
+}
+
+/// Checks a token from the CA before it is cached and handed out, as an X.509 response is
+/// checked: signed by a JWT key this node publishes in its bundle. A key the node has not
+/// learned yet (the CA prepared a new root after this node's last bundle fetch, or the fetch
+/// at start has not come back) is fetched now and waited for, briefly: a workload given the
+/// token must be able to validate it with the bundle this node serves.
+async fn signed_by_node_key(trust: &TrustStore, jwt: &SignedJwt) -> Result<(), Failure> {
+    let mut changes = trust.subscribe();
+    let deadline = tokio::time::Instant::now() + KEY_WAIT;
+    loop {
+        let bundle = trust.bundle();
+        if bundle.jwt_keys().iter().any(|k| k.kid() == jwt.kid) {
+            let audience = jwt.audience.first().map(String::as_str).unwrap_or_default();
+            return validate(
+                &jwt.token,
+                bundle.jwt_keys(),
+                trust.trust_domain(),
+                audience,
+                SystemTime::now(),
+            )
+            .map(|_| ())
+            .map_err(|e| Failure::new(Cause::Untrusted, format!("the CA's JWT-SVID: {e}")));
+        }
+        trust.refresh_now();
+        if !matches!(
+            tokio::time::timeout_at(deadline, changes.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return Err(Failure::new(
+                Cause::Untrusted,
+                format!(
+                    "the CA signed a JWT-SVID with key {}, which is not in this node's bundle after {}s; check that the agent can fetch the CA's /bundle",
+                    jwt.kid,
+                    KEY_WAIT.as_secs()
+                ),
+            ));
+        }
     }
 }
 

@@ -9,9 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
-use zident_identity::{
-    Cause, CertificateProvider, Failure, ProviderError, SpiffeId, WorkloadCertificate,
-};
+use zident_identity::{CertificateProvider, ProviderError, SpiffeId, WorkloadCertificate};
 
 use crate::ca::client::CaClient;
 use crate::ca::trust::TrustStore;
@@ -19,9 +17,6 @@ use crate::certs::gate::{Priority, PriorityGate};
 use crate::certs::worker::{self, CertState, IdentityStatus, RenewalEvent, Shared};
 use crate::config::RenewalPolicy;
 use crate::metrics::{AgentMetrics, IdentityLabel};
-
-/// How long a JWT-SVID waits for this node to learn the key it was signed with.
-const JWT_KEY_WAIT: Duration = Duration::from_secs(5);
 
 struct Slot {
     status: watch::Receiver<IdentityStatus>,
@@ -193,46 +188,6 @@ impl CertificateManager {
         self.jwts.snapshot()
     }
 
-    /// Checks a token before handing it out, as an X.509 response is checked: signed by a JWT
-    /// key this node publishes in its bundle. A key the node has not learned yet (the CA
-    /// prepared a new root after this node's last bundle fetch, or the fetch at start has not
-    /// come back) is fetched now and waited for, briefly; a workload given the token must be
-    /// able to validate it with the bundle this node serves.
-    async fn check_jwt(&self, jwt: &zident_identity::jwt::SignedJwt) -> Result<(), Failure> {
-        let trust = &self.shared.trust;
-        let mut changes = trust.subscribe();
-        let deadline = tokio::time::Instant::now() + JWT_KEY_WAIT;
-        loop {
-            let bundle = trust.bundle();
-            if bundle.jwt_keys().iter().any(|k| k.kid() == jwt.kid) {
-                let audience = jwt.audience.first().map(String::as_str).unwrap_or_default();
-                return zident_identity::jwt::validate(
-                    &jwt.token,
-                    bundle.jwt_keys(),
-                    trust.trust_domain(),
-                    audience,
-                    SystemTime::now(),
-                )
-                .map(|_| ())
-                .map_err(|e| Failure::new(Cause::Untrusted, format!("the CA's JWT-SVID: {e}")));
-            }
-            trust.refresh_now();
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => {
-                    return Err(Failure::new(
-                        Cause::Untrusted,
-                        format!(
-                            "the CA signed a JWT-SVID with key {}, which is not in this node's bundle after {}s; check that the agent can fetch the CA's /bundle",
-                            jwt.kid,
-                            JWT_KEY_WAIT.as_secs()
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-
     /// The trust store.
     pub fn trust(&self) -> &Arc<TrustStore> {
         &self.shared.trust
@@ -275,18 +230,15 @@ impl CertificateProvider for CertificateManager {
         if !self.lock().contains_key(id) {
             return Err(ProviderError::UnknownIdentity(id.clone()));
         }
-        let jwt = self
-            .jwts
-            .get(&self.shared.ca, id, audience, SystemTime::now())
-            .await?;
-        self.check_jwt(&jwt).await.map_err(|failure| {
-            tracing::warn!(target: "zident::identity", identity = %id, "refusing a JWT-SVID from the CA: {failure}");
-            ProviderError::Unavailable {
-                id: id.clone(),
-                failure,
-            }
-        })?;
-        Ok(jwt)
+        self.jwts
+            .get(
+                &self.shared.ca,
+                &self.shared.trust,
+                id,
+                audience,
+                SystemTime::now(),
+            )
+            .await
     }
 
     async fn certificate(
