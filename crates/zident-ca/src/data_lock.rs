@@ -132,8 +132,13 @@ mod tests {
         drop(first);
         let err = take_once(&data).unwrap_err().to_string();
         assert!(err.contains("in use"), "the copy holds the lock: {err}");
-        let taker = std::thread::spawn(move || take(&data).map(|_| ()));
-        drop(copy);
-        taker.join().unwrap().unwrap();
+        // The copy goes away while `take` is already retrying (it starts at once and the copy
+        // lives 200 ms more): taken, not refused. Either order must end in the lock taken.
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(copy);
+        });
+        take(&data).expect("taken once the copy is gone");
+        releaser.join().unwrap();
     }
 }

@@ -21,14 +21,13 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-
-use crate::coalesce::CoalescedWrites;
 use tower::ServiceExt;
 use zident_identity::profile;
 use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use zident_proto::xds::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use zident_proto::zident_ca::jwt_svid_service_server::JwtSvidServiceServer;
 
+use crate::coalesce::CoalescedWrites;
 use crate::connections::{AcceptErrors, Connections, InFlight, Slot};
 use crate::jwt_service::JwtService;
 use crate::roots::authority::Authority;

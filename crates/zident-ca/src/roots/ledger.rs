@@ -7,9 +7,9 @@
 //! Kept in memory for the CA, and in `<data dir>/issued.log`, one JSON line per issuance,
 //! appended by a thread of its own so that issuance never waits on the disk. It survives a
 //! restart of the CA (and a crash of the process: lines are written within milliseconds, not
-//! fsynced one by one), is compacted to one line per identity with a valid certificate at each start, and
-//! is read by `zident ca rotate` and `zident ca status` beside a running CA. A line cut short by
-//! a crash is skipped.
+//! fsynced one by one), is compacted to one line per identity with a valid certificate at each
+//! start, and is read by `zident ca rotate` and `zident ca status` beside a running CA. A line
+//! cut short by a crash is skipped.
 
 use std::collections::HashMap;
 use std::io::Write;
