@@ -43,7 +43,8 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use zident_mesh::{MeshFile, watch};
 
-pub use ca::client::{CaAddressError, CaError, ConnectionStatus};
+pub use ca::client::{CaError, ConnectionStatus};
+pub use ca::endpoints::CaAddressError;
 pub use certs::manager::CertificateManager;
 pub use certs::worker::{CertState, EventOutcome, IdentityStatus, RenewalEvent};
 pub use config::{
@@ -79,7 +80,7 @@ pub enum AgentError {
     },
     /// The CA address is unusable.
     #[error(transparent)]
-    CaAddress(#[from] ca::client::CaAddressError),
+    CaAddress(#[from] ca::endpoints::CaAddressError),
     /// A port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

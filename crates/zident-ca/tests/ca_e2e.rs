@@ -66,7 +66,7 @@ async fn issued_certificate_passes_openssl_spiffe_and_our_verifier() {
         "spiffe://cluster.local/ns/default/sa/frontend"
     );
 
-    // Every field of DESIGN.md §4.
+    // Every field of the certificate profile (`zident_identity::profile`).
     let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
     assert_eq!(cert.subject().to_string(), "O=cluster.local");
     let san = cert.subject_alternative_name().unwrap().unwrap();

@@ -1,22 +1,17 @@
 //! A full report on a certificate chain: every rule of the X509-SVID standard and of zident's
-//! certificate profile (DESIGN.md §4), each with its verdict and a one-line reason. This is what
+//! certificate profile ([`crate::profile`]), each with its verdict and a one-line reason. This is what
 //! `zident inspect` prints; unlike [`verify_svid`](crate::verify_svid) it does not stop at the
 //! first failure.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::*;
 
 use crate::bundle::TrustBundle;
+use crate::format::{human, serial_hex, to_system_time};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
-use crate::svid::SvidInfo;
-use crate::svid::{
-    RuleResult, check_time, human, leaf_rules, serial_hex, to_system_time, verify_chain,
-};
-
-/// The longest lifetime zident's CA issues (DESIGN.md §4).
-const MAX_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+use crate::svid::{RuleResult, SvidInfo, check_time, leaf_rules, verify_chain};
 
 /// A rule's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,11 +240,11 @@ pub fn inspect(
             });
     }
 
-    // zident's profile (DESIGN.md §4).
+    // zident's profile (`profile.rs`).
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
     report.checks.push(check(
         "profile: lifetime at most 90 days",
-        Outcome::of(lifetime <= MAX_LIFETIME),
+        Outcome::of(lifetime <= crate::profile::MAX_TTL),
         human(lifetime),
     ));
     let serial_bits = leaf.raw_serial().iter().skip_while(|b| **b == 0).count() * 8;

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
+use crate::format::unix_seconds;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
-use crate::svid::unix_seconds;
 
 /// The only signature algorithm zident signs and accepts.
 pub const ALG: &str = "ES256";

@@ -7,8 +7,10 @@
 //! - [`SpiffeId`] and [`TrustDomain`]: IDs validated per the SPIFFE-ID standard;
 //! - [`WorkloadKey`]: fresh EC P-256 keys and CSRs with one critical URI SAN;
 //! - [`verify_csr_pem`]: how a CA reads a CSR (proof of possession, one SPIFFE ID);
-//! - [`profile`]: what the issued certificates contain (DESIGN.md §4);
+//! - [`profile`]: what the issued certificates contain;
 //! - [`verify_svid`]: an X509-SVID checked against a [`TrustBundle`] at a given time;
+//! - [`rfc3339`], [`serial_hex`], [`human`] and the rest of `format`: how numbers and times
+//!   are written everywhere;
 //! - [`TrustBundle`]: several roots, as PEM or SPIFFE bundle JSON, and the JWT-SVID keys;
 //! - [`jwt`]: JWT-SVIDs signed, read and validated;
 //! - [`CertificateProvider`]: how the tunnel and the Workload API ask the agent for a
@@ -19,6 +21,7 @@
 
 mod bundle;
 mod csr;
+mod format;
 pub mod inspect;
 pub mod jwt;
 mod keys;
@@ -30,14 +33,16 @@ mod svid;
 
 pub use bundle::{BundleError, TrustBundle};
 pub use csr::{CsrError, CsrPublicKey, MAX_CSR_BYTES, VerifiedCsr, verify_csr_der, verify_csr_pem};
+pub use format::{
+    fingerprint, hex, human, parse_rfc3339, rfc3339, serial_hex, to_system_time, unix_seconds,
+};
 pub use keys::{KeyError, WorkloadKey, uri_san_extension};
 pub use provider::{
     Cause, CertState, CertificateProvider, Failure, ProviderError, WorkloadCertificate,
 };
 pub use spiffe_id::{IdError, MAX_ID_BYTES, SpiffeId, TrustDomain};
 pub use svid::{
-    RuleResult, SvidError, SvidInfo, chain_root, check_leaf, check_time, fingerprint, hex, human,
-    leaf_rules, parse_rfc3339, rfc3339, serial_hex, to_system_time, unix_seconds, verify_chain,
+    RuleResult, SvidError, SvidInfo, chain_root, check_leaf, check_time, leaf_rules, verify_chain,
     verify_svid, verify_svid_root,
 };
 

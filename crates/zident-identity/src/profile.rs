@@ -1,4 +1,4 @@
-//! What the certificates zident issues contain (DESIGN.md §4), in one place, so the CA, tests
+//! What the certificates zident issues contain, in one place, so the CA, tests
 //! and tools all agree on it.
 
 use std::time::{Duration, SystemTime};

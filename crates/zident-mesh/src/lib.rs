@@ -1,5 +1,5 @@
 //! The mesh file: one YAML file that tells `zident ca`, `zident agent` and `zident up` who
-//! runs where (see `MESH-FILE.md`).
+//! runs where (see `docs/mesh-file.md`).
 //!
 //! Its `workloads`, `policies` and `services` take the shape of ztunnel's local configuration,
 //! so an existing ztunnel local config loads unchanged; zident adds `trustDomain`, `nodes`,

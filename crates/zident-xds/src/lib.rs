@@ -11,7 +11,8 @@
 //!
 //! - `encode`: mesh → protobuf messages, and the names ztunnel keys them by;
 //! - `decode`: protobuf messages → mesh, refusing what the mesh rules would refuse;
-//! - `snapshot`: the resource sets, their versions, and the difference between two of them.
+//! - `snapshot`: the resource sets, their versions, and the difference between two of them;
+//! - `types`: the type URLs and resource names both ends agree on.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -19,39 +20,11 @@
 mod decode;
 mod encode;
 mod snapshot;
+mod types;
 
 pub use decode::DecodeError;
 pub use snapshot::{Delta, Resource, Snapshot};
 
-/// Workloads and services (`istio.workload.Address`), as ztunnel subscribes to them.
-pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
-/// Authorization policies (`istio.security.Authorization`), as ztunnel subscribes to them.
-pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
-/// The mesh's trust domain and extra roots: one resource named [`MESH_RESOURCE`].
-pub const MESH: &str = "type.googleapis.com/zident.mesh.Mesh";
-/// The mesh's nodes (names, shared inbound addresses, own identities; never tokens).
-pub const NODE: &str = "type.googleapis.com/zident.mesh.Node";
-/// The name of the workload extension that carries the user and group it runs as.
-pub const RUN_AS: &str = "zident.run_as";
-/// The name of the one [`MESH`] resource.
-pub const MESH_RESOURCE: &str = "mesh";
-
-/// Every type, in the order a new stream is sent them.
-pub const TYPES: [&str; 4] = [MESH, NODE, ADDRESS, AUTHORIZATION];
-
-/// The short name of a type (`address`, `authorization`, `mesh`, `node`), for metric labels
-/// and admin output; `unknown` for any other.
-pub fn short_name(type_url: &str) -> &'static str {
-    match type_url {
-        ADDRESS => "address",
-        AUTHORIZATION => "authorization",
-        MESH => "mesh",
-        NODE => "node",
-        _ => "unknown",
-    }
-}
-
-/// Whether zident serves resources of `type_url`.
-pub fn is_known_type(type_url: &str) -> bool {
-    TYPES.contains(&type_url)
-}
+pub use types::{
+    ADDRESS, AUTHORIZATION, MESH, MESH_RESOURCE, NODE, RUN_AS, TYPES, is_known_type, short_name,
+};

@@ -416,13 +416,13 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
             let config = (*args).into_config()?;
             let (agent, tunnel) = start_node(config, tunnel, log).await?;
             if let Some(s) = tunnel.as_ref().and_then(|t| t.socks5_addr) {
-                crate::say!("zident agent: SOCKS5 outbound at {s}");
+                crate::print::say!("zident agent: SOCKS5 outbound at {s}");
             }
             if let Some(s) = tunnel.as_ref().and_then(|t| t.outbound_addr) {
-                crate::say!("zident agent: captured outbound (iptables REDIRECT) at {s}");
+                crate::print::say!("zident agent: captured outbound (iptables REDIRECT) at {s}");
             }
             if let Some(a) = agent.admin_addr {
-                crate::say!("zident agent: admin at http://{a}/debug/certs");
+                crate::print::say!("zident agent: admin at http://{a}/debug/certs");
             }
             wait_for_signal().await;
             Ok(ExitCode::SUCCESS)
@@ -433,13 +433,13 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
             }
             let config = args.into_config()?;
             let mut ca = RunningCa::start(config).await.map_err(|e| e.to_string())?;
-            crate::say!(
+            crate::print::say!(
                 "zident ca: listening on {} (TLS), bundle at {}",
                 ca.addr,
                 ca.root_cert_path.display()
             );
             if let Some(m) = ca.metrics_addr {
-                crate::say!("zident ca: metrics at http://{m}/metrics");
+                crate::print::say!("zident ca: metrics at http://{m}/metrics");
             }
             wait_for_shutdown(&mut ca).await;
             Ok(ExitCode::SUCCESS)

@@ -10,6 +10,7 @@ mod datastore_cli;
 mod duration;
 mod inspect;
 mod logging;
+mod print;
 mod rotate;
 mod style;
 mod up;
@@ -18,17 +19,6 @@ mod wiring;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-/// Prints a line to standard output, and carries on if nobody reads it any more. Long-running
-/// commands (`ca`, `agent`, `up`) print where things are; a closed pipe must not take the CA
-/// or an agent down.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-pub(crate) use say;
 
 /// Reports (`certs`, `inspect`, `ca status`, `ca rotate`) end quietly when their reader goes
 /// away (`zident ca status | head -1`), as `cat` and `ls` do: the default action of SIGPIPE,

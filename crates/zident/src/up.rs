@@ -75,18 +75,18 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
     let (agent, tunnel) = crate::wiring::start_node(agent_config, Some(tunnel), log).await?;
     print_banner(&ca, &agent, &mesh_path, &node, &args.data_dir);
     if let Some(t) = &tunnel {
-        crate::say!(
+        crate::print::say!(
             "Tunnel: SOCKS5 at {}, captured traffic (iptables REDIRECT) at {}, HBONE on :15008 of each workload address, e.g.",
             t.socks5_addr.map(|a| a.to_string()).unwrap_or_default(),
             t.outbound_addr.map(|a| a.to_string()).unwrap_or_default()
         );
-        crate::say!(
+        crate::print::say!(
             "  python3 -m http.server 8080 --bind 127.0.0.3 &                               # be the backend workload"
         );
-        crate::say!(
+        crate::print::say!(
             "  curl --interface 127.0.0.2 --socks5 127.0.0.1:15080 http://127.0.0.3:8080/   # as frontend, through the tunnel"
         );
-        crate::say!();
+        crate::print::say!();
     }
     wait_for_shutdown(&mut ca).await;
     Ok(())
@@ -114,49 +114,53 @@ fn print_banner(ca: &RunningCa, agent: &RunningAgent, mesh: &Path, node: &str, d
     let root = ca.root_cert_path.display();
     let port = ca.addr.port();
     let admin = agent.admin_addr.map(|a| a.to_string()).unwrap_or_default();
-    crate::say!();
-    crate::say!(
+    crate::print::say!();
+    crate::print::say!(
         "zident is up: trust domain {td}, node {node}, certificates live {}s",
         UP_SECRET_TTL.as_secs()
     );
-    crate::say!();
-    crate::say!(
+    crate::print::say!();
+    crate::print::say!(
         "  CA, gRPC over TLS 1.3   {}   istio.v1.auth.IstioCertificateService",
         ca.addr
     );
-    crate::say!("  trust bundle            {root}");
-    crate::say!("                          https://localhost:{port}/bundle  and  /bundle.pem");
+    crate::print::say!("  trust bundle            {root}");
+    crate::print::say!(
+        "                          https://localhost:{port}/bundle  and  /bundle.pem"
+    );
     if let Some(m) = ca.metrics_addr {
-        crate::say!("  CA metrics              http://{m}/metrics");
+        crate::print::say!("  CA metrics              http://{m}/metrics");
     }
-    crate::say!(
+    crate::print::say!(
         "  agent admin             http://{admin}/debug/certs   /config_dump   /debug/connections"
     );
     if let Some(m) = agent.metrics_addr {
-        crate::say!("  agent metrics           http://{m}/metrics");
+        crate::print::say!("  agent metrics           http://{m}/metrics");
     }
     if let Some(r) = agent.readiness_addr {
-        crate::say!("  agent readiness         http://{r}/healthz/ready");
+        crate::print::say!("  agent readiness         http://{r}/healthz/ready");
     }
-    crate::say!(
+    crate::print::say!(
         "  mesh file               {}   (edit it: reloaded on save)",
         mesh.display()
     );
     if let Some(first) = agent.delivery.first_socket() {
-        crate::say!(
+        crate::print::say!(
             "  Workload API            {}   (one socket per workload)",
             first.display()
         );
     }
-    crate::say!();
-    crate::say!("Try:");
-    crate::say!(
+    crate::print::say!();
+    crate::print::say!("Try:");
+    crate::print::say!(
         "  curl -s http://{admin}/debug/certs        # every certificate; serials change every ~30s"
     );
-    crate::say!("  curl -s http://{admin}/config_dump        # the same, in ztunnel's shape");
-    crate::say!("  curl --cacert {root} https://localhost:{port}/bundle");
+    crate::print::say!(
+        "  curl -s http://{admin}/config_dump        # the same, in ztunnel's shape"
+    );
+    crate::print::say!("  curl --cacert {root} https://localhost:{port}/bundle");
     if let Some(m) = agent.metrics_addr {
-        crate::say!("  curl -s http://{m}/metrics | grep -E 'zident_certificate|istio_tcp'");
+        crate::print::say!("  curl -s http://{m}/metrics | grep -E 'zident_certificate|istio_tcp'");
     }
     // After `cargo run`, `zident` is not on PATH: name the binary that is running.
     let exe = std::env::current_exe()
@@ -167,21 +171,21 @@ fn print_banner(ca: &RunningCa, agent: &RunningAgent, mesh: &Path, node: &str, d
         })
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "zident".into());
-    crate::say!("  {exe} certs --admin http://{admin}   # the same as a table");
-    crate::say!(
+    crate::print::say!("  {exe} certs --admin http://{admin}   # the same as a table");
+    crate::print::say!(
         "  {exe} ca status --data-dir {}        # root generations; `ca rotate prepare` starts a root rotation",
         data.join("ca").display()
     );
     if let Some(first) = agent.delivery.first_socket() {
         let abs = std::fs::canonicalize(&first).unwrap_or(first);
-        crate::say!(
+        crate::print::say!(
             "  SPIFFE_ENDPOINT_SOCKET=unix://{} <your SPIFFE-aware program>",
             abs.display()
         );
     }
-    crate::say!();
-    crate::say!(
+    crate::print::say!();
+    crate::print::say!(
         "({exe} is the zident binary; `cargo install --path crates/zident` puts `zident` on PATH.)"
     );
-    crate::say!("Ctrl-C to stop. State is kept under {}.", data.display());
+    crate::print::say!("Ctrl-C to stop. State is kept under {}.", data.display());
 }

@@ -16,7 +16,7 @@ use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateSe
 use zident_proto::zident_ca::CreateJwtSvidRequest;
 use zident_proto::zident_ca::jwt_svid_service_client::JwtSvidServiceClient;
 
-use crate::ca::endpoints::Endpoints;
+use crate::ca::endpoints::{CaAddressError, Endpoints};
 use crate::ca::trust::TrustStore;
 use crate::config::{CaClientConfig, TokenError, TokenSource};
 
@@ -60,27 +60,6 @@ impl CaError {
             CaError::Token(_) => Cause::Token,
         }
     }
-}
-
-/// Why a CA client could not be made from its configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum CaAddressError {
-    /// The address has no port.
-    #[error("CA_ADDRESS {0:?} must be host:port (for example zident-ca.example:15012)")]
-    NotHostPort(String),
-    /// The host is not a DNS name or an IP address.
-    #[error("CA_ADDRESS {address:?}: host {host:?} is not a DNS name or IP address: {message}")]
-    BadHost {
-        /// The address as given.
-        address: String,
-        /// Its host part.
-        host: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// TLS could not be set up.
-    #[error("TLS to the CA: {0}")]
-    Tls(rustls::Error),
 }
 
 /// The state of the CA connection, as `/debug/connections` shows it.

@@ -14,7 +14,26 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
-use super::client::CaAddressError;
+/// Why a CA client could not be made from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CaAddressError {
+    /// The address has no port.
+    #[error("CA_ADDRESS {0:?} must be host:port (for example zident-ca.example:15012)")]
+    NotHostPort(String),
+    /// The host is not a DNS name or an IP address.
+    #[error("CA_ADDRESS {address:?}: host {host:?} is not a DNS name or IP address: {message}")]
+    BadHost {
+        /// The address as given.
+        address: String,
+        /// Its host part.
+        host: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// TLS could not be set up.
+    #[error("TLS to the CA: {0}")]
+    Tls(rustls::Error),
+}
 
 /// How long a replica found unreachable is tried only after the others.
 pub const SET_ASIDE: Duration = Duration::from_secs(5);

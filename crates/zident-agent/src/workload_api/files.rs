@@ -44,7 +44,7 @@ pub fn write_version_for(
     std::fs::create_dir_all(dir)?;
     give(dir)?;
     if owner.is_some() {
-        super::traversable(dir, 2)?;
+        super::traverse::traversable(dir, 2)?;
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     let version = format!(".v-{}-{}", cert.serial_hex, bundle.sequence());

@@ -14,6 +14,7 @@ mod files;
 pub mod sds;
 mod service;
 pub mod shared;
+mod traverse;
 mod uds_h2;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ pub use files::{write_version, write_version_for};
 pub use service::WorkloadApiService;
 
 use crate::workloads::LocalWorkload;
+use traverse::traversable;
 
 struct Served {
     id: zident_identity::SpiffeId,
@@ -327,21 +329,6 @@ fn bind_private(
         traversable(dir, depth)?;
     }
     Ok(listener)
-}
-
-/// Adds search (x) permission for everyone to the `levels` directories above `dir`, so that a
-/// workload's own user reaches its directory; listing them stays closed.
-pub(crate) fn traversable(dir: &Path, levels: usize) -> std::io::Result<()> {
-    for ancestor in dir.ancestors().skip(1).take(levels) {
-        let mode = std::fs::metadata(ancestor)?.permissions().mode();
-        if mode & 0o111 != 0o111 {
-            std::fs::set_permissions(
-                ancestor,
-                std::fs::Permissions::from_mode((mode | 0o111) & 0o7777),
-            )?;
-        }
-    }
-    Ok(())
 }
 
 /// Serves a workload's own socket: a caller is that workload, provided it runs as the user the
