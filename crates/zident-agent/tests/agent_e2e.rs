@@ -572,7 +572,8 @@ fn all_under(
 /// without it they keep the old root (still trusted) until their normal renewal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_signing_root_moves_the_other_certificates_only_when_asked() {
-    use zident_ca::rotation::{self, Phase};
+    use zident_ca::dir_store;
+    use zident_ca::rotation::Phase;
     logs();
     let world = World::new(0).await;
     let old_root = zident_identity::pem::certs_from_pem(&std::fs::read(world.root_ca()).unwrap())
@@ -601,7 +602,7 @@ async fn a_new_signing_root_moves_the_other_certificates_only_when_asked() {
     // prepare, and both agents fetch the new root; then activate.
     let ca_dir = world.dir.path().join("ca");
     let step = |phase| {
-        rotation::apply(
+        dir_store::apply(
             &ca_dir,
             phase,
             SystemTime::now(),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 use spiffe::{JwtBundleSet, JwtSvid, WorkloadApiClient};
 use tonic::codegen::tokio_stream::StreamExt;
-use zident_ca::rotation::{self, Phase};
+use zident_ca::dir_store;
+use zident_ca::rotation::Phase;
 
 const FRONTEND: &str = "spiffe://cluster.local/ns/default/sa/frontend";
 
@@ -171,7 +172,7 @@ async fn a_jwt_key_rotation_never_fails_a_validation() {
     // Every token handed out during the rotation validates with the bundle the workload
     // holds at that moment, and so does the first one, until the forced retire.
     let lifetime = Duration::from_secs(3600);
-    rotation::apply(&data_dir, Phase::Prepare, SystemTime::now(), true, lifetime).unwrap();
+    dir_store::apply(&data_dir, Phase::Prepare, SystemTime::now(), true, lifetime).unwrap();
     let both = next_bundle(&mut stream, 2).await;
     assert!(kids(&both).contains(&first.key_id().to_owned()));
     JwtSvid::parse_and_validate(first.token(), &both, &["before"]).unwrap();
@@ -179,7 +180,7 @@ async fn a_jwt_key_rotation_never_fails_a_validation() {
     let during = fetch(&c, &["during"]).await;
     assert_eq!(during.key_id(), first.key_id());
 
-    rotation::apply(
+    dir_store::apply(
         &data_dir,
         Phase::Activate,
         SystemTime::now(),
@@ -219,7 +220,7 @@ async fn a_jwt_key_rotation_never_fails_a_validation() {
 
     // Retire (forced here, before the old tokens expired): the old key leaves the bundle and
     // what it signed no longer validates; the new key's tokens do.
-    rotation::apply(&data_dir, Phase::Retire, SystemTime::now(), true, lifetime).unwrap();
+    dir_store::apply(&data_dir, Phase::Retire, SystemTime::now(), true, lifetime).unwrap();
     let last = next_bundle(&mut stream, 1).await;
     assert_eq!(kids(&last), vec![after.key_id().to_owned()]);
     assert!(JwtSvid::parse_and_validate(first.token(), &last, &["before"]).is_err());

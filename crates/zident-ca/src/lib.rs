@@ -34,6 +34,7 @@ mod persist;
 mod registry;
 mod reload;
 mod roots;
+mod rotation_schedule;
 mod server;
 mod service;
 mod state;
@@ -53,7 +54,7 @@ pub use connections::ConnectionLimits;
 pub use data_lock::DataDirError;
 pub use registry::{Caller, Denied, Registry};
 pub use roots::authority::{Authority, AuthorityError, Mode};
-pub use roots::{ledger, plugged, rotation};
+pub use roots::{dir_store, generation, ledger, plugged, rotation, store};
 pub use state::CaState;
 
 use crate::roots::files::FileError;
@@ -169,10 +170,10 @@ impl RunningCa {
         }
         if config.root_ca_dir.is_none() {
             let state =
-                rotation::ensure_state(&config.data_dir, &trust_domain, config.rotation_timing())?;
+                dir_store::ensure_state(&config.data_dir, &trust_domain, config.rotation_timing())?;
             // A data dir from before JWT-SVIDs gets its JWT keys (a replica's copy has them
             // from the database, which bootstrap gave them).
-            if rotation::ensure_jwt_keys(&config.data_dir, &state)? {
+            if dir_store::ensure_jwt_keys(&config.data_dir, &state)? {
                 authority = reload::load_authority(&config, &trust_domain)?;
             }
             if state.phase() != "steady" {
@@ -298,9 +299,9 @@ impl RunningCa {
         }
         if config.root_ca_dir.is_none() && replica.is_none() {
             let (w, changes) =
-                watch::watch_dir(&config.data_dir, vec![rotation::STATE_FILE.into()]).map_err(
+                watch::watch_dir(&config.data_dir, vec![dir_store::STATE_FILE.into()]).map_err(
                     |source| CaError::Watch {
-                        path: config.data_dir.join(rotation::STATE_FILE),
+                        path: config.data_dir.join(dir_store::STATE_FILE),
                         source,
                     },
                 )?;
@@ -311,7 +312,7 @@ impl RunningCa {
             })));
             // (With a datastore, the leader replica takes the scheduled steps: see below.)
             if config.rotation.auto {
-                background.push(tokio::spawn(roots::schedule::rotate_on_schedule(
+                background.push(tokio::spawn(rotation_schedule::rotate_on_schedule(
                     state.clone(),
                     config.clone(),
                     serving.clone(),

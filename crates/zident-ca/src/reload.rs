@@ -12,7 +12,8 @@ use zident_mesh::MeshFile;
 use crate::config::CaConfig;
 use crate::registry::Registry;
 use crate::roots::authority::{Authority, AuthorityError};
-use crate::roots::{plugged, rotation};
+use crate::roots::dir_store;
+use crate::roots::plugged;
 use crate::server::ServingCert;
 use crate::state::CaState;
 
@@ -167,7 +168,7 @@ pub(crate) fn reload_rotation(state: &CaState, config: &CaConfig, serving: &Serv
                 signer = %signer_serial,
                 signer_changed,
                 "root rotation applied: the trust bundle and signing key are now as {} says",
-                rotation::STATE_FILE
+                dir_store::STATE_FILE
             );
         }
         Err(e) => {

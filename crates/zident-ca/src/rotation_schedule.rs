@@ -1,12 +1,16 @@
 //! The root rotation's own clock: it takes each step (prepare, activate, retire) when it is
-//! due and safe, without an operator.
+//! due and safe, without an operator. It reads and steps through the [`RootStore`] seam, so
+//! the rules it applies are the ones `zident ca rotate` applies; it lives beside the CA's
+//! start-up because it also reloads the authority and the serving certificate.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::CaConfig;
 use crate::reload::reload_rotation;
-use crate::roots::rotation;
+use crate::roots::dir_store::DirStore;
+use crate::roots::rotation::{self, StepRequest};
+use crate::roots::store::{RootStore, take_step};
 use crate::server::ServingCert;
 use crate::state::CaState;
 
@@ -20,11 +24,11 @@ pub(crate) async fn rotate_on_schedule(
     let tick = Duration::from_secs(1)
         .max(config.refresh_hint / 10)
         .min(Duration::from_secs(30));
+    let mut store = DirStore::new(&config.data_dir);
     loop {
         tokio::time::sleep(tick).await;
-        let dir = config.data_dir.clone();
         let now = std::time::SystemTime::now();
-        let rs = match rotation::read_state(&dir) {
+        let rs = match store.state().await {
             Ok(Some(rs)) => rs,
             Ok(None) => continue,
             Err(e) => {
@@ -51,20 +55,21 @@ pub(crate) async fn rotate_on_schedule(
                 .then_some(rotation::Phase::Prepare)
         };
         let Some(phase) = due else { continue };
-        let lifetime = config.rotation.root_lifetime;
-        let result =
-            tokio::task::spawn_blocking(move || rotation::apply(&dir, phase, now, false, lifetime))
-                .await;
+        let request = StepRequest {
+            phase,
+            now,
+            force: false,
+            root_lifetime: config.rotation.root_lifetime,
+            timing: None,
+        };
+        let result = take_step(&mut store, &request).await;
         match result {
-            Ok(Ok(rs)) => {
+            Ok(rs) => {
                 tracing::info!(target: "zident::ca", phase = phase.as_str(), active = rs.active, prepared = ?rs.prepared, previous = ?rs.previous, sequence = rs.sequence, "scheduled root rotation step");
                 reload_rotation(&state, &config, &serving);
             }
-            Ok(Err(e)) => {
-                tracing::error!(target: "zident::ca", phase = phase.as_str(), "scheduled root rotation step failed: {e}")
-            }
             Err(e) => {
-                tracing::error!(target: "zident::ca", "scheduled root rotation step panicked: {e}")
+                tracing::error!(target: "zident::ca", phase = phase.as_str(), "scheduled root rotation step failed: {e}")
             }
         }
     }

@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use zident_ca::rotation::{self, Phase};
+use zident_ca::dir_store;
+use zident_ca::rotation::Phase;
 use zident_testkit::{curl, eventually, openssl};
 
 const WITH_CERT: &str = "certificates:\n- secretName: webhook-tls\n  dnsNames: [hook.zident.test, \"*.hooks.zident.test\"]\n";
@@ -203,7 +204,7 @@ async fn dns_certificates_are_issued_renewed_reissued_and_removed() {
     // re-issued under it.
     let data = dir.path().join("ca");
     let year = Duration::from_secs(365 * 24 * 3600);
-    rotation::apply(&data, Phase::Prepare, SystemTime::now(), true, year).unwrap();
+    dir_store::apply(&data, Phase::Prepare, SystemTime::now(), true, year).unwrap();
     eventually(
         Duration::from_secs(20),
         "two roots in root-cert.pem",
@@ -213,7 +214,7 @@ async fn dns_certificates_are_issued_renewed_reissued_and_removed() {
         },
     )
     .await;
-    rotation::apply(&data, Phase::Activate, SystemTime::now(), true, year).unwrap();
+    dir_store::apply(&data, Phase::Activate, SystemTime::now(), true, year).unwrap();
     let new_root = data.join("roots/2/ca-cert.pem");
     eventually(
         Duration::from_secs(20),

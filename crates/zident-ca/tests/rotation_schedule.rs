@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{MESH, config, start_ca};
 use zident_ca::TtlPolicy;
-use zident_ca::rotation;
+use zident_ca::dir_store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schedule_runs_prepare_activate_retire() {
@@ -45,12 +45,12 @@ async fn the_schedule_runs_prepare_activate_retire() {
         assert!(
             Instant::now() < deadline,
             "never retired: {:?}",
-            rotation::read_state(&ca_dir)
+            dir_store::read_state(&ca_dir)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_ne!(ca.state.authority().signer(), &first);
-    let state = rotation::read_state(&ca_dir).unwrap().unwrap();
+    let state = dir_store::read_state(&ca_dir).unwrap().unwrap();
     let steps: Vec<_> = state
         .history
         .iter()

@@ -18,6 +18,7 @@ use common::{capture_logs, free_port, logged, socks_connect, tunnel_observed, un
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zident_agent::{AgentConfig, CaClientConfig, RunningAgent, TokenSource};
+use zident_ca::dir_store;
 use zident_ca::rotation::{self, Phase};
 use zident_ca::{CaConfig, RunningCa, TtlPolicy};
 use zident_identity::pem::certs_from_pem;
@@ -182,7 +183,8 @@ impl Traffic {
 }
 
 fn root_of(dir: &Path, generation: u32) -> CertificateDer<'static> {
-    let pem = std::fs::read(rotation::generation_dir(dir, generation).join("ca-cert.pem")).unwrap();
+    let pem =
+        std::fs::read(dir_store::generation_dir(dir, generation).join("ca-cert.pem")).unwrap();
     certs_from_pem(&pem).unwrap().remove(0)
 }
 

@@ -17,6 +17,7 @@ use prost_types::{Struct, Value, value::Kind};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use zident_ca::dir_store;
 use zident_ca::rotation::{self, Phase};
 use zident_ca::{CaConfig, RunningCa, TtlPolicy};
 use zident_identity::pem::certs_from_pem;
@@ -263,7 +264,7 @@ workloads:\n\
     // Prepare right after both renewed, so that both still hold pre-prepare certificates
     // when the bundle rule is met.
     common::apply_phase(&ca_dir, Phase::Prepare).await.unwrap();
-    let state = rotation::read_state(&ca_dir).unwrap().unwrap();
+    let state = dir_store::read_state(&ca_dir).unwrap().unwrap();
     let activate_after = state.activate_after.unwrap();
     while zident_identity::unix_seconds(SystemTime::now()) < activate_after {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use zident_ca::dir_store;
 use zident_ca::rotation::{self, Phase, RotationState};
 use zident_identity::rfc3339;
 
@@ -108,7 +109,7 @@ pub async fn run(action: CaAction) -> Result<ExitCode, String> {
         CaAction::Rotate(args) => {
             let phase = args.phase.0;
             if args.data_dir.join(zident_ca::plugged::STATE_FILE).exists()
-                && !args.data_dir.join(rotation::STATE_FILE).exists()
+                && !args.data_dir.join(dir_store::STATE_FILE).exists()
             {
                 return Err(format!(
                     "rotate {}: the CA of {} uses plugged-in keys (ROOT_CA_DIR); they rotate by replacing the files in ROOT_CA_DIR in the same phases, see docs/root-rotation.md",
@@ -116,7 +117,7 @@ pub async fn run(action: CaAction) -> Result<ExitCode, String> {
                     args.data_dir.display()
                 ));
             }
-            let state = rotation::apply(
+            let state = dir_store::apply(
                 &args.data_dir,
                 phase,
                 SystemTime::now(),
@@ -132,7 +133,7 @@ pub async fn run(action: CaAction) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         CaAction::Status(args) => {
-            let state = rotation::read_state(&args.data_dir).map_err(|e| e.to_string())?;
+            let state = dir_store::read_state(&args.data_dir).map_err(|e| e.to_string())?;
             if state.is_none()
                 && let Some(plugged) = zident_ca::plugged::read(&args.data_dir)?
             {
@@ -143,7 +144,7 @@ pub async fn run(action: CaAction) -> Result<ExitCode, String> {
                 format!(
                     "{} has no {}: it is not the data dir of a zident CA that has started",
                     args.data_dir.display(),
-                    rotation::STATE_FILE
+                    dir_store::STATE_FILE
                 )
             })?;
             if args.json {
@@ -154,7 +155,7 @@ pub async fn run(action: CaAction) -> Result<ExitCode, String> {
                     "phase": state.phase(),
                     "sequence": state.sequence,
                     "state": state,
-                    "generations": rotation::status(&args.data_dir, &state),
+                    "generations": dir_store::status(&args.data_dir, &state),
                     "waiting_for_new_root": waiting,
                     "activate_safe_at": rotation::activation_safe_at(&state, &issued, now),
                 });
@@ -263,7 +264,7 @@ fn print_state(dir: &std::path::Path, state: &RotationState) {
         "  {:<4} {:<9} {:<34} {:<21} {:<4} {:<17} CERTIFICATE",
         "GEN", "PHASE", "SERIAL", "NOT AFTER", "KEY", "JWT KEY (KID)"
     );
-    for g in rotation::status(dir, state) {
+    for g in dir_store::status(dir, state) {
         let kid: String = g
             .jwt_kid
             .as_deref()

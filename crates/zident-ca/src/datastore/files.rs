@@ -10,8 +10,9 @@ use super::StoreError;
 use super::kek::{Kek, KeyKind};
 use super::store::StoredRoot;
 use crate::persist::{create_private_dir, write_atomic};
+use crate::roots::dir_store;
 use crate::roots::files::{CA_CERT, CA_KEY, JWT_KEY};
-use crate::roots::rotation::{self, RotationState};
+use crate::roots::rotation::RotationState;
 
 /// The mesh a replica serves, in its data dir.
 pub const MESH_COPY: &str = "mesh.yaml";
@@ -28,7 +29,7 @@ pub(crate) fn write_roots(
     kek: &Kek,
 ) -> Result<(), StoreError> {
     for root in roots {
-        let dir = rotation::generation_dir(data_dir, root.generation);
+        let dir = dir_store::generation_dir(data_dir, root.generation);
         create_private_dir(&dir).map_err(io(&dir))?;
         let cert_path = dir.join(CA_CERT);
         if std::fs::read(&cert_path).ok().as_deref() != Some(root.cert_pem.as_bytes()) {
@@ -57,7 +58,7 @@ pub(crate) fn write_roots(
 
 /// Writes the rotation state last: the commit point the CA's reload watches.
 pub(crate) fn write_rotation(data_dir: &Path, state: &RotationState) -> Result<(), StoreError> {
-    rotation::write_state(data_dir, state).map_err(|e| StoreError::Refused(e.to_string()))
+    dir_store::write_state(data_dir, state).map_err(|e| StoreError::Refused(e.to_string()))
 }
 
 /// Writes the mesh the replica serves.
@@ -66,44 +67,7 @@ pub(crate) fn write_mesh(data_dir: &Path, yaml: &str) -> Result<(), StoreError> 
     write_atomic(&path, yaml.as_bytes(), 0o600).map_err(io(&path))
 }
 
-/// A generation as `make_root` left it in `dir`: the certificate PEM, the root key and the
-/// JWT-SVID key, sealed for the datastore.
-pub(crate) struct SealedGeneration {
-    pub cert_pem: String,
-    pub key_sealed: Vec<u8>,
-    pub jwt_key_sealed: Vec<u8>,
-}
-
-/// Reads and seals generation `generation` from `dir`.
-pub(crate) fn seal_generation(
-    dir: &Path,
-    generation: u32,
-    kek: &Kek,
-) -> Result<SealedGeneration, StoreError> {
-    let (cert_pem, key) = read_generation(dir)?;
-    let jwt = std::fs::read(dir.join(JWT_KEY)).map_err(|e| {
-        StoreError::Refused(format!("cannot read {}: {e}", dir.join(JWT_KEY).display()))
-    })?;
-    Ok(SealedGeneration {
-        cert_pem,
-        key_sealed: kek.seal(KeyKind::Root, generation, &key)?,
-        jwt_key_sealed: kek.seal(KeyKind::Jwt, generation, &jwt)?,
-    })
-}
-
-/// A generation's certificate and key PEM, as `make_root` left them in `dir`.
-fn read_generation(dir: &Path) -> Result<(String, Vec<u8>), StoreError> {
-    let read = |name: &str| {
-        let p = dir.join(name);
-        std::fs::read(&p)
-            .map_err(|e| StoreError::Refused(format!("cannot read {}: {e}", p.display())))
-    };
-    let cert = String::from_utf8(read(CA_CERT)?)
-        .map_err(|_| StoreError::Refused("a root certificate that is not text".into()))?;
-    Ok((cert, read(CA_KEY)?))
-}
-
 /// Whether `data_dir` holds a working copy a replica can start from without the database.
 pub(crate) fn has_working_copy(data_dir: &Path) -> bool {
-    data_dir.join(rotation::STATE_FILE).exists() && data_dir.join(MESH_COPY).exists()
+    data_dir.join(dir_store::STATE_FILE).exists() && data_dir.join(MESH_COPY).exists()
 }

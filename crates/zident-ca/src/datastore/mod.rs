@@ -10,11 +10,13 @@
 //! - `kek`: sealing root keys (AES-256-GCM);
 //! - `schema`: numbered migrations, run once under an advisory lock;
 //! - `store`: every read and write; a rotation step or a mesh version is one transaction;
+//! - `error`: what can go wrong with the shared state;
 //! - `files`: the working copy in the data dir;
 //! - `replica`: a running replica's loop (follow changes by LISTEN/NOTIFY with polling as a
 //!   fallback, send what it issued, report itself, lead rotation while it holds the advisory
 //!   lock on its session, and say when it is degraded).
 
+mod error;
 pub mod files;
 pub mod kek;
 pub(crate) mod replica;
@@ -24,45 +26,9 @@ mod tls;
 
 use std::path::{Path, PathBuf};
 
+pub use error::StoreError;
 pub use kek::{Kek, KekError};
-pub use store::{MeshVersionRow, ReplicaRow, Step, Store, StoredRoot};
-
-/// Why the shared state could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No connection (refused, timed out, or lost).
-    #[error("the database is unreachable: {0}")]
-    Unreachable(String),
-    /// A statement failed.
-    #[error("database: {}", describe(.0))]
-    Db(#[from] tokio_postgres::Error),
-    /// A sealed key does not open, or the KEK is unusable.
-    #[error(transparent)]
-    Kek(#[from] KekError),
-    /// The request does not follow from what is stored, or what is stored is unusable.
-    #[error("{0}")]
-    Refused(String),
-}
-
-/// What PostgreSQL said, in full: the client library's own text for a server error is only
-/// "db error".
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(detail) => format!("{} ({}): {detail}", db.message(), db.code().code()),
-            None => format!("{} ({})", db.message(), db.code().code()),
-        },
-        None => {
-            let mut text = e.to_string();
-            let mut next = std::error::Error::source(e);
-            while let Some(inner) = next {
-                text.push_str(&format!(": {inner}"));
-                next = inner.source();
-            }
-            text
-        }
-    }
-}
+pub use store::{MeshVersionRow, PgRoots, ReplicaRow, Step, Store, StoredRoot};
 
 /// How a replica reaches the shared state.
 #[derive(Debug, Clone)]

@@ -17,6 +17,7 @@ use super::store::{STATEMENT_TIMEOUT, Store, redact};
 use super::{DatastoreConfig, StoreError, files, mesh_for_store};
 use crate::config::CaConfig;
 use crate::reload;
+use crate::roots::dir_store;
 use crate::roots::rotation;
 use crate::server::ServingCert;
 use crate::state::CaState;
@@ -174,7 +175,7 @@ async fn sync(
     let dir = &config.data_dir;
     if let Some((state, version)) = within(store.rotation()).await?
         && (version != status.rotation_version.load(Ordering::SeqCst)
-            || !dir.join(rotation::STATE_FILE).exists())
+            || !dir.join(dir_store::STATE_FILE).exists())
     {
         let roots = within(store.roots()).await?;
         files::write_roots(dir, &roots, kek)?;

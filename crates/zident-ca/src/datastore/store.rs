@@ -1,6 +1,7 @@
 //! Every read and write of the shared state. A rotation step, a mesh version and the first
 //! root are each one transaction; a replica's working copy in its data dir is written from
-//! what committed (`files.rs`), never the other way round.
+//! what committed (`files.rs`), never the other way round. The roots are a
+//! [`RootStore`] ([`PgRoots`]): rotation steps follow the same rules as on a data dir.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -8,11 +9,13 @@ use std::time::{Duration, SystemTime};
 use tokio_postgres::{Client, NoTls};
 use zident_identity::TrustDomain;
 
-use super::kek::Kek;
+use super::StoreError;
+use super::kek::{Kek, KeyKind};
 use super::schema::{LOCK_BOOTSTRAP, migrate};
-use super::{StoreError, files};
+use crate::roots::generation::{NewGeneration, jwt_key_pem};
 use crate::roots::ledger::Issuance;
-use crate::roots::rotation::{self, Phase, RotationState};
+use crate::roots::rotation::{self, Change, Phase, RotationError, RotationState, StepRequest};
+use crate::roots::store::{RootSnapshot, RootStore, take_step};
 
 /// The channel replicas are told of changes on.
 pub(crate) const CHANNEL: &str = "zident_changes";
@@ -150,7 +153,7 @@ impl Store {
                 let (c, conn) = tokio::time::timeout(STATEMENT_TIMEOUT, config.connect(NoTls))
                     .await
                     .map_err(|_| timeout())?
-                    .map_err(|e| unreachable(super::describe(&e)))?;
+                    .map_err(|e| unreachable(super::error::describe(&e)))?;
                 (c, Connection::Plain(Box::new(conn)))
             }
             (_, Some(root)) => {
@@ -158,7 +161,7 @@ impl Store {
                 let (c, conn) = tokio::time::timeout(STATEMENT_TIMEOUT, config.connect(tls))
                     .await
                     .map_err(|_| timeout())?
-                    .map_err(|e| unreachable(super::describe(&e)))?;
+                    .map_err(|e| unreachable(super::error::describe(&e)))?;
                 (c, Connection::Tls(Box::new(conn)))
             }
             (SslMode::Require, None) => {
@@ -172,7 +175,7 @@ impl Store {
                 let (c, conn) = tokio::time::timeout(STATEMENT_TIMEOUT, config.connect(NoTls))
                     .await
                     .map_err(|_| timeout())?
-                    .map_err(|e| unreachable(super::describe(&e)))?;
+                    .map_err(|e| unreachable(super::error::describe(&e)))?;
                 (c, Connection::Plain(Box::new(conn)))
             }
         };
@@ -254,12 +257,8 @@ impl Store {
                         .await?
                         .is_some();
                     if missing {
-                        let tmp = tempdir()?;
-                        rotation::make_jwt_key(tmp.path())
-                            .map_err(|e| StoreError::Refused(e.to_string()))?;
-                        let pem = std::fs::read(tmp.path().join(crate::roots::files::JWT_KEY))
-                            .map_err(|e| StoreError::Refused(format!("a new JWT key: {e}")))?;
-                        let sealed = kek.seal(super::kek::KeyKind::Jwt, g, &pem)?;
+                        let pem = jwt_key_pem().map_err(|e| StoreError::Refused(e.to_string()))?;
+                        let sealed = kek.seal(KeyKind::Jwt, g, &pem)?;
                         tx.execute(
                             "UPDATE zident_roots SET jwt_key_sealed = $2 WHERE generation = $1",
                             &[&(g as i32), &sealed],
@@ -270,10 +269,9 @@ impl Store {
                 }
             }
             None => {
-                let tmp = tempdir()?;
-                rotation::make_root(tmp.path(), td, 1, SystemTime::now(), root_lifetime)
+                let first = NewGeneration::make(td, 1, SystemTime::now(), root_lifetime)
                     .map_err(|e| StoreError::Refused(e.to_string()))?;
-                let g = files::seal_generation(tmp.path(), 1, kek)?;
+                let g = seal(&first, kek)?;
                 tx.execute(
                     "INSERT INTO zident_roots (generation, cert_pem, key_sealed, jwt_key_sealed) VALUES (1, $1, $2, $3)",
                     &[&g.cert_pem, &g.key_sealed, &g.jwt_key_sealed],
@@ -409,78 +407,26 @@ impl Store {
         issued_of(&self.client).await
     }
 
-    /// Takes rotation step `phase` as one transaction: the state row is locked, the step
-    /// computed by the same rules as for a data dir (on a copy of the stored state and what
-    /// every replica issued), and its result committed with a new version, or nothing changes.
+    /// Takes rotation step `step` by the rules every store shares ([`rotation::plan`]): planned
+    /// on the stored state and what every replica issued, committed as one transaction that
+    /// fails on a conflicting change (and is then planned again). Nothing touches the disk.
     pub async fn step(&mut self, step: &Step, kek: &Kek) -> Result<RotationState, StoreError> {
-        let Step {
-            phase,
-            now,
-            force,
-            root_lifetime,
-            timing,
-            ref by,
-        } = *step;
-        let tx = self.client.transaction().await?;
-        let row = tx
-            .query_opt(
-                "SELECT state, version FROM zident_rotation WHERE id = 1 FOR UPDATE",
-                &[],
-            )
-            .await?
-            .ok_or_else(|| {
-                StoreError::Refused("the database has no roots yet: start a replica first".into())
-            })?;
-        let mut state: RotationState = serde_json::from_value(row.get(0))
-            .map_err(|e| StoreError::Refused(format!("the stored rotation state: {e}")))?;
-        // The leader's rules, as a CA records its own in rotation.json at start.
-        if let Some(t) = timing {
-            state.timing = t;
-        }
-        let roots = roots_of(&tx).await?;
-        let issued = issued_of(&tx).await?;
-        let tmp = tempdir()?;
-        files::write_roots(tmp.path(), &roots, kek)?;
-        crate::roots::ledger::write(tmp.path(), &issued)
-            .map_err(|e| StoreError::Refused(format!("a scratch copy of the ledger: {e}")))?;
-        rotation::write_state(tmp.path(), &state)
-            .map_err(|e| StoreError::Refused(e.to_string()))?;
-        let next = rotation::apply(tmp.path(), phase, now, force, root_lifetime)
-            .map_err(|e| StoreError::Refused(e.to_string()))?;
-        match phase {
-            Phase::Prepare => {
-                let g = next
-                    .prepared
-                    .ok_or_else(|| StoreError::Refused("prepare made no generation".into()))?;
-                let sealed =
-                    files::seal_generation(&rotation::generation_dir(tmp.path(), g), g, kek)?;
-                tx.execute(
-                    "INSERT INTO zident_roots (generation, cert_pem, key_sealed, jwt_key_sealed) VALUES ($1, $2, $3, $4)",
-                    &[&(g as i32), &sealed.cert_pem, &sealed.key_sealed, &sealed.jwt_key_sealed],
-                )
-                .await?;
-            }
-            Phase::Retire => {
-                if let Some(e) = next.history.last() {
-                    tx.execute(
-                        "UPDATE zident_roots SET key_sealed = NULL, jwt_key_sealed = NULL WHERE generation = $1",
-                        &[&(e.generation as i32)],
-                    )
-                    .await?;
-                }
-            }
-            Phase::Activate => {}
-        }
-        let json = serde_json::to_value(&next).map_err(|e| StoreError::Refused(e.to_string()))?;
-        tx.execute(
-            "UPDATE zident_rotation SET state = $1, version = version + 1, updated_at = now(), updated_by = $2 WHERE id = 1",
-            &[&json, &by],
-        )
-        .await?;
-        tx.execute(&format!("NOTIFY {CHANNEL}, 'rotation'"), &[])
-            .await?;
-        tx.commit().await?;
-        Ok(next)
+        let request = StepRequest {
+            phase: step.phase,
+            now: step.now,
+            force: step.force,
+            root_lifetime: step.root_lifetime,
+            timing: step.timing,
+        };
+        let mut roots = PgRoots {
+            store: self,
+            kek,
+            by: &step.by,
+        };
+        take_step(&mut roots, &request).await.map_err(|e| match e {
+            RotationError::Store(m) => StoreError::Unreachable(m),
+            other => StoreError::Refused(other.to_string()),
+        })
     }
 
     /// Waits until this session holds the leader lock, an advisory lock PostgreSQL keeps for
@@ -538,6 +484,113 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// The database as a [`RootStore`]: the rotation state row with its version, the root rows
+/// with their keys sealed under the KEK, and what every replica issued.
+pub struct PgRoots<'a> {
+    /// The session.
+    pub store: &'a mut Store,
+    /// Seals the keys of a generation `prepare` makes.
+    pub kek: &'a Kek,
+    /// Who takes the steps, for the state's `updated_by`.
+    pub by: &'a str,
+}
+
+impl RootStore for PgRoots<'_> {
+    async fn state(&mut self) -> Result<Option<RotationState>, RotationError> {
+        Ok(self
+            .store
+            .rotation()
+            .await
+            .map_err(store_error)?
+            .map(|(s, _)| s))
+    }
+
+    async fn snapshot(&mut self) -> Result<Option<RootSnapshot>, RotationError> {
+        let Some((state, _)) = self.store.rotation().await.map_err(store_error)? else {
+            return Ok(None);
+        };
+        let issued = self.store.issued().await.map_err(store_error)?;
+        Ok(Some(RootSnapshot { state, issued }))
+    }
+
+    async fn commit(&mut self, base: &RotationState, change: &Change) -> Result<(), RotationError> {
+        let sealed = change
+            .made
+            .as_ref()
+            .map(|g| seal(g, self.kek).map(|s| (g.generation, s)))
+            .transpose()
+            .map_err(store_error)?;
+        let tx = self.store.client.transaction().await.map_err(db_error)?;
+        let row = tx
+            .query_opt(
+                "SELECT state FROM zident_rotation WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(db_error)?
+            .ok_or(RotationError::Conflict)?;
+        let stored: RotationState = serde_json::from_value(row.get(0))
+            .map_err(|e| RotationError::Store(format!("the stored rotation state: {e}")))?;
+        if &stored != base {
+            return Err(RotationError::Conflict);
+        }
+        if let Some((g, sealed)) = sealed {
+            tx.execute(
+                "INSERT INTO zident_roots (generation, cert_pem, key_sealed, jwt_key_sealed) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (generation) DO UPDATE SET cert_pem = $2, key_sealed = $3, jwt_key_sealed = $4",
+                &[&(g as i32), &sealed.cert_pem, &sealed.key_sealed, &sealed.jwt_key_sealed],
+            )
+            .await
+            .map_err(db_error)?;
+        }
+        if let Some(g) = change.retired {
+            tx.execute(
+                "UPDATE zident_roots SET key_sealed = NULL, jwt_key_sealed = NULL WHERE generation = $1",
+                &[&(g as i32)],
+            )
+            .await
+            .map_err(db_error)?;
+        }
+        let json =
+            serde_json::to_value(&change.state).map_err(|e| RotationError::Store(e.to_string()))?;
+        tx.execute(
+            "UPDATE zident_rotation SET state = $1, version = version + 1, updated_at = now(), updated_by = $2 WHERE id = 1",
+            &[&json, &self.by],
+        )
+        .await
+        .map_err(db_error)?;
+        tx.execute(&format!("NOTIFY {CHANNEL}, 'rotation'"), &[])
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(())
+    }
+}
+
+fn store_error(e: StoreError) -> RotationError {
+    RotationError::Store(e.to_string())
+}
+
+fn db_error(e: tokio_postgres::Error) -> RotationError {
+    RotationError::Store(format!("database: {}", super::error::describe(&e)))
+}
+
+/// A generation's material as stored: the certificate, and both keys sealed under the KEK.
+pub(crate) struct SealedGeneration {
+    pub cert_pem: String,
+    pub key_sealed: Vec<u8>,
+    pub jwt_key_sealed: Vec<u8>,
+}
+
+/// Seals `g`'s keys for the database.
+pub(crate) fn seal(g: &NewGeneration, kek: &Kek) -> Result<SealedGeneration, StoreError> {
+    Ok(SealedGeneration {
+        cert_pem: g.cert_pem.clone(),
+        key_sealed: kek.seal(KeyKind::Root, g.generation, &g.key_pem)?,
+        jwt_key_sealed: kek.seal(KeyKind::Jwt, g.generation, &g.jwt_key_pem)?,
+    })
 }
 
 async fn insert_mesh(
@@ -604,10 +657,6 @@ async fn issued_of(
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn tempdir() -> Result<tempfile::TempDir, StoreError> {
-    tempfile::tempdir().map_err(|e| StoreError::Refused(format!("a scratch directory: {e}")))
 }
 
 /// The URL with any password replaced, for messages.

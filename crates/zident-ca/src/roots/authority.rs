@@ -22,6 +22,7 @@ use zident_identity::pem::{certs_from_pem, certs_to_pem};
 use zident_identity::{CsrPublicKey, SpiffeId, TrustBundle, TrustDomain, profile, to_system_time};
 
 use crate::persist::{create_private_dir, write_atomic};
+use crate::roots::dir_store;
 use crate::roots::files::FileError;
 use crate::roots::rotation;
 
@@ -29,6 +30,7 @@ fn rotation_error(e: rotation::RotationError) -> AuthorityError {
     match e {
         rotation::RotationError::File(e) => AuthorityError::File(e),
         rotation::RotationError::Refused(m) => AuthorityError::Sign(m),
+        other => AuthorityError::Sign(other.to_string()),
     }
 }
 
@@ -102,14 +104,14 @@ impl Authority {
             move |source| AuthorityError::from(FileError::Io { path, source })
         };
         create_private_dir(dir).map_err(io(dir))?;
-        let state = match rotation::read_state(dir).map_err(rotation_error)? {
+        let state = match dir_store::read_state(dir).map_err(rotation_error)? {
             Some(state) => state,
             None => {
                 Self::create_first_root(dir, trust_domain, root_lifetime)?;
                 rotation::RotationState::initial(trust_domain)
             }
         };
-        let active_dir = rotation::generation_dir(dir, state.active);
+        let active_dir = dir_store::generation_dir(dir, state.active);
         let key_path = active_dir.join(CA_KEY);
         if !key_path.exists() {
             return Err(invalid(
@@ -132,7 +134,7 @@ impl Authority {
         check_key_matches(&cert_path, &cert, &key)?;
         let mut bundle = TrustBundle::new(trust_domain.clone());
         for generation in state.in_bundle() {
-            let path = rotation::generation_dir(dir, generation).join(CA_CERT);
+            let path = dir_store::generation_dir(dir, generation).join(CA_CERT);
             let root = first_cert(&path, &std::fs::read(&path).map_err(io(&path))?)?;
             bundle
                 .add_root(root)
@@ -142,7 +144,7 @@ impl Authority {
         // The JWT keys of the same generations; the active one signs.
         let mut jwt_signer = None;
         for generation in state.in_bundle() {
-            let path = rotation::generation_dir(dir, generation).join(JWT_KEY);
+            let path = dir_store::generation_dir(dir, generation).join(JWT_KEY);
             if !path.exists() {
                 continue;
             }
@@ -156,7 +158,7 @@ impl Authority {
             Self::assemble(Mode::SelfSigned(dir.to_owned()), key, cert, vec![], bundle)?;
         authority.jwt_signer = jwt_signer;
         if let Some(previous) = state.previous {
-            let gen_dir = rotation::generation_dir(dir, previous);
+            let gen_dir = dir_store::generation_dir(dir, previous);
             let (key_path, cert_path) = (gen_dir.join(CA_KEY), gen_dir.join(CA_CERT));
             if key_path.exists() {
                 let key = read_key(&key_path)?;
@@ -202,7 +204,7 @@ impl Authority {
                 .map_err(io(&key_path))?;
             tracing::info!(path = %key_path.display(), "generated a new CA root key");
             if !dir.join(JWT_KEY).exists() {
-                rotation::make_jwt_key(dir).map_err(rotation_error)?;
+                dir_store::make_jwt_key(dir).map_err(rotation_error)?;
             }
             key
         };
@@ -316,7 +318,7 @@ impl Authority {
         })?;
         let path = data_dir.join(JWT_KEY);
         if !path.exists() {
-            rotation::make_jwt_key(data_dir).map_err(rotation_error)?;
+            dir_store::make_jwt_key(data_dir).map_err(rotation_error)?;
         }
         let signer = read_jwt_key(&path)?;
         self.bundle.add_jwt_key(signer.public().clone());

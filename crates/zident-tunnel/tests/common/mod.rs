@@ -325,7 +325,7 @@ pub async fn apply_phase(
 ) -> Result<zident_ca::rotation::RotationState, String> {
     let dir = dir.to_owned();
     tokio::task::spawn_blocking(move || {
-        zident_ca::rotation::apply(
+        zident_ca::dir_store::apply(
             &dir,
             phase,
             SystemTime::now(),
@@ -342,9 +342,10 @@ pub async fn apply_phase(
 /// for activation, the bundle rule and every client having renewed since prepare (from the
 /// CA's ledger).
 pub async fn until_safe(dir: &Path, phase: zident_ca::rotation::Phase) {
+    use zident_ca::dir_store;
     use zident_ca::rotation::{self, Phase};
     loop {
-        let state = rotation::read_state(dir).unwrap().unwrap();
+        let state = dir_store::read_state(dir).unwrap().unwrap();
         let now = zident_identity::unix_seconds(SystemTime::now());
         let safe = match phase {
             Phase::Prepare => 0,
