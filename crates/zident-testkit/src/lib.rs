@@ -7,13 +7,16 @@
 //!   what an operator would read;
 //! - [`curl`]: the curl command line, a client nobody here wrote;
 //! - [`netns`]: nodes in their own network namespaces on a shared bridge;
-//! - [`postgres`]: a real PostgreSQL cluster in a temporary directory.
+//! - [`postgres`]: a real PostgreSQL cluster in a temporary directory;
+//! - [`modgraph`]: module cycles in a crate's source (the check behind the architecture's
+//!   promise that no module imports one that imports it back).
 //!
 //! A dev-dependency only; never published.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod modgraph;
 pub mod netns;
 pub mod postgres;
 
