@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
-use zident_mesh::{MeshFile, watch};
+use zident_mesh::{MeshFile, MeshOrigin, NodeView, watch};
 
 pub use ca::client::{CaError, ConnectionStatus};
 pub use ca::endpoints::CaAddressError;
@@ -103,8 +103,9 @@ pub struct RunningAgent {
     pub readiness_addr: Option<SocketAddr>,
     /// Workload API sockets and SVID files.
     pub delivery: Arc<workload_api::Delivery<CertificateManager>>,
-    /// The mesh file in force: the one loaded at start, then each edit that was accepted.
-    pub mesh: tokio::sync::watch::Receiver<Arc<MeshFile>>,
+    /// The mesh in force, as this node sees it: the one loaded at start, then each change
+    /// that was accepted (from the file or the control plane).
+    pub mesh: tokio::sync::watch::Receiver<Arc<NodeView>>,
     tasks: Vec<JoinHandle<()>>,
     /// The xDS stream's state, when the mesh comes from the control plane.
     pub xds: Option<Arc<xds::status::XdsStatusCell>>,
@@ -132,8 +133,10 @@ impl RunningAgent {
             return Err(AgentError::Config("NODE_NAME (--node) is required".into()));
         }
         let start = initial_mesh(&config)?;
-        let (mesh, view) = (start.mesh, start.view);
-        if start.ready && view.identities.is_empty() {
+        let accepted = start.accepted;
+        let view = accepted.view.clone();
+        let mesh = view.mesh();
+        if start.ready && view.identities().is_empty() {
             tracing::warn!(target: "zident::identity", node = %config.node, "the mesh places no workloads on this node");
         }
 
@@ -169,7 +172,7 @@ impl RunningAgent {
                 }
             })?,
         );
-        trust.set_config_roots(view.extra_roots.clone());
+        trust.set_config_roots(view.extra_roots().to_vec());
         let ca = Arc::new(
             ca::client::CaClient::new(&config.ca, trust.clone())?
                 .with_skew_threshold(clock::threshold_for(config.secret_ttl)),
@@ -181,7 +184,7 @@ impl RunningAgent {
             config.renewal,
             config.concurrency,
             metrics.clone(),
-            view.own.clone(),
+            view.own().cloned(),
         ));
         manager.set_identities(&view.identity_set());
         let delivery = Arc::new(workload_api::Delivery::new(
@@ -189,7 +192,7 @@ impl RunningAgent {
             manager.clone(),
             wapi_clients.clone(),
         ));
-        delivery.sync(&view.workloads);
+        delivery.sync(&accepted.workloads);
         delivery.start_shared().map_err(|e| {
             AgentError::Config(format!(
                 "cannot serve the shared Workload API socket {}: {e}",
@@ -204,7 +207,7 @@ impl RunningAgent {
         tracing::info!(
             target: "zident::identity",
             node = %config.node,
-            identities = view.identities.len(),
+            identities = view.identities().len(),
             ca = %ca.address(),
             "agent started"
         );
@@ -220,7 +223,7 @@ impl RunningAgent {
             )));
         }
 
-        let (mesh_tx, mesh_rx) = tokio::sync::watch::channel(Arc::new(mesh.clone()));
+        let (mesh_tx, mesh_rx) = tokio::sync::watch::channel(view.clone());
         let applier = Arc::new(reload::MeshApplier {
             node: config.node.clone(),
             trust_domain: mesh.trust_domain.clone(),
@@ -299,7 +302,7 @@ impl RunningAgent {
         };
         let metrics_addr = match config.metrics_addr {
             Some(a) if config.metrics_tls => {
-                let own = view.own.clone().ok_or_else(|| {
+                let own = view.own().cloned().ok_or_else(|| {
                     AgentError::Config(format!(
                         "--metrics-tls needs the agent's own identity: give node {} a spiffeId in the mesh file",
                         config.node
@@ -341,8 +344,7 @@ impl RunningAgent {
 
 /// The mesh an agent starts with.
 struct Start {
-    mesh: MeshFile,
-    view: workloads::LocalView,
+    accepted: workloads::AcceptedMesh,
     /// The resources behind `mesh`, when it came from the control plane.
     held: zident_xds::Snapshot,
     /// Whether `mesh` is a real view (a file, or a stored copy) rather than a placeholder.
@@ -364,10 +366,12 @@ fn initial_mesh(config: &AgentConfig) -> Result<Start, AgentError> {
                     mesh.trust_domain
                 )));
             }
-            let view = reload::node_view(&mesh, path, &config.node).map_err(AgentError::Config)?;
+            let trust_domain = mesh.trust_domain.clone();
+            let accepted =
+                reload::accept(mesh, MeshOrigin::file(path), &trust_domain, &config.node)
+                    .map_err(AgentError::Config)?;
             Ok(Start {
-                mesh,
-                view,
+                accepted,
                 held: zident_xds::Snapshot::default(),
                 ready: true,
             })
@@ -381,19 +385,16 @@ fn initial_mesh(config: &AgentConfig) -> Result<Start, AgentError> {
                 let read = snapshot
                     .to_mesh(&td)
                     .map_err(|e| e.to_string())
-                    .and_then(|m| m.received(path).map_err(|e| e.to_string()))
                     .and_then(|m| {
-                        m.keeps_trust_domain(&td, path, "the agent")
-                            .map_err(|e| e.to_string())?;
-                        let view = reload::node_view(&m, path, &config.node)?;
-                        Ok((m, view))
+                        let origin = MeshOrigin::Cached(path.to_owned());
+                        let m = m.received(&origin).map_err(|e| e.to_string())?;
+                        reload::accept(m, origin, &td, &config.node)
                     });
                 match read {
-                    Ok((mesh, view)) => {
-                        tracing::info!(target: "zident::identity", cache = %path.display(), workloads = mesh.workloads.len(), "serving the last good mesh from disk until the control plane answers");
+                    Ok(accepted) => {
+                        tracing::info!(target: "zident::identity", cache = %path.display(), workloads = accepted.view.mesh().workloads.len(), "serving the last good mesh from disk until the control plane answers");
                         Some(Start {
-                            mesh,
-                            view,
+                            accepted,
                             held: snapshot,
                             ready: true,
                         })
@@ -404,9 +405,16 @@ fn initial_mesh(config: &AgentConfig) -> Result<Start, AgentError> {
                     }
                 }
             });
+            // A placeholder with no workloads until the first view arrives.
+            let empty = NodeView::of_any_node(
+                MeshFile::empty(td),
+                MeshOrigin::ControlPlane(config.ca.address.clone()),
+                &config.node,
+            )
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+            let placeholder = workloads::AcceptedMesh::new(empty).map_err(AgentError::Config)?;
             Ok(stored.unwrap_or_else(|| Start {
-                mesh: MeshFile::empty(td),
-                view: workloads::LocalView::default(),
+                accepted: placeholder,
                 held: zident_xds::Snapshot::default(),
                 ready: false,
             }))

@@ -1,12 +1,10 @@
-//! What the mesh file says about this node: which identities its workloads have, the agent's
-//! own identity, and extra trusted roots.
+//! This node's workloads as the Workload API serves them: the accepted mesh's [`NodeView`]
+//! with each local workload's user and group resolved.
 
-use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
-use rustls_pki_types::CertificateDer;
 use zident_identity::SpiffeId;
-use zident_identity::pem::certs_from_pem;
-use zident_mesh::MeshFile;
+use zident_mesh::NodeView;
 
 /// A workload on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,63 +22,45 @@ pub struct LocalWorkload {
     pub run_as: Option<crate::unix_users::RunAs>,
 }
 
-/// This node's part of the mesh file.
-#[derive(Debug, Clone, Default)]
-pub struct LocalView {
-    /// The workloads on this node.
+/// An accepted mesh on this node: the [`NodeView`] that every consumer reads (the certificate
+/// manager, the Workload API, SDS, the SVID files and the tunnel), and this node's workloads as
+/// the Workload API serves them, each with the user and group it runs as, resolved once.
+#[derive(Debug, Clone)]
+pub struct AcceptedMesh {
+    /// The view, shared with the tunnel.
+    pub view: Arc<NodeView>,
+    /// The local workloads with their identities and users.
     pub workloads: Vec<LocalWorkload>,
-    /// Identity → the workloads (`namespace/name`) that have it.
-    pub identities: BTreeMap<SpiffeId, Vec<String>>,
-    /// The agent's own identity (`nodes[].spiffeId`).
-    pub own: Option<SpiffeId>,
-    /// Roots from `caCertificates`.
-    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
-impl LocalView {
-    /// The workload identities, as a set.
-    pub fn identity_set(&self) -> HashSet<SpiffeId> {
-        self.identities.keys().cloned().collect()
+impl AcceptedMesh {
+    /// Resolves the users of `view`'s local workloads. Fails on a user or group this host
+    /// does not know.
+    pub fn new(view: NodeView) -> Result<Self, String> {
+        let workloads = view
+            .local_workloads()
+            .map(|(w, id)| {
+                let run_as =
+                    crate::unix_users::run_as(w.user.as_ref(), w.group.as_ref()).map_err(|e| {
+                        format!(
+                            "{}: workload {}/{}: {e}",
+                            view.origin(),
+                            w.namespace,
+                            w.name
+                        )
+                    })?;
+                Ok(LocalWorkload {
+                    namespace: w.namespace.clone(),
+                    name: w.name.clone(),
+                    id: id.clone(),
+                    ips: w.workload_ips.clone(),
+                    run_as,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            view: Arc::new(view),
+            workloads,
+        })
     }
-}
-
-/// Extracts `node`'s view. Fails on a `caCertificates` entry that is not PEM.
-pub fn local_view(mesh: &MeshFile, node: &str) -> Result<LocalView, String> {
-    let mut identities: BTreeMap<SpiffeId, Vec<String>> = BTreeMap::new();
-    let mut workloads = Vec::new();
-    for w in mesh.workloads.iter().filter(|w| w.node == node) {
-        let id = w
-            .spiffe_id(&mesh.trust_domain)
-            .map_err(|e| format!("workload {}/{}: {e}", w.namespace, w.name))?;
-        identities
-            .entry(id.clone())
-            .or_default()
-            .push(format!("{}/{}", w.namespace, w.name));
-        let run_as = crate::unix_users::run_as(w.user.as_ref(), w.group.as_ref())
-            .map_err(|e| format!("workload {}/{}: {e}", w.namespace, w.name))?;
-        workloads.push(LocalWorkload {
-            namespace: w.namespace.clone(),
-            name: w.name.clone(),
-            id,
-            ips: w.workload_ips.clone(),
-            run_as,
-        });
-    }
-    let own = mesh
-        .nodes
-        .iter()
-        .find(|n| n.name == node)
-        .and_then(|n| n.spiffe_id.clone());
-    let mut extra_roots = Vec::new();
-    for (i, pem) in mesh.ca_certificates.iter().enumerate() {
-        let certs =
-            certs_from_pem(pem.as_bytes()).map_err(|e| format!("caCertificates[{i}]: {e}"))?;
-        extra_roots.extend(certs);
-    }
-    Ok(LocalView {
-        workloads,
-        identities,
-        own,
-        extra_roots,
-    })
 }

@@ -39,7 +39,7 @@ async fn an_agent_without_a_mesh_file_follows_the_control_plane() {
         "node-b's stays off"
     );
     assert_eq!(
-        agent.mesh.borrow().workloads.len(),
+        agent.mesh.borrow().mesh().workloads.len(),
         4,
         "every node's workloads, for routing"
     );

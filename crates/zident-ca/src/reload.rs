@@ -34,7 +34,7 @@ pub(crate) fn load_authority(
 pub(crate) fn reload_mesh(state: &CaState, path: &Path) {
     let current_td = state.registry().trust_domain().clone();
     let result = MeshFile::load(path).and_then(|mesh| {
-        mesh.keeps_trust_domain(&current_td, path, "the CA")?;
+        mesh.keeps_trust_domain(&current_td, &zident_mesh::MeshOrigin::file(path), "the CA")?;
         Registry::from_mesh(&mesh, path).map(|r| (r, mesh))
     });
     match result {

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
 
 use zident_identity::{SpiffeId, TrustDomain};
 
@@ -16,17 +15,18 @@ use crate::error::MeshError;
 use crate::file::{MeshFile, Workload};
 use crate::locate::{Step, line_of};
 use crate::names::{check_dns_name, check_label, check_subdomain};
+use crate::origin::MeshOrigin;
 
 /// Collects where an entry is, to build a refusal.
 struct Refuse<'a> {
-    path: &'a Path,
+    origin: &'a MeshOrigin,
     yaml: &'a str,
 }
 
 impl Refuse<'_> {
     fn at(&self, steps: &[Step<'_>], field: String, message: String) -> MeshError {
         MeshError::Invalid {
-            path: self.path.to_owned(),
+            origin: self.origin.clone(),
             line: line_of(self.yaml, steps),
             field,
             message,
@@ -39,23 +39,11 @@ fn workload_label(i: usize, w: &Workload) -> String {
     format!("workloads[{i}] ({}/{})", w.namespace, w.name)
 }
 
-/// Where a mesh came from, for the one rule that differs between the two: tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// A mesh file: every node and identity carries its token.
-    File,
-    /// A view received from the control plane, which never sends tokens.
-    ControlPlane,
-}
-
-/// Checks every rule across the fields of `mesh`, parsed from `yaml` at `path`.
-pub(crate) fn check(
-    mesh: &MeshFile,
-    path: &Path,
-    yaml: &str,
-    source: Source,
-) -> Result<(), MeshError> {
-    let r = Refuse { path, yaml };
+/// Checks every rule across the fields of `mesh`, parsed from `yaml` (empty for a mesh the
+/// control plane sent) from `origin`. Only a file carries tokens: a view from the control plane
+/// never does.
+pub(crate) fn check(mesh: &MeshFile, origin: &MeshOrigin, yaml: &str) -> Result<(), MeshError> {
+    let r = Refuse { origin, yaml };
     use Step::{Item, Key};
 
     // A file with no caller at all (no node, no identity-bound token) is what an empty or
@@ -91,7 +79,7 @@ pub(crate) fn check(
                 ),
             ));
         }
-        if source == Source::File {
+        if matches!(origin, MeshOrigin::File(_)) {
             check_token_source(&node.token, &node.token_file)
                 .map_err(|m| r.at(&at, format!("nodes[{i}]"), m))?;
         }
@@ -107,7 +95,7 @@ pub(crate) fn check(
     }
     for (i, entry) in mesh.identities.iter().enumerate() {
         let at = [Key("identities"), Item(i)];
-        if source == Source::File {
+        if matches!(origin, MeshOrigin::File(_)) {
             check_token_source(&entry.token, &entry.token_file)
                 .map_err(|m| r.at(&at, format!("identities[{i}]"), m))?;
         }

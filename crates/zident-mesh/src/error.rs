@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::origin::MeshOrigin;
+
 /// Why a mesh file was refused. The message names the file and, where the YAML parser knows
 /// it, the line and column.
 #[derive(Debug, thiserror::Error)]
@@ -23,10 +25,10 @@ pub enum MeshError {
         message: String,
     },
     /// A rule across fields is broken (duplicate names, a token given twice, ...).
-    #[error("mesh file {path}{}: {field}: {message}", at_line(.line))]
+    #[error("{origin}{}: {field}: {message}", at_line(.line))]
     Invalid {
-        /// The file.
-        path: PathBuf,
+        /// Where the mesh came from.
+        origin: MeshOrigin,
         /// Where the entry at fault is written, when it can be found in the text.
         line: Option<usize>,
         /// Where, e.g. `nodes[1].token`.

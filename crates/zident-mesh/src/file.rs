@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use zident_identity::{SpiffeId, TrustDomain};
 
 pub use crate::error::MeshError;
+use crate::origin::MeshOrigin;
 use crate::policy::{Authorization, Ignored};
 
 /// A whole mesh file, checked.
@@ -382,7 +383,7 @@ impl MeshFile {
                     let p = base.join(f);
                     std::fs::read_to_string(&p)
                         .map_err(|e| MeshError::Invalid {
-                            path: mesh_path.to_owned(),
+                            origin: MeshOrigin::file(mesh_path),
                             line: None,
                             field: field.clone(),
                             message: format!("cannot read tokenFile {}: {e}", p.display()),
@@ -394,7 +395,7 @@ impl MeshFile {
             };
             if value.is_empty() {
                 return Err(MeshError::Invalid {
-                    path: mesh_path.to_owned(),
+                    origin: MeshOrigin::file(mesh_path),
                     line: None,
                     field,
                     message: "the token is empty".into(),
@@ -415,7 +416,7 @@ impl MeshFile {
         for (token, who) in &out {
             if !seen.insert(token.as_str()) {
                 return Err(MeshError::Invalid {
-                    path: mesh_path.to_owned(),
+                    origin: MeshOrigin::file(mesh_path),
                     line: None,
                     field: format!("{who:?}"),
                     message:
@@ -435,20 +436,20 @@ impl MeshFile {
         self.nodes.iter().any(|n| n.name == node) || self.workloads.iter().any(|w| w.node == node)
     }
 
-    /// Refuses an edit (read from `path`) that changes the trust domain of a running `who`
+    /// Refuses an edit (from `origin`) that changes the trust domain of a running `who`
     /// (`the CA`, `the agent`): every identity, root and token in force belongs to the one it
     /// started with, so the trust domain changes only with a restart.
     pub fn keeps_trust_domain(
         &self,
         running: &TrustDomain,
-        path: &Path,
+        origin: &MeshOrigin,
         who: &str,
     ) -> Result<(), MeshError> {
         if &self.trust_domain == running {
             return Ok(());
         }
         Err(MeshError::Invalid {
-            path: path.to_owned(),
+            origin: origin.clone(),
             line: None,
             field: "trustDomain".into(),
             message: format!(

@@ -8,7 +8,8 @@
 //! policy must not silently switch it off.
 //!
 //! A file is checked whole before anyone uses it (see `check.rs` for the rules): an edit
-//! applies everywhere, or nowhere.
+//! applies everywhere, or nowhere. A node reads an accepted mesh through one [`NodeView`],
+//! whatever its [`MeshOrigin`] (a file, or the control plane).
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -20,11 +21,15 @@ mod file;
 mod load;
 mod locate;
 mod names;
+mod node_view;
+mod origin;
 mod policy;
 pub mod watch;
 
 pub use cidr::{Cidr, CidrError};
 pub use names::{NameError, check_dns_name, check_label, check_subdomain};
+pub use node_view::{NodeView, NodeViewError};
+pub use origin::MeshOrigin;
 
 pub use file::{
     CallerToken, DnsCertificate, HealthStatus, IdentityEntry, MeshError, MeshFile, Node, Protocol,

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use crate::check::Source;
 use crate::error::MeshError;
 use crate::file::MeshFile;
+use crate::origin::MeshOrigin;
 
 impl MeshFile {
     /// Parses mesh-file YAML; `path` is only used in messages.
@@ -14,15 +14,15 @@ impl MeshFile {
             path: path.to_owned(),
             message: with_line(yaml, e.to_string()),
         })?;
-        crate::check::check(&mesh, path, yaml, Source::File)?;
+        crate::check::check(&mesh, &MeshOrigin::file(path), yaml)?;
         Ok(mesh)
     }
 
     /// Checks a mesh that was built rather than read (a view received from the control plane)
-    /// by every rule a file must pass, except that its nodes carry no token. `origin` names
-    /// where it came from in messages (e.g. `xds://ca.example:15012`).
-    pub fn received(self, origin: &Path) -> Result<Self, MeshError> {
-        crate::check::check(&self, origin, "", Source::ControlPlane)?;
+    /// by every rule a file must pass, except that its nodes carry no token. `origin` (the
+    /// control plane, or its copy on disk) is named in messages.
+    pub fn received(self, origin: &MeshOrigin) -> Result<Self, MeshError> {
+        crate::check::check(&self, origin, "")?;
         Ok(self)
     }
 

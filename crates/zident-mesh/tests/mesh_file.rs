@@ -438,10 +438,13 @@ fn a_running_component_refuses_an_edit_of_its_trust_domain() {
     let running = zident_identity::TrustDomain::new("cluster.local").unwrap();
     let path = Path::new("mesh.yaml");
     let same = parse("trustDomain: cluster.local\nnodes:\n- {name: a, token: t}\n").unwrap();
-    assert!(same.keeps_trust_domain(&running, path, "the CA").is_ok());
+    assert!(
+        same.keeps_trust_domain(&running, &zident_mesh::MeshOrigin::file(path), "the CA")
+            .is_ok()
+    );
     let other = parse("trustDomain: other.example\nnodes:\n- {name: a, token: t}\n").unwrap();
     let msg = other
-        .keeps_trust_domain(&running, path, "the agent")
+        .keeps_trust_domain(&running, &zident_mesh::MeshOrigin::file(path), "the agent")
         .unwrap_err()
         .to_string();
     assert!(

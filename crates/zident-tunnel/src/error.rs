@@ -26,14 +26,6 @@ pub enum TunnelError {
 /// file first, so this is a guard, not a path users meet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ViewError {
-    /// A workload's identity cannot be formed.
-    #[error("workload {workload}: {message}")]
-    Workload {
-        /// `namespace/name`.
-        workload: String,
-        /// What is wrong.
-        message: String,
-    },
     /// A service VIP is not `network/ip`.
     #[error("service {service}: VIP {vip:?} is not network/ip")]
     Vip {

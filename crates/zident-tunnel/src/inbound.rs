@@ -26,14 +26,14 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use zident_identity::{SpiffeId, WorkloadCertificate, check_leaf};
+use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate, check_leaf};
 
 use crate::headers;
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
 use crate::policy::{Authorizer, Connection, Destination};
 use crate::pump::{keepalive, pump};
+use crate::sizes::{TLS_READ_BUFFER, window};
 use crate::verify::{BundleSource, SpiffeClientVerifier, provider};
-use crate::{TLS_READ_BUFFER, window};
 
 /// A TLS handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,33 +63,34 @@ pub enum Serves {
     BySni,
 }
 
-/// The current certificate of an identity; `None` refuses connections (fail closed).
-pub type CertificateLookup =
-    Arc<dyn Fn(&SpiffeId) -> Option<Arc<WorkloadCertificate>> + Send + Sync>;
+/// What an inbound listener asks of the mesh in force: the local workload at an address, who
+/// is at a peer's address, and the policies. The node's live view answers in production; a
+/// test answers with fixed values.
+pub trait Destinations: Send + Sync + 'static {
+    /// The local workload at `ip`, if any.
+    fn local_target(&self, ip: IpAddr) -> Option<LocalTarget>;
+    /// `namespace/name` of the workload at `ip` on any node: who a connection is from, for the
+    /// access log (as ztunnel names it). `None` falls back to the caller's `baggage`.
+    fn peer(&self, _ip: IpAddr) -> Option<Arc<str>> {
+        None
+    }
+    /// The policies in force now.
+    fn authorizer(&self) -> Arc<Authorizer>;
+}
 
-/// `namespace/name` of the workload at an address, on any node.
-pub type PeerLookup = Arc<dyn Fn(IpAddr) -> Option<Arc<str>> + Send + Sync>;
-
-/// What an inbound HBONE listener needs.
-pub struct Inbound {
+/// An inbound HBONE listener's state: certificates and the trust bundle from `P` (the identity
+/// seam, as for outbound), local workloads and policies from `D`.
+pub struct Inbound<P, D> {
     /// Which identity this listener presents.
-    pub serves: Serves,
-    /// The current certificate of an identity.
-    pub certificate: CertificateLookup,
-    /// The current trust bundle.
-    pub bundle: BundleSource,
-    /// The local workload at an address, if any.
-    pub local: Arc<dyn Fn(IpAddr) -> Option<LocalTarget> + Send + Sync>,
-    /// The current policies.
-    pub authorizer: Arc<dyn Fn() -> Arc<Authorizer> + Send + Sync>,
+    serves: Serves,
+    certificates: Arc<P>,
+    destinations: Arc<D>,
+    bundle: BundleSource,
     /// How long to wait for the workload to accept.
-    pub connect_timeout: Duration,
-    /// Metrics and open tunnels.
-    pub observer: Arc<Observer>,
-    /// `namespace/name` of the workload at an address on any node: who a connection is from.
-    pub peers: Option<PeerLookup>,
+    connect_timeout: Duration,
+    observer: Arc<Observer>,
     /// How far in the future a client certificate's notBefore may be (clock skew).
-    pub skew_tolerance: Duration,
+    skew_tolerance: Duration,
     /// Per identity: the serial of the certificate its configuration was built with.
     configs: Mutex<HashMap<SpiffeId, (String, Arc<rustls::ServerConfig>)>>,
 }
@@ -100,34 +101,34 @@ enum Refused {
     Other(Reason, String),
 }
 
-impl Inbound {
-    /// An inbound listener's state.
+impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
+    /// A listener presenting `serves`, with certificates and the bundle from `certificates`.
     pub fn new(
         serves: Serves,
-        certificate: CertificateLookup,
-        bundle: BundleSource,
-        local: Arc<dyn Fn(IpAddr) -> Option<LocalTarget> + Send + Sync>,
-        authorizer: Arc<dyn Fn() -> Arc<Authorizer> + Send + Sync>,
+        certificates: Arc<P>,
+        destinations: Arc<D>,
         observer: Arc<Observer>,
     ) -> Self {
+        let bundle: BundleSource = {
+            let p = certificates.clone();
+            Arc::new(move || p.bundle())
+        };
         Self {
             serves,
-            certificate,
+            certificates,
+            destinations,
             bundle,
-            local,
-            authorizer,
             connect_timeout: Duration::from_secs(5),
             observer,
-            peers: None,
             skew_tolerance: crate::verify::SKEW_TOLERANCE,
             configs: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Names the source workload of each connection in the access log, by the connection's
-    /// source address (as ztunnel does), with `lookup`.
-    pub fn with_peers(mut self, lookup: PeerLookup) -> Self {
-        self.peers = Some(lookup);
+    /// Accepts client certificates whose notBefore is up to `tolerance` in the future (clock
+    /// skew between nodes).
+    pub fn with_skew_tolerance(mut self, tolerance: Duration) -> Self {
+        self.skew_tolerance = tolerance;
         self
     }
 
@@ -179,12 +180,16 @@ impl Inbound {
     fn identity_for(&self, sni: Option<&str>) -> Result<SpiffeId, (Reason, String)> {
         match &self.serves {
             Serves::Identity(id) => Ok(id.clone()),
-            Serves::Address(ip) => (self.local)(*ip).map(|t| t.id).ok_or_else(|| {
-                (
-                    Reason::BadRequest,
-                    format!("{ip} is no longer an HBONE workload on this node"),
-                )
-            }),
+            Serves::Address(ip) => self
+                .destinations
+                .local_target(*ip)
+                .map(|t| t.id)
+                .ok_or_else(|| {
+                    (
+                        Reason::BadRequest,
+                        format!("{ip} is no longer an HBONE workload on this node"),
+                    )
+                }),
             Serves::BySni => {
                 let name = sni.ok_or((
                     Reason::BadRequest,
@@ -199,7 +204,7 @@ impl Inbound {
                         format!("SNI {name:?} does not name a workload address"),
                     )
                 })?;
-                (self.local)(ip).map(|t| t.id).ok_or_else(|| {
+                self.destinations.local_target(ip).map(|t| t.id).ok_or_else(|| {
                     (
                         Reason::BadRequest,
                         format!(
@@ -232,7 +237,7 @@ impl Inbound {
         let identity = self
             .identity_for(start.client_hello().server_name())
             .map_err(|(r, d)| Refused::Other(r, d))?;
-        let cert = (self.certificate)(&identity).ok_or_else(|| {
+        let cert = self.certificates.current(&identity).ok_or_else(|| {
             Refused::Other(
                 Reason::NoCertificate,
                 format!("(fail closed) {identity} has no valid certificate"),
@@ -371,9 +376,8 @@ impl Inbound {
                 .map(str::to_owned)
         };
         let src_workload = self
-            .peers
-            .as_ref()
-            .and_then(|lookup| lookup(peer.ip()))
+            .destinations
+            .peer(peer.ip())
             .map(|w| w.to_string())
             .or_else(|| header(headers::BAGGAGE).and_then(|b| headers::Caller::parse(&b).name()))
             .unwrap_or_else(|| "-".into());
@@ -443,7 +447,7 @@ impl Inbound {
             tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is the HBONE port itself; a tunnel there would loop");
             return Err(StatusCode::BAD_REQUEST);
         }
-        let Some(target) = (self.local)(dst.ip()) else {
+        let Some(target) = self.destinations.local_target(dst.ip()) else {
             fail(Reason::BadRequest);
             tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is not a workload on this node");
             return Err(StatusCode::BAD_REQUEST);
@@ -453,7 +457,7 @@ impl Inbound {
             tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is {}, but this connection was served as {served}", target.id);
             return Err(StatusCode::BAD_REQUEST);
         }
-        let decision = (self.authorizer)().authorize(
+        let decision = self.destinations.authorizer().authorize(
             Destination {
                 namespace: &target.namespace,
                 selected: &target.policies,

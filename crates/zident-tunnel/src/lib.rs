@@ -1,53 +1,46 @@
-//! The HBONE tunnel's pieces. So far: authorization policy in ztunnel's local-config shape,
-//! evaluated for each connection to a workload ([`policy`]), the rustls verifiers that make
-//! both ends of a tunnel prove their SPIFFE identities ([`verify`]), and the inbound HBONE
-//! server ([`inbound`]).
+//! The HBONE tunnel of a node: the inbound HBONE server ([`Inbound`]) and the outbound side
+//! ([`Outbound`]: SOCKS5 and captured connections over pooled HTTP/2), both reaching
+//! certificates only through [`zident_identity::CertificateProvider`]; [`start`] runs them for
+//! one node and follows its [`zident_mesh::NodeView`].
+//!
+//! - `node`: one node's listeners, following each accepted mesh;
+//! - `inbound`, `outbound`, `socks5`, `sni`, `headers`, `pump`: the data path;
+//! - `mesh_view`: routes and local workloads indexed from the node view;
+//! - `policy`: authorization policy in ztunnel's local-config shape ([`Authorizer`]);
+//! - `verify`: the rustls verifiers that make both ends prove their SPIFFE identities;
+//! - `observe`, `listeners`: metrics, open tunnels and listener states ([`Observer`]);
+//! - `sizes`: buffer sizes and HTTP/2 windows of the data path;
+//! - `error`: why a tunnel or a view could not be made.
+//!
+//! The modules are private; what other crates use is re-exported here.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod error;
-pub mod headers;
-pub mod inbound;
-pub mod listeners;
-pub mod mesh_view;
-pub mod node;
-pub mod observe;
-pub mod outbound;
-pub mod policy;
-pub mod pump;
-pub mod sni;
-pub mod socks5;
-pub mod verify;
+mod error;
+mod headers;
+mod inbound;
+mod listeners;
+mod mesh_view;
+mod node;
+mod observe;
+mod outbound;
+mod policy;
+mod pump;
+mod sizes;
+mod sni;
+mod socks5;
+mod verify;
 
 pub use error::{TunnelError, ViewError};
-
-/// A busy tunnel reads its client in chunks up to this large: whole TLS records, large HTTP/2
-/// frames, few system calls and wake-ups. A tunnel starts with [`FIRST_READ_BUFFER`] and grows
-/// towards this only while reads fill its buffer, so idle tunnels stay small.
-pub const COPY_BUFFER: usize = 256 * 1024;
-/// The read buffer a tunnel starts with.
-pub(crate) const FIRST_READ_BUFFER: usize = 16 * 1024;
-/// Plain TCP (destinations with `protocol: TCP`) copies through buffers this large.
-pub(crate) const PLAIN_COPY_BUFFER: usize = 64 * 1024;
-
-/// TLS is read from the socket through a buffer this large. rustls asks for 4 KiB at a time,
-/// so reading it straight from the socket costs about four system calls per 16 KiB record.
-pub(crate) const TLS_READ_BUFFER: usize = 64 * 1024;
-
-/// HTTP/2 settings of HBONE connections: ztunnel's large windows, so one tunnel can fill a fast
-/// link without waiting for window updates, and 64 KiB frames. Larger frames make the receiver's
-/// frame buffers large enough for glibc to map fresh pages for each (measured: 100,000 page
-/// faults a second on the receiving agent, and a third less throughput).
-pub(crate) mod window {
-    /// Per-stream flow-control window.
-    pub const STREAM: u32 = 4 * 1024 * 1024;
-    /// Per-connection flow-control window.
-    pub const CONNECTION: u32 = 16 * 1024 * 1024;
-    /// Largest frame this end accepts: with its 9-byte header, a full frame is exactly 64 KiB
-    /// of plaintext, four full TLS records that fit rustls's 64 KiB send buffer at once. (A
-    /// 64 KiB frame left its last 9 bytes to a record, a write and a packet of their own.)
-    pub const FRAME: u32 = 64 * 1024 - 9;
-    /// Bytes buffered per stream before writes wait.
-    pub const SEND_BUFFER: usize = 1024 * 1024;
-}
+pub use inbound::{Destinations, Inbound, LocalTarget, Serves};
+pub use listeners::ListenerPhase;
+pub use node::{RunningTunnel, TunnelConfig, start};
+pub use observe::{Direction, Observer, Reason, tls_failure};
+pub use outbound::{Directory, NoRoute, Outbound, Route, Source};
+pub use policy::{Authorizer, Connection, Destination};
+pub use socks5::Target;
+pub use verify::{
+    BundleSource, SKEW_TOLERANCE, SpiffeClientVerifier, SpiffeServerVerifier,
+    provider as crypto_provider,
+};

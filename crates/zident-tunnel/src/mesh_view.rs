@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use zident_identity::SpiffeId;
-use zident_mesh::{HealthStatus, MeshFile, Protocol};
+use zident_mesh::{HealthStatus, NodeView, Protocol};
 
 use crate::error::ViewError;
 use crate::inbound::LocalTarget;
@@ -60,16 +60,12 @@ pub struct MeshView {
 }
 
 impl MeshView {
-    /// Indexes `mesh` for `node`, whose tunnels listen on `inbound_port`.
-    pub fn new(mesh: &MeshFile, node: &str, inbound_port: u16) -> Result<Self, ViewError> {
+    /// Indexes `view` (its node's view of a mesh) for tunnels that listen on `inbound_port`.
+    /// Each workload's identity is the one the view derived, the same the agent attests.
+    pub fn new(view: &NodeView, inbound_port: u16) -> Result<Self, ViewError> {
+        let (mesh, node) = (view.mesh(), view.node());
         let mut by_ip = HashMap::new();
-        for w in &mesh.workloads {
-            let id = w
-                .spiffe_id(&mesh.trust_domain)
-                .map_err(|message| ViewError::Workload {
-                    workload: format!("{}/{}", w.namespace, w.name),
-                    message,
-                })?;
+        for (w, id) in view.workloads() {
             for ip in &w.workload_ips {
                 by_ip.insert(
                     *ip,
@@ -252,6 +248,7 @@ impl Directory for LiveView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zident_mesh::{MeshFile, MeshOrigin};
 
     fn view() -> MeshView {
         let yaml = "trustDomain: cluster.local\n\
@@ -267,7 +264,8 @@ services:\n\
 - {name: b, namespace: default, hostname: b.svc, vips: ['/127.10.0.3'], ports: {80: 7070, 81: 8181},\n   subjectAltNames: ['spiffe://cluster.local/ns/default/sa/b-canary']}\n\
 - {name: c, namespace: default, hostname: c.svc, vips: ['/127.10.0.7'], ports: {80: 80}}\n";
         let mesh = MeshFile::parse(std::path::Path::new("m.yaml"), yaml).unwrap();
-        MeshView::new(&mesh, "n1", 15008).unwrap()
+        let view = NodeView::new(mesh, MeshOrigin::file(std::path::Path::new("m.yaml")), "n1");
+        MeshView::new(&view.unwrap(), 15008).unwrap()
     }
 
     fn id(s: &str) -> SpiffeId {

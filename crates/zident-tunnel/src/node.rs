@@ -8,16 +8,15 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
-use zident_identity::{CertificateProvider, SpiffeId};
-use zident_mesh::MeshFile;
+use zident_identity::CertificateProvider;
+use zident_mesh::NodeView;
 
 use crate::error::TunnelError;
-use crate::inbound::{CertificateLookup, Inbound, Serves};
+use crate::inbound::{Destinations, Inbound, LocalTarget, Serves};
 use crate::mesh_view::{LiveView, MeshView};
 use crate::observe::Observer;
 use crate::outbound::Outbound;
 use crate::policy::Authorizer;
-use crate::verify::BundleSource;
 
 /// Where the tunnel listens.
 #[derive(Debug, Clone, Copy)]
@@ -58,31 +57,49 @@ impl Drop for RunningTunnel {
     }
 }
 
-struct Shared {
-    node: String,
-    config: TunnelConfig,
+/// The mesh as the node's inbound listeners read it: the live routes and the policies, each
+/// replaced whole when an accepted mesh arrives.
+struct LiveMesh {
     view: Arc<LiveView>,
-    authorizer: Arc<RwLock<Arc<Authorizer>>>,
-    current: CertificateLookup,
-    bundle: BundleSource,
+    authorizer: RwLock<Arc<Authorizer>>,
+}
+
+impl Destinations for LiveMesh {
+    fn local_target(&self, ip: IpAddr) -> Option<LocalTarget> {
+        self.view.get().local_target(ip)
+    }
+
+    fn peer(&self, ip: IpAddr) -> Option<Arc<str>> {
+        self.view.get().workload_at(ip)
+    }
+
+    fn authorizer(&self) -> Arc<Authorizer> {
+        self.authorizer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What every inbound listener of the node is made from.
+struct NodeInbound<P> {
+    config: TunnelConfig,
+    live: Arc<LiveMesh>,
+    provider: Arc<P>,
     observer: Arc<Observer>,
 }
 
-impl Shared {
-    fn inbound(&self, serves: Serves) -> Arc<Inbound> {
-        let (view, peers) = (self.view.clone(), self.view.clone());
-        let authorizer = self.authorizer.clone();
-        let mut inbound = Inbound::new(
-            serves,
-            self.current.clone(),
-            self.bundle.clone(),
-            Arc::new(move |ip| view.get().local_target(ip)),
-            Arc::new(move || authorizer.read().unwrap_or_else(|e| e.into_inner()).clone()),
-            self.observer.clone(),
+impl<P: CertificateProvider> NodeInbound<P> {
+    fn inbound(&self, serves: Serves) -> Arc<Inbound<P, LiveMesh>> {
+        Arc::new(
+            Inbound::new(
+                serves,
+                self.provider.clone(),
+                self.live.clone(),
+                self.observer.clone(),
+            )
+            .with_skew_tolerance(self.config.skew_tolerance),
         )
-        .with_peers(Arc::new(move |ip| peers.get().workload_at(ip)));
-        inbound.skew_tolerance = self.config.skew_tolerance;
-        Arc::new(inbound)
     }
 
     /// Binds and serves the shared listener; a failure here stops the start.
@@ -129,13 +146,13 @@ const BIND_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The per-workload listeners: one task per local HBONE address. The task owns the socket,
 /// so aborting it closes the listener (and the connections it accepted).
-struct WorkloadListeners {
-    shared: Arc<Shared>,
+struct WorkloadListeners<P> {
+    shared: Arc<NodeInbound<P>>,
     tasks: HashMap<IpAddr, AbortHandle>,
     set: JoinSet<()>,
 }
 
-impl WorkloadListeners {
+impl<P: CertificateProvider> WorkloadListeners<P> {
     /// Serves exactly the local HBONE addresses of the current view. An address whose
     /// workload changed identity keeps its listener: it serves whoever has the address.
     fn follow(&mut self) {
@@ -143,6 +160,7 @@ impl WorkloadListeners {
         while self.set.try_join_next().is_some() {}
         let wanted: std::collections::HashSet<IpAddr> = self
             .shared
+            .live
             .view
             .get()
             .local_hbone()
@@ -199,39 +217,31 @@ impl WorkloadListeners {
     }
 }
 
-/// Starts the tunnel of `node`; its metrics and open connections go to `observer`.
+/// Starts the tunnel of the node `mesh` is the view of; its metrics and open connections go to
+/// `observer`. Routes and policies follow `mesh`, the same view the agent's certificates and
+/// Workload API follow.
 ///
 /// Certificates and the trust bundle come from `provider` alone, the one seam between identity
 /// and the tunnel.
 pub async fn start<P: CertificateProvider>(
     config: TunnelConfig,
-    node: String,
     provider: Arc<P>,
-    mut mesh: watch::Receiver<Arc<MeshFile>>,
+    mut mesh: watch::Receiver<Arc<NodeView>>,
     observer: Arc<Observer>,
 ) -> Result<RunningTunnel, TunnelError> {
-    let current: CertificateLookup = {
-        let p = provider.clone();
-        Arc::new(move |id: &SpiffeId| p.current(id))
-    };
-    let bundle: BundleSource = {
-        let p = provider.clone();
-        Arc::new(move || p.bundle())
-    };
     let first = mesh.borrow_and_update().clone();
     let view = Arc::new(LiveView(RwLock::new(Arc::new(MeshView::new(
         &first,
-        &node,
         config.inbound_port,
     )?))));
-    let authorizer = Arc::new(RwLock::new(Arc::new(Authorizer::new(&first))));
-    let shared = Arc::new(Shared {
-        node: node.clone(),
-        config,
+    let live = Arc::new(LiveMesh {
         view: view.clone(),
-        authorizer: authorizer.clone(),
-        current,
-        bundle: bundle.clone(),
+        authorizer: RwLock::new(Arc::new(Authorizer::new(first.mesh()))),
+    });
+    let shared = Arc::new(NodeInbound {
+        config,
+        live,
+        provider: provider.clone(),
         observer: observer.clone(),
     });
 
@@ -301,14 +311,14 @@ pub async fn start<P: CertificateProvider>(
         let s = workloads.shared.clone();
         while mesh.changed().await.is_ok() {
             let next = mesh.borrow_and_update().clone();
-            match MeshView::new(&next, &s.node, s.config.inbound_port) {
-                Ok(v) => *s.view.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(v),
+            match MeshView::new(&next, s.config.inbound_port) {
+                Ok(v) => *s.live.view.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(v),
                 Err(e) => {
                     tracing::error!(target: "zident::tunnel", "keeping the previous routes: {e}")
                 }
             }
-            *s.authorizer.write().unwrap_or_else(|e| e.into_inner()) =
-                Arc::new(Authorizer::new(&next));
+            *s.live.authorizer.write().unwrap_or_else(|e| e.into_inner()) =
+                Arc::new(Authorizer::new(next.mesh()));
             if s.config.inbound_addr.is_none() {
                 // (The shared listener serves whatever is local now.)
                 workloads.follow();

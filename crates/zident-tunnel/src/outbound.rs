@@ -31,9 +31,9 @@ use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate};
 use crate::headers::{self, TraceParent};
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, peer_refusal, tls_failure};
 use crate::pump::{keepalive, pump};
+use crate::sizes::{PLAIN_COPY_BUFFER, TLS_READ_BUFFER, window};
 use crate::socks5::{self, Reply, Target};
 use crate::verify::{BundleSource, SpiffeServerVerifier, provider};
-use crate::{PLAIN_COPY_BUFFER, TLS_READ_BUFFER, window};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);

@@ -16,7 +16,7 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{COPY_BUFFER, FIRST_READ_BUFFER};
+use crate::sizes::{COPY_BUFFER, FIRST_READ_BUFFER};
 
 fn h2_io(e: h2::Error) -> io::Error {
     if e.is_io() {

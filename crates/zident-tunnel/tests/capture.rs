@@ -15,8 +15,8 @@ use std::time::Duration;
 use common::{agent, free_port, http_workload, start_ca, tunnel_with, until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
-use zident_tunnel::node::TunnelConfig;
-use zident_tunnel::observe::{Direction, Observer, Reason};
+use zident_tunnel::TunnelConfig;
+use zident_tunnel::{Direction, Observer, Reason};
 
 /// An iptables rule, deleted when dropped.
 struct Rule(Vec<String>);
@@ -70,7 +70,7 @@ workloads:\n\
             inbound_port: hbone_port,
             inbound_addr: None,
             transparent_source: false,
-            skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
+            skew_tolerance: zident_tunnel::SKEW_TOLERANCE,
         },
         oa.clone(),
     )
@@ -85,7 +85,7 @@ workloads:\n\
             inbound_port: hbone_port,
             inbound_addr: None,
             transparent_source: false,
-            skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
+            skew_tolerance: zident_tunnel::SKEW_TOLERANCE,
         },
         ob.clone(),
     )

@@ -5,55 +5,53 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Ca, authorizer, echo, id};
+use common::{Ca, Certs, Locals, authorizer, echo, id};
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zident_identity::WorkloadCertificate;
-use zident_tunnel::inbound::{Inbound, LocalTarget, Serves};
-use zident_tunnel::observe::{Direction, Observer, Reason};
-use zident_tunnel::policy::Authorizer;
-use zident_tunnel::verify::{SpiffeServerVerifier, provider};
+use zident_tunnel::{Direction, Observer, Reason};
+use zident_tunnel::{Inbound, LocalTarget, Serves};
+use zident_tunnel::{SpiffeServerVerifier, crypto_provider};
 
 struct Setup {
     inbound: SocketAddr,
-    server_cert: Arc<RwLock<Arc<WorkloadCertificate>>>,
-    policies: Arc<RwLock<Arc<Authorizer>>>,
+    certs: Arc<Certs>,
+    locals: Arc<Locals>,
     ca: Arc<Ca>,
     observer: Arc<Observer>,
 }
 
 async fn setup() -> Setup {
     let ca = Arc::new(Ca::new());
-    let server_cert = Arc::new(RwLock::new(ca.issue("ns/default/sa/backend")));
-    let policies = Arc::new(RwLock::new(authorizer("  []\n")));
-    let bundle = ca.bundle();
+    let backend = id("ns/default/sa/backend");
+    let certs = Arc::new(Certs::new(
+        vec![(backend.clone(), ca.issue("ns/default/sa/backend"))],
+        ca.bundle(),
+    ));
+    // This node's workloads: backend (this listener's identity) and payments.
+    let target = |sa: &str| LocalTarget {
+        id: id(&format!("ns/default/sa/{sa}")),
+        namespace: "default".into(),
+        policies: vec![],
+    };
+    let locals = Arc::new(Locals::new(
+        vec![
+            (IpAddr::from([127, 0, 0, 1]), target("backend")),
+            (IpAddr::from([127, 0, 0, 8]), target("payments")),
+        ],
+        authorizer("  []\n"),
+    ));
     let observer = Observer::new();
-    let (c, p) = (server_cert.clone(), policies.clone());
     let inbound = Arc::new(Inbound::new(
-        Serves::Identity(id("ns/default/sa/backend")),
-        Arc::new(move |_: &zident_identity::SpiffeId| Some(c.read().unwrap().clone())),
-        Arc::new(move || bundle.clone()),
-        Arc::new(|ip: IpAddr| {
-            // This node's workloads: backend (this listener's identity) and payments.
-            let sa = match ip {
-                IpAddr::V4(v4) if v4.octets() == [127, 0, 0, 1] => "backend",
-                IpAddr::V4(v4) if v4.octets() == [127, 0, 0, 8] => "payments",
-                _ => return None,
-            };
-            Some(LocalTarget {
-                id: id(&format!("ns/default/sa/{sa}")),
-                namespace: "default".into(),
-                policies: vec![],
-            })
-        }),
-        Arc::new(move || p.read().unwrap().clone()),
+        Serves::Identity(backend),
+        certs.clone(),
+        locals.clone(),
         observer.clone(),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -61,8 +59,8 @@ async fn setup() -> Setup {
     tokio::spawn(inbound.serve(listener));
     Setup {
         inbound: addr,
-        server_cert,
-        policies,
+        certs,
+        locals,
         ca,
         observer,
     }
@@ -77,7 +75,7 @@ async fn connect(
 ) {
     let client_cert = s.ca.issue("ns/default/sa/frontend");
     let bundle = s.ca.bundle();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
@@ -169,10 +167,10 @@ async fn connect_reaches_the_workload_and_statuses_mean_what_they_say() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     // A DENY policy for the frontend: 401, applied to new requests at once.
-    *s.policies.write().unwrap() = authorizer(
+    s.locals.set_policies(authorizer(
         "- name: no-frontend\n  namespace: default\n  scope: Namespace\n  action: Deny\n  \
 rules:\n  - - - principals: [{Exact: \"cluster.local/ns/default/sa/frontend\"}]\n",
-    );
+    ));
     let resp = connect_to(&mut sender, Method::CONNECT, &workload.to_string()).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
@@ -194,7 +192,8 @@ async fn a_rotation_changes_new_connections_and_keeps_open_tunnels() {
 
     // Rotate the server's certificate.
     let rotated = s.ca.issue("ns/default/sa/backend");
-    *s.server_cert.write().unwrap() = rotated.clone();
+    s.certs
+        .replace(&id("ns/default/sa/backend"), rotated.clone());
 
     // The open tunnel still carries bytes.
     open.write_all(b"still here").await.unwrap();

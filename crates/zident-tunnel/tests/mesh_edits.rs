@@ -27,8 +27,8 @@ use common::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zident_agent::RunningAgent;
 use zident_ca::RunningCa;
-use zident_tunnel::listeners::ListenerPhase;
-use zident_tunnel::observe::{Direction, Observer, Reason};
+use zident_tunnel::ListenerPhase;
+use zident_tunnel::{Direction, Observer, Reason};
 
 /// The mesh every test starts from: frontend on node-a, backend on node-b, both HBONE, on
 /// addresses of `net` (127.0.<net>.2 and .3), no policy.
@@ -69,8 +69,8 @@ struct Mesh {
     ca: RunningCa,
     a: RunningAgent,
     b: RunningAgent,
-    ta: Option<zident_tunnel::node::RunningTunnel>,
-    tb: Option<zident_tunnel::node::RunningTunnel>,
+    ta: Option<zident_tunnel::RunningTunnel>,
+    tb: Option<zident_tunnel::RunningTunnel>,
     oa: Arc<Observer>,
     ob: Arc<Observer>,
 }

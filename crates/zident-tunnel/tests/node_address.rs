@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{agent, curl, free_port, http_workload, start_ca, tunnel_with, until};
-use zident_tunnel::node::TunnelConfig;
-use zident_tunnel::observe::{Direction, Observer, Reason};
+use zident_tunnel::TunnelConfig;
+use zident_tunnel::{Direction, Observer, Reason};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_node_address_serves_every_workload_as_itself() {
@@ -42,7 +42,7 @@ services:\n- {{name: backend, namespace: default, hostname: backend.svc, vips: [
             inbound_port: hbone_port,
             inbound_addr: None,
             transparent_source: false,
-            skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
+            skew_tolerance: zident_tunnel::SKEW_TOLERANCE,
         },
         oa.clone(),
     )
@@ -57,7 +57,7 @@ services:\n- {{name: backend, namespace: default, hostname: backend.svc, vips: [
             inbound_port: hbone_port,
             inbound_addr: Some(shared),
             transparent_source: false,
-            skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
+            skew_tolerance: zident_tunnel::SKEW_TOLERANCE,
         },
         ob.clone(),
     )

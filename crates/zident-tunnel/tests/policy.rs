@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{authorizer, id};
 use zident_mesh::MeshFile;
-use zident_tunnel::policy::{Authorizer, Connection, Destination};
+use zident_tunnel::{Authorizer, Connection, Destination};
 
 /// Decides a connection from `src` (identity path, e.g. `ns/default/sa/frontend`) at 127.0.0.2
 /// to a workload in namespace `ns` at `dst`.

@@ -23,8 +23,8 @@ use zident_ca::rotation::{self, Phase};
 use zident_ca::{CaConfig, RunningCa, TtlPolicy};
 use zident_identity::pem::certs_from_pem;
 use zident_identity::{SpiffeId, TrustBundle, TrustDomain, verify_svid};
-use zident_tunnel::node::RunningTunnel;
-use zident_tunnel::observe::Observer;
+use zident_tunnel::Observer;
+use zident_tunnel::RunningTunnel;
 
 const TTL: Duration = Duration::from_secs(3);
 

@@ -6,72 +6,13 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use common::{Ca, authorizer, curl, http_workload, id};
-use zident_identity::{
-    CertState, CertificateProvider, ProviderError, SpiffeId, WorkloadCertificate,
-};
-use zident_tunnel::inbound::{Inbound, LocalTarget, Serves};
-use zident_tunnel::observe::{Direction, Observer, Reason};
-use zident_tunnel::outbound::{Directory, NoRoute, Outbound, Route, Source};
-use zident_tunnel::socks5::Target;
-
-/// Certificates by identity and the trust bundle, as the agent would hand them out; they never
-/// change, so the watches hold their one value (the senders live as long as the provider).
-struct Certs {
-    certs: Vec<(SpiffeId, tokio::sync::watch::Sender<CertState>)>,
-    bundle: tokio::sync::watch::Sender<Arc<zident_identity::TrustBundle>>,
-}
-
-impl Certs {
-    fn new(
-        certs: Vec<(SpiffeId, Arc<WorkloadCertificate>)>,
-        bundle: Arc<zident_identity::TrustBundle>,
-    ) -> Self {
-        Self {
-            certs: certs
-                .into_iter()
-                .map(|(id, c)| (id, tokio::sync::watch::Sender::new(CertState::Available(c))))
-                .collect(),
-            bundle: tokio::sync::watch::Sender::new(bundle),
-        }
-    }
-}
-
-impl CertificateProvider for Certs {
-    async fn certificate(
-        &self,
-        id: &SpiffeId,
-        _wait: Duration,
-    ) -> Result<Arc<WorkloadCertificate>, ProviderError> {
-        self.current(id)
-            .ok_or_else(|| ProviderError::UnknownIdentity(id.clone()))
-    }
-
-    fn current(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
-        match &*self.watch(id)?.borrow() {
-            CertState::Available(c) => Some(c.clone()),
-            _ => None,
-        }
-    }
-
-    fn bundle(&self) -> Arc<zident_identity::TrustBundle> {
-        self.bundle.borrow().clone()
-    }
-
-    fn watch(&self, id: &SpiffeId) -> Option<tokio::sync::watch::Receiver<CertState>> {
-        self.certs
-            .iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, c)| c.subscribe())
-    }
-
-    fn watch_bundle(&self) -> tokio::sync::watch::Receiver<Arc<zident_identity::TrustBundle>> {
-        self.bundle.subscribe()
-    }
-}
+use common::{Ca, Certs, Locals, authorizer, curl, http_workload, id};
+use zident_tunnel::Target;
+use zident_tunnel::{Direction, Observer, Reason};
+use zident_tunnel::{Directory, NoRoute, Outbound, Route, Source};
+use zident_tunnel::{Inbound, LocalTarget, Serves};
 
 struct Mesh {
     http: SocketAddr,
@@ -122,21 +63,24 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
 
     // Workload B and its node's inbound, on B's address.
     let http = http_workload(SocketAddr::from(([127, 0, 0, 3], 0)), "hello from backend").await;
-    let policies = Arc::new(RwLock::new(authorizer("  []\n")));
-    let p = policies.clone();
-    let b = bundle.clone();
-    let inbound = Arc::new(Inbound::new(
-        Serves::Identity(id("ns/default/sa/backend")),
-        Arc::new(move |_: &SpiffeId| Some(backend_cert.clone())),
-        Arc::new(move || b.clone()),
-        Arc::new(|ip: IpAddr| {
-            (ip == IpAddr::from([127, 0, 0, 3])).then(|| LocalTarget {
+    let locals = Arc::new(Locals::new(
+        vec![(
+            IpAddr::from([127, 0, 0, 3]),
+            LocalTarget {
                 id: id("ns/default/sa/backend"),
                 namespace: "default".into(),
                 policies: vec![],
-            })
-        }),
-        Arc::new(move || p.read().unwrap().clone()),
+            },
+        )],
+        authorizer("  []\n"),
+    ));
+    let inbound = Arc::new(Inbound::new(
+        Serves::Identity(id("ns/default/sa/backend")),
+        Arc::new(Certs::new(
+            vec![(id("ns/default/sa/backend"), backend_cert)],
+            bundle.clone(),
+        )),
+        locals.clone(),
         observer.clone(),
     ));
     let inbound_listener = tokio::net::TcpListener::bind("127.0.0.3:0").await.unwrap();
@@ -265,10 +209,10 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
     );
 
     // A DENY policy at the destination: refused (401 on the wire, "not allowed" to SOCKS).
-    *policies.write().unwrap() = authorizer(
+    locals.set_policies(authorizer(
         "- name: no-frontend\n  namespace: default\n  scope: Namespace\n  action: Deny\n  \
 rules:\n  - - - principals: [{Exact: \"cluster.local/ns/default/sa/frontend\"}]\n",
-    );
+    ));
     let (ok, out) = curl(vec![
         "--interface".into(),
         "127.0.0.2".into(),

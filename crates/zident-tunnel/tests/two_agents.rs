@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zident_tunnel::observe::{Direction, Observer, Reason};
-use zident_tunnel::verify::{SpiffeServerVerifier, provider};
+use zident_tunnel::{Direction, Observer, Reason};
+use zident_tunnel::{SpiffeServerVerifier, crypto_provider};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_workload_b_through_both_agents() {
@@ -168,7 +168,7 @@ destination_principal=\"spiffe://cluster.local/ns/default/sa/backend\"";
     let stranger = Ca::new();
     let (chain, key) = stranger.rustls_svid("ns/default/sa/frontend");
     let m = a.manager.clone();
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()

@@ -11,7 +11,7 @@ use common::{Ca, id};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zident_identity::{SpiffeId, TrustBundle, TrustDomain};
-use zident_tunnel::verify::{BundleSource, SpiffeClientVerifier, SpiffeServerVerifier, provider};
+use zident_tunnel::{BundleSource, SpiffeClientVerifier, SpiffeServerVerifier, crypto_provider};
 
 struct Bundle(Arc<RwLock<Arc<TrustBundle>>>);
 
@@ -45,7 +45,7 @@ async fn server(
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<Result<(), String>>,
 ) {
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let config = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(bundle)))
@@ -84,7 +84,7 @@ async fn client(
     bundle: BundleSource,
     expected: Vec<SpiffeId>,
 ) -> Result<String, String> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
@@ -263,8 +263,8 @@ fn a_peer_clock_somewhat_ahead_is_tolerated_and_beyond_it_skew_is_named() {
             .unwrap_err(),
     ] {
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
-        let (reason, detail) = zident_tunnel::observe::tls_failure(&io);
-        assert_eq!(reason, zident_tunnel::observe::Reason::CertificateExpired);
+        let (reason, detail) = zident_tunnel::tls_failure(&io);
+        assert_eq!(reason, zident_tunnel::Reason::CertificateExpired);
         assert!(
             detail.contains("not valid for another 30 s") && detail.contains("clocks disagree"),
             "{detail}"

@@ -24,7 +24,7 @@ use zident_identity::pem::certs_from_pem;
 use zident_identity::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, check_leaf, verify_svid};
 use zident_proto::istio_ca::IstioCertificateRequest;
 use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
-use zident_tunnel::verify::{SpiffeClientVerifier, SpiffeServerVerifier, provider};
+use zident_tunnel::{SpiffeClientVerifier, SpiffeServerVerifier, crypto_provider};
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -134,7 +134,7 @@ impl Client {
         self.held.read().unwrap().clone()
     }
 
-    fn bundle(self: &Arc<Self>) -> zident_tunnel::verify::BundleSource {
+    fn bundle(self: &Arc<Self>) -> zident_tunnel::BundleSource {
         let me = self.clone();
         Arc::new(move || me.held().roots.clone())
     }
@@ -148,7 +148,7 @@ async fn one_connection(
     listener: &tokio::net::TcpListener,
 ) -> Result<(), String> {
     let s = server.held();
-    let mut sc = rustls::ServerConfig::builder_with_provider(provider())
+    let mut sc = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(server.bundle())))
@@ -156,7 +156,7 @@ async fn one_connection(
         .unwrap();
     sc.alpn_protocols = vec![b"h2".to_vec()];
     let c = client.held();
-    let cc = rustls::ClientConfig::builder_with_provider(provider())
+    let cc = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()

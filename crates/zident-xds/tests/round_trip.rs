@@ -111,7 +111,7 @@ fn a_mesh_read_back_is_the_same_mesh() {
     let received = snapshot
         .to_mesh(&td())
         .expect("every resource reads")
-        .received(Path::new("xds://test"))
+        .received(&zident_mesh::MeshOrigin::ControlPlane("test:15012".into()))
         .expect("the received mesh passes the mesh rules");
     assert_eq!(
         received.trust_domain.as_str(),
@@ -252,7 +252,7 @@ fn a_received_mesh_is_held_to_the_mesh_rules() {
     let err = bad
         .to_mesh(&td())
         .unwrap()
-        .received(Path::new("xds://test"))
+        .received(&zident_mesh::MeshOrigin::ControlPlane("test:15012".into()))
         .unwrap_err();
     assert!(err.to_string().contains("10.1.0.10"), "{err}");
 }

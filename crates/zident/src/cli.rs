@@ -405,7 +405,7 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
             }
         }),
         Command::Agent(args) => {
-            let tunnel = (!args.no_tunnel).then_some(zident_tunnel::node::TunnelConfig {
+            let tunnel = (!args.no_tunnel).then_some(zident_tunnel::TunnelConfig {
                 socks5_addr: Some(args.socks5_addr),
                 outbound_addr: (!args.no_capture).then_some(args.outbound_addr),
                 inbound_port: args.inbound_port,

@@ -64,13 +64,13 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
     let mut agent_config = AgentConfig::new(node.clone(), &mesh_path, ca_client);
     agent_config.secret_ttl = UP_SECRET_TTL;
     agent_config.delivery.socket_dir = Some(args.data_dir.join("agent/workload-api"));
-    let tunnel = zident_tunnel::node::TunnelConfig {
+    let tunnel = zident_tunnel::TunnelConfig {
         socks5_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 15080))),
         outbound_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 15001))),
         inbound_port: 15008,
         inbound_addr: None,
         transparent_source: false,
-        skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
+        skew_tolerance: zident_tunnel::SKEW_TOLERANCE,
     };
     let (agent, tunnel) = crate::wiring::start_node(agent_config, Some(tunnel), log).await?;
     print_banner(&ca, &agent, &mesh_path, &node, &args.data_dir);

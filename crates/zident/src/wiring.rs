@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use zident_agent::{AgentConfig, RunningAgent};
 use zident_ca::RunningCa;
-use zident_tunnel::node::{RunningTunnel, TunnelConfig};
-use zident_tunnel::observe::Observer;
+use zident_tunnel::Observer;
+use zident_tunnel::{RunningTunnel, TunnelConfig};
 
 use crate::logging::LogHandle;
 
@@ -43,22 +43,15 @@ pub async fn start_node(
     if tunnel.is_some() {
         config.data_plane = Some(Arc::new(TunnelPlane(observer.clone())));
     }
-    let node = config.node.clone();
     let agent = RunningAgent::start(config, Some(log))
         .await
         .map_err(|e| e.to_string())?;
     let Some(tunnel) = tunnel else {
         return Ok((agent, None));
     };
-    let running = zident_tunnel::node::start(
-        tunnel,
-        node,
-        agent.manager.clone(),
-        agent.mesh.clone(),
-        observer,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let running = zident_tunnel::start(tunnel, agent.manager.clone(), agent.mesh.clone(), observer)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((agent, Some(running)))
 }
 

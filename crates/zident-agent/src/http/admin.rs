@@ -81,7 +81,7 @@ pub fn admin_router(
     manager: Arc<CertificateManager>,
     log: Option<Arc<dyn LogControl>>,
     data_plane: Option<Arc<dyn crate::config::DataPlane>>,
-    mesh: tokio::sync::watch::Receiver<Arc<zident_mesh::MeshFile>>,
+    mesh: tokio::sync::watch::Receiver<Arc<zident_mesh::NodeView>>,
     xds: Option<Arc<crate::xds::status::XdsStatusCell>>,
     workload_api: Option<Arc<crate::workload_api::shared::Clients>>,
 ) -> axum::Router {
@@ -99,7 +99,7 @@ pub fn admin_router(
             "/config_dump",
             get(move || async move {
                 let mesh = mesh.borrow().clone();
-                Json(config_dump(&m2, &mesh))
+                Json(config_dump(&m2, mesh.mesh()))
             }),
         )
         .route(

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
+use zident_mesh::MeshOrigin;
 use zident_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use zident_xds::{Resource, Snapshot};
@@ -210,22 +211,23 @@ impl XdsClient {
 
     /// Puts `staged` in force if it passes every check; the reason otherwise.
     fn judge(&self, staged: &Snapshot) -> Result<(), String> {
-        let origin = PathBuf::from(format!("xds://{}", self.ca.address()));
+        let origin = MeshOrigin::ControlPlane(self.ca.address().to_owned());
         let mesh = staged
             .to_mesh(&self.applier.trust_domain)
             .map_err(|e| e.to_string())?
             .received(&origin)
             .map_err(|e| e.to_string())?;
-        let view = self.applier.check(&mesh, &origin)?;
+        let accepted = self.applier.check(mesh, origin)?;
+        let (view, mesh) = (&accepted.view, accepted.view.mesh());
         tracing::info!(
             target: "zident::identity",
             workloads = mesh.workloads.len(),
             policies = mesh.policies.len(),
             services = mesh.services.len(),
-            identities = view.identities.len(),
+            identities = view.identities().len(),
             "mesh from the control plane applied"
         );
-        self.applier.apply(mesh, &view);
+        self.applier.apply(accepted);
         self.status.update(|s| s.view_from = "stream");
         self.ready.send_replace(true);
         Ok(())

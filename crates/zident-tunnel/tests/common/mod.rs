@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,12 +15,13 @@ use tokio::net::TcpSocket;
 use zident_agent::{AgentConfig, CaClientConfig, RunningAgent, TokenSource};
 use zident_ca::RunningCa;
 use zident_identity::{
-    SpiffeId, TrustBundle, TrustDomain, WorkloadCertificate, WorkloadKey, profile,
+    CertState, CertificateProvider, ProviderError, SpiffeId, TrustBundle, TrustDomain,
+    WorkloadCertificate, WorkloadKey, profile,
 };
 use zident_mesh::MeshFile;
-use zident_tunnel::node::{RunningTunnel, TunnelConfig, start};
-use zident_tunnel::observe::Observer;
-use zident_tunnel::policy::Authorizer;
+use zident_tunnel::Observer;
+use zident_tunnel::{Authorizer, Destinations, LocalTarget};
+use zident_tunnel::{RunningTunnel, TunnelConfig, start};
 
 /// `spiffe://cluster.local/<path>`.
 pub fn id(path: &str) -> SpiffeId {
@@ -89,6 +90,105 @@ impl Ca {
         let mut b = TrustBundle::new(TrustDomain::new("cluster.local").unwrap());
         b.add_root(self.cert.der().clone()).unwrap();
         Arc::new(b)
+    }
+}
+
+/// Certificates by identity and the trust bundle, as the agent would hand them out; they never
+/// change, so the watches hold their one value (the senders live as long as the provider).
+pub struct Certs {
+    certs: Vec<(SpiffeId, tokio::sync::watch::Sender<CertState>)>,
+    bundle: tokio::sync::watch::Sender<Arc<zident_identity::TrustBundle>>,
+}
+
+impl Certs {
+    pub fn new(
+        certs: Vec<(SpiffeId, Arc<WorkloadCertificate>)>,
+        bundle: Arc<zident_identity::TrustBundle>,
+    ) -> Self {
+        Self {
+            certs: certs
+                .into_iter()
+                .map(|(id, c)| (id, tokio::sync::watch::Sender::new(CertState::Available(c))))
+                .collect(),
+            bundle: tokio::sync::watch::Sender::new(bundle),
+        }
+    }
+}
+
+impl Certs {
+    /// Replaces `id`'s certificate, as a renewal would.
+    pub fn replace(&self, id: &SpiffeId, cert: Arc<WorkloadCertificate>) {
+        if let Some((_, c)) = self.certs.iter().find(|(i, _)| i == id) {
+            c.send_replace(CertState::Available(cert));
+        }
+    }
+}
+
+impl CertificateProvider for Certs {
+    async fn certificate(
+        &self,
+        id: &SpiffeId,
+        _wait: Duration,
+    ) -> Result<Arc<WorkloadCertificate>, ProviderError> {
+        self.current(id)
+            .ok_or_else(|| ProviderError::UnknownIdentity(id.clone()))
+    }
+
+    fn current(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
+        match &*self.watch(id)?.borrow() {
+            CertState::Available(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    fn bundle(&self) -> Arc<zident_identity::TrustBundle> {
+        self.bundle.borrow().clone()
+    }
+
+    fn watch(&self, id: &SpiffeId) -> Option<tokio::sync::watch::Receiver<CertState>> {
+        self.certs
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, c)| c.subscribe())
+    }
+
+    fn watch_bundle(&self) -> tokio::sync::watch::Receiver<Arc<zident_identity::TrustBundle>> {
+        self.bundle.subscribe()
+    }
+}
+
+/// An inbound listener's local workloads (fixed) and policies (replaceable), as a node's live
+/// mesh would give them.
+pub struct Locals {
+    targets: Vec<(IpAddr, LocalTarget)>,
+    policies: std::sync::RwLock<Arc<Authorizer>>,
+}
+
+impl Locals {
+    /// The workloads at these addresses, under `policies`.
+    pub fn new(targets: Vec<(IpAddr, LocalTarget)>, policies: Arc<Authorizer>) -> Self {
+        Self {
+            targets,
+            policies: std::sync::RwLock::new(policies),
+        }
+    }
+
+    /// Puts `policies` in force for new requests.
+    pub fn set_policies(&self, policies: Arc<Authorizer>) {
+        *self.policies.write().unwrap() = policies;
+    }
+}
+
+impl Destinations for Locals {
+    fn local_target(&self, ip: IpAddr) -> Option<LocalTarget> {
+        self.targets
+            .iter()
+            .find(|(a, _)| *a == ip)
+            .map(|(_, t)| t.clone())
+    }
+
+    fn authorizer(&self) -> Arc<Authorizer> {
+        self.policies.read().unwrap().clone()
     }
 }
 
@@ -240,7 +340,7 @@ pub async fn tunnel_observed(
         inbound_port: port,
         inbound_addr: None,
         transparent_source: false,
-        skew_tolerance: zident_tunnel::verify::SKEW_TOLERANCE,
+        skew_tolerance: zident_tunnel::SKEW_TOLERANCE,
     };
     tunnel_with(a, node, config, observer).await
 }
@@ -252,15 +352,14 @@ pub async fn tunnel_with(
     config: TunnelConfig,
     observer: Arc<Observer>,
 ) -> RunningTunnel {
-    start(
-        config,
-        node.into(),
-        a.manager.clone(),
-        a.mesh.clone(),
-        observer,
-    )
-    .await
-    .unwrap()
+    assert_eq!(
+        a.mesh.borrow().node(),
+        node,
+        "the agent's view is of this node"
+    );
+    start(config, a.manager.clone(), a.mesh.clone(), observer)
+        .await
+        .unwrap()
 }
 
 /// The real CA on `dir/mesh.yaml`, on an ephemeral port.
