@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::defaults;
+
 /// Where the bearer token for the CA comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
@@ -85,7 +87,7 @@ pub const EARLY_RENEWAL_SPREAD: Duration = Duration::from_secs(5);
 impl Default for RenewalPolicy {
     fn default() -> Self {
         Self {
-            ratio: 0.5,
+            ratio: defaults::RENEWAL_RATIO,
             jitter: 0.05,
             min_interval: Duration::from_secs(10),
             backoff_initial: Duration::from_secs(1),
@@ -197,10 +199,10 @@ impl AgentConfig {
             ca,
             secret_ttl: zident_identity::profile::DEFAULT_TTL,
             renewal: RenewalPolicy::default(),
-            concurrency: 8,
-            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15000))),
-            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15020))),
-            readiness_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15021))),
+            concurrency: defaults::CONCURRENCY,
+            admin_addr: Some(defaults::ADMIN_ADDR),
+            metrics_addr: Some(defaults::METRICS_ADDR),
+            readiness_addr: Some(defaults::READINESS_ADDR),
             metrics_tls: false,
             delivery: Default::default(),
             data_plane: None,

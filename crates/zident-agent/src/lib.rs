@@ -28,6 +28,7 @@
 mod ca;
 mod certs;
 mod config;
+pub mod defaults;
 pub mod http;
 mod metrics;
 mod reload;
@@ -377,7 +378,10 @@ fn initial_mesh(config: &AgentConfig) -> Result<Start, AgentError> {
             })
         }
         MeshSource::ControlPlane { cache } => {
-            let setting = config.trust_domain.as_deref().unwrap_or("cluster.local");
+            let setting = config
+                .trust_domain
+                .as_deref()
+                .unwrap_or(zident_mesh::DEFAULT_TRUST_DOMAIN);
             let td = zident_identity::TrustDomain::new(setting)
                 .map_err(|e| AgentError::Config(format!("TRUST_DOMAIN {setting:?}: {e}")))?;
             let stored = cache.as_deref().and_then(|path| {

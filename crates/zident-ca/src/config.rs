@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::connections;
-use crate::roots::{authority, rotation};
+use crate::defaults;
+use crate::roots::rotation;
 
 /// Everything `zident ca` is configured with.
 #[derive(Debug, Clone)]
@@ -63,8 +64,8 @@ impl Default for RotationConfig {
     fn default() -> Self {
         Self {
             auto: true,
-            prepare_at: 0.8,
-            root_lifetime: authority::ROOT_LIFETIME,
+            prepare_at: defaults::PREPARE_AT,
+            root_lifetime: defaults::ROOT_LIFETIME,
             activate_delay: None,
             retire_margin: rotation::RETIRE_MARGIN,
             renewal_margin: Duration::from_secs(rotation::RENEWAL_MARGIN_SECS),
@@ -95,14 +96,14 @@ impl CaConfig {
     pub fn new(mesh_path: impl Into<PathBuf>) -> Self {
         Self {
             mesh_path: mesh_path.into(),
-            data_dir: PathBuf::from(".zident/ca"),
+            data_dir: PathBuf::from(defaults::DATA_DIR),
             root_ca_dir: None,
-            listen: SocketAddr::from(([127, 0, 0, 1], 15012)),
-            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15014))),
+            listen: defaults::LISTEN,
+            metrics_addr: Some(defaults::METRICS_ADDR),
             dns_names: vec!["localhost".into()],
             ttl: TtlPolicy::default(),
-            jwt_ttl: DEFAULT_JWT_TTL,
-            refresh_hint: Duration::from_secs(300),
+            jwt_ttl: defaults::JWT_TTL,
+            refresh_hint: defaults::REFRESH_HINT,
             dns_cert_dir: None,
             rotation: RotationConfig::default(),
             connections: Default::default(),
@@ -110,10 +111,6 @@ impl CaConfig {
         }
     }
 }
-
-/// The lifetime of a JWT-SVID by default: short, because a bearer token cannot be bound to the
-/// caller's key the way a certificate is.
-pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 
 /// How long issued certificates live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,9 +36,9 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: crate::defaults::IDLE_TIMEOUT,
             max_connections: None,
-            max_per_source: 512,
+            max_per_source: crate::defaults::MAX_CONNECTIONS_PER_SOURCE,
         }
     }
 }

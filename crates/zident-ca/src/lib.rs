@@ -27,6 +27,7 @@ mod config;
 mod connections;
 mod data_lock;
 pub mod datastore;
+pub mod defaults;
 pub mod dns_certs;
 mod jwt_service;
 mod metrics;

@@ -469,9 +469,12 @@ impl MeshFile {
     }
 }
 
+/// The trust domain of a mesh that names none, and of an agent told none: Istio's.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
 fn default_trust_domain() -> TrustDomain {
     // A constant that satisfies every rule; a failure here is a bug in this file.
-    TrustDomain::new("cluster.local").unwrap_or_else(|e| panic!("default trust domain: {e}"))
+    TrustDomain::new(DEFAULT_TRUST_DOMAIN).unwrap_or_else(|e| panic!("default trust domain: {e}"))
 }
 
 fn default_service_account() -> String {

@@ -32,8 +32,8 @@ pub use node_view::{NodeView, NodeViewError};
 pub use origin::MeshOrigin;
 
 pub use file::{
-    CallerToken, DnsCertificate, HealthStatus, IdentityEntry, MeshError, MeshFile, Node, Protocol,
-    Service, UnixId, Workload, parse_vip,
+    CallerToken, DEFAULT_TRUST_DOMAIN, DnsCertificate, HealthStatus, IdentityEntry, MeshError,
+    MeshFile, Node, Protocol, Service, UnixId, Workload, parse_vip,
 };
 pub use policy::{
     Action, Authorization, Ignored, RbacMatch, Scope, ServiceAccountMatch, StringMatch,

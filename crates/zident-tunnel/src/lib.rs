@@ -10,6 +10,7 @@
 //! - `verify`: the rustls verifiers that make both ends prove their SPIFFE identities;
 //! - `observe`, `listeners`: metrics, open tunnels and listener states ([`Observer`]);
 //! - `sizes`: buffer sizes and HTTP/2 windows of the data path;
+//! - [`defaults`]: the default addresses and port;
 //! - `error`: why a tunnel or a view could not be made.
 //!
 //! The modules are private; what other crates use is re-exported here.
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod defaults;
 mod error;
 mod headers;
 mod inbound;

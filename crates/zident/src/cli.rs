@@ -11,10 +11,14 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use zident_ca::{CaConfig, RunningCa, TtlPolicy};
 
-use crate::duration::parse_duration;
+use crate::duration::{flag, parse_duration};
 use crate::logging::{LogFormat, LogHandle};
 use crate::up::UpArgs;
 use crate::wiring::{start_node, wait_for_shutdown, wait_for_signal};
+use zident_agent::defaults;
+use zident_ca::defaults as ca_defaults;
+use zident_identity::profile;
+use zident_tunnel::defaults as tunnel_defaults;
 
 /// Workload identity for a zero-trust service mesh.
 #[derive(Debug, Parser)]
@@ -65,7 +69,7 @@ pub struct AgentArgs {
         long,
         env = "ZIDENT_XDS_CACHE",
         value_name = "FILE",
-        default_value = ".zident/agent/xds-cache.pb"
+        default_value = defaults::XDS_CACHE
     )]
     pub xds_cache: PathBuf,
     /// This node's name in the mesh file.
@@ -86,29 +90,29 @@ pub struct AgentArgs {
     )]
     pub auth_token: String,
     /// Requested certificate lifetime.
-    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "SECRET_TTL", default_value = flag(profile::DEFAULT_TTL), value_parser = parse_duration)]
     pub secret_ttl: Duration,
     /// Sent to the CA as `clusterid`.
-    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    #[arg(long, env = "CLUSTER_ID", default_value = defaults::CLUSTER_ID)]
     pub cluster_id: String,
     /// Must agree with the mesh file's trustDomain, if given.
     #[arg(long, env = "TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
     /// Admin endpoints (/debug/certs, /config_dump, /debug/connections, /logging).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    #[arg(long, value_name = "ADDR", default_value_t = defaults::ADMIN_ADDR)]
     pub admin_addr: SocketAddr,
     /// Prometheus /metrics.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15020")]
+    #[arg(long, value_name = "ADDR", default_value_t = defaults::METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
     /// /healthz/ready.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15021")]
+    #[arg(long, value_name = "ADDR", default_value_t = defaults::READINESS_ADDR)]
     pub readiness_addr: SocketAddr,
     /// Serve /metrics over TLS with the agent's own certificate (needs `spiffeId` on this node
     /// in the mesh file).
     #[arg(long)]
     pub metrics_tls: bool,
     /// Renew at this share of a certificate's lifetime.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = defaults::RENEWAL_RATIO)]
     pub rotation_ratio: f64,
     /// When a certificate arrives under another root than the one before (the CA's root
     /// rotation activated), renew the node's other certificates at once rather than at their
@@ -116,10 +120,10 @@ pub struct AgentArgs {
     #[arg(long, env = "RENEW_ON_ROOT_CHANGE")]
     pub renew_on_root_change: bool,
     /// Certificate requests in flight at most.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = defaults::CONCURRENCY)]
     pub concurrency: usize,
     /// SPIFFE Workload API sockets: DIR/<namespace>/<workload>/agent.sock.
-    #[arg(long, value_name = "DIR", default_value = ".zident/agent/workload-api")]
+    #[arg(long, value_name = "DIR", default_value = defaults::WORKLOAD_API_DIR)]
     pub workload_api_dir: PathBuf,
     /// Do not serve the Workload API.
     #[arg(long)]
@@ -140,16 +144,16 @@ pub struct AgentArgs {
     #[arg(long, value_name = "COMMAND", requires = "svid_dir")]
     pub svid_command: Option<String>,
     /// Outbound tunnel: SOCKS5 for local workloads.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15080")]
+    #[arg(long, value_name = "ADDR", default_value_t = tunnel_defaults::SOCKS5_ADDR)]
     pub socks5_addr: SocketAddr,
     /// Outbound tunnel: connections redirected here by iptables/nftables (`SO_ORIGINAL_DST`).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
+    #[arg(long, value_name = "ADDR", default_value_t = tunnel_defaults::OUTBOUND_ADDR)]
     pub outbound_addr: SocketAddr,
     /// Do not listen for redirected (captured) outbound connections.
     #[arg(long)]
     pub no_capture: bool,
     /// Inbound tunnel: the HBONE port on every local HBONE workload address.
-    #[arg(long, value_name = "PORT", default_value_t = 15008)]
+    #[arg(long, value_name = "PORT", default_value_t = tunnel_defaults::INBOUND_PORT)]
     pub inbound_port: u16,
     /// Inbound tunnel: one shared HBONE address for all local workloads instead (give the
     /// node this `address` in the mesh file so other nodes use it).
@@ -163,7 +167,7 @@ pub struct AgentArgs {
     pub transparent_source: bool,
     /// Tunnel: accept a peer certificate whose notBefore is up to this far in the future, for
     /// clock skew between nodes (default: the 2 minutes a CA backdates certificates).
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, default_value = flag(zident_tunnel::SKEW_TOLERANCE), value_parser = parse_duration)]
     pub clock_skew_tolerance: Duration,
     /// Do not run the tunnel (certificates only).
     #[arg(long)]
@@ -171,7 +175,7 @@ pub struct AgentArgs {
     /// Threads running the agent and its tunnel. One keeps each tunnel's bytes on one core,
     /// which is fastest per connection and leaves the node's other cores to its workloads;
     /// raise it on nodes with many busy tunnels at once.
-    #[arg(long, env = "ZIDENT_WORKER_THREADS", default_value_t = 1)]
+    #[arg(long, env = "ZIDENT_WORKER_THREADS", default_value_t = defaults::WORKER_THREADS)]
     pub worker_threads: usize,
 }
 
@@ -196,7 +200,7 @@ impl AgentArgs {
             root_ca: self.ca_root_ca,
             token: zident_agent::TokenSource::from_setting(&self.auth_token),
             cluster_id: self.cluster_id,
-            request_timeout: Duration::from_secs(10),
+            request_timeout: defaults::REQUEST_TIMEOUT,
             poll_bundle: true,
         };
         let mut config = match self.config {
@@ -263,13 +267,13 @@ pub struct CaArgs {
     #[arg(long, value_name = "NAME")]
     pub replica_name: Option<String>,
     /// Where the self-signed root is kept and root-cert.pem is published.
-    #[arg(long, value_name = "DIR", default_value = ".zident/ca")]
+    #[arg(long, value_name = "DIR", default_value = ca_defaults::DATA_DIR)]
     pub data_dir: PathBuf,
     /// Address for gRPC (IstioCertificateService) and the trust bundle endpoint, over TLS.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15012")]
+    #[arg(long, value_name = "ADDR", default_value_t = ca_defaults::LISTEN)]
     pub listen: SocketAddr,
     /// Address for Prometheus metrics (/metrics).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
+    #[arg(long, value_name = "ADDR", default_value_t = ca_defaults::METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
     /// A DNS name (or IP) in the CA's serving certificate; repeatable. Default: localhost.
     #[arg(long = "dns-name", value_name = "NAME")]
@@ -279,39 +283,39 @@ pub struct CaArgs {
     #[arg(long, env = "ROOT_CA_DIR", value_name = "DIR")]
     pub root_ca_dir: Option<PathBuf>,
     /// Lifetime of a certificate when the request does not ask for one.
-    #[arg(long, env = "DEFAULT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "DEFAULT_WORKLOAD_CERT_TTL", default_value = flag(profile::DEFAULT_TTL), value_parser = parse_duration)]
     pub default_ttl: Duration,
     /// The longest lifetime a request may ask for.
-    #[arg(long, env = "MAX_WORKLOAD_CERT_TTL", default_value = "90d", value_parser = parse_duration)]
+    #[arg(long, env = "MAX_WORKLOAD_CERT_TTL", default_value = flag(profile::MAX_TTL), value_parser = parse_duration)]
     pub max_ttl: Duration,
     /// Issue the mesh file's `certificates:` (DNS names) into DIR/<secretName>/ (cert-chain.pem,
     /// key.pem, root-cert.pem), renewed at half their lifetime (--default-ttl).
     #[arg(long, value_name = "DIR")]
     pub dns_cert_dir: Option<PathBuf>,
     /// Lifetime of a JWT-SVID when the request does not ask for one (at most --max-ttl).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = flag(ca_defaults::JWT_TTL), value_parser = parse_duration)]
     pub jwt_ttl: Duration,
     /// How often clients should re-fetch the trust bundle (spiffe_refresh_hint).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = flag(ca_defaults::REFRESH_HINT), value_parser = parse_duration)]
     pub bundle_refresh_hint: Duration,
     /// Do not rotate the self-signed root on a schedule (only `zident ca rotate` does).
     #[arg(long)]
     pub no_auto_rotate: bool,
     /// Prepare a new root once the active one has used this share of its lifetime.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = ca_defaults::PREPARE_AT)]
     pub rotate_at: f64,
     /// Lifetime of a self-signed root made by this CA.
-    #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+    #[arg(long, default_value = flag(ca_defaults::ROOT_LIFETIME), value_parser = parse_duration)]
     pub root_lifetime: Duration,
     /// Close a connection with no request in flight for this long.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = flag(ca_defaults::IDLE_TIMEOUT), value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// At most this many connections (default: the open-files limit less 64); at the cap, the
     /// longest-idle connection is closed to admit a new one.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
     /// At most this many connections from one source address.
-    #[arg(long, value_name = "N", default_value_t = 512)]
+    #[arg(long, value_name = "N", default_value_t = ca_defaults::MAX_CONNECTIONS_PER_SOURCE)]
     pub max_connections_per_source: usize,
 }
 
@@ -454,20 +458,51 @@ mod tests {
 
     use super::{Cli, Command};
 
-    /// The flags' written defaults are the constants the libraries use: one value each.
+    /// The flags' defaults are the libraries' own: a CA and an agent configured from no flags
+    /// at all equal the ones the libraries make for the same mesh file.
     #[test]
     fn flag_defaults_are_the_library_defaults() {
+        // Environment variables would win over the defaults under test.
+        for var in [
+            "DEFAULT_WORKLOAD_CERT_TTL",
+            "MAX_WORKLOAD_CERT_TTL",
+            "SECRET_TTL",
+            "CLUSTER_ID",
+            "ZIDENT_WORKER_THREADS",
+        ] {
+            if std::env::var_os(var).is_some() {
+                eprintln!("SKIPPED: {var} is set");
+                return;
+            }
+        }
         let cli = Cli::try_parse_from(["zident", "ca", "--config", "mesh.yaml"]).unwrap();
         let Command::Ca(ca) = cli.command else {
             panic!("not ca")
         };
-        // Environment variables would win over the defaults under test.
-        if std::env::var_os("DEFAULT_WORKLOAD_CERT_TTL").is_none()
-            && std::env::var_os("MAX_WORKLOAD_CERT_TTL").is_none()
-        {
-            assert_eq!(ca.default_ttl, zident_identity::profile::DEFAULT_TTL);
-            assert_eq!(ca.max_ttl, zident_identity::profile::MAX_TTL);
-        }
+        let from_flags = ca.into_config().unwrap();
+        let library = zident_ca::CaConfig::new("mesh.yaml");
+        assert_eq!(from_flags.data_dir, library.data_dir);
+        assert_eq!(from_flags.listen, library.listen);
+        assert_eq!(from_flags.metrics_addr, library.metrics_addr);
+        assert_eq!(from_flags.ttl.default_ttl, library.ttl.default_ttl);
+        assert_eq!(from_flags.ttl.max_ttl, library.ttl.max_ttl);
+        assert_eq!(from_flags.jwt_ttl, library.jwt_ttl);
+        assert_eq!(from_flags.refresh_hint, library.refresh_hint);
+        assert_eq!(from_flags.rotation.prepare_at, library.rotation.prepare_at);
+        assert_eq!(
+            from_flags.rotation.root_lifetime,
+            library.rotation.root_lifetime
+        );
+        assert_eq!(from_flags.rotation.auto, library.rotation.auto);
+        assert_eq!(
+            from_flags.connections.idle_timeout,
+            library.connections.idle_timeout
+        );
+        assert_eq!(
+            from_flags.connections.max_per_source,
+            library.connections.max_per_source
+        );
+
         let cli = Cli::try_parse_from([
             "zident",
             "agent",
@@ -486,8 +521,23 @@ mod tests {
         let Command::Agent(agent) = cli.command else {
             panic!("not agent")
         };
-        if std::env::var_os("SECRET_TTL").is_none() {
-            assert_eq!(agent.secret_ttl, zident_identity::profile::DEFAULT_TTL);
-        }
+        assert_eq!(agent.worker_threads, zident_agent::defaults::WORKER_THREADS);
+        assert_eq!(agent.socks5_addr, zident_tunnel::defaults::SOCKS5_ADDR);
+        assert_eq!(agent.outbound_addr, zident_tunnel::defaults::OUTBOUND_ADDR);
+        assert_eq!(agent.inbound_port, zident_tunnel::defaults::INBOUND_PORT);
+        assert_eq!(agent.clock_skew_tolerance, zident_tunnel::SKEW_TOLERANCE);
+        let from_flags = agent.into_config().unwrap();
+        let library = zident_agent::AgentConfig::new("n", "m.yaml", from_flags.ca.clone());
+        assert_eq!(from_flags.secret_ttl, library.secret_ttl);
+        assert_eq!(from_flags.renewal.ratio, library.renewal.ratio);
+        assert_eq!(from_flags.concurrency, library.concurrency);
+        assert_eq!(from_flags.admin_addr, library.admin_addr);
+        assert_eq!(from_flags.metrics_addr, library.metrics_addr);
+        assert_eq!(from_flags.readiness_addr, library.readiness_addr);
+        assert_eq!(from_flags.ca.cluster_id, zident_agent::defaults::CLUSTER_ID);
+        assert_eq!(
+            from_flags.ca.request_timeout,
+            zident_agent::defaults::REQUEST_TIMEOUT
+        );
     }
 }

@@ -46,9 +46,45 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A duration as a flag's default is shown in `--help`, in the largest unit that divides it,
+/// days only from two on (`24h` as Istio writes it, `90d`, `2m`, `500ms`); [`parse_duration`]
+/// reads it back to the same value.
+pub fn flag(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    for (unit, secs) in [("d", 86400), ("h", 3600), ("m", 60)] {
+        if s != 0 && s.is_multiple_of(secs) && (unit != "d" || s >= 2 * 86400) {
+            return format!("{}{unit}", s / secs);
+        }
+    }
+    format!("{s}s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_default_reads_back_to_itself() {
+        for d in [
+            Duration::from_secs(86400),
+            Duration::from_secs(90 * 86400),
+            Duration::from_secs(120),
+            Duration::from_secs(300),
+            Duration::from_secs(3650 * 86400),
+            Duration::from_secs(61),
+            Duration::from_millis(1500),
+            Duration::ZERO,
+        ] {
+            assert_eq!(parse_duration(&flag(d)), Ok(d), "{}", flag(d));
+        }
+        assert_eq!(flag(Duration::from_secs(86400)), "24h");
+        assert_eq!(flag(Duration::from_secs(90 * 86400)), "90d");
+        assert_eq!(flag(Duration::from_secs(120)), "2m");
+    }
 
     #[test]
     fn forms_operators_write() {

@@ -57,17 +57,17 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
         address: format!("localhost:{}", ca.addr.port()),
         root_ca: ca.root_cert_path.clone(),
         token: TokenSource::Literal(token),
-        cluster_id: "Kubernetes".into(),
-        request_timeout: Duration::from_secs(10),
+        cluster_id: zident_agent::defaults::CLUSTER_ID.into(),
+        request_timeout: zident_agent::defaults::REQUEST_TIMEOUT,
         poll_bundle: true,
     };
     let mut agent_config = AgentConfig::new(node.clone(), &mesh_path, ca_client);
     agent_config.secret_ttl = UP_SECRET_TTL;
     agent_config.delivery.socket_dir = Some(args.data_dir.join("agent/workload-api"));
     let tunnel = zident_tunnel::TunnelConfig {
-        socks5_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 15080))),
-        outbound_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 15001))),
-        inbound_port: 15008,
+        socks5_addr: Some(zident_tunnel::defaults::SOCKS5_ADDR),
+        outbound_addr: Some(zident_tunnel::defaults::OUTBOUND_ADDR),
+        inbound_port: zident_tunnel::defaults::INBOUND_PORT,
         inbound_addr: None,
         transparent_source: false,
         skew_tolerance: zident_tunnel::SKEW_TOLERANCE,
@@ -76,9 +76,10 @@ pub async fn run(args: UpArgs, log: Arc<LogHandle>) -> Result<(), String> {
     print_banner(&ca, &agent, &mesh_path, &node, &args.data_dir);
     if let Some(t) = &tunnel {
         crate::print::say!(
-            "Tunnel: SOCKS5 at {}, captured traffic (iptables REDIRECT) at {}, HBONE on :15008 of each workload address, e.g.",
+            "Tunnel: SOCKS5 at {}, captured traffic (iptables REDIRECT) at {}, HBONE on :{} of each workload address, e.g.",
             t.socks5_addr.map(|a| a.to_string()).unwrap_or_default(),
-            t.outbound_addr.map(|a| a.to_string()).unwrap_or_default()
+            t.outbound_addr.map(|a| a.to_string()).unwrap_or_default(),
+            zident_tunnel::defaults::INBOUND_PORT
         );
         crate::print::say!(
             "  python3 -m http.server 8080 --bind 127.0.0.3 &                               # be the backend workload"

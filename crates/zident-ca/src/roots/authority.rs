@@ -34,9 +34,6 @@ fn rotation_error(e: rotation::RotationError) -> AuthorityError {
     }
 }
 
-/// How long a generated self-signed root is valid.
-pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
 pub use crate::roots::files::{CA_CERT, CA_KEY, CERT_CHAIN, JWT_KEY, ROOT_CERT};
 
 /// Why an authority could not be loaded or created. Each message names the file.
