@@ -10,7 +10,7 @@ use crate::ca::trust::TrustStore;
 use crate::certs::manager::CertificateManager;
 use crate::metrics::{AgentMetrics, OutcomeLabel};
 use crate::workload_api;
-use crate::workloads::AcceptedMesh;
+use crate::workloads::{AcceptedMesh, MeshRefused};
 
 /// Puts an accepted mesh in force on this node: certificates for its identities, extra
 /// roots, Workload API sockets and files, and the mesh the tunnel routes by. The one path for
@@ -52,7 +52,11 @@ impl MeshApplier {
 
     /// Checks a mesh from `origin` for this node: the trust domain it started with, and a
     /// view of this node.
-    pub(crate) fn check(&self, mesh: MeshFile, origin: MeshOrigin) -> Result<AcceptedMesh, String> {
+    pub(crate) fn check(
+        &self,
+        mesh: MeshFile,
+        origin: MeshOrigin,
+    ) -> Result<AcceptedMesh, MeshRefused> {
         accept(mesh, origin, &self.trust_domain, &self.node)
     }
 }
@@ -67,14 +71,14 @@ impl Reloader {
     pub(crate) fn reload(&self) {
         let path = &self.path;
         let result = MeshFile::load(path)
-            .map_err(|e| e.to_string())
+            .map_err(MeshRefused::from)
             .and_then(|mesh| self.applier.check(mesh, MeshOrigin::file(path)));
         match result {
             Ok(accepted) => {
                 tracing::info!(target: "zident::identity", identities = accepted.view.identities().len(), "mesh file reloaded");
                 self.applier.apply(accepted);
             }
-            Err(e) => self.applier.refused("mesh file", &e),
+            Err(e) => self.applier.refused("mesh file", &e.to_string()),
         }
     }
 }
@@ -87,9 +91,7 @@ pub(crate) fn accept(
     origin: MeshOrigin,
     trust_domain: &TrustDomain,
     node: &str,
-) -> Result<AcceptedMesh, String> {
-    mesh.keeps_trust_domain(trust_domain, &origin, "the agent")
-        .map_err(|e| e.to_string())?;
-    let view = NodeView::new(mesh, origin, node).map_err(|e| e.to_string())?;
-    AcceptedMesh::new(view)
+) -> Result<AcceptedMesh, MeshRefused> {
+    mesh.keeps_trust_domain(trust_domain, &origin, "the agent")?;
+    AcceptedMesh::new(NodeView::new(mesh, origin, node)?)
 }

@@ -22,25 +22,40 @@ fn lookup(file: &str, name: &str) -> Option<u32> {
         })
 }
 
-fn resolve(id: &UnixId, file: &str, what: &str) -> Result<u32, String> {
+/// A user or group named in the mesh (or a flag) that this node does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {name:?} does not exist on this node ({file}); create it, or give a number")]
+pub struct UnknownUnixId {
+    /// `user` or `group`.
+    pub what: &'static str,
+    /// The name as written.
+    pub name: String,
+    /// The file it was looked up in.
+    pub file: &'static str,
+}
+
+fn resolve(id: &UnixId, file: &'static str, what: &'static str) -> Result<u32, UnknownUnixId> {
     match id {
         UnixId::Id(n) => Ok(*n),
-        UnixId::Name(name) => lookup(file, name).ok_or_else(|| {
-            format!(
-                "{what} {name:?} does not exist on this node ({file}); create it, or give a number"
-            )
+        UnixId::Name(name) => lookup(file, name).ok_or_else(|| UnknownUnixId {
+            what,
+            name: name.clone(),
+            file,
         }),
     }
 }
 
 /// A group's gid, by number or by name (`--workload-api-group`).
-pub fn group_id(group: &str) -> Result<u32, String> {
+pub fn group_id(group: &str) -> Result<u32, UnknownUnixId> {
     let id: UnixId = group.parse().unwrap_or(UnixId::Name(group.to_owned()));
     resolve(&id, "/etc/group", "group")
 }
 
 /// Resolves a workload's `user` and `group`.
-pub fn run_as(user: Option<&UnixId>, group: Option<&UnixId>) -> Result<Option<RunAs>, String> {
+pub fn run_as(
+    user: Option<&UnixId>,
+    group: Option<&UnixId>,
+) -> Result<Option<RunAs>, UnknownUnixId> {
     let Some(user) = user else { return Ok(None) };
     Ok(Some(RunAs {
         uid: resolve(user, "/etc/passwd", "user")?,
@@ -75,7 +90,10 @@ mod tests {
             })
         );
         let err = run_as(Some(&UnixId::Name("no-such-user-here".into())), None).unwrap_err();
-        assert!(err.contains("does not exist on this node"), "{err}");
+        assert!(
+            err.to_string().contains("does not exist on this node"),
+            "{err}"
+        );
         assert_eq!(run_as(None, None).unwrap(), None);
     }
 }

@@ -4,7 +4,34 @@
 use std::sync::Arc;
 
 use zident_identity::SpiffeId;
-use zident_mesh::NodeView;
+use zident_mesh::{MeshError, MeshOrigin, NodeView, NodeViewError};
+
+use crate::unix_users::UnknownUnixId;
+
+/// Why a mesh is not put in force on this node (at start, on an edit of the file, or from the
+/// control plane). Nothing changes when one is returned; the last good mesh stays.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshRefused {
+    /// The mesh breaks a rule, or changes the trust domain the agent runs with.
+    #[error(transparent)]
+    Invalid(#[from] MeshError),
+    /// The mesh gives no view of this node (it does not name it, or an identity is invalid).
+    #[error(transparent)]
+    View(#[from] NodeViewError),
+    /// A local workload runs as a user or group this node does not have.
+    #[error("{origin}: workload {workload}: {source}")]
+    User {
+        /// Where the mesh came from.
+        origin: MeshOrigin,
+        /// `namespace/name`.
+        workload: String,
+        /// The user or group.
+        source: UnknownUnixId,
+    },
+    /// The control plane's resources do not make a mesh.
+    #[error(transparent)]
+    Decode(#[from] zident_xds::DecodeError),
+}
 
 /// A workload on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,28 +63,25 @@ pub struct AcceptedMesh {
 impl AcceptedMesh {
     /// Resolves the users of `view`'s local workloads. Fails on a user or group this host
     /// does not know.
-    pub fn new(view: NodeView) -> Result<Self, String> {
-        let workloads = view
-            .local_workloads()
-            .map(|(w, id)| {
-                let run_as =
-                    crate::unix_users::run_as(w.user.as_ref(), w.group.as_ref()).map_err(|e| {
-                        format!(
-                            "{}: workload {}/{}: {e}",
-                            view.origin(),
-                            w.namespace,
-                            w.name
-                        )
-                    })?;
-                Ok(LocalWorkload {
-                    namespace: w.namespace.clone(),
-                    name: w.name.clone(),
-                    id: id.clone(),
-                    ips: w.workload_ips.clone(),
-                    run_as,
+    pub fn new(view: NodeView) -> Result<Self, MeshRefused> {
+        let workloads =
+            view.local_workloads()
+                .map(|(w, id)| {
+                    let run_as = crate::unix_users::run_as(w.user.as_ref(), w.group.as_ref())
+                        .map_err(|source| MeshRefused::User {
+                            origin: view.origin().clone(),
+                            workload: format!("{}/{}", w.namespace, w.name),
+                            source,
+                        })?;
+                    Ok(LocalWorkload {
+                        namespace: w.namespace.clone(),
+                        name: w.name.clone(),
+                        id: id.clone(),
+                        ips: w.workload_ips.clone(),
+                        run_as,
+                    })
                 })
-            })
-            .collect::<Result<_, String>>()?;
+                .collect::<Result<_, MeshRefused>>()?;
         Ok(Self {
             view: Arc::new(view),
             workloads,

@@ -132,19 +132,33 @@ impl Default for TtlPolicy {
 
 impl TtlPolicy {
     /// The lifetime for a requested `validity_duration` in seconds.
-    pub fn resolve(&self, requested_secs: i64) -> Result<Duration, String> {
+    pub fn resolve(&self, requested_secs: i64) -> Result<Duration, TtlTooLong> {
         if requested_secs <= 0 {
             return Ok(self.default_ttl);
         }
         let ttl = Duration::from_secs(requested_secs as u64);
         if ttl > self.max_ttl {
-            return Err(format!(
-                "requested validity {requested_secs}s is above the maximum of {}s",
-                self.max_ttl.as_secs()
-            ));
+            return Err(TtlTooLong {
+                requested: ttl,
+                max: self.max_ttl,
+            });
         }
         Ok(ttl)
     }
+}
+
+/// A request for a longer lifetime than the CA issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "requested validity {}s is above the maximum of {}s",
+    requested.as_secs(),
+    max.as_secs()
+)]
+pub struct TtlTooLong {
+    /// What was asked for.
+    pub requested: Duration,
+    /// The most the CA issues.
+    pub max: Duration,
 }
 
 #[cfg(test)]
@@ -160,6 +174,11 @@ mod tests {
         assert_eq!(p.resolve(0), Ok(Duration::from_secs(100)));
         assert_eq!(p.resolve(-5), Ok(Duration::from_secs(100)));
         assert_eq!(p.resolve(1000), Ok(Duration::from_secs(1000)));
-        assert!(p.resolve(1001).unwrap_err().contains("maximum of 1000s"));
+        assert!(
+            p.resolve(1001)
+                .unwrap_err()
+                .to_string()
+                .contains("maximum of 1000s")
+        );
     }
 }

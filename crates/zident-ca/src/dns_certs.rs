@@ -161,7 +161,7 @@ pub(crate) fn sync(
     now: SystemTime,
 ) -> SystemTime {
     let authority = state.authority();
-    let td = state.registry().trust_domain().clone();
+    let td = state.authorizer().trust_domain().clone();
     let mut next = now + Duration::from_secs(3600);
     if let Err(e) = std::fs::create_dir_all(dir) {
         tracing::error!(target: "zident::ca", dir = %dir.display(), "cannot create the DNS certificate directory: {e}");
@@ -259,17 +259,19 @@ fn issue(
     td: &zident_identity::TrustDomain,
     ttl: Duration,
     now: SystemTime,
-) -> Result<(SystemTime, SystemTime), String> {
-    let issued = authority
-        .issue_dns(td, &entry.dns_names, ttl, now)
-        .map_err(|e| e.to_string())?;
+) -> Result<(SystemTime, SystemTime), DnsCertError> {
+    let issued = authority.issue_dns(td, &entry.dns_names, ttl, now)?;
     let nanos = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
     let data = format!("{DATA_PREFIX}{}.{nanos}", entry.secret_name);
     let data_path = dir.join(&data);
-    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    let io = |what: &'static str, p: &Path, source: std::io::Error| DnsCertError::Io {
+        what,
+        path: p.to_owned(),
+        source,
+    };
     std::fs::create_dir(&data_path).map_err(|e| io("cannot create", &data_path, e))?;
     for (file, bytes, mode) in [
         (CERT_CHAIN, issued.chain_pem.as_bytes(), 0o644),
@@ -299,9 +301,13 @@ fn issue(
 
 /// A plain directory where the symlink goes (made by hand, or by another tool): replaced only
 /// when it holds nothing but the three files of a set.
-fn take_over_plain_dir(path: &Path) -> Result<(), String> {
+fn take_over_plain_dir(path: &Path) -> Result<(), DnsCertError> {
     let entries: Vec<String> = std::fs::read_dir(path)
-        .map_err(|e| format!("{} is in the way: {e}", path.display()))?
+        .map_err(|source| DnsCertError::Io {
+            what: "cannot read what is in the way at",
+            path: path.to_owned(),
+            source,
+        })?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
@@ -309,12 +315,45 @@ fn take_over_plain_dir(path: &Path) -> Result<(), String> {
         .iter()
         .any(|n| ![CERT_CHAIN, KEY, ROOT_CERT].contains(&n.as_str()))
     {
-        return Err(format!(
-            "{} is a directory with other files in it ({entries:?}); move it away so that zident can manage it",
-            path.display()
-        ));
+        return Err(DnsCertError::InTheWay {
+            path: path.to_owned(),
+            entries,
+        });
     }
-    std::fs::remove_dir_all(path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+    std::fs::remove_dir_all(path).map_err(|source| DnsCertError::Io {
+        what: "cannot replace",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Why a DNS certificate set could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsCertError {
+    /// The authority cannot issue it.
+    #[error(transparent)]
+    Issue(#[from] crate::roots::authority::AuthorityError),
+    /// A file or directory of the set cannot be made.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A directory of someone else's is where the set's link goes.
+    #[error(
+        "{} is a directory with other files in it ({entries:?}); move it away so that zident can manage it",
+        path.display()
+    )]
+    InTheWay {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is in it.
+        entries: Vec<String>,
+    },
 }
 
 /// Deletes the sets of entries no longer listed, and data directories no set points to (left

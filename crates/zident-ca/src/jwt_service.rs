@@ -13,7 +13,7 @@ use zident_identity::{SpiffeId, jwt, rfc3339};
 use zident_proto::zident_ca::jwt_svid_service_server::JwtSvidService;
 use zident_proto::zident_ca::{CreateJwtSvidRequest, CreateJwtSvidResponse};
 
-use crate::registry::Caller;
+use crate::node_authorizer::Caller;
 use crate::service::{authenticate, peer_of};
 use crate::state::CaState;
 
@@ -38,7 +38,7 @@ impl JwtSvidService for JwtService {
     ) -> Result<Response<CreateJwtSvidResponse>, Status> {
         let metrics = &self.state.metrics;
         let peer = peer_of(&request);
-        let registry = self.state.registry();
+        let registry = self.state.authorizer();
         let caller = authenticate(
             &self.state,
             &registry,
@@ -81,7 +81,7 @@ impl JwtSvidService for JwtService {
         };
         let ttl = policy
             .resolve(req.validity_seconds)
-            .map_err(|msg| refuse("ttl_too_long", msg))?;
+            .map_err(|e| refuse("ttl_too_long", e.to_string()))?;
         let now = SystemTime::now();
         match self
             .state

@@ -243,7 +243,8 @@ impl CaMetrics {
 }
 
 /// Whether the CA is ready, and why not.
-pub(crate) type Readiness = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub(crate) type Readiness =
+    std::sync::Arc<dyn Fn() -> Result<(), crate::datastore::NotReady> + Send + Sync>;
 
 /// Serves `GET /metrics` (OpenMetrics text) and `GET /ready` on `addr`.
 pub(crate) async fn serve_metrics(

@@ -10,7 +10,7 @@ use zident_identity::TrustDomain;
 use zident_mesh::MeshFile;
 
 use crate::config::CaConfig;
-use crate::registry::Registry;
+use crate::node_authorizer::NodeAuthorizer;
 use crate::roots::authority::{Authority, AuthorityError};
 use crate::roots::dir_store;
 use crate::roots::plugged;
@@ -32,10 +32,10 @@ pub(crate) fn load_authority(
 
 /// Applies an edited mesh file, or keeps the last good one.
 pub(crate) fn reload_mesh(state: &CaState, path: &Path) {
-    let current_td = state.registry().trust_domain().clone();
+    let current_td = state.authorizer().trust_domain().clone();
     let result = MeshFile::load(path).and_then(|mesh| {
         mesh.keeps_trust_domain(&current_td, &zident_mesh::MeshOrigin::file(path), "the CA")?;
-        Registry::from_mesh(&mesh, path).map(|r| (r, mesh))
+        NodeAuthorizer::from_mesh(&mesh, path).map(|r| (r, mesh))
     });
     match result {
         Ok((registry, mesh)) => {
@@ -63,7 +63,7 @@ pub(crate) fn reload_plugged_in(
     serving: &ServingCert,
     plugged: &std::sync::Mutex<plugged::PluggedState>,
 ) {
-    let td = state.registry().trust_domain().clone();
+    let td = state.authorizer().trust_domain().clone();
     let timing = config.rotation_timing();
     let now = std::time::SystemTime::now();
     let mut known = plugged.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,7 +133,7 @@ fn record_refusal(
 
 /// Loads the authority the rotation state now describes, if it differs from the one in use.
 pub(crate) fn reload_rotation(state: &CaState, config: &CaConfig, serving: &ServingCert) {
-    let td = state.registry().trust_domain().clone();
+    let td = state.authorizer().trust_domain().clone();
     let current = state.authority();
     match Authority::self_signed(&config.data_dir, &td, config.rotation.root_lifetime) {
         Ok(authority) => {

@@ -66,7 +66,9 @@ pub(crate) async fn rotate_on_schedule(
         match result {
             Ok(rs) => {
                 tracing::info!(target: "zident::ca", phase = phase.as_str(), active = rs.active, prepared = ?rs.prepared, previous = ?rs.previous, sequence = rs.sequence, "scheduled root rotation step");
-                reload_rotation(&state, &config, &serving);
+                // Reading the new generation's files is blocking work.
+                let (st, cfg, sv) = (state.clone(), config.clone(), serving.clone());
+                let _ = tokio::task::spawn_blocking(move || reload_rotation(&st, &cfg, &sv)).await;
             }
             Err(e) => {
                 tracing::error!(target: "zident::ca", phase = phase.as_str(), "scheduled root rotation step failed: {e}")

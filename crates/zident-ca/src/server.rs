@@ -51,7 +51,7 @@ pub struct ServingCert {
 
 impl ServingCert {
     /// Issues a first serving certificate from `authority` for `dns_names`.
-    pub fn new(authority: &Authority, dns_names: Vec<String>) -> Result<Self, String> {
+    pub fn new(authority: &Authority, dns_names: Vec<String>) -> Result<Self, ServingError> {
         let key = issue_serving(authority, &dns_names)?;
         Ok(Self {
             current: RwLock::new(Arc::new(key)),
@@ -60,7 +60,7 @@ impl ServingCert {
     }
 
     /// Issues a fresh serving certificate and uses it for new connections.
-    pub fn renew(&self, authority: &Authority) -> Result<(), String> {
+    pub fn renew(&self, authority: &Authority) -> Result<(), ServingError> {
         let key = issue_serving(authority, &self.dns_names)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
         Ok(())
@@ -78,24 +78,40 @@ impl ResolvesServerCert for ServingCert {
     }
 }
 
-fn issue_serving(authority: &Authority, dns_names: &[String]) -> Result<CertifiedKey, String> {
-    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+/// Why the CA's own serving certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    /// A key could not be generated.
+    #[error("cannot make a key for the serving certificate: {0}")]
+    Key(rcgen::Error),
+    /// The profile refuses the names or lifetime.
+    #[error("the serving certificate: {0}")]
+    Profile(#[from] zident_identity::profile::ProfileError),
+    /// The authority cannot sign it.
+    #[error("cannot sign the serving certificate: {0}")]
+    Sign(#[from] crate::roots::authority::AuthorityError),
+    /// rustls does not take the key.
+    #[error("rustls refuses the serving key: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn issue_serving(
+    authority: &Authority,
+    dns_names: &[String],
+) -> Result<CertifiedKey, ServingError> {
+    let key = KeyPair::generate().map_err(ServingError::Key)?;
     let params = profile::serving_params(
         authority.bundle().trust_domain(),
         dns_names,
         SystemTime::now(),
         SERVING_CERT_TTL,
         authority.serving_signer_not_after(),
-    )
-    .map_err(|e| e.to_string())?;
-    let (cert, above) = authority
-        .sign_serving(&params, &key)
-        .map_err(|e| e.to_string())?;
+    )?;
+    let (cert, above) = authority.sign_serving(&params, &key)?;
     let mut chain = vec![cert.der().clone()];
     chain.extend(above);
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signer =
-        rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)?;
     Ok(CertifiedKey::new(chain, signer))
 }
 

@@ -51,7 +51,7 @@ impl IstioCertificateService for CaService {
             .unwrap_or("")
             .to_owned();
 
-        let registry = self.state.registry();
+        let registry = self.state.authorizer();
         let caller = authenticate(&self.state, &registry, request.metadata(), &peer, "request")
             .map_err(|(status, reason)| {
                 metrics.reject(reason);
@@ -64,7 +64,7 @@ impl IstioCertificateService for CaService {
             Err(msg) => {
                 metrics.reject("bad_metadata");
                 tracing::warn!(target: "zident::ca", %peer, %caller, "refused: {msg}");
-                return Err(Status::invalid_argument(msg));
+                return Err(Status::invalid_argument(msg.to_string()));
             }
         };
         let csr = match verify_csr_pem(&req.csr) {
@@ -109,7 +109,7 @@ impl IstioCertificateService for CaService {
             Err(msg) => {
                 metrics.reject("ttl_too_long");
                 tracing::warn!(target: "zident::ca", %peer, %caller, identity = %csr.id, "refused: {msg}");
-                return Err(Status::invalid_argument(msg));
+                return Err(Status::invalid_argument(msg.to_string()));
             }
         };
         let authority = self.state.authority();
@@ -167,11 +167,11 @@ impl IstioCertificateService for CaService {
 /// count.
 pub(crate) fn authenticate(
     state: &CaState,
-    registry: &crate::registry::Registry,
+    registry: &crate::node_authorizer::NodeAuthorizer,
     md: &tonic::metadata::MetadataMap,
     peer: &str,
     what: &str,
-) -> Result<crate::registry::Caller, (Status, &'static str)> {
+) -> Result<crate::node_authorizer::Caller, (Status, &'static str)> {
     let Some(token) = bearer_token(md) else {
         state.metrics.authentication_failure_count.inc();
         tracing::warn!(target: "zident::ca", %peer, "{what} denied: no bearer token in the authorization header");
@@ -210,7 +210,12 @@ fn bearer_token(md: &tonic::metadata::MetadataMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<String>, String> {
+/// `ImpersonatedIdentity` metadata that is not a string.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata {IMPERSONATED_IDENTITY} must be a string")]
+struct NotAString;
+
+fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<String>, NotAString> {
     use prost_types::value::Kind;
     let Some(meta) = &req.metadata else {
         return Ok(None);
@@ -223,6 +228,6 @@ fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<String>
         None => Ok(None),
         Some(Kind::StringValue(s)) if s.is_empty() => Ok(None),
         Some(Kind::StringValue(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(format!("metadata {IMPERSONATED_IDENTITY} must be a string")),
+        Some(_) => Err(NotAString),
     }
 }

@@ -1,4 +1,4 @@
-//! What every request reads: the current authority and registry, swapped whole on reload.
+//! What every request reads: the current authority and node authorizer, swapped whole on reload.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -8,7 +8,7 @@ use zident_mesh::MeshFile;
 
 use crate::config::TtlPolicy;
 use crate::metrics::CaMetrics;
-use crate::registry::Registry;
+use crate::node_authorizer::NodeAuthorizer;
 use crate::roots::authority::Authority;
 
 /// One accepted version of the mesh, as the xDS server and anything else that follows the
@@ -28,7 +28,7 @@ pub struct CaState {
     authority: RwLock<Arc<Authority>>,
     /// Counts authority replacements, for whoever re-issues on a change (DNS certificates).
     authority_changes: watch::Sender<u64>,
-    registry: RwLock<Arc<Registry>>,
+    authorizer: RwLock<Arc<NodeAuthorizer>>,
     mesh: watch::Sender<Arc<MeshVersion>>,
     /// Certificate lifetimes.
     pub ttl: TtlPolicy,
@@ -43,11 +43,11 @@ pub struct CaState {
 }
 
 impl CaState {
-    /// State over a loaded authority and registry.
+    /// State over a loaded authority and node authorizer.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         authority: Authority,
-        registry: Registry,
+        authorizer: NodeAuthorizer,
         mesh: MeshFile,
         ttl: TtlPolicy,
         jwt_ttl: Duration,
@@ -59,7 +59,7 @@ impl CaState {
         Self {
             authority: RwLock::new(Arc::new(authority)),
             authority_changes: watch::channel(0).0,
-            registry: RwLock::new(Arc::new(registry)),
+            authorizer: RwLock::new(Arc::new(authorizer)),
             mesh: watch::channel(Arc::new(MeshVersion {
                 mesh: Arc::new(mesh),
                 number: 1,
@@ -82,9 +82,9 @@ impl CaState {
             .clone()
     }
 
-    /// The current registry.
-    pub fn registry(&self) -> Arc<Registry> {
-        self.registry
+    /// The current node authorizer.
+    pub fn authorizer(&self) -> Arc<NodeAuthorizer> {
+        self.authorizer
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -103,10 +103,10 @@ impl CaState {
         self.authority_changes.subscribe()
     }
 
-    /// Replaces the mesh and the registry built from it (after a reload of the mesh file),
+    /// Replaces the mesh and the node authorizer built from it (after a reload of the mesh file),
     /// and tells every follower of the mesh.
-    pub fn set_mesh(&self, mesh: MeshFile, registry: Registry) {
-        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(registry);
+    pub fn set_mesh(&self, mesh: MeshFile, authorizer: NodeAuthorizer) {
+        *self.authorizer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(authorizer);
         let accepted = Instant::now();
         self.mesh.send_modify(|v| {
             *v = Arc::new(MeshVersion {

@@ -108,12 +108,15 @@ pub fn inspect(
         certificates: chain.len(),
         checks: Vec::new(),
     };
-    let parsed: Vec<Result<X509Certificate<'_>, String>> = chain
+    let parsed: Vec<Result<X509Certificate<'_>, X509Error>> = chain
         .iter()
         .map(|c| {
             X509Certificate::from_der(c)
                 .map(|(_, x)| x)
-                .map_err(|e| e.to_string())
+                .map_err(|e| match e {
+                    x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e) => e,
+                    x509_parser::nom::Err::Incomplete(_) => X509Error::InvalidCertificate,
+                })
         })
         .collect();
     let leaf = match parsed.first() {
@@ -129,7 +132,7 @@ pub fn inspect(
             report.checks.push(check(
                 "the leaf is valid DER X.509",
                 Outcome::Fail,
-                e.clone(),
+                e.to_string(),
             ));
             return report;
         }
@@ -145,7 +148,7 @@ pub fn inspect(
             report.checks.push(check(
                 format!("certificate {i} of the chain is valid DER X.509"),
                 Outcome::Fail,
-                e.clone(),
+                e.to_string(),
             ));
         }
     }

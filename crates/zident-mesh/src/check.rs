@@ -81,14 +81,14 @@ pub(crate) fn check(mesh: &MeshFile, origin: &MeshOrigin, yaml: &str) -> Result<
         }
         if matches!(origin, MeshOrigin::File(_)) {
             check_token_source(&node.token, &node.token_file)
-                .map_err(|m| r.at(&at, format!("nodes[{i}]"), m))?;
+                .map_err(|e| r.at(&at, format!("nodes[{i}]"), e.to_string()))?;
         }
         if let Some(id) = &node.spiffe_id {
-            in_trust_domain(id, &mesh.trust_domain).map_err(|m| {
+            in_trust_domain(id, &mesh.trust_domain).map_err(|e| {
                 r.at(
                     &[Key("nodes"), Item(i), Key("spiffeId")],
                     format!("nodes[{i}].spiffeId"),
-                    m,
+                    e.to_string(),
                 )
             })?;
         }
@@ -97,13 +97,13 @@ pub(crate) fn check(mesh: &MeshFile, origin: &MeshOrigin, yaml: &str) -> Result<
         let at = [Key("identities"), Item(i)];
         if matches!(origin, MeshOrigin::File(_)) {
             check_token_source(&entry.token, &entry.token_file)
-                .map_err(|m| r.at(&at, format!("identities[{i}]"), m))?;
+                .map_err(|e| r.at(&at, format!("identities[{i}]"), e.to_string()))?;
         }
-        in_trust_domain(&entry.spiffe_id, &mesh.trust_domain).map_err(|m| {
+        in_trust_domain(&entry.spiffe_id, &mesh.trust_domain).map_err(|e| {
             r.at(
                 &[Key("identities"), Item(i), Key("spiffeId")],
                 format!("identities[{i}].spiffeId"),
-                m,
+                e.to_string(),
             )
         })?;
     }
@@ -161,8 +161,13 @@ fn check_certificates(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> 
         let mut seen = std::collections::HashSet::new();
         for (j, name) in c.dns_names.iter().enumerate() {
             let here = [Key("certificates"), Item(i), Key("dnsNames"), Item(j)];
-            check_dns_name(name)
-                .map_err(|m| r.at(&here, format!("certificates[{i}].dnsNames[{j}]"), m))?;
+            check_dns_name(name).map_err(|e| {
+                r.at(
+                    &here,
+                    format!("certificates[{i}].dnsNames[{j}]"),
+                    e.to_string(),
+                )
+            })?;
             if !seen.insert(name.to_ascii_lowercase()) {
                 return Err(r.at(
                     &here,
@@ -215,7 +220,7 @@ fn check_workloads(mesh: &MeshFile, r: &Refuse<'_>) -> Result<(), MeshError> {
             ));
         }
         w.spiffe_id(&mesh.trust_domain)
-            .map_err(|m| r.at(&[Key("workloads"), Item(i)], label.clone(), m))?;
+            .map_err(|e| r.at(&[Key("workloads"), Item(i)], label.clone(), e.to_string()))?;
         if w.group.is_some() && w.user.is_none() {
             return Err(r.at(
                 &field("group"),
@@ -388,25 +393,46 @@ fn check_namespace(
     })
 }
 
-fn in_trust_domain(id: &SpiffeId, td: &TrustDomain) -> Result<(), String> {
+/// An ID outside the mesh's trust domain.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{id} is not in the mesh's trust domain {td}; zident does not federate trust domains yet, so use an ID under spiffe://{td}/"
+)]
+struct ForeignTrustDomain {
+    id: SpiffeId,
+    td: TrustDomain,
+}
+
+fn in_trust_domain(id: &SpiffeId, td: &TrustDomain) -> Result<(), ForeignTrustDomain> {
     if id.trust_domain_str() == td.as_str() {
         Ok(())
     } else {
-        Err(format!(
-            "{id} is not in the mesh's trust domain {td}; zident does not federate trust \
-             domains yet, so use an ID under spiffe://{td}/"
-        ))
+        Err(ForeignTrustDomain {
+            id: id.clone(),
+            td: td.clone(),
+        })
     }
+}
+
+/// How a caller's token is given wrong.
+#[derive(Debug, thiserror::Error)]
+enum TokenSourceError {
+    #[error("give either token or tokenFile, not both")]
+    Both,
+    #[error("needs a token or a tokenFile")]
+    Neither,
+    #[error("token must not be empty")]
+    Empty,
 }
 
 fn check_token_source(
     token: &Option<String>,
     file: &Option<std::path::PathBuf>,
-) -> Result<(), String> {
+) -> Result<(), TokenSourceError> {
     match (token, file) {
-        (Some(_), Some(_)) => Err("give either token or tokenFile, not both".into()),
-        (None, None) => Err("needs a token or a tokenFile".into()),
-        (Some(t), None) if t.trim().is_empty() => Err("token must not be empty".into()),
+        (Some(_), Some(_)) => Err(TokenSourceError::Both),
+        (None, None) => Err(TokenSourceError::Neither),
+        (Some(t), None) if t.trim().is_empty() => Err(TokenSourceError::Empty),
         _ => Ok(()),
     }
 }

@@ -269,15 +269,25 @@ impl Workload {
 
     /// The workload's SPIFFE ID, `spiffe://<td>/ns/<namespace>/sa/<service account>`, with the
     /// mesh's trust domain when its own is empty.
-    pub fn spiffe_id(&self, mesh_trust_domain: &TrustDomain) -> Result<SpiffeId, String> {
+    pub fn spiffe_id(&self, mesh_trust_domain: &TrustDomain) -> Result<SpiffeId, WorkloadIdError> {
         let td = if self.trust_domain.is_empty() {
             mesh_trust_domain.clone()
         } else {
-            TrustDomain::new(&self.trust_domain).map_err(|e| format!("trustDomain: {e}"))?
+            TrustDomain::new(&self.trust_domain).map_err(WorkloadIdError::TrustDomain)?
         };
-        SpiffeId::istio(&td, &self.namespace, &self.service_account)
-            .map_err(|e| format!("namespace/serviceAccount do not make a SPIFFE ID: {e}"))
+        SpiffeId::istio(&td, &self.namespace, &self.service_account).map_err(WorkloadIdError::Id)
     }
+}
+
+/// Why a workload's fields make no SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadIdError {
+    /// Its own `trustDomain` is not one.
+    #[error("trustDomain: {0}")]
+    TrustDomain(zident_identity::IdError),
+    /// Its namespace and service account do not make a valid ID.
+    #[error("namespace/serviceAccount do not make a SPIFFE ID: {0}")]
+    Id(zident_identity::IdError),
 }
 
 /// A service, in ztunnel's local-config shape.

@@ -27,13 +27,13 @@ mod policy;
 pub mod watch;
 
 pub use cidr::{Cidr, CidrError};
-pub use names::{NameError, check_dns_name, check_label, check_subdomain};
+pub use names::{DnsNameError, NameError, check_dns_name, check_label, check_subdomain};
 pub use node_view::{NodeView, NodeViewError};
 pub use origin::MeshOrigin;
 
 pub use file::{
     CallerToken, DEFAULT_TRUST_DOMAIN, DnsCertificate, HealthStatus, IdentityEntry, MeshError,
-    MeshFile, Node, Protocol, Service, UnixId, Workload, parse_vip,
+    MeshFile, Node, Protocol, Service, UnixId, Workload, WorkloadIdError, parse_vip,
 };
 pub use policy::{
     Action, Authorization, Ignored, RbacMatch, Scope, ServiceAccountMatch, StringMatch,

@@ -81,23 +81,41 @@ pub fn check_subdomain(name: &str) -> Result<(), NameError> {
 /// `-`, dot-separated labels of 1 to 63, at most 253 in all) of at least two labels, or `*.`
 /// followed by one (a wildcard only as the whole leftmost label, and never over a single
 /// label such as `*.com`).
-pub fn check_dns_name(name: &str) -> Result<(), String> {
+pub fn check_dns_name(name: &str) -> Result<(), DnsNameError> {
     let (wildcard, rest) = match name.strip_prefix("*.") {
         Some(rest) => (true, rest),
         None => (false, name),
     };
     if rest.contains('*') {
-        return Err(format!(
-            "{name:?}: a wildcard may only be the whole leftmost label (`*.example.com`)"
-        ));
+        return Err(DnsNameError::WildcardInside(name.to_owned()));
     }
-    check_subdomain(&rest.to_ascii_lowercase()).map_err(|e| format!("{name:?}: {e}"))?;
+    check_subdomain(&rest.to_ascii_lowercase()).map_err(|source| DnsNameError::Name {
+        name: name.to_owned(),
+        source,
+    })?;
     if wildcard && !rest.contains('.') {
-        return Err(format!(
-            "{name:?}: a wildcard must stand over at least two labels (`*.example.com`, not `*.com`)"
-        ));
+        return Err(DnsNameError::WildcardOverOneLabel(name.to_owned()));
     }
     Ok(())
+}
+
+/// Why a name is not a DNS name for a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsNameError {
+    /// A `*` other than the whole leftmost label.
+    #[error("{0:?}: a wildcard may only be the whole leftmost label (`*.example.com`)")]
+    WildcardInside(String),
+    /// A wildcard over a single label.
+    #[error("{0:?}: a wildcard must stand over at least two labels (`*.example.com`, not `*.com`)")]
+    WildcardOverOneLabel(String),
+    /// Not a host name.
+    #[error("{name:?}: {source}")]
+    Name {
+        /// The name as written.
+        name: String,
+        /// The rule it breaks.
+        source: NameError,
+    },
 }
 
 #[cfg(test)]

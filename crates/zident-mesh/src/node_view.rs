@@ -27,14 +27,14 @@ pub enum NodeViewError {
         node: String,
     },
     /// A workload's identity is not a SPIFFE ID.
-    #[error("{origin}: workload {workload}: {message}")]
+    #[error("{origin}: workload {workload}: {source}")]
     Identity {
         /// Where the mesh came from.
         origin: MeshOrigin,
         /// `namespace/name`.
         workload: String,
         /// What is wrong with its identity.
-        message: String,
+        source: crate::file::WorkloadIdError,
     },
     /// A `caCertificates` entry is not PEM.
     #[error("{origin}: caCertificates[{index}]: {message}")]
@@ -89,13 +89,13 @@ impl NodeView {
         let mut identities: BTreeMap<SpiffeId, Vec<String>> = BTreeMap::new();
         for (i, w) in mesh.workloads.iter().enumerate() {
             let label = format!("{}/{}", w.namespace, w.name);
-            let id =
-                w.spiffe_id(&mesh.trust_domain)
-                    .map_err(|message| NodeViewError::Identity {
-                        origin: origin.clone(),
-                        workload: label.clone(),
-                        message,
-                    })?;
+            let id = w
+                .spiffe_id(&mesh.trust_domain)
+                .map_err(|source| NodeViewError::Identity {
+                    origin: origin.clone(),
+                    workload: label.clone(),
+                    source,
+                })?;
             if w.node == node {
                 local.push(i);
                 identities.entry(id.clone()).or_default().push(label);

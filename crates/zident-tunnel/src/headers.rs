@@ -52,7 +52,7 @@ pub fn baggage_of(w: &Workload) -> String {
 
 /// What a `baggage` header says of the caller, for the access log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Caller {
+pub struct Baggage {
     /// `k8s.namespace.name`.
     pub namespace: Option<String>,
     /// `k8s.{pod,deployment,job,cronjob,...}.name`.
@@ -61,7 +61,7 @@ pub struct Caller {
     pub service: Option<String>,
 }
 
-impl Caller {
+impl Baggage {
     /// Reads a `baggage` value; members it does not know are skipped, as ztunnel does.
     pub fn parse(value: &str) -> Self {
         let mut caller = Self::default();
@@ -186,7 +186,7 @@ mod tests {
             b,
             "k8s.cluster.name=c1,k8s.namespace.name=shop,k8s.deployment.name=front,service.name=front,service.version=v2"
         );
-        let c = Caller::parse(&b);
+        let c = Baggage::parse(&b);
         assert_eq!(c.name().as_deref(), Some("shop/front"));
         assert_eq!(c.service.as_deref(), Some("front"));
         // With only what zident's own files usually hold: the pod name.
@@ -195,7 +195,7 @@ mod tests {
             baggage_of(&w),
             "k8s.namespace.name=default,k8s.pod.name=web"
         );
-        assert_eq!(Caller::parse("junk,=,a=b;p=1").name(), None);
+        assert_eq!(Baggage::parse("junk,=,a=b;p=1").name(), None);
     }
 
     #[test]

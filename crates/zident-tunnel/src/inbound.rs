@@ -379,7 +379,7 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
             .destinations
             .peer(peer.ip())
             .map(|w| w.to_string())
-            .or_else(|| header(headers::BAGGAGE).and_then(|b| headers::Caller::parse(&b).name()))
+            .or_else(|| header(headers::BAGGAGE).and_then(|b| headers::Baggage::parse(&b).name()))
             .unwrap_or_else(|| "-".into());
         let trace_id = header(headers::TRACEPARENT)
             .and_then(|t| headers::TraceParent::parse(&t))

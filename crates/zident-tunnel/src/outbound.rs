@@ -167,6 +167,26 @@ pub struct Outbound<P, D> {
     configs: Mutex<HashMap<ConfigKey, Arc<rustls::ClientConfig>>>,
 }
 
+/// Why an outbound connection has no destination to tunnel to (refused as a bad request).
+#[derive(Debug, thiserror::Error)]
+enum NoDestination {
+    /// The SOCKS5 greeting or request is malformed or asks for what is not supported.
+    #[error(transparent)]
+    Socks5(#[from] socks5::HandshakeError),
+    /// The client did not finish its SOCKS5 request in time.
+    #[error("SOCKS5 handshake timed out after {HANDSHAKE_TIMEOUT:?}")]
+    Socks5Timeout,
+    /// The connection's own addresses cannot be read.
+    #[error("{0}")]
+    Socket(std::io::Error),
+    /// A connection on the capture port that no firewall rule redirected.
+    #[error("the connection was not redirected here by iptables/nftables (no SO_ORIGINAL_DST)")]
+    NotRedirected,
+    /// A connection straight to the capture port.
+    #[error("the connection was made to the capture port {0} itself, not redirected to it")]
+    CapturePortItself(std::net::SocketAddr),
+}
+
 impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
     /// An outbound tunnel over `certificates` (certificates and the trust bundle, both from
     /// the identity seam) and `directory`.
@@ -234,32 +254,29 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
     }
 
     /// Where the client wants to go: the SOCKS5 request, or the address before redirection.
-    async fn destination(front: &mut Front) -> Result<Target, String> {
+    async fn destination(front: &mut Front) -> Result<Target, NoDestination> {
         if front.socks {
             return match tokio::time::timeout(HANDSHAKE_TIMEOUT, socks5::accept(&mut front.stream))
                 .await
             {
                 Ok(Ok(t)) => Ok(t),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!(
-                    "SOCKS5 handshake timed out after {HANDSHAKE_TIMEOUT:?}"
-                )),
+                Ok(Err(e)) => Err(NoDestination::Socks5(e)),
+                Err(_) => Err(NoDestination::Socks5Timeout),
             };
         }
-        let local = front.stream.local_addr().map_err(|e| e.to_string())?;
+        let local = front.stream.local_addr().map_err(NoDestination::Socket)?;
         let sock = socket2::SockRef::from(&front.stream);
         let original = if local.is_ipv4() {
             sock.original_dst_v4()
         } else {
             sock.original_dst_v6()
         };
-        let original = original.ok().and_then(|a| a.as_socket()).ok_or(
-            "the connection was not redirected here by iptables/nftables (no SO_ORIGINAL_DST)",
-        )?;
+        let original = original
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or(NoDestination::NotRedirected)?;
         if original == local {
-            return Err(format!(
-                "the connection was made to the capture port {local} itself, not redirected to it"
-            ));
+            return Err(NoDestination::CapturePortItself(local));
         }
         Ok(Target::Addr(original))
     }

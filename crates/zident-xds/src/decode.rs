@@ -14,26 +14,104 @@ use zident_proto::istio_security as sec;
 use zident_proto::istio_workload as wl;
 use zident_proto::zident_mesh as zm;
 
-/// Why a received resource cannot be used.
+/// Why a received resource cannot be used: which resource, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{type_url} resource {name:?}: {message}")]
+#[error("{type_url} resource {name:?}: {problem}")]
 pub struct DecodeError {
     /// The resource's type.
     pub type_url: String,
     /// The resource's name.
     pub name: String,
     /// What is wrong with it.
-    pub message: String,
+    pub problem: Problem,
 }
 
 impl DecodeError {
-    pub(crate) fn new(type_url: &str, name: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(type_url: &str, name: &str, problem: Problem) -> Self {
         Self {
             type_url: type_url.to_owned(),
             name: name.to_owned(),
-            message: message.into(),
+            problem,
         }
     }
+}
+
+/// What is wrong with a received resource. None of these is transient: the same bytes are
+/// refused again, so the NACK names the field to fix at the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// The bytes are not a message of the type.
+    #[error("not a valid message: {0}")]
+    Undecodable(prost::DecodeError),
+    /// A type zident does not serve.
+    #[error("zident does not know the type {0}")]
+    UnknownType(String),
+    /// An address resource with neither a workload nor a service.
+    #[error("holds neither a workload nor a service")]
+    EmptyAddress,
+    /// A field holds a value zident cannot use.
+    #[error("{field}: {value}")]
+    Field {
+        /// The field, e.g. `addresses`.
+        field: &'static str,
+        /// What is wrong with its value.
+        value: BadValue,
+    },
+    /// A value outside any one field.
+    #[error(transparent)]
+    Value(#[from] BadValue),
+}
+
+/// A value zident cannot read into the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    /// An IP address of another length than 4 or 16 bytes.
+    #[error("an address of {0} bytes (4 or 16 expected)")]
+    AddressLength(usize),
+    /// A port above 65535.
+    #[error("port {0} is out of range")]
+    Port(u32),
+    /// A CIDR prefix length that does not fit.
+    #[error("prefix length {0} is too long")]
+    PrefixLength(u32),
+    /// A CIDR range that is not one.
+    #[error(transparent)]
+    Cidr(#[from] zident_mesh::CidrError),
+    /// A SPIFFE ID that is not one.
+    #[error("spiffe_id {value:?}: {source}")]
+    SpiffeId {
+        /// The value as sent.
+        value: String,
+        /// What is wrong with it.
+        source: zident_identity::IdError,
+    },
+    /// A trust domain that is not one.
+    #[error("trust_domain: {0}")]
+    TrustDomain(zident_identity::IdError),
+    /// A tunnel protocol zident does not carry.
+    #[error("tunnel_protocol {0} is not one zident carries (NONE or HBONE)")]
+    TunnelProtocol(i32),
+    /// A policy scope zident does not know.
+    #[error("scope {0} is unknown")]
+    Scope(i32),
+    /// A policy action zident does not know (never read as ALLOW).
+    #[error("action {0} is unknown")]
+    Action(i32),
+    /// A string match of no kind (never read as matching everything).
+    #[error("a string match has none of exact, prefix, suffix, presence")]
+    EmptyStringMatch,
+    /// An extension that does not decode.
+    #[error("extension {name}: {source}")]
+    Extension {
+        /// The extension's name.
+        name: &'static str,
+        /// What the decoder said.
+        source: prost::DecodeError,
+    },
+}
+
+fn in_field(field: &'static str) -> impl Fn(BadValue) -> Problem {
+    move |value| Problem::Field { field, value }
 }
 
 /// What one resource holds.
@@ -53,24 +131,24 @@ pub(crate) fn item(
     value: &[u8],
     mesh_td: &TrustDomain,
 ) -> Result<Item, DecodeError> {
-    let err = |m: String| DecodeError::new(type_url, name, m);
-    let undecodable = |e: prost::DecodeError| err(format!("not a valid message: {e}"));
+    let err = |p: Problem| DecodeError::new(type_url, name, p);
+    let undecodable = |e: prost::DecodeError| err(Problem::Undecodable(e));
     match type_url {
         crate::MESH => zm::Mesh::decode(value).map(Item::Mesh).map_err(undecodable),
         crate::NODE => node(zm::Node::decode(value).map_err(undecodable)?).map_err(err),
         crate::ADDRESS => match wl::Address::decode(value).map_err(undecodable)?.r#type {
             Some(wl::address::Type::Workload(w)) => workload(w, mesh_td).map_err(err),
             Some(wl::address::Type::Service(s)) => service(s).map(Item::Service).map_err(err),
-            None => Err(err("holds neither a workload nor a service".into())),
+            None => Err(err(Problem::EmptyAddress)),
         },
         crate::AUTHORIZATION => policy(sec::Authorization::decode(value).map_err(undecodable)?)
             .map(Item::Policy)
-            .map_err(err),
-        other => Err(err(format!("zident does not know the type {other}"))),
+            .map_err(|v| err(v.into())),
+        other => Err(err(Problem::UnknownType(other.to_owned()))),
     }
 }
 
-fn node(n: zm::Node) -> Result<Item, String> {
+fn node(n: zm::Node) -> Result<Item, Problem> {
     let mut node = Node {
         name: n.name,
         token: None,
@@ -79,19 +157,22 @@ fn node(n: zm::Node) -> Result<Item, String> {
         address: None,
     };
     if !n.address.is_empty() {
-        node.address = Some(ip(&n.address).map_err(|e| format!("address: {e}"))?);
+        node.address = Some(ip(&n.address).map_err(in_field("address"))?);
     }
     if !n.spiffe_id.is_empty() {
         node.spiffe_id = Some(
             SpiffeId::new(&n.spiffe_id)
                 .and_then(SpiffeId::require_path)
-                .map_err(|e| format!("spiffe_id {:?}: {e}", n.spiffe_id))?,
+                .map_err(|source| BadValue::SpiffeId {
+                    value: n.spiffe_id.clone(),
+                    source,
+                })?,
         );
     }
     Ok(Item::Node(node))
 }
 
-fn workload(w: wl::Workload, mesh_td: &TrustDomain) -> Result<Item, String> {
+fn workload(w: wl::Workload, mesh_td: &TrustDomain) -> Result<Item, Problem> {
     let mut out = Workload::new(w.namespace);
     out.uid = w.uid;
     out.name = w.name;
@@ -111,23 +192,18 @@ fn workload(w: wl::Workload, mesh_td: &TrustDomain) -> Result<Item, String> {
         .iter()
         .map(|a| ip(a))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("addresses: {e}"))?;
+        .map_err(in_field("addresses"))?;
     out.protocol = match wl::TunnelProtocol::try_from(w.tunnel_protocol) {
         Ok(wl::TunnelProtocol::Hbone) => Protocol::Hbone,
         Ok(wl::TunnelProtocol::None) => Protocol::Tcp,
-        Err(_) => {
-            return Err(format!(
-                "tunnel_protocol {} is not one zident carries (NONE or HBONE)",
-                w.tunnel_protocol
-            ));
-        }
+        Err(_) => return Err(BadValue::TunnelProtocol(w.tunnel_protocol).into()),
     };
     out.services = w
         .services
         .into_iter()
         .map(|(key, list)| Ok((key, ports(&list.ports)?)))
-        .collect::<Result<_, String>>()
-        .map_err(|e| format!("services: {e}"))?;
+        .collect::<Result<_, BadValue>>()
+        .map_err(in_field("services"))?;
     out.authorization_policies = w.authorization_policies;
     out.status = match wl::WorkloadStatus::try_from(w.status) {
         Ok(wl::WorkloadStatus::Unhealthy) => HealthStatus::Unhealthy,
@@ -152,7 +228,10 @@ fn workload(w: wl::Workload, mesh_td: &TrustDomain) -> Result<Item, String> {
                 .map(|a| a.value.as_slice())
                 .unwrap_or_default(),
         )
-        .map_err(|e| format!("extension {}: {e}", crate::RUN_AS))?;
+        .map_err(|source| BadValue::Extension {
+            name: crate::RUN_AS,
+            source,
+        })?;
         if !run_as.user.is_empty() {
             out.user = run_as.user.parse().ok();
         }
@@ -163,32 +242,32 @@ fn workload(w: wl::Workload, mesh_td: &TrustDomain) -> Result<Item, String> {
     Ok(Item::Workload(Box::new(out)))
 }
 
-fn service(s: wl::Service) -> Result<Service, String> {
+fn service(s: wl::Service) -> Result<Service, Problem> {
     let mut out = Service::new(s.name, s.namespace, s.hostname);
     out.vips = s
         .addresses
         .iter()
         .map(|a| Ok(format!("{}/{}", a.network, ip(&a.address)?)))
-        .collect::<Result<_, String>>()
-        .map_err(|e| format!("addresses: {e}"))?;
-    out.ports = ports(&s.ports).map_err(|e| format!("ports: {e}"))?;
+        .collect::<Result<_, BadValue>>()
+        .map_err(in_field("addresses"))?;
+    out.ports = ports(&s.ports).map_err(in_field("ports"))?;
     out.subject_alt_names = s.subject_alt_names;
     out.canonical = s.canonical;
     Ok(out)
 }
 
-fn policy(p: sec::Authorization) -> Result<Authorization, String> {
+fn policy(p: sec::Authorization) -> Result<Authorization, BadValue> {
     let scope = match sec::Scope::try_from(p.scope) {
         Ok(sec::Scope::Global) => Scope::Global,
         Ok(sec::Scope::Namespace) => Scope::Namespace,
         Ok(sec::Scope::WorkloadSelector) => Scope::WorkloadSelector,
-        Err(_) => return Err(format!("scope {} is unknown", p.scope)),
+        Err(_) => return Err(BadValue::Scope(p.scope)),
     };
     // An unknown action must not be read as ALLOW (the zero value): refuse the policy.
     let action = match sec::Action::try_from(p.action) {
         Ok(sec::Action::Allow) => Action::Allow,
         Ok(sec::Action::Deny) => Action::Deny,
-        Err(_) => return Err(format!("action {} is unknown", p.action)),
+        Err(_) => return Err(BadValue::Action(p.action)),
     };
     let rules = p
         .rules
@@ -199,7 +278,7 @@ fn policy(p: sec::Authorization) -> Result<Authorization, String> {
                 .map(|clause| clause.matches.into_iter().map(rbac_match).collect())
                 .collect()
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, BadValue>>()?;
     Ok(Authorization {
         name: p.name,
         namespace: p.namespace,
@@ -210,8 +289,8 @@ fn policy(p: sec::Authorization) -> Result<Authorization, String> {
     })
 }
 
-fn rbac_match(m: sec::Match) -> Result<RbacMatch, String> {
-    let strings = |v: Vec<sec::StringMatch>| -> Result<Vec<StringMatch>, String> {
+fn rbac_match(m: sec::Match) -> Result<RbacMatch, BadValue> {
+    let strings = |v: Vec<sec::StringMatch>| -> Result<Vec<StringMatch>, BadValue> {
         v.into_iter().map(string_match).collect()
     };
     let accounts = |v: Vec<sec::ServiceAccountMatch>| {
@@ -222,19 +301,19 @@ fn rbac_match(m: sec::Match) -> Result<RbacMatch, String> {
             })
             .collect()
     };
-    let ranges = |v: Vec<sec::Address>| -> Result<Vec<Cidr>, String> {
+    let ranges = |v: Vec<sec::Address>| -> Result<Vec<Cidr>, BadValue> {
         v.into_iter()
             .map(|a| {
                 let network = ip(&a.address)?;
-                let prefix = u8::try_from(a.length)
-                    .map_err(|_| format!("prefix length {} is too long", a.length))?;
-                Cidr::new(network, prefix).map_err(|e| e.to_string())
+                let prefix =
+                    u8::try_from(a.length).map_err(|_| BadValue::PrefixLength(a.length))?;
+                Ok(Cidr::new(network, prefix)?)
             })
             .collect()
     };
-    let ports = |v: Vec<u32>| -> Result<Vec<u16>, String> {
+    let ports = |v: Vec<u32>| -> Result<Vec<u16>, BadValue> {
         v.into_iter()
-            .map(|p| u16::try_from(p).map_err(|_| format!("port {p} is out of range")))
+            .map(|p| u16::try_from(p).map_err(|_| BadValue::Port(p)))
             .collect()
     };
     Ok(RbacMatch {
@@ -253,7 +332,7 @@ fn rbac_match(m: sec::Match) -> Result<RbacMatch, String> {
     })
 }
 
-fn string_match(m: sec::StringMatch) -> Result<StringMatch, String> {
+fn string_match(m: sec::StringMatch) -> Result<StringMatch, BadValue> {
     use sec::string_match::MatchType;
     match m.match_type {
         Some(MatchType::Exact(v)) => Ok(StringMatch::Exact(v)),
@@ -261,27 +340,24 @@ fn string_match(m: sec::StringMatch) -> Result<StringMatch, String> {
         Some(MatchType::Suffix(v)) => Ok(StringMatch::Suffix(v)),
         Some(MatchType::Presence(())) => Ok(StringMatch::Presence(Ignored)),
         // A match of an unknown kind must not match everything: refuse it.
-        None => Err("a string match has none of exact, prefix, suffix, presence".into()),
+        None => Err(BadValue::EmptyStringMatch),
     }
 }
 
-fn ports(list: &[wl::Port]) -> Result<BTreeMap<u16, u16>, String> {
+fn ports(list: &[wl::Port]) -> Result<BTreeMap<u16, u16>, BadValue> {
     list.iter()
         .map(|p| {
-            let port = |v: u32| u16::try_from(v).map_err(|_| format!("port {v} is out of range"));
+            let port = |v: u32| u16::try_from(v).map_err(|_| BadValue::Port(v));
             Ok((port(p.service_port)?, port(p.target_port)?))
         })
         .collect()
 }
 
-fn ip(bytes: &[u8]) -> Result<IpAddr, String> {
-    match bytes.len() {
-        4 => Ok(IpAddr::from(
-            <[u8; 4]>::try_from(bytes).map_err(|_| "bad length")?,
-        )),
-        16 => Ok(IpAddr::from(
-            <[u8; 16]>::try_from(bytes).map_err(|_| "bad length")?,
-        )),
-        n => Err(format!("an address of {n} bytes (4 or 16 expected)")),
+fn ip(bytes: &[u8]) -> Result<IpAddr, BadValue> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Ok(IpAddr::from(v4));
     }
+    <[u8; 16]>::try_from(bytes)
+        .map(IpAddr::from)
+        .map_err(|_| BadValue::AddressLength(bytes.len()))
 }

@@ -22,7 +22,7 @@ mod encode;
 mod snapshot;
 mod types;
 
-pub use decode::DecodeError;
+pub use decode::{BadValue, DecodeError, Problem};
 pub use snapshot::{Delta, Resource, Snapshot};
 
 pub use types::{

@@ -12,7 +12,7 @@ use zident_identity::TrustDomain;
 use zident_mesh::MeshFile;
 use zident_proto::zident_mesh as zm;
 
-use crate::decode::{self, DecodeError, Item};
+use crate::decode::{self, BadValue, DecodeError, Item};
 
 /// One named resource: its version and its encoded message (the `value` of its `Any`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +155,7 @@ impl Snapshot {
             && let Item::Mesh(m) = decode::item(crate::MESH, &r.name, &r.value, trust_domain)?
         {
             mesh.trust_domain = TrustDomain::new(&m.trust_domain).map_err(|e| {
-                DecodeError::new(crate::MESH, &r.name, format!("trust_domain: {e}"))
+                DecodeError::new(crate::MESH, &r.name, BadValue::TrustDomain(e).into())
             })?;
             mesh.ca_certificates = m.ca_certificates;
         }

@@ -219,7 +219,11 @@ fn a_resource_that_does_not_read_is_refused_by_name() {
     );
     let err = snapshot.to_mesh(&td()).unwrap_err();
     assert_eq!(err.name, "shop/future");
-    assert!(err.message.contains("action 7"), "{err}");
+    assert_eq!(
+        err.problem,
+        zident_xds::Problem::Value(zident_xds::BadValue::Action(7)),
+        "{err}"
+    );
 
     let mut snapshot = Snapshot::from_mesh(&mesh(MESH_YAML));
     snapshot.apply(

@@ -31,7 +31,7 @@ struct State {
 }
 
 #[derive(Default)]
-struct Shared {
+struct Queue {
     state: Mutex<State>,
     /// The writer waits here for lines (or for the close).
     ready: Condvar,
@@ -39,7 +39,7 @@ struct Shared {
     drained: Condvar,
 }
 
-impl Shared {
+impl Queue {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -48,18 +48,18 @@ impl Shared {
 /// The `MakeWriter` for the fmt layer: each event's line goes to the shared buffer.
 #[derive(Clone)]
 pub struct BatchedStdout {
-    shared: Arc<Shared>,
+    shared: Arc<Queue>,
 }
 
 /// Writes what is still buffered, and stops the writer thread, when dropped.
 pub struct FlushGuard {
-    shared: Arc<Shared>,
+    shared: Arc<Queue>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Starts the writer thread over `out`.
 pub fn start(out: impl Write + Send + 'static) -> std::io::Result<(BatchedStdout, FlushGuard)> {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Queue::default());
     let writer = shared.clone();
     let thread = std::thread::Builder::new()
         .name("zident-log".into())
@@ -75,7 +75,7 @@ pub fn start(out: impl Write + Send + 'static) -> std::io::Result<(BatchedStdout
     ))
 }
 
-fn write_batches(shared: &Shared, mut out: impl Write) {
+fn write_batches(shared: &Queue, mut out: impl Write) {
     let mut batch = Vec::new();
     loop {
         let closed = {

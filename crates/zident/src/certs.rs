@@ -23,7 +23,7 @@ pub enum Format {
 #[derive(Debug, clap::Args)]
 pub struct CertsArgs {
     /// The agent's admin address.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:15000")]
+    #[arg(long, value_name = "URL", default_value = format!("http://{}", zident_agent::defaults::ADMIN_ADDR))]
     pub admin: String,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]

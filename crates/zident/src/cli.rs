@@ -222,7 +222,8 @@ impl AgentArgs {
             .workload_api_group
             .as_deref()
             .map(zident_agent::group_id)
-            .transpose()?;
+            .transpose()
+            .map_err(|e| format!("--workload-api-group: {e}"))?;
         config.delivery = zident_agent::workload_api::DeliveryConfig {
             shared_socket: self.workload_api_socket.filter(|_| !self.no_workload_api),
             shared_socket_group,

@@ -35,12 +35,15 @@ impl zident_agent::LogControl for LogHandle {
             .clone()
     }
 
-    fn set_level(&self, filter: &str) -> Result<(), String> {
-        let parsed = EnvFilter::try_new(filter)
-            .map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+    fn set_level(&self, filter: &str) -> Result<(), zident_agent::LogFilterError> {
+        let parsed =
+            EnvFilter::try_new(filter).map_err(|e| zident_agent::LogFilterError::Invalid {
+                filter: filter.to_owned(),
+                message: e.to_string(),
+            })?;
         self.handle
             .reload(parsed)
-            .map_err(|e| format!("cannot change the log filter: {e}"))?;
+            .map_err(|e| zident_agent::LogFilterError::Refused(e.to_string()))?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = filter.to_owned();
         Ok(())
     }

@@ -35,14 +35,14 @@ pub struct RotateArgs {
     #[arg(value_parser = clap::value_parser!(PhaseArg))]
     pub phase: PhaseArg,
     /// The CA's data dir.
-    #[arg(long, value_name = "DIR", default_value = ".zident/ca")]
+    #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
     pub data_dir: PathBuf,
     /// Take the step even though agents may not be ready for it (activate before the bundle
     /// had time to spread, retire while old certificates may be valid).
     #[arg(long)]
     pub force: bool,
     /// Lifetime of the root that `prepare` makes.
-    #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+    #[arg(long, default_value = crate::duration::flag(zident_ca::defaults::ROOT_LIFETIME), value_parser = parse_duration)]
     pub root_lifetime: Duration,
     /// Take the step in the replicas' shared datastore instead of a data dir.
     #[arg(
@@ -64,7 +64,9 @@ pub struct PhaseArg(pub Phase);
 impl std::str::FromStr for PhaseArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        s.parse().map(PhaseArg)
+        s.parse()
+            .map(PhaseArg)
+            .map_err(|e: rotation::UnknownPhase| e.to_string())
     }
 }
 
@@ -72,7 +74,7 @@ impl std::str::FromStr for PhaseArg {
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// The CA's data dir.
-    #[arg(long, value_name = "DIR", default_value = ".zident/ca")]
+    #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
     pub data_dir: PathBuf,
     /// Print JSON.
     #[arg(long)]
@@ -135,7 +137,8 @@ pub async fn run(action: CaAction) -> Result<ExitCode, String> {
         CaAction::Status(args) => {
             let state = dir_store::read_state(&args.data_dir).map_err(|e| e.to_string())?;
             if state.is_none()
-                && let Some(plugged) = zident_ca::plugged::read(&args.data_dir)?
+                && let Some(plugged) =
+                    zident_ca::plugged::read(&args.data_dir).map_err(|e| e.to_string())?
             {
                 print_plugged(&args.data_dir, &plugged, args.json);
                 return Ok(ExitCode::SUCCESS);

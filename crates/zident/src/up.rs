@@ -111,7 +111,7 @@ fn first_node(mesh: &MeshFile, path: &Path) -> Result<(String, String), String> 
 }
 
 fn print_banner(ca: &RunningCa, agent: &RunningAgent, mesh: &Path, node: &str, data: &Path) {
-    let td = ca.state.registry().trust_domain().clone();
+    let td = ca.state.authorizer().trust_domain().clone();
     let root = ca.root_cert_path.display();
     let port = ca.addr.port();
     let admin = agent.admin_addr.map(|a| a.to_string()).unwrap_or_default();

@@ -48,32 +48,54 @@ pub async fn poll_bundle(store: Arc<TrustStore>, address: String, name: ServerNa
     }
 }
 
+/// Why the CA's `/bundle` could not be fetched; the roots held stay in force.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    /// No TCP connection.
+    #[error("{0}")]
+    Connect(std::io::Error),
+    /// The TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    /// The CA answered with an error status.
+    #[error("HTTP {0}")]
+    Status(hyper::StatusCode),
+    /// The HTTP exchange failed.
+    #[error(transparent)]
+    Http(#[from] crate::http::get::GetError),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// The answer is not a SPIFFE bundle of this trust domain.
+    #[error(transparent)]
+    Bundle(#[from] zident_identity::BundleError),
+}
+
 async fn fetch_bundle(
     store: &TrustStore,
     config: Arc<rustls::ClientConfig>,
     address: &str,
     name: &ServerName<'static>,
-) -> Result<Duration, String> {
+) -> Result<Duration, FetchError> {
     let work = async {
         let tcp = tokio::net::TcpStream::connect(address)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(FetchError::Connect)?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name.clone(), tcp)
             .await
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(FetchError::Tls)?;
         let io = hyper_util::rt::TokioIo::new(tls);
         match get(io, &name.to_str(), "/bundle").await {
             Ok((status, body)) if status.is_success() => Ok(body),
-            Ok((status, _)) => Err(format!("HTTP {status}")),
-            Err(e) => Err(e.to_string()),
+            Ok((status, _)) => Err(FetchError::Status(status)),
+            Err(e) => Err(FetchError::Http(e)),
         }
     };
     let json = tokio::time::timeout(FETCH_TIMEOUT, work)
         .await
-        .map_err(|_| "timed out".to_string())??;
-    let fetched = TrustBundle::from_jwks_json(store.trust_domain().clone(), &json)
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| FetchError::Timeout)??;
+    let fetched = TrustBundle::from_jwks_json(store.trust_domain().clone(), &json)?;
     let hint = fetched.refresh_hint().unwrap_or(Duration::from_secs(300));
     store.set_endpoint_bundle(&fetched);
     Ok(hint)

@@ -14,7 +14,7 @@ use zident_identity::{CertificateProvider, ProviderError, SpiffeId, WorkloadCert
 use crate::ca::client::CaClient;
 use crate::ca::trust::TrustStore;
 use crate::certs::gate::{Priority, PriorityGate};
-use crate::certs::worker::{self, CertState, IdentityStatus, RenewalEvent, Shared};
+use crate::certs::worker::{self, CertState, IdentityStatus, RenewalEvent, WorkerContext};
 use crate::config::RenewalPolicy;
 use crate::metrics::{AgentMetrics, IdentityLabel};
 
@@ -27,7 +27,7 @@ struct Slot {
 
 /// Keeps certificates for the identities of this node. Dropping it stops every worker.
 pub struct CertificateManager {
-    shared: Arc<Shared>,
+    shared: Arc<WorkerContext>,
     slots: Mutex<BTreeMap<SpiffeId, Slot>>,
     own: Option<SpiffeId>,
     jwts: crate::certs::jwt::JwtCache,
@@ -54,7 +54,7 @@ impl CertificateManager {
         own: Option<SpiffeId>,
     ) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(WorkerContext {
                 ca,
                 trust,
                 ttl,
@@ -110,7 +110,7 @@ impl CertificateManager {
             let task = tokio::spawn(worker::run(
                 self.shared.clone(),
                 id.clone(),
-                worker::Publish {
+                worker::Publisher {
                     status: tx,
                     state: state_tx,
                 },

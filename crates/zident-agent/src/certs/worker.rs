@@ -97,7 +97,7 @@ pub enum EventOutcome {
 }
 
 /// What every worker shares.
-pub(crate) struct Shared {
+pub(crate) struct WorkerContext {
     pub ca: Arc<CaClient>,
     pub trust: Arc<TrustStore>,
     pub ttl: Duration,
@@ -110,7 +110,7 @@ pub(crate) struct Shared {
 
 const MAX_EVENTS: usize = 100;
 
-impl Shared {
+impl WorkerContext {
     fn event(&self, id: &SpiffeId, outcome: EventOutcome, detail: String) {
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if events.len() == MAX_EVENTS {
@@ -218,12 +218,12 @@ impl Shared {
 
 /// The two views of one identity a worker keeps current: its whole status (admin endpoints)
 /// and the state its consumers watch through the seam (told only of real changes).
-pub(crate) struct Publish {
+pub(crate) struct Publisher {
     pub status: watch::Sender<IdentityStatus>,
     pub state: watch::Sender<CertState>,
 }
 
-impl Publish {
+impl Publisher {
     /// Changes the status, then tells consumers if the state changed with it.
     fn modify(&self, change: impl FnOnce(&mut IdentityStatus)) {
         self.status.send_modify(change);
@@ -252,9 +252,9 @@ impl Publish {
 
 /// The worker loop of one identity. Ends when aborted (the identity was forgotten).
 pub(crate) async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<WorkerContext>,
     id: SpiffeId,
-    tx: Publish,
+    tx: Publisher,
     wake: Arc<Notify>,
     mut priority: Priority,
 ) {

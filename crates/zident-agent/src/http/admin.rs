@@ -23,7 +23,23 @@ pub trait LogControl: Send + Sync {
     /// The current filter, e.g. `info` or `info,zident::identity=debug`.
     fn level(&self) -> String;
     /// Replaces the filter; the error says what is wrong with it.
-    fn set_level(&self, filter: &str) -> Result<(), String>;
+    fn set_level(&self, filter: &str) -> Result<(), LogFilterError>;
+}
+
+/// Why a log filter was not put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFilterError {
+    /// The filter does not parse (`RUST_LOG` syntax).
+    #[error("invalid log filter {filter:?}: {message}")]
+    Invalid {
+        /// The filter as given.
+        filter: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// The logger refused the change.
+    #[error("cannot change the log filter: {0}")]
+    Refused(String),
 }
 
 /// `GET /config_dump`: the `certificates` array, and the `workloads`, `services` and
@@ -158,7 +174,7 @@ pub fn admin_router(
                         tracing::info!("log level set to {level}");
                         Json(json!({ "level": l.level() })).into_response()
                     }
-                    Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+                    Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
                 }
             }),
         )

@@ -46,73 +46,121 @@ impl Method {
     }
 }
 
+/// Why a caller gets no identity. The caller is told only that it has none; the agent's log
+/// says this, with the process, its network namespace and the addresses it holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttestRefused {
+    /// Its network namespace holds addresses of workloads with different identities.
+    #[error(
+        "pid {pid} (uid {uid}) is in network namespace {netns} holding addresses of workloads with different identities ({}); addresses {addresses}",
+        ids.join(", ")
+    )]
+    AmbiguousNamespace {
+        /// The caller's pid.
+        pid: i32,
+        /// Its uid.
+        uid: u32,
+        /// Its network namespace.
+        netns: String,
+        /// The identities its addresses belong to.
+        ids: Vec<String>,
+        /// The addresses its namespace holds.
+        addresses: String,
+    },
+    /// Neither its addresses nor its user match a workload of this node.
+    #[error(
+        "pid {pid} (uid {uid}, gid {gid}) is in network namespace {netns} with no workload address (its addresses: {addresses}), and no workload on this node declares its user"
+    )]
+    NoWorkload {
+        /// The caller's pid.
+        pid: i32,
+        /// Its uid.
+        uid: u32,
+        /// Its gid.
+        gid: u32,
+        /// Its network namespace.
+        netns: String,
+        /// The addresses its namespace holds.
+        addresses: String,
+    },
+    /// A workload's own socket, reached by another user than the one it runs as.
+    #[error("pid {pid} runs as uid {uid}, but {id} is declared to run as uid {owner}")]
+    NotTheOwner {
+        /// The caller's pid.
+        pid: i32,
+        /// Its uid.
+        uid: u32,
+        /// The socket's identity.
+        id: String,
+        /// The uid the workload runs as.
+        owner: u32,
+    },
+    /// Its user is declared by workloads with different identities.
+    #[error(
+        "pid {pid} runs as uid {uid}, which workloads with different identities declare ({}); give each its own user",
+        ids.join(", ")
+    )]
+    AmbiguousUser {
+        /// The caller's pid.
+        pid: i32,
+        /// Its uid.
+        uid: u32,
+        /// The identities that declare the user.
+        ids: Vec<String>,
+    },
+}
+
 /// A caller's identity, or why it has none.
-pub type Attested = Result<(SpiffeId, Method), String>;
+pub type Attested = Result<(SpiffeId, Method), AttestRefused>;
 
 /// Matches `peer` to one of `workloads`.
 pub fn attest(peer: Peer, workloads: &[LocalWorkload]) -> Attested {
     let addresses = namespace_addresses(peer.pid);
-    let by_address: BTreeSet<&SpiffeId> = workloads
+    let by_address: Vec<&SpiffeId> = workloads
         .iter()
         .filter(|w| w.ips.iter().any(|ip| addresses.contains(ip)))
         .map(|w| &w.id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
-    match by_address.len() {
-        1 => {
-            let id = by_address.into_iter().next().cloned();
-            return id
-                .map(|id| (id, Method::NetworkNamespace))
-                .ok_or_else(|| "no identity".into());
-        }
-        0 => {}
-        _ => {
-            return Err(format!(
-                "pid {} (uid {}) is in network namespace {} holding addresses of workloads with different identities ({}); addresses {}",
-                peer.pid,
-                peer.uid,
-                netns(peer.pid),
-                by_address
-                    .iter()
-                    .map(|i| i.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                shown(&addresses)
-            ));
+    let names = |ids: &[&SpiffeId]| ids.iter().map(|i| i.as_str().to_owned()).collect();
+    match by_address.as_slice() {
+        [id] => return Ok(((*id).clone(), Method::NetworkNamespace)),
+        [] => {}
+        many => {
+            return Err(AttestRefused::AmbiguousNamespace {
+                pid: peer.pid,
+                uid: peer.uid,
+                netns: netns(peer.pid),
+                ids: names(many),
+                addresses: shown(&addresses),
+            });
         }
     }
-    let by_user: BTreeSet<&SpiffeId> = workloads
+    let by_user: Vec<&SpiffeId> = workloads
         .iter()
         .filter(|w| {
             w.run_as
                 .is_some_and(|r| r.uid == peer.uid && r.gid.is_none_or(|g| g == peer.gid))
         })
         .map(|w| &w.id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
-    match by_user.len() {
-        1 => by_user
-            .into_iter()
-            .next()
-            .cloned()
-            .map(|id| (id, Method::User))
-            .ok_or_else(|| "no identity".into()),
-        0 => Err(format!(
-            "pid {} (uid {}, gid {}) is in network namespace {} with no workload address (its addresses: {}), and no workload on this node declares its user",
-            peer.pid,
-            peer.uid,
-            peer.gid,
-            netns(peer.pid),
-            shown(&addresses)
-        )),
-        _ => Err(format!(
-            "pid {} runs as uid {}, which workloads with different identities declare ({}); give each its own user",
-            peer.pid,
-            peer.uid,
-            by_user
-                .iter()
-                .map(|i| i.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+    match by_user.as_slice() {
+        [id] => Ok(((*id).clone(), Method::User)),
+        [] => Err(AttestRefused::NoWorkload {
+            pid: peer.pid,
+            uid: peer.uid,
+            gid: peer.gid,
+            netns: netns(peer.pid),
+            addresses: shown(&addresses),
+        }),
+        many => Err(AttestRefused::AmbiguousUser {
+            pid: peer.pid,
+            uid: peer.uid,
+            ids: names(many),
+        }),
     }
 }
 
@@ -266,9 +314,17 @@ Local:
         let other = Peer { gid: 1, ..me };
         let err = attest(other, &ws).unwrap_err();
         assert!(
-            err.contains("no workload address") && err.contains("uid 4242"),
+            matches!(
+                err,
+                AttestRefused::NoWorkload {
+                    uid: 4242,
+                    gid: 1,
+                    ..
+                }
+            ),
             "{err}"
         );
+        assert!(err.to_string().contains("no workload address"), "{err}");
         // Two identities for one user: refused.
         let both = [
             w(
@@ -290,10 +346,10 @@ Local:
                 }),
             ),
         ];
+        let err = attest(me, &both).unwrap_err();
         assert!(
-            attest(me, &both)
-                .unwrap_err()
-                .contains("different identities")
+            matches!(&err, AttestRefused::AmbiguousUser { uid: 4242, ids, .. } if ids.len() == 2),
+            "{err}"
         );
     }
 }

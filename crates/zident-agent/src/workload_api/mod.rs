@@ -347,10 +347,12 @@ async fn own_socket<P: CertificateProvider>(
         move |peer: attest::Peer| match owner {
             Some(o) if peer.uid != o.uid && peer.uid != 0 => {
                 clients.count("refused");
-                Err(format!(
-                    "pid {} runs as uid {}, but {id} is declared to run as uid {}",
-                    peer.pid, peer.uid, o.uid
-                ))
+                Err(attest::AttestRefused::NotTheOwner {
+                    pid: peer.pid,
+                    uid: peer.uid,
+                    id: id.to_string(),
+                    owner: o.uid,
+                })
             }
             _ => {
                 clients.count(attest::Method::Socket.label());

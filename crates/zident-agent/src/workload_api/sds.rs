@@ -24,6 +24,8 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use zident_identity::{CertState, CertificateProvider, SpiffeId, TrustBundle};
+
+use super::attest::AttestRefused;
 use zident_proto::envoy_tls::{
     CertificateValidationContext, DataSource, Secret, TlsCertificate, data_source, secret,
 };
@@ -57,7 +59,7 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// SDS as one workload sees it.
 pub struct SdsService<P> {
-    id: Result<SpiffeId, String>,
+    id: Result<SpiffeId, AttestRefused>,
     provider: Arc<P>,
     stop: watch::Receiver<bool>,
     events: SdsEvents,
@@ -66,7 +68,7 @@ pub struct SdsService<P> {
 impl<P: CertificateProvider> SdsService<P> {
     /// SDS for a caller served as `id`, or refused for the reason it holds.
     pub fn new(
-        id: Result<SpiffeId, String>,
+        id: Result<SpiffeId, AttestRefused>,
         provider: Arc<P>,
         stop: watch::Receiver<bool>,
         events: SdsEvents,
@@ -226,7 +228,7 @@ impl Nonces {
 
     /// What a request with `nonce` and `error` means; an ACK or a NACK is counted, and a NACK
     /// logged with the client's reason.
-    fn judge(
+    fn record_answer(
         &self,
         nonce: &str,
         error: Option<&zident_proto::xds::Status>,
@@ -316,7 +318,7 @@ impl<P: CertificateProvider> SecretDiscoveryService for SdsService<P> {
                             return;
                         }
                         let wanted: BTreeSet<String> = req.resource_names.iter().cloned().collect();
-                        match nonces.judge(&req.response_nonce, req.error_detail.as_ref(), &*count) {
+                        match nonces.record_answer(&req.response_nonce, req.error_detail.as_ref(), &*count) {
                             Answer::Stale => continue,
                             Answer::Ack | Answer::Nack => {}
                             Answer::Subscribe => {
@@ -406,7 +408,7 @@ impl<P: CertificateProvider> SecretDiscoveryService for SdsService<P> {
                             let _ = tx.send(Err(e)).await;
                             return;
                         }
-                        match nonces.judge(&req.response_nonce, req.error_detail.as_ref(), &*count) {
+                        match nonces.record_answer(&req.response_nonce, req.error_detail.as_ref(), &*count) {
                             Answer::Stale => continue,
                             Answer::Ack | Answer::Nack => {}
                             Answer::Subscribe => {

@@ -15,6 +15,8 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use zident_identity::{CertState, CertificateProvider, SpiffeId, TrustBundle, jwt};
+
+use super::attest::AttestRefused;
 use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use zident_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
@@ -30,7 +32,7 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The Workload API as one workload sees it, served from any [`CertificateProvider`].
 pub struct WorkloadApiService<P> {
-    id: Result<SpiffeId, String>,
+    id: Result<SpiffeId, AttestRefused>,
     provider: Arc<P>,
     /// Becomes true when the workload leaves or the agent stops: streams then end cleanly.
     stop: watch::Receiver<bool>,
@@ -44,7 +46,7 @@ impl<P: CertificateProvider> WorkloadApiService<P> {
 
     /// The API for a caller attested as `id`, or refused for the reason it holds.
     pub fn for_caller(
-        id: Result<SpiffeId, String>,
+        id: Result<SpiffeId, AttestRefused>,
         provider: Arc<P>,
         stop: watch::Receiver<bool>,
     ) -> Self {

@@ -20,7 +20,7 @@ use zident_identity::{CertificateProvider, SpiffeId};
 use zident_proto::sds::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
-use super::attest::{Attested, Method, Peer, attest};
+use super::attest::{AttestRefused, Attested, Method, Peer, attest};
 use super::service::WorkloadApiService;
 use crate::workloads::LocalWorkload;
 
@@ -132,7 +132,7 @@ impl Clients {
                 Ok((_, m)) => m.label(),
                 Err(_) => "refused",
             },
-            refused: attested.as_ref().err().cloned(),
+            refused: attested.as_ref().err().map(|e| e.to_string()),
             since: zident_identity::rfc3339(SystemTime::now()),
         };
         self.entries
@@ -202,7 +202,7 @@ fn either(mut a: watch::Receiver<bool>, mut b: watch::Receiver<bool>) -> watch::
 pub(crate) async fn serve_connection<P: CertificateProvider>(
     stream: tokio::net::UnixStream,
     socket: String,
-    identity: Result<SpiffeId, String>,
+    identity: Result<SpiffeId, AttestRefused>,
     provider: Arc<P>,
     sds_events: super::sds::SdsEvents,
     connection: watch::Receiver<bool>,

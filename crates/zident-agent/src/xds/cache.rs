@@ -7,14 +7,22 @@ use std::path::Path;
 
 use zident_xds::Snapshot;
 
+use super::error::CacheError;
+
 /// Reads the copy at `path`; `Ok(None)` when there is none yet.
-pub(crate) fn load(path: &Path) -> Result<Option<Snapshot>, String> {
+pub(crate) fn load(path: &Path) -> Result<Option<Snapshot>, CacheError> {
     match std::fs::read(path) {
         Ok(bytes) => Snapshot::from_bytes(&bytes)
             .map(Some)
-            .map_err(|e| format!("{} is not a zident xDS cache: {e}", path.display())),
+            .map_err(|source| CacheError::Corrupt {
+                path: path.to_owned(),
+                source,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => Err(CacheError::Read {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 

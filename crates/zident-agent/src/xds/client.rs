@@ -22,9 +22,11 @@ use zident_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryS
 use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use zident_xds::{Resource, Snapshot};
 
+use super::error::{Nack, StreamEnded};
 use super::status::{Event, XdsStatusCell};
 use crate::ca::client::CaClient;
 use crate::reload::MeshApplier;
+use crate::workloads::MeshRefused;
 
 /// The first retry after a stream ends; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -58,8 +60,8 @@ impl XdsClient {
             let started = Instant::now();
             let ended = self.stream(&mut held).await;
             let message = match ended {
-                Ok(()) => "the control plane closed the stream".to_owned(),
-                Err(e) => e,
+                Ok(()) => StreamEnded::Closed.to_string(),
+                Err(e) => e.to_string(),
             };
             self.status.update(|s| {
                 s.connected = false;
@@ -80,7 +82,7 @@ impl XdsClient {
         }
     }
 
-    async fn stream(&self, held: &mut Snapshot) -> Result<(), String> {
+    async fn stream(&self, held: &mut Snapshot) -> Result<(), StreamEnded> {
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
         for type_url in zident_xds::TYPES {
             let request = DeltaDiscoveryRequest {
@@ -94,7 +96,7 @@ impl XdsClient {
             };
             tx.send(request)
                 .await
-                .map_err(|_| "the request queue closed".to_owned())?;
+                .map_err(|_| StreamEnded::QueueClosed)?;
         }
         let outbound =
             futures_util::stream::unfold(
@@ -102,10 +104,9 @@ impl XdsClient {
                 |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
             );
         let mut request = tonic::Request::new(outbound);
-        request.metadata_mut().insert(
-            "authorization",
-            self.ca.authorization().await.map_err(|e| e.to_string())?,
-        );
+        request
+            .metadata_mut()
+            .insert("authorization", self.ca.authorization().await?);
         let (replica, channel) = self.ca.channel();
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(256 * 1024 * 1024);
@@ -115,17 +116,24 @@ impl XdsClient {
             {
                 Ok(Ok(o)) => o,
                 Ok(Err(s)) => {
-                    let why = format!("{}: {}", s.code(), s.message());
                     if s.code() == tonic::Code::Unavailable {
                         // The next attempt goes to another replica, if there is one.
-                        self.ca.unreachable(&replica, &why);
+                        self.ca
+                            .unreachable(&replica, &format!("{}: {}", s.code(), s.message()));
                     }
-                    return Err(format!("{replica}: {why}"));
+                    return Err(StreamEnded::Status {
+                        replica,
+                        code: s.code(),
+                        message: s.message().to_owned(),
+                    });
                 }
                 Err(_) => {
-                    let why = format!("no answer within {OPEN_TIMEOUT:?}");
-                    self.ca.unreachable(&replica, &why);
-                    return Err(format!("{replica}: {why}"));
+                    let ended = StreamEnded::Timeout {
+                        replica: replica.clone(),
+                        timeout: OPEN_TIMEOUT,
+                    };
+                    self.ca.unreachable(&replica, &ended.to_string());
+                    return Err(ended);
                 }
             };
         let mut responses = opened.into_inner();
@@ -146,9 +154,13 @@ impl XdsClient {
                 Ok(None) => return Ok(()),
                 Err(s) => {
                     // The replica went away: the next stream opens to another, if any.
-                    let why = format!("{}: {}", s.code(), s.message());
-                    self.ca.unreachable(&replica, &why);
-                    return Err(format!("{replica}: {why}"));
+                    self.ca
+                        .unreachable(&replica, &format!("{}: {}", s.code(), s.message()));
+                    return Err(StreamEnded::Status {
+                        replica,
+                        code: s.code(),
+                        message: s.message().to_owned(),
+                    });
                 }
             };
             // What has already arrived goes into the same judgement.
@@ -182,7 +194,7 @@ impl XdsClient {
             }
             let verdict = match broken {
                 Some(e) => Err(e),
-                None => self.judge(&staged),
+                None => self.put_in_force(&staged).await.map_err(Nack::from),
             };
             match verdict {
                 Ok(()) => {
@@ -193,6 +205,7 @@ impl XdsClient {
                     }
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     self.applier.refused("control plane mesh", &e);
                     staged = held.clone();
                     for u in unanswered.drain(..) {
@@ -209,25 +222,38 @@ impl XdsClient {
         }
     }
 
-    /// Puts `staged` in force if it passes every check; the reason otherwise.
-    fn judge(&self, staged: &Snapshot) -> Result<(), String> {
+    /// Puts `staged` in force if it passes every check; the reason otherwise. Decoding and
+    /// the mesh rules run here; resolving users (`/etc/passwd`) and putting the mesh in force
+    /// (Workload API directories, sockets, SVID files) touch the disk, so they run on the
+    /// blocking pool, never on the runtime worker that also carries the node's tunnels.
+    async fn put_in_force(&self, staged: &Snapshot) -> Result<(), MeshRefused> {
         let origin = MeshOrigin::ControlPlane(self.ca.address().to_owned());
         let mesh = staged
-            .to_mesh(&self.applier.trust_domain)
-            .map_err(|e| e.to_string())?
-            .received(&origin)
-            .map_err(|e| e.to_string())?;
-        let accepted = self.applier.check(mesh, origin)?;
-        let (view, mesh) = (&accepted.view, accepted.view.mesh());
-        tracing::info!(
-            target: "zident::identity",
-            workloads = mesh.workloads.len(),
-            policies = mesh.policies.len(),
-            services = mesh.services.len(),
-            identities = view.identities().len(),
-            "mesh from the control plane applied"
-        );
-        self.applier.apply(accepted);
+            .to_mesh(&self.applier.trust_domain)?
+            .received(&origin)?;
+        let applier = self.applier.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let accepted = applier.check(mesh, origin)?;
+            let (view, mesh) = (&accepted.view, accepted.view.mesh());
+            tracing::info!(
+                target: "zident::identity",
+                workloads = mesh.workloads.len(),
+                policies = mesh.policies.len(),
+                services = mesh.services.len(),
+                identities = view.identities().len(),
+                "mesh from the control plane applied"
+            );
+            applier.apply(accepted);
+            Ok::<(), MeshRefused>(())
+        })
+        .await;
+        match applied {
+            Ok(result) => result?,
+            // A panic there is a bug: it ends this task as it would have inline.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down, and this task with it.
+            Err(_) => return Ok(()),
+        }
         self.status.update(|s| s.view_from = "stream");
         self.ready.send_replace(true);
         Ok(())
@@ -238,7 +264,7 @@ impl XdsClient {
         tx: &mpsc::Sender<DeltaDiscoveryRequest>,
         u: &Unanswered,
         error: Option<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamEnded> {
         let event = Event::now(&u.type_url, &u.version, error.clone());
         self.status.update(|s| {
             if error.is_some() {
@@ -260,7 +286,7 @@ impl XdsClient {
             ..Default::default()
         })
         .await
-        .map_err(|_| "the stream's request queue closed".to_owned())
+        .map_err(|_| StreamEnded::QueueClosed)
     }
 
     async fn store(&self, held: &Snapshot) {
@@ -303,21 +329,22 @@ impl XdsClient {
 }
 
 /// Applies one response to `staged`; refuses a resource of another type than the response's.
-fn stage(staged: &mut Snapshot, response: &DeltaDiscoveryResponse) -> Result<(), String> {
+fn stage(staged: &mut Snapshot, response: &DeltaDiscoveryResponse) -> Result<(), Nack> {
     let type_url = response.type_url.as_str();
     if !zident_xds::is_known_type(type_url) {
-        return Err(format!("zident does not know the type {type_url}"));
+        return Err(Nack::UnknownType(type_url.to_owned()));
     }
     let mut changed = Vec::with_capacity(response.resources.len());
     for r in &response.resources {
         let Some(any) = &r.resource else {
-            return Err(format!("resource {:?} has no body", r.name));
+            return Err(Nack::NoBody(r.name.clone()));
         };
         if any.type_url != type_url {
-            return Err(format!(
-                "resource {:?} is a {} in a response of {type_url}",
-                r.name, any.type_url
-            ));
+            return Err(Nack::WrongType {
+                name: r.name.clone(),
+                found: any.type_url.clone(),
+                expected: type_url.to_owned(),
+            });
         }
         changed.push(Resource {
             name: r.name.clone(),

@@ -7,8 +7,10 @@
 //!   the resources held, checked by the mesh rules, and then ACKed and put in force, or NACKed
 //!   with the reason while the last good view stays;
 //! - `cache`: the last good view on disk, for a restart during a control-plane outage;
-//! - `status`: what `/debug/connections` shows of the stream.
+//! - `status`: what `/debug/connections` shows of the stream;
+//! - `error`: a NACK's reason, why a stream ended, why the on-disk copy is unusable.
 
 pub(crate) mod cache;
 pub(crate) mod client;
+pub(crate) mod error;
 pub(crate) mod status;

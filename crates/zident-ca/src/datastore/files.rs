@@ -18,7 +18,10 @@ use crate::roots::rotation::RotationState;
 pub const MESH_COPY: &str = "mesh.yaml";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |e| StoreError::Refused(format!("cannot write {}: {e}", path.display()))
+    move |source| StoreError::WorkingCopy {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Writes every root generation under `data_dir`: the certificate, then the key (absent for a
@@ -58,7 +61,7 @@ pub(crate) fn write_roots(
 
 /// Writes the rotation state last: the commit point the CA's reload watches.
 pub(crate) fn write_rotation(data_dir: &Path, state: &RotationState) -> Result<(), StoreError> {
-    dir_store::write_state(data_dir, state).map_err(|e| StoreError::Refused(e.to_string()))
+    Ok(dir_store::write_state(data_dir, state)?)
 }
 
 /// Writes the mesh the replica serves.

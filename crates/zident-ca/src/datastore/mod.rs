@@ -26,7 +26,7 @@ mod tls;
 
 use std::path::{Path, PathBuf};
 
-pub use error::StoreError;
+pub use error::{MeshForStoreError, NotReady, StoreError};
 pub use kek::{Kek, KekError};
 pub use store::{MeshVersionRow, PgRoots, ReplicaRow, Step, Store, StoredRoot};
 
@@ -45,26 +45,25 @@ pub struct DatastoreConfig {
 
 /// Reads and checks a mesh file for storing: as a reload would, and with its tokens inline
 /// (a token file would not exist beside the other replicas).
-pub fn mesh_for_store(path: &Path) -> Result<(String, zident_mesh::MeshFile), String> {
-    let yaml = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mesh = zident_mesh::MeshFile::parse(path, &yaml).map_err(|e| e.to_string())?;
-    crate::registry::Registry::from_mesh(&mesh, path).map_err(|e| e.to_string())?;
+pub fn mesh_for_store(path: &Path) -> Result<(String, zident_mesh::MeshFile), MeshForStoreError> {
+    let yaml = std::fs::read_to_string(path).map_err(|source| MeshForStoreError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mesh = zident_mesh::MeshFile::parse(path, &yaml)?;
+    crate::node_authorizer::NodeAuthorizer::from_mesh(&mesh, path)?;
+    let token_file = |field: String| MeshForStoreError::TokenFile {
+        path: path.to_owned(),
+        field,
+    };
     for (i, n) in mesh.nodes.iter().enumerate() {
         if n.token_file.is_some() {
-            return Err(format!(
-                "{}: nodes[{i}] ({}) has a tokenFile; a mesh stored in the database must carry its tokens inline (token: …), since the file would not be there for the other replicas",
-                path.display(),
-                n.name
-            ));
+            return Err(token_file(format!("nodes[{i}] ({})", n.name)));
         }
     }
     for (i, e) in mesh.identities.iter().enumerate() {
         if e.token_file.is_some() {
-            return Err(format!(
-                "{}: identities[{i}] has a tokenFile; a mesh stored in the database must carry its tokens inline (token: …)",
-                path.display()
-            ));
+            return Err(token_file(format!("identities[{i}]")));
         }
     }
     Ok((yaml, mesh))

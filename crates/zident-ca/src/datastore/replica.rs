@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use super::kek::Kek;
 use super::store::{STATEMENT_TIMEOUT, Store, redact};
-use super::{DatastoreConfig, StoreError, files, mesh_for_store};
+use super::{DatastoreConfig, MeshForStoreError, NotReady, StoreError, files, mesh_for_store};
 use crate::config::CaConfig;
 use crate::reload;
 use crate::roots::dir_store;
@@ -37,18 +37,18 @@ pub struct ReplicaStatus {
 
 impl ReplicaStatus {
     /// `Err(why)` while the database is away.
-    pub fn ready(&self) -> Result<(), String> {
+    pub fn ready(&self) -> Result<(), NotReady> {
         if self.degraded.load(Ordering::SeqCst) {
-            let why = self
+            let reason = self
                 .reason
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
                 .unwrap_or_default();
-            return Err(format!(
-                "degraded: {why}; issuing from the roots and mesh version {} held, taking no rotation step",
-                self.mesh_version.load(Ordering::SeqCst)
-            ));
+            return Err(NotReady::Degraded {
+                reason,
+                mesh_version: self.mesh_version.load(Ordering::SeqCst),
+            });
         }
         Ok(())
     }
@@ -110,12 +110,11 @@ pub(crate) async fn prepare(
     };
     let latest = store.latest_mesh().await?;
     let import = match (&latest, &ds.import) {
-        (None, Some(path)) => Some(mesh_for_store(path).map_err(StoreError::Refused)?),
+        (None, Some(path)) => Some(mesh_for_store(path)?),
         (None, None) => {
-            return Err(StoreError::Refused(format!(
-                "{} holds no mesh yet: store one with `zident ca apply -f mesh.yaml --datastore …`, or start this replica with --config mesh.yaml to import it",
-                redact(&ds.url)
-            )));
+            return Err(StoreError::NoMesh {
+                url: redact(&ds.url),
+            });
         }
         (Some(_), _) => None,
     };
@@ -126,14 +125,14 @@ pub(crate) async fn prepare(
                 &PathBuf::from(format!("mesh version {}", row.version)),
                 &yaml,
             )
-            .map_err(|e| StoreError::Refused(e.to_string()))?
+            .map_err(MeshForStoreError::from)?
             .trust_domain
         }
         (None, Some((_, mesh))) => mesh.trust_domain.clone(),
         (None, None) => {
-            return Err(StoreError::Refused(
-                "no mesh to take the trust domain from".into(),
-            ));
+            return Err(StoreError::NoMesh {
+                url: redact(&ds.url),
+            });
         }
     };
     let by = format!("{} (import at start)", ds.name);
@@ -164,11 +163,11 @@ pub(crate) struct Running {
 }
 
 /// Writes what changed in the database into the data dir, and reloads it into the running CA
-/// when there is one.
+/// when there is one. The files are written and read on the blocking pool.
 async fn sync(
     config: &CaConfig,
     store: &Store,
-    kek: &Kek,
+    kek: &Arc<Kek>,
     status: &ReplicaStatus,
     running: Option<&Running>,
 ) -> Result<(), StoreError> {
@@ -178,25 +177,54 @@ async fn sync(
             || !dir.join(dir_store::STATE_FILE).exists())
     {
         let roots = within(store.roots()).await?;
-        files::write_roots(dir, &roots, kek)?;
-        files::write_rotation(dir, &state)?;
+        let (dir, kek) = (dir.clone(), kek.clone());
+        blocking(move || {
+            files::write_roots(&dir, &roots, &kek)?;
+            files::write_rotation(&dir, &state)
+        })
+        .await?;
         status.rotation_version.store(version, Ordering::SeqCst);
         if let Some(r) = running {
-            reload::reload_rotation(&r.state, config, &r.serving);
+            let (state, config, serving) = (r.state.clone(), config.clone(), r.serving.clone());
+            blocking(move || {
+                reload::reload_rotation(&state, &config, &serving);
+                Ok(())
+            })
+            .await?;
         }
     }
     if let Some(row) = within(store.latest_mesh()).await?
         && (row.version != status.mesh_version.load(Ordering::SeqCst)
             || !dir.join(files::MESH_COPY).exists())
     {
-        files::write_mesh(dir, row.yaml.as_deref().unwrap_or_default())?;
-        status.mesh_version.store(row.version, Ordering::SeqCst);
-        if let Some(r) = running {
+        let (dir, yaml) = (dir.clone(), row.yaml.clone().unwrap_or_default());
+        let reload_into = running.map(|r| r.state.clone());
+        if reload_into.is_some() {
             tracing::info!(target: "zident::ca", version = row.version, applied_by = %row.applied_by, "following mesh version from the datastore");
-            reload::reload_mesh(&r.state, &dir.join(files::MESH_COPY));
         }
+        blocking(move || {
+            files::write_mesh(&dir, &yaml)?;
+            if let Some(state) = reload_into {
+                reload::reload_mesh(&state, &dir.join(files::MESH_COPY));
+            }
+            Ok(())
+        })
+        .await?;
+        status.mesh_version.store(row.version, Ordering::SeqCst);
     }
     Ok(())
+}
+
+/// Runs file work on the blocking pool; a panic there is resumed here.
+async fn blocking(
+    work: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
+) -> Result<(), StoreError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Ok(()),
+    }
 }
 
 /// A database call that gives up after [`STATEMENT_TIMEOUT`].
@@ -237,7 +265,7 @@ pub(crate) async fn run(
 async fn session(
     config: &CaConfig,
     ds: &DatastoreConfig,
-    kek: &Kek,
+    kek: &Arc<Kek>,
     status: &ReplicaStatus,
     running: &Running,
     listen: &str,
@@ -368,7 +396,7 @@ async fn scheduled_step(
             tracing::info!(target: "zident::ca", phase = phase.as_str(), active = rs.active, prepared = ?rs.prepared, previous = ?rs.previous, sequence = rs.sequence, "scheduled root rotation step (committed to the datastore)");
             Ok(())
         }
-        Err(StoreError::Refused(why)) => {
+        Err(StoreError::Rotation(why)) => {
             tracing::error!(target: "zident::ca", phase = phase.as_str(), "scheduled root rotation step refused: {why}");
             Ok(())
         }

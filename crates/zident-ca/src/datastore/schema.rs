@@ -86,9 +86,10 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
         .await?
         .get(0);
     if current > VERSION {
-        return Err(StoreError::Refused(format!(
-            "the database's schema is at version {current}, newer than this zident's ({VERSION}); upgrade zident"
-        )));
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: VERSION,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;

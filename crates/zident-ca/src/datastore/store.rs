@@ -132,9 +132,12 @@ impl Store {
     /// migrated on its first, such as the one that waits for the leader lock).
     pub async fn session(url: &str) -> Result<Self, StoreError> {
         let (rest, root) = super::tls::take_root_cert(url);
-        let mut config: tokio_postgres::Config = rest
-            .parse()
-            .map_err(|e| StoreError::Refused(format!("--datastore {}: {e}", redact(url))))?;
+        let mut config: tokio_postgres::Config =
+            rest.parse()
+                .map_err(|e: tokio_postgres::Error| StoreError::BadUrl {
+                    url: redact(url),
+                    message: e.to_string(),
+                })?;
         config.connect_timeout(STATEMENT_TIMEOUT);
         config.application_name("zident-ca");
         // A session whose server vanished without a word is found out, even while it waits.
@@ -165,10 +168,7 @@ impl Store {
                 (c, Connection::Tls(Box::new(conn)))
             }
             (SslMode::Require, None) => {
-                return Err(StoreError::Refused(format!(
-                    "--datastore {} asks for sslmode=require: give the server's CA certificate as sslrootcert=FILE in the URL, so that zident can verify it",
-                    redact(url)
-                )));
+                return Err(StoreError::TlsWithoutRoot { url: redact(url) });
             }
             // `prefer` (the default) without a CA file: no TLS, as libpq would fall back to.
             (_, None) => {
@@ -238,13 +238,13 @@ impl Store {
         match existing {
             Some(row) => {
                 let state: serde_json::Value = row.get(0);
-                let state: RotationState = serde_json::from_value(state)
-                    .map_err(|e| StoreError::Refused(format!("the stored rotation state: {e}")))?;
+                let state: RotationState =
+                    serde_json::from_value(state).map_err(StoreError::CorruptState)?;
                 if state.trust_domain != td.as_str() {
-                    return Err(StoreError::Refused(format!(
-                        "the database holds roots for trust domain {}, but the mesh says {td}",
-                        state.trust_domain
-                    )));
+                    return Err(StoreError::TrustDomainMismatch {
+                        stored: state.trust_domain,
+                        mesh: td.clone(),
+                    });
                 }
                 // A database from before JWT-SVIDs: the generations that sign or are about to
                 // get a JWT key, made once, under the bootstrap lock, for every replica.
@@ -257,7 +257,7 @@ impl Store {
                         .await?
                         .is_some();
                     if missing {
-                        let pem = jwt_key_pem().map_err(|e| StoreError::Refused(e.to_string()))?;
+                        let pem = jwt_key_pem().map_err(RotationError::from)?;
                         let sealed = kek.seal(KeyKind::Jwt, g, &pem)?;
                         tx.execute(
                             "UPDATE zident_roots SET jwt_key_sealed = $2 WHERE generation = $1",
@@ -270,7 +270,7 @@ impl Store {
             }
             None => {
                 let first = NewGeneration::make(td, 1, SystemTime::now(), root_lifetime)
-                    .map_err(|e| StoreError::Refused(e.to_string()))?;
+                    .map_err(RotationError::from)?;
                 let g = seal(&first, kek)?;
                 tx.execute(
                     "INSERT INTO zident_roots (generation, cert_pem, key_sealed, jwt_key_sealed) VALUES (1, $1, $2, $3)",
@@ -279,8 +279,7 @@ impl Store {
                 .await?;
                 let mut initial = RotationState::initial(td);
                 initial.timing = timing;
-                let state = serde_json::to_value(initial)
-                    .map_err(|e| StoreError::Refused(e.to_string()))?;
+                let state = serde_json::to_value(initial).map_err(StoreError::CorruptState)?;
                 tx.execute(
                     "INSERT INTO zident_rotation (id, state, version, updated_by) VALUES (1, $1, 1, $2)",
                     &[&state, &by],
@@ -314,8 +313,8 @@ impl Store {
         else {
             return Ok(None);
         };
-        let state: RotationState = serde_json::from_value(row.get(0))
-            .map_err(|e| StoreError::Refused(format!("the stored rotation state: {e}")))?;
+        let state: RotationState =
+            serde_json::from_value(row.get(0)).map_err(StoreError::CorruptState)?;
         Ok(Some((state, row.get(1))))
     }
 
@@ -424,8 +423,12 @@ impl Store {
             by: &step.by,
         };
         take_step(&mut roots, &request).await.map_err(|e| match e {
-            RotationError::Store(m) => StoreError::Unreachable(m),
-            other => StoreError::Refused(other.to_string()),
+            // The database's own failure, as it was.
+            RotationError::Store(inner) => match inner.downcast::<StoreError>() {
+                Ok(store) => *store,
+                Err(other) => StoreError::Unreachable(other.to_string()),
+            },
+            other => StoreError::Rotation(other),
         })
     }
 
@@ -532,7 +535,7 @@ impl RootStore for PgRoots<'_> {
             .map_err(db_error)?
             .ok_or(RotationError::Conflict)?;
         let stored: RotationState = serde_json::from_value(row.get(0))
-            .map_err(|e| RotationError::Store(format!("the stored rotation state: {e}")))?;
+            .map_err(|e| store_error(StoreError::CorruptState(e)))?;
         if &stored != base {
             return Err(RotationError::Conflict);
         }
@@ -553,8 +556,8 @@ impl RootStore for PgRoots<'_> {
             .await
             .map_err(db_error)?;
         }
-        let json =
-            serde_json::to_value(&change.state).map_err(|e| RotationError::Store(e.to_string()))?;
+        let json = serde_json::to_value(&change.state)
+            .map_err(|e| store_error(StoreError::CorruptState(e)))?;
         tx.execute(
             "UPDATE zident_rotation SET state = $1, version = version + 1, updated_at = now(), updated_by = $2 WHERE id = 1",
             &[&json, &self.by],
@@ -570,11 +573,11 @@ impl RootStore for PgRoots<'_> {
 }
 
 fn store_error(e: StoreError) -> RotationError {
-    RotationError::Store(e.to_string())
+    RotationError::Store(Box::new(e))
 }
 
 fn db_error(e: tokio_postgres::Error) -> RotationError {
-    RotationError::Store(format!("database: {}", super::error::describe(&e)))
+    store_error(StoreError::Db(e))
 }
 
 /// A generation's material as stored: the certificate, and both keys sealed under the KEK.

@@ -56,21 +56,21 @@ pub(crate) struct RustlsConnect {
 
 impl RustlsConnect {
     pub(crate) fn new(root: &Path) -> Result<Self, StoreError> {
-        let pem = std::fs::read(root).map_err(|e| {
-            StoreError::Refused(format!("cannot read sslrootcert {}: {e}", root.display()))
-        })?;
-        let certs = zident_identity::pem::certs_from_pem(&pem)
-            .map_err(|e| StoreError::Refused(format!("sslrootcert {}: {e}", root.display())))?;
+        let unusable = |message: String| StoreError::RootCert {
+            path: root.to_owned(),
+            message,
+        };
+        let pem = std::fs::read(root).map_err(|e| unusable(format!("cannot read it: {e}")))?;
+        let certs =
+            zident_identity::pem::certs_from_pem(&pem).map_err(|e| unusable(e.to_string()))?;
         let mut roots = rustls::RootCertStore::empty();
         for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| StoreError::Refused(format!("sslrootcert {}: {e}", root.display())))?;
+            roots.add(c).map_err(|e| unusable(e.to_string()))?;
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| StoreError::Refused(e.to_string()))?
+            .map_err(|e| unusable(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Self {

@@ -217,21 +217,21 @@ impl RootStore for DirStore {
         let dir = self.data_dir.clone();
         tokio::task::spawn_blocking(move || read_state(&dir))
             .await
-            .map_err(|e| RotationError::Store(format!("reading the data dir: {e}")))?
+            .map_err(|e| RotationError::Store(Box::new(e)))?
     }
 
     async fn snapshot(&mut self) -> Result<Option<RootSnapshot>, RotationError> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.read())
             .await
-            .map_err(|e| RotationError::Store(format!("reading the data dir: {e}")))?
+            .map_err(|e| RotationError::Store(Box::new(e)))?
     }
 
     async fn commit(&mut self, base: &RotationState, change: &Change) -> Result<(), RotationError> {
         let (store, base, change) = (self.clone(), base.clone(), change.clone());
         tokio::task::spawn_blocking(move || store.write(&base, &change))
             .await
-            .map_err(|e| RotationError::Store(format!("writing the data dir: {e}")))?
+            .map_err(|e| RotationError::Store(Box::new(e)))?
     }
 }
 

@@ -26,6 +26,7 @@ use zident_identity::{fingerprint, rfc3339};
 
 use crate::persist::{create_private_dir, write_atomic};
 use crate::roots::authority::Authority;
+use crate::roots::files::FileError;
 use crate::roots::rotation::Timing;
 
 /// The state file.
@@ -108,22 +109,100 @@ fn roots(authority: &Authority) -> Vec<(String, CertificateDer<'static>)> {
 }
 
 /// Reads the state of `data_dir`, if any.
-pub fn read(data_dir: &Path) -> Result<Option<PluggedState>, String> {
+pub fn read(data_dir: &Path) -> Result<Option<PluggedState>, FileError> {
     let path = data_dir.join(STATE_FILE);
     match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(|e| FileError::Invalid {
+                path,
+                message: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(FileError::Io { path, source }),
     }
 }
 
-fn write(data_dir: &Path, state: &PluggedState) -> Result<(), String> {
-    create_private_dir(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+fn write(data_dir: &Path, state: &PluggedState) -> Result<(), FileError> {
+    create_private_dir(data_dir).map_err(|source| FileError::Io {
+        path: data_dir.to_owned(),
+        source,
+    })?;
     let path: PathBuf = data_dir.join(STATE_FILE);
-    let json = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-    write_atomic(&path, &json, 0o644).map_err(|e| format!("{}: {e}", path.display()))
+    let json = serde_json::to_vec_pretty(state).map_err(|e| FileError::Invalid {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    write_atomic(&path, &json, 0o644).map_err(|source| FileError::Io { path, source })
+}
+
+/// Why a change of the plugged-in files would break handshakes, and what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsafeChange {
+    /// The new signing key chains to a root nodes were never given.
+    #[error(
+        "the new signing key chains to root {root}, which is not in the bundle yet: first add that root to root-cert.pem beside the current one (prepare), wait {wait_secs}s for nodes to fetch it, then switch the signing files (activate)"
+    )]
+    RootNotPublished {
+        /// The root's fingerprint, short.
+        root: String,
+        /// How long nodes need to fetch a new bundle.
+        wait_secs: u64,
+    },
+    /// The new root was published too recently for every node to have fetched it.
+    #[error(
+        "too early to sign under root {root}: nodes may not have fetched it yet; write the signing files again from {} (in {}s)",
+        at(*safe_from),
+        safe_from - now
+    )]
+    NotFetchedYet {
+        /// The root's fingerprint, short.
+        root: String,
+        /// Unix seconds from which it is safe.
+        safe_from: u64,
+        /// Unix seconds now.
+        now: u64,
+    },
+    /// Clients that learn roots only from responses have not renewed since the root appeared.
+    #[error(
+        "too early to sign under root {root}: {count} identities hold a certificate issued before it was published and have not renewed since (clients that learn roots only from CreateCertificate responses, like ztunnel, do not trust it yet), e.g. {example}; write the signing files again once they have renewed, at the latest from {} (in {}s)",
+        at(*safe_from),
+        safe_from - now
+    )]
+    ClientsWaiting {
+        /// The root's fingerprint, short.
+        root: String,
+        /// How many identities wait.
+        count: usize,
+        /// One of them.
+        example: String,
+        /// Unix seconds by which the last will have renewed.
+        safe_from: u64,
+        /// Unix seconds now.
+        now: u64,
+    },
+    /// A root that still signs would leave the bundle.
+    #[error(
+        "root {root} still signs: switch the signing files to an intermediate under the new root first (activate), and remove the old root (retire) once its certificates have expired"
+    )]
+    StillSigns {
+        /// The root's fingerprint, short.
+        root: String,
+    },
+    /// A root whose certificates may still be valid would leave the bundle.
+    #[error(
+        "certificates signed under root {root} may be valid until {} (in {}s): remove it from root-cert.pem (retire) then",
+        at(*valid_until),
+        valid_until - now
+    )]
+    StillValid {
+        /// The root's fingerprint, short.
+        root: String,
+        /// Unix seconds until which its certificates may be valid.
+        valid_until: u64,
+        /// Unix seconds now.
+        now: u64,
+    },
 }
 
 impl PluggedState {
@@ -135,7 +214,7 @@ impl PluggedState {
         authority: &Authority,
         timing: &Timing,
         now: SystemTime,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FileError> {
         let previous = read(data_dir)?;
         let first = previous.is_none();
         let mut state = previous.unwrap_or_default();
@@ -206,7 +285,7 @@ impl PluggedState {
         timing: &Timing,
         issued: &std::collections::HashMap<String, crate::roots::ledger::Issuance>,
         now: SystemTime,
-    ) -> Result<(), String> {
+    ) -> Result<(), UnsafeChange> {
         let t = unix_seconds(now);
         let next_roots = roots(next);
         let next_signing = signing_root(next);
@@ -219,19 +298,17 @@ impl PluggedState {
                 .map(|p| p + timing.activate_delay_secs);
             match safe {
                 None => {
-                    return Err(format!(
-                        "the new signing key chains to root {}, which is not in the bundle yet: first add that root to root-cert.pem beside the current one (prepare), wait {}s for nodes to fetch it, then switch the signing files (activate)",
-                        short(root),
-                        timing.activate_delay_secs
-                    ));
+                    return Err(UnsafeChange::RootNotPublished {
+                        root: short(root).to_owned(),
+                        wait_secs: timing.activate_delay_secs,
+                    });
                 }
                 Some(safe) if t < safe => {
-                    return Err(format!(
-                        "too early to sign under root {}: nodes may not have fetched it yet; write the signing files again from {} (in {}s)",
-                        short(root),
-                        at(safe),
-                        safe - t
-                    ));
+                    return Err(UnsafeChange::NotFetchedYet {
+                        root: short(root).to_owned(),
+                        safe_from: safe,
+                        now: t,
+                    });
                 }
                 Some(_) => {}
             }
@@ -241,14 +318,13 @@ impl PluggedState {
             let waiting =
                 crate::roots::ledger::waiting(issued, published, t, timing.renewal_margin_secs);
             if let Some(last) = waiting.last() {
-                return Err(format!(
-                    "too early to sign under root {}: {} identities hold a certificate issued before it was published and have not renewed since (clients that learn roots only from CreateCertificate responses, like ztunnel, do not trust it yet), e.g. {}; write the signing files again once they have renewed, at the latest from {} (in {}s)",
-                    short(root),
-                    waiting.len(),
-                    waiting[0].id,
-                    at(last.renews_by),
-                    last.renews_by - t
-                ));
+                return Err(UnsafeChange::ClientsWaiting {
+                    root: short(root).to_owned(),
+                    count: waiting.len(),
+                    example: waiting[0].id.clone(),
+                    safe_from: last.renews_by,
+                    now: t,
+                });
             }
         }
         for (fp, _) in roots(current) {
@@ -256,20 +332,18 @@ impl PluggedState {
                 continue;
             }
             if Some(&fp) == next_signing.as_ref() || Some(&fp) == self.signing_root.as_ref() {
-                return Err(format!(
-                    "root {} still signs: switch the signing files to an intermediate under the new root first (activate), and remove the old root (retire) once its certificates have expired",
-                    short(&fp)
-                ));
+                return Err(UnsafeChange::StillSigns {
+                    root: short(&fp).to_owned(),
+                });
             }
             if let Some(until) = self.signed_until.get(&fp)
                 && t < *until
             {
-                return Err(format!(
-                    "certificates signed under root {} may be valid until {} (in {}s): remove it from root-cert.pem (retire) then",
-                    short(&fp),
-                    at(*until),
-                    until - t
-                ));
+                return Err(UnsafeChange::StillValid {
+                    root: short(&fp).to_owned(),
+                    valid_until: *until,
+                    now: t,
+                });
             }
         }
         Ok(())
@@ -283,7 +357,7 @@ impl PluggedState {
         next: &Authority,
         timing: &Timing,
         now: SystemTime,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FileError> {
         let t = unix_seconds(now);
         let mut state = self.clone();
         state.record(next, t, t, timing);
@@ -294,7 +368,12 @@ impl PluggedState {
 
     /// Records that a change was refused for `reason`; returns the new state, already
     /// persisted.
-    pub fn refused(&self, data_dir: &Path, reason: &str, now: SystemTime) -> Result<Self, String> {
+    pub fn refused(
+        &self,
+        data_dir: &Path,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<Self, FileError> {
         let mut state = self.clone();
         state.last_refusal = Some(Refusal {
             at: unix_seconds(now),

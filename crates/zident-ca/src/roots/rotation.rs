@@ -51,16 +51,19 @@ impl Phase {
     }
 }
 
+/// A name that is not one of the phases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a rotation phase (prepare, activate, retire)")]
+pub struct UnknownPhase(pub String);
+
 impl std::str::FromStr for Phase {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownPhase;
+    fn from_str(s: &str) -> Result<Self, UnknownPhase> {
         match s {
             "prepare" => Ok(Phase::Prepare),
             "activate" => Ok(Phase::Activate),
             "retire" => Ok(Phase::Retire),
-            other => Err(format!(
-                "{other:?} is not a rotation phase (prepare, activate, retire)"
-            )),
+            other => Err(UnknownPhase(other.to_owned())),
         }
     }
 }
@@ -204,9 +207,10 @@ pub enum RotationError {
     /// or `zident ca rotate` took a step); the step is planned again on the new state.
     #[error("the rotation state changed while this step was planned")]
     Conflict,
-    /// The store could not be read or written (the database is away, a statement failed).
+    /// The store could not be read or written (the database is away, a statement failed):
+    /// the store's own error.
     #[error("{0}")]
-    Store(String),
+    Store(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A step to take: which, when, and by which rules.

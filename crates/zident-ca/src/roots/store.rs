@@ -68,9 +68,6 @@ pub async fn take_step(
             Err(e) => return Err(e),
         }
     }
-    Err(RotationError::Store(format!(
-        "the rotation state kept changing under {} attempts to take {}; try again",
-        ATTEMPTS,
-        request.phase.as_str()
-    )))
+    // Every attempt lost to another writer: say so as a conflict; the caller may try again.
+    Err(RotationError::Conflict)
 }

@@ -17,7 +17,7 @@ use super::generation::Generation;
 use super::metrics::XdsMetrics;
 use super::stream::StreamState;
 use crate::connections::InFlight;
-use crate::registry::Caller;
+use crate::node_authorizer::Caller;
 use crate::service::{authenticate, peer_of};
 use crate::state::CaState;
 
@@ -59,7 +59,7 @@ impl AggregatedDiscoveryService for XdsService {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Responses>, Status> {
         let peer = peer_of(&request);
-        let registry = self.state.registry();
+        let registry = self.state.authorizer();
         let caller = authenticate(
             &self.state,
             &registry,

@@ -1,4 +1,5 @@
-//! Who may ask for what: bearer tokens to callers, and the identities each caller may have.
+//! The node authorizer: who may ask for what. Bearer tokens to callers, and the identities each
+//! caller may have (a node: those of its workloads; an identity entry: its own).
 //!
 //! Built whole from a mesh file and swapped in whole on reload, so a request is judged by one
 //! consistent version of the file.
@@ -84,7 +85,7 @@ pub enum Denied {
 
 /// Callers and their rights, from one version of the mesh file.
 #[derive(Debug)]
-pub struct Registry {
+pub struct NodeAuthorizer {
     trust_domain: TrustDomain,
     /// SHA-256 of each token → caller. Looking up digests rather than tokens keeps the
     /// comparison's timing independent of how much of a guessed token is right.
@@ -95,7 +96,7 @@ pub struct Registry {
     node_identity: HashMap<String, SpiffeId>,
 }
 
-impl Registry {
+impl NodeAuthorizer {
     /// Builds the registry from a mesh file, reading token files relative to `mesh_path`.
     pub fn from_mesh(mesh: &MeshFile, mesh_path: &Path) -> Result<Self, MeshError> {
         let callers = mesh
@@ -205,7 +206,7 @@ fn token_digest(token: &str) -> [u8; 32] {
 mod tests {
     use super::*;
 
-    fn registry() -> Registry {
+    fn registry() -> NodeAuthorizer {
         let yaml = "
 nodes:
 - {name: node-a, token: ta, spiffeId: 'spiffe://cluster.local/ns/zident-system/sa/agent'}
@@ -217,7 +218,7 @@ workloads:
 - {name: be, namespace: default, serviceAccount: backend, node: node-b}
 ";
         let mesh = MeshFile::parse(Path::new("m.yaml"), yaml).unwrap();
-        Registry::from_mesh(&mesh, Path::new("m.yaml")).unwrap()
+        NodeAuthorizer::from_mesh(&mesh, Path::new("m.yaml")).unwrap()
     }
 
     fn id(s: &str) -> SpiffeId {
