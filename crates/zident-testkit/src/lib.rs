@@ -6,6 +6,7 @@
 //! - [`capture_logs`], [`captured`], [`logged`]: the test process's own log lines, to assert
 //!   what an operator would read;
 //! - [`curl`]: the curl command line, a client nobody here wrote;
+//! - [`ca`]: a CA for a test's directory, started in the test process;
 //! - [`netns`]: nodes in their own network namespaces on a shared bridge;
 //! - [`postgres`]: a real PostgreSQL cluster in a temporary directory;
 //! - [`modgraph`]: module cycles in a crate's source (the check behind the architecture's
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod modgraph;
 pub mod netns;
 pub mod postgres;

@@ -82,11 +82,9 @@ impl Mesh {
         let http_port = free_port(&[[127, 0, net, 3]]);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mesh.yaml"), base(net)).unwrap();
-        let mut config = zident_ca::CaConfig::new(dir.path().join("mesh.yaml"));
-        config.data_dir = dir.path().join("ca");
-        config.listen = "127.0.0.1:0".parse().unwrap();
+        let mut config = zident_testkit::ca::ca_config(dir.path());
         config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-        let ca = RunningCa::start(config).await.unwrap();
+        let ca = zident_testkit::ca::start_ca(config).await;
         let a = agent(dir.path(), &ca, "node-a", "ta").await;
         let b = agent(dir.path(), &ca, "node-b", "tb").await;
         let (oa, ob) = (Observer::new(), Observer::new());
@@ -577,12 +575,31 @@ async fn cut_tunnels_are_logged_and_socks_replies_say_why() {
         Observer::new(),
     )
     .await;
+    let hbone_b = m.tb.as_ref().unwrap().inbound[0];
     m.tb.take();
+    // Dropping a tunnel aborts its listener task; the socket closes when the runtime drops
+    // it. Until then a connection may still land on it (and fail in TLS, a general failure).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(hbone_b).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "node-b's HBONE listener {hbone_b} still accepts after its tunnel stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let err = socks_connect(ta.socks5_addr.unwrap(), [127, 0, 4, 2], target)
         .await
         .unwrap_err()
         .to_string();
-    assert!(err == "SOCKS5 reply 5" || err == "SOCKS5 reply 4", "{err}");
+    let refusals: Vec<String> = captured()
+        .lines()
+        .filter(|l| l.contains("outbound refused") && l.contains(&target.to_string()))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        err == "SOCKS5 reply 5" || err == "SOCKS5 reply 4",
+        "{err}; refusals logged: {refusals:#?}"
+    );
     drop(ta);
     drop(m);
 }

@@ -49,10 +49,8 @@ workloads:\n\
 }
 
 fn ca_config(dir: &Path, listen: SocketAddr) -> CaConfig {
-    let mut c = CaConfig::new(dir.join("mesh.yaml"));
-    c.data_dir = dir.join("ca");
+    let mut c = zident_testkit::ca::ca_config(dir);
     c.listen = listen;
-    c.metrics_addr = None;
     c.refresh_hint = Duration::from_secs(1);
     c.ttl = TtlPolicy {
         default_ttl: TTL,

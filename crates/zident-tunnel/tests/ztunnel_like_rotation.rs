@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use zident_ca::dir_store;
 use zident_ca::rotation::{self, Phase};
-use zident_ca::{CaConfig, RunningCa, TtlPolicy};
+use zident_ca::{RunningCa, TtlPolicy};
 use zident_identity::pem::certs_from_pem;
 use zident_identity::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, check_leaf, verify_svid};
 use zident_proto::istio_ca::IstioCertificateRequest;
@@ -214,10 +214,7 @@ workloads:\n\
 - {uid: b, name: b, namespace: default, serviceAccount: b, node: node-z, workloadIps: ['127.0.5.3']}\n",
     )
     .unwrap();
-    let mut config = CaConfig::new(dir.path().join("mesh.yaml"));
-    config.data_dir = dir.path().join("ca");
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.metrics_addr = None;
+    let mut config = zident_testkit::ca::ca_config(dir.path());
     config.refresh_hint = Duration::from_secs(1);
     config.ttl = TtlPolicy {
         default_ttl: TTL,

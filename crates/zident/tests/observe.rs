@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use zident_agent::{AgentConfig, CaClientConfig, CertState, RunningAgent, TokenSource};
-use zident_ca::{CaConfig, RunningCa};
+use zident_ca::RunningCa;
 use zident_testkit::{openssl, openssl_root};
 
 const MESH: &str = "trustDomain: cluster.local\n\
@@ -39,10 +39,7 @@ async fn world_with(
     dns_cert_dir: Option<&Path>,
 ) -> (RunningCa, RunningAgent) {
     std::fs::write(dir.join("mesh.yaml"), format!("{MESH}{extra}")).unwrap();
-    let mut ca = CaConfig::new(dir.join("mesh.yaml"));
-    ca.data_dir = dir.join("ca");
-    ca.listen = "127.0.0.1:0".parse().unwrap();
-    ca.metrics_addr = None;
+    let mut ca = zident_testkit::ca::ca_config(dir);
     ca.refresh_hint = Duration::from_secs(1);
     ca.dns_cert_dir = dns_cert_dir.map(Path::to_owned);
     let ca = RunningCa::start(ca).await.unwrap();

@@ -6,12 +6,12 @@ pub mod fake_ca;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zident_agent::{
     AgentConfig, CaClientConfig, CertState, RenewalPolicy, RunningAgent, TokenSource,
 };
-use zident_ca::{CaConfig, RunningCa};
+use zident_ca::RunningCa;
 use zident_identity::SpiffeId;
 
 pub const NODE: &str = "node-a";
@@ -134,24 +134,13 @@ pub fn agent_config(mesh: &Path, root_ca: &Path, ca_address: &str, ttl: Duration
 }
 
 pub async fn start_ca(dir: &Path, listen: std::net::SocketAddr) -> RunningCa {
-    let mut c = CaConfig::new(dir.join("mesh.yaml"));
-    c.data_dir = dir.join("ca");
+    let mut c = zident_testkit::ca::ca_config(dir);
     c.listen = listen;
-    c.metrics_addr = None;
     c.refresh_hint = Duration::from_secs(1);
     // JWT-SVIDs short enough that a test sees one refreshed at half its life.
     c.jwt_ttl = Duration::from_secs(20);
-    // The CA may be restarted on the same port right after stopping: retry a busy port.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match RunningCa::start(c.clone()).await {
-            Ok(ca) => return ca,
-            Err(e) if Instant::now() < deadline && e.to_string().contains("in use") => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("CA start: {e}"),
-        }
-    }
+    // The CA may be restarted on the same port right after stopping.
+    zident_testkit::ca::start_ca(c).await
 }
 
 pub async fn start_agent(config: AgentConfig) -> RunningAgent {

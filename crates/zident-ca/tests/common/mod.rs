@@ -60,15 +60,13 @@ impl Fixture {
 
 /// The CA configuration used by the tests: ephemeral ports, data under `dir/ca`.
 pub fn config(dir: &Path) -> CaConfig {
-    let mut c = CaConfig::new(dir.join("mesh.yaml"));
-    c.data_dir = dir.join("ca");
-    c.listen = "127.0.0.1:0".parse().unwrap();
+    let mut c = zident_testkit::ca::ca_config(dir);
     c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     c
 }
 
 pub async fn start_ca(config: CaConfig) -> RunningCa {
-    RunningCa::start(config).await.expect("CA starts")
+    zident_testkit::ca::start_ca(config).await
 }
 
 pub async fn client(ca: &RunningCa) -> IstioCertificateServiceClient<Channel> {

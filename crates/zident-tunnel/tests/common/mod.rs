@@ -364,11 +364,7 @@ pub async fn tunnel_with(
 
 /// The real CA on `dir/mesh.yaml`, on an ephemeral port.
 pub async fn start_ca(dir: &Path) -> RunningCa {
-    let mut ca = zident_ca::CaConfig::new(dir.join("mesh.yaml"));
-    ca.data_dir = dir.join("ca");
-    ca.listen = "127.0.0.1:0".parse().unwrap();
-    ca.metrics_addr = None;
-    RunningCa::start(ca).await.unwrap()
+    zident_testkit::ca::start_ca(zident_testkit::ca::ca_config(dir)).await
 }
 
 /// A SOCKS5 CONNECT from `from` through `proxy` to `target`; the open stream once the proxy
