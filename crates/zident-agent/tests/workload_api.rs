@@ -304,3 +304,96 @@ async fn svid_files_verify_with_openssl_after_each_rotation() {
     .await;
     drop(agent);
 }
+
+/// Whatever is in the way of an SVID file is moved aside and the file served, at the first
+/// write and at every renewal after: a directory, a stray file, a link to somewhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svid_files_heal_whatever_is_in_their_way() {
+    logs();
+    let world = World::new(0).await;
+    let files = world.dir.path().join("svids");
+    let dir = files.join("default/frontend");
+    std::fs::create_dir_all(dir.join("svid.pem")).unwrap();
+    std::fs::write(dir.join("svid.pem/kept.txt"), "someone's data").unwrap();
+    std::fs::write(dir.join("svid_key.pem"), "not a key").unwrap();
+    std::os::unix::fs::symlink("/nonexistent/bundle.pem", dir.join("bundle.pem")).unwrap();
+    let mut config = world.agent_config(Duration::from_secs(4));
+    config.delivery = DeliveryConfig {
+        socket_dir: None,
+        svid_dir: Some(files.clone()),
+        ..Default::default()
+    };
+    let agent = start_agent(config).await;
+
+    let served = |dir: &Path| -> Option<String> {
+        let pem = std::fs::read(dir.join("svid.pem")).ok()?;
+        let cert = certs_from_pem(&pem).ok()?.into_iter().next()?;
+        let serial = zident_identity::check_leaf(&cert).ok()?.serial_hex;
+        // The openssl command line, which must accept what is served now.
+        let run = |args: &[&str]| {
+            Command::new("openssl")
+                .current_dir(dir)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        let verified = run(&["verify", "-CAfile", "bundle.pem", "svid.pem"])?;
+        let cert_key = run(&["x509", "-in", "svid.pem", "-noout", "-pubkey"])?;
+        let key_pub = run(&["pkey", "-in", "svid_key.pem", "-pubout"])?;
+        (verified.contains("svid.pem: OK") && cert_key == key_pub).then_some(serial)
+    };
+    let first = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = served(&dir) {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the SVID files were never served over what was in the way"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Nothing was deleted: each thing in the way is kept beside, and said.
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".svid.pem.displaced/kept.txt")).unwrap(),
+        "someone's data"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".svid_key.pem.displaced")).unwrap(),
+        "not a key"
+    );
+    assert_eq!(
+        std::fs::read_link(dir.join(".bundle.pem.displaced")).unwrap(),
+        Path::new("/nonexistent/bundle.pem")
+    );
+    zident_testkit::logged("a directory was in the way of an SVID file").await;
+    zident_testkit::logged("a link to somewhere else was in the way of an SVID file").await;
+
+    // Broken again after the first write: the next renewal repairs it.
+    std::fs::remove_file(dir.join("svid.pem")).unwrap();
+    std::fs::create_dir(dir.join("svid.pem")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = served(&dir)
+            && s != first
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewal after {first} did not repair svid.pem"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        std::fs::symlink_metadata(dir.join("svid.pem"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    drop(agent);
+}

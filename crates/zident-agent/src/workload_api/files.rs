@@ -71,18 +71,13 @@ pub fn write_version_for(
     }
     std::fs::File::open(&vdir)?.sync_all()?;
 
-    // Switch: a new symlink renamed over `.current` in one step.
-    let tmp = dir.join(".current.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    symlink(&version, &tmp)?;
-    give(&tmp)?;
-    std::fs::rename(&tmp, dir.join(".current"))?;
+    // Switch: a new symlink renamed over `.current` in one step. Then each file's link, on
+    // every write: whatever is in the way of one (a directory, a file, a link elsewhere,
+    // left by hand or by another tool) is moved aside and reported, never left to break
+    // the workload's reads.
+    ensure_link(dir, ".current", Path::new(&version), &give)?;
     for name in FILES {
-        let link = dir.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            symlink(Path::new(".current").join(name), &link)?;
-            give(&link)?;
-        }
+        ensure_link(dir, name, &Path::new(".current").join(name), &give)?;
     }
     std::fs::File::open(dir)?.sync_all()?;
 
@@ -94,6 +89,59 @@ pub fn write_version_for(
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+    Ok(())
+}
+
+/// Makes `dir/name` a symlink to `target`. A link already pointing there is kept. Anything
+/// else at that path is moved to `dir/.<name>.displaced` (replacing an older one) and logged,
+/// so nothing is deleted. The new link is renamed into place in one step.
+fn ensure_link(
+    dir: &Path,
+    name: &str,
+    target: &Path,
+    give: &impl Fn(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let link = dir.join(name);
+    match std::fs::symlink_metadata(&link) {
+        Ok(m) if m.file_type().is_symlink() => {
+            if std::fs::read_link(&link)? == target {
+                return Ok(());
+            }
+            // `.current` moves to each new version; a file's link pointing elsewhere is
+            // someone else's.
+            if name != ".current" {
+                displace(dir, name, &link, "a link to somewhere else")?;
+            }
+        }
+        Ok(m) => {
+            let what = if m.is_dir() { "a directory" } else { "a file" };
+            displace(dir, name, &link, what)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let tmp = dir.join(format!(".{}.tmp", name.trim_start_matches('.')));
+    let _ = std::fs::remove_file(&tmp);
+    symlink(target, &tmp)?;
+    give(&tmp)?;
+    std::fs::rename(&tmp, &link)
+}
+
+/// Moves `link` (what is in the way, described by `what`) to `dir/.<name>.displaced`.
+fn displace(dir: &Path, name: &str, link: &Path, what: &str) -> std::io::Result<()> {
+    let aside = dir.join(format!(".{}.displaced", name.trim_start_matches('.')));
+    match std::fs::symlink_metadata(&aside) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&aside)?,
+        Ok(_) => std::fs::remove_file(&aside)?,
+        Err(_) => {}
+    }
+    std::fs::rename(link, &aside)?;
+    tracing::warn!(
+        target: "zident::identity",
+        path = %link.display(),
+        moved_to = %aside.display(),
+        "{what} was in the way of an SVID file: moved aside, and the file linked again"
+    );
     Ok(())
 }
 
