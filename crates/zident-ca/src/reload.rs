@@ -12,7 +12,6 @@ use zident_mesh::MeshFile;
 use crate::config::CaConfig;
 use crate::node_authorizer::NodeAuthorizer;
 use crate::roots::authority::{Authority, AuthorityError};
-use crate::roots::dir_store;
 use crate::roots::plugged;
 use crate::server::ServingCert;
 use crate::state::CaState;
@@ -131,49 +130,53 @@ fn record_refusal(
     }
 }
 
-/// Loads the authority the rotation state now describes, if it differs from the one in use.
+/// Loads the authority the rotation state in the data dir now describes, and puts it in force
+/// if it differs from the one in use.
 pub(crate) fn reload_rotation(state: &CaState, config: &CaConfig, serving: &ServingCert) {
     let td = state.authorizer().trust_domain().clone();
-    let current = state.authority();
     match Authority::self_signed(&config.data_dir, &td, config.rotation.root_lifetime) {
-        Ok(authority) => {
-            if authority.signer() == current.signer()
-                && authority.bundle().roots() == current.bundle().roots()
-                && authority.bundle().sequence() == current.bundle().sequence()
-            {
-                return;
-            }
-            if let Err(e) = serving.renew(&authority) {
-                tracing::error!(target: "zident::ca", "the rotated root cannot sign a serving certificate, keeping the current one: {e}");
-                state.metrics.reload("rotation", false);
-                return;
-            }
-            let signer_changed = authority.signer() != current.signer();
-            let (roots, sequence) = (
-                authority.bundle().roots().len(),
-                authority.bundle().sequence(),
-            );
-            let signer_serial = zident_identity::serial_hex(
-                X509Certificate::from_der(authority.signer())
-                    .map(|(_, c)| c.raw_serial().to_vec())
-                    .unwrap_or_default()
-                    .as_slice(),
-            );
-            state.set_authority(authority);
-            state.metrics.reload("rotation", true);
-            tracing::info!(
-                target: "zident::ca",
-                roots,
-                sequence,
-                signer = %signer_serial,
-                signer_changed,
-                "root rotation applied: the trust bundle and signing key are now as {} says",
-                dir_store::STATE_FILE
-            );
-        }
+        Ok(authority) => apply_rotated(state, serving, authority),
         Err(e) => {
             state.metrics.reload("rotation", false);
             tracing::error!(target: "zident::ca", "root rotation state rejected, keeping the current keys: {e}");
         }
     }
+}
+
+/// Puts a rotated `authority` in force (from any root store), unless it is the one in use:
+/// the serving certificate is renewed under it first, or nothing changes.
+pub(crate) fn apply_rotated(state: &CaState, serving: &ServingCert, authority: Authority) {
+    let current = state.authority();
+    if authority.signer() == current.signer()
+        && authority.bundle().roots() == current.bundle().roots()
+        && authority.bundle().sequence() == current.bundle().sequence()
+    {
+        return;
+    }
+    if let Err(e) = serving.renew(&authority) {
+        tracing::error!(target: "zident::ca", "the rotated root cannot sign a serving certificate, keeping the current one: {e}");
+        state.metrics.reload("rotation", false);
+        return;
+    }
+    let signer_changed = authority.signer() != current.signer();
+    let (roots, sequence) = (
+        authority.bundle().roots().len(),
+        authority.bundle().sequence(),
+    );
+    let signer_serial = zident_identity::serial_hex(
+        X509Certificate::from_der(authority.signer())
+            .map(|(_, c)| c.raw_serial().to_vec())
+            .unwrap_or_default()
+            .as_slice(),
+    );
+    state.set_authority(authority);
+    state.metrics.reload("rotation", true);
+    tracing::info!(
+        target: "zident::ca",
+        roots,
+        sequence,
+        signer = %signer_serial,
+        signer_changed,
+        "root rotation applied: the trust bundle and signing key are now as the rotation state says"
+    );
 }

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use zident_ca::datastore::{Kek, Store, StoredRoot};
+use zident_ca::datastore::{Kek, Store};
 use zident_ca::dir_store::{self, DirStore};
 use zident_ca::rotation::{self, Phase, RotationError, RotationState, StepRequest, Timing};
 use zident_ca::store::{RootStore, take_step};
@@ -36,9 +36,45 @@ fn request(phase: Phase, now: SystemTime, force: bool) -> StepRequest {
     }
 }
 
-/// What the scenario asks of a store beyond the trait: which generations still have keys.
-trait Keys {
-    async fn keyed_generations(&mut self) -> Vec<u32>;
+/// The generations a store still holds keys for (root and JWT), read through the seam.
+async fn keyed_generations<S: RootStore>(store: &mut S) -> Vec<u32> {
+    let state = store.state().await.unwrap().unwrap();
+    let mut all: Vec<u32> = state.history.iter().map(|e| e.generation).collect();
+    all.push(state.active);
+    all.sort_unstable();
+    all.dedup();
+    let mut keyed: Vec<u32> = store
+        .generations(&all)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|g| g.key_pem.is_some() && g.jwt_key_pem.is_some())
+        .map(|g| g.generation)
+        .collect();
+    keyed.sort_unstable();
+    keyed
+}
+
+/// The authority the store's state and generations make: it signs with the active root's key
+/// and trusts exactly the generations in the bundle.
+async fn authority_agrees<S: RootStore>(store: &mut S, data_dir: &std::path::Path) {
+    let state = store.state().await.unwrap().unwrap();
+    let generations = store.generations(&state.in_bundle()).await.unwrap();
+    let td = TrustDomain::new(&state.trust_domain).unwrap();
+    let authority =
+        zident_ca::Authority::from_generations(data_dir, &td, &state, &generations).unwrap();
+    let active = generations
+        .iter()
+        .find(|g| g.generation == state.active)
+        .unwrap();
+    let active_der = zident_identity::pem::certs_from_pem(active.cert_pem.as_bytes()).unwrap();
+    assert_eq!(authority.signer(), &active_der[0], "the active root signs");
+    assert_eq!(authority.bundle().roots().len(), state.in_bundle().len());
+    assert_eq!(authority.bundle().sequence(), state.sequence);
+    assert!(
+        authority.jwt_kid().is_some(),
+        "the active generation's JWT key signs"
+    );
 }
 
 async fn refused<S: RootStore>(store: &mut S, req: StepRequest, needle: &str) {
@@ -57,7 +93,7 @@ async fn refused<S: RootStore>(store: &mut S, req: StepRequest, needle: &str) {
 
 /// The scenario. `a` and `b` are two writers on one store (two replicas, or a CA and
 /// `zident ca rotate`).
-async fn scenario<S: RootStore + Keys>(a: &mut S, b: &mut S) {
+async fn scenario<S: RootStore>(a: &mut S, b: &mut S, data_dir: &std::path::Path) {
     let t0 = SystemTime::now();
     let start = a.state().await.unwrap().expect("the store was set up");
     assert_eq!((start.active, start.prepared, start.sequence), (1, None, 1));
@@ -86,8 +122,9 @@ async fn scenario<S: RootStore + Keys>(a: &mut S, b: &mut S) {
     );
     let s = a.state().await.unwrap().unwrap();
     assert_eq!((s.active, s.prepared, s.sequence), (1, Some(2), 2));
-    assert_eq!(a.keyed_generations().await, vec![1, 2]);
+    assert_eq!(keyed_generations(a).await, vec![1, 2]);
 
+    authority_agrees(a, data_dir).await;
     refused(a, request(Phase::Activate, t0, false), "too early").await;
 
     // A change planned on a state another writer has since moved is a conflict, and
@@ -112,6 +149,7 @@ async fn scenario<S: RootStore + Keys>(a: &mut S, b: &mut S) {
     let s = a.state().await.unwrap().unwrap();
     assert_eq!(s, after_b, "the conflicting commit changed nothing");
     assert_eq!((s.active, s.previous, s.sequence), (2, Some(1), 2));
+    authority_agrees(a, data_dir).await;
 
     refused(a, request(Phase::Prepare, t0, false), "retire it first").await;
     refused(
@@ -128,10 +166,11 @@ async fn scenario<S: RootStore + Keys>(a: &mut S, b: &mut S) {
     .unwrap();
     assert_eq!((s.active, s.previous, s.sequence), (2, None, 3));
     assert_eq!(
-        a.keyed_generations().await,
+        keyed_generations(a).await,
         vec![2],
         "the retired generation's keys are gone"
     );
+    authority_agrees(a, data_dir).await;
     let phases: Vec<&str> = s.history.iter().map(|e| e.phase.as_str()).collect();
     assert_eq!(
         phases,
@@ -159,23 +198,6 @@ async fn scenario<S: RootStore + Keys>(a: &mut S, b: &mut S) {
     );
 }
 
-impl Keys for DirStore {
-    async fn keyed_generations(&mut self) -> Vec<u32> {
-        let state = self.state().await.unwrap().unwrap();
-        let dir = self.data_dir().to_owned();
-        let mut all: Vec<u32> = state.history.iter().map(|e| e.generation).collect();
-        all.push(state.active);
-        all.sort_unstable();
-        all.dedup();
-        all.into_iter()
-            .filter(|g| {
-                let d = dir_store::generation_dir(&dir, *g);
-                d.join("ca-key.pem").exists() && d.join("jwt-key.pem").exists()
-            })
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn the_data_dir_store_keeps_the_rules() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,7 +206,7 @@ async fn the_data_dir_store_keeps_the_rules() {
     dir_store::ensure_state(dir.path(), &td, timing()).unwrap();
     let mut a = DirStore::new(dir.path());
     let mut b = DirStore::new(dir.path());
-    scenario(&mut a, &mut b).await;
+    scenario(&mut a, &mut b, dir.path()).await;
 }
 
 /// A PostgreSQL session as a store, with the KEK its steps seal keys under.
@@ -194,6 +216,12 @@ struct Pg {
 }
 
 impl RootStore for Pg {
+    async fn generations(
+        &mut self,
+        which: &[u32],
+    ) -> Result<Vec<zident_ca::generation::StoredGeneration>, RotationError> {
+        self.roots().generations(which).await
+    }
     async fn state(&mut self) -> Result<Option<RotationState>, RotationError> {
         self.roots().state().await
     }
@@ -216,17 +244,6 @@ impl Pg {
             kek: &self.kek,
             by: "root_store test",
         }
-    }
-}
-
-impl Keys for Pg {
-    async fn keyed_generations(&mut self) -> Vec<u32> {
-        let roots: Vec<StoredRoot> = self.store.roots().await.unwrap();
-        roots
-            .into_iter()
-            .filter(|r| r.key_sealed.is_some() && r.jwt_key_sealed.is_some())
-            .map(|r| r.generation)
-            .collect()
     }
 }
 
@@ -263,5 +280,5 @@ async fn the_postgres_store_keeps_the_rules() {
         store: Store::connect(&pg.url()).await.unwrap(),
         kek: Kek::load(&kek_path).unwrap(),
     };
-    scenario(&mut a, &mut b).await;
+    scenario(&mut a, &mut b, dir.path()).await;
 }

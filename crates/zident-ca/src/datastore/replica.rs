@@ -13,10 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::kek::Kek;
+use super::store::open_generations;
 use super::store::{STATEMENT_TIMEOUT, Store, redact};
 use super::{DatastoreConfig, MeshForStoreError, NotReady, StoreError, files, mesh_for_store};
 use crate::config::CaConfig;
 use crate::reload;
+use crate::roots::authority::Authority;
 use crate::roots::dir_store;
 use crate::roots::rotation;
 use crate::server::ServingCert;
@@ -177,21 +179,37 @@ async fn sync(
             || !dir.join(dir_store::STATE_FILE).exists())
     {
         let roots = within(store.roots()).await?;
+        // A running CA takes the authority straight from the rows; the working copy written
+        // beside it is the cache a replica starts from while the database is away.
+        let rotated = match running {
+            Some(r) => {
+                let td = r.state.authorizer().trust_domain().clone();
+                let generations = open_generations(&roots, kek, &state.in_bundle())?;
+                match Authority::from_generations(dir, &td, &state, &generations) {
+                    Ok(authority) => Some((authority, r.state.clone(), r.serving.clone())),
+                    Err(e) => {
+                        r.state.metrics.reload("rotation", false);
+                        tracing::error!(target: "zident::ca", "the datastore's roots are unusable, keeping the current keys: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let (dir, kek) = (dir.clone(), kek.clone());
         blocking(move || {
             files::write_roots(&dir, &roots, &kek)?;
-            files::write_rotation(&dir, &state)
+            files::write_rotation(&dir, &state)?;
+            if let Some((authority, ca, serving)) = rotated {
+                if let Err(e) = authority.publish_root_cert(&dir) {
+                    tracing::error!(target: "zident::ca", "cannot publish root-cert.pem: {e}");
+                }
+                reload::apply_rotated(&ca, &serving, authority);
+            }
+            Ok(())
         })
         .await?;
         status.rotation_version.store(version, Ordering::SeqCst);
-        if let Some(r) = running {
-            let (state, config, serving) = (r.state.clone(), config.clone(), r.serving.clone());
-            blocking(move || {
-                reload::reload_rotation(&state, &config, &serving);
-                Ok(())
-            })
-            .await?;
-        }
     }
     if let Some(row) = within(store.latest_mesh()).await?
         && (row.version != status.mesh_version.load(Ordering::SeqCst)

@@ -12,7 +12,7 @@ use zident_identity::TrustDomain;
 use super::StoreError;
 use super::kek::{Kek, KeyKind};
 use super::schema::{LOCK_BOOTSTRAP, migrate};
-use crate::roots::generation::{NewGeneration, jwt_key_pem};
+use crate::roots::generation::{Generation, NewGeneration, StoredGeneration, jwt_key_pem};
 use crate::roots::ledger::Issuance;
 use crate::roots::rotation::{self, Change, Phase, RotationError, RotationState, StepRequest};
 use crate::roots::store::{RootSnapshot, RootStore, take_step};
@@ -501,6 +501,14 @@ pub struct PgRoots<'a> {
 }
 
 impl RootStore for PgRoots<'_> {
+    async fn generations(
+        &mut self,
+        which: &[Generation],
+    ) -> Result<Vec<StoredGeneration>, RotationError> {
+        let rows = self.store.roots().await.map_err(store_error)?;
+        open_generations(&rows, self.kek, which).map_err(store_error)
+    }
+
     async fn state(&mut self) -> Result<Option<RotationState>, RotationError> {
         Ok(self
             .store
@@ -570,6 +578,28 @@ impl RootStore for PgRoots<'_> {
         tx.commit().await.map_err(db_error)?;
         Ok(())
     }
+}
+
+/// The generations `which` of `rows`, their keys opened with `kek`.
+pub(crate) fn open_generations(
+    rows: &[StoredRoot],
+    kek: &Kek,
+    which: &[Generation],
+) -> Result<Vec<StoredGeneration>, StoreError> {
+    let open = |kind, g, sealed: &Option<Vec<u8>>| {
+        sealed.as_ref().map(|s| kek.open(kind, g, s)).transpose()
+    };
+    rows.iter()
+        .filter(|r| which.contains(&r.generation))
+        .map(|r| {
+            Ok(StoredGeneration {
+                generation: r.generation,
+                cert_pem: r.cert_pem.clone(),
+                key_pem: open(KeyKind::Root, r.generation, &r.key_sealed)?,
+                jwt_key_pem: open(KeyKind::Jwt, r.generation, &r.jwt_key_sealed)?,
+            })
+        })
+        .collect()
 }
 
 fn store_error(e: StoreError) -> RotationError {

@@ -24,6 +24,7 @@ use zident_identity::{CsrPublicKey, SpiffeId, TrustBundle, TrustDomain, profile,
 use crate::persist::{create_private_dir, write_atomic};
 use crate::roots::dir_store;
 use crate::roots::files::FileError;
+use crate::roots::generation::StoredGeneration;
 use crate::roots::rotation;
 
 fn rotation_error(e: rotation::RotationError) -> AuthorityError {
@@ -45,6 +46,16 @@ pub enum AuthorityError {
     /// Signing failed.
     #[error("signing failed: {0}")]
     Sign(String),
+    /// A stored root generation is unusable.
+    #[error("root generation {generation} ({part}): {message}")]
+    Generation {
+        /// The generation.
+        generation: u32,
+        /// Which part: `ca-cert.pem`, `ca-key.pem` or `jwt-key.pem`.
+        part: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// Where the keys come from.
@@ -96,11 +107,12 @@ impl Authority {
         trust_domain: &TrustDomain,
         root_lifetime: Duration,
     ) -> Result<Self, AuthorityError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| AuthorityError::from(FileError::Io { path, source })
-        };
-        create_private_dir(dir).map_err(io(dir))?;
+        create_private_dir(dir).map_err(|source| {
+            AuthorityError::from(FileError::Io {
+                path: dir.to_owned(),
+                source,
+            })
+        })?;
         let state = match dir_store::read_state(dir).map_err(rotation_error)? {
             Some(state) => state,
             None => {
@@ -122,61 +134,86 @@ impl Authority {
         // A certificate lost while its key survived (a crash between the two writes) is
         // re-made from the key: certificates it signed still verify.
         Self::create_first_root(&active_dir, trust_domain, root_lifetime)?;
-        let key = read_key(&key_path)?;
-        let cert_path = active_dir.join(CA_CERT);
-        let cert = first_cert(
-            &cert_path,
-            &std::fs::read(&cert_path).map_err(io(&cert_path))?,
-        )?;
-        check_key_matches(&cert_path, &cert, &key)?;
+        let generations =
+            dir_store::read_generations(dir, &state.in_bundle()).map_err(rotation_error)?;
+        let authority = Self::from_generations(dir, trust_domain, &state, &generations)?;
+        authority.publish_root_cert(dir)?;
+        Ok(authority)
+    }
+
+    /// The self-signed authority that `state` and the stored `generations` describe, from
+    /// whichever root store they came (the data dir, or the datastore's rows): the active
+    /// generation signs, every generation in the bundle is trusted, each one's JWT key is
+    /// published and the active one's signs; during an overlap the previous root signs the
+    /// CA's serving certificate. `data_dir` is where `root-cert.pem` is published.
+    pub fn from_generations(
+        data_dir: &Path,
+        trust_domain: &TrustDomain,
+        state: &rotation::RotationState,
+        generations: &[StoredGeneration],
+    ) -> Result<Self, AuthorityError> {
+        let find = |g: u32| {
+            generations
+                .iter()
+                .find(|s| s.generation == g)
+                .ok_or_else(|| stored(g, CA_CERT, "the store holds no such generation".into()))
+        };
+        let active = find(state.active)?;
+        let key_pem = active.key_pem.as_ref().ok_or_else(|| {
+            stored(
+                state.active,
+                CA_KEY,
+                "the key of the active root is missing; restore it from a backup (zident never makes a new root in place of a lost one)".into(),
+            )
+        })?;
+        let key = parse_key(key_pem, state.active)?;
+        let cert = parse_first_cert(&active.cert_pem, state.active)?;
+        key_matches(&cert, &key, state.active)?;
         let mut bundle = TrustBundle::new(trust_domain.clone());
-        for generation in state.in_bundle() {
-            let path = dir_store::generation_dir(dir, generation).join(CA_CERT);
-            let root = first_cert(&path, &std::fs::read(&path).map_err(io(&path))?)?;
+        let mut jwt_signer = None;
+        for g in state.in_bundle() {
+            let held = find(g)?;
+            let root = parse_first_cert(&held.cert_pem, g)?;
             bundle
                 .add_root(root)
-                .map_err(|e| invalid(&path, e.to_string()))?;
+                .map_err(|e| stored(g, CA_CERT, e.to_string()))?;
+            if let Some(pem) = &held.jwt_key_pem {
+                let signer =
+                    JwtSigner::from_pem(pem).map_err(|e| stored(g, JWT_KEY, e.to_string()))?;
+                bundle.add_jwt_key(signer.public().clone());
+                if g == state.active {
+                    jwt_signer = Some(Arc::new(signer));
+                }
+            }
         }
         bundle.set_sequence(state.sequence);
-        // The JWT keys of the same generations; the active one signs.
-        let mut jwt_signer = None;
-        for generation in state.in_bundle() {
-            let path = dir_store::generation_dir(dir, generation).join(JWT_KEY);
-            if !path.exists() {
-                continue;
-            }
-            let signer = read_jwt_key(&path)?;
-            bundle.add_jwt_key(signer.public().clone());
-            if generation == state.active {
-                jwt_signer = Some(Arc::new(signer));
-            }
-        }
-        let mut authority =
-            Self::assemble(Mode::SelfSigned(dir.to_owned()), key, cert, vec![], bundle)?;
+        let mut authority = Self::assemble(
+            Mode::SelfSigned(data_dir.to_owned()),
+            key,
+            cert,
+            vec![],
+            bundle,
+        )?;
         authority.jwt_signer = jwt_signer;
-        if let Some(previous) = state.previous {
-            let gen_dir = dir_store::generation_dir(dir, previous);
-            let (key_path, cert_path) = (gen_dir.join(CA_KEY), gen_dir.join(CA_CERT));
-            if key_path.exists() {
-                let key = read_key(&key_path)?;
-                let cert = first_cert(
-                    &cert_path,
-                    &std::fs::read(&cert_path).map_err(io(&cert_path))?,
-                )?;
-                check_key_matches(&cert_path, &cert, &key)?;
-                let (_, parsed) = X509Certificate::from_der(&cert)
-                    .map_err(|e| invalid(&cert_path, e.to_string()))?;
-                let not_after = to_system_time(parsed.validity().not_after);
-                let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| {
-                    invalid(
-                        &cert_path,
-                        format!("cannot sign with this certificate: {e}"),
-                    )
-                })?;
-                authority.serving_signer = Some((issuer, not_after));
-            }
+        if let Some(previous) = state.previous
+            && let Some(key_pem) = &find(previous)?.key_pem
+        {
+            let held = find(previous)?;
+            let key = parse_key(key_pem, previous)?;
+            let cert = parse_first_cert(&held.cert_pem, previous)?;
+            key_matches(&cert, &key, previous)?;
+            let (_, parsed) = X509Certificate::from_der(&cert)
+                .map_err(|e| stored(previous, CA_CERT, e.to_string()))?;
+            let not_after = to_system_time(parsed.validity().not_after);
+            let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| {
+                stored(
+                    previous,
+                    CA_CERT,
+                    format!("cannot sign with this certificate: {e}"),
+                )
+            })?;
+            authority.serving_signer = Some((issuer, not_after));
         }
-        authority.publish_root_cert(dir)?;
         Ok(authority)
     }
 
@@ -543,6 +580,54 @@ pub struct DnsIssued {
     pub not_before: SystemTime,
     /// The leaf's notAfter.
     pub not_after: SystemTime,
+}
+
+fn stored(generation: u32, part: &'static str, message: String) -> AuthorityError {
+    AuthorityError::Generation {
+        generation,
+        part,
+        message,
+    }
+}
+
+/// A stored generation's private key, from PEM (PKCS#8, SEC1 or PKCS#1).
+fn parse_key(pem: &[u8], generation: u32) -> Result<KeyPair, AuthorityError> {
+    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        stored(
+            generation,
+            CA_KEY,
+            format!("no usable private key (PKCS#8, SEC1 or PKCS#1 PEM): {e}"),
+        )
+    })?;
+    KeyPair::try_from(&der)
+        .map_err(|e| stored(generation, CA_KEY, format!("unsupported private key: {e}")))
+}
+
+/// A stored generation's root certificate: the first of its PEM.
+fn parse_first_cert(pem: &str, generation: u32) -> Result<CertificateDer<'static>, AuthorityError> {
+    certs_from_pem(pem.as_bytes())
+        .map_err(|e| stored(generation, CA_CERT, e.to_string()))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| stored(generation, CA_CERT, "no certificate".into()))
+}
+
+/// Whether a stored generation's `cert` is its `key`'s certificate.
+fn key_matches(
+    cert: &CertificateDer<'_>,
+    key: &KeyPair,
+    generation: u32,
+) -> Result<(), AuthorityError> {
+    let (_, parsed) =
+        X509Certificate::from_der(cert).map_err(|e| stored(generation, CA_CERT, e.to_string()))?;
+    if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
+        return Err(stored(
+            generation,
+            CA_CERT,
+            format!("the certificate does not match the private key in {CA_KEY}"),
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(path: &Path, message: String) -> AuthorityError {

@@ -14,11 +14,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use x509_parser::prelude::*;
+use zeroize::Zeroizing;
 use zident_identity::{TrustDomain, rfc3339, serial_hex, to_system_time};
 
 use crate::persist::{create_private_dir, write_atomic};
 use crate::roots::files::{CA_CERT, CA_KEY, FileError, JWT_KEY};
-use crate::roots::generation::{NewGeneration, jwt_key_pem};
+use crate::roots::generation::{NewGeneration, StoredGeneration, jwt_key_pem};
 use crate::roots::rotation::{
     Change, Generation, Phase, RotationError, RotationState, StepRequest, Timing,
 };
@@ -212,7 +213,46 @@ impl DirStore {
     }
 }
 
+/// The stored material of `which` in `data_dir`: each generation's certificate (required)
+/// and the keys still on disk.
+pub fn read_generations(
+    data_dir: &Path,
+    which: &[Generation],
+) -> Result<Vec<StoredGeneration>, RotationError> {
+    let optional = |path: PathBuf| -> Result<Option<Zeroizing<Vec<u8>>>, RotationError> {
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(Zeroizing::new(bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    };
+    which
+        .iter()
+        .map(|&generation| {
+            let dir = generation_dir(data_dir, generation);
+            let cert_path = dir.join(CA_CERT);
+            let cert = std::fs::read(&cert_path).map_err(io(&cert_path))?;
+            Ok(StoredGeneration {
+                generation,
+                cert_pem: String::from_utf8_lossy(&cert).into_owned(),
+                key_pem: optional(dir.join(CA_KEY))?,
+                jwt_key_pem: optional(dir.join(JWT_KEY))?,
+            })
+        })
+        .collect()
+}
+
 impl RootStore for DirStore {
+    async fn generations(
+        &mut self,
+        which: &[Generation],
+    ) -> Result<Vec<StoredGeneration>, RotationError> {
+        let (dir, which) = (self.data_dir.clone(), which.to_vec());
+        tokio::task::spawn_blocking(move || read_generations(&dir, &which))
+            .await
+            .map_err(|e| RotationError::Store(Box::new(e)))?
+    }
+
     async fn state(&mut self) -> Result<Option<RotationState>, RotationError> {
         let dir = self.data_dir.clone();
         tokio::task::spawn_blocking(move || read_state(&dir))

@@ -64,3 +64,28 @@ pub fn jwt_key_pem() -> Result<Zeroizing<Vec<u8>>, GenerationError> {
         .map(|pem| Zeroizing::new(pem.as_bytes().to_vec()))
         .map_err(|e| GenerationError(e.to_string()))
 }
+
+/// A generation as a store holds it: its root certificate, and its keys while it may still
+/// sign (`None` once retired; the JWT key also for a generation made before JWT-SVIDs). The
+/// authority is loaded from these, whichever store they came from.
+#[derive(Clone)]
+pub struct StoredGeneration {
+    /// The generation.
+    pub generation: Generation,
+    /// The root certificate, PEM.
+    pub cert_pem: String,
+    /// The root's key, PEM.
+    pub key_pem: Option<Zeroizing<Vec<u8>>>,
+    /// The JWT-SVID signing key, PEM.
+    pub jwt_key_pem: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for StoredGeneration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredGeneration")
+            .field("generation", &self.generation)
+            .field("has_key", &self.key_pem.is_some())
+            .field("has_jwt_key", &self.jwt_key_pem.is_some())
+            .finish()
+    }
+}

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 
+use crate::roots::generation::{Generation, StoredGeneration};
 use crate::roots::ledger::Issuance;
 use crate::roots::rotation::{self, Change, RotationError, RotationState, StepRequest};
 
@@ -32,6 +33,13 @@ pub trait RootStore {
 
     /// The stored state and what was issued; `None` before the first root exists.
     fn snapshot(&mut self) -> impl Future<Output = Result<Option<RootSnapshot>, RotationError>>;
+
+    /// The material of generations `which` (those in the bundle, for loading the authority):
+    /// certificates, and keys where the store still holds them.
+    fn generations(
+        &mut self,
+        which: &[Generation],
+    ) -> impl Future<Output = Result<Vec<StoredGeneration>, RotationError>>;
 
     /// Commits `change`, planned on `base`, as one atomic step: a generation `prepare` made is
     /// stored before the state that names it; a generation `retire` dropped loses its keys.
