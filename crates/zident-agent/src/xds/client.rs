@@ -116,23 +116,19 @@ impl XdsClient {
             {
                 Ok(Ok(o)) => o,
                 Ok(Err(s)) => {
+                    let ended = StreamEnded::status(replica.clone(), &s);
                     if s.code() == tonic::Code::Unavailable {
                         // The next attempt goes to another replica, if there is one.
-                        self.ca
-                            .unreachable(&replica, &format!("{}: {}", s.code(), s.message()));
+                        self.ca.unreachable(&replica, &ended.cause());
                     }
-                    return Err(StreamEnded::Status {
-                        replica,
-                        code: s.code(),
-                        message: s.message().to_owned(),
-                    });
+                    return Err(ended);
                 }
                 Err(_) => {
                     let ended = StreamEnded::Timeout {
                         replica: replica.clone(),
                         timeout: OPEN_TIMEOUT,
                     };
-                    self.ca.unreachable(&replica, &ended.to_string());
+                    self.ca.unreachable(&replica, &ended.cause());
                     return Err(ended);
                 }
             };
@@ -154,13 +150,9 @@ impl XdsClient {
                 Ok(None) => return Ok(()),
                 Err(s) => {
                     // The replica went away: the next stream opens to another, if any.
-                    self.ca
-                        .unreachable(&replica, &format!("{}: {}", s.code(), s.message()));
-                    return Err(StreamEnded::Status {
-                        replica,
-                        code: s.code(),
-                        message: s.message().to_owned(),
-                    });
+                    let ended = StreamEnded::status(replica.clone(), &s);
+                    self.ca.unreachable(&replica, &ended.cause());
+                    return Err(ended);
                 }
             };
             // What has already arrived goes into the same judgement.

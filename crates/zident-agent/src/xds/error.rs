@@ -64,6 +64,27 @@ pub enum StreamEnded {
     },
 }
 
+impl StreamEnded {
+    /// The replica's error `status`.
+    pub fn status(replica: String, status: &tonic::Status) -> Self {
+        Self::Status {
+            replica,
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+
+    /// What went wrong with the replica, without its name: what `/debug/connections` shows
+    /// as the replica's last error.
+    pub fn cause(&self) -> String {
+        match self {
+            Self::Status { code, message, .. } => format!("{code}: {message}"),
+            Self::Timeout { timeout, .. } => format!("no answer within {timeout:?}"),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Why the on-disk copy of the last good mesh cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
