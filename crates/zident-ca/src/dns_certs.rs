@@ -131,14 +131,24 @@ fn dns_names(cert: &X509Certificate<'_>) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Keeps the certificates of the mesh in force in `dir`, for as long as the CA runs.
+/// Keeps the certificates of the mesh in force in `dir`, for as long as the CA runs. Each
+/// pass runs on the blocking pool.
 pub(crate) async fn run(state: Arc<CaState>, dir: PathBuf, ttl: Duration) {
     let mut mesh = state.subscribe_mesh();
     let mut authority = state.subscribe_authority();
     loop {
         let wanted = mesh.borrow_and_update().mesh.certificates.clone();
         authority.borrow_and_update();
-        let next = sync(&state, &dir, &wanted, ttl, SystemTime::now());
+        // A pass reads and writes files (with fsync): the blocking pool's work.
+        let (st, d) = (state.clone(), dir.clone());
+        let pass =
+            tokio::task::spawn_blocking(move || sync(&st, &d, &wanted, ttl, SystemTime::now()));
+        let next = match pass.await {
+            Ok(next) => next,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down.
+            Err(_) => return,
+        };
         let wait = next
             .duration_since(SystemTime::now())
             .unwrap_or_default()

@@ -21,14 +21,6 @@ impl MeshOrigin {
     pub fn file(path: &Path) -> Self {
         Self::File(path.to_owned())
     }
-
-    /// The file, when the mesh came from one.
-    pub fn path(&self) -> Option<&Path> {
-        match self {
-            Self::File(p) => Some(p),
-            Self::ControlPlane(_) | Self::Cached(_) => None,
-        }
-    }
 }
 
 impl std::fmt::Display for MeshOrigin {

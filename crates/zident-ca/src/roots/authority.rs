@@ -196,9 +196,9 @@ impl Authority {
         )?;
         authority.jwt_signer = jwt_signer;
         if let Some(previous) = state.previous
-            && let Some(key_pem) = &find(previous)?.key_pem
+            && let held = find(previous)?
+            && let Some(key_pem) = &held.key_pem
         {
-            let held = find(previous)?;
             let key = parse_key(key_pem, previous)?;
             let cert = parse_first_cert(&held.cert_pem, previous)?;
             key_matches(&cert, &key, previous)?;
@@ -590,26 +590,52 @@ fn stored(generation: u32, part: &'static str, message: String) -> AuthorityErro
     }
 }
 
-/// A stored generation's private key, from PEM (PKCS#8, SEC1 or PKCS#1).
+/// What is wrong with a key or certificate, wherever it is kept: the file helpers below name
+/// the file, the stored-generation helpers the generation.
+#[derive(Debug, thiserror::Error)]
+enum BadMaterial {
+    #[error("no usable private key (PKCS#8, SEC1 or PKCS#1 PEM): {0}")]
+    NoKey(String),
+    #[error("unsupported private key: {0}")]
+    UnsupportedKey(String),
+    #[error("{0}")]
+    Certificate(String),
+    #[error("no certificate")]
+    NoCertificate,
+    #[error("the certificate does not match the private key in {CA_KEY}")]
+    Mismatch,
+}
+
+fn key_from_pem(pem: &[u8]) -> Result<KeyPair, BadMaterial> {
+    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| BadMaterial::NoKey(e.to_string()))?;
+    KeyPair::try_from(&der).map_err(|e| BadMaterial::UnsupportedKey(e.to_string()))
+}
+
+fn first_cert_of(pem: &[u8]) -> Result<CertificateDer<'static>, BadMaterial> {
+    certs_from_pem(pem)
+        .map_err(|e| BadMaterial::Certificate(e.to_string()))?
+        .into_iter()
+        .next()
+        .ok_or(BadMaterial::NoCertificate)
+}
+
+fn cert_matches_key(cert: &CertificateDer<'_>, key: &KeyPair) -> Result<(), BadMaterial> {
+    let (_, parsed) =
+        X509Certificate::from_der(cert).map_err(|e| BadMaterial::Certificate(e.to_string()))?;
+    if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
+        return Err(BadMaterial::Mismatch);
+    }
+    Ok(())
+}
+
+/// A stored generation's private key.
 fn parse_key(pem: &[u8], generation: u32) -> Result<KeyPair, AuthorityError> {
-    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
-        stored(
-            generation,
-            CA_KEY,
-            format!("no usable private key (PKCS#8, SEC1 or PKCS#1 PEM): {e}"),
-        )
-    })?;
-    KeyPair::try_from(&der)
-        .map_err(|e| stored(generation, CA_KEY, format!("unsupported private key: {e}")))
+    key_from_pem(pem).map_err(|e| stored(generation, CA_KEY, e.to_string()))
 }
 
 /// A stored generation's root certificate: the first of its PEM.
 fn parse_first_cert(pem: &str, generation: u32) -> Result<CertificateDer<'static>, AuthorityError> {
-    certs_from_pem(pem.as_bytes())
-        .map_err(|e| stored(generation, CA_CERT, e.to_string()))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| stored(generation, CA_CERT, "no certificate".into()))
+    first_cert_of(pem.as_bytes()).map_err(|e| stored(generation, CA_CERT, e.to_string()))
 }
 
 /// Whether a stored generation's `cert` is its `key`'s certificate.
@@ -618,16 +644,7 @@ fn key_matches(
     key: &KeyPair,
     generation: u32,
 ) -> Result<(), AuthorityError> {
-    let (_, parsed) =
-        X509Certificate::from_der(cert).map_err(|e| stored(generation, CA_CERT, e.to_string()))?;
-    if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
-        return Err(stored(
-            generation,
-            CA_CERT,
-            format!("the certificate does not match the private key in {CA_KEY}"),
-        ));
-    }
-    Ok(())
+    cert_matches_key(cert, key).map_err(|e| stored(generation, CA_CERT, e.to_string()))
 }
 
 fn invalid(path: &Path, message: String) -> AuthorityError {
@@ -644,13 +661,7 @@ fn read_key(path: &Path) -> Result<KeyPair, AuthorityError> {
             source,
         })
     })?;
-    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        invalid(
-            path,
-            format!("no usable private key (PKCS#8, SEC1 or PKCS#1 PEM): {e}"),
-        )
-    })?;
-    KeyPair::try_from(&der).map_err(|e| invalid(path, format!("unsupported private key: {e}")))
+    key_from_pem(&pem).map_err(|e| invalid(path, e.to_string()))
 }
 
 fn read_jwt_key(path: &Path) -> Result<JwtSigner, AuthorityError> {
@@ -664,11 +675,7 @@ fn read_jwt_key(path: &Path) -> Result<JwtSigner, AuthorityError> {
 }
 
 fn first_cert(path: &Path, pem: &[u8]) -> Result<CertificateDer<'static>, AuthorityError> {
-    certs_from_pem(pem)
-        .map_err(|e| invalid(path, e.to_string()))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| invalid(path, "no certificate".into()))
+    first_cert_of(pem).map_err(|e| invalid(path, e.to_string()))
 }
 
 fn check_key_matches(
@@ -676,14 +683,7 @@ fn check_key_matches(
     cert: &CertificateDer<'_>,
     key: &KeyPair,
 ) -> Result<(), AuthorityError> {
-    let (_, parsed) = X509Certificate::from_der(cert).map_err(|e| invalid(path, e.to_string()))?;
-    if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
-        return Err(invalid(
-            path,
-            format!("the certificate does not match the private key in {CA_KEY}"),
-        ));
-    }
-    Ok(())
+    cert_matches_key(cert, key).map_err(|e| invalid(path, e.to_string()))
 }
 
 fn check_is_ca(path: &Path, cert: &CertificateDer<'_>) -> Result<(), AuthorityError> {

@@ -174,11 +174,6 @@ impl DirStore {
         }
     }
 
-    /// The data dir.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
     /// The state and the ledger, read now (blocking).
     pub fn read(&self) -> Result<Option<RootSnapshot>, RotationError> {
         Ok(read_state(&self.data_dir)?.map(|state| RootSnapshot {
