@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use zident_testkit::modgraph::crate_cycles;
+use zident_testkit::modgraph::{crate_cycles, crate_dependencies};
 
 /// The crate roots below `crates/`: `src/lib.rs`, `src/main.rs`, and each file of `tests/`
 /// and `benches/`.
@@ -62,4 +62,38 @@ fn no_module_imports_one_that_imports_it_back() {
         "module cycles (move the shared item into the module that owns it, or a module of its own):\n{}",
         found.join("\n")
     );
+}
+
+/// The graph sees the dependencies the crates really have, written each way the checker reads
+/// (a `use` line, a path inline in code, a re-export followed to its module): were it blind,
+/// "no cycles" above would mean nothing.
+#[test]
+fn the_graph_sees_known_dependencies() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let expect = [
+        // `use crate::roots::generation::{…}` in rotation.rs.
+        (
+            "zident-ca/src/lib.rs",
+            "crate::roots::rotation",
+            "crate::roots::generation",
+        ),
+        // `use crate::ca::endpoints::{CaAddressError, Endpoints}` in client.rs.
+        (
+            "zident-agent/src/lib.rs",
+            "crate::ca::client",
+            "crate::ca::endpoints",
+        ),
+        // Inline: `crate::MESH` in decode.rs, followed through lib.rs's re-export.
+        ("zident-xds/src/lib.rs", "crate::decode", "crate::types"),
+        // Inline: `crate::print::say!(…)` in cli.rs.
+        ("zident/src/main.rs", "crate::cli", "crate::print"),
+    ];
+    for (root, from, to) in expect {
+        let deps = crate_dependencies(&crates.join(root)).unwrap();
+        assert!(
+            deps.contains(&(from.to_owned(), to.to_owned())),
+            "{root}: the module graph lost {from} -> {to}; it has {} dependencies",
+            deps.len()
+        );
+    }
 }

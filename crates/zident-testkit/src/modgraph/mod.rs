@@ -55,6 +55,19 @@ pub fn crate_cycles(root: &Path) -> Result<Vec<Cycle>, String> {
     Ok(cycles(&parse::crate_modules(root)?))
 }
 
+/// Every dependency between the modules of the crate whose root file is `root`, as
+/// `(from, to)` names (`crate::a::b`), for checking that the graph sees what it should.
+pub fn crate_dependencies(root: &Path) -> Result<BTreeSet<(String, String)>, String> {
+    let modules = parse::crate_modules(root)?;
+    Ok(edges(&modules)
+        .into_iter()
+        .flat_map(|(from, to)| {
+            let from = name(&from);
+            to.into_keys().map(move |t| (from.clone(), name(&t)))
+        })
+        .collect())
+}
+
 /// The module cycles of a crate given as texts, `("", lib.rs)`, `("a::b", b.rs)`, … (for the
 /// checker's own tests).
 pub fn text_cycles(files: &[(&str, &str)]) -> Vec<Cycle> {
