@@ -48,7 +48,8 @@ pub(crate) fn check(mesh: &MeshFile, origin: &MeshOrigin, yaml: &str) -> Result<
 
     // A file with no caller at all (no node, no identity-bound token) is what an empty or
     // cut-short save looks like. (A CA for dedicated-mode proxies alone has `identities:`.)
-    if mesh.nodes.is_empty()
+    if !matches!(origin, MeshOrigin::Kubernetes(_))
+        && mesh.nodes.is_empty()
         && mesh.identities.is_empty()
         && mesh.workloads.iter().all(|w| w.node.is_empty())
     {

@@ -38,6 +38,42 @@ pub enum MeshError {
     },
 }
 
+impl MeshError {
+    /// The top-level entry a refusal is about, e.g. `("workloads", 3)` for
+    /// `workloads[3] (default/a).workloadIps[0]`: lets a source that builds one mesh from many
+    /// objects (the Kubernetes API) leave out the one at fault instead of refusing them all.
+    pub fn entry(&self) -> Option<(&str, usize)> {
+        let Self::Invalid { field, .. } = self else {
+            return None;
+        };
+        let (section, rest) = field.split_once('[')?;
+        let (index, _) = rest.split_once(']')?;
+        Some((section, index.parse().ok()?))
+    }
+}
+
 fn at_line(line: &Option<usize>) -> String {
     line.map(|l| format!(", line {l}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names_the_section_and_index() {
+        let e = |field: &str| MeshError::Invalid {
+            origin: MeshOrigin::Kubernetes("https://k".into()),
+            line: None,
+            field: field.into(),
+            message: String::new(),
+        };
+        assert_eq!(
+            e("workloads[3] (default/a).workloadIps[0]").entry(),
+            Some(("workloads", 3))
+        );
+        assert_eq!(e("services[12]").entry(), Some(("services", 12)));
+        assert_eq!(e("nodes").entry(), None);
+        assert_eq!(e("trustDomain").entry(), None);
+    }
 }

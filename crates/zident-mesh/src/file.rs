@@ -482,7 +482,8 @@ impl MeshFile {
 /// The trust domain of a mesh that names none, and of an agent told none: Istio's.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
-fn default_trust_domain() -> TrustDomain {
+/// [`DEFAULT_TRUST_DOMAIN`] as a trust domain.
+pub fn default_trust_domain() -> TrustDomain {
     // A constant that satisfies every rule; a failure here is a bug in this file.
     TrustDomain::new(DEFAULT_TRUST_DOMAIN).unwrap_or_else(|e| panic!("default trust domain: {e}"))
 }

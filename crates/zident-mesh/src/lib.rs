@@ -33,7 +33,8 @@ pub use origin::MeshOrigin;
 
 pub use file::{
     CallerToken, DEFAULT_TRUST_DOMAIN, DnsCertificate, HealthStatus, IdentityEntry, MeshError,
-    MeshFile, Node, Protocol, Service, UnixId, Workload, WorkloadIdError, parse_vip,
+    MeshFile, Node, Protocol, Service, UnixId, Workload, WorkloadIdError, default_trust_domain,
+    parse_vip,
 };
 pub use policy::{
     Action, Authorization, Ignored, RbacMatch, Scope, ServiceAccountMatch, StringMatch,

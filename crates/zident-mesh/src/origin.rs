@@ -1,6 +1,7 @@
-//! Where an accepted mesh came from: a file, or the control plane's xDS stream. Messages name
-//! it, and the one rule that differs between the two (a file carries the callers' tokens, the
-//! control plane never sends them) is decided by it.
+//! Where an accepted mesh came from: a file, the control plane's xDS stream, or a Kubernetes
+//! API server. Messages name it, and the rules that differ by origin are decided by it: a file
+//! carries the callers' tokens (the control plane never sends them), and only a file can be an
+//! empty or cut-short save (an empty cluster is a real, empty mesh).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,10 @@ pub enum MeshOrigin {
     /// The control plane's last view, kept on disk in this file, served until the control
     /// plane answers.
     Cached(PathBuf),
+    /// The objects of a Kubernetes API server at this address, with the mesh file's entries
+    /// (nodes, tokens) when one is given beside it. Its tokens were checked with the file; an
+    /// empty cluster is a valid mesh.
+    Kubernetes(String),
 }
 
 impl MeshOrigin {
@@ -30,6 +35,7 @@ impl std::fmt::Display for MeshOrigin {
             Self::ControlPlane(address) => {
                 write!(f, "the mesh from the control plane at {address}")
             }
+            Self::Kubernetes(server) => write!(f, "the mesh from the Kubernetes API at {server}"),
             Self::Cached(p) => write!(
                 f,
                 "the control plane's last mesh, cached in {}",
