@@ -1,0 +1,40 @@
+//! The mesh from a Kubernetes API server, as istiod builds it for ztunnel: pods enrolled by the
+//! `istio.io/dataplane-mode=ambient` label become workloads (their ServiceAccount is their
+//! identity), Services become VIPs with their backends, `security.istio.io/v1`
+//! AuthorizationPolicies become the L4 policy ztunnel enforces, and istiod's mesh ConfigMap gives
+//! the trust domain, extra roots and DNS certificates.
+//!
+//! - `source`: the watchers (list-then-watch reflectors, never polling) and their health;
+//! - `translate`: objects to mesh parts, pure, with a [`Finding`] per object refused or partly
+//!   enforced (`workloads`, `services`, `policy`, `mesh_config` do one kind each);
+//! - `combine`: the cluster's parts and a mesh file's as one mesh checked whole, leaving out an
+//!   object that breaks a rule instead of refusing them all;
+//! - `events`: findings as Kubernetes Events on their objects.
+//!
+//! The CA runs this; agents and ztunnels never talk to the API server: they follow the CA's xDS
+//! stream.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod combine;
+mod events;
+mod finding;
+pub mod mesh_config;
+mod policy;
+mod services;
+mod source;
+mod translate;
+mod workloads;
+
+pub use combine::{Combined, combine};
+pub use events::EventPublisher;
+pub use finding::{Finding, ObjectRef, Severity};
+pub use mesh_config::{MeshConfigError, MeshSettings};
+pub use services::DOMAIN_SUFFIX;
+pub use source::{
+    Connection, REQUEST_TIMEOUT, SourceConfig, SourceError, SourceStatus, WatchHealth, Watching,
+    authorization_policy_resource,
+};
+pub use translate::{ClusterMesh, Objects, translate};
+pub use workloads::{AMBIENT, CLUSTER_ID, DATAPLANE_MODE, NONE};

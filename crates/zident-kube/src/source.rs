@@ -1,0 +1,470 @@
+//! Watching the API server: one reflector per kind (namespaces, pods, services, the mesh
+//! ConfigMap, AuthorizationPolicies), each a list-then-watch that resumes from its last
+//! resourceVersion and re-lists after an outage, never a poll. The stores keep the last good
+//! view through an outage; the status says which watch is failing and since when.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::mesh_config;
+use crate::translate::Objects;
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The control plane's namespace, where istiod's mesh ConfigMap lives (`istio-system`).
+    pub namespace: String,
+    /// How long the first full list of every kind may take before start-up fails.
+    pub initial_sync: Duration,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            namespace: mesh_config::DEFAULT_ROOT_NAMESPACE.into(),
+            initial_sync: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the watchers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The client cannot be built (no kubeconfig, no in-cluster account).
+    #[error(
+        "cannot configure a Kubernetes client: {0}; set KUBECONFIG, or run in a pod with a service account"
+    )]
+    Client(#[source] kube::Error),
+    /// API discovery failed (the server is not reachable, or refuses us).
+    #[error("cannot reach the Kubernetes API at {server}: {source}")]
+    Unreachable {
+        /// The server.
+        server: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A kind did not list in time.
+    #[error(
+        "the Kubernetes API at {server} did not list {kinds} within {}s: {last_error}; check that the server is up and that the CA's account may list and watch them",
+        timeout.as_secs()
+    )]
+    InitialSync {
+        /// The server.
+        server: String,
+        /// The kinds still missing.
+        kinds: String,
+        /// How long it waited.
+        timeout: Duration,
+        /// The watch's last error, if any.
+        last_error: String,
+    },
+}
+
+/// The health of one watch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchHealth {
+    /// Has listed everything once.
+    pub synced: bool,
+    /// Failing since this time (`None`: healthy).
+    pub failing_since: Option<SystemTime>,
+    /// Its last error.
+    pub last_error: Option<String>,
+}
+
+/// The source's health, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// The API server.
+    pub server: String,
+    /// Each watched kind's health.
+    pub kinds: BTreeMap<&'static str, WatchHealth>,
+    /// Whether AuthorizationPolicies are watched (their CRD was served at start).
+    pub policies_watched: bool,
+}
+
+impl SourceStatus {
+    /// Since when the view has been stale (the earliest failing watch), or `None` when every
+    /// watch is healthy.
+    pub fn stale_since(&self) -> Option<SystemTime> {
+        self.kinds.values().filter_map(|h| h.failing_since).min()
+    }
+}
+
+/// Running watchers. Dropping it stops them.
+pub struct Watching {
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    config_maps: Store<ConfigMap>,
+    policies: Option<Store<DynamicObject>>,
+    changes: watch::Receiver<u64>,
+    status: watch::Receiver<SourceStatus>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The kind and version of istiod's AuthorizationPolicy.
+pub fn authorization_policy_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("security.istio.io", "v1", "AuthorizationPolicy"),
+        "authorizationpolicies",
+    )
+}
+
+impl Watching {
+    /// Starts every watch and waits for each kind's first full list.
+    pub async fn start(api: &Connection, config: &SourceConfig) -> Result<Self, SourceError> {
+        let (client, server) = (api.client.clone(), api.server.clone());
+        let policies_served = tokio::time::timeout(REQUEST_TIMEOUT, serves_policies(&client))
+            .await
+            .unwrap_or(Err(kube::Error::Service(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()),
+            )))))
+            .map_err(|source| SourceError::Unreachable {
+                server: server.clone(),
+                source,
+            })?;
+        if !policies_served {
+            tracing::warn!(
+                target: "zident::kube",
+                "the API server does not serve security.istio.io/v1 AuthorizationPolicy (the CRD is not installed): no policies are read; install the CRD and restart the CA to enforce them"
+            );
+        }
+        let (changed, changes) = watch::channel(0u64);
+        let (status_tx, status) = watch::channel(SourceStatus {
+            server: server.clone(),
+            policies_watched: policies_served,
+            ..Default::default()
+        });
+        let changed = Arc::new(changed);
+        let status_tx = Arc::new(Mutex::new(status_tx));
+        let mut tasks = Vec::new();
+        let ctx = WatchCtx {
+            changed: changed.clone(),
+            status: status_tx.clone(),
+        };
+        let namespaces = ctx.reflect(
+            "Namespace",
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            &mut tasks,
+        );
+        let pods = ctx.reflect(
+            "Pod",
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            &mut tasks,
+        );
+        let services = ctx.reflect(
+            "Service",
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            &mut tasks,
+        );
+        let config_maps = ctx.reflect(
+            "ConfigMap",
+            Api::<ConfigMap>::namespaced(client.clone(), &config.namespace),
+            watcher::Config::default()
+                .fields(&format!("metadata.name={}", mesh_config::CONFIG_MAP)),
+            &mut tasks,
+        );
+        let policies = policies_served.then(|| {
+            let resource = authorization_policy_resource();
+            ctx.reflect_dynamic(
+                Api::<DynamicObject>::all_with(client.clone(), &resource),
+                resource,
+                &mut tasks,
+            )
+        });
+        tasks.push(tokio::spawn(probe_while_failing(
+            client.clone(),
+            status_tx.clone(),
+            status.clone(),
+        )));
+        let watching = Self {
+            namespaces,
+            pods,
+            services,
+            config_maps,
+            policies,
+            changes,
+            status,
+            tasks,
+        };
+        watching.wait_synced(&server, config.initial_sync).await?;
+        Ok(watching)
+    }
+
+    async fn wait_synced(&self, server: &str, timeout: Duration) -> Result<(), SourceError> {
+        let mut status = self.status.clone();
+        let expected = 4 + usize::from(self.policies.is_some());
+        let outcome = tokio::time::timeout(
+            timeout,
+            status.wait_for(|s| s.kinds.values().filter(|h| h.synced).count() >= expected),
+        )
+        .await;
+        if matches!(outcome, Ok(Ok(_))) {
+            return Ok(());
+        }
+        let s = self.status.borrow().clone();
+        let all = [
+            "Namespace",
+            "Pod",
+            "Service",
+            "ConfigMap",
+            "AuthorizationPolicy",
+        ];
+        let missing: Vec<&str> = all
+            .into_iter()
+            .take(expected)
+            .filter(|k| !s.kinds.get(k).is_some_and(|h| h.synced))
+            .collect();
+        let last_error = s
+            .kinds
+            .values()
+            .find_map(|h| h.last_error.clone())
+            .unwrap_or_else(|| "no error was reported".into());
+        Err(SourceError::InitialSync {
+            server: server.to_owned(),
+            kinds: missing.join(", "),
+            timeout,
+            last_error,
+        })
+    }
+
+    /// What the stores hold now.
+    pub fn objects(&self, namespace: &str) -> Objects {
+        Objects {
+            namespaces: self.namespaces.state(),
+            pods: self.pods.state(),
+            services: self.services.state(),
+            mesh_config: self.config_maps.state().into_iter().find(|c| {
+                c.metadata.name.as_deref() == Some(mesh_config::CONFIG_MAP)
+                    && c.metadata.namespace.as_deref() == Some(namespace)
+            }),
+            policies: self.policies.as_ref().map(Store::state).unwrap_or_default(),
+        }
+    }
+
+    /// Bumped on every change any watch sees.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    /// The watches' health.
+    pub fn status(&self) -> watch::Receiver<SourceStatus> {
+        self.status.clone()
+    }
+}
+
+/// Shared by the watch tasks: where they report changes and health.
+struct WatchCtx {
+    changed: Arc<watch::Sender<u64>>,
+    status: Arc<Mutex<watch::Sender<SourceStatus>>>,
+}
+
+impl WatchCtx {
+    fn reflect<K>(
+        &self,
+        kind: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Store<K>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+        tasks.push(tokio::spawn(self.follow(kind, stream)));
+        reader
+    }
+
+    fn reflect_dynamic(
+        &self,
+        api: Api<DynamicObject>,
+        resource: ApiResource,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Store<DynamicObject> {
+        let writer = reflector::store::Writer::new(resource);
+        let reader = writer.as_reader();
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        );
+        tasks.push(tokio::spawn(self.follow("AuthorizationPolicy", stream)));
+        reader
+    }
+
+    /// Drives one watch, recording its health and announcing each change.
+    fn follow<K, S>(
+        &self,
+        kind: &'static str,
+        stream: S,
+    ) -> impl std::future::Future<Output = ()> + use<K, S>
+    where
+        S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    {
+        let changed = self.changed.clone();
+        let status = self.status.clone();
+        async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let mut announce = false;
+                {
+                    let status = status.lock().unwrap_or_else(|e| e.into_inner());
+                    status.send_modify(|s| {
+                        let h = s.kinds.entry(kind).or_default();
+                        match &event {
+                            Ok(e) => {
+                                if h.failing_since.take().is_some() {
+                                    tracing::info!(target: "zident::kube", kind, "watch restored");
+                                }
+                                h.last_error = None;
+                                match e {
+                                    watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                                    watcher::Event::InitDone => {
+                                        h.synced = true;
+                                        announce = true;
+                                    }
+                                    watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                                        announce = h.synced;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                if h.failing_since.is_none() {
+                                    h.failing_since = Some(SystemTime::now());
+                                    tracing::warn!(target: "zident::kube", kind, "watch failing, serving the last good view: {e}");
+                                }
+                                h.last_error = Some(e.to_string());
+                            }
+                        }
+                    });
+                }
+                if announce {
+                    changed.send_modify(|n| *n += 1);
+                }
+            }
+        }
+    }
+}
+
+/// How often the server is asked whether it is back while a watch fails.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// A watch that resumes after an outage says nothing until an object changes, so its health
+/// cannot be read from its events alone: while any watch fails, the server is asked for its
+/// version every [`PROBE_EVERY`]; the first answer clears every watch's failure (each watch
+/// resumes from its last resourceVersion, or re-lists, within its backoff, and a watch that
+/// still fails marks itself again).
+async fn probe_while_failing(
+    client: Client,
+    status_tx: Arc<Mutex<watch::Sender<SourceStatus>>>,
+    mut status: watch::Receiver<SourceStatus>,
+) {
+    loop {
+        if status
+            .wait_for(|s| s.stale_since().is_some())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+        let answered = tokio::time::timeout(REQUEST_TIMEOUT, client.apiserver_version())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if answered {
+            tracing::info!(target: "zident::kube", "the API server answers again; watches resume from where they were");
+            let tx = status_tx.lock().unwrap_or_else(|e| e.into_inner());
+            tx.send_modify(|s| {
+                for h in s.kinds.values_mut() {
+                    h.failing_since = None;
+                }
+            });
+        }
+    }
+}
+
+/// Whether the server serves `security.istio.io/v1` AuthorizationPolicy.
+async fn serves_policies(client: &Client) -> Result<bool, kube::Error> {
+    match client
+        .list_api_group_resources("security.istio.io/v1")
+        .await
+    {
+        Ok(list) => Ok(list
+            .resources
+            .iter()
+            .any(|r| r.name == "authorizationpolicies")),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A client of one API server, and its address for messages.
+#[derive(Clone)]
+pub struct Connection {
+    /// The client.
+    pub client: Client,
+    /// The server's URL.
+    pub server: String,
+}
+
+/// Connecting to the API server and sending a request give up after this long; a watch has
+/// kube's own idle timeout, and each call this crate makes itself is bounded by it as a whole.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Connection {
+    /// A client from `KUBECONFIG` (or `~/.kube/config`), or the in-cluster service account.
+    pub async fn infer() -> Result<Self, SourceError> {
+        let config = kube::Config::infer()
+            .await
+            .map_err(|e| SourceError::Client(kube::Error::InferConfig(e)))?;
+        Self::with(config)
+    }
+
+    /// A client from the kubeconfig file at `path` (its current context).
+    pub async fn from_kubeconfig(path: &std::path::Path) -> Result<Self, SourceError> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .map_err(|e| SourceError::Client(kube::Error::InferKubeconfig(e)))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(|e| SourceError::Client(kube::Error::InferKubeconfig(e)))?;
+        Self::with(config)
+    }
+
+    fn with(mut config: kube::Config) -> Result<Self, SourceError> {
+        config.connect_timeout = Some(REQUEST_TIMEOUT);
+        config.write_timeout = Some(REQUEST_TIMEOUT);
+        let server = config.cluster_url.to_string();
+        let client = Client::try_from(config).map_err(SourceError::Client)?;
+        Ok(Self { client, server })
+    }
+}
