@@ -192,7 +192,8 @@ impl MeshView {
             .services
             .get(&svc.key)
             .and_then(|m| m.get(&port))
-            .or_else(|| svc.ports.get(&port))
+            // 0: a named target port, which only the backend's own map resolves.
+            .or_else(|| svc.ports.get(&port).filter(|p| **p != 0))
             .copied()
             .unwrap_or(port);
         Ok(self.workload_route(ip, w, target_port, &svc.extra_identities))
