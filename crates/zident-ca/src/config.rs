@@ -38,6 +38,9 @@ pub struct CaConfig {
     pub connections: connections::ConnectionLimits,
     /// Shared state in PostgreSQL, for several replicas; `None`: the data dir alone.
     pub datastore: Option<crate::datastore::DatastoreConfig>,
+    /// The mesh from a Kubernetes API server (with the mesh file beside it, or alone);
+    /// `None`: the mesh file alone.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 /// When the self-signed root rotates on its own, and how long each phase waits.
@@ -108,6 +111,35 @@ impl CaConfig {
             rotation: RotationConfig::default(),
             connections: Default::default(),
             datastore: None,
+            kubernetes: None,
+        }
+    }
+}
+
+/// Where the CA reads the cluster.
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// The control plane's namespace: istiod's mesh ConfigMap `istio` is read there.
+    pub namespace: String,
+    /// How long start-up waits for the first full list of every kind.
+    pub initial_sync: Duration,
+    /// Whether the mesh file (`CaConfig::mesh_path`) is read beside the API; `false`: the API
+    /// alone.
+    pub with_mesh_file: bool,
+    /// This replica's name in the Events it records.
+    pub instance: Option<String>,
+    /// A kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config`, or the pod's service account.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            namespace: defaults::KUBERNETES_NAMESPACE.into(),
+            initial_sync: zident_kube::SourceConfig::default().initial_sync,
+            with_mesh_file: true,
+            instance: None,
+            kubeconfig: None,
         }
     }
 }

@@ -23,3 +23,6 @@ pub const PREPARE_AT: f64 = 0.8;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// At most this many connections from one source address.
 pub const MAX_CONNECTIONS_PER_SOURCE: usize = 512;
+/// With `--kubernetes`: the control plane's namespace, where istiod's `istio` ConfigMap is read
+/// (istiod's own default).
+pub const KUBERNETES_NAMESPACE: &str = "istio-system";

@@ -49,6 +49,9 @@ pub enum CaError {
     /// The shared datastore could not be used at start.
     #[error("datastore: {0}")]
     Datastore(#[from] datastore::StoreError),
+    /// The Kubernetes API could not give a first mesh.
+    #[error("kubernetes: {0}")]
+    Kubernetes(#[from] crate::kubernetes::KubernetesError),
     /// A file watch could not be set up.
     #[error("cannot watch {path}: {source}")]
     Watch {

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod cluster_view;
 mod coalesce;
 mod config;
 mod connections;
@@ -31,6 +32,7 @@ pub mod defaults;
 pub mod dns_certs;
 mod error;
 mod jwt_service;
+mod kubernetes;
 mod metrics;
 mod node_authorizer;
 mod persist;
@@ -51,10 +53,11 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::task::JoinHandle;
 use zident_mesh::MeshFile;
 
-pub use config::{CaConfig, RotationConfig, TtlPolicy};
+pub use config::{CaConfig, KubernetesConfig, RotationConfig, TtlPolicy};
 pub use connections::ConnectionLimits;
 pub use data_lock::DataDirError;
 pub use error::CaError;
+pub use kubernetes::KubernetesError;
 pub use node_authorizer::{Caller, Denied, NodeAuthorizer};
 pub use roots::authority::{Authority, AuthorityError, Mode};
 pub use roots::{dir_store, generation, ledger, plugged, rotation, store};
@@ -101,7 +104,14 @@ impl RunningCa {
             }
             None => None,
         };
-        let mesh = MeshFile::load(&config.mesh_path)?;
+        let cluster = match &config.kubernetes {
+            Some(k) => Some(kubernetes::ClusterSource::start(k, &config.mesh_path).await?),
+            None => None,
+        };
+        let mesh = match &cluster {
+            Some(c) => c.initial.clone(),
+            None => MeshFile::load(&config.mesh_path)?,
+        };
         let authorizer = NodeAuthorizer::from_mesh(&mesh, &config.mesh_path)?;
         let trust_domain = mesh.trust_domain.clone();
         let roots = startup::load_roots(&config, &trust_domain)?;
@@ -140,9 +150,15 @@ impl RunningCa {
         )
         .await?;
         let replica_status = replica.as_ref().map(|r| r.status.clone());
-        let metrics_addr =
-            startup::serve_metrics_port(&config, replica_status, metrics_registry, &mut background)
-                .await?;
+        let cluster_view = cluster.as_ref().map(|c| c.view.clone());
+        let metrics_addr = startup::serve_metrics_port(
+            &config,
+            replica_status,
+            cluster_view,
+            metrics_registry,
+            &mut background,
+        )
+        .await?;
         startup::issue_dns_certificates(&config, &state, &mut background);
         background.push(tokio::spawn(server::renew_serving_cert(
             state.clone(),
@@ -154,8 +170,12 @@ impl RunningCa {
             &serving,
             roots.plugged,
             replica.is_some(),
+            cluster.as_ref().map(|c| c.file_sink()),
             &mut background,
         )?;
+        if let Some(c) = cluster {
+            background.push(c.follow(state.clone()));
+        }
         if let (Some(prepared), Some(ds)) = (replica, config.datastore.clone()) {
             background.push(tokio::spawn(datastore::replica::run(
                 config.clone(),

@@ -65,6 +65,17 @@ pub struct ReloadLabel {
     pub outcome: &'static str,
 }
 
+/// Label for [`CaMetrics::kubernetes_findings`]: an object refused or partly enforced.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabel {
+    /// The object's kind (`Pod`, `Service`, …).
+    pub kind: &'static str,
+    /// Why (`NoServiceAccount`, `DuplicateAddress`, …).
+    pub reason: &'static str,
+    /// `refused` or `degraded`.
+    pub severity: &'static str,
+}
+
 /// Every metric the CA exports.
 #[derive(Debug)]
 pub struct CaMetrics {
@@ -98,6 +109,8 @@ pub struct CaMetrics {
     pub jwt_svids_issued: Counter,
     /// Unix time each DNS certificate in `--dns-cert-dir` expires.
     pub dns_cert_expiry: Family<SecretLabel, Gauge<i64>>,
+    /// Kubernetes objects refused or partly enforced, counted once per version of an object.
+    pub kubernetes_findings: Family<FindingLabel, Counter>,
 }
 
 impl CaMetrics {
@@ -119,6 +132,7 @@ impl CaMetrics {
             leader: Gauge::default(),
             jwt_svids_issued: Counter::default(),
             dns_cert_expiry: Default::default(),
+            kubernetes_findings: Default::default(),
         };
         let istio: [(&str, &str, &IstioCounter); 6] = [
             (
@@ -196,6 +210,11 @@ impl CaMetrics {
             m.dns_cert_expiry.clone(),
         );
         registry.register(
+            "zident_ca_kubernetes_objects_refused",
+            "Kubernetes objects left out of the mesh or partly enforced, by kind, reason and severity (once per version of an object)",
+            m.kubernetes_findings.clone(),
+        );
+        registry.register(
             "zident_ca_issue_duration_seconds",
             "Time to authenticate, check and sign one certificate request",
             m.issue_duration.clone(),
@@ -224,6 +243,22 @@ impl CaMetrics {
         });
     }
 
+    /// Counts a Kubernetes object refused or partly enforced.
+    pub fn kubernetes_finding(
+        &self,
+        kind: &'static str,
+        reason: &'static str,
+        severity: &'static str,
+    ) {
+        self.kubernetes_findings
+            .get_or_create(&FindingLabel {
+                kind,
+                reason,
+                severity,
+            })
+            .inc();
+    }
+
     /// Counts a reload outcome.
     pub fn reload(&self, source: &'static str, applied: bool) {
         let outcome = if applied { "applied" } else { "rejected" };
@@ -242,15 +277,18 @@ impl CaMetrics {
     }
 }
 
-/// Whether the CA is ready, and why not.
+/// Whether the CA is ready, and why not; ready with a note when it serves from a stale view
+/// (the CA still issues and pushes the last good mesh, so it stays in its Service).
 pub(crate) type Readiness =
-    std::sync::Arc<dyn Fn() -> Result<(), crate::datastore::NotReady> + Send + Sync>;
+    std::sync::Arc<dyn Fn() -> Result<Option<String>, crate::datastore::NotReady> + Send + Sync>;
 
-/// Serves `GET /metrics` (OpenMetrics text) and `GET /ready` on `addr`.
+/// Serves `GET /metrics` (OpenMetrics text), `GET /ready` and, with a cluster source,
+/// `GET /debug/kubernetes` on `addr`.
 pub(crate) async fn serve_metrics(
     addr: std::net::SocketAddr,
     registry: std::sync::Arc<prometheus_client::registry::Registry>,
     ready: Readiness,
+    cluster: Option<std::sync::Arc<std::sync::Mutex<crate::cluster_view::ClusterView>>>,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -260,7 +298,10 @@ pub(crate) async fn serve_metrics(
             axum::routing::get(move || async move {
                 use axum::response::IntoResponse;
                 match ready() {
-                    Ok(()) => (axum::http::StatusCode::OK, "ready\n".to_string()).into_response(),
+                    Ok(None) => (axum::http::StatusCode::OK, "ready\n".to_string()).into_response(),
+                    Ok(Some(note)) => {
+                        (axum::http::StatusCode::OK, format!("ready; {note}\n")).into_response()
+                    }
                     Err(why) => (
                         axum::http::StatusCode::SERVICE_UNAVAILABLE,
                         format!("{why}\n"),
@@ -287,6 +328,16 @@ pub(crate) async fn serve_metrics(
                 }
             }),
         );
+    let app = match cluster {
+        Some(view) => app.route(
+            "/debug/kubernetes",
+            axum::routing::get(move || async move {
+                let json = view.lock().unwrap_or_else(|e| e.into_inner()).to_json();
+                axum::Json(json)
+            }),
+        ),
+        None => app,
+    };
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(target: "zident::ca", "metrics server stopped: {e}");

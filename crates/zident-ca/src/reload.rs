@@ -10,6 +10,7 @@ use zident_identity::TrustDomain;
 use zident_mesh::MeshFile;
 
 use crate::config::CaConfig;
+use crate::kubernetes::FileSink;
 use crate::node_authorizer::NodeAuthorizer;
 use crate::roots::authority::{Authority, AuthorityError};
 use crate::roots::plugged;
@@ -47,6 +48,27 @@ pub(crate) fn reload_mesh(state: &CaState, path: &Path) {
             );
             state.set_mesh(mesh, registry);
             state.metrics.reload("mesh", true);
+        }
+        Err(e) => {
+            state.metrics.reload("mesh", false);
+            tracing::error!(target: "zident::ca", "mesh file change rejected, keeping the last good configuration: {e}");
+        }
+    }
+}
+
+/// Takes an edited mesh file to combine with the cluster's part (`zident ca --kubernetes`), or
+/// keeps the last good one: the same checks as [`reload_mesh`], then the cluster source
+/// rebuilds and applies the whole.
+pub(crate) fn reload_mesh_beside_cluster(state: &CaState, path: &Path, sink: &FileSink) {
+    let current_td = state.authorizer().trust_domain().clone();
+    let result = MeshFile::load(path).and_then(|mesh| {
+        mesh.keeps_trust_domain(&current_td, &zident_mesh::MeshOrigin::file(path), "the CA")?;
+        NodeAuthorizer::from_mesh(&mesh, path).map(|_| mesh)
+    });
+    match result {
+        Ok(mesh) => {
+            tracing::info!(target: "zident::ca", "mesh file reloaded; combining it with the cluster's mesh");
+            sink.send_replace(std::sync::Arc::new(mesh));
         }
         Err(e) => {
             state.metrics.reload("mesh", false);

@@ -11,9 +11,11 @@ use tokio::task::JoinHandle;
 use zident_identity::TrustDomain;
 use zident_mesh::watch;
 
+use crate::cluster_view::ClusterView;
 use crate::config::CaConfig;
 use crate::datastore::replica::ReplicaStatus;
 use crate::error::CaError;
+use crate::kubernetes::FileSink;
 use crate::roots::authority::Authority;
 use crate::roots::dir_store;
 use crate::roots::plugged::PluggedState;
@@ -110,22 +112,29 @@ pub(crate) async fn serve_tls(
     Ok((addr, server))
 }
 
-/// Serves `/metrics` and `/ready` (not ready while a replica's database is away), if a
-/// metrics address is configured.
+/// Serves `/metrics` and `/ready` (not ready while a replica's database is away; ready with a
+/// note while the Kubernetes view is stale), and `/debug/kubernetes` with a cluster source, if
+/// a metrics address is configured.
 pub(crate) async fn serve_metrics_port(
     config: &CaConfig,
     replica: Option<Arc<ReplicaStatus>>,
+    cluster: Option<Arc<Mutex<ClusterView>>>,
     registry: MetricsRegistry,
     background: &mut Vec<JoinHandle<()>>,
 ) -> Result<Option<SocketAddr>, CaError> {
     let Some(addr) = config.metrics_addr else {
         return Ok(None);
     };
-    let ready: metrics::Readiness = match replica {
-        Some(status) => Arc::new(move || status.ready()),
-        None => Arc::new(|| Ok(())),
-    };
-    let (bound, task) = metrics::serve_metrics(addr, Arc::new(registry), ready)
+    let view = cluster.clone();
+    let ready: metrics::Readiness = Arc::new(move || {
+        if let Some(status) = &replica {
+            status.ready()?;
+        }
+        Ok(view
+            .as_ref()
+            .and_then(|v| v.lock().unwrap_or_else(|e| e.into_inner()).stale_note()))
+    });
+    let (bound, task) = metrics::serve_metrics(addr, Arc::new(registry), ready, cluster)
         .await
         .map_err(|source| CaError::Bind { addr, source })?;
     background.push(task);
@@ -164,10 +173,12 @@ pub(crate) fn follow_changes(
     serving: &Arc<ServingCert>,
     plugged: Option<Mutex<PluggedState>>,
     replica: bool,
+    cluster_file: Option<FileSink>,
     background: &mut Vec<JoinHandle<()>>,
 ) -> Result<Vec<notify::RecommendedWatcher>, CaError> {
     let mut watchers = Vec::new();
-    if !replica {
+    let read_file = config.kubernetes.as_ref().is_none_or(|k| k.with_mesh_file);
+    if !replica && read_file {
         let (mesh_dir, mesh_name) = watch::dir_and_name(&config.mesh_path);
         let (w, changes) =
             watch::watch_dir(&mesh_dir, vec![mesh_name]).map_err(|source| CaError::Watch {
@@ -176,9 +187,13 @@ pub(crate) fn follow_changes(
             })?;
         watchers.push(w);
         let (s, path) = (state.clone(), config.mesh_path.clone());
-        background.push(tokio::spawn(watch::reload_on_change(changes, move || {
-            reload::reload_mesh(&s, &path)
-        })));
+        background.push(tokio::spawn(watch::reload_on_change(
+            changes,
+            move || match &cluster_file {
+                Some(sink) => reload::reload_mesh_beside_cluster(&s, &path, sink),
+                None => reload::reload_mesh(&s, &path),
+            },
+        )));
     }
     if config.root_ca_dir.is_none() && !replica {
         let state_file = config.data_dir.join(dir_store::STATE_FILE);

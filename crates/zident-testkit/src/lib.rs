@@ -9,6 +9,7 @@
 //! - [`ca`]: a CA for a test's directory, started in the test process;
 //! - [`netns`]: nodes in their own network namespaces on a shared bridge;
 //! - [`postgres`]: a real PostgreSQL cluster in a temporary directory;
+//! - [`kube_api`]: a real kube-apiserver and etcd, one per test binary;
 //! - [`modgraph`]: module cycles in a crate's source (the check behind the architecture's
 //!   promise that no module imports one that imports it back).
 //!
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod kube_api;
 pub mod modgraph;
 pub mod netns;
 pub mod postgres;

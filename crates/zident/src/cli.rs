@@ -243,9 +243,23 @@ pub struct CaArgs {
     #[command(subcommand)]
     pub action: Option<crate::rotate::CaAction>,
     /// The mesh file: trust domain, nodes and their tokens, workloads. With --datastore: the
-    /// mesh to store as the first version when the datastore holds none.
-    #[arg(long, value_name = "FILE", required_unless_present = "datastore")]
+    /// mesh to store as the first version when the datastore holds none. With --kubernetes:
+    /// what is added to the cluster's mesh (nodes and their tokens, workloads outside it).
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["datastore", "kubernetes"])]
     pub config: Option<PathBuf>,
+    /// Take the mesh from the Kubernetes API as istiod does for ztunnel: Pods and Namespaces
+    /// labelled `istio.io/dataplane-mode=ambient`, Services, AuthorizationPolicies and the
+    /// `istio` ConfigMap's meshConfig. The client comes from KUBECONFIG, or the pod's service
+    /// account in a cluster.
+    #[arg(long, conflicts_with = "datastore")]
+    pub kubernetes: bool,
+    /// With --kubernetes: the control plane's namespace, where the `istio` ConfigMap is read.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE", default_value = ca_defaults::KUBERNETES_NAMESPACE, requires = "kubernetes")]
+    pub kubernetes_namespace: String,
+    /// With --kubernetes: the kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the
+    /// pod's service account).
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
     /// Share roots, rotation and the mesh with other replicas in PostgreSQL
     /// (`postgres://user@host:port/db`); without it, the data dir alone.
     #[arg(
@@ -361,8 +375,18 @@ impl CaArgs {
                 c
             }
             (None, Some(mesh)) => CaConfig::new(mesh),
+            (None, None) if self.kubernetes => CaConfig::new(""),
             (None, None) => return Err("--config is required to run the CA".into()),
         };
+        if self.kubernetes {
+            config.kubernetes = Some(zident_ca::KubernetesConfig {
+                namespace: self.kubernetes_namespace.clone(),
+                with_mesh_file: self.config.is_some(),
+                instance: std::env::var("POD_NAME").ok(),
+                kubeconfig: self.kubeconfig.clone(),
+                ..Default::default()
+            });
+        }
         config.rotation.auto = !self.no_auto_rotate;
         config.rotation.prepare_at = self.rotate_at;
         config.rotation.root_lifetime = self.root_lifetime;
