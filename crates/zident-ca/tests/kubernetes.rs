@@ -15,60 +15,15 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use zident_ca::{KubernetesConfig, RunningCa};
 use zident_mesh::{Action, MeshFile};
 use zident_testkit::eventually;
-use zident_testkit::kube_api::KubeApi;
+use zident_testkit::kube_api::{KubeApi, create, install_policy_crd, pod, policy, run_pod};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn admin(api: &KubeApi) -> Client {
-    zident_kube::Connection::from_kubeconfig(&api.kubeconfig())
-        .await
-        .expect("admin client")
-        .client
-}
-
-async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(value).expect("object json");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create")
-}
-
-/// Plays the kubelet: the pod runs, has `ip`, and is ready.
-async fn run_pod(pods: &Api<Pod>, name: &str, ip: &str) {
-    let status = json!({"status": {
-        "phase": "Running",
-        "podIP": ip,
-        "podIPs": [{"ip": ip}],
-        "conditions": [{"type": "Ready", "status": "True"}],
-    }});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("patch pod status");
-}
-
-fn pod(name: &str, sa: Option<&str>, node: &str, labels: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({
-        "nodeName": node,
-        "automountServiceAccountToken": false,
-        "containers": [{"name": "app", "image": "example.invalid/app",
-                        "ports": [{"name": "http", "containerPort": 8080}]}],
-    });
-    if let Some(sa) = sa {
-        spec["serviceAccountName"] = json!(sa);
-    }
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "labels": labels}, "spec": spec})
-}
 
 fn mesh(ca: &RunningCa) -> Arc<MeshFile> {
     ca.state.subscribe_mesh().borrow().mesh.clone()
@@ -114,46 +69,6 @@ async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<Event> {
         .collect()
 }
 
-/// Installs the AuthorizationPolicy CRD (its group, kind and versions as Istio's; the schema
-/// keeps any spec, so that the test can store what Istio's own schema would refuse).
-async fn install_policy_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "authorizationpolicies.security.istio.io"},
-        "spec": {"group": "security.istio.io", "scope": "Namespaced",
-                 "names": {"plural": "authorizationpolicies", "singular": "authorizationpolicy",
-                           "kind": "AuthorizationPolicy", "listKind": "AuthorizationPolicyList"},
-                 "versions": [{"name": "v1", "served": true, "storage": true,
-                               "schema": {"openAPIV3Schema": {"type": "object",
-                                   "properties": {"spec": {"type": "object",
-                                       "x-kubernetes-preserve-unknown-fields": true}}}}}]}
-    });
-    let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("crd json");
-    match crds.create(&PostParams::default(), &crd).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create CRD: {e}"),
-    }
-    // Served once discovery lists it.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if client
-            .list_api_group_resources("security.istio.io/v1")
-            .await
-            .is_ok_and(|l| {
-                l.resources
-                    .iter()
-                    .any(|r| r.name == "authorizationpolicies")
-            })
-        {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "CRD never served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_is_the_mesh() {
     let api = match KubeApi::shared() {
@@ -163,7 +78,7 @@ async fn the_cluster_is_the_mesh() {
             return;
         }
     };
-    let client = admin(api).await;
+    let client = api.client().await;
     install_policy_crd(&client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for (name, labels) in [
@@ -291,11 +206,6 @@ async fn the_cluster_is_the_mesh() {
         "shop",
         &zident_kube::authorization_policy_resource(),
     );
-    let policy = |name: &str, spec: serde_json::Value| {
-        let mut obj = DynamicObject::new(name, &zident_kube::authorization_policy_resource());
-        obj.data = json!({"spec": spec});
-        obj
-    };
     for p in [
         policy(
             "deny-plain",

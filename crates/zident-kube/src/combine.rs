@@ -133,3 +133,51 @@ fn at<'a>(
     let (object, index) = origin_of.get(i.checked_sub(from_file)?)?;
     Some((object, (section, *index)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::ObjectRef;
+
+    fn object(name: &str) -> ObjectRef {
+        ObjectRef {
+            kind: "Service",
+            api_version: "v1",
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: String::new(),
+            resource_version: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_object_that_breaks_a_rule_with_the_file_is_left_out_alone() {
+        let base = MeshFile::parse(
+            std::path::Path::new("mesh.yaml"),
+            "nodes: [{name: n, token: t}]\nservices:\n- {name: f, namespace: ns, hostname: f.ns, vips: ['/10.0.0.1']}\n",
+        )
+        .expect("base");
+        let svc = |name: &str, vip: &str| {
+            let mut s = zident_mesh::Service::new(name, "ns", format!("{name}.ns"));
+            s.vips.push(vip.into());
+            (object(name), s)
+        };
+        let cluster = ClusterMesh {
+            services: vec![
+                svc("takes-the-file-vip", "/10.0.0.1"),
+                svc("fine", "/10.0.0.2"),
+            ],
+            ..Default::default()
+        };
+        let c = combine(&base, &cluster, "https://k").expect("combined");
+        let names: Vec<&str> = c.mesh.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["f", "fine"]);
+        assert_eq!(c.findings.len(), 1);
+        assert_eq!(c.findings[0].object.name, "takes-the-file-vip");
+        assert!(
+            c.findings[0].message.contains("VIP"),
+            "{}",
+            c.findings[0].message
+        );
+    }
+}

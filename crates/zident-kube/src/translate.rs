@@ -277,3 +277,214 @@ fn policy_ref(obj: &DynamicObject) -> ObjectRef {
         resource_version: obj.metadata.resource_version.clone().unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<K> {
+        Arc::new(serde_json::from_value(v).expect("object"))
+    }
+
+    fn ns(name: &str, mode: Option<&str>) -> Arc<Namespace> {
+        let labels = match mode {
+            Some(m) => json!({"istio.io/dataplane-mode": m}),
+            None => json!({}),
+        };
+        obj(json!({"metadata": {"name": name, "labels": labels}}))
+    }
+
+    fn pod(ns: &str, name: &str, ip: &str, extra: serde_json::Value) -> Arc<Pod> {
+        let mut v = json!({
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"),
+                         "labels": {"app": name},
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"serviceAccountName": "sa", "nodeName": "n1",
+                     "containers": [{"name": "c", "ports": [{"name": "web", "containerPort": 9090}]}]},
+            "status": {"phase": "Running", "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        });
+        merge(&mut v, extra);
+        obj(v)
+    }
+
+    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    fn td() -> TrustDomain {
+        zident_mesh::default_trust_domain()
+    }
+
+    fn names(m: &ClusterMesh) -> Vec<&str> {
+        m.workloads.iter().map(|(_, w)| w.name.as_str()).collect()
+    }
+
+    #[test]
+    fn enrollment_and_lifecycle() {
+        let objects = Objects {
+            namespaces: vec![ns("in", Some("ambient")), ns("out", None)],
+            pods: vec![
+                pod("in", "a", "10.0.0.1", json!({})),
+                pod(
+                    "in",
+                    "optout",
+                    "10.0.0.2",
+                    json!({"metadata": {"labels": {"istio.io/dataplane-mode": "none"}}}),
+                ),
+                pod(
+                    "out",
+                    "optin",
+                    "10.0.0.3",
+                    json!({"metadata": {"labels": {"istio.io/dataplane-mode": "ambient"}}}),
+                ),
+                pod("out", "plain", "10.0.0.4", json!({})),
+                pod(
+                    "in",
+                    "pending",
+                    "10.0.0.5",
+                    json!({"status": {"phase": "Pending"}}),
+                ),
+                pod(
+                    "in",
+                    "leaving",
+                    "10.0.0.6",
+                    json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:01Z"}}),
+                ),
+                pod(
+                    "in",
+                    "host",
+                    "10.0.0.7",
+                    json!({"spec": {"hostNetwork": true}}),
+                ),
+                pod(
+                    "in",
+                    "notready",
+                    "10.0.0.8",
+                    json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+                ),
+            ],
+            ..Default::default()
+        };
+        let m = translate(&objects, &td(), &MeshSettings::default());
+        assert_eq!(names(&m), vec!["a", "notready", "optin"]);
+        assert!(m.findings.is_empty(), "{:?}", m.findings);
+        let a = &m.workloads[0].1;
+        assert_eq!(a.uid, "uid-a");
+        assert_eq!(a.node, "n1");
+        assert_eq!(a.protocol, zident_mesh::Protocol::Hbone);
+        assert_eq!(a.status, zident_mesh::HealthStatus::Healthy);
+        assert_eq!(
+            m.workloads[1].1.status,
+            zident_mesh::HealthStatus::Unhealthy
+        );
+    }
+
+    #[test]
+    fn bad_pods_are_refused_alone() {
+        let objects = Objects {
+            namespaces: vec![ns("in", Some("ambient"))],
+            pods: vec![
+                pod("in", "first", "10.0.0.1", json!({})),
+                pod(
+                    "in",
+                    "second",
+                    "10.0.0.1",
+                    json!({"metadata": {"creationTimestamp": "2026-01-02T00:00:00Z"}}),
+                ),
+                pod(
+                    "in",
+                    "nosa",
+                    "10.0.0.2",
+                    json!({"spec": {"serviceAccountName": null}}),
+                ),
+                pod("in", "badip", "not-an-ip", json!({})),
+            ],
+            ..Default::default()
+        };
+        let m = translate(&objects, &td(), &MeshSettings::default());
+        assert_eq!(names(&m), vec!["first"]);
+        let reasons: Vec<(&str, &str)> = m
+            .findings
+            .iter()
+            .map(|f| (f.object.name.as_str(), f.reason))
+            .collect();
+        assert!(
+            reasons.contains(&("second", "DuplicateAddress")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.contains(&("nosa", "NoServiceAccount")),
+            "{reasons:?}"
+        );
+        assert!(reasons.contains(&("badip", "BadAddress")), "{reasons:?}");
+    }
+
+    #[test]
+    fn services_select_backends_and_resolve_named_ports() {
+        let svc: Arc<Service> = obj(json!({
+            "metadata": {"name": "web", "namespace": "in"},
+            "spec": {"selector": {"app": "a"}, "clusterIP": "10.96.0.9",
+                     "ports": [{"port": 80, "targetPort": "web"}, {"port": 81, "targetPort": 8081},
+                               {"port": 53, "protocol": "UDP"}]}
+        }));
+        let objects = Objects {
+            namespaces: vec![ns("in", Some("ambient"))],
+            pods: vec![
+                pod("in", "a", "10.0.0.1", json!({})),
+                pod("in", "b", "10.0.0.2", json!({})),
+            ],
+            services: vec![svc],
+            ..Default::default()
+        };
+        let m = translate(&objects, &td(), &MeshSettings::default());
+        let (_, s) = &m.services[0];
+        assert_eq!(s.hostname, "web.in.svc.cluster.local");
+        assert_eq!(s.vips, vec!["/10.96.0.9".to_string()]);
+        assert_eq!(s.ports, BTreeMap::from([(80, 0), (81, 8081)]));
+        let a = &m.workloads[0].1;
+        assert_eq!(
+            a.services.get("in/web.in.svc.cluster.local"),
+            Some(&BTreeMap::from([(80, 9090), (81, 8081)]))
+        );
+        assert!(m.workloads[1].1.services.is_empty(), "b is not selected");
+    }
+
+    #[test]
+    fn a_refused_mesh_config_keeps_the_last_good_settings() {
+        let cm = |yaml: &str| -> Option<Arc<ConfigMap>> {
+            Some(obj(
+                json!({"metadata": {"name": "istio", "namespace": "istio-system"},
+                            "data": {"mesh": yaml}}),
+            ))
+        };
+        let good = Objects {
+            mesh_config: cm("certificates: [{secretName: s, dnsNames: [a.b]}]"),
+            ..Default::default()
+        };
+        let m = translate(&good, &td(), &MeshSettings::default());
+        assert_eq!(m.settings.certificates.len(), 1);
+        let bad = Objects {
+            mesh_config: cm("trustDomain: [not, a, string]"),
+            ..Default::default()
+        };
+        let m2 = translate(&bad, &td(), &m.settings);
+        assert_eq!(m2.settings, m.settings);
+        assert_eq!(m2.findings[0].reason, "BadMeshConfig");
+        let other = Objects {
+            mesh_config: cm("trustDomain: example.org"),
+            ..Default::default()
+        };
+        let m3 = translate(&other, &td(), &m.settings);
+        assert_eq!(m3.findings[0].reason, "TrustDomainChange");
+        assert_eq!(m3.settings, m.settings);
+    }
+}

@@ -8,6 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
 
 /// A running API server.
 pub struct KubeApi {
@@ -109,4 +116,107 @@ impl KubeApi {
     pub fn start_apiserver(&self) -> Result<(), String> {
         self.run_start()
     }
+}
+
+impl KubeApi {
+    /// A client with the admin's kubeconfig.
+    pub async fn client(&self) -> Client {
+        zident_kube::Connection::from_kubeconfig(&self.kubeconfig())
+            .await
+            .expect("a client for the test's API server")
+            .client
+    }
+}
+
+/// Creates an object given as JSON.
+pub async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value).expect("object json");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create")
+}
+
+/// A pod `name` with `service_account` (none when `None`) on `node`, labelled `labels`, with
+/// one container port named `http` (8080). It never runs until [`run_pod`] says so.
+pub fn pod(
+    name: &str,
+    service_account: Option<&str>,
+    node: &str,
+    labels: serde_json::Value,
+) -> serde_json::Value {
+    let mut spec = json!({
+        "nodeName": node,
+        "automountServiceAccountToken": false,
+        "containers": [{"name": "app", "image": "example.invalid/app",
+                        "ports": [{"name": "http", "containerPort": 8080}]}],
+    });
+    if let Some(sa) = service_account {
+        spec["serviceAccountName"] = json!(sa);
+    }
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "labels": labels}, "spec": spec})
+}
+
+/// Plays the kubelet: the pod runs, has address `ip`, and is ready.
+pub async fn run_pod(pods: &Api<Pod>, name: &str, ip: &str) {
+    let status = json!({"status": {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("patch pod status");
+}
+
+/// Installs the AuthorizationPolicy CRD (group, kind and version as Istio's; the schema keeps any
+/// spec, so that a test can store what Istio's own schema would refuse) and waits until it is
+/// served.
+pub async fn install_policy_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "authorizationpolicies.security.istio.io"},
+        "spec": {"group": "security.istio.io", "scope": "Namespaced",
+                 "names": {"plural": "authorizationpolicies", "singular": "authorizationpolicy",
+                           "kind": "AuthorizationPolicy", "listKind": "AuthorizationPolicyList"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object",
+                                   "properties": {"spec": {"type": "object",
+                                       "x-kubernetes-preserve-unknown-fields": true}}}}}]}
+    });
+    let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("crd json");
+    match crds.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create CRD: {e}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if client
+            .list_api_group_resources("security.istio.io/v1")
+            .await
+            .is_ok_and(|l| {
+                l.resources
+                    .iter()
+                    .any(|r| r.name == "authorizationpolicies")
+            })
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the CRD is never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An AuthorizationPolicy `name` with `spec`, to create in a namespace.
+pub fn policy(name: &str, spec: serde_json::Value) -> kube::api::DynamicObject {
+    let mut obj =
+        kube::api::DynamicObject::new(name, &zident_kube::authorization_policy_resource());
+    obj.data = json!({"spec": spec});
+    obj
 }

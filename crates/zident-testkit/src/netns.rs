@@ -81,6 +81,31 @@ impl Lan {
         Ok(ns)
     }
 
+    /// Plugs the test's own network namespace into the bridge at `10.<net>.0.<host>`, for a
+    /// process that must reach both the nodes and something only on this machine's loopback
+    /// (a control plane beside the test's Kubernetes API server). Removed with the bridge.
+    pub fn host_leg(&mut self, host: u8) -> Result<String, String> {
+        let (inside, outside) = (format!("{}h", self.prefix), format!("p{host}"));
+        ip(&[
+            "link",
+            "add",
+            &inside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &outside,
+            "netns",
+            &self.switch,
+        ])?;
+        let addr = format!("10.{}.0.{host}/24", self.net);
+        ip(&["addr", "add", &addr, "dev", &inside])?;
+        ip(&["link", "set", &inside, "up"])?;
+        ip(&["-n", &self.switch, "link", "set", &outside, "master", "br0"])?;
+        ip(&["-n", &self.switch, "link", "set", &outside, "up"])?;
+        Ok(self.addr(host))
+    }
+
     /// The address of node `host`.
     pub fn addr(&self, host: u8) -> String {
         format!("10.{}.0.{host}", self.net)

@@ -15,18 +15,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use prost::Message;
-use tokio::sync::mpsc;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-use zident_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use zident_proto::xds::{DeltaDiscoveryRequest, Node};
-
-const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
-const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
+use common::xds::{Seen, metric, metrics_text, open_stream, wait};
 
 fn mesh(workloads: usize, edit: usize) -> String {
     let mut s = format!(
@@ -50,13 +43,6 @@ fn mesh(workloads: usize, edit: usize) -> String {
     s
 }
 
-/// What each stream reports: ADDRESS responses seen, the time of the last, its size.
-#[derive(Default)]
-struct Seen {
-    count: AtomicU64,
-    last: Mutex<Option<(Instant, SystemTime, usize)>>,
-}
-
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -70,78 +56,6 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(run(workloads, streams, edits));
-}
-
-async fn wait(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < within, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-async fn open_stream(addr: &str, root: &[u8], seen: Arc<Seen>) {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(root))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{addr}"))
-        .expect("uri")
-        .tls_config(tls)
-        .expect("tls")
-        .connect()
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-    for t in [ADDRESS, AUTHORIZATION] {
-        tx.send(DeltaDiscoveryRequest {
-            node: Some(Node {
-                id: "ztunnel~10.0.0.1~bench.istio-system~istio-system.svc.cluster.local".into(),
-                ..Default::default()
-            }),
-            type_url: t.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("queue");
-    }
-    let outbound =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-    let mut req = tonic::Request::new(outbound);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", common::TOKEN).parse().expect("header"),
-    );
-    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(1 << 30)
-        .delta_aggregated_resources(req)
-        .await
-        .expect("stream opens")
-        .into_inner();
-    tokio::spawn(async move {
-        while let Ok(Some(r)) = responses.message().await {
-            if r.type_url == ADDRESS {
-                *seen.last.lock().expect("lock") =
-                    Some((Instant::now(), SystemTime::now(), r.encoded_len()));
-                seen.count.fetch_add(1, Ordering::SeqCst);
-            }
-            let ack = DeltaDiscoveryRequest {
-                type_url: r.type_url,
-                response_nonce: r.nonce,
-                ..Default::default()
-            };
-            if tx.send(ack).await.is_err() {
-                break;
-            }
-        }
-    });
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn run(workloads: usize, streams: usize, edits: usize) {
@@ -264,18 +178,4 @@ async fn run(workloads: usize, streams: usize, edits: usize) {
         rss_streams as f64 / (1024.0 * 1024.0),
         (rss_streams.saturating_sub(rss_idle)) as f64 / 1024.0 / streams as f64
     );
-}
-
-/// The CA's /metrics, by plain HTTP/1.1.
-async fn metrics_text(ca: &common::Ca) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(&ca.metrics)
-        .await
-        .expect("metrics port");
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.expect("response");
-    body
 }

@@ -1,0 +1,302 @@
+//! `zident ca --kubernetes` with two nodes, each in its own network namespace: the pods the test
+//! creates in a real kube-apiserver (and runs, as a kubelet would, by patching their status)
+//! reach both agents over xDS; traffic crosses nodes between the pods' addresses; a DENY
+//! AuthorizationPolicy created in the API server is enforced by the receiving node and lifted
+//! when deleted; a pod that comes and goes appears and disappears on the other node; the API
+//! server stops and starts under the running mesh without a dropped request.
+//!
+//! Needs root (namespaces) and the API server of scripts/k8s/build.sh; skipped with a message
+//! otherwise.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use serde_json::json;
+use zident_testkit::eventually;
+use zident_testkit::kube_api::{KubeApi, create, install_policy_crd, pod, policy, run_pod};
+use zident_testkit::netns::{Lan, NsProcess, curl_in, ip, whoami_server};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zident");
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The CA, in the test's own namespace (it reaches the API server on loopback and the nodes
+/// over the bridge); killed when dropped.
+struct Ca(Child);
+
+impl Drop for Ca {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn agent(dir: &Path, node: &str, ns: &str, addr: &str) -> NsProcess {
+    let root = dir.join("ca/root-cert.pem");
+    let wapi = dir.join(format!("{node}/wapi"));
+    let cache = dir.join(format!("{node}/xds.pb"));
+    NsProcess::spawn(
+        ns,
+        Path::new(BIN),
+        &[
+            "agent",
+            "--node",
+            node,
+            "--ca-address",
+            "10.87.0.1:15012",
+            "--ca-root-ca",
+            s(&root),
+            "--auth-token",
+            &format!("token-{}", &node[5..]),
+            "--inbound-addr",
+            &format!("{addr}:15008"),
+            "--no-capture",
+            "--secret-ttl",
+            "1h",
+            "--workload-api-dir",
+            s(&wapi),
+            "--xds-cache",
+            s(&cache),
+        ],
+        &dir.join(format!("{node}.log")),
+    )
+}
+
+fn admin(ns: &str, path: &str) -> serde_json::Value {
+    let (code, body) = curl_in(ns, &[&format!("http://127.0.0.1:15000{path}")]);
+    if code != 200 {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+}
+
+fn workload_names(ns: &str) -> Vec<String> {
+    let mut names: Vec<String> = admin(ns, "/config_dump")["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+fn ready(ns: &str) -> bool {
+    curl_in(ns, &["http://127.0.0.1:15021/healthz/ready"]).0 == 200
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_from_the_api_server_carry_traffic_across_nodes() {
+    let api = match KubeApi::shared() {
+        Ok(api) => api,
+        Err(why) => {
+            eprintln!("SKIPPED: no Kubernetes API server for this test: {why}");
+            return;
+        }
+    };
+    let mut lan = match Lan::new("zk", 87) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot make network namespaces here ({e}); run as root");
+            return;
+        }
+    };
+    lan.host_leg(1).expect("the test's namespace on the bridge");
+    let a = lan.node("a", 2).expect("node-a namespace");
+    let b = lan.node("b", 3).expect("node-b namespace");
+    // Pod addresses live on each node's loopback; replies find their way back over the bridge.
+    for (ns, addr) in [
+        (&a, "10.87.1.10/32"),
+        (&b, "10.87.2.10/32"),
+        (&b, "10.87.2.11/32"),
+    ] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", "lo"]).expect("pod address");
+    }
+    ip(&["-n", &b, "route", "add", "10.87.1.0/24", "via", "10.87.0.2"]).expect("route");
+    ip(&["-n", &a, "route", "add", "10.87.2.0/24", "via", "10.87.0.3"]).expect("route");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+
+    // The cluster: an enrolled namespace, a client pod on node-a and a server pod on node-b.
+    let client = api.client().await;
+    install_policy_crd(&client).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    create(
+        &namespaces,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}}),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    create(
+        &pods,
+        pod("c", Some("client"), "node-a", json!({"app": "c"})),
+    )
+    .await;
+    create(
+        &pods,
+        pod("s", Some("server"), "node-b", json!({"app": "s"})),
+    )
+    .await;
+    run_pod(&pods, "c", "10.87.1.10").await;
+    run_pod(&pods, "s", "10.87.2.10").await;
+
+    // The CA: the cluster's pods, the file's nodes and tokens.
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        "nodes:\n- {name: node-a, token: token-a, address: 10.87.0.2}\n\
+         - {name: node-b, token: token-b, address: 10.87.0.3}\n",
+    )
+    .expect("mesh file");
+    let ca_log = dir.join("ca.log");
+    let log = std::fs::File::create(&ca_log).expect("ca log");
+    let _ca = Ca(Command::new(BIN)
+        .args([
+            "ca",
+            "--kubernetes",
+            "--kubeconfig",
+            s(&api.kubeconfig()),
+            "--config",
+            s(&dir.join("mesh.yaml")),
+            "--data-dir",
+            s(&dir.join("ca")),
+            "--listen",
+            "10.87.0.1:15012",
+            "--dns-name",
+            "10.87.0.1",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the CA"));
+    let root = dir.join("ca/root-cert.pem");
+    eventually(DEADLINE, "the CA publishes its root", || root.exists()).await;
+    let _agent_a = agent(dir, "node-a", &a, "10.87.0.2");
+    let _agent_b = agent(dir, "node-b", &b, "10.87.0.3");
+    let _server = whoami_server(&b, "10.87.2.10", "s", dir);
+    let logs = || {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        format!(
+            "--- ca ---\n{}\n--- node-a ---\n{}\n--- node-b ---\n{}",
+            read("ca.log"),
+            read("node-a.log"),
+            read("node-b.log")
+        )
+    };
+    let fetch = || {
+        curl_in(
+            &a,
+            &[
+                "--interface",
+                "10.87.1.10",
+                "--socks5",
+                "127.0.0.1:15080",
+                "http://10.87.2.10:8080/whoami",
+            ],
+        )
+    };
+
+    eventually(DEADLINE, "both agents ready with the pods", || {
+        ready(&a) && ready(&b) && workload_names(&a) == ["c", "s"]
+    })
+    .await;
+    eventually(DEADLINE, "the server answers on its own node", || {
+        curl_in(&b, &["http://10.87.2.10:8080/whoami"]).0 == 200
+    })
+    .await;
+    let (code, body) = fetch();
+    assert_eq!((code, body.as_str()), (200, "s"), "{}", logs());
+
+    // A DENY policy created in the API server is enforced by node-b, then lifted.
+    let policies: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "shop",
+        &zident_kube::authorization_policy_resource(),
+    );
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(
+                "no-client",
+                json!({"action": "DENY", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]}),
+            ),
+        )
+        .await
+        .expect("create policy");
+    eventually(DEADLINE, "the DENY policy enforced", || fetch().0 != 200).await;
+    let (_, metrics) = curl_in(&b, &["http://127.0.0.1:15020/metrics"]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("zident_tunnel_failures") && l.contains("policy_denied")),
+        "refused for the policy: {metrics}"
+    );
+    policies
+        .delete("no-client", &DeleteParams::default())
+        .await
+        .expect("delete policy");
+    eventually(DEADLINE, "the DENY policy lifted", || fetch().0 == 200).await;
+
+    // A pod comes and goes; the other node sees both.
+    create(
+        &pods,
+        pod("s2", Some("server"), "node-b", json!({"app": "s"})),
+    )
+    .await;
+    run_pod(&pods, "s2", "10.87.2.11").await;
+    eventually(DEADLINE, "node-a sees the new pod", || {
+        workload_names(&a) == ["c", "s", "s2"]
+    })
+    .await;
+    pods.delete("s2", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete pod");
+    eventually(DEADLINE, "node-a sees it gone", || {
+        workload_names(&a) == ["c", "s"]
+    })
+    .await;
+
+    // The API server goes away and comes back: traffic between existing pods never stops, and
+    // a pod made afterwards reaches the nodes.
+    api.stop_apiserver().expect("stop the API server");
+    for _ in 0..5 {
+        let (code, body) = fetch();
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "s"),
+            "during the outage: {}",
+            logs()
+        );
+    }
+    api.start_apiserver().expect("start the API server again");
+    for _ in 0..5 {
+        let (code, body) = fetch();
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "s"),
+            "after the outage: {}",
+            logs()
+        );
+    }
+    create(
+        &pods,
+        pod("s3", Some("server"), "node-b", json!({"app": "s"})),
+    )
+    .await;
+    run_pod(&pods, "s3", "10.87.2.11").await;
+    eventually(
+        Duration::from_secs(90),
+        "a pod made after the outage",
+        || workload_names(&a) == ["c", "s", "s3"],
+    )
+    .await;
+}
