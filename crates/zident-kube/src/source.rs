@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -301,7 +301,10 @@ impl WatchCtx {
             + 'static,
     {
         let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, config).default_backoff().modify(slim::<K>),
+        );
         tasks.push(tokio::spawn(self.follow(kind, stream)));
         reader
     }
@@ -316,7 +319,9 @@ impl WatchCtx {
         let reader = writer.as_reader();
         let stream = reflector::reflector(
             writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .modify(slim::<DynamicObject>),
         );
         tasks.push(tokio::spawn(self.follow("AuthorizationPolicy", stream)));
         reader
@@ -373,6 +378,16 @@ impl WatchCtx {
                 }
             }
         }
+    }
+}
+
+/// What the stores keep of an object: everything the translation reads. `managedFields` (the
+/// server-side-apply record, often larger than the object) and the last-applied copy kubectl
+/// keeps in an annotation are dropped before an object is stored.
+fn slim<K: Resource>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
 
