@@ -167,18 +167,21 @@ impl Watching {
             "Namespace",
             Api::<Namespace>::all(client.clone()),
             watcher::Config::default(),
+            slim::<Namespace>,
             &mut tasks,
         );
         let pods = ctx.reflect(
             "Pod",
             Api::<Pod>::all(client.clone()),
             watcher::Config::default(),
+            slim_pod,
             &mut tasks,
         );
         let services = ctx.reflect(
             "Service",
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
+            slim::<Service>,
             &mut tasks,
         );
         let config_maps = ctx.reflect(
@@ -186,6 +189,7 @@ impl Watching {
             Api::<ConfigMap>::namespaced(client.clone(), &config.namespace),
             watcher::Config::default()
                 .fields(&format!("metadata.name={}", mesh_config::CONFIG_MAP)),
+            slim::<ConfigMap>,
             &mut tasks,
         );
         let policies = policies_served.then(|| {
@@ -289,6 +293,7 @@ impl WatchCtx {
         kind: &'static str,
         api: Api<K>,
         config: watcher::Config,
+        slim: fn(&mut K),
         tasks: &mut Vec<JoinHandle<()>>,
     ) -> Store<K>
     where
@@ -301,10 +306,8 @@ impl WatchCtx {
             + 'static,
     {
         let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, config).default_backoff().modify(slim::<K>),
-        );
+        let stream =
+            reflector::reflector(writer, watcher(api, config).default_backoff().modify(slim));
         tasks.push(tokio::spawn(self.follow(kind, stream)));
         reader
     }
@@ -388,6 +391,54 @@ fn slim<K: Resource>(obj: &mut K) {
     obj.managed_fields_mut().clear();
     if let Some(a) = obj.meta_mut().annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// A pod as the translation reads it, and nothing more: on a cluster of thousands of pods the
+/// rest of a pod (its containers' images, environment, volumes, probes, the kubelet's status
+/// details) would be most of the CA's memory.
+fn slim_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec, PodStatus};
+    slim(pod);
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec {
+            service_account_name: spec.service_account_name.take(),
+            service_account: spec.service_account.take(),
+            node_name: spec.node_name.take(),
+            host_network: spec.host_network,
+            containers: std::mem::take(&mut spec.containers)
+                .into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        *status = PodStatus {
+            phase: status.phase.take(),
+            pod_ip: status.pod_ip.take(),
+            pod_ips: status.pod_ips.take(),
+            conditions: status.conditions.take().map(|conditions| {
+                conditions
+                    .into_iter()
+                    .filter(|c| c.type_ == "Ready")
+                    .map(|c| PodCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        };
     }
 }
 
@@ -481,5 +532,70 @@ impl Connection {
         let server = config.cluster_url.to_string();
         let client = Client::try_from(config).map_err(SourceError::Client)?;
         Ok(Self { client, server })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::{Objects, translate};
+    use serde_json::json;
+
+    /// Whatever is dropped from a stored pod, the mesh made from it is the same.
+    #[test]
+    fn a_slim_pod_makes_the_same_workload() {
+        let full: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "in", "uid": "u1", "resourceVersion": "7",
+                         "labels": {"app": "p", "version": "v2"},
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "x": "y"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "p-1",
+                                              "uid": "o1", "controller": true}],
+                         "managedFields": [{"manager": "kubectl", "operation": "Update"}],
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"serviceAccountName": "sa", "nodeName": "n1",
+                     "volumes": [{"name": "v", "emptyDir": {}}],
+                     "containers": [{"name": "c", "image": "img", "env": [{"name": "A", "value": "1"}],
+                                     "ports": [{"name": "web", "containerPort": 9090}]}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}],
+                       "hostIP": "192.168.0.1",
+                       "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                                      {"type": "PodScheduled", "status": "True"}],
+                       "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "image": "img", "imageID": "x"}]}
+        }))
+        .expect("pod");
+        let mut slimmed = full.clone();
+        slim_pod(&mut slimmed);
+        assert!(
+            slimmed
+                .metadata
+                .managed_fields
+                .as_ref()
+                .is_none_or(|m| m.is_empty())
+        );
+        assert!(slimmed.metadata.annotations.is_none());
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "in",
+            "labels": {"istio.io/dataplane-mode": "ambient"}}}))
+        .expect("namespace");
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "s", "namespace": "in"},
+            "spec": {"selector": {"app": "p"}, "clusterIP": "10.96.0.1",
+                     "ports": [{"port": 80, "targetPort": "web"}]}}))
+        .expect("service");
+        let mesh = |pod: Pod| {
+            let objects = Objects {
+                namespaces: vec![Arc::new(ns.clone())],
+                pods: vec![Arc::new(pod)],
+                services: vec![Arc::new(svc.clone())],
+                ..Default::default()
+            };
+            translate(
+                &objects,
+                &zident_mesh::default_trust_domain(),
+                &Default::default(),
+            )
+        };
+        let (a, b) = (mesh(full), mesh(slimmed));
+        assert_eq!(a.workloads.len(), 1);
+        assert_eq!(a, b);
     }
 }
