@@ -144,6 +144,12 @@ impl ClusterSource {
 
     /// Rebuilds on every change of the cluster or the file and puts each new mesh in force.
     pub(crate) fn follow(mut self, state: Arc<CaState>) -> JoinHandle<()> {
+        // What the first view found was published before the metrics existed: count it now.
+        for f in &self.view.lock().unwrap_or_else(|e| e.into_inner()).findings {
+            state
+                .metrics
+                .kubernetes_finding(f.object.kind, f.reason, f.severity.as_str());
+        }
         tokio::spawn(async move {
             let mut changes = self.watching.changes();
             let mut status = self.watching.status();

@@ -101,6 +101,19 @@ async fn the_cluster_is_the_mesh() {
     )
     .await;
 
+    // A policy refused before the CA starts is counted like one refused later.
+    Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        "shop",
+        &zident_kube::authorization_policy_resource(),
+    )
+    .create(
+        &PostParams::default(),
+        &policy("early-typo", json!({"action": "ALOW"})),
+    )
+    .await
+    .expect("create policy");
+
     // The mesh file adds the nodes' tokens; the cluster gives everything else.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -307,6 +320,12 @@ async fn the_cluster_is_the_mesh() {
             "zident_ca_kubernetes_objects_refused_total{kind=\"Pod\",reason=\"NoServiceAccount\",severity=\"refused\"} 1"
         ),
         "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "zident_ca_kubernetes_objects_refused_total{kind=\"AuthorizationPolicy\",reason=\"UnknownAction\",severity=\"refused\"} 2"
+        ),
+        "the policy refused at start and the one refused later: {metrics}"
     );
 
     // meshConfig edited: its certificates join the mesh; a trust domain change is refused
