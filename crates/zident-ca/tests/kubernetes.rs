@@ -425,4 +425,28 @@ async fn the_cluster_is_the_mesh() {
         has_workload(&ca, "after", "10.1.0.30")
     })
     .await;
+
+    // The API alone, no mesh file: the trust domain is meshConfig's (now other.example), there
+    // is no node token, and the enrolled pods are the mesh.
+    let alone = tempfile::tempdir().unwrap();
+    let mut config = common::config(alone.path());
+    config.kubernetes = Some(KubernetesConfig {
+        namespace: "istio-system".into(),
+        kubeconfig: Some(api.kubeconfig()),
+        initial_sync: WAIT,
+        with_mesh_file: false,
+        ..Default::default()
+    });
+    let ca2 = common::start_ca(config).await;
+    let m = mesh(&ca2);
+    assert_eq!(m.trust_domain.as_str(), "other.example");
+    assert!(m.nodes.is_empty() && m.identities.is_empty());
+    let mut names: Vec<&str> = m.workloads.iter().map(|w| w.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["after", "optin"]);
+    let after = m.workloads.iter().find(|w| w.name == "after").unwrap();
+    assert_eq!(
+        after.spiffe_id(&m.trust_domain).unwrap().to_string(),
+        "spiffe://other.example/ns/plain/sa/after"
+    );
 }
