@@ -285,12 +285,13 @@ async fn the_cluster_is_the_mesh() {
         has_workload(&ca, "front", "10.1.0.1"),
         "the first holder keeps its address"
     );
-    for name in ["no-sa", "thief"] {
+    for (name, reason) in [("no-sa", "NoServiceAccount"), ("thief", "DuplicateAddress")] {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             let events = events_for(&client, "shop", name).await;
             if let Some(e) = events.first() {
                 assert_eq!(e.type_.as_deref(), Some("Warning"));
+                assert_eq!(e.reason.as_deref(), Some(reason));
                 assert!(e.note.as_deref().is_some_and(|n| !n.is_empty()));
                 break;
             }

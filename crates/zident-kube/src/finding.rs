@@ -18,6 +18,24 @@ pub struct ObjectRef {
     pub resource_version: String,
 }
 
+impl ObjectRef {
+    /// The object of `kind` (served under `api_version`) that `meta` describes.
+    pub fn of(
+        kind: &'static str,
+        api_version: &'static str,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Self {
+        Self {
+            kind,
+            api_version,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            resource_version: meta.resource_version.clone().unwrap_or_default(),
+        }
+    }
+}
+
 impl std::fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.namespace.is_empty() {

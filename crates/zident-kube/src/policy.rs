@@ -377,26 +377,34 @@ fn service_accounts(values: &[String], namespace: &str) -> Vec<ServiceAccountMat
         .collect()
 }
 
-fn ports(values: &[String], field: &str, unenforceable: &mut Vec<String>) -> Vec<u16> {
+/// Each value read as `T`; one that does not read is noted in `unenforceable` (it fails closed
+/// like an HTTP field) instead of being skipped silently as istiod does.
+fn parsed<T: std::str::FromStr>(
+    values: &[String],
+    field: &str,
+    unenforceable: &mut Vec<String>,
+) -> Vec<T>
+where
+    T::Err: std::fmt::Display,
+{
     let mut out = Vec::new();
     for v in values {
-        match v.parse::<u16>() {
-            Ok(p) => out.push(p),
-            Err(_) => unenforceable.push(format!("{field} {v:?} (not a port number)")),
+        match v.parse::<T>() {
+            Ok(x) => out.push(x),
+            Err(e) => unenforceable.push(format!("{field} {v:?} ({e})")),
         }
     }
     out
 }
 
+/// Port numbers.
+fn ports(values: &[String], field: &str, unenforceable: &mut Vec<String>) -> Vec<u16> {
+    parsed(values, field, unenforceable)
+}
+
+/// Addresses and ranges.
 fn cidrs(values: &[String], field: &str, unenforceable: &mut Vec<String>) -> Vec<Cidr> {
-    let mut out = Vec::new();
-    for v in values {
-        match v.parse::<Cidr>() {
-            Ok(c) => out.push(c),
-            Err(e) => unenforceable.push(format!("{field} {v:?} ({e})")),
-        }
-    }
-    out
+    parsed(values, field, unenforceable)
 }
 
 #[cfg(test)]

@@ -149,12 +149,5 @@ pub(crate) fn labels_match(
 
 /// The reference a finding about `svc` names.
 pub(crate) fn service_ref(svc: &Service) -> ObjectRef {
-    ObjectRef {
-        kind: "Service",
-        api_version: "v1",
-        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-        uid: svc.metadata.uid.clone().unwrap_or_default(),
-        resource_version: svc.metadata.resource_version.clone().unwrap_or_default(),
-    }
+    ObjectRef::of("Service", "v1", &svc.metadata)
 }

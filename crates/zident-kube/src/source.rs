@@ -166,37 +166,42 @@ impl Watching {
         let namespaces = ctx.reflect(
             "Namespace",
             Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
+            (watcher::Config::default(), ()),
             slim::<Namespace>,
             &mut tasks,
         );
         let pods = ctx.reflect(
             "Pod",
             Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
+            (watcher::Config::default(), ()),
             slim_pod,
             &mut tasks,
         );
         let services = ctx.reflect(
             "Service",
             Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
+            (watcher::Config::default(), ()),
             slim::<Service>,
             &mut tasks,
         );
         let config_maps = ctx.reflect(
             "ConfigMap",
             Api::<ConfigMap>::namespaced(client.clone(), &config.namespace),
-            watcher::Config::default()
-                .fields(&format!("metadata.name={}", mesh_config::CONFIG_MAP)),
+            (
+                watcher::Config::default()
+                    .fields(&format!("metadata.name={}", mesh_config::CONFIG_MAP)),
+                (),
+            ),
             slim::<ConfigMap>,
             &mut tasks,
         );
         let policies = policies_served.then(|| {
             let resource = authorization_policy_resource();
-            ctx.reflect_dynamic(
+            ctx.reflect(
+                "AuthorizationPolicy",
                 Api::<DynamicObject>::all_with(client.clone(), &resource),
-                resource,
+                (watcher::Config::default(), resource),
+                slim::<DynamicObject>,
                 &mut tasks,
             )
         });
@@ -288,45 +293,25 @@ struct WatchCtx {
 }
 
 impl WatchCtx {
+    /// One kind's reflector (`dyntype`: `()` for a typed kind, the `ApiResource` of a custom
+    /// one), its objects slimmed by `slim` before they are stored.
     fn reflect<K>(
         &self,
         kind: &'static str,
         api: Api<K>,
-        config: watcher::Config,
+        (config, dyntype): (watcher::Config, K::DynamicType),
         slim: fn(&mut K),
         tasks: &mut Vec<JoinHandle<()>>,
     ) -> Store<K>
     where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+        K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
     {
-        let (reader, writer) = reflector::store();
+        let writer = reflector::store::Writer::new(dyntype);
+        let reader = writer.as_reader();
         let stream =
             reflector::reflector(writer, watcher(api, config).default_backoff().modify(slim));
         tasks.push(tokio::spawn(self.follow(kind, stream)));
-        reader
-    }
-
-    fn reflect_dynamic(
-        &self,
-        api: Api<DynamicObject>,
-        resource: ApiResource,
-        tasks: &mut Vec<JoinHandle<()>>,
-    ) -> Store<DynamicObject> {
-        let writer = reflector::store::Writer::new(resource);
-        let reader = writer.as_reader();
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default())
-                .default_backoff()
-                .modify(slim::<DynamicObject>),
-        );
-        tasks.push(tokio::spawn(self.follow("AuthorizationPolicy", stream)));
         reader
     }
 

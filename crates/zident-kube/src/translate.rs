@@ -213,14 +213,7 @@ fn read_settings(
         out.settings = MeshSettings::default();
         return;
     };
-    let object = ObjectRef {
-        kind: "ConfigMap",
-        api_version: "v1",
-        namespace: cm.metadata.namespace.clone().unwrap_or_default(),
-        name: cm.metadata.name.clone().unwrap_or_default(),
-        uid: cm.metadata.uid.clone().unwrap_or_default(),
-        resource_version: cm.metadata.resource_version.clone().unwrap_or_default(),
-    };
+    let object = ObjectRef::of("ConfigMap", "v1", &cm.metadata);
     let yaml = cm
         .data
         .as_ref()
@@ -268,14 +261,7 @@ fn sorted<K>(
 }
 
 fn policy_ref(obj: &DynamicObject) -> ObjectRef {
-    ObjectRef {
-        kind: "AuthorizationPolicy",
-        api_version: "security.istio.io/v1",
-        namespace: obj.metadata.namespace.clone().unwrap_or_default(),
-        name: obj.metadata.name.clone().unwrap_or_default(),
-        uid: obj.metadata.uid.clone().unwrap_or_default(),
-        resource_version: obj.metadata.resource_version.clone().unwrap_or_default(),
-    }
+    ObjectRef::of("AuthorizationPolicy", "security.istio.io/v1", &obj.metadata)
 }
 
 #[cfg(test)]

@@ -166,12 +166,5 @@ fn ready(pod: &Pod) -> bool {
 
 /// The reference a finding about `pod` names.
 pub(crate) fn pod_ref(pod: &Pod) -> ObjectRef {
-    ObjectRef {
-        kind: "Pod",
-        api_version: "v1",
-        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        uid: pod.metadata.uid.clone().unwrap_or_default(),
-        resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
-    }
+    ObjectRef::of("Pod", "v1", &pod.metadata)
 }

@@ -57,27 +57,8 @@ impl Lan {
         let ns = format!("{}-{name}", self.prefix);
         ip(&["netns", "add", &ns])?;
         self.nodes.push(ns.clone());
-        let (inside, outside) = (format!("v{host}"), format!("p{host}"));
-        ip(&[
-            "link",
-            "add",
-            &inside,
-            "netns",
-            &ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &outside,
-            "netns",
-            &self.switch,
-        ])?;
-        let addr = format!("10.{}.0.{host}/24", self.net);
-        ip(&["-n", &ns, "addr", "add", &addr, "dev", &inside])?;
-        ip(&["-n", &ns, "link", "set", &inside, "up"])?;
+        self.plug(&format!("v{host}"), Some(&ns), host)?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &self.switch, "link", "set", &outside, "master", "br0"])?;
-        ip(&["-n", &self.switch, "link", "set", &outside, "up"])?;
         Ok(ns)
     }
 
@@ -85,11 +66,19 @@ impl Lan {
     /// process that must reach both the nodes and something only on this machine's loopback
     /// (a control plane beside the test's Kubernetes API server). Removed with the bridge.
     pub fn host_leg(&mut self, host: u8) -> Result<String, String> {
-        let (inside, outside) = (format!("{}h", self.prefix), format!("p{host}"));
-        ip(&[
-            "link",
-            "add",
-            &inside,
+        self.plug(&format!("{}h", self.prefix), None, host)?;
+        Ok(self.addr(host))
+    }
+
+    /// A veth pair: `inside` in namespace `ns` (`None`: the test's own) at
+    /// `10.<net>.0.<host>/24`, up; its peer on the bridge.
+    fn plug(&self, inside: &str, ns: Option<&str>, host: u8) -> Result<(), String> {
+        let outside = format!("p{host}");
+        let mut add = vec!["link", "add", inside];
+        if let Some(ns) = ns {
+            add.extend(["netns", ns]);
+        }
+        add.extend([
             "type",
             "veth",
             "peer",
@@ -97,13 +86,17 @@ impl Lan {
             &outside,
             "netns",
             &self.switch,
-        ])?;
+        ]);
+        ip(&add)?;
+        let in_ns = |args: &[&str]| match ns {
+            Some(ns) => ip(&[&["-n", ns], args].concat()),
+            None => ip(args),
+        };
         let addr = format!("10.{}.0.{host}/24", self.net);
-        ip(&["addr", "add", &addr, "dev", &inside])?;
-        ip(&["link", "set", &inside, "up"])?;
+        in_ns(&["addr", "add", &addr, "dev", inside])?;
+        in_ns(&["link", "set", inside, "up"])?;
         ip(&["-n", &self.switch, "link", "set", &outside, "master", "br0"])?;
-        ip(&["-n", &self.switch, "link", "set", &outside, "up"])?;
-        Ok(self.addr(host))
+        ip(&["-n", &self.switch, "link", "set", &outside, "up"])
     }
 
     /// The address of node `host`.

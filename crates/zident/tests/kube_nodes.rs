@@ -348,26 +348,16 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
 
     // The API server goes away and comes back: traffic between existing pods never stops, and
     // a pod made afterwards reaches the nodes.
+    let five_fetches = |when: &str| {
+        for _ in 0..5 {
+            let (code, body) = fetch();
+            assert_eq!((code, body.as_str()), (200, "s"), "{when}: {}", logs());
+        }
+    };
     api.stop_apiserver().expect("stop the API server");
-    for _ in 0..5 {
-        let (code, body) = fetch();
-        assert_eq!(
-            (code, body.as_str()),
-            (200, "s"),
-            "during the outage: {}",
-            logs()
-        );
-    }
+    five_fetches("during the outage");
     api.start_apiserver().expect("start the API server again");
-    for _ in 0..5 {
-        let (code, body) = fetch();
-        assert_eq!(
-            (code, body.as_str()),
-            (200, "s"),
-            "after the outage: {}",
-            logs()
-        );
-    }
+    five_fetches("after the outage");
     create(
         &pods,
         pod("s3", Some("server"), "node-b", json!({"app": "s"})),
