@@ -4,7 +4,7 @@
 //! the CA publishes it only when it differs, so xDS pushes only what changed. Through an API
 //! outage the last good view stays in force and `/ready` and `/debug/kubernetes` say since when.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zident_identity::TrustDomain;
 use zident_kube::{ClusterMesh, Connection, EventPublisher, MeshSettings, SourceConfig, Watching};
-use zident_mesh::{MeshError, MeshFile};
+use zident_mesh::{CallerToken, MeshError, MeshFile};
 
 use crate::cluster_view::{ClusterView, Counts};
 use crate::config::KubernetesConfig;
@@ -20,9 +20,15 @@ use crate::metrics::CaMetrics;
 use crate::node_authorizer::NodeAuthorizer;
 use crate::state::CaState;
 
+/// The mesh file's part: its entries and its callers' tokens, read once per edit of the file.
+pub(crate) struct FileBase {
+    pub(crate) mesh: MeshFile,
+    pub(crate) tokens: Vec<(String, CallerToken)>,
+}
+
 /// Where an edited mesh file goes when the cluster is the source: it is combined with the
 /// cluster's part, not applied alone.
-pub(crate) type FileSink = Arc<watch::Sender<Arc<MeshFile>>>;
+pub(crate) type FileSink = Arc<watch::Sender<Arc<FileBase>>>;
 
 /// Why the cluster's mesh could not be had at start.
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +46,10 @@ pub(crate) struct ClusterSource {
     watching: Watching,
     api: Connection,
     config: KubernetesConfig,
-    mesh_path: PathBuf,
+    /// The file's tokens in force, so that an edit of a token alone is applied too.
+    applied_tokens: Vec<(String, CallerToken)>,
     trust_domain: TrustDomain,
-    base: watch::Receiver<Arc<MeshFile>>,
+    base: watch::Receiver<Arc<FileBase>>,
     base_tx: FileSink,
     settings: MeshSettings,
     events: EventPublisher,
@@ -68,7 +75,9 @@ impl ClusterSource {
         let watching = Watching::start(&api, &source).await?;
         let objects = watching.objects(&config.namespace);
         let base = if config.with_mesh_file {
-            MeshFile::load(mesh_path)?
+            let mesh = MeshFile::load(mesh_path)?;
+            let tokens = mesh.resolve_tokens(mesh_path)?;
+            FileBase { mesh, tokens }
         } else {
             // The API alone: the trust domain is MeshConfig's, when it names one.
             let settings = objects
@@ -79,16 +88,20 @@ impl ClusterSource {
             let td = settings
                 .and_then(|s| s.trust_domain)
                 .unwrap_or_else(zident_mesh::default_trust_domain);
-            MeshFile::empty(td)
+            FileBase {
+                mesh: MeshFile::empty(td),
+                tokens: Vec::new(),
+            }
         };
-        let trust_domain = base.trust_domain.clone();
+        let trust_domain = base.mesh.trust_domain.clone();
+        let base_tokens = base.tokens.clone();
         let (base_tx, base_rx) = watch::channel(Arc::new(base));
         let events = EventPublisher::new(&api, "zident-ca", config.instance.clone());
         let mut source = Self {
             watching,
             api,
             config: config.clone(),
-            mesh_path: mesh_path.to_owned(),
+            applied_tokens: base_tokens,
             trust_domain,
             base: base_rx,
             base_tx: Arc::new(base_tx),
@@ -97,7 +110,7 @@ impl ClusterSource {
             view: Arc::default(),
             initial: MeshFile::empty(zident_mesh::default_trust_domain()),
         };
-        source.initial = source.rebuild(None)?;
+        source.initial = source.rebuild(None)?.0;
         Ok(source)
     }
 
@@ -108,17 +121,21 @@ impl ClusterSource {
 
     /// The cluster's part and the file's, as one checked mesh; findings logged, counted and
     /// recorded as Events.
-    fn rebuild(&mut self, metrics: Option<&CaMetrics>) -> Result<MeshFile, MeshError> {
+    /// Returns the mesh with the file's tokens it was built with.
+    fn rebuild(
+        &mut self,
+        metrics: Option<&CaMetrics>,
+    ) -> Result<(MeshFile, Vec<(String, CallerToken)>), MeshError> {
         let objects = self.watching.objects(&self.config.namespace);
         let cluster: ClusterMesh =
             zident_kube::translate(&objects, &self.trust_domain, &self.settings);
         self.settings = cluster.settings.clone();
         let base = self.base.borrow().clone();
-        let combined = zident_kube::combine(&base, &cluster, &self.api.server);
+        let combined = zident_kube::combine(&base.mesh, &cluster, &self.api.server);
         let mut findings = cluster.findings.clone();
         let result = combined.map(|c| {
             findings.extend(c.findings);
-            c.mesh
+            (c.mesh, base.tokens.clone())
         });
         findings.sort();
         for f in self.events.publish(&findings) {
@@ -168,7 +185,7 @@ impl ClusterSource {
                 changes.borrow_and_update();
                 base.borrow_and_update();
                 match self.rebuild(Some(&state.metrics)) {
-                    Ok(mesh) => self.apply(&state, mesh),
+                    Ok((mesh, tokens)) => self.apply(&state, mesh, tokens),
                     Err(e) => {
                         state.metrics.reload("kubernetes", false);
                         tracing::error!(target: "zident::ca", "the mesh from the cluster was refused, keeping the last good one: {e}");
@@ -178,26 +195,20 @@ impl ClusterSource {
         })
     }
 
-    fn apply(&self, state: &CaState, mesh: MeshFile) {
-        if *state.subscribe_mesh().borrow().mesh == mesh {
+    fn apply(&mut self, state: &CaState, mesh: MeshFile, tokens: Vec<(String, CallerToken)>) {
+        if *state.subscribe_mesh().borrow().mesh == mesh && tokens == self.applied_tokens {
             return;
         }
-        match NodeAuthorizer::from_mesh(&mesh, &self.mesh_path) {
-            Ok(authorizer) => {
-                tracing::info!(
-                    target: "zident::ca",
-                    workloads = mesh.workloads.len(),
-                    services = mesh.services.len(),
-                    policies = mesh.policies.len(),
-                    "mesh rebuilt from the cluster"
-                );
-                state.set_mesh(mesh, authorizer);
-                state.metrics.reload("kubernetes", true);
-            }
-            Err(e) => {
-                state.metrics.reload("kubernetes", false);
-                tracing::error!(target: "zident::ca", "the rebuilt mesh's tokens are unusable, keeping the last good mesh: {e}");
-            }
-        }
+        let authorizer = NodeAuthorizer::from_tokens(&mesh, tokens.clone());
+        self.applied_tokens = tokens;
+        tracing::info!(
+            target: "zident::ca",
+            workloads = mesh.workloads.len(),
+            services = mesh.services.len(),
+            policies = mesh.policies.len(),
+            "mesh rebuilt from the cluster"
+        );
+        state.set_mesh(mesh, authorizer);
+        state.metrics.reload("kubernetes", true);
     }
 }

@@ -99,8 +99,14 @@ pub struct NodeAuthorizer {
 impl NodeAuthorizer {
     /// Builds the registry from a mesh file, reading token files relative to `mesh_path`.
     pub fn from_mesh(mesh: &MeshFile, mesh_path: &Path) -> Result<Self, MeshError> {
-        let callers = mesh
-            .resolve_tokens(mesh_path)?
+        Ok(Self::from_tokens(mesh, mesh.resolve_tokens(mesh_path)?))
+    }
+
+    /// Builds the registry from a mesh and tokens already resolved (by
+    /// [`MeshFile::resolve_tokens`]): a mesh rebuilt from the cluster on every change reuses the
+    /// file's tokens instead of reading its token files again.
+    pub fn from_tokens(mesh: &MeshFile, tokens: Vec<(String, CallerToken)>) -> Self {
+        let callers = tokens
             .into_iter()
             .map(|(token, who)| {
                 let caller = match who {
@@ -120,12 +126,12 @@ impl NodeAuthorizer {
             .iter()
             .filter_map(|n| n.spiffe_id.clone().map(|id| (n.name.clone(), id)))
             .collect();
-        Ok(Self {
+        Self {
             trust_domain: mesh.trust_domain.clone(),
             callers,
             by_node,
             node_identity,
-        })
+        }
     }
 
     /// The mesh's trust domain.

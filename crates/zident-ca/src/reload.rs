@@ -10,7 +10,7 @@ use zident_identity::TrustDomain;
 use zident_mesh::MeshFile;
 
 use crate::config::CaConfig;
-use crate::kubernetes::FileSink;
+use crate::kubernetes::{FileBase, FileSink};
 use crate::node_authorizer::NodeAuthorizer;
 use crate::roots::authority::{Authority, AuthorityError};
 use crate::roots::plugged;
@@ -63,12 +63,13 @@ pub(crate) fn reload_mesh_beside_cluster(state: &CaState, path: &Path, sink: &Fi
     let current_td = state.authorizer().trust_domain().clone();
     let result = MeshFile::load(path).and_then(|mesh| {
         mesh.keeps_trust_domain(&current_td, &zident_mesh::MeshOrigin::file(path), "the CA")?;
-        NodeAuthorizer::from_mesh(&mesh, path).map(|_| mesh)
+        let tokens = mesh.resolve_tokens(path)?;
+        Ok(FileBase { mesh, tokens })
     });
     match result {
-        Ok(mesh) => {
+        Ok(base) => {
             tracing::info!(target: "zident::ca", "mesh file reloaded; combining it with the cluster's mesh");
-            sink.send_replace(std::sync::Arc::new(mesh));
+            sink.send_replace(std::sync::Arc::new(base));
         }
         Err(e) => {
             state.metrics.reload("mesh", false);
