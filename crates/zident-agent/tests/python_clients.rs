@@ -18,19 +18,7 @@ use std::time::Duration;
 
 use common::{World, agent_with_sockets, log_text, logs};
 
-/// The Python with `spiffe` and `grpcio`.
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ZIDENT_PYTHON") {
-        return p.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python3");
-    assert!(
-        venv.exists(),
-        "this test needs Python with the spiffe and grpcio packages: run .ci/run, or \
-         python3 -m venv target/pyenv && target/pyenv/bin/pip install spiffe==0.3.2 grpcio==1.85.3 PyJWT[crypto]==2.15.1"
-    );
-    venv
-}
+use zident_testkit::python;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_spiffe_and_grpcio_clients_are_served() {

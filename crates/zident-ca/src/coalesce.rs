@@ -19,6 +19,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Above this many buffered bytes, writes go out without waiting for a flush.
 const MAX_BUFFER: usize = 64 * 1024;
+/// A drained buffer larger than this is given back rather than kept for the next batch: a
+/// connection that once carried a large response (an xDS stream's first push) must not hold
+/// 64 KiB for as long as it stays open. A batch of certificates fits in what is kept.
+const KEEP: usize = 8 * 1024;
 
 /// A connection whose writes are gathered until the next flush, and whose flush first lets
 /// the other ready tasks run once.
@@ -53,7 +57,11 @@ impl<T: AsyncWrite + Unpin> CoalescedWrites<T> {
             }
             self.written += n;
         }
-        self.buf.clear();
+        if self.buf.capacity() > KEEP {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
         self.written = 0;
         Poll::Ready(Ok(()))
     }
@@ -162,6 +170,12 @@ mod tests {
         }
         let writes = conn.inner.writes - 1;
         assert!((2..=4).contains(&writes), "{writes} writes for 200 KB");
+        conn.flush().await.expect("flush");
+        assert!(
+            conn.buf.capacity() <= KEEP,
+            "a drained buffer of {} bytes is kept",
+            conn.buf.capacity()
+        );
         // A chunk larger than the buffer goes straight through, after what was gathered.
         let big = vec![0xeeu8; MAX_BUFFER * 2];
         conn.write_all(b"before").await.expect("write");

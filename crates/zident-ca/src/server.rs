@@ -24,7 +24,6 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use zident_identity::profile;
 use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
-use zident_proto::xds::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use zident_proto::zident_ca::jwt_svid_service_server::JwtSvidServiceServer;
 
 use crate::coalesce::CoalescedWrites;
@@ -127,20 +126,15 @@ pub fn tls_config(cert: Arc<ServingCert>) -> Result<rustls::ServerConfig, rustls
     Ok(config)
 }
 
-/// The largest xDS request accepted: a reconnecting client lists every resource it holds.
-const MAX_XDS_REQUEST_BYTES: usize = 16 * 1024 * 1024;
-
 /// The HTTP routes: the gRPC services (certificates, JWT-SVIDs, xDS) and the bundle endpoints.
 pub(crate) fn router(state: Arc<CaState>, xds: XdsService) -> axum::Router {
     let grpc = IstioCertificateServiceServer::new(CaService::new(state.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let ads =
-        AggregatedDiscoveryServiceServer::new(xds).max_decoding_message_size(MAX_XDS_REQUEST_BYTES);
     let jwt = JwtSvidServiceServer::new(JwtService::new(state.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let json_state = state.clone();
     tonic::service::Routes::new(grpc)
-        .add_service(ads)
+        .add_service(xds)
         .add_service(jwt)
         .into_axum_router()
         .route(

@@ -6,6 +6,8 @@
 //! - [`capture_logs`], [`captured`], [`logged`]: the test process's own log lines, to assert
 //!   what an operator would read;
 //! - [`curl`]: the curl command line, a client nobody here wrote;
+//! - [`python`]: the Python with the `spiffe`, `grpcio` and `PyJWT` packages, clients nobody
+//!   here wrote;
 //! - [`ca`]: a CA for a test's directory, started in the test process;
 //! - [`netns`]: nodes in their own network namespaces on a shared bridge;
 //! - [`postgres`]: a real PostgreSQL cluster in a temporary directory;
@@ -37,6 +39,23 @@ pub async fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The Python that has `spiffe`, `grpcio` and `PyJWT`: `ZIDENT_PYTHON`, or the virtual
+/// environment `.ci/run` makes at `target/pyenv`. Fails the test with the command that makes
+/// it when neither exists: these clients are part of the suite, not optional.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("ZIDENT_PYTHON") {
+        return p.into();
+    }
+    let venv =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python3");
+    assert!(
+        venv.exists(),
+        "this test needs Python with the spiffe and grpcio packages: run .ci/run, or \
+         python3 -m venv target/pyenv && target/pyenv/bin/pip install spiffe==0.3.2 grpcio==1.85.3 PyJWT[crypto]==2.15.1"
+    );
+    venv
 }
 
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();

@@ -131,7 +131,24 @@ async fn run(workloads: usize, streams: usize, edits: usize) {
     }
     let cpu_edits = common::process_cpu(ca.pid()) - cpu_before_edits;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // The streams' steady cost: connected, holding the mesh, after 21 small pushes.
+    let rss_after_edits = common::process_rss(ca.pid());
     let metrics_after = metrics_text(&ca).await;
+
+    // The memory a stream costs, apart from what the edits left in the allocator: as many
+    // streams again, each sent the whole mesh, then idle.
+    let more: Vec<Arc<Seen>> = (0..streams).map(|_| Arc::new(Seen::default())).collect();
+    for s in &more {
+        open_stream(&ca.addr, &root, s.clone()).await;
+    }
+    wait(
+        "every added stream has the mesh",
+        Duration::from_secs(600),
+        || more.iter().all(|s| s.count.load(Ordering::SeqCst) >= 1),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_more = common::process_rss(ca.pid());
     let conv_sum = metric(&metrics_after, "pilot_proxy_convergence_time_sum")
         - metric(&metrics_before, "pilot_proxy_convergence_time_sum");
     let conv_count = metric(&metrics_after, "pilot_proxy_convergence_time_count")
@@ -177,5 +194,11 @@ async fn run(workloads: usize, streams: usize, edits: usize) {
         rss_idle as f64 / (1024.0 * 1024.0),
         rss_streams as f64 / (1024.0 * 1024.0),
         (rss_streams.saturating_sub(rss_idle)) as f64 / 1024.0 / streams as f64
+    );
+    println!(
+        "  CA memory after the edits: {:.1} MiB; with {streams} more streams: {:.1} MiB ({:.1} KiB per added stream; goal: under 100)",
+        rss_after_edits as f64 / (1024.0 * 1024.0),
+        rss_more as f64 / (1024.0 * 1024.0),
+        (rss_more.saturating_sub(rss_after_edits)) as f64 / 1024.0 / streams as f64
     );
 }

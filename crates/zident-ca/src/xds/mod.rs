@@ -7,12 +7,14 @@
 //! - `stream`: one client's subscriptions, what it holds, its ACKs and NACKs;
 //! - `service`: authentication (the same bearer tokens as `CreateCertificate`) and the
 //!   stream's start and end;
+//! - `wire`: each response written from the generation's shared resources in bounded chunks;
 //! - `metrics`: under istiod's names (`pilot_xds`, `pilot_xds_pushes`, …).
 
 mod generation;
 mod metrics;
 mod service;
 mod stream;
+mod wire;
 
 pub(crate) use generation::follow_mesh;
 pub(crate) use metrics::XdsMetrics;

@@ -2,20 +2,34 @@
 //! does, then run its stream until it ends. Every caller that authenticates sees the whole
 //! mesh (a node must reach destinations on every node); what it may get certificates for is
 //! decided by `CreateCertificate` alone.
+//!
+//! The gRPC method is served here rather than through tonic's generated server so that the
+//! responses are written by [`super::wire`] (shared resources, bounded chunks) instead of
+//! tonic's encoder, which keeps a buffer the size of the largest response for each stream's
+//! life. Requests are still decoded by tonic's `Streaming`.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use futures_util::Stream;
+use bytes::Bytes;
+use hyper::body::Frame;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{HeaderMap, Request, Response};
 use tokio::sync::{mpsc, watch};
-use tonic::{Request, Response, Status, Streaming};
-use zident_proto::xds::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use tonic::body::Body;
+use tonic::codec::Codec;
+use tonic::server::NamedService;
+use tonic::{Status, Streaming};
+use tonic_prost::ProstCodec;
 use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use super::generation::Generation;
 use super::metrics::XdsMetrics;
 use super::stream::StreamState;
+use super::wire::{Frames, WireResponse};
 use crate::connections::InFlight;
 use crate::node_authorizer::Caller;
 use crate::service::{authenticate, peer_of};
@@ -25,6 +39,11 @@ use crate::state::CaState;
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Responses queued for a client that does not read before the stream waits for it.
 const QUEUE: usize = 16;
+/// The largest xDS request accepted: a reconnecting client lists every resource it holds.
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// The one method of the service.
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// The xDS service; cheap to clone.
 #[derive(Clone)]
@@ -46,18 +65,24 @@ impl XdsService {
             metrics,
         }
     }
-}
 
-type Responses = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsService {
-    type DeltaAggregatedResourcesStream = Responses;
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Responses>, Status> {
+    /// Checks the call and starts its stream; the body carries the stream's responses.
+    fn open(&self, req: Request<Body>) -> Result<ResponseBody, Status> {
+        if req.uri().path() != DELTA_PATH {
+            return Err(Status::unimplemented(format!(
+                "{} is not served here: zident serves DeltaAggregatedResources",
+                req.uri().path()
+            )));
+        }
+        if let Some(encoding) = req.headers().get("grpc-encoding")
+            && encoding != "identity"
+        {
+            return Err(Status::unimplemented(
+                "compressed xDS requests are not accepted: send them uncompressed",
+            ));
+        }
+        let (parts, body) = req.into_parts();
+        let request = tonic::Request::from_http(Request::from_parts(parts, ()));
         let peer = peer_of(&request);
         let registry = self.state.authorizer();
         let caller = authenticate(
@@ -69,7 +94,9 @@ impl AggregatedDiscoveryService for XdsService {
         )
         .map_err(|(status, _)| status)?;
         let in_flight = request.extensions().get::<InFlight>().cloned();
-        let requests = request.into_inner();
+        let decoder =
+            ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default().decoder();
+        let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES));
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(
             requests,
@@ -82,13 +109,93 @@ impl AggregatedDiscoveryService for XdsService {
                 _in_flight: in_flight,
             },
         ));
-        let responses =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
-            );
-        Ok(Response::new(Box::pin(responses)))
+        Ok(ResponseBody {
+            rx,
+            frames: None,
+            ended: false,
+        })
     }
+}
+
+impl NamedService for XdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl tower::Service<Request<Body>> for XdsService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let response = match self.open(req) {
+            Ok(body) => {
+                let mut response = Response::new(Body::new(body));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                response
+            }
+            Err(status) => status.into_http(),
+        };
+        std::future::ready(Ok(response))
+    }
+}
+
+/// The response body of one stream: each response's gRPC frame in chunks, then the status
+/// as trailers when the stream ends.
+pub(crate) struct ResponseBody {
+    rx: mpsc::Receiver<Result<WireResponse, Status>>,
+    /// The response being written.
+    frames: Option<Frames>,
+    ended: bool,
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            if let Some(chunk) = this.frames.as_mut().and_then(Iterator::next) {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            this.frames = None;
+            let status = match ready!(this.rx.poll_recv(cx)) {
+                Some(Ok(response)) => {
+                    this.frames = Some(response.into_frames());
+                    continue;
+                }
+                Some(Err(status)) => status,
+                None => Status::ok(""),
+            };
+            this.ended = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+/// The gRPC status as trailers.
+fn trailers(status: &Status) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    if status.add_header(&mut map).is_err() {
+        map.insert("grpc-status", HeaderValue::from_static("13"));
+    }
+    map
 }
 
 /// Who opened a stream; holding it keeps the connection from counting as idle.
@@ -101,7 +208,7 @@ struct Opened {
 /// Runs one stream until the client goes away.
 async fn run(
     mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<WireResponse, Status>>,
     mut generations: watch::Receiver<Arc<Generation>>,
     metrics: Arc<XdsMetrics>,
     opened: Opened,

@@ -17,11 +17,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use zident_proto::xds::DeltaDiscoveryRequest;
 use zident_xds::Delta;
 
 use super::generation::Generation;
 use super::metrics::{TypeLabel, XdsMetrics};
+use super::wire::WireResponse;
 
 /// The response a client has not acknowledged yet, per type.
 struct Pending {
@@ -80,7 +81,7 @@ impl StreamState {
         req: DeltaDiscoveryRequest,
         current: &Arc<Generation>,
         metrics: &XdsMetrics,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<WireResponse> {
         let type_url = req.type_url.clone();
         if !zident_xds::is_known_type(&type_url) {
             tracing::warn!(target: "zident::ca", client = %self.client, type_url, "xDS request for a type zident does not serve; ignored");
@@ -156,7 +157,7 @@ impl StreamState {
         &mut self,
         generation: &Arc<Generation>,
         metrics: &XdsMetrics,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<WireResponse> {
         let mut out = Vec::new();
         let types: Vec<String> = self.subscriptions.keys().cloned().collect();
         for type_url in types {
@@ -232,26 +233,15 @@ impl StreamState {
         generation: &Generation,
         accepted: Option<Instant>,
         metrics: &XdsMetrics,
-    ) -> DeltaDiscoveryResponse {
+    ) -> WireResponse {
         self.next_nonce += 1;
         let nonce = format!("{}-{}", generation.number, self.next_nonce);
-        let mut bytes = 0usize;
-        let resources = delta
+        let bytes: usize = delta
             .changed
             .iter()
-            .map(|r| {
-                bytes += r.value.len() + r.name.len() + r.version.len();
-                Resource {
-                    version: r.version.clone(),
-                    name: r.name.clone(),
-                    resource: Some(prost_types::Any {
-                        type_url: type_url.to_owned(),
-                        value: r.value.clone(),
-                    }),
-                }
-            })
-            .collect();
-        bytes += delta.removed.iter().map(String::len).sum::<usize>();
+            .map(|r| r.value.len() + r.name.len() + r.version.len())
+            .chain(delta.removed.iter().map(String::len))
+            .sum();
         metrics
             .pushes
             .get_or_create(&TypeLabel {
@@ -266,12 +256,12 @@ impl StreamState {
                 accepted,
             });
         }
-        DeltaDiscoveryResponse {
+        WireResponse {
             system_version_info: generation.number.to_string(),
-            resources,
+            resources: delta.changed,
             type_url: type_url.to_owned(),
             nonce,
-            removed_resources: delta.removed,
+            removed: delta.removed,
         }
     }
 }
