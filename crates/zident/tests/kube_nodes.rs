@@ -1,13 +1,19 @@
 //! `zident ca --kubernetes` with two nodes, each in its own network namespace: the pods the test
 //! creates in a real kube-apiserver (and runs, as a kubelet would, by patching their status)
 //! reach both agents over xDS; traffic crosses nodes between the pods' addresses; a DENY
-//! AuthorizationPolicy created in the API server is enforced by the receiving node and lifted
-//! when deleted; a pod that comes and goes appears and disappears on the other node; the API
-//! server stops and starts under the running mesh without a dropped request.
+//! AuthorizationPolicy created in the API server is enforced by the receiving node, lifted when
+//! changed in place to name another principal, enforced again when changed back, and lifted when
+//! deleted; an ALLOW policy with L7 fields fails closed (its rule matches nothing, so the pod it
+//! selects takes no one); a pod that comes and goes appears and disappears on the other node; a
+//! Service whose target port is named reaches the pod's port of that name through its cluster
+//! IP; a namespace unenrolled takes its pods out of both nodes' views; a `caCertificates` edit
+//! of istiod's meshConfig reaches the agents' trust bundles and leaves them when removed; the
+//! API server stops and starts under the running mesh without a dropped request.
 //!
 //! With `ZTUNNEL_BIN` naming a ztunnel built from istio/ztunnel, a third node runs it (dedicated
-//! mode, for a pod of its own): its `/config_dump` lists the cluster's pods, traffic flows both
-//! ways between it and the zident agents' pods, and a DENY policy from the CRD is enforced by it.
+//! mode, for a pod of its own): its `/config_dump` lists the cluster's pods and follows a pod
+//! that comes and goes after it started, traffic flows both ways between it and the zident
+//! agents' pods, and a DENY policy from the CRD is enforced by it.
 //!
 //! Needs root (namespaces) and the API server of scripts/k8s/build.sh; skipped with a message
 //! otherwise.
@@ -16,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use zident_testkit::eventually;
 use zident_testkit::kube_api::{KubeApi, create, install_policy_crd, pod, policy, run_pod};
@@ -138,6 +144,19 @@ fn ztunnel(bin: &Path, dir: &Path, ns: &str) -> NsProcess {
     )
 }
 
+/// A self-signed CA certificate in PEM, unrelated to the mesh's CA: an extra root for
+/// meshConfig's `caCertificates`.
+fn extra_root_pem() -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "extra root for the kube_nodes test",
+    );
+    let key = rcgen::KeyPair::generate().expect("key");
+    params.self_signed(&key).expect("self-signed").pem()
+}
+
 fn ready(ns: &str) -> bool {
     curl_in(ns, &["http://127.0.0.1:15021/healthz/ready"]).0 == 200
 }
@@ -178,6 +197,7 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
         (&a, "10.87.1.10/32"),
         (&b, "10.87.2.10/32"),
         (&b, "10.87.2.11/32"),
+        (&b, "10.87.2.12/32"),
     ] {
         ip(&["-n", ns, "addr", "add", addr, "dev", "lo"]).expect("pod address");
     }
@@ -297,19 +317,19 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
     let (code, body) = fetch();
     assert_eq!((code, body.as_str()), (200, "s"), "{}", logs());
 
-    // A DENY policy created in the API server is enforced by node-b, then lifted.
+    // A DENY policy created in the API server is enforced by node-b; changed in place to name
+    // another principal it lets the client through, changed back it refuses it again, and
+    // deleted it is lifted.
     let policies: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         "shop",
         &zident_kube::authorization_policy_resource(),
     );
+    let deny_from = |principal: &str| json!({"action": "DENY", "rules": [{"from": [{"source": {"principals": [principal]}}]}]});
     policies
         .create(
             &PostParams::default(),
-            &policy(
-                "no-client",
-                json!({"action": "DENY", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]}),
-            ),
+            &policy("no-client", deny_from("cluster.local/ns/shop/sa/client")),
         )
         .await
         .expect("create policy");
@@ -321,11 +341,52 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
             .any(|l| l.starts_with("zident_tunnel_failures") && l.contains("policy_denied")),
         "refused for the policy: {metrics}"
     );
+    let change_to = |principal: &str| {
+        let patch = json!({"spec": deny_from(principal)});
+        let policies = policies.clone();
+        async move {
+            policies
+                .patch("no-client", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("change the policy in place");
+        }
+    };
+    change_to("cluster.local/ns/shop/sa/nobody").await;
+    eventually(DEADLINE, "the policy changed to another principal", || {
+        fetch().0 == 200
+    })
+    .await;
+    change_to("cluster.local/ns/shop/sa/client").await;
+    eventually(DEADLINE, "the policy changed back", || fetch().0 != 200).await;
     policies
         .delete("no-client", &DeleteParams::default())
         .await
         .expect("delete policy");
     eventually(DEADLINE, "the DENY policy lifted", || fetch().0 == 200).await;
+
+    // An ALLOW policy with an L7 field (HTTP methods, which a node enforcing at L4 cannot
+    // check) fails closed as ztunnel's translation does: its rule matches nothing, so the pod
+    // it selects takes no one, until the policy goes.
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(
+                "get-only",
+                json!({"selector": {"matchLabels": {"app": "s"}}, "action": "ALLOW",
+                       "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}),
+            ),
+        )
+        .await
+        .expect("create policy");
+    eventually(DEADLINE, "the L7 ALLOW policy fails closed", || {
+        fetch().0 != 200
+    })
+    .await;
+    policies
+        .delete("get-only", &DeleteParams::default())
+        .await
+        .expect("delete policy");
+    eventually(DEADLINE, "the L7 policy lifted", || fetch().0 == 200).await;
 
     // A pod comes and goes; the other node sees both.
     create(
@@ -345,6 +406,128 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
         workload_names(&a) == base
     })
     .await;
+
+    // A Service whose target port is named: its cluster IP, port 80, reaches the selected
+    // pod's port named `http` (8080), resolved per pod.
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    let web = create(
+        &services,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"selector": {"app": "s"},
+                        "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}}),
+    )
+    .await;
+    let vip = web
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("the API server gives the Service a cluster IP");
+    let via_service = || {
+        curl_in(
+            &a,
+            &[
+                "--interface",
+                "10.87.1.10",
+                "--socks5",
+                "127.0.0.1:15080",
+                &format!("http://{vip}:80/whoami"),
+            ],
+        )
+    };
+    eventually(DEADLINE, "the Service reaches the pod's named port", || {
+        via_service() == (200, "s".to_owned())
+    })
+    .await;
+
+    // A namespace enrolled, then unenrolled: its pod joins both nodes' views, then leaves.
+    create(
+        &namespaces,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "lab", "labels": {"istio.io/dataplane-mode": "ambient"}}}),
+    )
+    .await;
+    let lab_pods: Api<Pod> = Api::namespaced(client.clone(), "lab");
+    create(
+        &lab_pods,
+        pod("l", Some("lab"), "node-b", json!({"app": "l"})),
+    )
+    .await;
+    run_pod(&lab_pods, "l", "10.87.2.12").await;
+    eventually(DEADLINE, "both nodes see the lab pod", || {
+        workload_names(&a) == with("l") && workload_names(&b) == with("l")
+    })
+    .await;
+    namespaces
+        .patch(
+            "lab",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"istio.io/dataplane-mode": null}}})),
+        )
+        .await
+        .expect("unenroll the namespace");
+    eventually(
+        DEADLINE,
+        "the unenrolled namespace leaves both nodes",
+        || workload_names(&a) == base && workload_names(&b) == base,
+    )
+    .await;
+
+    // istiod's meshConfig names an extra root: both agents trust it, then drop it when the
+    // ConfigMap no longer does. Traffic is unaffected.
+    let extra_root = extra_root_pem();
+    create(
+        &namespaces,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}),
+    )
+    .await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "istio-system");
+    let mesh_config = |mesh: String| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio"},
+               "data": {"mesh": mesh}})
+    };
+    create(
+        &config_maps,
+        mesh_config(format!(
+            "caCertificates:\n- pem: |\n{}",
+            extra_root
+                .lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        )),
+    )
+    .await;
+    let trusts_extra = |ns: &str| {
+        admin(ns, "/debug/certs")["trust_bundle"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["pem"]
+                    .as_str()
+                    .is_some_and(|p| p.trim() == extra_root.trim())
+            })
+    };
+    eventually(
+        DEADLINE,
+        "both agents trust meshConfig's extra root",
+        || trusts_extra(&a) && trusts_extra(&b),
+    )
+    .await;
+    config_maps
+        .replace(
+            "istio",
+            &PostParams::default(),
+            &serde_json::from_value(mesh_config(String::new())).expect("config map"),
+        )
+        .await
+        .expect("edit meshConfig");
+    eventually(
+        DEADLINE,
+        "both agents drop the root meshConfig no longer names",
+        || !trusts_extra(&a) && !trusts_extra(&b),
+    )
+    .await;
+    let (code, body) = fetch();
+    assert_eq!((code, body.as_str()), (200, "s"), "{}", logs());
 
     // The API server goes away and comes back: traffic between existing pods never stops, and
     // a pod made afterwards reaches the nodes.
@@ -372,7 +555,7 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
     .await;
 
     if let Some(bin) = &ztunnel_bin {
-        real_ztunnel(bin, dir, &a, &z, &policies, &logs).await;
+        real_ztunnel(bin, dir, &a, &z, &pods, &policies, &logs).await;
     }
 }
 
@@ -383,6 +566,7 @@ async fn real_ztunnel(
     dir: &Path,
     a: &str,
     z: &str,
+    pods: &Api<Pod>,
     policies: &Api<DynamicObject>,
     logs: &dyn Fn() -> String,
 ) {
@@ -392,6 +576,24 @@ async fn real_ztunnel(
     })
     .await;
     eventually(DEADLINE, "ztunnel lists the pods", || {
+        ztunnel_names(z) == ["c", "s", "s3", "zt-app"]
+    })
+    .await;
+    // A pod that comes and goes after ztunnel started.
+    create(
+        pods,
+        pod("s4", Some("server"), "node-b", json!({"app": "s"})),
+    )
+    .await;
+    run_pod(pods, "s4", "10.87.2.14").await;
+    eventually(DEADLINE, "ztunnel sees a new pod", || {
+        ztunnel_names(z) == ["c", "s", "s3", "s4", "zt-app"]
+    })
+    .await;
+    pods.delete("s4", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete pod");
+    eventually(DEADLINE, "ztunnel sees it gone", || {
         ztunnel_names(z) == ["c", "s", "s3", "zt-app"]
     })
     .await;
