@@ -166,21 +166,21 @@ impl Watching {
         let namespaces = ctx.reflect(
             "Namespace",
             Api::<Namespace>::all(client.clone()),
-            (watcher::Config::default(), ()),
+            (watch_config(), ()),
             slim::<Namespace>,
             &mut tasks,
         );
         let pods = ctx.reflect(
             "Pod",
             Api::<Pod>::all(client.clone()),
-            (watcher::Config::default(), ()),
+            (watch_config(), ()),
             slim_pod,
             &mut tasks,
         );
         let services = ctx.reflect(
             "Service",
             Api::<Service>::all(client.clone()),
-            (watcher::Config::default(), ()),
+            (watch_config(), ()),
             slim::<Service>,
             &mut tasks,
         );
@@ -188,8 +188,7 @@ impl Watching {
             "ConfigMap",
             Api::<ConfigMap>::namespaced(client.clone(), &config.namespace),
             (
-                watcher::Config::default()
-                    .fields(&format!("metadata.name={}", mesh_config::CONFIG_MAP)),
+                watch_config().fields(&format!("metadata.name={}", mesh_config::CONFIG_MAP)),
                 (),
             ),
             slim::<ConfigMap>,
@@ -200,7 +199,7 @@ impl Watching {
             ctx.reflect(
                 "AuthorizationPolicy",
                 Api::<DynamicObject>::all_with(client.clone(), &resource),
-                (watcher::Config::default(), resource),
+                (watch_config(), resource),
                 slim::<DynamicObject>,
                 &mut tasks,
             )
@@ -488,9 +487,24 @@ pub struct Connection {
     pub server: String,
 }
 
-/// Connecting to the API server and sending a request give up after this long; a watch has
-/// kube's own idle timeout, and each call this crate makes itself is bounded by it as a whole.
+/// Connecting to the API server and sending a request give up after this long, and each call
+/// this crate makes itself is bounded by it as a whole.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The API server ends each watch after this long, and the watcher resumes it from the last
+/// resourceVersion (kube's default is 290 s).
+const WATCH_SECONDS: u32 = 60;
+
+/// No byte from the API server for this long ends a request, a list or a watch: a connection
+/// that went silent (a server that froze, a network that drops packets) is noticed within
+/// it, where kube's default (295 s) left a dead watch looking healthy for five minutes. A live
+/// watch is ended by the server at [`WATCH_SECONDS`] first.
+const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_SECONDS as u64 + 15);
+
+/// How every watch here is made.
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_SECONDS)
+}
 
 impl Connection {
     /// A client from `KUBECONFIG` (or `~/.kube/config`), or the in-cluster service account.
@@ -514,6 +528,7 @@ impl Connection {
     fn with(mut config: kube::Config) -> Result<Self, SourceError> {
         config.connect_timeout = Some(REQUEST_TIMEOUT);
         config.write_timeout = Some(REQUEST_TIMEOUT);
+        config.read_timeout = Some(READ_TIMEOUT);
         let server = config.cluster_url.to_string();
         let client = Client::try_from(config).map_err(SourceError::Client)?;
         Ok(Self { client, server })
