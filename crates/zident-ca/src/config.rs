@@ -130,6 +130,9 @@ pub struct KubernetesConfig {
     pub instance: Option<String>,
     /// A kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config`, or the pod's service account.
     pub kubeconfig: Option<PathBuf>,
+    /// The ServiceAccounts that may ask for the identities of the pods on their node
+    /// (istiod's `CA_TRUSTED_NODE_ACCOUNTS`): ztunnel's and the agent's.
+    pub trusted_node_accounts: Vec<crate::kube_auth::NodeAccount>,
 }
 
 impl Default for KubernetesConfig {
@@ -140,6 +143,7 @@ impl Default for KubernetesConfig {
             with_mesh_file: true,
             instance: None,
             kubeconfig: None,
+            trusted_node_accounts: Vec::new(),
         }
     }
 }

@@ -46,6 +46,7 @@ impl JwtSvidService for JwtService {
             &peer,
             "JWT-SVID request",
         )
+        .await
         .map_err(|(status, reason)| {
             metrics.reject(reason);
             status
@@ -68,8 +69,9 @@ impl JwtSvidService for JwtService {
         let impersonated = match &caller {
             Caller::Node(_) => Some(id.as_str()),
             Caller::Identity(_) => None,
+            Caller::ServiceAccount(sa) => sa.trusted.then_some(id.as_str()),
         };
-        if let Err(denied) = registry.authorize(&caller, &id, impersonated) {
+        if let Err(denied) = self.state.authorize(&registry, &caller, &id, impersonated) {
             metrics.reject("permission_denied");
             tracing::warn!(target: "zident::ca", %peer, %caller, identity = %id, "JWT-SVID denied: {denied}");
             return Err(Status::permission_denied("permission denied"));

@@ -114,6 +114,16 @@ impl ClusterSource {
         Ok(source)
     }
 
+    /// The judge of ServiceAccount tokens: TokenReviews on this API server, pods from this
+    /// source's watch.
+    pub(crate) fn kube_auth(&self) -> crate::kube_auth::KubeAuth {
+        crate::kube_auth::KubeAuth::new(
+            &self.api,
+            self.watching.pods(),
+            self.config.trusted_node_accounts.clone(),
+        )
+    }
+
     /// Where an edited mesh file goes.
     pub(crate) fn file_sink(&self) -> FileSink {
         self.base_tx.clone()

@@ -32,6 +32,7 @@ pub mod defaults;
 pub mod dns_certs;
 mod error;
 mod jwt_service;
+mod kube_auth;
 mod kubernetes;
 mod metrics;
 mod node_authorizer;
@@ -57,8 +58,9 @@ pub use config::{CaConfig, KubernetesConfig, RotationConfig, TtlPolicy};
 pub use connections::ConnectionLimits;
 pub use data_lock::DataDirError;
 pub use error::CaError;
+pub use kube_auth::{AUDIENCE as TOKEN_AUDIENCE, KubeAuth, NodeAccount};
 pub use kubernetes::KubernetesError;
-pub use node_authorizer::{Caller, Denied, NodeAuthorizer};
+pub use node_authorizer::{Caller, Denied, NodeAuthorizer, ServiceAccountCaller};
 pub use roots::authority::{Authority, AuthorityError, Mode};
 pub use roots::{dir_store, generation, ledger, plugged, rotation, store};
 pub use state::CaState;
@@ -139,6 +141,9 @@ impl RunningCa {
         ));
         if replica.is_some() {
             state.ledger.share();
+        }
+        if let Some(c) = &cluster {
+            state.set_kube_auth(c.kube_auth());
         }
         let mut background = Vec::new();
         let (addr, server) = startup::serve_tls(

@@ -49,6 +49,15 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label for [`CaMetrics::token_reviews`]: where an answer came from and what it was.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabel {
+    /// `api` (a TokenReview was sent) or `cache`.
+    pub answered: &'static str,
+    /// `accepted`, or the refusal's reason code.
+    pub result: &'static str,
+}
+
 /// Label for [`CaMetrics::dns_cert_expiry`].
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SecretLabel {
@@ -97,6 +106,8 @@ pub struct CaMetrics {
     pub cert_chain_expiry_timestamp: Gauge<i64>,
     /// Requests refused, by reason.
     pub rejected: Family<ReasonLabel, Counter>,
+    /// ServiceAccount tokens judged, by where the answer came from and what it was.
+    pub token_reviews: Family<ReviewLabel, Counter>,
     /// Configuration reloads, by source and outcome.
     pub config_reloads: Family<ReloadLabel, Counter>,
     /// Time to handle an issuance, seconds.
@@ -126,6 +137,7 @@ impl CaMetrics {
             root_cert_expiry_timestamp: Default::default(),
             cert_chain_expiry_timestamp: Default::default(),
             rejected: Default::default(),
+            token_reviews: Default::default(),
             config_reloads: Default::default(),
             issue_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
             datastore_degraded: Gauge::default(),
@@ -185,6 +197,11 @@ impl CaMetrics {
             m.rejected.clone(),
         );
         registry.register(
+            "zident_ca_token_reviews",
+            "Kubernetes ServiceAccount tokens judged, by answered (api: a TokenReview was sent; cache) and result (accepted, or the refusal's reason)",
+            m.token_reviews.clone(),
+        );
+        registry.register(
             "zident_ca_config_reloads",
             "Reloads of the mesh file or plugged-in CA files, by outcome",
             m.config_reloads.clone(),
@@ -220,6 +237,22 @@ impl CaMetrics {
             m.issue_duration.clone(),
         );
         m
+    }
+
+    /// Counts a ServiceAccount token judged.
+    pub fn token_review(
+        &self,
+        answered: zident_kube::Answered,
+        refused: Option<&zident_kube::ReviewError>,
+    ) {
+        let answered = match answered {
+            zident_kube::Answered::Api => "api",
+            zident_kube::Answered::Cache => "cache",
+        };
+        let result = refused.map_or("accepted", zident_kube::ReviewError::reason);
+        self.token_reviews
+            .get_or_create(&ReviewLabel { answered, result })
+            .inc();
     }
 
     /// Counts a refused request under `reason`.

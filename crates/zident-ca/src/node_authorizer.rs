@@ -18,6 +18,22 @@ pub enum Caller {
     Node(String),
     /// A caller bound to one identity: may ask only for it.
     Identity(SpiffeId),
+    /// A Kubernetes ServiceAccount, by a token the API server reviewed
+    /// ([`crate::kube_auth`] judges what it may have).
+    ServiceAccount(Box<ServiceAccountCaller>),
+}
+
+/// A ServiceAccount that presented a token the API server accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountCaller {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The pod the token is bound to, if any.
+    pub pod: Option<zident_kube::PodBinding>,
+    /// Whether it is a trusted node account (may ask for the identities on its node).
+    pub trusted: bool,
 }
 
 impl std::fmt::Display for Caller {
@@ -25,6 +41,16 @@ impl std::fmt::Display for Caller {
         match self {
             Caller::Node(n) => write!(f, "node {n}"),
             Caller::Identity(id) => write!(f, "identity {id}"),
+            Caller::ServiceAccount(sa) => {
+                write!(f, "service account {}/{}", sa.namespace, sa.name)?;
+                if let Some(pod) = &sa.pod {
+                    write!(f, " (pod {})", pod.name)?;
+                }
+                if sa.trusted {
+                    write!(f, " (trusted node account)")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -72,6 +98,44 @@ pub enum Denied {
         node: String,
         /// The identity.
         requested: SpiffeId,
+    },
+    /// A ServiceAccount that is not a trusted node account sent ImpersonatedIdentity.
+    #[error(
+        "{caller} sent ImpersonatedIdentity, but is not a trusted node account (--trusted-node-accounts)"
+    )]
+    ImpersonationByUntrusted {
+        /// Who asked.
+        caller: Caller,
+    },
+    /// The pod the token is bound to is gone, or is another pod of the same name now.
+    #[error("{caller}: the pod its token is bound to, {pod}, no longer exists")]
+    BoundPodGone {
+        /// Who asked.
+        caller: Caller,
+        /// The pod, with the token's uid.
+        pod: String,
+    },
+    /// The pod the token is bound to runs as another ServiceAccount.
+    #[error("{caller}: the pod its token is bound to runs as ServiceAccount {pod_account}")]
+    BoundPodOtherAccount {
+        /// Who asked.
+        caller: Caller,
+        /// The pod's ServiceAccount.
+        pod_account: String,
+    },
+    /// A node account's token is not bound to a scheduled pod, so its node is unknown.
+    #[error(
+        "{caller} may impersonate only with a token bound to its scheduled pod (a projected token), which names its node"
+    )]
+    NoNodeBinding {
+        /// Who asked.
+        caller: Caller,
+    },
+    /// A ServiceAccount caller reached a CA that does not read Kubernetes.
+    #[error("{caller} cannot be judged: the CA runs without --kubernetes")]
+    NoKubernetes {
+        /// Who asked.
+        caller: Caller,
     },
     /// The identity is in another trust domain.
     #[error("{requested} is not in this CA's trust domain {trust_domain}")]
@@ -159,6 +223,9 @@ impl NodeAuthorizer {
             });
         }
         match (caller, impersonated) {
+            (Caller::ServiceAccount(_), _) => Err(Denied::NoKubernetes {
+                caller: caller.clone(),
+            }),
             (Caller::Identity(own), None) if own == requested => Ok(()),
             (Caller::Identity(_), None) => Err(Denied::NotOwnIdentity {
                 caller: caller.clone(),

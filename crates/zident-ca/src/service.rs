@@ -53,6 +53,7 @@ impl IstioCertificateService for CaService {
 
         let registry = self.state.authorizer();
         let caller = authenticate(&self.state, &registry, request.metadata(), &peer, "request")
+            .await
             .map_err(|(status, reason)| {
                 metrics.reject(reason);
                 status
@@ -98,7 +99,10 @@ impl IstioCertificateService for CaService {
             tracing::warn!(target: "zident::ca", %peer, %caller, "refused: {msg}");
             return Err(Status::invalid_argument(msg));
         }
-        if let Err(denied) = registry.authorize(&caller, &csr.id, impersonated.as_deref()) {
+        if let Err(denied) =
+            self.state
+                .authorize(&registry, &caller, &csr.id, impersonated.as_deref())
+        {
             metrics.id_extraction_err_count.inc();
             metrics.reject("permission_denied");
             tracing::warn!(target: "zident::ca", %peer, %caller, identity = %csr.id, "denied: {denied}");
@@ -161,11 +165,12 @@ impl IstioCertificateService for CaService {
     }
 }
 
-/// The caller a request's bearer token belongs to. A missing or unknown token is counted
-/// (`citadel_server_authentication_failure_count`) and logged with `peer` and `what` was
-/// refused; the error carries the status to answer and a reason code for the caller's own
-/// count.
-pub(crate) fn authenticate(
+/// The caller a request's bearer token belongs to: a token of the mesh file, or with
+/// `--kubernetes` a ServiceAccount token the API server accepts. A missing or refused token is
+/// counted (`citadel_server_authentication_failure_count`) and logged with `peer`, `what` was
+/// refused and the exact reason; the caller learns only `Unauthenticated`. The error carries the
+/// status to answer and a reason code for the caller's own count.
+pub(crate) async fn authenticate(
     state: &CaState,
     registry: &crate::node_authorizer::NodeAuthorizer,
     md: &tonic::metadata::MetadataMap,
@@ -180,7 +185,10 @@ pub(crate) fn authenticate(
             "no_token",
         ));
     };
-    let Some(caller) = registry.authenticate(token).cloned() else {
+    if let Some(caller) = registry.authenticate(token).cloned() {
+        return Ok(caller);
+    }
+    let Some(kube) = state.kube_auth() else {
         state.metrics.authentication_failure_count.inc();
         tracing::warn!(target: "zident::ca", %peer, "{what} denied: unknown bearer token");
         return Err((
@@ -188,7 +196,19 @@ pub(crate) fn authenticate(
             "unknown_token",
         ));
     };
-    Ok(caller)
+    let (outcome, answered) = kube.authenticate(token).await;
+    state.metrics.token_review(answered, outcome.as_ref().err());
+    outcome.map_err(|e| {
+        state.metrics.authentication_failure_count.inc();
+        tracing::warn!(target: "zident::ca", %peer, "{what} denied: not a mesh file token, and {e}");
+        let status = match e {
+            zident_kube::ReviewError::Unavailable(_) => Status::unavailable(
+                "the token cannot be checked right now; retry",
+            ),
+            _ => Status::unauthenticated("bearer token refused"),
+        };
+        (status, e.reason())
+    })
 }
 
 /// The address a request came from, as the server set it on its connection.

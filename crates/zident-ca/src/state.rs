@@ -40,6 +40,8 @@ pub struct CaState {
     pub refresh_hint: Duration,
     /// What was issued, for root rotation.
     pub ledger: crate::roots::ledger::Ledger,
+    /// ServiceAccount tokens, with `--kubernetes`.
+    kube_auth: std::sync::OnceLock<Arc<crate::kube_auth::KubeAuth>>,
 }
 
 impl CaState {
@@ -71,6 +73,7 @@ impl CaState {
             metrics,
             refresh_hint,
             ledger,
+            kube_auth: std::sync::OnceLock::new(),
         }
     }
 
@@ -88,6 +91,35 @@ impl CaState {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Accepts Kubernetes ServiceAccount tokens from now on (set once, at start).
+    pub(crate) fn set_kube_auth(&self, auth: crate::kube_auth::KubeAuth) {
+        let _ = self.kube_auth.set(Arc::new(auth));
+    }
+
+    /// The ServiceAccount token judge, with `--kubernetes`.
+    pub(crate) fn kube_auth(&self) -> Option<&Arc<crate::kube_auth::KubeAuth>> {
+        self.kube_auth.get()
+    }
+
+    /// Whether `caller` may have `requested`: a ServiceAccount by the Kubernetes rules, any
+    /// other caller by the mesh file's `registry`.
+    pub(crate) fn authorize(
+        &self,
+        registry: &NodeAuthorizer,
+        caller: &crate::node_authorizer::Caller,
+        requested: &zident_identity::SpiffeId,
+        impersonated: Option<&str>,
+    ) -> Result<(), crate::node_authorizer::Denied> {
+        match (caller, self.kube_auth()) {
+            (crate::node_authorizer::Caller::ServiceAccount(sa), Some(kube))
+                if requested.trust_domain_str() == registry.trust_domain().as_str() =>
+            {
+                kube.authorize(sa, requested, impersonated, registry.trust_domain())
+            }
+            _ => registry.authorize(caller, requested, impersonated),
+        }
     }
 
     /// Replaces the authority (after a reload of plugged-in files).

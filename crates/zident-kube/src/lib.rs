@@ -9,10 +9,12 @@
 //!   enforced (`workloads`, `services`, `policy`, `mesh_config` do one kind each);
 //! - `combine`: the cluster's parts and a mesh file's as one mesh checked whole, leaving out an
 //!   object that breaks a rule instead of refusing them all;
-//! - `events`: findings as Kubernetes Events on their objects.
+//! - `events`: findings as Kubernetes Events on their objects;
+//! - `token_review`: who a bearer token belongs to (a TokenReview, cached by digest), and
+//!   `pods`: the watched pods as the node authorizer asks about them.
 //!
 //! The CA runs this; agents and ztunnels never talk to the API server: they follow the CA's xDS
-//! stream.
+//! stream and present their tokens to the CA.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -21,9 +23,11 @@ mod combine;
 mod events;
 mod finding;
 pub mod mesh_config;
+mod pods;
 mod policy;
 mod services;
 mod source;
+mod token_review;
 mod translate;
 mod workloads;
 
@@ -31,10 +35,12 @@ pub use combine::{Combined, combine};
 pub use events::EventPublisher;
 pub use finding::{Finding, ObjectRef, Severity};
 pub use mesh_config::{MeshConfigError, MeshSettings};
+pub use pods::{PodDirectory, PodFacts};
 pub use services::DOMAIN_SUFFIX;
 pub use source::{
     Connection, REQUEST_TIMEOUT, SourceConfig, SourceError, SourceStatus, WatchHealth, Watching,
     authorization_policy_resource,
 };
+pub use token_review::{Answered, PodBinding, ReviewError, Reviewed, TokenReviewer};
 pub use translate::{ClusterMesh, Objects, translate};
 pub use workloads::{AMBIENT, CLUSTER_ID, DATAPLANE_MODE, NONE};

@@ -274,6 +274,11 @@ impl Watching {
         }
     }
 
+    /// The watched pods, for lookups by the node authorizer.
+    pub fn pods(&self) -> crate::pods::PodDirectory {
+        crate::pods::PodDirectory::new(self.pods.clone())
+    }
+
     /// Bumped on every change any watch sees.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()

@@ -119,6 +119,62 @@ impl KubeApi {
 }
 
 impl KubeApi {
+    /// A ServiceAccount token from the TokenRequest API for `audience`, bound to `pod`
+    /// (`(name, uid)`) when given, as the kubelet projects one into a pod.
+    pub async fn token(
+        &self,
+        client: &Client,
+        namespace: &str,
+        service_account: &str,
+        pod: Option<(&str, &str)>,
+        audience: &str,
+    ) -> String {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let mut spec = json!({"audiences": [audience], "expirationSeconds": 3600});
+        if let Some((name, uid)) = pod {
+            spec["boundObjectRef"] =
+                json!({"kind": "Pod", "apiVersion": "v1", "name": name, "uid": uid});
+        }
+        let body =
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        let answer: TokenRequest = api
+            .create_subresource("token", service_account, &PostParams::default(), &body)
+            .await
+            .expect("TokenRequest");
+        answer.status.and_then(|s| s.token).expect("a token")
+    }
+
+    /// `token` (one the API server issued) with its times moved an hour into the past and
+    /// signed again with the server's ServiceAccount key: the same token, expired.
+    pub fn expired(&self, token: &str) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload)) = (parts.next(), parts.next()) else {
+            panic!("not a JWT: {token}");
+        };
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&b64.decode(payload).expect("base64")).expect("claims");
+        for key in ["exp", "iat", "nbf"] {
+            if let Some(t) = claims[key].as_i64() {
+                claims[key] = json!(t - 7200);
+            }
+        }
+        let signed = format!("{header}.{}", b64.encode(claims.to_string()));
+        let input = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(input.path(), &signed).expect("write");
+        let out = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(self.dir.join("pki/sa.key"))
+            .arg(input.path())
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl dgst -sign failed");
+        format!("{signed}.{}", b64.encode(out.stdout))
+    }
+
     /// A client with the admin's kubeconfig.
     pub async fn client(&self) -> Client {
         zident_kube::Connection::from_kubeconfig(&self.kubeconfig())

@@ -260,6 +260,18 @@ pub struct CaArgs {
     /// pod's service account).
     #[arg(long, value_name = "FILE", requires = "kubernetes")]
     pub kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the ServiceAccounts (`namespace/name`, comma-separated) whose pods
+    /// are node agents: with a token bound to their pod they may ask for the identity of any
+    /// pod on the same node (ztunnel's `istio-system/ztunnel`). Every other ServiceAccount
+    /// token gets its own identity only.
+    #[arg(
+        long,
+        env = "CA_TRUSTED_NODE_ACCOUNTS",
+        value_name = "NS/NAME,...",
+        value_delimiter = ',',
+        requires = "kubernetes"
+    )]
+    pub trusted_node_accounts: Vec<zident_ca::NodeAccount>,
     /// Share roots, rotation and the mesh with other replicas in PostgreSQL
     /// (`postgres://user@host:port/db`); without it, the data dir alone.
     #[arg(
@@ -384,6 +396,7 @@ impl CaArgs {
                 with_mesh_file: self.config.is_some(),
                 instance: std::env::var("POD_NAME").ok(),
                 kubeconfig: self.kubeconfig.clone(),
+                trusted_node_accounts: self.trusted_node_accounts.clone(),
                 ..Default::default()
             });
         }

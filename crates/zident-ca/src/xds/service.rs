@@ -67,7 +67,7 @@ impl XdsService {
     }
 
     /// Checks the call and starts its stream; the body carries the stream's responses.
-    fn open(&self, req: Request<Body>) -> Result<ResponseBody, Status> {
+    async fn open(self, req: Request<Body>) -> Result<ResponseBody, Status> {
         if req.uri().path() != DELTA_PATH {
             return Err(Status::unimplemented(format!(
                 "{} is not served here: zident serves DeltaAggregatedResources",
@@ -92,6 +92,7 @@ impl XdsService {
             &peer,
             "xDS stream",
         )
+        .await
         .map_err(|(status, _)| status)?;
         let in_flight = request.extensions().get::<InFlight>().cloned();
         let decoder =
@@ -124,24 +125,26 @@ impl NamedService for XdsService {
 impl tower::Service<Request<Body>> for XdsService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let response = match self.open(req) {
-            Ok(body) => {
-                let mut response = Response::new(Body::new(body));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-                response
-            }
-            Err(status) => status.into_http(),
-        };
-        std::future::ready(Ok(response))
+        let service = self.clone();
+        Box::pin(async move {
+            Ok(match service.open(req).await {
+                Ok(body) => {
+                    let mut response = Response::new(Body::new(body));
+                    response
+                        .headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                    response
+                }
+                Err(status) => status.into_http(),
+            })
+        })
     }
 }
 

@@ -1,0 +1,261 @@
+//! `zident ca --kubernetes` as the cluster's identity authority, against a real kube-apiserver:
+//! ServiceAccount tokens from the TokenRequest API, bound to pods on nodes n1 and n2, checked
+//! by TokenReview for the audience `istio-ca`, and istiod's node authorizer from the pods the CA
+//! watches.
+//!
+//! - the trusted node account's token on n1 gets the identities of pods on n1, and is refused one
+//!   whose pods run only on n2 (the same account on n2 gets it);
+//! - an untrusted ServiceAccount cannot impersonate; a workload's own token gets its own identity
+//!   and nothing else;
+//! - a token for another audience, an expired token, garbage, and the token of a pod deleted
+//!   since are each refused, logged with their reason and counted by it;
+//! - accepted tokens are answered from the cache, not by a TokenReview per request;
+//! - a mesh file's static tokens keep working beside them.
+//!
+//! Needs the API server of scripts/k8s/build.sh; skipped with a message otherwise.
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
+use tonic::Code;
+use zident_ca::KubernetesConfig;
+use zident_identity::WorkloadKey;
+use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
+use zident_testkit::kube_api::{KubeApi, create, pod};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_and_the_node_authorizer() {
+    let api = match KubeApi::shared() {
+        Ok(api) => api,
+        Err(why) => {
+            eprintln!("SKIPPED: no Kubernetes API server for this test: {why}");
+            return;
+        }
+    };
+    zident_testkit::capture_logs("zident=info");
+    let client = api.client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in ["istio-system", "shop"] {
+        create(
+            &namespaces,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .await;
+    }
+    for (ns, sa) in [
+        ("istio-system", "ztunnel"),
+        ("istio-system", "intruder"),
+        ("shop", "web"),
+        ("shop", "db"),
+    ] {
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+        create(
+            &accounts,
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}),
+        )
+        .await;
+    }
+    let system: Api<Pod> = Api::namespaced(client.clone(), "istio-system");
+    let shop: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let uid = |p: Pod| p.metadata.uid.expect("a uid");
+    let zt1 = uid(create(&system, pod("ztunnel-n1", Some("ztunnel"), "n1", json!({}))).await);
+    let zt2 = uid(create(&system, pod("ztunnel-n2", Some("ztunnel"), "n2", json!({}))).await);
+    let intr = uid(create(
+        &system,
+        pod("intruder-n1", Some("intruder"), "n1", json!({})),
+    )
+    .await);
+    let web1 = uid(create(&shop, pod("web-1", Some("web"), "n1", json!({}))).await);
+    create(&shop, pod("db-1", Some("db"), "n2", json!({}))).await;
+    let gone = uid(create(&shop, pod("web-gone", Some("web"), "n1", json!({}))).await);
+
+    let token = |ns: &'static str, sa: &'static str, pod: Option<(&'static str, String)>| {
+        let client = client.clone();
+        async move {
+            let pod = pod.as_ref().map(|(n, u)| (*n, u.as_str()));
+            api.token(&client, ns, sa, pod, "istio-ca").await
+        }
+    };
+    let ztunnel_n1 = token("istio-system", "ztunnel", Some(("ztunnel-n1", zt1.clone()))).await;
+    let ztunnel_n2 = token("istio-system", "ztunnel", Some(("ztunnel-n2", zt2))).await;
+    let intruder = token("istio-system", "intruder", Some(("intruder-n1", intr))).await;
+    let web = token("shop", "web", Some(("web-1", web1))).await;
+    let web_gone = token("shop", "web", Some(("web-gone", gone))).await;
+    let other_audience = api
+        .token(
+            &client,
+            "istio-system",
+            "ztunnel",
+            Some(("ztunnel-n1", &zt1)),
+            "some-other-service",
+        )
+        .await;
+    let expired = api.expired(&ztunnel_n1);
+
+    // The CA: the cluster, ztunnel's account trusted, and a mesh file with a static token for
+    // a workload outside the cluster.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        "trustDomain: cluster.local\n\
+         identities:\n- {spiffeId: spiffe://cluster.local/ns/ext/sa/batch, token: token-batch}\n",
+    )
+    .unwrap();
+    let mut config = common::config(dir.path());
+    config.kubernetes = Some(KubernetesConfig {
+        namespace: "istio-system".into(),
+        kubeconfig: Some(api.kubeconfig()),
+        initial_sync: WAIT,
+        trusted_node_accounts: vec!["istio-system/ztunnel".parse().unwrap()],
+        ..Default::default()
+    });
+    let ca = common::start_ca(config).await;
+    let mut grpc = IstioCertificateServiceClient::new(common::channel(&ca).await);
+    let request = |token: &str, identity: &str, impersonate: bool| {
+        let id = common::id(identity);
+        let key = WorkloadKey::generate().unwrap();
+        common::request(
+            key.csr_pem(&id).unwrap(),
+            3600,
+            Some(token),
+            impersonate.then_some(id.as_str()),
+        )
+    };
+    let metrics = || {
+        common::curl(
+            &format!("http://{}/metrics", ca.metrics_addr.unwrap()),
+            None,
+        )
+    };
+
+    // The node account on n1: the identities of n1's pods, not n2's.
+    grpc.create_certificate(request(&ztunnel_n1, "ns/shop/sa/web", true))
+        .await
+        .expect("ztunnel on n1 gets web (web-1 runs on n1)");
+    common::expect_code(
+        &mut grpc,
+        request(&ztunnel_n1, "ns/shop/sa/db", true),
+        Code::PermissionDenied,
+    )
+    .await;
+    zident_testkit::logged(
+        "no workload with identity spiffe://cluster.local/ns/shop/sa/db runs on node n1",
+    )
+    .await;
+    grpc.create_certificate(request(&ztunnel_n2, "ns/shop/sa/db", true))
+        .await
+        .expect("ztunnel on n2 gets db (db-1 runs on n2)");
+
+    // Only trusted accounts impersonate; a workload gets its own identity only.
+    common::expect_code(
+        &mut grpc,
+        request(&intruder, "ns/shop/sa/web", true),
+        Code::PermissionDenied,
+    )
+    .await;
+    zident_testkit::logged("is not a trusted node account").await;
+    grpc.create_certificate(request(&web, "ns/shop/sa/web", false))
+        .await
+        .expect("web's own token gets web");
+    for (identity, impersonate) in [("ns/shop/sa/db", false), ("ns/shop/sa/web", true)] {
+        common::expect_code(
+            &mut grpc,
+            request(&web, identity, impersonate),
+            Code::PermissionDenied,
+        )
+        .await;
+    }
+
+    // Tokens the API server refuses, each with its reason.
+    let refused_before = rejected(&metrics(), "token_refused");
+    for (what, bad) in [
+        ("another audience", other_audience.as_str()),
+        ("expired", expired.as_str()),
+        ("garbage", "not-a-token"),
+        ("a forged JWT", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"),
+    ] {
+        let message = common::expect_code(
+            &mut grpc,
+            request(bad, "ns/shop/sa/web", false),
+            Code::Unauthenticated,
+        )
+        .await;
+        assert_eq!(message, "bearer token refused", "{what}: told no more");
+    }
+    zident_testkit::logged("token audiences").await;
+    zident_testkit::logged("expired").await;
+    assert_eq!(
+        rejected(&metrics(), "token_refused") - refused_before,
+        4.0,
+        "{}",
+        metrics()
+    );
+
+    // A token bound to a pod works while the pod exists, and not once it is deleted (the CA
+    // sees the deletion in its watch, before the API server's own review cache lets go).
+    grpc.create_certificate(request(&web_gone, "ns/shop/sa/web", false))
+        .await
+        .expect("the pod's token works while the pod exists");
+    shop.delete("web-gone", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete pod");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match grpc
+            .create_certificate(request(&web_gone, "ns/shop/sa/web", false))
+            .await
+        {
+            Err(status) if status.code() == Code::PermissionDenied => break,
+            Err(status) => panic!("refused for another reason: {status:?}"),
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a deleted pod's token still works after {WAIT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    zident_testkit::logged("web-gone").await;
+
+    // Accepted tokens come from the cache: five more requests, no TokenReview.
+    let reviews = |answered: &str| review_count(&metrics(), answered, "accepted");
+    let (api_before, cache_before) = (reviews("api"), reviews("cache"));
+    for _ in 0..5 {
+        grpc.create_certificate(request(&ztunnel_n1, "ns/shop/sa/web", true))
+            .await
+            .expect("issued");
+    }
+    assert_eq!(reviews("api"), api_before, "{}", metrics());
+    assert_eq!(reviews("cache") - cache_before, 5.0, "{}", metrics());
+
+    // A static token from the mesh file, beside the cluster's.
+    grpc.create_certificate(request("token-batch", "ns/ext/sa/batch", false))
+        .await
+        .expect("the mesh file's identity token");
+}
+
+/// `zident_ca_requests_rejected{reason}`.
+fn rejected(text: &str, reason: &str) -> f64 {
+    let label = format!("zident_ca_requests_rejected_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&label))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `zident_ca_token_reviews{answered, result}`.
+fn review_count(text: &str, answered: &str, result: &str) -> f64 {
+    let label =
+        format!("zident_ca_token_reviews_total{{answered=\"{answered}\",result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&label))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

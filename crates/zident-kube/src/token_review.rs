@@ -1,0 +1,398 @@
+//! Who a bearer token belongs to, asked of the API server as istiod asks it: a
+//! `authentication.k8s.io/v1` TokenReview for the audience `istio-ca`.
+//!
+//! Answers are cached by the token's SHA-256 (never the token itself): an accepted token for
+//! [`ACCEPTED_TTL`] but never past the token's own `exp`, a refused one for [`REFUSED_TTL`] so
+//! that a client repeating a bad token costs the API server one review every few seconds, and a
+//! failed call (timeout, server unreachable) not at all. Concurrent requests with the same
+//! uncached token wait for one review instead of each sending their own. Each call is bounded by
+//! [`REVIEW_TIMEOUT`], and at most [`MAX_IN_FLIGHT`] are open at once. The cache holds at most
+//! [`MAX_ENTRIES`] tokens.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::{Api, PostParams};
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::source::Connection;
+
+/// How long an accepted token is believed without asking again (at most).
+pub const ACCEPTED_TTL: Duration = Duration::from_secs(60);
+/// How long a refused token is refused without asking again.
+pub const REFUSED_TTL: Duration = Duration::from_secs(5);
+/// One review's bound, the wait for a free slot included.
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reviews open at once.
+pub const MAX_IN_FLIGHT: usize = 32;
+/// Tokens remembered.
+pub const MAX_ENTRIES: usize = 10_000;
+
+/// The pod a token is bound to (TokenRequest's `boundObjectRef`), as the review reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodBinding {
+    /// The pod's name (in the ServiceAccount's namespace).
+    pub name: String,
+    /// The pod's uid.
+    pub uid: String,
+}
+
+/// A token the API server accepted: a ServiceAccount's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reviewed {
+    /// The ServiceAccount's namespace.
+    pub namespace: String,
+    /// The ServiceAccount's name.
+    pub service_account: String,
+    /// The pod the token is bound to, if it is bound to one.
+    pub pod: Option<PodBinding>,
+}
+
+/// Why a token gives no caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// The API server did not authenticate it (expired, wrong audience, its pod gone, not a
+    /// token at all): its own words.
+    #[error("the API server did not authenticate the token: {0}")]
+    Refused(String),
+    /// It authenticated, but not for our audience (an audience-unaware server).
+    #[error("the token is not for the audience {0:?}")]
+    WrongAudience(String),
+    /// It authenticated a user who is not a ServiceAccount.
+    #[error("the token is user {0:?}, not a ServiceAccount")]
+    NotServiceAccount(String),
+    /// The review itself failed; nothing is known about the token.
+    #[error("TokenReview failed: {0}")]
+    Unavailable(String),
+}
+
+impl ReviewError {
+    /// A short reason for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReviewError::Refused(_) => "token_refused",
+            ReviewError::WrongAudience(_) => "token_wrong_audience",
+            ReviewError::NotServiceAccount(_) => "token_not_service_account",
+            ReviewError::Unavailable(_) => "token_review_unavailable",
+        }
+    }
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// The cache (or a review another request was already waiting for).
+    Cache,
+    /// A TokenReview this request sent.
+    Api,
+}
+
+type Outcome = Result<Reviewed, ReviewError>;
+
+struct Entry {
+    cell: Arc<OnceCell<(Outcome, Instant)>>,
+}
+
+/// Reviews tokens; cheap to share behind an `Arc`.
+pub struct TokenReviewer {
+    api: Api<TokenReview>,
+    audience: String,
+    cache: Mutex<HashMap<[u8; 32], Entry>>,
+    slots: Semaphore,
+}
+
+impl TokenReviewer {
+    /// Reviews for `audience` (`istio-ca`) on `connection`'s API server.
+    pub fn new(connection: &Connection, audience: &str) -> Self {
+        Self {
+            api: Api::all(connection.client.clone()),
+            audience: audience.to_owned(),
+            cache: Mutex::new(HashMap::new()),
+            slots: Semaphore::new(MAX_IN_FLIGHT),
+        }
+    }
+
+    /// Who `token` belongs to.
+    pub async fn review(&self, token: &str) -> (Outcome, Answered) {
+        let key = digest(token);
+        let cell = self.cell(key);
+        let mut sent = false;
+        let result = cell
+            .get_or_try_init(|| async {
+                sent = true;
+                let outcome = self.ask(token).await;
+                if let Err(ReviewError::Unavailable(_)) = outcome {
+                    // Not known either way: not remembered, the next request asks again.
+                    return Err(outcome);
+                }
+                let until = Instant::now() + self.ttl(token, &outcome);
+                Ok((outcome, until))
+            })
+            .await;
+        let answered = if sent { Answered::Api } else { Answered::Cache };
+        match result {
+            Ok((outcome, _)) => (outcome.clone(), answered),
+            Err(unavailable) => {
+                self.forget(key, &cell);
+                (unavailable, answered)
+            }
+        }
+    }
+
+    /// The cache's cell for `key`: the current one, or a new one when there is none or it
+    /// expired.
+    fn cell(&self, key: [u8; 32]) -> Arc<OnceCell<(Outcome, Instant)>> {
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = cache.get(&key)
+            && e.cell.get().is_none_or(|(_, until)| *until > now)
+        {
+            return e.cell.clone();
+        }
+        if cache.len() >= MAX_ENTRIES {
+            cache.retain(|_, e| e.cell.get().is_none_or(|(_, until)| *until > now));
+            if cache.len() >= MAX_ENTRIES {
+                // Full of live entries: make room by forgetting a tenth, whichever they are.
+                let drop: Vec<[u8; 32]> = cache.keys().take(MAX_ENTRIES / 10).copied().collect();
+                for k in drop {
+                    cache.remove(&k);
+                }
+            }
+        }
+        let cell = Arc::new(OnceCell::new());
+        cache.insert(key, Entry { cell: cell.clone() });
+        cell
+    }
+
+    fn forget(&self, key: [u8; 32], cell: &Arc<OnceCell<(Outcome, Instant)>>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.get(&key).is_some_and(|e| Arc::ptr_eq(&e.cell, cell)) {
+            cache.remove(&key);
+        }
+    }
+
+    /// How long an outcome stands.
+    fn ttl(&self, token: &str, outcome: &Outcome) -> Duration {
+        match outcome {
+            Ok(_) => match expiry(token) {
+                Some(exp) => exp
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .min(ACCEPTED_TTL),
+                None => ACCEPTED_TTL,
+            },
+            Err(_) => REFUSED_TTL,
+        }
+    }
+
+    /// One TokenReview.
+    async fn ask(&self, token: &str) -> Outcome {
+        let call = async {
+            let _slot = self
+                .slots
+                .acquire()
+                .await
+                .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
+            let review = TokenReview {
+                spec: TokenReviewSpec {
+                    token: token.to_owned(),
+                    audiences: Some(vec![self.audience.clone()]),
+                },
+                ..Default::default()
+            };
+            self.api
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| ReviewError::Unavailable(e.to_string()))
+        };
+        let review = tokio::time::timeout(REVIEW_TIMEOUT, call)
+            .await
+            .map_err(|_| {
+                ReviewError::Unavailable(format!("no answer within {}s", REVIEW_TIMEOUT.as_secs()))
+            })??;
+        judge(review, &self.audience)
+    }
+}
+
+/// What a TokenReview's answer means.
+fn judge(review: TokenReview, audience: &str) -> Outcome {
+    let status = review.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(ReviewError::Refused(
+            status
+                .error
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| "not authenticated".into()),
+        ));
+    }
+    // A server that ignores the audience answers with none: the token may be for anything.
+    if !status
+        .audiences
+        .unwrap_or_default()
+        .iter()
+        .any(|a| a == audience)
+    {
+        return Err(ReviewError::WrongAudience(audience.to_owned()));
+    }
+    let user = status.user.unwrap_or_default();
+    let username = user.username.unwrap_or_default();
+    let Some((namespace, service_account)) = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains(':'))
+    else {
+        return Err(ReviewError::NotServiceAccount(username));
+    };
+    let extra = user.extra.unwrap_or_default();
+    let one = |key: &str| {
+        extra
+            .get(key)
+            .and_then(|v| v.first())
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let pod = match (
+        one("authentication.kubernetes.io/pod-name"),
+        one("authentication.kubernetes.io/pod-uid"),
+    ) {
+        (Some(name), Some(uid)) => Some(PodBinding { name, uid }),
+        _ => None,
+    };
+    Ok(Reviewed {
+        namespace: namespace.to_owned(),
+        service_account: service_account.to_owned(),
+        pod,
+    })
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The `exp` claim of a JWT, read without checking the signature (the API server checked
+/// it): only to bound how long the acceptance is remembered.
+fn expiry(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    Some(UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+    use std::collections::BTreeMap;
+
+    fn review(authenticated: bool, audiences: &[&str], user: &str, pod: bool) -> TokenReview {
+        let mut extra = BTreeMap::new();
+        if pod {
+            extra.insert(
+                "authentication.kubernetes.io/pod-name".to_owned(),
+                vec!["ztunnel-abc".to_owned()],
+            );
+            extra.insert(
+                "authentication.kubernetes.io/pod-uid".to_owned(),
+                vec!["u-1".to_owned()],
+            );
+        }
+        TokenReview {
+            status: Some(TokenReviewStatus {
+                authenticated: Some(authenticated),
+                audiences: Some(audiences.iter().map(|a| (*a).to_owned()).collect()),
+                error: (!authenticated).then(|| "token has expired".to_owned()),
+                user: Some(UserInfo {
+                    username: Some(user.to_owned()),
+                    extra: Some(extra),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_bound_service_account_token_names_its_account_and_pod() {
+        let r = judge(
+            review(
+                true,
+                &["istio-ca"],
+                "system:serviceaccount:istio-system:ztunnel",
+                true,
+            ),
+            "istio-ca",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.namespace.as_str(), r.service_account.as_str()),
+            ("istio-system", "ztunnel")
+        );
+        assert_eq!(
+            r.pod,
+            Some(PodBinding {
+                name: "ztunnel-abc".into(),
+                uid: "u-1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn every_other_answer_is_a_refusal_with_its_reason() {
+        let cases = [
+            (
+                review(false, &[], "", false),
+                "token_refused",
+                "token has expired",
+            ),
+            // An audience-unaware server: authenticated, but for no audience of ours.
+            (
+                review(true, &[], "system:serviceaccount:a:b", false),
+                "token_wrong_audience",
+                "istio-ca",
+            ),
+            (
+                review(true, &["istio-ca"], "admin", false),
+                "token_not_service_account",
+                "admin",
+            ),
+            (
+                review(true, &["istio-ca"], "system:serviceaccount:a", false),
+                "token_not_service_account",
+                "system:serviceaccount:a",
+            ),
+            (
+                review(true, &["istio-ca"], "system:serviceaccount::b", false),
+                "token_not_service_account",
+                "",
+            ),
+        ];
+        for (review, reason, said) in cases {
+            let e = judge(review, "istio-ca").unwrap_err();
+            assert_eq!(e.reason(), reason, "{e}");
+            assert!(e.to_string().contains(said), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_expiry_bounds_the_cache_and_garbage_has_none() {
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"aud":["istio-ca"],"exp":4102444800,"sub":"x"}"#);
+        let token = format!("e30.{claims}.sig");
+        assert_eq!(
+            expiry(&token),
+            Some(UNIX_EPOCH + Duration::from_secs(4_102_444_800))
+        );
+        for garbage in ["", "abc", "a.b.c", "a.!!!.c", "e30.e30.x"] {
+            assert_eq!(expiry(garbage), None, "{garbage}");
+        }
+    }
+}
