@@ -11,7 +11,8 @@
 //! API server stops and starts under the running mesh without a dropped request.
 //!
 //! With `ZTUNNEL_BIN` naming a ztunnel built from istio/ztunnel, a third node runs it (dedicated
-//! mode, for a pod of its own): its `/config_dump` lists the cluster's pods and follows a pod
+//! mode, for a pod of its own, authenticated by the pod's ServiceAccount token, which the CA
+//! checks by TokenReview): its `/config_dump` lists the cluster's pods and follows a pod
 //! that comes and goes after it started, traffic flows both ways between it and the zident
 //! agents' pods, and a DENY policy from the CRD is enforced by it.
 //!
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use zident_testkit::eventually;
@@ -115,10 +116,11 @@ fn ztunnel_names(ns: &str) -> Vec<String> {
 }
 
 /// ztunnel in dedicated mode for pod `zt-app` (ServiceAccount `zt`) on node-z, with nothing
-/// but the CA's address, its root and a token.
-fn ztunnel(bin: &Path, dir: &Path, ns: &str) -> NsProcess {
+/// but the CA's address, its root and `token`: the pod's projected ServiceAccount token, which
+/// the CA checks by TokenReview.
+fn ztunnel(bin: &Path, dir: &Path, ns: &str, token: &str) -> NsProcess {
     let root = dir.join("ca/root-cert.pem");
-    std::fs::write(dir.join("zt.token"), "token-zt").expect("token file");
+    std::fs::write(dir.join("zt.token"), token).expect("token file");
     NsProcess::spawn(
         ns,
         Path::new("env"),
@@ -230,14 +232,26 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
     run_pod(&pods, "c", "10.87.1.10").await;
     run_pod(&pods, "s", "10.87.2.10").await;
     let mut base = vec!["c", "s"];
+    let mut zt_token = String::new();
     if ztunnel_bin.is_some() {
+        // ztunnel's pod, with the token the kubelet would project for it (audience istio-ca).
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "shop");
         create(
+            &accounts,
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "zt"}}),
+        )
+        .await;
+        let zt_pod = create(
             &pods,
             pod("zt-app", Some("zt"), "node-z", json!({"app": "zt"})),
         )
         .await;
         run_pod(&pods, "zt-app", "10.87.3.10").await;
         base.push("zt-app");
+        let uid = zt_pod.metadata.uid.expect("a uid");
+        zt_token = api
+            .token(&client, "shop", "zt", Some(("zt-app", &uid)), "istio-ca")
+            .await;
     }
     let with = |extra: &str| {
         let mut v: Vec<String> = base.iter().map(|n| n.to_string()).collect();
@@ -246,12 +260,12 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
         v
     };
 
-    // The CA: the cluster's pods, the file's nodes and tokens.
+    // The CA: the cluster's pods, the file's nodes and their tokens (ServiceAccount tokens,
+    // ztunnel's, are checked with the API server).
     std::fs::write(
         dir.join("mesh.yaml"),
         "nodes:\n- {name: node-a, token: token-a}\n\
-         - {name: node-b, token: token-b}\n\
-         identities:\n- {spiffeId: spiffe://cluster.local/ns/shop/sa/zt, token: token-zt}\n",
+         - {name: node-b, token: token-b}\n",
     )
     .expect("mesh file");
     let ca_log = dir.join("ca.log");
@@ -555,22 +569,24 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
     .await;
 
     if let Some(bin) = &ztunnel_bin {
-        real_ztunnel(bin, dir, &a, &z, &pods, &policies, &logs).await;
+        real_ztunnel(bin, dir, &a, &z, &zt_token, &pods, &policies, &logs).await;
     }
 }
 
 /// A real ztunnel follows the same CA: it lists the cluster's pods, carries traffic both ways
 /// with the zident agents, and enforces a DENY policy from the CRD.
+#[allow(clippy::too_many_arguments)]
 async fn real_ztunnel(
     bin: &Path,
     dir: &Path,
     a: &str,
     z: &str,
+    token: &str,
     pods: &Api<Pod>,
     policies: &Api<DynamicObject>,
     logs: &dyn Fn() -> String,
 ) {
-    let zt = ztunnel(bin, dir, z);
+    let zt = ztunnel(bin, dir, z, token);
     eventually(DEADLINE, "ztunnel is ready", || {
         curl_in(z, &["http://127.0.0.1:15021/healthz/ready"]).0 == 200
     })
@@ -627,6 +643,15 @@ async fn real_ztunnel(
     };
     let (code, body) = to_zt();
     assert_eq!((code, body.as_str()), (200, "zt"), "{}", logs());
+    // Its certificate was issued to its pod's ServiceAccount token, reviewed by the API server.
+    let ca_log = std::fs::read_to_string(dir.join("ca.log")).unwrap_or_default();
+    assert!(
+        ca_log.lines().any(|l| l.contains("issued certificate")
+            && l.contains("spiffe://cluster.local/ns/shop/sa/zt")
+            && l.contains("service account shop/zt (pod zt-app)")),
+        "{}",
+        logs()
+    );
     // A DENY policy from the CRD, selecting ztunnel's pod, enforced by ztunnel.
     policies
         .create(
