@@ -124,6 +124,35 @@ impl ClusterSource {
         )
     }
 
+    /// Keeps `istio-ca-root-cert` in every namespace equal to the CA's roots in force, for as
+    /// long as the task runs (see `zident_kube::root_config_maps`).
+    pub(crate) fn publish_roots(&self, state: Arc<CaState>) -> JoinHandle<()> {
+        let targets = self.watching.root_targets();
+        let connection = self.api.clone();
+        let (tx, rx) = watch::channel(state.authority().bundle().to_pem());
+        let mut changes = state.subscribe_authority();
+        let follower = state.clone();
+        tokio::spawn(async move {
+            let follow = async move {
+                while changes.changed().await.is_ok() {
+                    let pem = follower.authority().bundle().to_pem();
+                    tx.send_if_modified(|held| {
+                        let changed = *held != pem;
+                        *held = pem;
+                        changed
+                    });
+                }
+            };
+            let publish = zident_kube::publish_roots(connection, targets, rx, move |round| {
+                state.metrics.root_config_maps(round)
+            });
+            tokio::select! {
+                () = follow => {}
+                () = publish => {}
+            }
+        })
+    }
+
     /// Where an edited mesh file goes.
     pub(crate) fn file_sink(&self) -> FileSink {
         self.base_tx.clone()

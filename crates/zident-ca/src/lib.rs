@@ -179,6 +179,7 @@ impl RunningCa {
             &mut background,
         )?;
         if let Some(c) = cluster {
+            background.push(c.publish_roots(state.clone()));
             background.push(c.follow(state.clone()));
         }
         if let (Some(prepared), Some(ds)) = (replica, config.datastore.clone()) {

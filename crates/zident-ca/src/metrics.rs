@@ -58,6 +58,13 @@ pub struct ReviewLabel {
     pub result: &'static str,
 }
 
+/// Label for [`CaMetrics::root_config_maps`]: what a write of `istio-ca-root-cert` did.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabel {
+    /// `created`, `updated` (new roots), `repaired` (someone changed it) or `failed`.
+    pub change: &'static str,
+}
+
 /// Label for [`CaMetrics::dns_cert_expiry`].
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SecretLabel {
@@ -108,6 +115,8 @@ pub struct CaMetrics {
     pub rejected: Family<ReasonLabel, Counter>,
     /// ServiceAccount tokens judged, by where the answer came from and what it was.
     pub token_reviews: Family<ReviewLabel, Counter>,
+    /// Writes of `istio-ca-root-cert` ConfigMaps, by what they did.
+    pub root_config_maps: Family<ChangeLabel, Counter>,
     /// Configuration reloads, by source and outcome.
     pub config_reloads: Family<ReloadLabel, Counter>,
     /// Time to handle an issuance, seconds.
@@ -138,6 +147,7 @@ impl CaMetrics {
             cert_chain_expiry_timestamp: Default::default(),
             rejected: Default::default(),
             token_reviews: Default::default(),
+            root_config_maps: Default::default(),
             config_reloads: Default::default(),
             issue_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
             datastore_degraded: Gauge::default(),
@@ -202,6 +212,11 @@ impl CaMetrics {
             m.token_reviews.clone(),
         );
         registry.register(
+            "zident_ca_root_config_map_writes",
+            "Writes of the istio-ca-root-cert ConfigMap (the CA's roots in every namespace), by change: created, updated (new roots), repaired (someone changed it), failed (retried)",
+            m.root_config_maps.clone(),
+        );
+        registry.register(
             "zident_ca_config_reloads",
             "Reloads of the mesh file or plugged-in CA files, by outcome",
             m.config_reloads.clone(),
@@ -253,6 +268,22 @@ impl CaMetrics {
         self.token_reviews
             .get_or_create(&ReviewLabel { answered, result })
             .inc();
+    }
+
+    /// Counts one round of `istio-ca-root-cert` writes.
+    pub fn root_config_maps(&self, round: &zident_kube::Round) {
+        for (change, n) in [
+            ("created", round.created),
+            ("updated", round.updated),
+            ("repaired", round.repaired),
+            ("failed", round.failed),
+        ] {
+            if n > 0 {
+                self.root_config_maps
+                    .get_or_create(&ChangeLabel { change })
+                    .inc_by(n as u64);
+            }
+        }
     }
 
     /// Counts a refused request under `reason`.

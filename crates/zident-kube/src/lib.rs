@@ -11,7 +11,8 @@
 //!   object that breaks a rule instead of refusing them all;
 //! - `events`: findings as Kubernetes Events on their objects;
 //! - `token_review`: who a bearer token belongs to (a TokenReview, cached by digest), and
-//!   `pods`: the watched pods as the node authorizer asks about them.
+//!   `pods`: the watched pods as the node authorizer asks about them;
+//! - `root_config_maps`: the CA's roots as `istio-ca-root-cert` in every namespace.
 //!
 //! The CA runs this; agents and ztunnels never talk to the API server: they follow the CA's xDS
 //! stream and present their tokens to the CA.
@@ -25,6 +26,7 @@ mod finding;
 pub mod mesh_config;
 mod pods;
 mod policy;
+pub mod root_config_maps;
 mod services;
 mod source;
 mod token_review;
@@ -36,6 +38,7 @@ pub use events::EventPublisher;
 pub use finding::{Finding, ObjectRef, Severity};
 pub use mesh_config::{MeshConfigError, MeshSettings};
 pub use pods::{PodDirectory, PodFacts};
+pub use root_config_maps::{Round, Targets, publish_roots};
 pub use services::DOMAIN_SUFFIX;
 pub use source::{
     Connection, REQUEST_TIMEOUT, SourceConfig, SourceError, SourceStatus, WatchHealth, Watching,

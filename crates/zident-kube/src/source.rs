@@ -108,6 +108,8 @@ pub struct Watching {
     pods: Store<Pod>,
     services: Store<Service>,
     config_maps: Store<ConfigMap>,
+    /// `istio-ca-root-cert` in every namespace (see `root_config_maps`).
+    root_config_maps: Store<ConfigMap>,
     policies: Option<Store<DynamicObject>>,
     changes: watch::Receiver<u64>,
     status: watch::Receiver<SourceStatus>,
@@ -194,6 +196,19 @@ impl Watching {
             slim::<ConfigMap>,
             &mut tasks,
         );
+        let root_config_maps = ctx.reflect(
+            ROOT_CONFIG_MAP_KIND,
+            Api::<ConfigMap>::all(client.clone()),
+            (
+                watch_config().fields(&format!(
+                    "metadata.name={}",
+                    crate::root_config_maps::ROOT_CONFIG_MAP
+                )),
+                (),
+            ),
+            slim::<ConfigMap>,
+            &mut tasks,
+        );
         let policies = policies_served.then(|| {
             let resource = authorization_policy_resource();
             ctx.reflect(
@@ -214,6 +229,7 @@ impl Watching {
             pods,
             services,
             config_maps,
+            root_config_maps,
             policies,
             changes,
             status,
@@ -225,26 +241,31 @@ impl Watching {
 
     async fn wait_synced(&self, server: &str, timeout: Duration) -> Result<(), SourceError> {
         let mut status = self.status.clone();
-        let expected = 4 + usize::from(self.policies.is_some());
+        let mut expected = vec![
+            "Namespace",
+            "Pod",
+            "Service",
+            "ConfigMap",
+            ROOT_CONFIG_MAP_KIND,
+        ];
+        if self.policies.is_some() {
+            expected.push("AuthorizationPolicy");
+        }
         let outcome = tokio::time::timeout(
             timeout,
-            status.wait_for(|s| s.kinds.values().filter(|h| h.synced).count() >= expected),
+            status.wait_for(|s| {
+                expected
+                    .iter()
+                    .all(|k| s.kinds.get(k).is_some_and(|h| h.synced))
+            }),
         )
         .await;
         if matches!(outcome, Ok(Ok(_))) {
             return Ok(());
         }
         let s = self.status.borrow().clone();
-        let all = [
-            "Namespace",
-            "Pod",
-            "Service",
-            "ConfigMap",
-            "AuthorizationPolicy",
-        ];
-        let missing: Vec<&str> = all
+        let missing: Vec<&str> = expected
             .into_iter()
-            .take(expected)
             .filter(|k| !s.kinds.get(k).is_some_and(|h| h.synced))
             .collect();
         let last_error = s
@@ -271,6 +292,15 @@ impl Watching {
                     && c.metadata.namespace.as_deref() == Some(namespace)
             }),
             policies: self.policies.as_ref().map(Store::state).unwrap_or_default(),
+        }
+    }
+
+    /// What [`crate::publish_roots`] reads: the namespaces and their `istio-ca-root-cert`.
+    pub fn root_targets(&self) -> crate::root_config_maps::Targets {
+        crate::root_config_maps::Targets {
+            namespaces: self.namespaces.clone(),
+            config_maps: self.root_config_maps.clone(),
+            changes: self.changes.clone(),
         }
     }
 
@@ -505,6 +535,9 @@ const WATCH_SECONDS: u32 = 60;
 /// it, where kube's default (295 s) left a dead watch looking healthy for five minutes. A live
 /// watch is ended by the server at [`WATCH_SECONDS`] first.
 const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_SECONDS as u64 + 15);
+
+/// The status name of the watch of `istio-ca-root-cert` ConfigMaps.
+const ROOT_CONFIG_MAP_KIND: &str = "ConfigMap istio-ca-root-cert";
 
 /// How every watch here is made.
 fn watch_config() -> watcher::Config {

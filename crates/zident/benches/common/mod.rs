@@ -146,7 +146,7 @@ fn spawn_ca_args(
 }
 
 /// A CreateCertificate request as a node agent sends it.
-pub fn request(csr: String, id: &str) -> tonic::Request<IstioCertificateRequest> {
+pub fn request(csr: String, id: &str, token: &str) -> tonic::Request<IstioCertificateRequest> {
     let metadata = Struct {
         fields: [(
             "ImpersonatedIdentity".to_string(),
@@ -163,7 +163,9 @@ pub fn request(csr: String, id: &str) -> tonic::Request<IstioCertificateRequest>
     });
     req.metadata_mut().insert(
         "authorization",
-        tonic::metadata::MetadataValue::from_static("Bearer bench-token"),
+        format!("Bearer {token}")
+            .parse()
+            .expect("a token fit for a header"),
     );
     req
 }
@@ -182,6 +184,18 @@ pub async fn drive(
     id: &SpiffeId,
     requests: usize,
     concurrency: usize,
+) -> Run {
+    drive_as(ca, root_pem, id, requests, concurrency, TOKEN).await
+}
+
+/// [`drive`] with `token` as the bearer token of every request.
+pub async fn drive_as(
+    ca: &Ca,
+    root_pem: &[u8],
+    id: &SpiffeId,
+    requests: usize,
+    concurrency: usize,
+    token: &str,
 ) -> Run {
     let csrs: Vec<String> = (0..requests)
         .map(|_| {
@@ -206,7 +220,7 @@ pub async fn drive(
         clients.push(IstioCertificateServiceClient::new(channel));
     }
     for (i, c) in clients.iter_mut().enumerate() {
-        c.create_certificate(request(csrs[i].clone(), id.as_str()))
+        c.create_certificate(request(csrs[i].clone(), id.as_str(), token))
             .await
             .expect("warm-up issuance");
     }
@@ -218,13 +232,14 @@ pub async fn drive(
         let mut client = clients[w % CONNECTIONS].clone();
         let queue = queue.clone();
         let id = id.to_string();
+        let token = token.to_owned();
         workers.push(tokio::spawn(async move {
             let mut done = 0usize;
             loop {
                 let next = queue.lock().expect("queue").pop();
                 let Some(csr) = next else { break };
                 client
-                    .create_certificate(request(csr, &id))
+                    .create_certificate(request(csr, &id, &token))
                     .await
                     .expect("issuance");
                 done += 1;
