@@ -60,20 +60,18 @@ async fn every_namespace_has_the_roots_in_force() {
                 .and_then(|c| c.data?.get("root-cert.pem").cloned())
         }
     };
-    let until = |what: &'static str, ns: &'static str, want: Option<String>| {
-        async move {
-            let deadline = std::time::Instant::now() + WAIT;
-            loop {
-                let got = held(ns).await;
-                if got == want {
-                    return;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{what}: namespace {ns} holds {got:?}, expected {want:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let until = |what: &'static str, ns: &'static str, want: Option<String>| async move {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let got = held(ns).await;
+            if got == want {
+                return;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: namespace {ns} holds {got:?}, expected {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
 

@@ -1,10 +1,15 @@
 //! The pods the source already watches, as the node authorizer asks about them: a pod by name
 //! (is it the one a token is bound to, which node is it on) and whether a ServiceAccount has a
 //! pod on a node. Answered from the reflector's store, never by a call to the API server, so a
-//! certificate request costs the API server nothing.
+//! certificate request costs the API server nothing. Which ServiceAccounts have a pod on which
+//! node is indexed once per change the watch sees, not scanned per request.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::watch;
 
 /// What the authorizer needs of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,15 +24,59 @@ pub struct PodFacts {
     pub finished: bool,
 }
 
+/// (node, namespace, ServiceAccount) of every pod scheduled and not finished.
+type Placement = HashSet<(String, String, String)>;
+
+/// The placement index, and the change of the source it was built at.
+type Index = Option<(u64, Arc<Placement>)>;
+
 /// Lookups in the watched pods; cheap to clone.
 #[derive(Clone)]
 pub struct PodDirectory {
     store: Store<Pod>,
+    /// Bumped on every change the source sees.
+    changes: watch::Receiver<u64>,
+    /// The placement index and the change it was built at.
+    index: Arc<Mutex<Index>>,
 }
 
 impl PodDirectory {
-    pub(crate) fn new(store: Store<Pod>) -> Self {
-        Self { store }
+    pub(crate) fn new(store: Store<Pod>, changes: watch::Receiver<u64>) -> Self {
+        Self {
+            store,
+            changes,
+            index: Arc::default(),
+        }
+    }
+
+    /// The placement index as of the latest change, rebuilt if a change came since.
+    fn placement(&self) -> Arc<Placement> {
+        let now = *self.changes.borrow();
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, placement)) = index.as_ref()
+            && *at == now
+        {
+            return placement.clone();
+        }
+        let placement: Arc<Placement> = Arc::new(
+            self.store
+                .state()
+                .iter()
+                .filter(|pod| !finished(pod))
+                .filter_map(|pod| {
+                    let spec = pod.spec.as_ref()?;
+                    Some((
+                        spec.node_name.clone()?,
+                        pod.metadata.namespace.clone()?,
+                        spec.service_account_name
+                            .clone()
+                            .unwrap_or_else(|| "default".into()),
+                    ))
+                })
+                .collect(),
+        );
+        *index = Some((now, placement.clone()));
+        placement
     }
 
     /// The pod `namespace/name`, if the watch has it.
@@ -39,17 +88,11 @@ impl PodDirectory {
     /// Whether a pod of ServiceAccount `namespace/service_account` is scheduled on `node` and
     /// has not finished: what a node agent must show before it may have that identity.
     pub fn runs_on(&self, node: &str, namespace: &str, service_account: &str) -> bool {
-        self.store
-            .find(|pod| {
-                let Some(spec) = pod.spec.as_ref() else {
-                    return false;
-                };
-                pod.metadata.namespace.as_deref() == Some(namespace)
-                    && spec.node_name.as_deref() == Some(node)
-                    && spec.service_account_name.as_deref().unwrap_or("default") == service_account
-                    && !finished(pod)
-            })
-            .is_some()
+        self.placement().contains(&(
+            node.to_owned(),
+            namespace.to_owned(),
+            service_account.to_owned(),
+        ))
     }
 }
 

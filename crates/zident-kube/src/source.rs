@@ -306,7 +306,7 @@ impl Watching {
 
     /// The watched pods, for lookups by the node authorizer.
     pub fn pods(&self) -> crate::pods::PodDirectory {
-        crate::pods::PodDirectory::new(self.pods.clone())
+        crate::pods::PodDirectory::new(self.pods.clone(), self.changes.clone())
     }
 
     /// Bumped on every change any watch sees.
