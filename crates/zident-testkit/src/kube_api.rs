@@ -175,6 +175,29 @@ impl KubeApi {
         format!("{signed}.{}", b64.encode(out.stdout))
     }
 
+    /// kubectl, built beside the server by scripts/k8s/build.sh, as the admin; `None` when it
+    /// was not built.
+    pub fn kubectl(&self) -> Option<Command> {
+        let path = self.bin.join("kubectl");
+        path.exists().then(|| {
+            let mut c = Command::new(path);
+            c.env("KUBECONFIG", self.kubeconfig());
+            c
+        })
+    }
+
+    /// A kubeconfig at `path` for a user presenting `token` (a ServiceAccount's), otherwise the
+    /// admin's.
+    pub fn kubeconfig_with_token(&self, path: &Path, token: &str) {
+        let admin = std::fs::read_to_string(self.kubeconfig()).expect("the admin's kubeconfig");
+        let admin_token = std::fs::read_to_string(self.dir.join("token")).expect("the admin token");
+        assert!(
+            admin.contains(admin_token.trim()),
+            "the kubeconfig holds the admin token"
+        );
+        std::fs::write(path, admin.replace(admin_token.trim(), token)).expect("write kubeconfig");
+    }
+
     /// A client with the admin's kubeconfig.
     pub async fn client(&self) -> Client {
         zident_kube::Connection::from_kubeconfig(&self.kubeconfig())
