@@ -10,7 +10,9 @@
 //! - a token for another audience, an expired token, garbage, and the token of a pod deleted
 //!   since are each refused, logged with their reason and counted by it;
 //! - accepted tokens are answered from the cache, not by a TokenReview per request;
-//! - a mesh file's static tokens keep working beside them.
+//! - a mesh file's static tokens keep working beside them;
+//! - with the API server away, a new token gets `Unavailable` and a cached one keeps working;
+//!   once it is back, the new token is reviewed.
 //!
 //! Needs the API server of scripts/k8s/build.sh; skipped with a message otherwise.
 
@@ -74,6 +76,7 @@ async fn service_account_tokens_and_the_node_authorizer() {
     let web1 = uid(create(&shop, pod("web-1", Some("web"), "n1", json!({}))).await);
     create(&shop, pod("db-1", Some("db"), "n2", json!({}))).await;
     let gone = uid(create(&shop, pod("web-gone", Some("web"), "n1", json!({}))).await);
+    let web2 = uid(create(&shop, pod("web-2", Some("web"), "n1", json!({}))).await);
 
     let token = |ns: &'static str, sa: &'static str, pod: Option<(&'static str, String)>| {
         let client = client.clone();
@@ -86,6 +89,9 @@ async fn service_account_tokens_and_the_node_authorizer() {
     let ztunnel_n2 = token("istio-system", "ztunnel", Some(("ztunnel-n2", zt2))).await;
     let intruder = token("istio-system", "intruder", Some(("intruder-n1", intr))).await;
     let web = token("shop", "web", Some(("web-1", web1))).await;
+    // Used only once the API server is away (a token of another pod: the same pod's would be
+    // the same token, minted within the same second).
+    let unseen = token("shop", "web", Some(("web-2", web2))).await;
     let web_gone = token("shop", "web", Some(("web-gone", gone))).await;
     let other_audience = api
         .token(
@@ -239,6 +245,34 @@ async fn service_account_tokens_and_the_node_authorizer() {
     grpc.create_certificate(request("token-batch", "ns/ext/sa/batch", false))
         .await
         .expect("the mesh file's identity token");
+
+    // The API server away: a token the CA has not seen cannot be checked (Unavailable: retry,
+    // not a verdict on the token), while a token it reviewed a moment ago keeps working.
+    api.stop_apiserver().expect("stop the API server");
+    let message = common::expect_code(
+        &mut grpc,
+        request(&unseen, "ns/shop/sa/web", false),
+        Code::Unavailable,
+    )
+    .await;
+    assert!(message.contains("retry"), "{message}");
+    zident_testkit::logged("TokenReview failed").await;
+    grpc.create_certificate(request(&ztunnel_n1, "ns/shop/sa/web", true))
+        .await
+        .expect("a cached token through the outage");
+    api.start_apiserver().expect("start the API server again");
+    let deadline = std::time::Instant::now() + WAIT;
+    while let Err(status) = grpc
+        .create_certificate(request(&unseen, "ns/shop/sa/web", false))
+        .await
+    {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token is still not checked after the API server returned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `zident_ca_requests_rejected{reason}`.

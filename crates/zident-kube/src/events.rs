@@ -10,8 +10,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::connection::{Connection, REQUEST_TIMEOUT};
 use crate::finding::{Finding, Severity};
-use crate::source::{Connection, REQUEST_TIMEOUT};
 
 /// Events waiting to be sent beyond this are dropped (and counted by the caller's log).
 const QUEUE: usize = 1024;

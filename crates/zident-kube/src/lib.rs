@@ -21,6 +21,8 @@
 #![forbid(unsafe_code)]
 
 mod combine;
+mod connection;
+mod error;
 mod events;
 mod finding;
 pub mod mesh_config;
@@ -34,6 +36,8 @@ mod translate;
 mod workloads;
 
 pub use combine::{Combined, combine};
+pub use connection::{Connection, REQUEST_TIMEOUT};
+pub use error::SourceError;
 pub use events::EventPublisher;
 pub use finding::{Finding, ObjectRef, Severity};
 pub use mesh_config::{MeshConfigError, MeshSettings};
@@ -41,8 +45,7 @@ pub use pods::{PodDirectory, PodFacts};
 pub use root_config_maps::{Round, Targets, publish_roots};
 pub use services::DOMAIN_SUFFIX;
 pub use source::{
-    Connection, REQUEST_TIMEOUT, SourceConfig, SourceError, SourceStatus, WatchHealth, Watching,
-    authorization_policy_resource,
+    SourceConfig, SourceStatus, WatchHealth, Watching, authorization_policy_resource,
 };
 pub use token_review::{Answered, PodBinding, ReviewError, Reviewed, TokenReviewer};
 pub use translate::{ClusterMesh, Objects, translate};

@@ -19,7 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::source::{Connection, REQUEST_TIMEOUT};
+use crate::connection::{Connection, REQUEST_TIMEOUT};
 
 /// The ConfigMap's name, istiod's.
 pub const ROOT_CONFIG_MAP: &str = "istio-ca-root-cert";

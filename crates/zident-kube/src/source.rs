@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::connection::{Connection, REQUEST_TIMEOUT, WATCH_SECONDS};
+use crate::error::SourceError;
 use crate::mesh_config;
 use crate::translate::Objects;
 
@@ -36,40 +38,6 @@ impl Default for SourceConfig {
             initial_sync: Duration::from_secs(60),
         }
     }
-}
-
-/// Why the watchers could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The client cannot be built (no kubeconfig, no in-cluster account).
-    #[error(
-        "cannot configure a Kubernetes client: {0}; set KUBECONFIG, or run in a pod with a service account"
-    )]
-    Client(#[source] kube::Error),
-    /// API discovery failed (the server is not reachable, or refuses us).
-    #[error("cannot reach the Kubernetes API at {server}: {source}")]
-    Unreachable {
-        /// The server.
-        server: String,
-        /// The client's error.
-        #[source]
-        source: kube::Error,
-    },
-    /// A kind did not list in time.
-    #[error(
-        "the Kubernetes API at {server} did not list {kinds} within {}s: {last_error}; check that the server is up and that the CA's account may list and watch them",
-        timeout.as_secs()
-    )]
-    InitialSync {
-        /// The server.
-        server: String,
-        /// The kinds still missing.
-        kinds: String,
-        /// How long it waited.
-        timeout: Duration,
-        /// The watch's last error, if any.
-        last_error: String,
-    },
 }
 
 /// The health of one watch.
@@ -513,64 +481,12 @@ async fn serves_policies(client: &Client) -> Result<bool, kube::Error> {
     }
 }
 
-/// A client of one API server, and its address for messages.
-#[derive(Clone)]
-pub struct Connection {
-    /// The client.
-    pub client: Client,
-    /// The server's URL.
-    pub server: String,
-}
-
-/// Connecting to the API server and sending a request give up after this long, and each call
-/// this crate makes itself is bounded by it as a whole.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The API server ends each watch after this long, and the watcher resumes it from the last
-/// resourceVersion (kube's default is 290 s).
-const WATCH_SECONDS: u32 = 60;
-
-/// No byte from the API server for this long ends a request, a list or a watch: a connection
-/// that went silent (a server that froze, a network that drops packets) is noticed within
-/// it, where kube's default (295 s) left a dead watch looking healthy for five minutes. A live
-/// watch is ended by the server at [`WATCH_SECONDS`] first.
-const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_SECONDS as u64 + 15);
-
 /// The status name of the watch of `istio-ca-root-cert` ConfigMaps.
 const ROOT_CONFIG_MAP_KIND: &str = "ConfigMap istio-ca-root-cert";
 
 /// How every watch here is made.
 fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_SECONDS)
-}
-
-impl Connection {
-    /// A client from `KUBECONFIG` (or `~/.kube/config`), or the in-cluster service account.
-    pub async fn infer() -> Result<Self, SourceError> {
-        let config = kube::Config::infer()
-            .await
-            .map_err(|e| SourceError::Client(kube::Error::InferConfig(e)))?;
-        Self::with(config)
-    }
-
-    /// A client from the kubeconfig file at `path` (its current context).
-    pub async fn from_kubeconfig(path: &std::path::Path) -> Result<Self, SourceError> {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path)
-            .map_err(|e| SourceError::Client(kube::Error::InferKubeconfig(e)))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .map_err(|e| SourceError::Client(kube::Error::InferKubeconfig(e)))?;
-        Self::with(config)
-    }
-
-    fn with(mut config: kube::Config) -> Result<Self, SourceError> {
-        config.connect_timeout = Some(REQUEST_TIMEOUT);
-        config.write_timeout = Some(REQUEST_TIMEOUT);
-        config.read_timeout = Some(READ_TIMEOUT);
-        let server = config.cluster_url.to_string();
-        let client = Client::try_from(config).map_err(SourceError::Client)?;
-        Ok(Self { client, server })
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! [`ACCEPTED_TTL`] but never past the token's own `exp`, a refused one for [`REFUSED_TTL`] so
 //! that a client repeating a bad token costs the API server one review every few seconds, and a
 //! failed call (timeout, server unreachable) not at all. Concurrent requests with the same
-//! uncached token wait for one review instead of each sending their own. Each call is bounded by
+//! uncached token wait for one review instead of each sending their own (and share its failure,
+//! rather than each waiting out its own timeout in turn). Each call is bounded by
 //! [`REVIEW_TIMEOUT`], and at most [`MAX_IN_FLIGHT`] are open at once. The cache holds at most
 //! [`MAX_ENTRIES`] tokens.
 
@@ -18,7 +19,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::source::Connection;
+use crate::connection::Connection;
 
 /// How long an accepted token is believed without asking again (at most).
 pub const ACCEPTED_TTL: Duration = Duration::from_secs(60);
@@ -117,29 +118,18 @@ impl TokenReviewer {
 
     /// Who `token` belongs to.
     pub async fn review(&self, token: &str) -> (Outcome, Answered) {
-        let key = digest(token);
-        let cell = self.cell(key);
+        let cell = self.cell(digest(token));
         let mut sent = false;
-        let result = cell
-            .get_or_try_init(|| async {
+        let (outcome, _) = cell
+            .get_or_init(|| async {
                 sent = true;
                 let outcome = self.ask(token).await;
-                if let Err(ReviewError::Unavailable(_)) = outcome {
-                    // Not known either way: not remembered, the next request asks again.
-                    return Err(outcome);
-                }
-                let until = Instant::now() + self.ttl(token, &outcome);
-                Ok((outcome, until))
+                let until = Instant::now() + ttl(token, &outcome, SystemTime::now());
+                (outcome, until)
             })
             .await;
         let answered = if sent { Answered::Api } else { Answered::Cache };
-        match result {
-            Ok((outcome, _)) => (outcome.clone(), answered),
-            Err(unavailable) => {
-                self.forget(key, &cell);
-                (unavailable, answered)
-            }
-        }
+        (outcome.clone(), answered)
     }
 
     /// The cache's cell for `key`: the current one, or a new one when there is none or it
@@ -165,27 +155,6 @@ impl TokenReviewer {
         let cell = Arc::new(OnceCell::new());
         cache.insert(key, Entry { cell: cell.clone() });
         cell
-    }
-
-    fn forget(&self, key: [u8; 32], cell: &Arc<OnceCell<(Outcome, Instant)>>) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.get(&key).is_some_and(|e| Arc::ptr_eq(&e.cell, cell)) {
-            cache.remove(&key);
-        }
-    }
-
-    /// How long an outcome stands.
-    fn ttl(&self, token: &str, outcome: &Outcome) -> Duration {
-        match outcome {
-            Ok(_) => match expiry(token) {
-                Some(exp) => exp
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default()
-                    .min(ACCEPTED_TTL),
-                None => ACCEPTED_TTL,
-            },
-            Err(_) => REFUSED_TTL,
-        }
     }
 
     /// One TokenReview.
@@ -214,6 +183,23 @@ impl TokenReviewer {
                 ReviewError::Unavailable(format!("no answer within {}s", REVIEW_TIMEOUT.as_secs()))
             })??;
         judge(review, &self.audience)
+    }
+}
+
+/// How long an outcome stands, at `now`: an acceptance until the token's `exp` at most, a
+/// refusal [`REFUSED_TTL`], and a failed review not at all (the requests that waited for it share
+/// the failure; the next one asks again).
+fn ttl(token: &str, outcome: &Outcome, now: SystemTime) -> Duration {
+    match outcome {
+        Ok(_) => match expiry(token) {
+            Some(exp) => exp
+                .duration_since(now)
+                .unwrap_or_default()
+                .min(ACCEPTED_TTL),
+            None => ACCEPTED_TTL,
+        },
+        Err(ReviewError::Unavailable(_)) => Duration::ZERO,
+        Err(_) => REFUSED_TTL,
     }
 }
 
@@ -380,6 +366,37 @@ mod tests {
             assert_eq!(e.reason(), reason, "{e}");
             assert!(e.to_string().contains(said), "{e}");
         }
+    }
+
+    #[test]
+    fn how_long_each_answer_is_remembered() {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let token_expiring_in = |secs: u64| {
+            let claims = format!(r#"{{"exp":{}}}"#, 1_000_000 + secs);
+            format!("e30.{}.sig", b64.encode(claims))
+        };
+        let accepted: Outcome = Ok(Reviewed {
+            namespace: "a".into(),
+            service_account: "b".into(),
+            pod: None,
+        });
+        assert_eq!(
+            ttl(&token_expiring_in(10), &accepted, now),
+            Duration::from_secs(10)
+        );
+        assert_eq!(ttl(&token_expiring_in(3600), &accepted, now), ACCEPTED_TTL);
+        assert_eq!(ttl("opaque", &accepted, now), ACCEPTED_TTL);
+        let expired = format!("e30.{}.sig", b64.encode(r#"{"exp":999999}"#));
+        assert_eq!(ttl(&expired, &accepted, now), Duration::ZERO);
+        assert_eq!(
+            ttl("x", &Err(ReviewError::Refused("no".into())), now),
+            REFUSED_TTL
+        );
+        assert_eq!(
+            ttl("x", &Err(ReviewError::Unavailable("down".into())), now),
+            Duration::ZERO
+        );
     }
 
     #[test]
