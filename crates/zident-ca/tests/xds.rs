@@ -306,7 +306,7 @@ async fn a_stream_without_a_known_token_is_refused() {
 /// grpcio (gRPC C-core, another HTTP/2 and gRPC implementation than tonic's) reads a first
 /// push larger than one of the server's write chunks, ACKs it, half-closes and sees the
 /// stream end with status OK; an unknown token and a method zident does not serve get their
-/// gRPC codes. The messages are encoded and decoded by hand in the script, so nothing of
+/// gRPC codes; 1 KB and 100 KB of garbage in place of a request end the stream with an error. The messages are encoded and decoded by hand in the script, so nothing of
 /// zident's protobuf code is on the client's side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpcio_client_reads_the_stream() {
@@ -364,6 +364,14 @@ async fn a_grpcio_client_reads_the_stream() {
     assert_eq!(lines[1], ["end", "OK"], "{stdout}\n{stderr}");
     assert_eq!(lines[2], ["refused", "UNAUTHENTICATED"], "{stdout}");
     assert_eq!(lines[3], ["other", "UNIMPLEMENTED"], "{stdout}");
+    // Bytes that are no DeltaDiscoveryRequest end the stream with an error, never OK.
+    for garbage in &lines[4..6] {
+        assert_eq!(garbage[0], "garbage", "{stdout}");
+        assert!(
+            !["OK", "DEADLINE_EXCEEDED"].contains(&garbage[2]),
+            "{stdout}\n{stderr}"
+        );
+    }
     // The hand-written ACK was read as one, not as a rejection.
     let text = common::curl(
         &format!("http://{}/metrics", f.ca.metrics_addr.unwrap()),
@@ -373,5 +381,94 @@ async fn a_grpcio_client_reads_the_stream() {
         metric(&text, "pilot_total_xds_rejects").unwrap_or(0.0),
         0.0,
         "{text}"
+    );
+}
+
+/// What a client sends cannot inflate the CA's logs or its count of rejections: a real NACK is
+/// counted and logged once with its reason cut short; replays of it and replies to nonces the
+/// CA never sent are counted apart and logged once per stream; requests for unknown types (a
+/// type URL of 100 KB) likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_storm_is_counted_apart_and_logged_once() {
+    zident_testkit::capture_logs("zident=info");
+    let f = Fixture::start().await;
+    let mut s = Stream::open(&f, Some(NODE_A_TOKEN)).await.unwrap();
+    s.subscribe(ADDRESS, HashMap::new()).await;
+    let first = s.next().await;
+    let reason = format!("storm-test {}", "x".repeat(1000));
+    let nack = |nonce: &str| DeltaDiscoveryRequest {
+        type_url: ADDRESS.into(),
+        response_nonce: nonce.into(),
+        error_detail: Some(Status {
+            code: 3,
+            message: reason.clone(),
+        }),
+        ..Default::default()
+    };
+    s.send(nack(&first.nonce)).await;
+    for _ in 0..100 {
+        s.send(nack(&first.nonce)).await;
+    }
+    let long_nonce = format!("{}-1", "9".repeat(5000));
+    for i in 0..400 {
+        let nonce = match i % 4 {
+            0 => "999-999".to_owned(),
+            1 => "made-up".to_owned(),
+            2 => long_nonce.clone(),
+            _ => "1-0".to_owned(),
+        };
+        s.send(nack(&nonce)).await;
+    }
+    let long_type = format!("type.googleapis.com/{}", "y".repeat(100_000));
+    for _ in 0..50 {
+        s.send(DeltaDiscoveryRequest {
+            type_url: long_type.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+    let metrics = || {
+        common::curl(
+            &format!("http://{}/metrics", f.ca.metrics_addr.unwrap()),
+            None,
+        )
+    };
+    let ignored = |why: &str| {
+        let label = format!("zident_xds_requests_ignored_total{{why=\"{why}\"}} ");
+        metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&label).map(str::to_owned))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    common::eventually(WAIT, "every request handled", || {
+        ignored("unknown_type") >= 50.0
+    })
+    .await;
+    assert_eq!(ignored("unknown_nonce"), 500.0, "{}", metrics());
+    assert_eq!(ignored("unknown_type"), 50.0, "{}", metrics());
+    let text = metrics();
+    assert!(
+        text.contains("pilot_total_xds_rejects{type=\"address\"} 1"),
+        "one real rejection: {text}"
+    );
+    let logs = zident_testkit::captured();
+    let lines = |needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(lines("storm-test"), 1, "the real NACK, logged once");
+    assert_eq!(
+        lines("never sent or already had a reply to"),
+        1,
+        "unknown nonces, logged once"
+    );
+    assert_eq!(
+        lines("for a type zident does not serve"),
+        1,
+        "the unknown type, logged once"
+    );
+    let longest = logs.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2_000, "a log line of {longest} bytes");
+    assert!(
+        logs.contains("more bytes)"),
+        "client text is cut short, and says so"
     );
 }

@@ -3,6 +3,7 @@
 //! a client's ACK of it.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -16,6 +17,12 @@ pub(crate) struct TypeLabel {
     pub(crate) r#type: &'static str,
 }
 
+/// Label for [`XdsMetrics::ignored`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct IgnoredLabel {
+    pub(crate) why: &'static str,
+}
+
 /// Every xDS metric.
 #[derive(Debug)]
 pub(crate) struct XdsMetrics {
@@ -27,6 +34,10 @@ pub(crate) struct XdsMetrics {
     pub(crate) rejects: Family<TypeLabel, IstioCounter>,
     /// Seconds from an edit being accepted to a client's ACK of the push that carried it.
     pub(crate) convergence: Histogram,
+    /// Requests a client sent that the stream ignores: replies naming a nonce it never sent
+    /// (or no longer waits on), and subscriptions to types zident does not serve. Counted apart
+    /// from `rejects`, so that a client cannot inflate the count of real rejections.
+    pub(crate) ignored: Family<IgnoredLabel, Counter>,
     /// Bytes of resources in one push, to show a change's push does not grow with the mesh.
     pub(crate) push_bytes: Histogram,
 }
@@ -37,6 +48,7 @@ impl XdsMetrics {
             streams: Gauge::default(),
             pushes: Family::default(),
             rejects: Family::default(),
+            ignored: Family::default(),
             convergence: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             push_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 12)),
         };
@@ -54,6 +66,11 @@ impl XdsMetrics {
             "pilot_total_xds_rejects",
             "xDS responses rejected by a client (NACK), by type",
             m.rejects.clone(),
+        );
+        registry.register(
+            "zident_xds_requests_ignored",
+            "xDS requests ignored, by why: unknown_nonce (an ACK or NACK of nothing this stream sent or waits on), unknown_type (a type zident does not serve)",
+            m.ignored.clone(),
         );
         registry.register(
             "pilot_proxy_convergence_time",

@@ -28,7 +28,7 @@ use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use super::generation::Generation;
 use super::metrics::XdsMetrics;
-use super::stream::StreamState;
+use super::stream::{StreamState, clip};
 use super::wire::{Frames, WireResponse};
 use crate::connections::InFlight;
 use crate::node_authorizer::Caller;
@@ -208,6 +208,14 @@ struct Opened {
     _in_flight: Option<InFlight>,
 }
 
+/// Ends a stream whose requests could not be read (bytes that are no DeltaDiscoveryRequest, a
+/// message over the size limit, a broken stream) with the reader's status, never OK; a client
+/// that does not read is not waited for long.
+async fn refuse(tx: &mpsc::Sender<Result<WireResponse, Status>>, e: &Status) {
+    let status = Status::new(e.code(), clip(e.message()).into_owned());
+    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(status))).await;
+}
+
 /// Runs one stream until the client goes away.
 async fn run(
     mut requests: Streaming<DeltaDiscoveryRequest>,
@@ -222,7 +230,8 @@ async fn run(
         Ok(Ok(Some(req))) => req,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            tracing::debug!(target: "zident::ca", peer = %opened.peer, "xDS stream ended before its first request: {e}");
+            tracing::debug!(target: "zident::ca", peer = %opened.peer, "xDS stream ended before its first request: {}: {}", e.code(), clip(e.message()));
+            refuse(&tx, &e).await;
             return;
         }
         Err(_) => {
@@ -254,7 +263,10 @@ async fn run(
                 msg = requests.message() => match msg {
                     Ok(Some(req)) => { next = Some(req); continue; }
                     Ok(None) => break "the client closed it".to_owned(),
-                    Err(e) => break format!("{e}"),
+                    Err(e) => {
+                        refuse(&tx, &e).await;
+                        break format!("{}: {}", e.code(), clip(e.message()));
+                    }
                 },
                 changed = generations.changed() => {
                     if changed.is_err() {
@@ -287,6 +299,8 @@ async fn run(
         pushes = t.pushes,
         acks = t.acks,
         nacks = t.nacks,
+        ignored_replies = t.unknown_nonces,
+        ignored_types = t.unknown_types,
         "xDS stream closed: {reason}"
     );
 }

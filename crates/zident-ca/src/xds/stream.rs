@@ -21,7 +21,7 @@ use zident_proto::xds::DeltaDiscoveryRequest;
 use zident_xds::Delta;
 
 use super::generation::Generation;
-use super::metrics::{TypeLabel, XdsMetrics};
+use super::metrics::{IgnoredLabel, TypeLabel, XdsMetrics};
 use super::wire::WireResponse;
 
 /// The response a client has not acknowledged yet, per type.
@@ -41,14 +41,36 @@ struct Subscription {
     /// A named subscription's client holds these versions.
     held_names: BTreeMap<String, String>,
     pending: Option<Pending>,
+    /// The highest sequence of this type's responses the client has replied to: a second reply
+    /// to one is ignored, so that replaying a NACK cannot inflate the count of rejections.
+    replied: u64,
 }
 
-/// What the stream has seen of its client: ACKs, NACKs, pushes.
+/// What the stream has seen of its client: ACKs, NACKs, pushes, and requests it ignored.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Tally {
     pub(crate) pushes: u64,
     pub(crate) acks: u64,
     pub(crate) nacks: u64,
+    /// Replies naming a nonce the stream does not wait on (logged once, then only counted).
+    pub(crate) unknown_nonces: u64,
+    /// Requests for types zident does not serve (logged once, then only counted).
+    pub(crate) unknown_types: u64,
+}
+
+/// The most of a client's text (a NACK's reason, a type URL) that goes into a log line.
+const CLIENT_TEXT: usize = 200;
+
+/// `text` cut to [`CLIENT_TEXT`] bytes at a character boundary, saying how much was cut.
+pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= CLIENT_TEXT {
+        return text.into();
+    }
+    let mut end = CLIENT_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end).into()
 }
 
 /// The state of one stream.
@@ -84,7 +106,16 @@ impl StreamState {
     ) -> Vec<WireResponse> {
         let type_url = req.type_url.clone();
         if !zident_xds::is_known_type(&type_url) {
-            tracing::warn!(target: "zident::ca", client = %self.client, type_url, "xDS request for a type zident does not serve; ignored");
+            self.tally.unknown_types += 1;
+            metrics
+                .ignored
+                .get_or_create(&IgnoredLabel {
+                    why: "unknown_type",
+                })
+                .inc();
+            if self.tally.unknown_types == 1 {
+                tracing::warn!(target: "zident::ca", client = %self.client, type_url = %clip(&type_url), "xDS request for a type zident does not serve; ignored (further ones on this stream are only counted)");
+            }
             return Vec::new();
         }
         if !req.response_nonce.is_empty() {
@@ -190,11 +221,41 @@ impl StreamState {
     }
 
     fn on_reply(&mut self, type_url: &str, req: &DeltaDiscoveryRequest, metrics: &XdsMetrics) {
+        let label = TypeLabel {
+            r#type: zident_xds::short_name(type_url),
+        };
+        // A reply to the response this stream waits on, or to an earlier one it sent (a client
+        // answering a push that a newer one already followed): counted. A nonce this stream
+        // never sent is ignored, whatever the reply says.
+        let seq = self.sent(&req.response_nonce);
         let Some(sub) = self.subscriptions.get_mut(type_url) else {
             return;
         };
-        let label = TypeLabel {
-            r#type: zident_xds::short_name(type_url),
+        let fresh = seq.filter(|s| *s > sub.replied);
+        if let Some(s) = fresh {
+            sub.replied = s;
+        }
+        let pending = sub
+            .pending
+            .take_if(|p| fresh.is_some() && p.nonce == req.response_nonce);
+        if fresh.is_none() {
+            self.tally.unknown_nonces += 1;
+            metrics
+                .ignored
+                .get_or_create(&IgnoredLabel {
+                    why: "unknown_nonce",
+                })
+                .inc();
+            if self.tally.unknown_nonces == 1 {
+                tracing::warn!(
+                    target: "zident::ca",
+                    client = %self.client,
+                    r#type = label.r#type,
+                    nonce = %clip(&req.response_nonce),
+                    "xDS reply to a response this stream never sent or already had a reply to; ignored (further ones on this stream are only counted)"
+                );
+            }
+            return;
         };
         if let Some(error) = &req.error_detail {
             self.tally.nacks += 1;
@@ -205,25 +266,25 @@ impl StreamState {
                 r#type = label.r#type,
                 nonce = %req.response_nonce,
                 "xDS push rejected by the client (it keeps its last good state): {}",
-                error.message
+                clip(&error.message)
             );
-            if sub
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.nonce == req.response_nonce)
-            {
-                sub.pending = None;
-            }
             return;
         }
         self.tally.acks += 1;
-        if let Some(p) = sub.pending.take_if(|p| p.nonce == req.response_nonce)
-            && let Some(accepted) = p.accepted
-        {
+        if let Some(accepted) = pending.and_then(|p| p.accepted) {
             metrics
                 .convergence
                 .observe(accepted.elapsed().as_secs_f64());
         }
+    }
+
+    /// The sequence of the response with `nonce` (`<generation>-<sequence>`, the sequence
+    /// counting this stream's responses), if this stream sent it.
+    fn sent(&self, nonce: &str) -> Option<u64> {
+        let (generation, seq) = nonce.split_once('-')?;
+        generation.parse::<u64>().ok()?;
+        let seq = seq.parse::<u64>().ok()?;
+        (seq >= 1 && seq <= self.next_nonce).then_some(seq)
     }
 
     fn respond(

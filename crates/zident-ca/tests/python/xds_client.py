@@ -9,6 +9,7 @@ Prints one line per check:
   end OK                    after the ACK and a half-close, the stream ended with status OK
   refused CODE              a stream with a token the CA does not know
   other CODE                a method the server does not serve
+  garbage SIZE CODE         SIZE bytes that are no request, as the stream's first message
 """
 
 import queue
@@ -136,3 +137,13 @@ with grpc.secure_channel(ADDR, creds, options=options) as channel:
             print(label, "OK", flush=True)
         except grpc.RpcError as e:
             print(label, e.code().name, flush=True)
+
+    for size in (1024, 100 * 1024):
+        q = queue.Queue()
+        q.put(bytes([0xFF]) * size)
+        try:
+            list(stream(channel, "DeltaAggregatedResources", TOKEN, queued(q)))
+            code = "OK"
+        except grpc.RpcError as e:
+            code = e.code().name
+        print("garbage", size, code, flush=True)
