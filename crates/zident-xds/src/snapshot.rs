@@ -69,12 +69,25 @@ pub struct Snapshot {
 impl Snapshot {
     /// The resources of `mesh` (a mesh that passed its checks).
     pub fn from_mesh(mesh: &MeshFile) -> Self {
+        Self::from_mesh_sharing(mesh, None)
+    }
+
+    /// [`Snapshot::from_mesh`], sharing with `previous` every resource whose bytes did not
+    /// change: a control plane that keeps several versions alive (a slow client still holds an
+    /// older one) pays for what changed between them, not for each whole.
+    pub fn from_mesh_sharing(mesh: &MeshFile, previous: Option<&Snapshot>) -> Self {
         let mut out = Self::default();
         for e in crate::encode::mesh_resources(mesh) {
+            let fresh = Resource::new(e.name, e.value);
+            let resource = previous
+                .and_then(|p| p.get(e.type_url, &fresh.name))
+                .filter(|old| old.version == fresh.version && old.value == fresh.value)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(fresh));
             out.types
                 .entry(e.type_url.to_owned())
                 .or_default()
-                .insert(e.name.clone(), Arc::new(Resource::new(e.name, e.value)));
+                .insert(resource.name.clone(), resource);
         }
         out
     }

@@ -200,6 +200,23 @@ fn an_edit_changes_only_the_resources_it_touches() {
         );
     }
     assert_eq!(client, after);
+
+    // Built from the one before, the newer snapshot is equal, and shares every unchanged
+    // resource with it (one allocation for both) while the edited one is its own.
+    let shared = Snapshot::from_mesh_sharing(&mesh(&edited), Some(&before));
+    assert_eq!(shared, after);
+    for t in zident_xds::TYPES {
+        for r in shared.of(t) {
+            let old = before.get(t, &r.name);
+            let same_bytes = old.is_some_and(|o| o.value == r.value);
+            assert_eq!(
+                old.is_some_and(|o| std::sync::Arc::ptr_eq(o, r)),
+                same_bytes,
+                "{t} {}",
+                r.name
+            );
+        }
+    }
 }
 
 #[test]

@@ -19,29 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::xds::{Seen, metric, metrics_text, open_stream, wait};
-
-fn mesh(workloads: usize, edit: usize) -> String {
-    let mut s = format!(
-        "trustDomain: cluster.local\nnodes:\n- {{name: bench-node, token: {}}}\nworkloads:\n",
-        common::TOKEN
-    );
-    for i in 0..workloads {
-        // Edit number `edit` moves workload 0 to a new address.
-        let ip = if i == 0 {
-            format!("10.250.{}.{}", edit / 250, edit % 250 + 1)
-        } else {
-            format!("10.{}.{}.{}", i / 62500, (i / 250) % 250, i % 250 + 1)
-        };
-        s.push_str(&format!(
-            "- {{uid: w{i}, name: app-{i}, namespace: bench, serviceAccount: app-{}, node: node-{}, workloadIps: [\"{ip}\"], protocol: HBONE}}\n",
-            i % 500,
-            i % 100
-        ));
-    }
-    s.push_str("policies:\n- {name: allow-bench, namespace: bench, scope: Namespace, action: Allow, rules: [[[{namespaces: [{Exact: bench}]}]]]}\n");
-    s
-}
+use common::xds::{Seen, mesh, metric, metrics_text, open_stream, wait};
 
 fn main() {
     let args: Vec<usize> = std::env::args()

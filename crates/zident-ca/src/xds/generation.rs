@@ -30,7 +30,10 @@ pub(crate) struct Generation {
 
 impl Generation {
     fn build(version: &MeshVersion, previous: Option<&Generation>) -> Self {
-        let snapshot = Arc::new(Snapshot::from_mesh(&version.mesh));
+        let snapshot = Arc::new(Snapshot::from_mesh_sharing(
+            &version.mesh,
+            previous.map(|p| p.snapshot.as_ref()),
+        ));
         let since_previous = match previous {
             Some(p) => zident_xds::TYPES
                 .iter()

@@ -24,6 +24,30 @@ pub struct Seen {
     pub names: Mutex<Vec<String>>,
 }
 
+/// A mesh file of `workloads` workloads on 100 nodes and one policy; edit number `edit` moves
+/// workload 0 to a new address (edit 0 is the first version).
+pub fn mesh(workloads: usize, edit: usize) -> String {
+    let mut s = format!(
+        "trustDomain: cluster.local\nnodes:\n- {{name: bench-node, token: {}}}\nworkloads:\n",
+        super::TOKEN
+    );
+    for i in 0..workloads {
+        // Edit number `edit` moves workload 0 to a new address.
+        let ip = if i == 0 {
+            format!("10.250.{}.{}", edit / 250, edit % 250 + 1)
+        } else {
+            format!("10.{}.{}.{}", i / 62500, (i / 250) % 250, i % 250 + 1)
+        };
+        s.push_str(&format!(
+            "- {{uid: w{i}, name: app-{i}, namespace: bench, serviceAccount: app-{}, node: node-{}, workloadIps: [\"{ip}\"], protocol: HBONE}}\n",
+            i % 500,
+            i % 100
+        ));
+    }
+    s.push_str("policies:\n- {name: allow-bench, namespace: bench, scope: Namespace, action: Allow, rules: [[[{namespaces: [{Exact: bench}]}]]]}\n");
+    s
+}
+
 /// Waits for `done`, polling every millisecond; panics with `what` after `within`.
 pub async fn wait(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -33,8 +57,15 @@ pub async fn wait(what: &str, within: Duration, mut done: impl FnMut() -> bool) 
     }
 }
 
-/// Opens one stream to the CA at `addr`, reporting into `seen`.
-pub async fn open_stream(addr: &str, root: &[u8], seen: Arc<Seen>) {
+/// A subscribed stream that has not been read from: its responses, and where requests go.
+pub type Opened = (
+    tonic::Streaming<zident_proto::xds::DeltaDiscoveryResponse>,
+    mpsc::Sender<DeltaDiscoveryRequest>,
+);
+
+/// Opens one stream to the CA at `addr` and subscribes as ztunnel does, reading nothing: a
+/// client that never reads holds it as it is.
+pub async fn open_unread_stream(addr: &str, root: &[u8]) -> Opened {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(root))
         .domain_name("localhost");
@@ -65,12 +96,18 @@ pub async fn open_stream(addr: &str, root: &[u8], seen: Arc<Seen>) {
         "authorization",
         format!("Bearer {}", super::TOKEN).parse().expect("header"),
     );
-    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+    let responses = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(1 << 30)
         .delta_aggregated_resources(req)
         .await
         .expect("stream opens")
         .into_inner();
+    (responses, tx)
+}
+
+/// Opens one stream to the CA at `addr`, reporting into `seen`.
+pub async fn open_stream(addr: &str, root: &[u8], seen: Arc<Seen>) {
+    let (mut responses, tx) = open_unread_stream(addr, root).await;
     tokio::spawn(async move {
         while let Ok(Some(r)) = responses.message().await {
             if r.type_url == ADDRESS {
