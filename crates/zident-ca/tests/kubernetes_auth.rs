@@ -20,35 +20,26 @@ mod common;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use tonic::Code;
 use zident_ca::KubernetesConfig;
 use zident_identity::WorkloadKey;
 use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
-use zident_testkit::kube_api::{KubeApi, create, pod};
+use zident_testkit::kube_api::{KubeApi, create, namespace, pod, service_account};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_account_tokens_and_the_node_authorizer() {
-    let api = match KubeApi::shared() {
-        Ok(api) => api,
-        Err(why) => {
-            eprintln!("SKIPPED: no Kubernetes API server for this test: {why}");
-            return;
-        }
+    let Some(api) = KubeApi::for_test() else {
+        return;
     };
     zident_testkit::capture_logs("zident=info");
     let client = api.client().await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in ["istio-system", "shop"] {
-        create(
-            &namespaces,
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-        )
-        .await;
+        namespace(&client, ns, json!({})).await;
     }
     for (ns, sa) in [
         ("istio-system", "ztunnel"),
@@ -56,12 +47,7 @@ async fn service_account_tokens_and_the_node_authorizer() {
         ("shop", "web"),
         ("shop", "db"),
     ] {
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-        create(
-            &accounts,
-            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}),
-        )
-        .await;
+        service_account(&client, ns, sa).await;
     }
     let system: Api<Pod> = Api::namespaced(client.clone(), "istio-system");
     let shop: Api<Pod> = Api::namespaced(client.clone(), "shop");

@@ -47,6 +47,18 @@ impl KubeApi {
             .map_err(Clone::clone)
     }
 
+    /// [`KubeApi::shared`] for a test: `None`, after printing `SKIPPED:` and the reason, when
+    /// there is no server.
+    pub fn for_test() -> Option<&'static KubeApi> {
+        match Self::shared() {
+            Ok(api) => Some(api),
+            Err(why) => {
+                eprintln!("SKIPPED: no Kubernetes API server for this test: {why}");
+                None
+            }
+        }
+    }
+
     fn start() -> Result<Self, String> {
         let bin = std::env::var_os("ZIDENT_K8S_BIN")
             .map(PathBuf::from)
@@ -216,6 +228,28 @@ where
     api.create(&PostParams::default(), &obj)
         .await
         .expect("create")
+}
+
+/// Creates namespace `name` with `labels`.
+pub async fn namespace(client: &Client, name: &str, labels: serde_json::Value) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    create(
+        &api,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "labels": labels}}),
+    )
+    .await;
+}
+
+/// Creates ServiceAccount `namespace/name` (no controller makes them on the test's server).
+pub async fn service_account(client: &Client, namespace: &str, name: &str) {
+    let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), namespace);
+    create(
+        &api,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),
+    )
+    .await;
 }
 
 /// A pod `name` with `service_account` (none when `None`) on `node`, labelled `labels`, with

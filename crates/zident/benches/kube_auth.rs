@@ -13,11 +13,11 @@
 
 mod common;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde_json::json;
 use zident_identity::SpiffeId;
-use zident_testkit::kube_api::{KubeApi, create, pod};
+use zident_testkit::kube_api::{KubeApi, create, namespace, pod, service_account};
 
 const ROUNDS: usize = 4;
 
@@ -45,21 +45,11 @@ async fn run(requests: usize, concurrency: usize) {
         }
     };
     let client = api.client().await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in ["istio-system", "bench"] {
-        create(
-            &namespaces,
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-        )
-        .await;
+        namespace(&client, ns, json!({})).await;
     }
     for (ns, sa) in [("istio-system", "ztunnel"), ("bench", "app-0")] {
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-        create(
-            &accounts,
-            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}),
-        )
-        .await;
+        service_account(&client, ns, sa).await;
     }
     let system: Api<Pod> = Api::namespaced(client.clone(), "istio-system");
     let zt = create(

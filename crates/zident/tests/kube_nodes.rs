@@ -23,11 +23,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use zident_testkit::eventually;
-use zident_testkit::kube_api::{KubeApi, create, install_policy_crd, pod, policy, run_pod};
+use zident_testkit::kube_api::{
+    KubeApi, create, install_policy_crd, pod, policy, run_pod, service_account,
+};
 use zident_testkit::netns::{Lan, NsProcess, curl_in, ip, whoami_server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zident");
@@ -159,18 +161,30 @@ fn extra_root_pem() -> String {
     params.self_signed(&key).expect("self-signed").pem()
 }
 
+/// Creates AuthorizationPolicy `name` with `spec` in the policies' namespace.
+async fn put_policy(policies: &Api<DynamicObject>, name: &str, spec: serde_json::Value) {
+    policies
+        .create(&PostParams::default(), &policy(name, spec))
+        .await
+        .expect("create policy");
+}
+
+/// Deletes AuthorizationPolicy `name`.
+async fn drop_policy(policies: &Api<DynamicObject>, name: &str) {
+    policies
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete policy");
+}
+
 fn ready(ns: &str) -> bool {
     curl_in(ns, &["http://127.0.0.1:15021/healthz/ready"]).0 == 200
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_from_the_api_server_carry_traffic_across_nodes() {
-    let api = match KubeApi::shared() {
-        Ok(api) => api,
-        Err(why) => {
-            eprintln!("SKIPPED: no Kubernetes API server for this test: {why}");
-            return;
-        }
+    let Some(api) = KubeApi::for_test() else {
+        return;
     };
     let mut lan = match Lan::new("zk", 87) {
         Ok(l) => l,
@@ -235,12 +249,7 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
     let mut zt_token = String::new();
     if ztunnel_bin.is_some() {
         // ztunnel's pod, with the token the kubelet would project for it (audience istio-ca).
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "shop");
-        create(
-            &accounts,
-            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "zt"}}),
-        )
-        .await;
+        service_account(&client, "shop", "zt").await;
         let zt_pod = create(
             &pods,
             pod("zt-app", Some("zt"), "node-z", json!({"app": "zt"})),
@@ -340,13 +349,12 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
         &zident_kube::authorization_policy_resource(),
     );
     let deny_from = |principal: &str| json!({"action": "DENY", "rules": [{"from": [{"source": {"principals": [principal]}}]}]});
-    policies
-        .create(
-            &PostParams::default(),
-            &policy("no-client", deny_from("cluster.local/ns/shop/sa/client")),
-        )
-        .await
-        .expect("create policy");
+    put_policy(
+        &policies,
+        "no-client",
+        deny_from("cluster.local/ns/shop/sa/client"),
+    )
+    .await;
     eventually(DEADLINE, "the DENY policy enforced", || fetch().0 != 200).await;
     let (_, metrics) = curl_in(&b, &["http://127.0.0.1:15020/metrics"]);
     assert!(
@@ -372,34 +380,24 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
     .await;
     change_to("cluster.local/ns/shop/sa/client").await;
     eventually(DEADLINE, "the policy changed back", || fetch().0 != 200).await;
-    policies
-        .delete("no-client", &DeleteParams::default())
-        .await
-        .expect("delete policy");
+    drop_policy(&policies, "no-client").await;
     eventually(DEADLINE, "the DENY policy lifted", || fetch().0 == 200).await;
 
     // An ALLOW policy with an L7 field (HTTP methods, which a node enforcing at L4 cannot
     // check) fails closed as ztunnel's translation does: its rule matches nothing, so the pod
     // it selects takes no one, until the policy goes.
-    policies
-        .create(
-            &PostParams::default(),
-            &policy(
-                "get-only",
-                json!({"selector": {"matchLabels": {"app": "s"}}, "action": "ALLOW",
+    put_policy(
+        &policies,
+        "get-only",
+        json!({"selector": {"matchLabels": {"app": "s"}}, "action": "ALLOW",
                        "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}),
-            ),
-        )
-        .await
-        .expect("create policy");
+    )
+    .await;
     eventually(DEADLINE, "the L7 ALLOW policy fails closed", || {
         fetch().0 != 200
     })
     .await;
-    policies
-        .delete("get-only", &DeleteParams::default())
-        .await
-        .expect("delete policy");
+    drop_policy(&policies, "get-only").await;
     eventually(DEADLINE, "the L7 policy lifted", || fetch().0 == 200).await;
 
     // A pod comes and goes; the other node sees both.
@@ -653,17 +651,8 @@ async fn real_ztunnel(
         logs()
     );
     // A DENY policy from the CRD, selecting ztunnel's pod, enforced by ztunnel.
-    policies
-        .create(
-            &PostParams::default(),
-            &policy(
-                "no-client-to-zt",
-                json!({"selector": {"matchLabels": {"app": "zt"}}, "action": "DENY",
-                       "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]}),
-            ),
-        )
-        .await
-        .expect("create policy");
+    put_policy(policies, "no-client-to-zt", json!({"selector": {"matchLabels": {"app": "zt"}}, "action": "DENY",
+                       "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]})).await;
     eventually(DEADLINE, "ztunnel enforces the DENY policy", || {
         to_zt().0 != 200
     })
@@ -672,10 +661,7 @@ async fn real_ztunnel(
         zt.output().contains("policy rejection")
     })
     .await;
-    policies
-        .delete("no-client-to-zt", &DeleteParams::default())
-        .await
-        .expect("delete policy");
+    drop_policy(policies, "no-client-to-zt").await;
     eventually(DEADLINE, "ztunnel lifts it", || to_zt().0 == 200).await;
     assert!(
         !zt.output().contains("NACK") && !zt.output().contains("rejected"),
