@@ -264,14 +264,14 @@ pub struct CaArgs {
     /// are node agents: with a token bound to their pod they may ask for the identity of any
     /// pod on the same node (ztunnel's `istio-system/ztunnel`). Every other ServiceAccount
     /// token gets its own identity only.
+    /// Empty: none. Without --kubernetes it is not read.
     #[arg(
         long,
         env = "CA_TRUSTED_NODE_ACCOUNTS",
         value_name = "NS/NAME,...",
-        value_delimiter = ',',
-        requires = "kubernetes"
+        default_value = ""
     )]
-    pub trusted_node_accounts: Vec<zident_ca::NodeAccount>,
+    pub trusted_node_accounts: String,
     /// Share roots, rotation and the mesh with other replicas in PostgreSQL
     /// (`postgres://user@host:port/db`); without it, the data dir alone.
     #[arg(
@@ -396,7 +396,7 @@ impl CaArgs {
                 with_mesh_file: self.config.is_some(),
                 instance: std::env::var("POD_NAME").ok(),
                 kubeconfig: self.kubeconfig.clone(),
-                trusted_node_accounts: self.trusted_node_accounts.clone(),
+                trusted_node_accounts: node_accounts(&self.trusted_node_accounts)?,
                 ..Default::default()
             });
         }
@@ -490,11 +490,47 @@ pub async fn run(command: Command, log: Arc<LogHandle>) -> Result<ExitCode, Stri
     }
 }
 
+/// `--trusted-node-accounts`: `namespace/name` entries, comma-separated; empty entries (an
+/// empty variable, a trailing comma) name nobody.
+fn node_accounts(list: &str) -> Result<Vec<zident_ca::NodeAccount>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse()
+                .map_err(|e| format!("--trusted-node-accounts (CA_TRUSTED_NODE_ACCOUNTS): {e}"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
 
-    use super::{Cli, Command};
+    use super::{Cli, Command, node_accounts};
+
+    #[test]
+    fn trusted_node_accounts_are_read_and_refused_by_entry() {
+        let names = |l: &str| -> Vec<String> {
+            node_accounts(l)
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert!(names("").is_empty(), "an empty variable names nobody");
+        assert_eq!(
+            names("istio-system/ztunnel, istio-system/zident-agent,"),
+            ["istio-system/ztunnel", "istio-system/zident-agent"]
+        );
+        let e = node_accounts("istio-system/ztunnel,ztunnel").unwrap_err();
+        assert!(
+            e.contains("\"ztunnel\"")
+                && e.contains("namespace/name")
+                && e.contains("CA_TRUSTED_NODE_ACCOUNTS"),
+            "{e}"
+        );
+    }
 
     /// The flags' defaults are the libraries' own: a CA and an agent configured from no flags
     /// at all equal the ones the libraries make for the same mesh file.
