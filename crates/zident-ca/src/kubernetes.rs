@@ -223,7 +223,23 @@ impl ClusterSource {
                 }
                 changes.borrow_and_update();
                 base.borrow_and_update();
-                match self.rebuild(Some(&state.metrics)) {
+                // Translating, combining and checking a large cluster takes milliseconds: off
+                // the threads serving requests, as the xDS generations are built.
+                let judge = state.clone();
+                let built = tokio::task::spawn_blocking(move || {
+                    let result = self.rebuild(Some(&judge.metrics));
+                    (self, result)
+                })
+                .await;
+                let result;
+                (self, result) = match built {
+                    Ok(done) => done,
+                    Err(e) => {
+                        tracing::error!(target: "zident::ca", "rebuilding the mesh from the cluster failed, and the cluster is no longer followed: {e}");
+                        return;
+                    }
+                };
+                match result {
                     Ok((mesh, tokens)) => self.apply(&state, mesh, tokens),
                     Err(e) => {
                         state.metrics.reload("kubernetes", false);
