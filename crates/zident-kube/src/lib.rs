@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod changes;
 mod combine;
 mod connection;
 mod error;

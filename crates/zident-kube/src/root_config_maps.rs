@@ -5,8 +5,8 @@
 //! Each round compares every namespace's ConfigMap (from the source's watch) with the roots in
 //! force and writes only what differs: a missing one is created, one whose `root-cert.pem`
 //! someone edited is put back, and when the roots change (a rotation's prepare adds the new
-//! root, its retire removes the old) every one is updated. A round runs on every change the
-//! source sees and every change of the roots; a round with a failed write is retried with a
+//! root, its retire removes the old) every one is updated. A round runs when namespaces or these
+//! ConfigMaps change (not when pods do) and when the roots change; a round with a failed write is retried with a
 //! growing pause. Updates carry the resourceVersion they were computed from, so two replicas
 //! doing this at once never overwrite each other's newer roots: the loser's write is refused
 //! and its next round starts from what is there.
@@ -40,7 +40,27 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 pub struct Targets {
     pub(crate) namespaces: Store<Namespace>,
     pub(crate) config_maps: Store<ConfigMap>,
-    pub(crate) changes: watch::Receiver<u64>,
+    /// Changes by kind: a round follows only [`Targets::kinds`] (pods coming and going
+    /// change nothing here).
+    pub(crate) changes: watch::Receiver<crate::changes::KindChanges>,
+    pub(crate) kinds: [&'static str; 2],
+}
+
+impl Targets {
+    /// Waits until a watched kind changed since `seen`; `None` when the source is gone.
+    async fn changed(&mut self, seen: &mut [u64; 2]) -> Option<()> {
+        loop {
+            let now = {
+                let m = self.changes.borrow_and_update();
+                self.kinds.map(|k| m.get(k).copied().unwrap_or(0))
+            };
+            if now != *seen {
+                *seen = now;
+                return Some(());
+            }
+            self.changes.changed().await.ok()?;
+        }
+    }
 }
 
 /// What one round did.
@@ -66,6 +86,7 @@ pub async fn publish_roots(
 ) {
     let mut published: Option<String> = None;
     let mut retry = Duration::from_millis(500);
+    let mut seen = [0u64; 2];
     loop {
         let pem = roots.borrow_and_update().clone();
         let round = reconcile(&connection, &targets, &pem, published.as_deref()).await;
@@ -83,7 +104,7 @@ pub async fn publish_roots(
         }
         retry = Duration::from_millis(500);
         tokio::select! {
-            changed = targets.changes.changed() => if changed.is_err() { return },
+            changed = targets.changed(&mut seen) => if changed.is_none() { return },
             changed = roots.changed() => if changed.is_err() { return },
         }
     }

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::changes::KindChanges;
 use crate::connection::{Connection, REQUEST_TIMEOUT, WATCH_SECONDS};
 use crate::error::SourceError;
 use crate::mesh_config;
@@ -80,6 +81,7 @@ pub struct Watching {
     root_config_maps: Store<ConfigMap>,
     policies: Option<Store<DynamicObject>>,
     changes: watch::Receiver<u64>,
+    kind_changes: watch::Receiver<KindChanges>,
     status: watch::Receiver<SourceStatus>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -127,10 +129,12 @@ impl Watching {
             ..Default::default()
         });
         let changed = Arc::new(changed);
+        let (by_kind, kind_changes) = watch::channel(BTreeMap::new());
         let status_tx = Arc::new(Mutex::new(status_tx));
         let mut tasks = Vec::new();
         let ctx = WatchCtx {
             changed: changed.clone(),
+            by_kind: Arc::new(by_kind),
             status: status_tx.clone(),
         };
         let namespaces = ctx.reflect(
@@ -200,6 +204,7 @@ impl Watching {
             root_config_maps,
             policies,
             changes,
+            kind_changes,
             status,
             tasks,
         };
@@ -268,7 +273,8 @@ impl Watching {
         crate::root_config_maps::Targets {
             namespaces: self.namespaces.clone(),
             config_maps: self.root_config_maps.clone(),
-            changes: self.changes.clone(),
+            changes: self.kind_changes.clone(),
+            kinds: ["Namespace", ROOT_CONFIG_MAP_KIND],
         }
     }
 
@@ -291,6 +297,8 @@ impl Watching {
 /// Shared by the watch tasks: where they report changes and health.
 struct WatchCtx {
     changed: Arc<watch::Sender<u64>>,
+    /// The same changes, counted by kind, for whoever follows only some kinds.
+    by_kind: Arc<watch::Sender<KindChanges>>,
     status: Arc<Mutex<watch::Sender<SourceStatus>>>,
 }
 
@@ -327,6 +335,7 @@ impl WatchCtx {
         S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     {
         let changed = self.changed.clone();
+        let by_kind = self.by_kind.clone();
         let status = self.status.clone();
         async move {
             let mut stream = std::pin::pin!(stream);
@@ -364,6 +373,7 @@ impl WatchCtx {
                     });
                 }
                 if announce {
+                    by_kind.send_modify(|m| *m.entry(kind).or_default() += 1);
                     changed.send_modify(|n| *n += 1);
                 }
             }
