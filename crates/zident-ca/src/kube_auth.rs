@@ -17,7 +17,7 @@
 
 use std::collections::HashSet;
 
-use zident_identity::{SpiffeId, TrustDomain};
+use zident_identity::{BearerDigest, SpiffeId, TrustDomain};
 use zident_kube::{Answered, Connection, PodDirectory, ReviewError, TokenReviewer};
 
 use crate::node_authorizer::{Caller, Denied, ServiceAccountCaller};
@@ -79,8 +79,9 @@ impl KubeAuth {
     pub(crate) async fn authenticate(
         &self,
         token: &str,
+        digest: &BearerDigest,
     ) -> (Result<Caller, ReviewError>, Answered) {
-        let (outcome, answered) = self.reviewer.review(token).await;
+        let (outcome, answered) = self.reviewer.review(token, digest).await;
         let caller = outcome.map(|r| {
             let trusted = self.trusted.contains(&NodeAccount {
                 namespace: r.namespace.clone(),
@@ -130,11 +131,7 @@ impl KubeAuth {
             None => None,
         };
         let Some(imp) = impersonated else {
-            let own = SpiffeId::new(&format!(
-                "spiffe://{trust_domain}/ns/{}/sa/{}",
-                caller.namespace, caller.name
-            ))
-            .ok();
+            let own = SpiffeId::istio(trust_domain, &caller.namespace, &caller.name).ok();
             return if own.as_ref() == Some(requested) {
                 Ok(())
             } else {
@@ -156,8 +153,10 @@ impl KubeAuth {
         let Some(node) = pod.and_then(|p| p.node) else {
             return Err(Denied::NoNodeBinding { caller: whole() });
         };
-        let on_node = kubernetes_account(requested, trust_domain)
-            .is_some_and(|(ns, sa)| self.pods.runs_on(&node, ns, sa));
+        let on_node = requested.trust_domain_str() == trust_domain.as_str()
+            && requested
+                .istio_parts()
+                .is_some_and(|(ns, sa)| self.pods.runs_on(&node, ns, sa));
         if on_node {
             Ok(())
         } else {
@@ -167,21 +166,6 @@ impl KubeAuth {
             })
         }
     }
-}
-
-/// The namespace and ServiceAccount of a Kubernetes identity in `trust_domain`
-/// (`spiffe://<td>/ns/<namespace>/sa/<name>`).
-fn kubernetes_account<'a>(
-    id: &'a SpiffeId,
-    trust_domain: &TrustDomain,
-) -> Option<(&'a str, &'a str)> {
-    if id.trust_domain_str() != trust_domain.as_str() {
-        return None;
-    }
-    let path = id.as_str().split_once("://")?.1.split_once('/')?.1;
-    let rest = path.strip_prefix("ns/")?;
-    let (ns, sa) = rest.split_once("/sa/")?;
-    (!ns.is_empty() && !sa.is_empty() && !sa.contains('/')).then_some((ns, sa))
 }
 
 #[cfg(test)]
@@ -195,24 +179,6 @@ mod tests {
         for bad in ["ztunnel", "/ztunnel", "istio-system/", "a/b/c", ""] {
             let e = bad.parse::<NodeAccount>().unwrap_err();
             assert!(e.contains("namespace/name"), "{e}");
-        }
-    }
-
-    #[test]
-    fn only_kubernetes_shaped_identities_name_an_account() {
-        let td = TrustDomain::new("cluster.local").unwrap();
-        let id = |s: &str| SpiffeId::new(s).unwrap();
-        assert_eq!(
-            kubernetes_account(&id("spiffe://cluster.local/ns/shop/sa/web"), &td),
-            Some(("shop", "web"))
-        );
-        for other in [
-            "spiffe://other.td/ns/shop/sa/web",
-            "spiffe://cluster.local/ns/shop/sa/web/extra",
-            "spiffe://cluster.local/workload/web",
-            "spiffe://cluster.local/ns/shop",
-        ] {
-            assert_eq!(kubernetes_account(&id(other), &td), None, "{other}");
         }
     }
 }

@@ -207,12 +207,12 @@ impl ClusterSource {
                 .kubernetes_finding(f.object.kind, f.reason, f.severity.as_str());
         }
         tokio::spawn(async move {
-            let mut changes = self.watching.changes();
+            let mut changes = self.watching.mesh_changes();
             let mut status = self.watching.status();
             let mut base = self.base.clone();
             loop {
                 tokio::select! {
-                    r = changes.changed() => if r.is_err() { return },
+                    r = changes.changed() => if r.is_none() { return },
                     r = base.changed() => if r.is_err() { return },
                     r = status.changed() => {
                         if r.is_err() { return }
@@ -221,7 +221,6 @@ impl ClusterSource {
                         continue;
                     }
                 }
-                changes.borrow_and_update();
                 base.borrow_and_update();
                 // Translating, combining and checking a large cluster takes milliseconds: off
                 // the threads serving requests, as the xDS generations are built.

@@ -7,8 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use aws_lc_rs::digest;
-use zident_identity::{SpiffeId, TrustDomain};
+use zident_identity::{BearerDigest, SpiffeId, TrustDomain};
 use zident_mesh::{CallerToken, MeshError, MeshFile};
 
 /// An authenticated caller.
@@ -153,7 +152,7 @@ pub struct NodeAuthorizer {
     trust_domain: TrustDomain,
     /// SHA-256 of each token → caller. Looking up digests rather than tokens keeps the
     /// comparison's timing independent of how much of a guessed token is right.
-    callers: HashMap<[u8; 32], Caller>,
+    callers: HashMap<BearerDigest, Caller>,
     /// Node name → identities of its workloads.
     by_node: HashMap<String, HashSet<SpiffeId>>,
     /// Node name → the agent's own identity, if declared.
@@ -177,7 +176,7 @@ impl NodeAuthorizer {
                     CallerToken::Node(n) => Caller::Node(n),
                     CallerToken::Identity(id) => Caller::Identity(id),
                 };
-                (token_digest(&token), caller)
+                (BearerDigest::of(&token), caller)
             })
             .collect();
         let by_node = mesh
@@ -204,8 +203,8 @@ impl NodeAuthorizer {
     }
 
     /// The caller a bearer token belongs to, if any.
-    pub fn authenticate(&self, token: &str) -> Option<&Caller> {
-        self.callers.get(&token_digest(token))
+    pub fn authenticate(&self, token: &BearerDigest) -> Option<&Caller> {
+        self.callers.get(token)
     }
 
     /// Whether `caller` may have a certificate for `requested` (the CSR's SAN), given the
@@ -268,13 +267,6 @@ impl NodeAuthorizer {
     }
 }
 
-fn token_digest(token: &str) -> [u8; 32] {
-    let d = digest::digest(&digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,13 +293,16 @@ workloads:
     #[test]
     fn authentication_by_token() {
         let r = registry();
-        assert_eq!(r.authenticate("ta"), Some(&Caller::Node("node-a".into())));
         assert_eq!(
-            r.authenticate("tg"),
+            r.authenticate(&BearerDigest::of("ta")),
+            Some(&Caller::Node("node-a".into()))
+        );
+        assert_eq!(
+            r.authenticate(&BearerDigest::of("tg")),
             Some(&Caller::Identity(id("ns/default/sa/gateway")))
         );
-        assert_eq!(r.authenticate("t"), None);
-        assert_eq!(r.authenticate(""), None);
+        assert_eq!(r.authenticate(&BearerDigest::of("t")), None);
+        assert_eq!(r.authenticate(&BearerDigest::of("")), None);
     }
 
     #[test]

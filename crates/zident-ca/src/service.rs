@@ -185,7 +185,8 @@ pub(crate) async fn authenticate(
             "no_token",
         ));
     };
-    if let Some(caller) = registry.authenticate(token).cloned() {
+    let digest = zident_identity::BearerDigest::of(token);
+    if let Some(caller) = registry.authenticate(&digest).cloned() {
         return Ok(caller);
     }
     let Some(kube) = state.kube_auth() else {
@@ -196,7 +197,7 @@ pub(crate) async fn authenticate(
             "unknown_token",
         ));
     };
-    let (outcome, answered) = kube.authenticate(token).await;
+    let (outcome, answered) = kube.authenticate(token, &digest).await;
     state.metrics.token_review(answered, outcome.as_ref().err());
     outcome.map_err(|e| {
         state.metrics.authentication_failure_count.inc();

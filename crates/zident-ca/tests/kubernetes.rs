@@ -118,12 +118,7 @@ async fn the_cluster_is_the_mesh() {
     )
     .unwrap();
     let mut config = common::config(dir.path());
-    config.kubernetes = Some(KubernetesConfig {
-        namespace: "istio-system".into(),
-        kubeconfig: Some(api.kubeconfig()),
-        initial_sync: WAIT,
-        ..Default::default()
-    });
+    config.kubernetes = Some(common::kube_config(api.kubeconfig()));
     let ca = common::start_ca(config).await;
 
     // Pods become workloads once they run with an address; their identity is their SA.
@@ -428,11 +423,8 @@ async fn the_cluster_is_the_mesh() {
     let alone = tempfile::tempdir().unwrap();
     let mut config = common::config(alone.path());
     config.kubernetes = Some(KubernetesConfig {
-        namespace: "istio-system".into(),
-        kubeconfig: Some(api.kubeconfig()),
-        initial_sync: WAIT,
         with_mesh_file: false,
-        ..Default::default()
+        ..common::kube_config(api.kubeconfig())
     });
     let ca2 = common::start_ca(config).await;
     let m = mesh(&ca2);

@@ -101,11 +101,8 @@ async fn service_account_tokens_and_the_node_authorizer() {
     .unwrap();
     let mut config = common::config(dir.path());
     config.kubernetes = Some(KubernetesConfig {
-        namespace: "istio-system".into(),
-        kubeconfig: Some(api.kubeconfig()),
-        initial_sync: WAIT,
         trusted_node_accounts: vec!["istio-system/ztunnel".parse().unwrap()],
-        ..Default::default()
+        ..common::kube_config(api.kubeconfig())
     });
     let ca = common::start_ca(config).await;
     let mut grpc = IstioCertificateServiceClient::new(common::channel(&ca).await);

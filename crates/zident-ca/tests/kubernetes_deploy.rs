@@ -205,12 +205,9 @@ async fn the_manifests_install_and_grant_exactly_what_the_ca_uses() {
     api.kubeconfig_with_token(&kubeconfig, &ca_token);
     let mut config = common::config(work.path());
     config.kubernetes = Some(KubernetesConfig {
-        namespace: "istio-system".into(),
-        kubeconfig: Some(kubeconfig),
-        initial_sync: WAIT,
         with_mesh_file: false,
         trusted_node_accounts: vec!["istio-system/zident-agent".parse().unwrap()],
-        ..Default::default()
+        ..common::kube_config(kubeconfig)
     });
     // It starts: every kind listed and watched under its account.
     let ca = common::start_ca(config).await;

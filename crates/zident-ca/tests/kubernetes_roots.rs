@@ -33,11 +33,8 @@ async fn every_namespace_has_the_roots_in_force() {
     std::fs::write(dir.path().join("mesh.yaml"), "trustDomain: cluster.local\n").unwrap();
     let mut config = common::config(dir.path());
     config.kubernetes = Some(KubernetesConfig {
-        namespace: "istio-system".into(),
-        kubeconfig: Some(api.kubeconfig()),
-        initial_sync: WAIT,
         with_mesh_file: false,
-        ..Default::default()
+        ..common::kube_config(api.kubeconfig())
     });
     let ca = common::start_ca(config).await;
     let roots = || ca.state.authority().bundle().to_pem();

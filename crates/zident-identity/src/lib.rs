@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod bearer;
 mod bundle;
 mod csr;
 mod format;
@@ -31,6 +32,7 @@ mod provider;
 mod spiffe_id;
 mod svid;
 
+pub use bearer::BearerDigest;
 pub use bundle::{BundleError, TrustBundle};
 pub use csr::{CsrError, CsrPublicKey, MAX_CSR_BYTES, VerifiedCsr, verify_csr_der, verify_csr_pem};
 pub use format::{

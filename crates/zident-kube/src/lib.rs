@@ -36,6 +36,7 @@ mod token_review;
 mod translate;
 mod workloads;
 
+pub use changes::{Follow, KindChanges};
 pub use combine::{Combined, combine};
 pub use connection::{Connection, REQUEST_TIMEOUT};
 pub use error::SourceError;

@@ -2,7 +2,7 @@
 //! (is it the one a token is bound to, which node is it on) and whether a ServiceAccount has a
 //! pod on a node. Answered from the reflector's store, never by a call to the API server, so a
 //! certificate request costs the API server nothing. Which ServiceAccounts have a pod on which
-//! node is indexed once per change the watch sees, not scanned per request.
+//! node is indexed once per change of the pod watch, not scanned per request.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
+
+use crate::changes::KindChanges;
 
 /// What the authorizer needs of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,24 +36,31 @@ type Index = Option<(u64, Arc<Placement>)>;
 #[derive(Clone)]
 pub struct PodDirectory {
     store: Store<Pod>,
-    /// Bumped on every change the source sees.
-    changes: watch::Receiver<u64>,
+    /// The source's changes, by kind.
+    changes: watch::Receiver<KindChanges>,
+    /// The kind whose changes invalidate the index (the pods').
+    kind: &'static str,
     /// The placement index and the change it was built at.
     index: Arc<Mutex<Index>>,
 }
 
 impl PodDirectory {
-    pub(crate) fn new(store: Store<Pod>, changes: watch::Receiver<u64>) -> Self {
+    pub(crate) fn new(
+        store: Store<Pod>,
+        changes: watch::Receiver<KindChanges>,
+        kind: &'static str,
+    ) -> Self {
         Self {
             store,
             changes,
+            kind,
             index: Arc::default(),
         }
     }
 
     /// The placement index as of the latest change, rebuilt if a change came since.
     fn placement(&self) -> Arc<Placement> {
-        let now = *self.changes.borrow();
+        let now = self.changes.borrow().get(self.kind).copied().unwrap_or(0);
         let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, placement)) = index.as_ref()
             && *at == now

@@ -14,9 +14,9 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::connection::{Connection, REQUEST_TIMEOUT};
@@ -40,27 +40,9 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 pub struct Targets {
     pub(crate) namespaces: Store<Namespace>,
     pub(crate) config_maps: Store<ConfigMap>,
-    /// Changes by kind: a round follows only [`Targets::kinds`] (pods coming and going
-    /// change nothing here).
-    pub(crate) changes: watch::Receiver<crate::changes::KindChanges>,
-    pub(crate) kinds: [&'static str; 2],
-}
-
-impl Targets {
-    /// Waits until a watched kind changed since `seen`; `None` when the source is gone.
-    async fn changed(&mut self, seen: &mut [u64; 2]) -> Option<()> {
-        loop {
-            let now = {
-                let m = self.changes.borrow_and_update();
-                self.kinds.map(|k| m.get(k).copied().unwrap_or(0))
-            };
-            if now != *seen {
-                *seen = now;
-                return Some(());
-            }
-            self.changes.changed().await.ok()?;
-        }
-    }
+    /// Changes of the namespaces and of these ConfigMaps (pods coming and going change
+    /// nothing here).
+    pub(crate) changes: crate::changes::Follow,
 }
 
 /// What one round did.
@@ -86,7 +68,6 @@ pub async fn publish_roots(
 ) {
     let mut published: Option<String> = None;
     let mut retry = Duration::from_millis(500);
-    let mut seen = [0u64; 2];
     loop {
         let pem = roots.borrow_and_update().clone();
         let round = reconcile(&connection, &targets, &pem, published.as_deref()).await;
@@ -104,7 +85,7 @@ pub async fn publish_roots(
         }
         retry = Duration::from_millis(500);
         tokio::select! {
-            changed = targets.changed(&mut seen) => if changed.is_none() { return },
+            changed = targets.changes.changed() => if changed.is_none() { return },
             changed = roots.changed() => if changed.is_err() { return },
         }
     }
@@ -193,22 +174,21 @@ enum Write {
 
 /// The ConfigMap as it should be; an existing one keeps its labels and resourceVersion.
 fn desired(namespace: &str, pem: &str, existing: Option<&ConfigMap>) -> ConfigMap {
-    let mut cm: ConfigMap = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": ROOT_CONFIG_MAP, "namespace": namespace},
-        "data": {ROOT_KEY: pem},
-    }))
-    .unwrap_or_default();
-    if let Some(e) = existing {
-        cm.metadata.labels = e.metadata.labels.clone();
-        cm.metadata.resource_version = e.metadata.resource_version.clone();
+    let mut labels = existing
+        .and_then(|e| e.metadata.labels.clone())
+        .unwrap_or_default();
+    labels.insert("istio.io/config".into(), "true".into());
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(ROOT_CONFIG_MAP.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels),
+            resource_version: existing.and_then(|e| e.metadata.resource_version.clone()),
+            ..Default::default()
+        },
+        data: Some([(ROOT_KEY.to_owned(), pem.to_owned())].into()),
+        ..Default::default()
     }
-    cm.metadata
-        .labels
-        .get_or_insert_with(Default::default)
-        .insert("istio.io/config".into(), "true".into());
-    cm
 }
 
 async fn bounded<T>(

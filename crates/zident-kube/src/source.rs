@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::changes::KindChanges;
+use crate::changes::{Follow, KindChanges};
 use crate::connection::{Connection, REQUEST_TIMEOUT, WATCH_SECONDS};
 use crate::error::SourceError;
 use crate::mesh_config;
@@ -80,8 +80,7 @@ pub struct Watching {
     /// `istio-ca-root-cert` in every namespace (see `root_config_maps`).
     root_config_maps: Store<ConfigMap>,
     policies: Option<Store<DynamicObject>>,
-    changes: watch::Receiver<u64>,
-    kind_changes: watch::Receiver<KindChanges>,
+    changes: watch::Receiver<KindChanges>,
     status: watch::Receiver<SourceStatus>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -122,19 +121,16 @@ impl Watching {
                 "the API server does not serve security.istio.io/v1 AuthorizationPolicy (the CRD is not installed): no policies are read; install the CRD and restart the CA to enforce them"
             );
         }
-        let (changed, changes) = watch::channel(0u64);
         let (status_tx, status) = watch::channel(SourceStatus {
             server: server.clone(),
             policies_watched: policies_served,
             ..Default::default()
         });
-        let changed = Arc::new(changed);
-        let (by_kind, kind_changes) = watch::channel(BTreeMap::new());
+        let (changed, changes) = watch::channel(KindChanges::new());
         let status_tx = Arc::new(Mutex::new(status_tx));
         let mut tasks = Vec::new();
         let ctx = WatchCtx {
-            changed: changed.clone(),
-            by_kind: Arc::new(by_kind),
+            changed: Arc::new(changed),
             status: status_tx.clone(),
         };
         let namespaces = ctx.reflect(
@@ -204,7 +200,6 @@ impl Watching {
             root_config_maps,
             policies,
             changes,
-            kind_changes,
             status,
             tasks,
         };
@@ -273,19 +268,20 @@ impl Watching {
         crate::root_config_maps::Targets {
             namespaces: self.namespaces.clone(),
             config_maps: self.root_config_maps.clone(),
-            changes: self.kind_changes.clone(),
-            kinds: ["Namespace", ROOT_CONFIG_MAP_KIND],
+            changes: Follow::new(self.changes.clone(), |kind| {
+                kind == "Namespace" || kind == ROOT_CONFIG_MAP_KIND
+            }),
         }
     }
 
     /// The watched pods, for lookups by the node authorizer.
     pub fn pods(&self) -> crate::pods::PodDirectory {
-        crate::pods::PodDirectory::new(self.pods.clone(), self.changes.clone())
+        crate::pods::PodDirectory::new(self.pods.clone(), self.changes.clone(), "Pod")
     }
 
-    /// Bumped on every change any watch sees.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.clone()
+    /// Changes of the kinds the mesh is made of (every kind but the CA's own root ConfigMaps).
+    pub fn mesh_changes(&self) -> Follow {
+        Follow::new(self.changes.clone(), |kind| kind != ROOT_CONFIG_MAP_KIND)
     }
 
     /// The watches' health.
@@ -296,9 +292,8 @@ impl Watching {
 
 /// Shared by the watch tasks: where they report changes and health.
 struct WatchCtx {
-    changed: Arc<watch::Sender<u64>>,
-    /// The same changes, counted by kind, for whoever follows only some kinds.
-    by_kind: Arc<watch::Sender<KindChanges>>,
+    /// Each kind's changes, counted.
+    changed: Arc<watch::Sender<KindChanges>>,
     status: Arc<Mutex<watch::Sender<SourceStatus>>>,
 }
 
@@ -335,7 +330,6 @@ impl WatchCtx {
         S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     {
         let changed = self.changed.clone();
-        let by_kind = self.by_kind.clone();
         let status = self.status.clone();
         async move {
             let mut stream = std::pin::pin!(stream);
@@ -373,8 +367,7 @@ impl WatchCtx {
                     });
                 }
                 if announce {
-                    by_kind.send_modify(|m| *m.entry(kind).or_default() += 1);
-                    changed.send_modify(|n| *n += 1);
+                    changed.send_modify(|m| *m.entry(kind).or_default() += 1);
                 }
             }
         }

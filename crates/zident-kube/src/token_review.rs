@@ -18,6 +18,7 @@ use base64::Engine;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use tokio::sync::{OnceCell, Semaphore};
+use zident_identity::BearerDigest;
 
 use crate::connection::Connection;
 
@@ -93,15 +94,14 @@ pub enum Answered {
 
 type Outcome = Result<Reviewed, ReviewError>;
 
-struct Entry {
-    cell: Arc<OnceCell<(Outcome, Instant)>>,
-}
+/// A token's answer and until when it stands, or the review under way that will set it.
+type Entry = Arc<OnceCell<(Outcome, Instant)>>;
 
 /// Reviews tokens; cheap to share behind an `Arc`.
 pub struct TokenReviewer {
     api: Api<TokenReview>,
     audience: String,
-    cache: Mutex<HashMap<[u8; 32], Entry>>,
+    cache: Mutex<HashMap<BearerDigest, Entry>>,
     slots: Semaphore,
 }
 
@@ -116,9 +116,9 @@ impl TokenReviewer {
         }
     }
 
-    /// Who `token` belongs to.
-    pub async fn review(&self, token: &str) -> (Outcome, Answered) {
-        let cell = self.cell(digest(token));
+    /// Who `token` belongs to; `digest` is its [`BearerDigest`], the cache's key.
+    pub async fn review(&self, token: &str, digest: &BearerDigest) -> (Outcome, Answered) {
+        let cell = self.cell(*digest);
         let mut sent = false;
         let (outcome, _) = cell
             .get_or_init(|| async {
@@ -134,26 +134,27 @@ impl TokenReviewer {
 
     /// The cache's cell for `key`: the current one, or a new one when there is none or it
     /// expired.
-    fn cell(&self, key: [u8; 32]) -> Arc<OnceCell<(Outcome, Instant)>> {
+    fn cell(&self, key: BearerDigest) -> Entry {
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = cache.get(&key)
-            && e.cell.get().is_none_or(|(_, until)| *until > now)
+            && e.get().is_none_or(|(_, until)| *until > now)
         {
-            return e.cell.clone();
+            return e.clone();
         }
         if cache.len() >= MAX_ENTRIES {
-            cache.retain(|_, e| e.cell.get().is_none_or(|(_, until)| *until > now));
+            cache.retain(|_, e| e.get().is_none_or(|(_, until)| *until > now));
             if cache.len() >= MAX_ENTRIES {
                 // Full of live entries: make room by forgetting a tenth, whichever they are.
-                let drop: Vec<[u8; 32]> = cache.keys().take(MAX_ENTRIES / 10).copied().collect();
+                let drop: Vec<BearerDigest> =
+                    cache.keys().take(MAX_ENTRIES / 10).copied().collect();
                 for k in drop {
                     cache.remove(&k);
                 }
             }
         }
         let cell = Arc::new(OnceCell::new());
-        cache.insert(key, Entry { cell: cell.clone() });
+        cache.insert(key, cell.clone());
         cell
     }
 
@@ -252,13 +253,6 @@ fn judge(review: TokenReview, audience: &str) -> Outcome {
         service_account: service_account.to_owned(),
         pod,
     })
-}
-
-fn digest(token: &str) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 /// The `exp` claim of a JWT, read without checking the signature (the API server checked

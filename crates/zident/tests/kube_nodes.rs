@@ -28,7 +28,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use serde_json::json;
 use zident_testkit::eventually;
 use zident_testkit::kube_api::{
-    KubeApi, create, install_policy_crd, pod, policy, run_pod, service_account,
+    KubeApi, create, install_policy_crd, namespace, pod, policy, run_pod, service_account,
 };
 use zident_testkit::netns::{Lan, NsProcess, curl_in, ip, whoami_server};
 
@@ -161,6 +161,16 @@ fn extra_root_pem() -> String {
     params.self_signed(&key).expect("self-signed").pem()
 }
 
+/// `zident_tunnel_failures{reason="policy_denied"}` on the node in `ns`, summed.
+fn policy_denials(ns: &str) -> f64 {
+    let (_, metrics) = curl_in(ns, &["http://127.0.0.1:15020/metrics"]);
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("zident_tunnel_failures") && l.contains("policy_denied"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Creates AuthorizationPolicy `name` with `spec` in the policies' namespace.
 async fn put_policy(policies: &Api<DynamicObject>, name: &str, spec: serde_json::Value) {
     policies
@@ -226,10 +236,10 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
     let client = api.client().await;
     install_policy_crd(&client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    create(
-        &namespaces,
-        json!({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}}),
+    namespace(
+        &client,
+        "shop",
+        json!({"istio.io/dataplane-mode": "ambient"}),
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
@@ -356,13 +366,8 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
     )
     .await;
     eventually(DEADLINE, "the DENY policy enforced", || fetch().0 != 200).await;
-    let (_, metrics) = curl_in(&b, &["http://127.0.0.1:15020/metrics"]);
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("zident_tunnel_failures") && l.contains("policy_denied")),
-        "refused for the policy: {metrics}"
-    );
+    let denied_before = policy_denials(&b);
+    assert!(denied_before > 0.0, "refused for the policy");
     let change_to = |principal: &str| {
         let patch = json!({"spec": deny_from(principal)});
         let policies = policies.clone();
@@ -393,10 +398,15 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
                        "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}),
     )
     .await;
+    let denied = policy_denials(&b);
     eventually(DEADLINE, "the L7 ALLOW policy fails closed", || {
         fetch().0 != 200
     })
     .await;
+    assert!(
+        policy_denials(&b) > denied,
+        "refused by node-b for the policy, not for another reason"
+    );
     drop_policy(&policies, "get-only").await;
     eventually(DEADLINE, "the L7 policy lifted", || fetch().0 == 200).await;
 
@@ -451,10 +461,10 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
     .await;
 
     // A namespace enrolled, then unenrolled: its pod joins both nodes' views, then leaves.
-    create(
-        &namespaces,
-        json!({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": "lab", "labels": {"istio.io/dataplane-mode": "ambient"}}}),
+    namespace(
+        &client,
+        "lab",
+        json!({"istio.io/dataplane-mode": "ambient"}),
     )
     .await;
     let lab_pods: Api<Pod> = Api::namespaced(client.clone(), "lab");
@@ -486,11 +496,7 @@ async fn pods_from_the_api_server_carry_traffic_across_nodes() {
     // istiod's meshConfig names an extra root: both agents trust it, then drop it when the
     // ConfigMap no longer does. Traffic is unaffected.
     let extra_root = extra_root_pem();
-    create(
-        &namespaces,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}),
-    )
-    .await;
+    namespace(&client, "istio-system", json!({})).await;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "istio-system");
     let mesh_config = |mesh: String| {
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio"},

@@ -199,3 +199,14 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// `--kubernetes` on the test's API server (`kubeconfig`, an admin's unless a test names
+/// another): the control plane's namespace `istio-system`, 30 s for the first full list.
+pub fn kube_config(kubeconfig: PathBuf) -> zident_ca::KubernetesConfig {
+    zident_ca::KubernetesConfig {
+        namespace: "istio-system".into(),
+        kubeconfig: Some(kubeconfig),
+        initial_sync: Duration::from_secs(30),
+        ..Default::default()
+    }
+}
