@@ -54,7 +54,8 @@ pub struct Round {
     pub repaired: usize,
     /// ConfigMaps updated to new roots.
     pub updated: usize,
-    /// Writes that failed (retried in the next round).
+    /// Writes that failed (retried after a pause). A write refused because the ConfigMap
+    /// changed since the watch last said is not one: the watch's next event brings a round.
     pub failed: usize,
 }
 
@@ -156,7 +157,12 @@ async fn reconcile(
                 };
                 tracing::info!(target: "zident::kube", namespace = ns, "ConfigMap {ROOT_CONFIG_MAP} {said}");
             }
-            Err(e) => {
+            Err(WriteError::Stale(e)) => {
+                // Someone (this CA a moment ago, another replica) changed it since the watch
+                // last said: the watch's next event brings the next round.
+                tracing::debug!(target: "zident::kube", namespace = ns, "ConfigMap {ROOT_CONFIG_MAP} changed meanwhile; looking again: {e}");
+            }
+            Err(WriteError::Failed(e)) => {
                 tracing::warn!(target: "zident::kube", namespace = ns, "ConfigMap {ROOT_CONFIG_MAP} not written, retrying: {e}");
                 round.failed += 1;
             }
@@ -191,19 +197,52 @@ fn desired(namespace: &str, pem: &str, existing: Option<&ConfigMap>) -> ConfigMa
     }
 }
 
+/// Why a write did not happen.
+enum WriteError {
+    /// The ConfigMap is not what this round read (409: it exists already, or its
+    /// resourceVersion moved on): not a failure, the watch is about to say what it is.
+    Stale(String),
+    /// Anything else: retried after a pause.
+    Failed(String),
+}
+
 async fn bounded<T>(
     call: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<(), String> {
+) -> Result<(), WriteError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())),
+        Ok(Err(kube::Error::Api(s))) if s.code == 409 => Err(WriteError::Stale(s.message)),
+        Ok(Err(e)) => Err(WriteError::Failed(e.to_string())),
+        Err(_) => Err(WriteError::Failed(format!(
+            "no answer within {}s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_conflict_is_a_stale_view_and_anything_else_a_failure() {
+        let api_error = |code: u16| {
+            let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+                "code": code, "message": format!("answer {code}")
+            }))
+            .unwrap();
+            kube::Error::Api(Box::new(status))
+        };
+        let write = |code: u16| bounded(async move { Err::<(), _>(api_error(code)) });
+        assert!(matches!(write(409).await, Err(WriteError::Stale(m)) if m == "answer 409"));
+        for code in [403, 422, 500] {
+            assert!(
+                matches!(write(code).await, Err(WriteError::Failed(_))),
+                "{code}"
+            );
+        }
+        assert!(bounded(async { Ok::<(), kube::Error>(()) }).await.is_ok());
+    }
 
     #[test]
     fn the_desired_config_map_keeps_labels_and_the_version_it_replaces() {
