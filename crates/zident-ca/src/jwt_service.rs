@@ -13,6 +13,7 @@ use zident_identity::{SpiffeId, jwt, rfc3339};
 use zident_proto::zident_ca::jwt_svid_service_server::JwtSvidService;
 use zident_proto::zident_ca::{CreateJwtSvidRequest, CreateJwtSvidResponse};
 
+use crate::client_text::clip;
 use crate::node_authorizer::Caller;
 use crate::service::{authenticate, peer_of};
 use crate::state::CaState;
@@ -54,7 +55,7 @@ impl JwtSvidService for JwtService {
         let req = request.into_inner();
         let refuse = |reason: &'static str, msg: String| {
             metrics.reject(reason);
-            tracing::warn!(target: "zident::ca", %peer, %caller, "JWT-SVID refused: {msg}");
+            tracing::warn!(target: "zident::ca", %peer, %caller, "JWT-SVID refused: {}", clip(&msg));
             Status::invalid_argument(msg)
         };
         let id = SpiffeId::new(&req.spiffe_id).map_err(|e| {
@@ -73,7 +74,7 @@ impl JwtSvidService for JwtService {
         };
         if let Err(denied) = self.state.authorize(&registry, &caller, &id, impersonated) {
             metrics.reject("permission_denied");
-            tracing::warn!(target: "zident::ca", %peer, %caller, identity = %id, "JWT-SVID denied: {denied}");
+            tracing::warn!(target: "zident::ca", %peer, %caller, identity = %id, "JWT-SVID denied: {}", clip(&denied.to_string()));
             return Err(Status::permission_denied("permission denied"));
         }
         // The certificate rules, with --jwt-ttl as the default.

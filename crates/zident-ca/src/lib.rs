@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod client_text;
 mod cluster_view;
 mod coalesce;
 mod config;

@@ -12,6 +12,7 @@ use zident_identity::{CsrError, rfc3339, verify_csr_pem};
 use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateService;
 use zident_proto::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
 
+use crate::client_text::clip;
 use crate::state::CaState;
 
 /// The metadata key carrying the identity a node agent asks for on a workload's behalf.
@@ -84,7 +85,7 @@ impl IstioCertificateService for CaService {
                     }
                 };
                 metrics.reject(reason);
-                tracing::warn!(target: "zident::ca", %peer, %caller, "refused CSR: {e}");
+                tracing::warn!(target: "zident::ca", %peer, %caller, "refused CSR: {}", clip(&e.to_string()));
                 return Err(Status::invalid_argument(e.to_string()));
             }
         };
@@ -96,7 +97,7 @@ impl IstioCertificateService for CaService {
                 csr.id,
                 registry.trust_domain()
             );
-            tracing::warn!(target: "zident::ca", %peer, %caller, "refused: {msg}");
+            tracing::warn!(target: "zident::ca", %peer, %caller, "refused: {}", clip(&msg));
             return Err(Status::invalid_argument(msg));
         }
         if let Err(denied) =
@@ -105,7 +106,7 @@ impl IstioCertificateService for CaService {
         {
             metrics.id_extraction_err_count.inc();
             metrics.reject("permission_denied");
-            tracing::warn!(target: "zident::ca", %peer, %caller, identity = %csr.id, "denied: {denied}");
+            tracing::warn!(target: "zident::ca", %peer, %caller, identity = %csr.id, "denied: {}", clip(&denied.to_string()));
             return Err(Status::permission_denied("permission denied"));
         }
         let ttl = match self.state.ttl.resolve(req.validity_duration) {
@@ -136,7 +137,7 @@ impl IstioCertificateService for CaService {
                     target: "zident::ca",
                     identity = %csr.id,
                     %caller,
-                    cluster,
+                    cluster = %clip(&cluster),
                     serial = %issued.serial_hex,
                     not_after = %rfc3339(issued.not_after),
                     ttl_secs = ttl.as_secs(),

@@ -539,3 +539,47 @@ async fn mesh_file_edits_apply_and_broken_edits_are_rejected() {
     ask(&mut client).await.unwrap();
     issue_frontend(&mut client, 600).await;
 }
+
+/// What a client sends cannot make the CA write kilobytes of log per request: an
+/// `ImpersonatedIdentity` of 10 KB that does not match its CSR, and a 10 KB `clusterid`
+/// header, are logged cut short and say how much was cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_text_in_the_log_is_cut_short() {
+    zident_testkit::capture_logs("zident=info");
+    let f = Fixture::start().await;
+    let mut client = zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient::new(
+        channel(&f.ca).await,
+    );
+    let key = WorkloadKey::generate().unwrap();
+    let fe = id("ns/default/sa/frontend");
+    let long = format!(
+        "spiffe://cluster.local/ns/default/sa/{}",
+        "x".repeat(10_000)
+    );
+    expect_code(
+        &mut client,
+        request(
+            key.csr_pem(&fe).unwrap(),
+            3600,
+            Some(NODE_A_TOKEN),
+            Some(&long),
+        ),
+        Code::PermissionDenied,
+    )
+    .await;
+    let mut req = request(
+        key.csr_pem(&fe).unwrap(),
+        3600,
+        Some(NODE_A_TOKEN),
+        Some(fe.as_str()),
+    );
+    req.metadata_mut()
+        .insert("clusterid", "c".repeat(10_000).parse().unwrap());
+    client.create_certificate(req).await.expect("issued");
+    zident_testkit::logged("ImpersonatedIdentity spiffe://cluster.local/ns/default/sa/xxx").await;
+    zident_testkit::logged("cluster=cccc").await;
+    let logs = zident_testkit::captured();
+    let longest = logs.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2_000, "a log line of {longest} bytes");
+    assert!(logs.contains("more bytes)"), "cut short, and says so");
+}

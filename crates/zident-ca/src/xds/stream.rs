@@ -23,6 +23,7 @@ use zident_xds::Delta;
 use super::generation::Generation;
 use super::metrics::{IgnoredLabel, TypeLabel, XdsMetrics};
 use super::wire::WireResponse;
+pub(crate) use crate::client_text::clip;
 
 /// The response a client has not acknowledged yet, per type.
 struct Pending {
@@ -56,21 +57,6 @@ pub(crate) struct Tally {
     pub(crate) unknown_nonces: u64,
     /// Requests for types zident does not serve (logged once, then only counted).
     pub(crate) unknown_types: u64,
-}
-
-/// The most of a client's text (a NACK's reason, a type URL) that goes into a log line.
-const CLIENT_TEXT: usize = 200;
-
-/// `text` cut to [`CLIENT_TEXT`] bytes at a character boundary, saying how much was cut.
-pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.len() <= CLIENT_TEXT {
-        return text.into();
-    }
-    let mut end = CLIENT_TEXT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} more bytes)", &text[..end], text.len() - end).into()
 }
 
 /// The state of one stream.
