@@ -133,6 +133,9 @@ pub struct KubernetesConfig {
     /// The ServiceAccounts that may ask for the identities of the pods on their node
     /// (istiod's `CA_TRUSTED_NODE_ACCOUNTS`): ztunnel's and the agent's.
     pub trusted_node_accounts: Vec<crate::kube_auth::NodeAccount>,
+    /// Keep the roots, the rotation state and what was issued in the API server (a Secret,
+    /// a ConfigMap per replica and a Lease in `namespace`) instead of the data dir alone.
+    pub state: Option<crate::cluster_state::ClusterStateConfig>,
 }
 
 impl Default for KubernetesConfig {
@@ -144,6 +147,7 @@ impl Default for KubernetesConfig {
             instance: None,
             kubeconfig: None,
             trusted_node_accounts: Vec::new(),
+            state: None,
         }
     }
 }

@@ -26,3 +26,6 @@ pub const MAX_CONNECTIONS_PER_SOURCE: usize = 512;
 /// With `--kubernetes`: the control plane's namespace, where istiod's `istio` ConfigMap is read
 /// (istiod's own default).
 pub const KUBERNETES_NAMESPACE: &str = "istio-system";
+/// How long the leader's Lease holds after each renewal (`--leader-lease`), client-go's
+/// default: a dead leader is replaced within about this long.
+pub const LEADER_LEASE: Duration = Duration::from_secs(15);

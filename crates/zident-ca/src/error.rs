@@ -49,6 +49,9 @@ pub enum CaError {
     /// The shared datastore could not be used at start.
     #[error("datastore: {0}")]
     Datastore(#[from] datastore::StoreError),
+    /// The CA's state in the Kubernetes API (`--roots-in-cluster`) cannot be used.
+    #[error("the CA's state in the Kubernetes API: {0}")]
+    ClusterState(String),
     /// The Kubernetes API could not give a first mesh.
     #[error("kubernetes: {0}")]
     Kubernetes(#[from] crate::kubernetes::KubernetesError),

@@ -114,6 +114,11 @@ impl ClusterSource {
         Ok(source)
     }
 
+    /// The client of the API server.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.api
+    }
+
     /// The judge of ServiceAccount tokens: TokenReviews on this API server, pods from this
     /// source's watch.
     pub(crate) fn kube_auth(&self) -> crate::kube_auth::KubeAuth {
@@ -125,8 +130,13 @@ impl ClusterSource {
     }
 
     /// Keeps `istio-ca-root-cert` in every namespace equal to the CA's roots in force, for as
-    /// long as the task runs (see `zident_kube::root_config_maps`).
-    pub(crate) fn publish_roots(&self, state: Arc<CaState>) -> JoinHandle<()> {
+    /// long as the task runs, while `leading` says this replica leads (`None`: a CA without
+    /// replicas always does; see `zident_kube::root_config_maps`).
+    pub(crate) fn publish_roots(
+        &self,
+        state: Arc<CaState>,
+        leading: Option<watch::Receiver<bool>>,
+    ) -> JoinHandle<()> {
         let targets = self.watching.root_targets();
         let connection = self.api.clone();
         let (tx, rx) = watch::channel(state.authority().bundle().to_pem());
@@ -143,9 +153,10 @@ impl ClusterSource {
                     });
                 }
             };
-            let publish = zident_kube::publish_roots(connection, targets, rx, move |round| {
-                state.metrics.root_config_maps(round)
-            });
+            let publish =
+                zident_kube::publish_roots(connection, targets, rx, leading, move |round| {
+                    state.metrics.root_config_maps(round)
+                });
             tokio::select! {
                 () = follow => {}
                 () = publish => {}

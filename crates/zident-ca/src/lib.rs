@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod client_text;
+pub mod cluster_state;
 mod cluster_view;
 mod coalesce;
 mod config;
@@ -117,6 +118,27 @@ impl RunningCa {
         };
         let authorizer = NodeAuthorizer::from_mesh(&mesh, &config.mesh_path)?;
         let trust_domain = mesh.trust_domain.clone();
+        // With its state in the cluster, the roots Secret becomes the data dir's working copy
+        // before the roots are loaded from it.
+        let in_cluster = match (&cluster, &config.kubernetes) {
+            (Some(c), Some(k)) => match &k.state {
+                Some(s) => Some((
+                    cluster_state::replica::prepare(
+                        &config,
+                        s,
+                        &k.namespace,
+                        c.connection(),
+                        &trust_domain,
+                    )
+                    .await?,
+                    s.clone(),
+                    k.namespace.clone(),
+                    c.connection().clone(),
+                )),
+                None => None,
+            },
+            _ => None,
+        };
         let roots = startup::load_roots(&config, &trust_domain)?;
         let mut metrics_registry = MetricsRegistry::default();
         let metrics = metrics::CaMetrics::new(&mut metrics_registry);
@@ -140,7 +162,7 @@ impl RunningCa {
             config.refresh_hint,
             ledger,
         ));
-        if replica.is_some() {
+        if replica.is_some() || in_cluster.is_some() {
             state.ledger.share();
         }
         if let Some(c) = &cluster {
@@ -155,7 +177,10 @@ impl RunningCa {
             &mut background,
         )
         .await?;
-        let replica_status = replica.as_ref().map(|r| r.status.clone());
+        let replica_status = replica
+            .as_ref()
+            .map(|r| r.status.clone())
+            .or_else(|| in_cluster.as_ref().map(|(p, ..)| p.status.clone()));
         let cluster_view = cluster.as_ref().map(|c| c.view.clone());
         let metrics_addr = startup::serve_metrics_port(
             &config,
@@ -175,13 +200,27 @@ impl RunningCa {
             &state,
             &serving,
             roots.plugged,
-            replica.is_some(),
+            replica.is_some() || in_cluster.is_some(),
             cluster.as_ref().map(|c| c.file_sink()),
             &mut background,
         )?;
         if let Some(c) = cluster {
-            background.push(c.publish_roots(state.clone()));
+            let leading = in_cluster.as_ref().map(|(p, ..)| p.status.leading());
+            background.push(c.publish_roots(state.clone(), leading));
             background.push(c.follow(state.clone()));
+        }
+        if let Some((prepared, s, namespace, connection)) = in_cluster {
+            background.push(tokio::spawn(cluster_state::replica::run(
+                config.clone(),
+                s,
+                namespace,
+                connection,
+                prepared,
+                datastore::replica::Running {
+                    state: state.clone(),
+                    serving: serving.clone(),
+                },
+            )));
         }
         if let (Some(prepared), Some(ds)) = (replica, config.datastore.clone()) {
             background.push(tokio::spawn(datastore::replica::run(

@@ -3,13 +3,15 @@
 //! the rules it applies are the ones `zident ca rotate` applies; it lives beside the CA's
 //! start-up because it also reloads the authority and the serving certificate.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::config::CaConfig;
 use crate::reload::reload_rotation;
 use crate::roots::dir_store::DirStore;
-use crate::roots::rotation::{self, StepRequest};
+use crate::roots::ledger::Issuance;
+use crate::roots::rotation::{self, Phase, RotationState, StepRequest};
 use crate::roots::store::{RootStore, take_step};
 use crate::server::ServingCert;
 use crate::state::CaState;
@@ -36,24 +38,10 @@ pub(crate) async fn rotate_on_schedule(
                 continue;
             }
         };
-        let secs = zident_identity::unix_seconds;
-        let due = if let Some((phase, _, after)) = rs.next_step() {
-            // Activation waits for clients that learn roots only from responses, too.
-            let after = match phase {
-                rotation::Phase::Activate => state
-                    .ledger
-                    .read(|issued| rotation::activation_safe_at(&rs, issued, secs(now)))
-                    .unwrap_or(after),
-                _ => after,
-            };
-            (secs(now) >= after).then_some(phase)
-        } else {
-            let (from, to) = state.authority().signer_validity();
-            let life = to.duration_since(from).unwrap_or_default();
-            let used = now.duration_since(from).unwrap_or_default();
-            (used.as_secs_f64() >= life.as_secs_f64() * config.rotation.prepare_at)
-                .then_some(rotation::Phase::Prepare)
-        };
+        let validity = state.authority().signer_validity();
+        let due = state
+            .ledger
+            .read(|issued| due(&rs, issued, validity, config.rotation.prepare_at, now));
         let Some(phase) = due else { continue };
         let request = StepRequest {
             phase,
@@ -73,6 +61,35 @@ pub(crate) async fn rotate_on_schedule(
             Err(e) => {
                 tracing::error!(target: "zident::ca", phase = phase.as_str(), "scheduled root rotation step failed: {e}")
             }
+        }
+    }
+}
+
+/// The step due at `now`, if any: prepare once the signer (valid `signer_validity`) has used
+/// `prepare_at` of its life; activate and retire when the state's rules allow, activation also
+/// waiting for the clients in `issued` (the latest issuance per identity) that learn roots only
+/// from responses. Every store's schedule asks this, so they agree on when.
+pub(crate) fn due(
+    rs: &RotationState,
+    issued: &HashMap<String, Issuance>,
+    signer_validity: (SystemTime, SystemTime),
+    prepare_at: f64,
+    now: SystemTime,
+) -> Option<Phase> {
+    let secs = zident_identity::unix_seconds(now);
+    match rs.next_step() {
+        Some((phase, _, after)) => {
+            let after = match phase {
+                Phase::Activate => rotation::activation_safe_at(rs, issued, secs).unwrap_or(after),
+                _ => after,
+            };
+            (secs >= after).then_some(phase)
+        }
+        None => {
+            let (from, to) = signer_validity;
+            let life = to.duration_since(from).unwrap_or_default();
+            let used = now.duration_since(from).unwrap_or_default();
+            (used.as_secs_f64() >= life.as_secs_f64() * prepare_at).then_some(Phase::Prepare)
         }
     }
 }

@@ -102,7 +102,8 @@ fn end_entity(
 }
 
 /// The parameters of a self-signed root: `O=<trust domain>`, CA=true, keyCertSign + cRLSign
-/// (critical), valid from `now` (backdated) for `lifetime`.
+/// (critical), valid from `now` for `lifetime`, backdated as a leaf of that lifetime would be
+/// ([`backdate_for`]), so a short-lived root is not mostly spent when it is made.
 pub fn root_params(
     trust_domain: &TrustDomain,
     now: SystemTime,
@@ -113,7 +114,7 @@ pub fn root_params(
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.serial_number = Some(random_serial());
-    p.not_before = OffsetDateTime::from(truncate(now - MAX_BACKDATE));
+    p.not_before = OffsetDateTime::from(truncate(now - backdate_for(lifetime)));
     p.not_after = OffsetDateTime::from(truncate(now + lifetime));
     p
 }

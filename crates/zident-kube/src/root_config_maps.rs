@@ -19,7 +19,8 @@ use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 
-use crate::connection::{Connection, REQUEST_TIMEOUT};
+use crate::call::{CallError, bounded};
+use crate::connection::Connection;
 
 /// The ConfigMap's name, istiod's.
 pub const ROOT_CONFIG_MAP: &str = "istio-ca-root-cert";
@@ -60,16 +61,28 @@ pub struct Round {
 }
 
 /// Keeps `istio-ca-root-cert` equal to `roots` (PEM) in every namespace for as long as it
-/// runs; `report` hears of each round that wrote or failed.
+/// runs, while `leading` says this replica leads (`None`: always, a CA without replicas); `report`
+/// hears of each round that wrote or failed. Only the leader writes, as in istiod: replicas
+/// that follow a rotation a moment apart would otherwise put back each other's roots.
 pub async fn publish_roots(
     connection: Connection,
     mut targets: Targets,
     mut roots: watch::Receiver<String>,
+    mut leading: Option<watch::Receiver<bool>>,
     report: impl Fn(&Round) + Send,
 ) {
     let mut published: Option<String> = None;
     let mut retry = Duration::from_millis(500);
     loop {
+        if let Some(leading) = &mut leading
+            && !*leading.borrow_and_update()
+        {
+            if leading.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            // Another replica published meanwhile: what is there is not this one's to judge.
+            published = None;
+        }
         let pem = roots.borrow_and_update().clone();
         let round = reconcile(&connection, &targets, &pem, published.as_deref()).await;
         if round != Round::default() {
@@ -85,9 +98,18 @@ pub async fn publish_roots(
             continue;
         }
         retry = Duration::from_millis(500);
+        let lost = async {
+            match &mut leading {
+                Some(l) => {
+                    let _ = l.wait_for(|l| !*l).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = targets.changes.changed() => if changed.is_none() { return },
             changed = roots.changed() => if changed.is_err() { return },
+            () = lost => {}
         }
     }
 }
@@ -124,7 +146,9 @@ async fn reconcile(
         let (write, what) = match &current {
             None => {
                 let cm = desired(ns, pem, None);
-                let write = bounded(api.create(&PostParams::default(), &cm)).await;
+                let write = bounded(api.create(&PostParams::default(), &cm))
+                    .await
+                    .map(drop);
                 (write, Write::Created)
             }
             Some(existing) => {
@@ -134,8 +158,9 @@ async fn reconcile(
                 } else {
                     Write::Repaired
                 };
-                let write =
-                    bounded(api.replace(ROOT_CONFIG_MAP, &PostParams::default(), &cm)).await;
+                let write = bounded(api.replace(ROOT_CONFIG_MAP, &PostParams::default(), &cm))
+                    .await
+                    .map(drop);
                 (write, what)
             }
         };
@@ -157,12 +182,12 @@ async fn reconcile(
                 };
                 tracing::info!(target: "zident::kube", namespace = ns, "ConfigMap {ROOT_CONFIG_MAP} {said}");
             }
-            Err(WriteError::Stale(e)) => {
+            Err(CallError::Conflict(e)) => {
                 // Someone (this CA a moment ago, another replica) changed it since the watch
                 // last said: the watch's next event brings the next round.
                 tracing::debug!(target: "zident::kube", namespace = ns, "ConfigMap {ROOT_CONFIG_MAP} changed meanwhile; looking again: {e}");
             }
-            Err(WriteError::Failed(e)) => {
+            Err(e) => {
                 tracing::warn!(target: "zident::kube", namespace = ns, "ConfigMap {ROOT_CONFIG_MAP} not written, retrying: {e}");
                 round.failed += 1;
             }
@@ -197,52 +222,9 @@ fn desired(namespace: &str, pem: &str, existing: Option<&ConfigMap>) -> ConfigMa
     }
 }
 
-/// Why a write did not happen.
-enum WriteError {
-    /// The ConfigMap is not what this round read (409: it exists already, or its
-    /// resourceVersion moved on): not a failure, the watch is about to say what it is.
-    Stale(String),
-    /// Anything else: retried after a pause.
-    Failed(String),
-}
-
-async fn bounded<T>(
-    call: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<(), WriteError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(kube::Error::Api(s))) if s.code == 409 => Err(WriteError::Stale(s.message)),
-        Ok(Err(e)) => Err(WriteError::Failed(e.to_string())),
-        Err(_) => Err(WriteError::Failed(format!(
-            "no answer within {}s",
-            REQUEST_TIMEOUT.as_secs()
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn a_conflict_is_a_stale_view_and_anything_else_a_failure() {
-        let api_error = |code: u16| {
-            let status: kube::core::Status = serde_json::from_value(serde_json::json!({
-                "code": code, "message": format!("answer {code}")
-            }))
-            .unwrap();
-            kube::Error::Api(Box::new(status))
-        };
-        let write = |code: u16| bounded(async move { Err::<(), _>(api_error(code)) });
-        assert!(matches!(write(409).await, Err(WriteError::Stale(m)) if m == "answer 409"));
-        for code in [403, 422, 500] {
-            assert!(
-                matches!(write(code).await, Err(WriteError::Failed(_))),
-                "{code}"
-            );
-        }
-        assert!(bounded(async { Ok::<(), kube::Error>(()) }).await.is_ok());
-    }
 
     #[test]
     fn the_desired_config_map_keeps_labels_and_the_version_it_replaces() {

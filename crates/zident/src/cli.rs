@@ -272,6 +272,21 @@ pub struct CaArgs {
         default_value = ""
     )]
     pub trusted_node_accounts: String,
+    /// With --kubernetes: keep the roots, their keys and the rotation state in the Secret
+    /// `zident-ca-roots` of the control plane's namespace, what each replica issued in a
+    /// ConfigMap of its own, and elect the replica that rotates with the Lease
+    /// `zident-ca-leader`: replicas share one root and need no volume or database.
+    #[arg(
+        long,
+        env = "ZIDENT_ROOTS_IN_CLUSTER",
+        requires = "kubernetes",
+        conflicts_with = "root_ca_dir"
+    )]
+    pub roots_in_cluster: bool,
+    /// With --roots-in-cluster: how long the leader's Lease holds after each renewal; another
+    /// replica takes over within about this long after the leader dies.
+    #[arg(long, default_value = flag(ca_defaults::LEADER_LEASE), value_parser = parse_duration)]
+    pub leader_lease: Duration,
     /// Share roots, rotation and the mesh with other replicas in PostgreSQL
     /// (`postgres://user@host:port/db`); without it, the data dir alone.
     #[arg(
@@ -290,7 +305,8 @@ pub struct CaArgs {
         requires = "datastore"
     )]
     pub kek_file: Option<PathBuf>,
-    /// With --datastore: this replica's name in `zident ca status` (default: host:listen).
+    /// With --datastore or --roots-in-cluster: this replica's name in `zident ca status` and
+    /// the leader's Lease (default: POD_NAME, else host:listen).
     #[arg(long, value_name = "NAME")]
     pub replica_name: Option<String>,
     /// Where the self-signed root is kept and root-cert.pem is published.
@@ -331,6 +347,10 @@ pub struct CaArgs {
     /// Prepare a new root once the active one has used this share of its lifetime.
     #[arg(long, default_value_t = ca_defaults::PREPARE_AT)]
     pub rotate_at: f64,
+    /// How long a retired root stays trusted after the longest certificate it may have signed
+    /// (--max-ttl) would have expired: room for clocks and late renewals.
+    #[arg(long, default_value = flag(zident_ca::rotation::RETIRE_MARGIN), value_parser = parse_duration)]
+    pub retire_margin: Duration,
     /// Lifetime of a self-signed root made by this CA.
     #[arg(long, default_value = flag(ca_defaults::ROOT_LIFETIME), value_parser = parse_duration)]
     pub root_lifetime: Duration,
@@ -347,6 +367,19 @@ pub struct CaArgs {
 }
 
 impl CaArgs {
+    /// This replica's name: `--replica-name`, else the pod's name, else host:listen.
+    fn replica_name(&self) -> String {
+        self.replica_name
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()))
+            .unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "localhost".into());
+                format!("{host}:{}", self.listen)
+            })
+    }
+
     /// The CA configuration these flags describe.
     pub fn into_config(self) -> Result<CaConfig, String> {
         if self.default_ttl.is_zero() {
@@ -357,6 +390,12 @@ impl CaArgs {
                 "--default-ttl ({}s) is above --max-ttl ({}s)",
                 self.default_ttl.as_secs(),
                 self.max_ttl.as_secs()
+            ));
+        }
+        if self.leader_lease < Duration::from_secs(2) {
+            return Err(format!(
+                "--leader-lease {}s is too short: a leader renews once a second, so give it at least 2s",
+                self.leader_lease.as_secs_f64()
             ));
         }
         if !(0.1..=0.95).contains(&self.rotate_at) {
@@ -371,17 +410,11 @@ impl CaArgs {
                     .kek_file
                     .clone()
                     .ok_or("--kek-file (ZIDENT_KEK_FILE) is required with --datastore")?;
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .unwrap_or_else(|_| "localhost".into());
                 let mut c = CaConfig::new(self.data_dir.join("mesh.yaml"));
                 c.datastore = Some(zident_ca::datastore::DatastoreConfig {
                     url: url.clone(),
                     kek_file,
-                    name: self
-                        .replica_name
-                        .clone()
-                        .unwrap_or_else(|| format!("{host}:{}", self.listen)),
+                    name: self.replica_name(),
                     import,
                 });
                 c
@@ -397,12 +430,19 @@ impl CaArgs {
                 instance: std::env::var("POD_NAME").ok(),
                 kubeconfig: self.kubeconfig.clone(),
                 trusted_node_accounts: node_accounts(&self.trusted_node_accounts)?,
+                state: self.roots_in_cluster.then(|| {
+                    zident_ca::cluster_state::ClusterStateConfig {
+                        replica: self.replica_name(),
+                        lease_duration: self.leader_lease,
+                    }
+                }),
                 ..Default::default()
             });
         }
         config.rotation.auto = !self.no_auto_rotate;
         config.rotation.prepare_at = self.rotate_at;
         config.rotation.root_lifetime = self.root_lifetime;
+        config.rotation.retire_margin = self.retire_margin;
         if self.idle_timeout.is_zero()
             || self.max_connections == Some(0)
             || self.max_connections_per_source == 0
@@ -568,6 +608,10 @@ mod tests {
             library.rotation.root_lifetime
         );
         assert_eq!(from_flags.rotation.auto, library.rotation.auto);
+        assert_eq!(
+            from_flags.rotation.retire_margin,
+            library.rotation.retire_margin
+        );
         assert_eq!(
             from_flags.connections.idle_timeout,
             library.connections.idle_timeout

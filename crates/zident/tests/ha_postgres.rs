@@ -12,9 +12,6 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use zident_ca::datastore::Store;
-use zident_identity::{SpiffeId, WorkloadKey};
-use zident_proto::istio_ca::IstioCertificateRequest;
-use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use zident_testkit::eventually;
 use zident_testkit::postgres::Postgres;
 
@@ -188,30 +185,9 @@ impl Replica {
 
     /// Asks for service account `sa`'s certificate as node-a.
     async fn issue_for(&self, sa: &str, ttl_secs: i64) -> Result<Vec<String>, String> {
-        let channel = self.channel().await?;
-        let id = SpiffeId::new(&format!("spiffe://cluster.local/ns/default/sa/{sa}")).unwrap();
-        let csr = WorkloadKey::generate().unwrap().csr_pem(&id).unwrap();
-        let metadata = prost_types::Struct {
-            fields: [(
-                "ImpersonatedIdentity".to_string(),
-                prost_types::Value {
-                    kind: Some(prost_types::value::Kind::StringValue(id.to_string())),
-                },
-            )]
-            .into(),
-        };
-        let mut req = tonic::Request::new(IstioCertificateRequest {
-            csr,
-            validity_duration: ttl_secs,
-            metadata: Some(metadata),
-        });
-        req.metadata_mut()
-            .insert("authorization", "Bearer token-a".parse().unwrap());
-        IstioCertificateServiceClient::new(channel)
-            .create_certificate(req)
-            .await
-            .map(|r| r.into_inner().cert_chain)
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+        let root = std::fs::read(self.dir.join("root-cert.pem")).map_err(|e| e.to_string())?;
+        let id = format!("spiffe://cluster.local/ns/default/sa/{sa}");
+        zident_testkit::ca::request_certificate(self.port, &root, "token-a", &id, ttl_secs).await
     }
 }
 
@@ -553,7 +529,11 @@ async fn a_replica_keeps_issuing_through_a_database_outage_and_catches_up() {
             .is_some_and(|(s, _)| s.prepared == Some(2))
     })
     .await;
-    assert!(r.output().contains("datastore lost"), "{}", r.output());
+    assert!(
+        r.output().contains("the datastore is away"),
+        "{}",
+        r.output()
+    );
 }
 
 /// The serial of frontend's certificate on `agent`, when it has one.

@@ -151,4 +151,11 @@ pub enum NotReady {
         /// The mesh version the replica serves.
         mesh_version: i64,
     },
+    /// The Kubernetes API is away: the replica issues from the roots it holds and takes no
+    /// rotation step.
+    #[error("degraded: {reason}; issuing from the roots held, taking no rotation step")]
+    ClusterDegraded {
+        /// Why the API server cannot be used.
+        reason: String,
+    },
 }

@@ -7,11 +7,10 @@
 use std::path::Path;
 
 use super::StoreError;
-use super::kek::{Kek, KeyKind};
+use super::kek::Kek;
 use super::store::StoredRoot;
-use crate::persist::{create_private_dir, write_atomic};
+use crate::persist::write_atomic;
 use crate::roots::dir_store;
-use crate::roots::files::{CA_CERT, CA_KEY, JWT_KEY};
 use crate::roots::rotation::RotationState;
 
 /// The mesh a replica serves, in its data dir.
@@ -24,39 +23,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// Writes every root generation under `data_dir`: the certificate, then the key (absent for a
-/// retired root). A file already holding the same bytes is left alone.
+/// Writes every root generation under `data_dir`, keys opened with `kek` (see
+/// [`dir_store::write_generations`]).
 pub(crate) fn write_roots(
     data_dir: &Path,
     roots: &[StoredRoot],
     kek: &Kek,
 ) -> Result<(), StoreError> {
-    for root in roots {
-        let dir = dir_store::generation_dir(data_dir, root.generation);
-        create_private_dir(&dir).map_err(io(&dir))?;
-        let cert_path = dir.join(CA_CERT);
-        if std::fs::read(&cert_path).ok().as_deref() != Some(root.cert_pem.as_bytes()) {
-            write_atomic(&cert_path, root.cert_pem.as_bytes(), 0o644).map_err(io(&cert_path))?;
-        }
-        for (kind, name, sealed) in [
-            (KeyKind::Root, CA_KEY, &root.key_sealed),
-            (KeyKind::Jwt, JWT_KEY, &root.jwt_key_sealed),
-        ] {
-            let key_path = dir.join(name);
-            match sealed {
-                Some(sealed) => {
-                    let key = kek.open(kind, root.generation, sealed)?;
-                    if std::fs::read(&key_path).ok().as_deref() != Some(&key[..]) {
-                        write_atomic(&key_path, &key, 0o600).map_err(io(&key_path))?;
-                    }
-                }
-                None => {
-                    let _ = std::fs::remove_file(&key_path);
-                }
-            }
-        }
-    }
-    Ok(())
+    let all: Vec<_> = roots.iter().map(|r| r.generation).collect();
+    let generations = super::store::open_generations(roots, kek, &all)?;
+    Ok(dir_store::write_generations(data_dir, &generations)?)
 }
 
 /// Writes the rotation state last: the commit point the CA's reload watches.

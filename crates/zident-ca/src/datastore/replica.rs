@@ -35,6 +35,10 @@ pub struct ReplicaStatus {
     mesh_version: AtomicI64,
     rotation_version: AtomicI64,
     reason: std::sync::Mutex<Option<String>>,
+    /// A replica whose state is in the Kubernetes API (no mesh versions).
+    cluster: bool,
+    /// Whether this replica leads, for the tasks only the leader runs.
+    leading: tokio::sync::watch::Sender<bool>,
 }
 
 impl ReplicaStatus {
@@ -47,6 +51,9 @@ impl ReplicaStatus {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
                 .unwrap_or_default();
+            if self.cluster {
+                return Err(NotReady::ClusterDegraded { reason });
+            }
             return Err(NotReady::Degraded {
                 reason,
                 mesh_version: self.mesh_version.load(Ordering::SeqCst),
@@ -60,22 +67,68 @@ impl ReplicaStatus {
         self.leader.load(Ordering::SeqCst)
     }
 
-    fn degrade(&self, why: &str, metrics: &crate::metrics::CaMetrics) {
-        metrics.datastore_degraded.set(1);
-        metrics.leader.set(0);
-        self.leader.store(false, Ordering::SeqCst);
-        let was = self.degraded.swap(true, Ordering::SeqCst);
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_owned());
-        if !was {
-            tracing::error!(target: "zident::ca", "datastore lost, serving from the working copy (degraded, no rotation steps): {why}");
+    /// The status of a replica whose state is in the Kubernetes API.
+    pub(crate) fn for_cluster() -> Self {
+        Self {
+            cluster: true,
+            ..Self::default()
         }
     }
 
-    fn recover(&self, metrics: &crate::metrics::CaMetrics) {
+    /// Marks a replica that starts without its shared state as degraded (its metrics follow
+    /// once it runs).
+    pub(crate) fn start_degraded(&self, why: &str) {
+        self.degraded.store(true, Ordering::SeqCst);
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_owned());
+    }
+
+    /// Follows whether this replica leads.
+    pub(crate) fn leading(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leading.subscribe()
+    }
+
+    /// Says whether this replica takes rotation steps; logs and counts a change.
+    pub(crate) fn set_leader(
+        &self,
+        leading: bool,
+        name: &str,
+        metrics: &crate::metrics::CaMetrics,
+    ) {
+        self.leading
+            .send_if_modified(|held| std::mem::replace(held, leading) != leading);
+        if leading != self.leader.swap(leading, Ordering::SeqCst) {
+            metrics.leader.set(i64::from(leading));
+            if leading {
+                tracing::info!(target: "zident::ca", replica = %name, "this replica now takes the rotation steps (it holds the leader lock)");
+            } else {
+                tracing::warn!(target: "zident::ca", replica = %name, "this replica no longer holds the leader lock and takes no rotation step");
+            }
+        }
+    }
+
+    pub(crate) fn degrade(&self, why: &str, metrics: &crate::metrics::CaMetrics) {
+        metrics.datastore_degraded.set(1);
+        metrics.leader.set(0);
+        self.leader.store(false, Ordering::SeqCst);
+        self.leading
+            .send_if_modified(|held| std::mem::replace(held, false));
+        let was = self.degraded.swap(true, Ordering::SeqCst);
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_owned());
+        if !was {
+            let store = if self.cluster {
+                "the Kubernetes API"
+            } else {
+                "the datastore"
+            };
+            tracing::error!(target: "zident::ca", "{store} is away, serving from the working copy (degraded, no rotation steps): {why}");
+        }
+    }
+
+    pub(crate) fn recover(&self, metrics: &crate::metrics::CaMetrics) {
         metrics.datastore_degraded.set(0);
         metrics.leader.set(i64::from(self.is_leader()));
         if self.degraded.swap(false, Ordering::SeqCst) {
-            tracing::info!(target: "zident::ca", "datastore back; catching up");
+            tracing::info!(target: "zident::ca", "the shared state is back; catching up");
         }
     }
 }
@@ -100,8 +153,7 @@ pub(crate) async fn prepare(
         Ok(s) => s,
         Err(StoreError::Unreachable(why)) if files::has_working_copy(&config.data_dir) => {
             tracing::error!(target: "zident::ca", "the datastore is unreachable at start; serving from the working copy in {} (degraded): {why}", config.data_dir.display());
-            status.degraded.store(true, Ordering::SeqCst);
-            *status.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            status.start_degraded(&why);
             return Ok(Prepared {
                 kek,
                 store: None,
@@ -305,15 +357,7 @@ async fn session(
             (lead_rx, leader) = spawn_leadership(&ds.url);
         }
         let leading = *lead_rx.borrow_and_update();
-        if leading != status.is_leader() {
-            status.leader.store(leading, Ordering::SeqCst);
-            running.state.metrics.leader.set(i64::from(leading));
-            if leading {
-                tracing::info!(target: "zident::ca", replica = %ds.name, "this replica now takes the rotation steps (it holds the leader lock)");
-            } else {
-                tracing::warn!(target: "zident::ca", replica = %ds.name, "the leader lock's session ended: this replica no longer takes rotation steps");
-            }
-        }
+        status.set_leader(leading, &ds.name, &running.state.metrics);
         within(store.heartbeat(
             &ds.name,
             listen,
@@ -381,25 +425,18 @@ async fn scheduled_step(
         return Ok(());
     };
     let now = SystemTime::now();
-    let secs = zident_identity::unix_seconds(now);
-    let due = match rs.next_step() {
-        Some((phase, _, after)) => {
-            let after = if phase == rotation::Phase::Activate {
-                let issued = within(store.issued()).await?;
-                rotation::activation_safe_at(&rs, &issued, secs).unwrap_or(after)
-            } else {
-                after
-            };
-            (secs >= after).then_some(phase)
-        }
-        None => {
-            let (from, to) = running.state.authority().signer_validity();
-            let life = to.duration_since(from).unwrap_or_default();
-            let used = now.duration_since(from).unwrap_or_default();
-            (used.as_secs_f64() >= life.as_secs_f64() * config.rotation.prepare_at)
-                .then_some(rotation::Phase::Prepare)
-        }
+    let issued = match rs.next_step() {
+        // What every replica issued, read only when activation waits on it.
+        Some((rotation::Phase::Activate, _, _)) => within(store.issued()).await?,
+        _ => Default::default(),
     };
+    let due = crate::rotation_schedule::due(
+        &rs,
+        &issued,
+        running.state.authority().signer_validity(),
+        config.rotation.prepare_at,
+        now,
+    );
     let Some(phase) = due else { return Ok(()) };
     let step = super::store::Step {
         phase,

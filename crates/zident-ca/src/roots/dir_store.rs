@@ -237,6 +237,41 @@ pub fn read_generations(
         .collect()
 }
 
+/// Writes `generations` into `data_dir` as a working copy of another store (a replica's, of
+/// PostgreSQL or of the API server): each certificate, then its keys (0600; a key the store no
+/// longer holds, a retired root's, is deleted). A file already holding the same bytes is left
+/// alone, so an unchanged copy is not rewritten.
+pub fn write_generations(
+    data_dir: &Path,
+    generations: &[StoredGeneration],
+) -> Result<(), RotationError> {
+    for g in generations {
+        let dir = generation_dir(data_dir, g.generation);
+        create_private_dir(&dir).map_err(io(&dir))?;
+        let cert_path = dir.join(CA_CERT);
+        if std::fs::read(&cert_path).ok().as_deref() != Some(g.cert_pem.as_bytes()) {
+            write_atomic(&cert_path, g.cert_pem.as_bytes(), 0o644).map_err(io(&cert_path))?;
+        }
+        for (name, key) in [(CA_KEY, &g.key_pem), (JWT_KEY, &g.jwt_key_pem)] {
+            let key_path = dir.join(name);
+            match key {
+                Some(key) => {
+                    if std::fs::read(&key_path).ok().as_deref() != Some(&key[..]) {
+                        write_atomic(&key_path, key, 0o600).map_err(io(&key_path))?;
+                    }
+                }
+                None => match std::fs::remove_file(&key_path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io(&key_path)(e));
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
 impl RootStore for DirStore {
     async fn generations(
         &mut self,

@@ -1,0 +1,370 @@
+//! A replica on the API server: at start, the roots Secret is made (by the first replica to
+//! start) or read, and written into the data dir as the working copy the CA loads; then, once
+//! a second, the replica follows the Secret, writes what it issued to its record, renews or
+//! waits for the Lease, and while it holds the Lease takes the rotation steps that are due.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use zident_identity::TrustDomain;
+use zident_kube::{Connection, Holder, IssuedRecords, LeaderLease, StateSecret, Versioned};
+
+use super::store::{ClusterStoreError, SecretRoots};
+use super::{ClusterStateConfig, LEADER_LEASE, ROOTS_SECRET, issued_text, secret_format};
+use crate::config::CaConfig;
+use crate::datastore::replica::{ReplicaStatus, Running};
+use crate::error::CaError;
+use crate::reload;
+use crate::roots::authority::Authority;
+use crate::roots::dir_store;
+use crate::roots::generation::NewGeneration;
+use crate::roots::rotation::{Phase, RotationState, StepRequest};
+use crate::roots::store::take_step;
+
+/// How often a replica looks at the Secret and the Lease.
+const POLL: Duration = Duration::from_secs(1);
+/// How often the leader deletes the records of replicas whose certificates have all expired.
+const SWEEP: Duration = Duration::from_secs(60);
+/// How many times start-up reads again after losing a race to create or upgrade the Secret.
+const ATTEMPTS: usize = 5;
+
+/// What [`prepare`] leaves for the running replica.
+pub(crate) struct Prepared {
+    roots: SecretRoots,
+    /// The resourceVersion the working copy was written from.
+    version: Option<String>,
+    pub(crate) status: Arc<ReplicaStatus>,
+}
+
+fn cluster_error(e: impl std::fmt::Display) -> CaError {
+    CaError::ClusterState(e.to_string())
+}
+
+/// Brings the roots Secret into `config.data_dir` before the CA starts, making it (generation
+/// 1 for `td`) when none exists. With the API server unreachable, a data dir that already holds
+/// a working copy starts degraded.
+pub(crate) async fn prepare(
+    config: &CaConfig,
+    cluster: &ClusterStateConfig,
+    namespace: &str,
+    connection: &Connection,
+    td: &TrustDomain,
+) -> Result<Prepared, CaError> {
+    let roots = SecretRoots {
+        secret: StateSecret::new(connection, namespace, ROOTS_SECRET),
+        records: IssuedRecords::new(connection, namespace, &cluster.replica),
+        own: Default::default(),
+    };
+    let status = Arc::new(ReplicaStatus::for_cluster());
+    for _ in 0..ATTEMPTS {
+        let read = match roots.read().await {
+            Ok(read) => read,
+            Err(e) if config.data_dir.join(dir_store::STATE_FILE).exists() => {
+                tracing::error!(target: "zident::ca", "the Kubernetes API is unreachable at start; serving from the working copy in {} (degraded): {e}", config.data_dir.display());
+                status.start_degraded(&e.to_string());
+                return Ok(Prepared {
+                    roots,
+                    version: None,
+                    status,
+                });
+            }
+            Err(e) => return Err(cluster_error(e)),
+        };
+        let Some(mut v) = read else {
+            let now = SystemTime::now();
+            let first = NewGeneration::make(td, 1, now, config.rotation.root_lifetime)
+                .map_err(|e| CaError::Rotation(e.into()))?;
+            let mut state = RotationState::initial(td);
+            state.timing = config.rotation_timing();
+            let data = secret_format::initial(&first, &state).map_err(cluster_error)?;
+            match roots.secret.create(&data).await {
+                Ok(()) => {
+                    tracing::info!(target: "zident::ca", secret = %roots.secret.describe(), "made the first root and stored it in the cluster");
+                }
+                Err(zident_kube::CallError::Conflict(_)) => {} // another replica made it: read it
+                Err(e) => {
+                    return Err(cluster_error(format!(
+                        "cannot create {}: {e}",
+                        roots.secret.describe()
+                    )));
+                }
+            }
+            continue;
+        };
+        let state = roots
+            .decode_state(&v)
+            .map_err(cluster_error)?
+            .ok_or_else(|| {
+                cluster_error(format!(
+                    "{} holds no rotation.json: it was not made by zident; delete it or name another namespace",
+                    roots.secret.describe()
+                ))
+            })?;
+        if state.trust_domain != td.as_str() {
+            return Err(cluster_error(format!(
+                "{} holds roots for trust domain {}, but the mesh says {td}; a trust domain cannot change under its roots",
+                roots.secret.describe(),
+                state.trust_domain
+            )));
+        }
+        // A Secret from before JWT-SVIDs gets its JWT keys, once: the write that loses the race
+        // reads the winner's.
+        let mut upgraded = false;
+        for g in std::iter::once(state.active).chain(state.prepared) {
+            upgraded |= secret_format::ensure_jwt_key(&mut v.data, g)
+                .map_err(|e| CaError::Rotation(e.into()))?;
+        }
+        if upgraded {
+            match roots.secret.replace(&v.resource_version, &v.data).await {
+                Ok(()) => {
+                    tracing::info!(target: "zident::ca", "made JWT-SVID signing keys for the stored roots")
+                }
+                Err(zident_kube::CallError::Conflict(_)) => {}
+                Err(e) => return Err(cluster_error(e)),
+            }
+            continue;
+        }
+        write_working_copy(&roots, &config.data_dir, &v, &state).map_err(cluster_error)?;
+        return Ok(Prepared {
+            version: Some(v.resource_version.clone()),
+            roots,
+            status,
+        });
+    }
+    Err(cluster_error(format!(
+        "{} kept changing while this replica started; try again",
+        roots.secret.describe()
+    )))
+}
+
+/// Writes every generation the Secret holds and then its state (the commit point) into
+/// `data_dir`.
+fn write_working_copy(
+    roots: &SecretRoots,
+    data_dir: &Path,
+    v: &Versioned,
+    state: &RotationState,
+) -> Result<(), ClusterStoreError> {
+    let all: Vec<_> = (1..=state.active.max(state.prepared.unwrap_or(0)))
+        .filter(|g| secret_format::has_generation(&v.data, *g))
+        .collect();
+    let generations = roots.decode_generations(v, &all)?;
+    let io =
+        |e: crate::roots::rotation::RotationError| ClusterStoreError::WorkingCopy(e.to_string());
+    dir_store::write_generations(data_dir, &generations).map_err(io)?;
+    dir_store::write_state(data_dir, state).map_err(io)
+}
+
+/// The replica's loop, for as long as the CA runs.
+pub(crate) async fn run(
+    config: CaConfig,
+    cluster: ClusterStateConfig,
+    namespace: String,
+    connection: Connection,
+    prepared: Prepared,
+    running: Running,
+) {
+    let Prepared {
+        mut roots,
+        mut version,
+        status,
+    } = prepared;
+    let metrics = &running.state.metrics;
+    let mut lease = LeaderLease::new(
+        &connection,
+        &namespace,
+        LEADER_LEASE,
+        &cluster.replica,
+        cluster.lease_duration,
+    );
+    let mut swept = Instant::now();
+    let mut record_due = true;
+    loop {
+        let round = async {
+            follow(&config, &roots, &mut version, &running).await?;
+            // What this replica issued: its whole ledger, when anything was added.
+            let outbox = running.state.ledger.take_outbox();
+            if record_due || !outbox.is_empty() {
+                let now = zident_identity::unix_seconds(SystemTime::now());
+                let text = issued_text::encode(&running.state.ledger.snapshot(), now);
+                if let Err(e) = roots.records.write(&text).await {
+                    running.state.ledger.return_outbox(outbox);
+                    return Err(format!("cannot write {}: {e}", roots.records.own_name()));
+                }
+                record_due = false;
+            }
+            let holder = lease
+                .round()
+                .await
+                .map_err(|e| format!("{}: {e}", lease.describe()))?;
+            Ok::<_, String>(holder)
+        };
+        match round.await {
+            Ok(holder) => {
+                status.recover(metrics);
+                status.set_leader(holder == Holder::This, &cluster.replica, metrics);
+            }
+            Err(e) => {
+                status.degrade(&e, metrics);
+                // A renewal that failed is not a lost Lease until its duration passes, but a
+                // replica that cannot reach the API server takes no step anyway.
+                status.set_leader(false, &cluster.replica, metrics);
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        }
+        let mut stepped = false;
+        if status.is_leader() && lease.holds() {
+            roots.own = running.state.ledger.snapshot();
+            if config.rotation.auto && config.root_ca_dir.is_none() {
+                stepped = scheduled_step(&config, &cluster, &mut roots, &running).await;
+            }
+            if swept.elapsed() >= SWEEP {
+                swept = Instant::now();
+                sweep(&roots).await;
+            }
+            roots.own.clear();
+        }
+        if !stepped {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Reads the Secret and, when it changed, writes the working copy and puts the new roots in
+/// force.
+async fn follow(
+    config: &CaConfig,
+    roots: &SecretRoots,
+    version: &mut Option<String>,
+    running: &Running,
+) -> Result<(), String> {
+    let v = roots
+        .read()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} was deleted; the CA keeps its roots in memory and its working copy, and makes no new Secret while it runs: restore it from a backup or restart every replica", roots.secret.describe()))?;
+    if version.as_deref() == Some(v.resource_version.as_str()) {
+        return Ok(());
+    }
+    let state = roots
+        .decode_state(&v)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} holds no rotation.json", roots.secret.describe()))?;
+    let generations = roots
+        .decode_generations(&v, &state.in_bundle())
+        .map_err(|e| e.to_string())?;
+    let td = running.state.authorizer().trust_domain().clone();
+    let authority = Authority::from_generations(&config.data_dir, &td, &state, &generations);
+    let (dir, roots2, v2, ca, serving) = (
+        config.data_dir.clone(),
+        roots.clone(),
+        v.clone(),
+        running.state.clone(),
+        running.serving.clone(),
+    );
+    let written = tokio::task::spawn_blocking(move || {
+        write_working_copy(&roots2, &dir, &v2, &state)?;
+        match authority {
+            Ok(authority) => {
+                if let Err(e) = authority.publish_root_cert(&dir) {
+                    tracing::error!(target: "zident::ca", "cannot publish root-cert.pem: {e}");
+                }
+                reload::apply_rotated(&ca, &serving, authority);
+            }
+            Err(e) => {
+                ca.metrics.reload("rotation", false);
+                tracing::error!(target: "zident::ca", "the stored roots are unusable, keeping the current keys: {e}");
+            }
+        }
+        Ok::<_, ClusterStoreError>(())
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {
+            *version = Some(v.resource_version);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Takes the rotation step that is due, if any, with what every replica issued; says whether
+/// one was committed (the next round then follows it at once).
+async fn scheduled_step(
+    config: &CaConfig,
+    cluster: &ClusterStateConfig,
+    roots: &mut SecretRoots,
+    running: &Running,
+) -> bool {
+    let now = SystemTime::now();
+    let state = match roots.read().await.map_err(|e| e.to_string()).and_then(|v| {
+        v.map(|v| roots.decode_state(&v).map_err(|e| e.to_string()))
+            .transpose()
+    }) {
+        Ok(Some(Some(state))) => state,
+        Ok(_) => return false,
+        Err(e) => {
+            tracing::warn!(target: "zident::ca", "cannot read the rotation state: {e}");
+            return false;
+        }
+    };
+    let issued = match state.next_step() {
+        Some((Phase::Activate, _, _)) => match roots.issued().await {
+            Ok(issued) => issued,
+            Err(e) => {
+                tracing::warn!(target: "zident::ca", "cannot read what the replicas issued, not activating: {e}");
+                return false;
+            }
+        },
+        _ => Default::default(),
+    };
+    let validity = running.state.authority().signer_validity();
+    let Some(phase) =
+        crate::rotation_schedule::due(&state, &issued, validity, config.rotation.prepare_at, now)
+    else {
+        return false;
+    };
+    let request = StepRequest {
+        phase,
+        now,
+        force: false,
+        root_lifetime: config.rotation.root_lifetime,
+        timing: Some(config.rotation_timing()),
+    };
+    match take_step(roots, &request).await {
+        Ok(rs) => {
+            tracing::info!(target: "zident::ca", replica = %cluster.replica, phase = phase.as_str(), active = rs.active, prepared = ?rs.prepared, previous = ?rs.previous, sequence = rs.sequence, "scheduled root rotation step (committed to the cluster)");
+            true
+        }
+        Err(e) => {
+            tracing::error!(target: "zident::ca", phase = phase.as_str(), "scheduled root rotation step not taken: {e}");
+            false
+        }
+    }
+}
+
+/// Deletes the issued records in which every certificate has expired (replicas that are gone;
+/// a live replica writes its record again when it next issues).
+async fn sweep(roots: &SecretRoots) {
+    let Ok(records) = roots.records.read_all().await else {
+        return;
+    };
+    let now = zident_identity::unix_seconds(SystemTime::now());
+    for (name, text) in records {
+        let (entries, _) = issued_text::decode(&text);
+        if name != roots.records.own_name() && entries.iter().all(|(_, i)| i.not_after <= now) {
+            match roots.records.delete(&name).await {
+                Ok(()) => {
+                    tracing::info!(target: "zident::ca", record = %name, "deleted an issued record whose certificates have all expired")
+                }
+                Err(e) => {
+                    tracing::warn!(target: "zident::ca", record = %name, "cannot delete an expired issued record: {e}")
+                }
+            }
+        }
+    }
+}

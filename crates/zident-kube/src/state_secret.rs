@@ -1,0 +1,115 @@
+//! A Secret that holds a CA's state (its roots, their keys and the rotation state), read with
+//! its resourceVersion and replaced only if it still has it: the API server's optimistic
+//! concurrency is what stops two replicas from making two roots or skipping a phase. What the
+//! keys mean is the CA's business; this is the API side alone.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+
+use crate::call::{CallError, bounded, found};
+use crate::connection::Connection;
+
+/// The Secret's contents and the version they were read at.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Versioned {
+    /// The resourceVersion to replace it at.
+    pub resource_version: String,
+    /// The Secret's `data`, decoded.
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for Versioned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The values are private keys.
+        f.debug_struct("Versioned")
+            .field("resource_version", &self.resource_version)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One named Secret in one namespace.
+#[derive(Clone)]
+pub struct StateSecret {
+    api: Api<Secret>,
+    namespace: String,
+    name: String,
+}
+
+impl StateSecret {
+    /// The Secret `name` in `namespace`.
+    pub fn new(connection: &Connection, namespace: &str, name: &str) -> Self {
+        Self {
+            api: Api::namespaced(connection.client.clone(), namespace),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// `namespace/name`, for messages.
+    pub fn describe(&self) -> String {
+        format!("Secret {}/{}", self.namespace, self.name)
+    }
+
+    /// The Secret as stored, or `None` when it does not exist.
+    pub async fn read(&self) -> Result<Option<Versioned>, CallError> {
+        let secret = found(bounded(self.api.get(&self.name)).await)?;
+        Ok(secret.map(|s| Versioned {
+            resource_version: s.metadata.resource_version.unwrap_or_default(),
+            data: s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect(),
+        }))
+    }
+
+    /// Creates it holding `data`; [`CallError::Conflict`] when it exists already (another
+    /// replica made it first).
+    pub async fn create(&self, data: &BTreeMap<String, Vec<u8>>) -> Result<(), CallError> {
+        let secret = self.object(data, None);
+        bounded(self.api.create(&PostParams::default(), &secret))
+            .await
+            .map(drop)
+    }
+
+    /// Replaces its data with `data` if it is still at `resource_version`;
+    /// [`CallError::Conflict`] when someone changed it since.
+    pub async fn replace(
+        &self,
+        resource_version: &str,
+        data: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), CallError> {
+        let secret = self.object(data, Some(resource_version));
+        bounded(
+            self.api
+                .replace(&self.name, &PostParams::default(), &secret),
+        )
+        .await
+        .map(drop)
+    }
+
+    fn object(&self, data: &BTreeMap<String, Vec<u8>>, resource_version: Option<&str>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some([("app.kubernetes.io/name".to_owned(), "zident".to_owned())].into()),
+                resource_version: resource_version.map(str::to_owned),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+}
