@@ -6,8 +6,9 @@
 //! - `kubectl auth can-i --as=` the CA's ServiceAccount allows every call the CA makes and
 //!   refuses calls outside its ClusterRole; the agent's account may call nothing;
 //! - the CA runs under its own account's token, with nothing but that role: it lists and watches
-//!   every kind, writes `istio-ca-root-cert`, records an Event on a refused pod, and reviews a node
-//!   agent's token to issue it a certificate.
+//!   every kind, stores its root in its Secret, takes its Lease, writes `istio-ca-root-cert`,
+//!   records an Event on a refused pod, reviews a node agent's token to issue it a certificate,
+//!   and records what it issued.
 //!
 //! Needs the API server and kubectl of scripts/k8s/build.sh; skipped with a message otherwise.
 
@@ -16,7 +17,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::Api;
 use serde_json::json;
@@ -78,7 +80,8 @@ async fn the_manifests_install_and_grant_exactly_what_the_ca_uses() {
         "clusterrole.rbac.authorization.k8s.io/zident-ca",
         "clusterrolebinding.rbac.authorization.k8s.io/zident-ca",
         "configmap/istio",
-        "persistentvolumeclaim/zident-ca-data",
+        "role.rbac.authorization.k8s.io/zident-ca",
+        "rolebinding.rbac.authorization.k8s.io/zident-ca",
         "service/zident-ca",
         "deployment.apps/zident-ca",
         "serviceaccount/zident-agent",
@@ -132,9 +135,44 @@ async fn the_manifests_install_and_grant_exactly_what_the_ca_uses() {
             );
         }
     }
+    // Its own state, in its namespace, by name where RBAC can say so.
     for (verb, resource) in [
+        ("get", "secrets/zident-ca-roots"),
+        ("update", "secrets/zident-ca-roots"),
+        ("create", "secrets"),
+        ("get", "leases.coordination.k8s.io/zident-ca-leader"),
+        ("update", "leases.coordination.k8s.io/zident-ca-leader"),
+        ("create", "leases.coordination.k8s.io"),
+        ("delete", "configmaps"),
+    ] {
+        assert_eq!(
+            can(CA_ACCOUNT, verb, resource, "istio-system"),
+            (true, "yes".to_owned()),
+            "the CA needs {verb} {resource} in istio-system"
+        );
+    }
+    for (verb, resource) in [
+        ("get", "secrets/cacerts-of-someone"),
         ("get", "secrets"),
         ("list", "secrets"),
+        ("watch", "secrets"),
+        (
+            "update",
+            "leases.coordination.k8s.io/kube-controller-manager",
+        ),
+    ] {
+        assert_eq!(
+            can(CA_ACCOUNT, verb, resource, "istio-system"),
+            (false, "no".to_owned()),
+            "the CA must not {verb} {resource} in istio-system"
+        );
+    }
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("get", "secrets/zident-ca-roots"),
+        ("list", "secrets"),
+        ("create", "secrets"),
+        ("create", "leases.coordination.k8s.io"),
         ("create", "pods"),
         ("delete", "pods"),
         ("update", "pods"),
@@ -207,10 +245,45 @@ async fn the_manifests_install_and_grant_exactly_what_the_ca_uses() {
     config.kubernetes = Some(KubernetesConfig {
         with_mesh_file: false,
         trusted_node_accounts: vec!["istio-system/zident-agent".parse().unwrap()],
+        state: Some(zident_ca::cluster_state::ClusterStateConfig {
+            replica: "zident-ca-0".into(),
+            lease_duration: Duration::from_secs(15),
+        }),
         ..common::kube_config(kubeconfig)
     });
-    // It starts: every kind listed and watched under its account.
+    // It starts: every kind listed and watched, its roots made and stored, under its account.
     let ca = common::start_ca(config).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "istio-system");
+    let stored = secrets
+        .get("zident-ca-roots")
+        .await
+        .expect("the roots Secret");
+    let stored_root = stored
+        .data
+        .as_ref()
+        .and_then(|d| d.get("root-1.pem"))
+        .map(|pem| String::from_utf8_lossy(&pem.0).into_owned());
+    assert_eq!(
+        stored_root.as_deref().map(str::trim),
+        Some(ca.state.authority().bundle().to_pem().trim()),
+        "the CA serves the root it stored"
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "istio-system");
+    let deadline = std::time::Instant::now() + WAIT;
+    while leases
+        .get_opt("zident-ca-leader")
+        .await
+        .expect("get the Lease")
+        .and_then(|l| l.spec?.holder_identity)
+        .as_deref()
+        != Some("zident-ca-0")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CA takes the Lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // istio-ca-root-cert written.
     let roots = ca.state.authority().bundle().to_pem();
@@ -262,4 +335,23 @@ async fn the_manifests_install_and_grant_exactly_what_the_ca_uses() {
     ))
     .await
     .expect("the agent's token is reviewed under the CA's account");
+    // What it issued is recorded under its account.
+    let records: Api<ConfigMap> = Api::namespaced(client.clone(), "istio-system");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = records
+            .get_opt("zident-ca-issued-zident-ca-0")
+            .await
+            .expect("get the issued record")
+            .and_then(|c| c.data?.remove("issued"))
+            .unwrap_or_default();
+        if text.contains(id.as_str()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no issued record: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
