@@ -1,14 +1,16 @@
-//! One root rotation scenario, run against every [`RootStore`]: the data directory and
-//! PostgreSQL. The rules are the same function for both (`rotation::plan`); what each store
+//! One root rotation scenario, run against every [`RootStore`]: the data directory,
+//! PostgreSQL and the Kubernetes API (the roots Secret). The rules are the same function for both (`rotation::plan`); what each store
 //! must keep is the same too: a step refused changes nothing, a step planned on a state another
 //! writer has since changed is refused as a conflict and planned again, two writers racing to
 //! prepare make one generation, and a retired generation's keys are gone.
 //!
-//! The PostgreSQL half needs Debian's `postgresql` package (.ci/run installs it); it is skipped
-//! with a message without it.
+//! The PostgreSQL store needs Debian's `postgresql` package (.ci/run installs it), the
+//! Kubernetes one the API server `scripts/k8s/build.sh` builds; each is skipped with a message
+//! without it.
 
 use std::time::{Duration, SystemTime};
 
+use zident_ca::cluster_state::SecretRoots;
 use zident_ca::datastore::{Kek, Store};
 use zident_ca::dir_store::{self, DirStore};
 use zident_ca::rotation::{self, Phase, RotationError, RotationState, StepRequest, Timing};
@@ -280,5 +282,35 @@ async fn the_postgres_store_keeps_the_rules() {
         store: Store::connect(&pg.url()).await.unwrap(),
         kek: Kek::load(&kek_path).unwrap(),
     };
+    scenario(&mut a, &mut b, dir.path()).await;
+}
+
+#[tokio::test]
+async fn the_kubernetes_secret_store_keeps_the_rules() {
+    let Some(api) = zident_testkit::kube_api::KubeApi::for_test() else {
+        return;
+    };
+    let client = api.client().await;
+    zident_testkit::kube_api::namespace(&client, "root-store", serde_json::json!({})).await;
+    let connection = zident_kube::Connection::from_kubeconfig(&api.kubeconfig())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let mut a = SecretRoots::new(&connection, "root-store", "replica-a");
+    let mut b = SecretRoots::new(&connection, "root-store", "replica-b");
+    // Two replicas starting at once: one makes the first root, the other finds it.
+    let (made_a, made_b) = tokio::join!(
+        a.create_first(&td, SystemTime::now(), YEAR, timing()),
+        b.create_first(&td, SystemTime::now(), YEAR, timing())
+    );
+    assert_eq!(
+        [made_a.unwrap(), made_b.unwrap()]
+            .iter()
+            .filter(|m| **m)
+            .count(),
+        1,
+        "one first root"
+    );
     scenario(&mut a, &mut b, dir.path()).await;
 }

@@ -11,7 +11,8 @@
 //! - [`ca`]: a CA for a test's directory, started in the test process;
 //! - [`netns`]: nodes in their own network namespaces on a shared bridge;
 //! - [`postgres`]: a real PostgreSQL cluster in a temporary directory;
-//! - [`kube_api`]: a real kube-apiserver and etcd, one per test binary;
+//! - [`kube_api`]: a real kube-apiserver and etcd, one per test binary, and [`kube_replica`]:
+//!   a CA replica keeping its state there, as a process of its own;
 //! - [`modgraph`]: module cycles in a crate's source (the check behind the architecture's
 //!   promise that no module imports one that imports it back).
 //!
@@ -22,6 +23,7 @@
 
 pub mod ca;
 pub mod kube_api;
+pub mod kube_replica;
 pub mod modgraph;
 pub mod netns;
 pub mod postgres;

@@ -7,123 +7,48 @@
 //! Needs the API server `scripts/k8s/build.sh` builds (.ci/run builds it); skipped with a
 //! message without it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use zident_testkit::kube_api::{KubeApi, namespace};
+use zident_testkit::kube_replica::{CaReplica, lease_holder, logs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zident");
 const DEADLINE: Duration = Duration::from_secs(60);
 const NS: &str = "zident-ha";
 const ID: &str = "spiffe://cluster.local/ns/default/sa/frontend";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+/// Prepare 27 s after a root is made (half of its 60 s and the 6 s it is backdated); activate
+/// 2 s after prepare; retire 6 s after activate (certificates live at most 4 s, then a 2 s
+/// margin): the next prepare comes 15 s after the first rotation ends. The Lease lapses 3 s
+/// after its holder's last renewal.
+const FLAGS: &[&str] = &[
+    "--root-lifetime",
+    "60s",
+    "--rotate-at",
+    "0.5",
+    "--bundle-refresh-hint",
+    "1s",
+    "--max-ttl",
+    "4s",
+    "--default-ttl",
+    "4s",
+    "--retire-margin",
+    "2s",
+    "--leader-lease",
+    "3s",
+];
 
-struct Replica {
-    child: Child,
-    name: String,
-    dir: PathBuf,
-    port: u16,
-    metrics_port: u16,
-    log: PathBuf,
-}
-
-impl Replica {
-    fn start(api: &KubeApi, base: &Path, name: &str) -> Self {
-        let (port, metrics_port) = (free_port(), free_port());
-        let dir = base.join(name);
-        let log = base.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .args(["ca", "--kubernetes", "--roots-in-cluster"])
-            .arg("--kubeconfig")
-            .arg(api.kubeconfig())
-            .args(["--kubernetes-namespace", NS, "--replica-name", name])
-            .arg("--config")
-            .arg(base.join("mesh.yaml"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            // Prepare 27 s after a root is made (half of its 60 s and the 6 s it is backdated);
-            // activate 2 s after prepare; retire 6 s after activate (certificates live at most
-            // 4 s, then a 2 s margin): the next prepare comes 15 s after the first rotation
-            // ends. The Lease lapses 3 s after its holder's last renewal.
-            .args(["--root-lifetime", "60s", "--rotate-at", "0.5"])
-            .args([
-                "--bundle-refresh-hint",
-                "1s",
-                "--max-ttl",
-                "4s",
-                "--default-ttl",
-                "4s",
-            ])
-            .args(["--retire-margin", "2s", "--leader-lease", "3s"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out)
-            .spawn()
-            .expect("start zident ca");
-        Self {
-            child,
-            name: name.into(),
-            dir,
-            port,
-            metrics_port,
-            log,
-        }
-    }
-
-    fn serving(&self) -> bool {
-        zident_testkit::curl(&[&format!("http://127.0.0.1:{}/ready", self.metrics_port)]).0 == 200
-    }
-
-    fn root_pem(&self) -> String {
-        std::fs::read_to_string(self.dir.join("root-cert.pem")).unwrap_or_default()
-    }
-
-    async fn issue(&self) -> Result<Vec<String>, String> {
-        let root = self.root_pem();
-        zident_testkit::ca::request_certificate(self.port, root.as_bytes(), "token-a", ID, 4).await
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn logs(replicas: &[Replica]) -> String {
-    replicas
-        .iter()
-        .map(|r| {
-            let text = std::fs::read_to_string(&r.log).unwrap_or_default();
-            format!("\n--- {} ---\n{text}", r.name)
-        })
-        .collect()
+async fn issue(r: &CaReplica) -> Result<Vec<String>, String> {
+    let root = r.root_pem();
+    zident_testkit::ca::request_certificate(r.port, root.as_bytes(), "token-a", ID, 4).await
 }
 
 /// The cluster as the test reads it.
 struct Cluster {
     secrets: Api<Secret>,
-    leases: Api<Lease>,
     client: kube::Client,
 }
 
@@ -146,12 +71,7 @@ impl Cluster {
     }
 
     async fn holder(&self) -> Option<String> {
-        self.leases
-            .get_opt("zident-ca-leader")
-            .await
-            .ok()??
-            .spec?
-            .holder_identity
+        lease_holder(&self.client, NS).await
     }
 
     /// How many roots `istio-ca-root-cert` holds in `ns` (0 when there is none).
@@ -169,7 +89,7 @@ impl Cluster {
 /// Polls `check` until it holds, for up to `DEADLINE`.
 async fn until<F: std::future::Future<Output = bool>>(
     what: &str,
-    replicas: &[Replica],
+    replicas: &[CaReplica],
     mut check: impl FnMut() -> F,
 ) {
     let deadline = Instant::now() + DEADLINE;
@@ -194,7 +114,6 @@ async fn three_replicas_on_the_api_server_alone_share_one_root_and_survive_the_l
     namespace(&client, "shop", json!({})).await;
     let cluster = Cluster {
         secrets: Api::namespaced(client.clone(), NS),
-        leases: Api::namespaced(client.clone(), NS),
         client: client.clone(),
     };
     let base = tempfile::tempdir().expect("temp dir");
@@ -206,12 +125,12 @@ async fn three_replicas_on_the_api_server_alone_share_one_root_and_survive_the_l
     .expect("mesh file");
 
     // Three replicas started at once race to make the first root: one wins, all serve it.
-    let mut replicas: Vec<Replica> = ["ca-0", "ca-1", "ca-2"]
+    let mut replicas: Vec<CaReplica> = ["ca-0", "ca-1", "ca-2"]
         .iter()
-        .map(|n| Replica::start(api, base.path(), n))
+        .map(|n| CaReplica::start(BIN, api, base.path(), NS, n, FLAGS))
         .collect();
     until("three replicas serve", &replicas, || async {
-        replicas.iter().all(Replica::serving)
+        replicas.iter().all(CaReplica::serving)
     })
     .await;
     let (state, keys) = cluster.roots().await.expect("the roots Secret");
@@ -228,7 +147,7 @@ async fn three_replicas_on_the_api_server_alone_share_one_root_and_survive_the_l
     );
     for r in &replicas {
         assert!(
-            r.issue().await.is_ok(),
+            issue(r).await.is_ok(),
             "{} issues{}",
             r.name,
             logs(&replicas)
@@ -290,7 +209,7 @@ async fn three_replicas_on_the_api_server_alone_share_one_root_and_survive_the_l
     // The survivors issue on; the new leader activates and, once the longest certificate the
     // old root signed is over, retires it: the ConfigMaps keep the new root alone.
     for r in &replicas {
-        assert!(r.issue().await.is_ok(), "{} issues", r.name);
+        assert!(issue(r).await.is_ok(), "{} issues", r.name);
     }
     until("generation 2 is active", &replicas, || async {
         cluster.phase().await.0 >= 2
@@ -356,7 +275,7 @@ async fn three_replicas_on_the_api_server_alone_share_one_root_and_survive_the_l
     .await;
     for r in &replicas {
         assert!(
-            r.issue().await.is_ok(),
+            issue(r).await.is_ok(),
             "{} issues under the new root",
             r.name
         );

@@ -17,8 +17,10 @@
 
 mod issued_text;
 pub(crate) mod replica;
-mod secret_format;
+pub mod secret_format;
 mod store;
+
+pub use store::{ClusterStoreError, SecretRoots};
 
 use std::time::Duration;
 

@@ -8,17 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use zident_identity::TrustDomain;
-use zident_kube::{Connection, Holder, IssuedRecords, LeaderLease, StateSecret, Versioned};
+use zident_kube::{Connection, Holder, LeaderLease, Versioned};
 
 use super::store::{ClusterStoreError, SecretRoots};
-use super::{ClusterStateConfig, LEADER_LEASE, ROOTS_SECRET, issued_text, secret_format};
+use super::{ClusterStateConfig, LEADER_LEASE, issued_text, secret_format};
 use crate::config::CaConfig;
 use crate::datastore::replica::{ReplicaStatus, Running};
 use crate::error::CaError;
 use crate::reload;
 use crate::roots::authority::Authority;
 use crate::roots::dir_store;
-use crate::roots::generation::NewGeneration;
 use crate::roots::rotation::{Phase, RotationState, StepRequest};
 use crate::roots::store::take_step;
 
@@ -51,11 +50,7 @@ pub(crate) async fn prepare(
     connection: &Connection,
     td: &TrustDomain,
 ) -> Result<Prepared, CaError> {
-    let roots = SecretRoots {
-        secret: StateSecret::new(connection, namespace, ROOTS_SECRET),
-        records: IssuedRecords::new(connection, namespace, &cluster.replica),
-        own: Default::default(),
-    };
+    let roots = SecretRoots::new(connection, namespace, &cluster.replica);
     let status = Arc::new(ReplicaStatus::for_cluster());
     for _ in 0..ATTEMPTS {
         let read = match roots.read().await {
@@ -72,23 +67,17 @@ pub(crate) async fn prepare(
             Err(e) => return Err(cluster_error(e)),
         };
         let Some(mut v) = read else {
-            let now = SystemTime::now();
-            let first = NewGeneration::make(td, 1, now, config.rotation.root_lifetime)
-                .map_err(|e| CaError::Rotation(e.into()))?;
-            let mut state = RotationState::initial(td);
-            state.timing = config.rotation_timing();
-            let data = secret_format::initial(&first, &state).map_err(cluster_error)?;
-            match roots.secret.create(&data).await {
-                Ok(()) => {
-                    tracing::info!(target: "zident::ca", secret = %roots.secret.describe(), "made the first root and stored it in the cluster");
-                }
-                Err(zident_kube::CallError::Conflict(_)) => {} // another replica made it: read it
-                Err(e) => {
-                    return Err(cluster_error(format!(
-                        "cannot create {}: {e}",
-                        roots.secret.describe()
-                    )));
-                }
+            let made = roots
+                .create_first(
+                    td,
+                    SystemTime::now(),
+                    config.rotation.root_lifetime,
+                    config.rotation_timing(),
+                )
+                .await
+                .map_err(cluster_error)?;
+            if made {
+                tracing::info!(target: "zident::ca", secret = %roots.secret.describe(), "made the first root and stored it in the cluster");
             }
             continue;
         };

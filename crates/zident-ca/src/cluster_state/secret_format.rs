@@ -26,7 +26,7 @@ fn jwt_key_key(g: Generation) -> String {
 
 /// Why the Secret's contents cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FormatError {
+pub enum FormatError {
     /// `rotation.json` is not a rotation state.
     #[error(
         "its {STATE_KEY} is not a rotation state ({0}); restore it from a backup, or delete the Secret to start with a new root"

@@ -5,17 +5,20 @@
 
 use std::collections::HashMap;
 
-use zident_kube::{CallError, IssuedRecords, StateSecret, Versioned};
+use std::time::{Duration, SystemTime};
+
+use zident_identity::TrustDomain;
+use zident_kube::{CallError, Connection, IssuedRecords, StateSecret, Versioned};
 
 use super::{issued_text, secret_format};
-use crate::roots::generation::{Generation, StoredGeneration};
+use crate::roots::generation::{Generation, NewGeneration, StoredGeneration};
 use crate::roots::ledger::Issuance;
-use crate::roots::rotation::{Change, RotationError, RotationState};
+use crate::roots::rotation::{Change, RotationError, RotationState, Timing};
 use crate::roots::store::{RootSnapshot, RootStore};
 
 /// The roots Secret and the issued records of one namespace.
 #[derive(Clone)]
-pub(crate) struct SecretRoots {
+pub struct SecretRoots {
     pub(crate) secret: StateSecret,
     pub(crate) records: IssuedRecords,
     /// What this replica issued and may not have written to its record yet.
@@ -24,7 +27,7 @@ pub(crate) struct SecretRoots {
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ClusterStoreError {
+pub enum ClusterStoreError {
     /// A call to the API server failed.
     #[error("{what}: {source}")]
     Call {
@@ -46,6 +49,9 @@ pub(crate) enum ClusterStoreError {
     /// The working copy in the data dir could not be written.
     #[error("cannot write the working copy: {0}")]
     WorkingCopy(String),
+    /// The first generation could not be made.
+    #[error("cannot make the first root: {0}")]
+    Make(String),
 }
 
 fn store(e: ClusterStoreError) -> RotationError {
@@ -53,6 +59,41 @@ fn store(e: ClusterStoreError) -> RotationError {
 }
 
 impl SecretRoots {
+    /// The store in `namespace` (the Secret `zident-ca-roots`), as replica `replica` (whose
+    /// issued record is `zident-ca-issued-<replica>`).
+    pub fn new(connection: &Connection, namespace: &str, replica: &str) -> Self {
+        Self {
+            secret: StateSecret::new(connection, namespace, super::ROOTS_SECRET),
+            records: IssuedRecords::new(connection, namespace, replica),
+            own: HashMap::new(),
+        }
+    }
+
+    /// Makes the Secret with a first root for `td` (valid from `now` for `lifetime`) and a
+    /// state with `timing`; `Ok(false)` when it exists already (another replica made it).
+    pub async fn create_first(
+        &self,
+        td: &TrustDomain,
+        now: SystemTime,
+        lifetime: Duration,
+        timing: Timing,
+    ) -> Result<bool, ClusterStoreError> {
+        let first = NewGeneration::make(td, 1, now, lifetime)
+            .map_err(|e| ClusterStoreError::Make(e.to_string()))?;
+        let mut state = RotationState::initial(td);
+        state.timing = timing;
+        let data = secret_format::initial(&first, &state)
+            .map_err(|e| ClusterStoreError::Make(e.to_string()))?;
+        match self.secret.create(&data).await {
+            Ok(()) => Ok(true),
+            Err(CallError::Conflict(_)) => Ok(false),
+            Err(source) => Err(ClusterStoreError::Call {
+                what: format!("cannot create {}", self.secret.describe()),
+                source,
+            }),
+        }
+    }
+
     /// The Secret as stored.
     pub(crate) async fn read(&self) -> Result<Option<Versioned>, ClusterStoreError> {
         self.secret
