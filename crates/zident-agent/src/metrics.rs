@@ -65,8 +65,10 @@ pub struct AgentMetrics {
     pub bundle_changes: Counter,
     /// Mesh file reloads by outcome.
     pub config_reloads: Family<OutcomeLabel, Counter>,
-    /// The CA's clock minus this node's, seconds, as last measured.
+    /// The CA's clock minus this node's, seconds, as last measured (NaN while unknown).
     pub clock_skew: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The lower bound a failed handshake implied (NaN while none).
+    pub clock_skew_at_least: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl AgentMetrics {
@@ -82,7 +84,11 @@ impl AgentMetrics {
             bundle_changes: Default::default(),
             config_reloads: Default::default(),
             clock_skew: Default::default(),
+            clock_skew_at_least: Default::default(),
         };
+        // Unknown until the CA answers: NaN, never a 0 that would say the clocks agree.
+        m.clock_skew.set(f64::NAN);
+        m.clock_skew_at_least.set(f64::NAN);
         registry.register(
             "zident_certificate_expiration_timestamp_seconds",
             "When the current certificate of an identity expires (unix seconds)",
@@ -107,6 +113,11 @@ impl AgentMetrics {
             "zident_clock_skew_seconds",
             "The CA's clock minus this node's, as measured on the last exchange with the CA",
             m.clock_skew.clone(),
+        );
+        registry.register(
+            "zident_clock_skew_at_least_seconds",
+            "What a handshake that failed on the CA's certificate's validity implies: the CA's clock minus this node's is at least this far from 0 (positive: this node is behind); NaN while nothing implies one",
+            m.clock_skew_at_least.clone(),
         );
         registry.register(
             "zident_trust_bundle_roots",

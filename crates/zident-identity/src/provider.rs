@@ -102,6 +102,9 @@ pub enum Cause {
     Untrusted,
     /// A fresh certificate is outside its validity by this node's clock: the clocks disagree.
     ClockSkew,
+    /// TLS to the CA failed because the CA's own certificate is outside its validity by this
+    /// node's clock: the CA is up, the clocks disagree.
+    CaClockSkew,
     /// The certificate expired while its renewal was still in flight, with no failure to
     /// blame. (Once a renewal has failed, an expired identity's cause is that failure's.)
     Expired,
@@ -124,6 +127,7 @@ impl Cause {
             Self::WrongKey => "wrong_key",
             Self::Untrusted => "untrusted_chain",
             Self::ClockSkew => "outside_validity",
+            Self::CaClockSkew => "clock_skew",
             Self::Expired => "expired",
         }
     }

@@ -674,11 +674,18 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
 
     // 5 minutes behind: the CA's own TLS certificate is not valid yet, and the agent says by
     // how much at least its clock is behind.
+    // The cause is the clock, not an unreachable CA, and the skew it implies is a lower
+    // bound (5 minutes less the CA's serving certificate's 2-minute backdate), never a
+    // measured 0.
     let (agent, admin) = agent_with_clock(dir.path(), &ca, "-300");
-    until_certs(&admin, "the CA link names the skew", |d| {
+    let doc = until_certs(&admin, "the CA link names the skew", |d| {
         d["certificates"][0]["error"]
             .as_str()
             .is_some_and(|e| e.contains("behind the CA's") && e.contains("NTP"))
     });
+    assert_eq!(doc["certificates"][0]["cause"], "clock_skew", "{doc}");
+    assert!(doc["clock_skew_seconds"].is_null(), "{doc}");
+    let at_least = doc["clock_skew_at_least_seconds"].as_f64().unwrap_or(0.0);
+    assert!((at_least - 180.0).abs() < 15.0, "{doc}");
     drop(agent);
 }

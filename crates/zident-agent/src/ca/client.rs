@@ -31,6 +31,15 @@ pub enum CaError {
         /// What the transport said.
         message: String,
     },
+    /// TLS to the CA failed on its certificate's validity by this node's clock: the CA is
+    /// there, this node's clock disagrees with it.
+    #[error("CA at {address} cannot be trusted by this node's clock: {message}")]
+    ClockSkew {
+        /// The CA address.
+        address: String,
+        /// What the handshake said, and the skew it implies.
+        message: String,
+    },
     /// The CA answered with an error status.
     #[error("CA refused the request ({code:?}): {message}")]
     Refused {
@@ -49,6 +58,7 @@ impl CaError {
     pub fn cause(&self) -> Cause {
         match self {
             CaError::Unreachable { .. } => Cause::CaUnreachable,
+            CaError::ClockSkew { .. } => Cause::CaClockSkew,
             CaError::Refused { code, .. } => match code {
                 tonic::Code::Unauthenticated => Cause::Unauthenticated,
                 tonic::Code::PermissionDenied => Cause::Denied,
@@ -76,8 +86,12 @@ pub struct ConnectionStatus {
     pub last_error: Option<String>,
     /// Failures since the last success.
     pub consecutive_failures: u64,
-    /// The CA's clock minus this node's, seconds, as last measured (`None`: not yet).
+    /// The CA's clock minus this node's, seconds, as last measured (`None`: not yet, or a
+    /// failed handshake made the measure stale).
     pub clock_skew_seconds: Option<f64>,
+    /// What a handshake that failed on the CA's certificate's validity implies: the offset is
+    /// at least this (positive: this node is behind), until an exchange measures it.
+    pub clock_skew_at_least_seconds: Option<f64>,
     /// The replica that answered last.
     pub last_replica: Option<String>,
     /// Every replica: in use or set aside, requests, last failure.
@@ -321,7 +335,7 @@ impl CaClient {
                 Err(status) => Err(classify(&e.address, status, &self.clock)),
             };
             match &this {
-                Err(CaError::Unreachable { message, .. }) => {
+                Err(CaError::Unreachable { message, .. } | CaError::ClockSkew { message, .. }) => {
                     e.unreachable(message);
                     outcome = Some(this);
                 }
@@ -385,6 +399,7 @@ impl CaClient {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         s.clock_skew_seconds = self.clock.offset();
+        s.clock_skew_at_least_seconds = self.clock.at_least();
         s.replicas = self.endpoints.status();
         s
     }
@@ -420,19 +435,39 @@ fn classify(address: &str, status: tonic::Status, clock: &crate::ca::clock::Cloc
             // The CA's serving certificate is recent: a wait this long means this node is at
             // least that far behind.
             let behind = not_before.as_secs().saturating_sub(time.as_secs());
+            clock.observe_bound(behind as f64);
             message.push_str(&format!(
                 ": the CA's TLS certificate is not valid for another {behind} s by this node's clock; likely cause: this node's clock is at least {behind} s behind the CA's (fix the clock: NTP)"
             ));
+            return CaError::ClockSkew {
+                address: address.to_owned(),
+                message,
+            };
         }
-        Some(rustls::Error::InvalidCertificate(
-            C::Expired | C::ExpiredContext { .. } | C::NotValidYet,
-        )) => {
+        Some(rustls::Error::InvalidCertificate(C::ExpiredContext { time, not_after })) => {
+            // The CA renews its serving certificate at half its life: past its end by this
+            // node's clock, this node is at least that far ahead.
+            let ahead = time.as_secs().saturating_sub(not_after.as_secs());
+            clock.observe_bound(-(ahead as f64));
+            message.push_str(&format!(
+                ": the CA's TLS certificate expired {ahead} s ago by this node's clock; likely cause: this node's clock is at least {ahead} s ahead of the CA's (fix the clock: NTP)"
+            ));
+            return CaError::ClockSkew {
+                address: address.to_owned(),
+                message,
+            };
+        }
+        Some(rustls::Error::InvalidCertificate(C::Expired | C::NotValidYet)) => {
             message.push_str(
                 ": the CA's TLS certificate is outside its validity by this node's clock; ",
             );
             message.push_str(&clock.hint().unwrap_or_else(|| {
                 "this node's clock agrees with the CA's as last measured".into()
             }));
+            return CaError::ClockSkew {
+                address: address.to_owned(),
+                message,
+            };
         }
         _ => {}
     }

@@ -59,6 +59,9 @@ pub struct ClockSkew {
 struct SkewState {
     /// CA time minus this node's time, seconds, from the last exchange that told it.
     offset: Option<f64>,
+    /// What a failed handshake implied since (the CA's certificate outside its validity by
+    /// this node's clock): the offset is at least this far from zero, on this side.
+    at_least: Option<f64>,
     /// The offset last logged as skewed (`None`: the clock was last said to be fine).
     reported: Option<f64>,
 }
@@ -90,6 +93,7 @@ impl ClockSkew {
         let limit = self.threshold.as_secs_f64();
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.offset = Some(offset);
+        s.at_least = None;
         let skewed = offset.abs() > limit;
         match (skewed, s.reported) {
             (true, None) => {
@@ -114,6 +118,29 @@ impl ClockSkew {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).offset
     }
 
+    /// Records what a handshake that failed on the CA's certificate's validity implies: the
+    /// CA's time minus this node's is at least `bound` (positive: this node is behind) or at
+    /// most it (negative: ahead). The measured offset, from before, no longer holds.
+    pub fn observe_bound(&self, bound: f64) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Said once, and again only when it moved by more than the threshold: each retry
+        // finds the bound a little smaller as time passes.
+        let limit = self.threshold.as_secs_f64();
+        if s.at_least.is_none_or(|prev| (prev - bound).abs() > limit) {
+            tracing::warn!(target: "zident::identity", clock_skew_at_least_seconds = bound, "this node's clock is at least {:.0} s {} the CA's: the CA's TLS certificate is outside its validity by this node's clock; fix the clock (NTP: `timedatectl`, `chronyc tracking`)", bound.abs(), direction(bound));
+        }
+        s.offset = None;
+        s.at_least = Some(bound);
+    }
+
+    /// The lower bound of the offset a failed handshake implied, until an exchange measures it.
+    pub fn at_least(&self) -> Option<f64> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .at_least
+    }
+
     /// A sentence to add to an error that skew may have caused, when the clock is off by more
     /// than the threshold (or has never been measured).
     pub fn hint(&self) -> Option<String> {
@@ -124,6 +151,13 @@ impl ClockSkew {
                 direction(o)
             )),
             Some(_) => None,
+            None if self.at_least().is_some() => self.at_least().map(|b| {
+                format!(
+                    "likely cause: this node's clock is at least {:.0} s {} the CA's; fix the clock (NTP)",
+                    b.abs(),
+                    direction(b)
+                )
+            }),
             None => Some(
                 "if the certificate is fresh, check this node's clock against the CA's (NTP)"
                     .into(),
@@ -153,6 +187,13 @@ mod tests {
         // Within the threshold: no hint.
         c.observe(t(1000.0), t(1000.0), t(1003.0));
         assert_eq!(c.hint(), None);
+        // A handshake that failed on validity: a bound, no measured offset, until the next
+        // exchange measures it again.
+        c.observe_bound(180.0);
+        assert_eq!((c.offset(), c.at_least()), (None, Some(180.0)));
+        assert!(c.hint().unwrap().contains("at least 180 s behind"));
+        c.observe(t(1000.0), t(1000.0), t(1001.0));
+        assert_eq!((c.offset(), c.at_least()), (Some(1.0), None));
     }
 
     #[test]

@@ -174,9 +174,15 @@ impl WorkerContext {
         self.metrics
             .ca_latency
             .observe(started.elapsed().as_secs_f64());
-        if let Some(offset) = self.ca.clock().offset() {
-            self.metrics.clock_skew.set(offset);
-        }
+        // Unknown (never measured, or made stale by a handshake that failed on validity) is
+        // NaN, never a 0 that would say the clocks agree; a known lower bound has its own gauge.
+        let clock = self.ca.clock();
+        self.metrics
+            .clock_skew
+            .set(clock.offset().unwrap_or(f64::NAN));
+        self.metrics
+            .clock_skew_at_least
+            .set(clock.at_least().unwrap_or(f64::NAN));
         let chain = match result {
             Ok(chain) => chain,
             Err(e) => return fail(e.cause(), e.to_string()),

@@ -26,8 +26,13 @@ pub struct CertsReport {
     pub events: Vec<RenewalEvent>,
     /// The agent's clock when it wrote this.
     pub now: String,
-    /// The CA's clock minus this node's, in seconds; `None` until the CA has answered.
+    /// The CA's clock minus this node's, in seconds; `None` until the CA has answered (and
+    /// while a handshake failing on validity makes the last measure stale).
     pub clock_skew_seconds: Option<f64>,
+    /// What a handshake that failed on the CA's certificate's validity implies: the offset is
+    /// at least this far (positive: this node is behind). `None` once measured again.
+    #[serde(default)]
+    pub clock_skew_at_least_seconds: Option<f64>,
     /// Beyond this (seconds) the clocks count as skewed.
     pub clock_skew_threshold_seconds: f64,
     /// The `kid`s of the JWT-SVID keys this node trusts (from the CA's bundle).
@@ -193,6 +198,7 @@ impl CertsReport {
             events: manager.events(),
             now: rfc3339(SystemTime::now()),
             clock_skew_seconds: manager.ca().clock().offset(),
+            clock_skew_at_least_seconds: manager.ca().clock().at_least(),
             clock_skew_threshold_seconds: manager.ca().clock().threshold().as_secs_f64(),
             jwt_keys: bundle
                 .jwt_keys()
