@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod cacerts;
 mod client_text;
 pub mod cluster_state;
 mod cluster_view;
@@ -32,6 +33,7 @@ mod data_lock;
 pub mod datastore;
 pub mod defaults;
 pub mod dns_certs;
+mod dns_secrets;
 mod error;
 mod jwt_service;
 mod kube_auth;
@@ -118,10 +120,24 @@ impl RunningCa {
         };
         let authorizer = NodeAuthorizer::from_mesh(&mesh, &config.mesh_path)?;
         let trust_domain = mesh.trust_domain.clone();
+        // On a cluster, istiod's plugged-in CA (the Secret `cacerts`) is used when it exists,
+        // as ROOT_CA_DIR would be.
+        let mut plugged_secret = None;
+        if let (Some(c), Some(k), None) = (&cluster, &config.kubernetes, &config.root_ca_dir)
+            && let Some((dir, files)) =
+                cacerts::materialize(c.connection(), &k.namespace, &config.data_dir).await?
+        {
+            config.root_ca_dir = Some(dir.clone());
+            plugged_secret = Some((dir, files, k.namespace.clone(), c.connection().clone()));
+        }
         // With its state in the cluster, the roots Secret becomes the data dir's working copy
         // before the roots are loaded from it.
-        let in_cluster = match (&cluster, &config.kubernetes) {
-            (Some(c), Some(k)) => match &k.state {
+        let in_cluster = match (&cluster, &config.kubernetes, &plugged_secret) {
+            (Some(_), Some(k), Some(_)) if k.state.is_some() => {
+                tracing::warn!(target: "zident::ca", "the Secret cacerts holds a plugged-in CA: it signs, and --roots-in-cluster keeps no roots of its own");
+                None
+            }
+            (Some(c), Some(k), None) => match &k.state {
                 Some(s) => Some((
                     cluster_state::replica::prepare(
                         &config,
@@ -190,6 +206,21 @@ impl RunningCa {
             &mut background,
         )
         .await?;
+        // On a cluster, meshConfig's DNS certificates are kept as files in the data dir (unless
+        // --dns-cert-dir says where) and as kubernetes.io/tls Secrets.
+        if let (Some(c), Some(k)) = (&cluster, &config.kubernetes) {
+            let dir = config
+                .dns_cert_dir
+                .get_or_insert_with(|| config.data_dir.join("dns-certs"))
+                .clone();
+            background.push(tokio::spawn(dns_secrets::run(
+                state.clone(),
+                dir,
+                config.data_dir.clone(),
+                c.connection().clone(),
+                k.namespace.clone(),
+            )));
+        }
         startup::issue_dns_certificates(&config, &state, &mut background);
         background.push(tokio::spawn(server::renew_serving_cert(
             state.clone(),
@@ -208,6 +239,11 @@ impl RunningCa {
             let leading = in_cluster.as_ref().map(|(p, ..)| p.status.leading());
             background.push(c.publish_roots(state.clone(), leading));
             background.push(c.follow(state.clone()));
+        }
+        if let Some((dir, files, namespace, connection)) = plugged_secret {
+            background.push(tokio::spawn(cacerts::follow(
+                connection, namespace, dir, files,
+            )));
         }
         if let Some((prepared, s, namespace, connection)) = in_cluster {
             background.push(tokio::spawn(cluster_state::replica::run(

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -56,6 +56,25 @@ fn findings(ca: &RunningCa) -> Vec<(String, String, String)> {
             )
         })
         .collect()
+}
+
+/// Waits until Secret `name` exists (`present`) or is gone; the Secret when it exists.
+async fn wait_for_secret(secrets: &Api<Secret>, name: &str, present: bool) -> Secret {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got = secrets.get_opt(name).await.expect("get the Secret");
+        match (got, present) {
+            (Some(s), true) => return s,
+            (None, false) => return Secret::default(),
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Secret {name} never {}",
+            if present { "written" } else { "deleted" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<Event> {
@@ -322,12 +341,26 @@ async fn the_cluster_is_the_mesh() {
 
     // meshConfig edited: its certificates join the mesh; a trust domain change is refused
     // and the last good settings stay.
+    let certificates = "certificates:\n\
+        - {secretName: dns.webhook, dnsNames: [webhook.istio-system.svc]}\n\
+        - {secretName: dns.taken, dnsNames: [taken.istio-system.svc]}\n";
+    Api::<Secret>::namespaced(client.clone(), "istio-system")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "dns.taken"},
+                "stringData": {"note": "not zident's"}
+            }))
+            .unwrap(),
+        )
+        .await
+        .expect("a Secret someone else made");
     config_maps
         .patch(
             "istio",
             &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"mesh":
-                "certificates:\n- {secretName: dns.webhook, dnsNames: [webhook.istio-system.svc]}\n"}})),
+            &Patch::Merge(json!({"data": {"mesh": certificates}})),
         )
         .await
         .expect("edit meshConfig");
@@ -338,6 +371,57 @@ async fn the_cluster_is_the_mesh() {
             .any(|c| c.secret_name == "dns.webhook")
     })
     .await;
+    // Each is issued and written as a kubernetes.io/tls Secret in the namespace its names name;
+    // a Secret of that name that zident did not make is left alone.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "istio-system");
+    let tls = wait_for_secret(&secrets, "dns.webhook", true).await;
+    assert_eq!(tls.type_.as_deref(), Some("kubernetes.io/tls"));
+    let data = tls.data.expect("data");
+    let chain = String::from_utf8_lossy(&data["tls.crt"].0).into_owned();
+    let leaf = zident_identity::pem::certs_from_pem(chain.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf[0]).unwrap();
+    let san = format!(
+        "{:?}",
+        cert.subject_alternative_name().unwrap().unwrap().value
+    );
+    assert!(san.contains("webhook.istio-system.svc"), "{san}");
+    assert!(String::from_utf8_lossy(&data["tls.key"].0).contains("PRIVATE KEY"));
+    assert_eq!(
+        String::from_utf8_lossy(&data["ca.crt"].0).trim(),
+        ca.state.authority().bundle().to_pem().trim()
+    );
+    let taken = secrets
+        .get("dns.taken")
+        .await
+        .expect("the Secret made before");
+    assert_eq!(
+        taken.data.expect("data")["note"].0,
+        b"not zident's",
+        "not overwritten"
+    );
+    // An entry removed from meshConfig: its Secret goes; put back: it comes back.
+    config_maps
+        .patch(
+            "istio",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"mesh": "certificates: []\n"}})),
+        )
+        .await
+        .expect("edit meshConfig");
+    wait_for_secret(&secrets, "dns.webhook", false).await;
+    assert!(
+        secrets.get_opt("dns.taken").await.expect("get").is_some(),
+        "a Secret zident did not make is never deleted"
+    );
+    config_maps
+        .patch(
+            "istio",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"mesh": certificates}})),
+        )
+        .await
+        .expect("edit meshConfig");
+    wait_for_secret(&secrets, "dns.webhook", true).await;
     config_maps
         .patch(
             "istio",

@@ -139,6 +139,7 @@ async fn the_manifests_install_and_grant_exactly_what_the_ca_uses() {
     for (verb, resource) in [
         ("get", "secrets/zident-ca-roots"),
         ("update", "secrets/zident-ca-roots"),
+        ("get", "secrets/cacerts"),
         ("create", "secrets"),
         ("get", "leases.coordination.k8s.io/zident-ca-leader"),
         ("update", "leases.coordination.k8s.io/zident-ca-leader"),
@@ -153,6 +154,7 @@ async fn the_manifests_install_and_grant_exactly_what_the_ca_uses() {
     }
     for (verb, resource) in [
         ("get", "secrets/cacerts-of-someone"),
+        ("update", "secrets/cacerts"),
         ("get", "secrets"),
         ("list", "secrets"),
         ("watch", "secrets"),
@@ -189,6 +191,32 @@ async fn the_manifests_install_and_grant_exactly_what_the_ca_uses() {
             "the CA must not {verb} {resource}"
         );
     }
+    // The optional grant for meshConfig's DNS certificates: write Secrets, never read them.
+    let (ok, out) = kubectl(
+        api,
+        &["apply", "-f", &format!("{dir}/dns-certificates-rbac.yaml")],
+    );
+    assert!(ok, "{out}");
+    for (verb, allowed) in [
+        ("create", true),
+        ("update", true),
+        ("delete", true),
+        ("get", false),
+        ("list", false),
+        ("watch", false),
+    ] {
+        let answer = if allowed { "yes" } else { "no" };
+        assert_eq!(
+            can(CA_ACCOUNT, verb, "secrets", "shop"),
+            (allowed, answer.to_owned()),
+            "with dns-certificates-rbac.yaml: {verb} secrets"
+        );
+    }
+    let (ok, out) = kubectl(
+        api,
+        &["delete", "-f", &format!("{dir}/dns-certificates-rbac.yaml")],
+    );
+    assert!(ok, "{out}");
     for (verb, resource) in [
         ("list", "pods"),
         ("get", "configmaps"),

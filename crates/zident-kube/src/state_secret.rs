@@ -38,6 +38,8 @@ pub struct StateSecret {
     api: Api<Secret>,
     namespace: String,
     name: String,
+    type_: String,
+    labels: BTreeMap<String, String>,
 }
 
 impl StateSecret {
@@ -47,7 +49,17 @@ impl StateSecret {
             api: Api::namespaced(connection.client.clone(), namespace),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
+            type_: "Opaque".into(),
+            labels: [("app.kubernetes.io/name".to_owned(), "zident".to_owned())].into(),
         }
+    }
+
+    /// The same Secret, written with type `type_` (e.g. `kubernetes.io/tls`) and the label
+    /// `label` beside zident's own.
+    pub fn typed(mut self, type_: &str, label: (&str, &str)) -> Self {
+        self.type_ = type_.to_owned();
+        self.labels.insert(label.0.to_owned(), label.1.to_owned());
+        self
     }
 
     /// `namespace/name`, for messages.
@@ -85,7 +97,29 @@ impl StateSecret {
         resource_version: &str,
         data: &BTreeMap<String, Vec<u8>>,
     ) -> Result<(), CallError> {
-        let secret = self.object(data, Some(resource_version));
+        self.overwrite(Some(resource_version), data).await
+    }
+
+    /// Replaces its data with `data` whatever it holds now (for a Secret only zident writes);
+    /// [`CallError::NotFound`] when it does not exist.
+    pub async fn replace_any(&self, data: &BTreeMap<String, Vec<u8>>) -> Result<(), CallError> {
+        self.overwrite(None, data).await
+    }
+
+    /// Deletes it; a Secret already gone is not an error.
+    pub async fn delete(&self) -> Result<(), CallError> {
+        match bounded(self.api.delete(&self.name, &Default::default())).await {
+            Ok(_) | Err(CallError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn overwrite(
+        &self,
+        resource_version: Option<&str>,
+        data: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), CallError> {
+        let secret = self.object(data, resource_version);
         bounded(
             self.api
                 .replace(&self.name, &PostParams::default(), &secret),
@@ -99,11 +133,11 @@ impl StateSecret {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 namespace: Some(self.namespace.clone()),
-                labels: Some([("app.kubernetes.io/name".to_owned(), "zident".to_owned())].into()),
+                labels: Some(self.labels.clone()),
                 resource_version: resource_version.map(str::to_owned),
                 ..Default::default()
             },
-            type_: Some("Opaque".into()),
+            type_: Some(self.type_.clone()),
             data: Some(
                 data.iter()
                     .map(|(k, v)| (k.clone(), ByteString(v.clone())))

@@ -13,6 +13,7 @@ use zident_ca::{CaConfig, RunningCa};
 use zident_identity::{SpiffeId, WorkloadKey};
 use zident_proto::istio_ca::IstioCertificateRequest;
 use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
+use zident_testkit::{openssl, openssl_root};
 
 pub const TD: &str = "cluster.local";
 pub const NODE_A_TOKEN: &str = "token-node-a";
@@ -209,4 +210,77 @@ pub fn kube_config(kubeconfig: PathBuf) -> zident_ca::KubernetesConfig {
         initial_sync: Duration::from_secs(30),
         ..Default::default()
     }
+}
+
+const CA_EXT: &str = "basicConstraints=critical,CA:true,pathlen:0\n\
+keyUsage=critical,keyCertSign,cRLSign\n\
+subjectKeyIdentifier=hash\n\
+authorityKeyIdentifier=keyid\n";
+
+/// A root in `dir/root-key.pem` + `dir/root-cert.pem`.
+pub fn make_root(dir: &Path) {
+    openssl_root(
+        dir,
+        "root-key.pem",
+        "root-cert.pem",
+        "/O=cluster.local/CN=Test Root CA",
+        3650,
+    );
+}
+
+/// An intermediate signed by the root, in Istio's file names. The key is written in SEC1
+/// form ("EC PRIVATE KEY"), as many operators' tooling does.
+pub fn make_intermediate(dir: &Path, cn: &str) {
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ca-key.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-subj",
+            &format!("/O=cluster.local/CN={cn}"),
+            "-out",
+            "ca.csr",
+        ],
+    );
+    std::fs::write(dir.join("ca.ext"), CA_EXT).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "ca.csr",
+            "-CA",
+            "root-cert.pem",
+            "-CAkey",
+            "root-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "365",
+            "-extfile",
+            "ca.ext",
+            "-out",
+            "ca-cert.pem",
+        ],
+    );
+    let chain = [
+        std::fs::read_to_string(dir.join("ca-cert.pem")).unwrap(),
+        std::fs::read_to_string(dir.join("root-cert.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(dir.join("cert-chain.pem"), chain).unwrap();
 }
