@@ -2,7 +2,7 @@
 //! else (no database, no shared volume): one root however they start, one leader, the leader
 //! killed (kill -9) mid-rotation and another replica finishing the rotation exactly once, and
 //! `istio-ca-root-cert` following every phase in every namespace, repaired when edited, made
-//! in a new namespace.
+//! in a new namespace, and replicas that keep issuing while the API server is away.
 //!
 //! Needs the API server `scripts/k8s/build.sh` builds (.ci/run builds it); skipped with a
 //! message without it.
@@ -274,10 +274,12 @@ async fn three_replicas_on_the_api_server_alone_share_one_root_and_survive_the_l
     )
     .await;
     for r in &replicas {
+        let issued = issue(r).await;
         assert!(
-            issue(r).await.is_ok(),
-            "{} issues under the new root",
-            r.name
+            issued.is_ok(),
+            "{} issues under the new root: {issued:?}{}",
+            r.name,
+            logs(&replicas)
         );
     }
 
@@ -298,6 +300,41 @@ async fn three_replicas_on_the_api_server_alone_share_one_root_and_survive_the_l
     until("a new namespace gets the ConfigMap", &replicas, || async {
         cluster.published_roots("late").await == 1
     })
+    .await;
+
+    // The API server goes away: every replica keeps issuing from its working copy, says it is
+    // degraded, and gives up the lead; when the server returns, they recover by themselves.
+    api.stop_apiserver().expect("stop the API server");
+    let ready = |r: &CaReplica| {
+        zident_testkit::curl(&[&format!("http://127.0.0.1:{}/ready", r.metrics_port)])
+    };
+    until("every replica says it is degraded", &replicas, || async {
+        replicas.iter().all(|r| {
+            let (code, body) = ready(r);
+            code == 503 && body.contains("degraded") && body.contains("taking no rotation step")
+        })
+    })
+    .await;
+    for r in &replicas {
+        assert!(
+            issue(r).await.is_ok(),
+            "{} issues without the API server",
+            r.name
+        );
+        let metrics =
+            zident_testkit::curl(&[&format!("http://127.0.0.1:{}/metrics", r.metrics_port)]).1;
+        assert!(
+            metrics.contains("zident_ca_leader 0"),
+            "{}: {metrics}",
+            r.name
+        );
+    }
+    api.start_apiserver().expect("start the API server again");
+    until(
+        "the replicas recover and one leads again",
+        &replicas,
+        || async { replicas.iter().all(CaReplica::serving) && cluster.holder().await.is_some() },
+    )
     .await;
     drop(dead);
 }
