@@ -58,6 +58,18 @@ fn findings(ca: &RunningCa) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Replaces meshConfig (the `mesh` key of the ConfigMap `istio`) with `yaml`.
+async fn set_mesh_config(config_maps: &Api<ConfigMap>, yaml: &str) {
+    config_maps
+        .patch(
+            "istio",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"mesh": yaml}})),
+        )
+        .await
+        .expect("edit meshConfig");
+}
+
 /// Waits until Secret `name` exists (`present`) or is gone; the Secret when it exists.
 async fn wait_for_secret(secrets: &Api<Secret>, name: &str, present: bool) -> Secret {
     let deadline = std::time::Instant::now() + WAIT;
@@ -356,14 +368,7 @@ async fn the_cluster_is_the_mesh() {
         )
         .await
         .expect("a Secret someone else made");
-    config_maps
-        .patch(
-            "istio",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"mesh": certificates}})),
-        )
-        .await
-        .expect("edit meshConfig");
+    set_mesh_config(&config_maps, certificates).await;
     eventually(WAIT, "meshConfig's certificates", || {
         mesh(&ca)
             .certificates
@@ -400,36 +405,15 @@ async fn the_cluster_is_the_mesh() {
         "not overwritten"
     );
     // An entry removed from meshConfig: its Secret goes; put back: it comes back.
-    config_maps
-        .patch(
-            "istio",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"mesh": "certificates: []\n"}})),
-        )
-        .await
-        .expect("edit meshConfig");
+    set_mesh_config(&config_maps, "certificates: []\n").await;
     wait_for_secret(&secrets, "dns.webhook", false).await;
     assert!(
         secrets.get_opt("dns.taken").await.expect("get").is_some(),
         "a Secret zident did not make is never deleted"
     );
-    config_maps
-        .patch(
-            "istio",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"mesh": certificates}})),
-        )
-        .await
-        .expect("edit meshConfig");
+    set_mesh_config(&config_maps, certificates).await;
     wait_for_secret(&secrets, "dns.webhook", true).await;
-    config_maps
-        .patch(
-            "istio",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"mesh": "trustDomain: other.example\n"}})),
-        )
-        .await
-        .expect("edit meshConfig");
+    set_mesh_config(&config_maps, "trustDomain: other.example\n").await;
     eventually(WAIT, "the trust domain change refused", || {
         findings(&ca)
             .iter()

@@ -18,7 +18,6 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use zident_ca::KubernetesConfig;
-use zident_identity::pem::certs_from_pem;
 use zident_testkit::kube_api::{KubeApi, namespace};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -44,12 +43,6 @@ fn cacerts_secret(dir: &Path) -> Secret {
     }
 }
 
-fn issuer_cn(leaf_pem: &str) -> String {
-    let der = certs_from_pem(leaf_pem.as_bytes()).unwrap().remove(0);
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    cert.issuer().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cacerts_secret_signs_and_its_changes_follow_the_plugged_in_rules() {
     let Some(api) = KubeApi::for_test() else {
@@ -57,13 +50,7 @@ async fn the_cacerts_secret_signs_and_its_changes_follow_the_plugged_in_rules() 
     };
     let kube = api.client().await;
     namespace(&kube, "istio-system", serde_json::json!({})).await;
-    let work = tempfile::tempdir().unwrap();
-    std::fs::write(work.path().join("mesh.yaml"), MESH).unwrap();
-    std::fs::write(work.path().join("node-b.token"), NODE_B_TOKEN).unwrap();
-    let files = work.path().join("made");
-    std::fs::create_dir(&files).unwrap();
-    make_root(&files);
-    make_intermediate(&files, "Intermediate One");
+    let (work, files) = plugged_in_fixture();
     let secrets: Api<Secret> = Api::namespaced(kube.clone(), "istio-system");
     secrets
         .create(&PostParams::default(), &cacerts_secret(&files))

@@ -13,32 +13,15 @@ use zident_identity::pem::certs_from_pem;
 use zident_identity::{TrustBundle, TrustDomain, verify_svid};
 use zident_testkit::{openssl, openssl_root};
 
-fn fixture() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
-    std::fs::write(dir.path().join("node-b.token"), NODE_B_TOKEN).unwrap();
-    let cacerts = dir.path().join("cacerts");
-    std::fs::create_dir(&cacerts).unwrap();
-    make_root(&cacerts);
-    make_intermediate(&cacerts, "Intermediate One");
-    (dir, cacerts)
-}
-
 async fn start(dir: &Path, cacerts: &Path) -> Result<RunningCa, CaError> {
     let mut c = config(dir);
     c.root_ca_dir = Some(cacerts.to_owned());
     RunningCa::start(c).await
 }
 
-fn issuer_cn(leaf_pem: &str) -> String {
-    let der = certs_from_pem(leaf_pem.as_bytes()).unwrap().remove(0);
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    cert.issuer().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_level_chain_verifies_with_openssl() {
-    let (dir, cacerts) = fixture();
+    let (dir, cacerts) = plugged_in_fixture();
     let ca = start(dir.path(), &cacerts).await.unwrap();
     // The data dir publishes the operator's root as the trust bundle.
     assert_eq!(
@@ -86,7 +69,7 @@ async fn three_level_chain_verifies_with_openssl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_changes_are_applied_or_refused() {
-    let (dir, cacerts) = fixture();
+    let (dir, cacerts) = plugged_in_fixture();
     let ca = start(dir.path(), &cacerts).await.unwrap();
     let mut client = client(&ca).await;
     let metrics_url = format!("http://{}/metrics", ca.metrics_addr.unwrap());
@@ -151,7 +134,7 @@ async fn file_changes_are_applied_or_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_files_stop_the_start_with_the_file_named() {
-    let (dir, cacerts) = fixture();
+    let (dir, cacerts) = plugged_in_fixture();
     openssl(
         &cacerts,
         &[
@@ -174,7 +157,7 @@ async fn unusable_files_stop_the_start_with_the_file_named() {
         "{err}"
     );
 
-    let (dir, cacerts) = fixture();
+    let (dir, cacerts) = plugged_in_fixture();
     // A root-cert.pem that did not sign the intermediate.
     openssl_root(&cacerts, "x.pem", "root-cert.pem", "/O=elsewhere", 10);
     let err = start(dir.path(), &cacerts)
@@ -214,7 +197,7 @@ const SIGNING: [&str; 3] = ["ca-cert.pem", "ca-key.pem", "cert-chain.pem"];
 /// with when it becomes safe, and the old keys keep signing meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_plugged_in_root_goes_through_the_phases() {
-    let (dir, cacerts) = fixture();
+    let (dir, cacerts) = plugged_in_fixture();
     let orig = dir.path().join("orig");
     let next = dir.path().join("next");
     std::fs::create_dir(&orig).unwrap();

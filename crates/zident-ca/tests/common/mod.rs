@@ -284,3 +284,25 @@ pub fn make_intermediate(dir: &Path, cn: &str) {
     .concat();
     std::fs::write(dir.join("cert-chain.pem"), chain).unwrap();
 }
+
+/// The issuer of the first certificate of `leaf_pem`.
+pub fn issuer_cn(leaf_pem: &str) -> String {
+    let der = zident_identity::pem::certs_from_pem(leaf_pem.as_bytes())
+        .unwrap()
+        .remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.issuer().to_string()
+}
+
+/// A test directory with the mesh file and node-b's token, and in `cacerts/` a root and an
+/// intermediate "Intermediate One" under it, in Istio's file names.
+pub fn plugged_in_fixture() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    std::fs::write(dir.path().join("node-b.token"), NODE_B_TOKEN).unwrap();
+    let cacerts = dir.path().join("cacerts");
+    std::fs::create_dir(&cacerts).unwrap();
+    make_root(&cacerts);
+    make_intermediate(&cacerts, "Intermediate One");
+    (dir, cacerts)
+}
