@@ -36,6 +36,8 @@ pub struct CaConfig {
     pub rotation: RotationConfig,
     /// Bounds on connections: idle timeout, total and per-source caps.
     pub connections: connections::ConnectionLimits,
+    /// How many xDS streams one caller and one connection may hold.
+    pub xds: crate::xds::XdsLimits,
     /// Shared state in PostgreSQL, for several replicas; `None`: the data dir alone.
     pub datastore: Option<crate::datastore::DatastoreConfig>,
     /// The mesh from a Kubernetes API server (with the mesh file beside it, or alone);
@@ -110,6 +112,7 @@ impl CaConfig {
             dns_cert_dir: None,
             rotation: RotationConfig::default(),
             connections: Default::default(),
+            xds: Default::default(),
             datastore: None,
             kubernetes: None,
         }

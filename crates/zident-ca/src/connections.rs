@@ -322,6 +322,11 @@ impl InFlight {
     pub fn new(busy: Arc<Busy>) -> Self {
         Self { _held: busy }
     }
+
+    /// The connection's number, unique while the CA runs.
+    pub fn connection(&self) -> u64 {
+        self._held.id
+    }
 }
 
 impl Drop for Busy {

@@ -26,6 +26,10 @@ pub const MAX_CONNECTIONS_PER_SOURCE: usize = 512;
 /// With `--kubernetes`: the control plane's namespace, where istiod's `istio` ConfigMap is read
 /// (istiod's own default).
 pub const KUBERNETES_NAMESPACE: &str = "istio-system";
+/// xDS streams one caller may hold at once (a node needs one).
+pub const MAX_XDS_STREAMS_PER_CALLER: usize = 16;
+/// xDS streams one connection may carry at once.
+pub const MAX_XDS_STREAMS_PER_CONNECTION: usize = 4;
 /// How long the leader's Lease holds after each renewal (`--leader-lease`), client-go's
 /// default: a dead leader is replaced within about this long.
 pub const LEADER_LEASE: Duration = Duration::from_secs(15);

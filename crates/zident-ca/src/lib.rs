@@ -68,6 +68,7 @@ pub use node_authorizer::{Caller, Denied, NodeAuthorizer, ServiceAccountCaller};
 pub use roots::authority::{Authority, AuthorityError, Mode};
 pub use roots::{dir_store, generation, ledger, plugged, rotation, store};
 pub use state::CaState;
+pub use xds::XdsLimits;
 
 use crate::server::ServingCert;
 

@@ -105,7 +105,12 @@ pub(crate) async fn serve_tls(
         acceptor,
         server::router(
             state.clone(),
-            xds::XdsService::new(state.clone(), generations, xds_metrics),
+            xds::XdsService::new(
+                state.clone(),
+                generations,
+                xds_metrics,
+                xds::StreamCaps::new(config.xds),
+            ),
         ),
         connections,
     ));

@@ -27,7 +27,14 @@ struct Stream {
 
 impl Stream {
     async fn open(f: &Fixture, token: Option<&str>) -> Result<Self, tonic::Status> {
-        let channel = common::channel(&f.ca).await;
+        Self::open_on(common::channel(&f.ca).await, token).await
+    }
+
+    /// A stream on `channel` (one connection may carry several).
+    async fn open_on(
+        channel: tonic::transport::Channel,
+        token: Option<&str>,
+    ) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
         let outbound = futures_util::stream::unfold(rx, |mut rx: mpsc::Receiver<_>| async move {
             rx.recv().await.map(|r| (r, rx))
@@ -471,4 +478,91 @@ async fn a_nack_storm_is_counted_apart_and_logged_once() {
         logs.contains("more bytes)"),
         "client text is cut short, and says so"
     );
+}
+
+/// One caller cannot hold more streams than its cap, nor one connection carry more than its
+/// own: the stream past either is refused with RESOURCE_EXHAUSTED naming the flag, counted by
+/// cap and logged once; other callers are not affected, and a closed stream frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_capped_per_caller_and_per_connection() {
+    zident_testkit::capture_logs("zident=info");
+    let f = Fixture::start_with(|c| {
+        c.xds = zident_ca::XdsLimits {
+            max_streams_per_caller: 3,
+            max_streams_per_connection: 2,
+        }
+    })
+    .await;
+    let shared = common::channel(&f.ca).await;
+    let a1 = Stream::open_on(shared.clone(), Some(NODE_A_TOKEN))
+        .await
+        .unwrap();
+    let _a2 = Stream::open_on(shared.clone(), Some(NODE_A_TOKEN))
+        .await
+        .unwrap();
+    let full = Stream::open_on(shared.clone(), Some(NODE_A_TOKEN))
+        .await
+        .err()
+        .expect("a third stream on one connection is refused");
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full}");
+    assert!(
+        full.message().contains("--max-xds-streams-per-connection"),
+        "{full}"
+    );
+    let mut a3 = Stream::open(&f, Some(NODE_A_TOKEN)).await.unwrap();
+    a3.subscribe(ADDRESS, HashMap::new()).await;
+    assert!(
+        !a3.next().await.resources.is_empty(),
+        "a stream under the caps is served"
+    );
+    let mut refused = 0;
+    for _ in 0..20 {
+        let over = Stream::open(&f, Some(NODE_A_TOKEN))
+            .await
+            .err()
+            .expect("a fourth stream of the caller is refused");
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over}");
+        assert!(
+            over.message().contains("--max-xds-streams-per-caller"),
+            "{over}"
+        );
+        refused += 1;
+    }
+    // Another caller is not affected.
+    let mut b = Stream::open(&f, Some(common::NODE_B_TOKEN)).await.unwrap();
+    b.subscribe(ADDRESS, HashMap::new()).await;
+    assert!(!b.next().await.resources.is_empty());
+    // A closed stream frees its place.
+    drop(a1);
+    let mut reopened = None;
+    for _ in 0..100 {
+        if let Ok(s) = Stream::open(&f, Some(NODE_A_TOKEN)).await {
+            reopened = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reopened.is_some(),
+        "the closed stream's place is given back"
+    );
+    let text = common::curl(
+        &format!("http://{}/metrics", f.ca.metrics_addr.unwrap()),
+        None,
+    );
+    let count = |why: &str| {
+        let label = format!("zident_xds_streams_refused_total{{why=\"{why}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&label))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(count("per_connection"), 1.0, "{text}");
+    assert!(count("per_caller") >= f64::from(refused), "{text}");
+    let logs = zident_testkit::captured();
+    let said = logs
+        .lines()
+        .filter(|l| l.contains("xDS stream refused") && l.contains("per-caller"))
+        .count();
+    assert_eq!(said, 1, "twenty refusals, one line: {logs}");
 }

@@ -361,6 +361,13 @@ pub struct CaArgs {
     /// longest-idle connection is closed to admit a new one.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// At most this many xDS streams held by one caller (a node token, an identity token, a
+    /// ServiceAccount's pod) at once; a node needs one.
+    #[arg(long, value_name = "N", default_value_t = ca_defaults::MAX_XDS_STREAMS_PER_CALLER)]
+    pub max_xds_streams_per_caller: usize,
+    /// At most this many xDS streams on one connection at once.
+    #[arg(long, value_name = "N", default_value_t = ca_defaults::MAX_XDS_STREAMS_PER_CONNECTION)]
+    pub max_xds_streams_per_connection: usize,
     /// At most this many connections from one source address.
     #[arg(long, value_name = "N", default_value_t = ca_defaults::MAX_CONNECTIONS_PER_SOURCE)]
     pub max_connections_per_source: usize,
@@ -449,6 +456,15 @@ impl CaArgs {
         {
             return Err("--idle-timeout, --max-connections and --max-connections-per-source must be more than zero".into());
         }
+        if self.max_xds_streams_per_caller == 0 || self.max_xds_streams_per_connection == 0 {
+            return Err(
+                "--max-xds-streams-per-caller and --max-xds-streams-per-connection must be more than zero".into(),
+            );
+        }
+        config.xds = zident_ca::XdsLimits {
+            max_streams_per_caller: self.max_xds_streams_per_caller,
+            max_streams_per_connection: self.max_xds_streams_per_connection,
+        };
         config.connections = zident_ca::ConnectionLimits {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
@@ -612,6 +628,7 @@ mod tests {
             from_flags.rotation.retire_margin,
             library.rotation.retire_margin
         );
+        assert_eq!(from_flags.xds, library.xds);
         assert_eq!(
             from_flags.connections.idle_timeout,
             library.connections.idle_timeout

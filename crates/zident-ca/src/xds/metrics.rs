@@ -40,6 +40,8 @@ pub(crate) struct XdsMetrics {
     pub(crate) ignored: Family<IgnoredLabel, Counter>,
     /// Bytes of resources in one push, to show a change's push does not grow with the mesh.
     pub(crate) push_bytes: Histogram,
+    /// Streams refused at the per-caller or per-connection cap.
+    pub(crate) refused: Family<IgnoredLabel, Counter>,
 }
 
 impl XdsMetrics {
@@ -51,7 +53,13 @@ impl XdsMetrics {
             ignored: Family::default(),
             convergence: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             push_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 12)),
+            refused: Family::default(),
         };
+        registry.register(
+            "zident_xds_streams_refused",
+            "xDS streams refused, by why: per_caller (the caller holds --max-xds-streams-per-caller), per_connection (--max-xds-streams-per-connection)",
+            m.refused.clone(),
+        );
         registry.register(
             "pilot_xds",
             "Number of endpoints connected to this control plane using xDS",

@@ -8,14 +8,18 @@
 //! - `service`: authentication (the same bearer tokens as `CreateCertificate`) and the
 //!   stream's start and end;
 //! - `wire`: each response written from the generation's shared resources in bounded chunks;
+//! - `caps`: how many streams one caller and one connection may hold;
 //! - `metrics`: under istiod's names (`pilot_xds`, `pilot_xds_pushes`, …).
 
+mod caps;
 mod generation;
 mod metrics;
 mod service;
 mod stream;
 mod wire;
 
+pub(crate) use caps::StreamCaps;
+pub use caps::XdsLimits;
 pub(crate) use generation::follow_mesh;
 pub(crate) use metrics::XdsMetrics;
 pub(crate) use service::XdsService;

@@ -26,6 +26,7 @@ use tonic::{Status, Streaming};
 use tonic_prost::ProstCodec;
 use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
+use super::caps::{Slot, StreamCaps};
 use super::generation::Generation;
 use super::metrics::XdsMetrics;
 use super::stream::{StreamState, clip};
@@ -51,6 +52,7 @@ pub(crate) struct XdsService {
     state: Arc<CaState>,
     generations: watch::Receiver<Arc<Generation>>,
     metrics: Arc<XdsMetrics>,
+    caps: Arc<StreamCaps>,
 }
 
 impl XdsService {
@@ -58,11 +60,13 @@ impl XdsService {
         state: Arc<CaState>,
         generations: watch::Receiver<Arc<Generation>>,
         metrics: Arc<XdsMetrics>,
+        caps: Arc<StreamCaps>,
     ) -> Self {
         Self {
             state,
             generations,
             metrics,
+            caps,
         }
     }
 
@@ -95,6 +99,25 @@ impl XdsService {
         .await
         .map_err(|(status, _)| status)?;
         let in_flight = request.extensions().get::<InFlight>().cloned();
+        let who = caller.to_string();
+        let slot = match self
+            .caps
+            .take(&who, in_flight.as_ref().map(InFlight::connection))
+        {
+            Ok(slot) => slot,
+            Err(refused) => {
+                self.metrics
+                    .refused
+                    .get_or_create(&super::metrics::IgnoredLabel {
+                        why: refused.exceeded.label(),
+                    })
+                    .inc();
+                if refused.first {
+                    tracing::warn!(target: "zident::ca", %peer, caller = %who, "xDS stream refused: {} (said once until it is back under the cap; zident_xds_streams_refused counts each)", refused.message);
+                }
+                return Err(Status::resource_exhausted(refused.message));
+            }
+        };
         let decoder =
             ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default().decoder();
         let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES));
@@ -108,6 +131,7 @@ impl XdsService {
                 peer,
                 caller,
                 _in_flight: in_flight,
+                _slot: slot,
             },
         ));
         Ok(ResponseBody {
@@ -206,6 +230,8 @@ struct Opened {
     peer: String,
     caller: Caller,
     _in_flight: Option<InFlight>,
+    /// The stream's place under the caps, given back when the stream ends.
+    _slot: Slot,
 }
 
 /// Ends a stream whose requests could not be read (bytes that are no DeltaDiscoveryRequest, a

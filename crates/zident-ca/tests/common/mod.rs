@@ -43,10 +43,17 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Fixture::start`] with the configuration changed by `change`.
+    pub async fn start_with(change: impl FnOnce(&mut CaConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
         std::fs::write(dir.path().join("node-b.token"), format!("{NODE_B_TOKEN}\n")).unwrap();
-        let ca = start_ca(config(dir.path())).await;
+        let mut c = config(dir.path());
+        change(&mut c);
+        let ca = start_ca(c).await;
         Self { dir, ca }
     }
 

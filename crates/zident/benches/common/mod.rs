@@ -84,6 +84,10 @@ fn spawn_ca(dir: &Path, listen: &str, reloads: Option<mpsc::Sender<std::time::Sy
     spawn_ca_args(dir, listen, reloads, &[])
 }
 
+/// The benchmarks stand for many nodes with one node's token (one xDS stream each), so the
+/// per-caller cap a real node never reaches is lifted.
+const MANY_NODES_ONE_TOKEN: [&str; 2] = ["--max-xds-streams-per-caller", "100000"];
+
 fn spawn_ca_args(
     dir: &Path,
     listen: &str,
@@ -105,6 +109,7 @@ fn spawn_ca_args(
         .arg("--data-dir")
         .arg(dir.join("ca"))
         .args(["--listen", listen, "--metrics-addr", "127.0.0.1:0"])
+        .args(MANY_NODES_ONE_TOKEN)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
