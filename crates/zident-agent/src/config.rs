@@ -144,6 +144,8 @@ pub struct AgentConfig {
     /// The node's data plane (the tunnel), whose metrics and open connections the agent's
     /// endpoints show beside its own.
     pub data_plane: Option<std::sync::Arc<dyn DataPlane>>,
+    /// What the agent takes from the control plane's xDS stream, at most.
+    pub xds_bounds: crate::xds::bounds::XdsBounds,
 }
 
 /// Where an agent's mesh comes from.
@@ -206,6 +208,7 @@ impl AgentConfig {
             metrics_tls: false,
             delivery: Default::default(),
             data_plane: None,
+            xds_bounds: Default::default(),
         }
     }
 }

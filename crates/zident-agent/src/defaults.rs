@@ -28,3 +28,12 @@ pub const WORKLOAD_API_DIR: &str = ".zident/agent/workload-api";
 pub const XDS_CACHE: &str = ".zident/agent/xds-cache.pb";
 /// Threads running the agent and its tunnel.
 pub const WORKER_THREADS: usize = 1;
+
+/// The largest xDS response the agent reads (`--xds-max-response-bytes`): the full push of a
+/// 100,000-workload mesh is about 15 MiB.
+pub const XDS_MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// The most resources of one xDS type the agent holds (`--xds-max-resources`).
+pub const XDS_MAX_RESOURCES: usize = 100_000;
+/// The longest xDS resource name the agent takes (`--xds-max-name-bytes`): a workload's
+/// `<cluster>//Pod/<namespace>/<name>` or a service's `<namespace>/<hostname>` is well under it.
+pub const XDS_MAX_NAME_BYTES: usize = 1024;

@@ -57,6 +57,7 @@ pub use error::AgentError;
 pub use http::admin::{LogControl, LogFilterError};
 pub use unix_users::{UnknownUnixId, group_id};
 pub use workloads::MeshRefused;
+pub use xds::bounds::XdsBounds;
 pub use xds::status::{XdsStatus, XdsStatusCell};
 
 use crate::ca::{bundle_poll, clock, trust};

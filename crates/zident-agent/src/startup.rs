@@ -202,6 +202,7 @@ pub(crate) fn follow_mesh(
                 status: status.clone(),
                 cache: cache.clone(),
                 ready,
+                bounds: config.xds_bounds,
             };
             tasks.push(tokio::spawn(client.run(held)));
             Ok(Followed {

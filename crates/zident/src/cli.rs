@@ -72,6 +72,16 @@ pub struct AgentArgs {
         default_value = defaults::XDS_CACHE
     )]
     pub xds_cache: PathBuf,
+    /// The largest xDS response read from the control plane (a larger one ends the stream,
+    /// saying so; the last good mesh stays).
+    #[arg(long, value_name = "BYTES", default_value_t = zident_agent::defaults::XDS_MAX_RESPONSE_BYTES)]
+    pub xds_max_response_bytes: usize,
+    /// The most resources of one xDS type held (a response past it is NACKed, saying so).
+    #[arg(long, value_name = "N", default_value_t = zident_agent::defaults::XDS_MAX_RESOURCES)]
+    pub xds_max_resources: usize,
+    /// The longest xDS resource name taken (a response with a longer one is NACKed).
+    #[arg(long, value_name = "BYTES", default_value_t = zident_agent::defaults::XDS_MAX_NAME_BYTES)]
+    pub xds_max_name_bytes: usize,
     /// This node's name in the mesh file.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node: String,
@@ -208,6 +218,17 @@ impl AgentArgs {
             None => {
                 zident_agent::AgentConfig::from_control_plane(self.node, Some(self.xds_cache), ca)
             }
+        };
+        if self.xds_max_response_bytes == 0
+            || self.xds_max_resources == 0
+            || self.xds_max_name_bytes == 0
+        {
+            return Err("--xds-max-response-bytes, --xds-max-resources and --xds-max-name-bytes must be more than zero".into());
+        }
+        config.xds_bounds = zident_agent::XdsBounds {
+            max_response_bytes: self.xds_max_response_bytes,
+            max_resources: self.xds_max_resources,
+            max_name_bytes: self.xds_max_name_bytes,
         };
         config.trust_domain = self.trust_domain;
         config.secret_ttl = self.secret_ttl;

@@ -22,6 +22,7 @@ use zident_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryS
 use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use zident_xds::{Resource, Snapshot};
 
+use super::bounds::XdsBounds;
 use super::error::{Nack, StreamEnded};
 use super::status::{Event, XdsStatusCell};
 use crate::ca::client::CaClient;
@@ -43,6 +44,8 @@ pub(crate) struct XdsClient {
     pub(crate) cache: Option<PathBuf>,
     /// Set once a view is in force (from the cache or the stream).
     pub(crate) ready: watch::Sender<bool>,
+    /// What it takes from the control plane, at most.
+    pub(crate) bounds: XdsBounds,
 }
 
 /// A response not yet ACKed or NACKed.
@@ -109,7 +112,7 @@ impl XdsClient {
             .insert("authorization", self.ca.authorization().await?);
         let (replica, channel) = self.ca.channel();
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(256 * 1024 * 1024);
+            .max_decoding_message_size(self.bounds.max_response_bytes);
         let opened =
             match tokio::time::timeout(OPEN_TIMEOUT, client.delta_aggregated_resources(request))
                 .await
@@ -148,6 +151,19 @@ impl XdsClient {
             let first = match responses.message().await {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(()),
+                Err(s) if s.code() == tonic::Code::OutOfRange => {
+                    // A response past --xds-max-response-bytes cannot be read, so not NACKed
+                    // either: the stream ends, saying which bound, and the last view stays.
+                    return Err(StreamEnded::Status {
+                        replica: replica.clone(),
+                        code: s.code(),
+                        message: format!(
+                            "{}; this node reads responses of at most {} bytes (--xds-max-response-bytes)",
+                            s.message(),
+                            self.bounds.max_response_bytes
+                        ),
+                    });
+                }
                 Err(s) => {
                     // The replica went away: the next stream opens to another, if any.
                     let ended = StreamEnded::status(replica.clone(), &s);
@@ -171,7 +187,7 @@ impl XdsClient {
                         None,
                     ));
                 });
-                if let Err(e) = stage(&mut staged, &response) {
+                if let Err(e) = stage(&mut staged, &response, &self.bounds) {
                     broken.get_or_insert(e);
                 }
                 unanswered.push(Unanswered {
@@ -320,11 +336,36 @@ impl XdsClient {
     }
 }
 
-/// Applies one response to `staged`; refuses a resource of another type than the response's.
-fn stage(staged: &mut Snapshot, response: &DeltaDiscoveryResponse) -> Result<(), Nack> {
+/// Applies one response to `staged`; refuses a resource of another type than the response's,
+/// and what passes `bounds` (then `staged` may hold part of it: the caller drops it).
+fn stage(
+    staged: &mut Snapshot,
+    response: &DeltaDiscoveryResponse,
+    bounds: &XdsBounds,
+) -> Result<(), Nack> {
     let type_url = response.type_url.as_str();
     if !zident_xds::is_known_type(type_url) {
         return Err(Nack::UnknownType(type_url.to_owned()));
+    }
+    let names = response
+        .resources
+        .iter()
+        .map(|r| &r.name)
+        .chain(&response.removed_resources);
+    if let Some(long) = names.into_iter().find(|n| n.len() > bounds.max_name_bytes) {
+        return Err(Nack::NameTooLong {
+            len: long.len(),
+            start: long.chars().take(40).collect(),
+            max: bounds.max_name_bytes,
+        });
+    }
+    // Counted before anything is copied: at most what is held and what arrives.
+    if response.resources.len() > bounds.max_resources {
+        return Err(Nack::TooMany {
+            type_url: type_url.to_owned(),
+            count: response.resources.len(),
+            max: bounds.max_resources,
+        });
     }
     let mut changed = Vec::with_capacity(response.resources.len());
     for r in &response.resources {
@@ -345,6 +386,14 @@ fn stage(staged: &mut Snapshot, response: &DeltaDiscoveryResponse) -> Result<(),
         });
     }
     staged.apply(type_url, changed, &response.removed_resources);
+    let count = staged.count(type_url);
+    if count > bounds.max_resources {
+        return Err(Nack::TooMany {
+            type_url: type_url.to_owned(),
+            count,
+            max: bounds.max_resources,
+        });
+    }
     Ok(())
 }
 
@@ -357,5 +406,81 @@ pub(crate) fn load_cache(path: &Path) -> Option<Snapshot> {
             tracing::warn!(target: "zident::identity", "ignoring the xDS cache: {e}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zident_proto::xds::Resource as WireResource;
+
+    fn response(names: &[String]) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: zident_xds::ADDRESS.into(),
+            resources: names
+                .iter()
+                .map(|n| WireResource {
+                    name: n.clone(),
+                    version: "1".into(),
+                    resource: Some(prost_types::Any {
+                        type_url: zident_xds::ADDRESS.into(),
+                        value: Vec::new(),
+                    }),
+                })
+                .collect(),
+            nonce: "1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_response_past_a_bound_is_refused_saying_which() {
+        let bounds = XdsBounds {
+            max_response_bytes: 1 << 20,
+            max_resources: 3,
+            max_name_bytes: 64,
+        };
+        let mut staged = Snapshot::default();
+        let names = |n: usize, from: usize| -> Vec<String> {
+            (from..from + n).map(|i| format!("w{i}")).collect()
+        };
+        assert!(stage(&mut staged, &response(&names(2, 0)), &bounds).is_ok());
+        // A name of 2 MB: refused before anything is copied.
+        let long = vec!["x".repeat(2 << 20)];
+        let e = stage(&mut staged, &response(&long), &bounds).unwrap_err();
+        assert!(matches!(e, Nack::NameTooLong { len, max: 64, .. } if len == 2 << 20));
+        assert!(e.to_string().contains("--xds-max-name-bytes"), "{e}");
+        assert!(
+            e.to_string().len() < 300,
+            "the name is not repeated whole: {e}"
+        );
+        // Too many in one response, and too many held after one.
+        let e = stage(&mut staged, &response(&names(4, 10)), &bounds).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Nack::TooMany {
+                    count: 4,
+                    max: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut again = Snapshot::default();
+        stage(&mut again, &response(&names(2, 0)), &bounds).unwrap();
+        let e = stage(&mut again, &response(&names(2, 20)), &bounds).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Nack::TooMany {
+                    count: 4,
+                    max: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--xds-max-resources"), "{e}");
     }
 }

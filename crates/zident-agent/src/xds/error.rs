@@ -27,6 +27,30 @@ pub enum Nack {
         /// The response's type.
         expected: String,
     },
+    /// A resource name past `--xds-max-name-bytes`.
+    #[error(
+        "a resource name of {len} bytes (starting {start:?}) is longer than the {max} bytes this node takes (--xds-max-name-bytes)"
+    )]
+    NameTooLong {
+        /// Its length.
+        len: usize,
+        /// Its first bytes.
+        start: String,
+        /// The bound.
+        max: usize,
+    },
+    /// More resources of one type than `--xds-max-resources`.
+    #[error(
+        "{count} resources of {type_url} would be held, more than the {max} this node takes (--xds-max-resources)"
+    )]
+    TooMany {
+        /// The type.
+        type_url: String,
+        /// How many the response would leave held.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
     /// The mesh the resources make is not one this node can put in force.
     #[error(transparent)]
     Refused(#[from] MeshRefused),

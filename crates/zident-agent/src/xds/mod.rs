@@ -6,11 +6,13 @@
 //! - `client`: the stream, reconnecting with backoff; every response is applied to a copy of
 //!   the resources held, checked by the mesh rules, and then ACKed and put in force, or NACKed
 //!   with the reason while the last good view stays;
+//! - `bounds`: what the agent takes from a control plane, at most;
 //! - `cache`: the last good view on disk, for a restart during a control-plane outage;
 //! - `status`: what `/debug/connections` shows of the stream;
 //! - `error`: a NACK's reason, why a stream ended, why the on-disk copy is unusable.
 
-pub(crate) mod cache;
+pub mod bounds;
+mod cache;
 pub(crate) mod client;
 pub(crate) mod error;
 pub(crate) mod status;
