@@ -146,6 +146,9 @@ pub struct AgentConfig {
     pub data_plane: Option<std::sync::Arc<dyn DataPlane>>,
     /// What the agent takes from the control plane's xDS stream, at most.
     pub xds_bounds: crate::xds::bounds::XdsBounds,
+    /// The limits of every port of the node (admin, metrics, readiness, and the tunnel's
+    /// HBONE, SOCKS5 and capture listeners), in one budget.
+    pub listen: zident_listen::ConnectionLimits,
 }
 
 /// Where an agent's mesh comes from.
@@ -209,6 +212,7 @@ impl AgentConfig {
             delivery: Default::default(),
             data_plane: None,
             xds_bounds: Default::default(),
+            listen: Default::default(),
         }
     }
 }

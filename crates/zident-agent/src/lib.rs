@@ -67,6 +67,9 @@ use crate::metrics::AgentMetrics;
 pub struct RunningAgent {
     /// The certificates.
     pub manager: Arc<CertificateManager>,
+    /// The connections the node's ports hold, within one budget (the tunnel's listeners share
+    /// it: `zident_tunnel::start`).
+    pub connections: Arc<zident_listen::Connections>,
     /// Bound admin address.
     pub admin_addr: Option<SocketAddr>,
     /// Bound metrics address.
@@ -179,6 +182,7 @@ impl RunningAgent {
             ready_tx,
             &mut tasks,
         )?;
+        let connections = zident_listen::Connections::new("agent", config.listen);
         let endpoints = startup::serve_endpoints(
             &config,
             startup::Served {
@@ -190,11 +194,13 @@ impl RunningAgent {
                 clients: &wapi_clients,
                 registry: Arc::new(registry),
                 own: view.own().cloned(),
+                connections: connections.clone(),
             },
             &mut tasks,
         )
         .await?;
         Ok(Self {
+            connections,
             manager,
             admin_addr: endpoints.admin,
             metrics_addr: endpoints.metrics,

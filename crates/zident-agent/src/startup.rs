@@ -224,6 +224,8 @@ pub(crate) struct Served<'a> {
     pub(crate) registry: Arc<Registry>,
     /// The node's own identity, for `--metrics-tls`.
     pub(crate) own: Option<SpiffeId>,
+    /// The connections every port of the node holds, within one budget.
+    pub(crate) connections: Arc<zident_listen::Connections>,
 }
 
 /// The bound endpoint addresses.
@@ -252,6 +254,8 @@ pub(crate) async fn serve_endpoints(
                     served.xds,
                     Some(served.clients.clone()),
                 ),
+                &served.connections,
+                "agent admin",
                 tasks,
             )
             .await
@@ -264,6 +268,8 @@ pub(crate) async fn serve_endpoints(
             serve(
                 a,
                 admin::readiness_router(served.manager.clone(), served.ready.clone()),
+                &served.connections,
+                "agent readiness",
                 tasks,
             )
             .await
@@ -282,6 +288,7 @@ pub(crate) async fn serve_endpoints(
                     admin::metrics_router(served.registry.clone()),
                     served.manager.clone(),
                     own,
+                    &served.connections,
                     tasks,
                 )
                 .await
@@ -289,9 +296,15 @@ pub(crate) async fn serve_endpoints(
             )
         }
         Some(a) => Some(
-            serve(a, admin::metrics_router(served.registry.clone()), tasks)
-                .await
-                .map_err(bind(a))?,
+            serve(
+                a,
+                admin::metrics_router(served.registry.clone()),
+                &served.connections,
+                "agent metrics",
+                tasks,
+            )
+            .await
+            .map_err(bind(a))?,
         ),
         None => None,
     };

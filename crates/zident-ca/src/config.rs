@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::connections;
 use crate::defaults;
 use crate::roots::rotation;
 
@@ -35,7 +34,7 @@ pub struct CaConfig {
     /// Root rotation of the self-signed authority.
     pub rotation: RotationConfig,
     /// Bounds on connections: idle timeout, total and per-source caps.
-    pub connections: connections::ConnectionLimits,
+    pub connections: zident_listen::ConnectionLimits,
     /// How many xDS streams one caller and one connection may hold.
     pub xds: crate::xds::XdsLimits,
     /// Shared state in PostgreSQL, for several replicas; `None`: the data dir alone.

@@ -19,10 +19,10 @@ pub const JWT_TTL: Duration = Duration::from_secs(300);
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// A new root is prepared once the active one has used this share of its lifetime.
 pub const PREPARE_AT: f64 = 0.8;
-/// A connection with no request in flight for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// At most this many connections from one source address.
-pub const MAX_CONNECTIONS_PER_SOURCE: usize = 512;
+/// A connection with no request in flight for this long is closed (every server's default).
+pub const IDLE_TIMEOUT: Duration = zident_listen::IDLE_TIMEOUT;
+/// At most this many connections from one source address (every server's default).
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = zident_listen::MAX_CONNECTIONS_PER_SOURCE;
 /// With `--kubernetes`: the control plane's namespace, where istiod's `istio` ConfigMap is read
 /// (istiod's own default).
 pub const KUBERNETES_NAMESPACE: &str = "istio-system";

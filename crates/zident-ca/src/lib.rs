@@ -28,7 +28,6 @@ pub mod cluster_state;
 mod cluster_view;
 mod coalesce;
 mod config;
-mod connections;
 mod data_lock;
 pub mod datastore;
 pub mod defaults;
@@ -59,7 +58,6 @@ use tokio::task::JoinHandle;
 use zident_mesh::MeshFile;
 
 pub use config::{CaConfig, KubernetesConfig, RotationConfig, TtlPolicy};
-pub use connections::ConnectionLimits;
 pub use data_lock::DataDirError;
 pub use error::CaError;
 pub use kube_auth::{AUDIENCE as TOKEN_AUDIENCE, KubeAuth, NodeAccount};
@@ -69,6 +67,7 @@ pub use roots::authority::{Authority, AuthorityError, Mode};
 pub use roots::{dir_store, generation, ledger, plugged, rotation, store};
 pub use state::CaState;
 pub use xds::XdsLimits;
+pub use zident_listen::ConnectionLimits;
 
 use crate::server::ServingCert;
 

@@ -353,6 +353,7 @@ pub(crate) async fn serve_metrics(
     registry: std::sync::Arc<prometheus_client::registry::Registry>,
     ready: Readiness,
     cluster: Option<std::sync::Arc<std::sync::Mutex<crate::cluster_view::ClusterView>>>,
+    limits: zident_listen::ConnectionLimits,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -402,10 +403,14 @@ pub(crate) async fn serve_metrics(
         ),
         None => app,
     };
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(target: "zident::ca", "metrics server stopped: {e}");
-        }
-    });
+    // The same limits as the TLS port (idle, per-source and total caps, a header timeout),
+    // in a budget of its own so a flood here cannot close the CA's gRPC connections.
+    let connections = zident_listen::Connections::new("CA metrics", limits);
+    let task = tokio::spawn(zident_listen::serve_http(
+        listener,
+        app,
+        connections,
+        "CA metrics",
+    ));
     Ok((bound, task))
 }

@@ -19,7 +19,6 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use zident_identity::profile;
@@ -27,15 +26,13 @@ use zident_proto::istio_ca::istio_certificate_service_server::IstioCertificateSe
 use zident_proto::zident_ca::jwt_svid_service_server::JwtSvidServiceServer;
 
 use crate::coalesce::CoalescedWrites;
-use crate::connections::{AcceptErrors, Connections, InFlight, Slot};
 use crate::jwt_service::JwtService;
 use crate::roots::authority::Authority;
 use crate::service::{CaService, PeerAddr};
 use crate::state::CaState;
 use crate::xds::XdsService;
+use zident_listen::{Connections, InFlight, Slot};
 
-/// A TLS handshake that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest gRPC request accepted. A CSR is at most 16 KiB; the rest is headroom.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Lifetime of the CA's own serving certificate; renewed at half of it.
@@ -167,27 +164,10 @@ pub async fn serve(
     router: axum::Router,
     connections: Arc<Connections>,
 ) {
-    let mut running = JoinSet::new();
-    let mut errors = AcceptErrors::default();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    // Over a cap with every connection busy: refused (and logged) by dropping.
-                    if let Some(slot) = connections.admit(peer) {
-                        running.spawn(serve_connection(tcp, peer, acceptor.clone(), router.clone(), slot));
-                    }
-                }
-                Err(e) => {
-                    // Usually out of file descriptors: pause instead of spinning, and say so
-                    // once in a while rather than for every try.
-                    errors.failed(&e);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = running.join_next(), if !running.is_empty() => {}
-        }
-    }
+    zident_listen::accept_loop(listener, connections, "CA", move |tcp, peer, slot| {
+        serve_connection(tcp, peer, acceptor.clone(), router.clone(), slot)
+    })
+    .await
 }
 
 /// How long a connection asked to close may finish its requests.
@@ -202,7 +182,7 @@ async fn serve_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let tls = tokio::select! {
-        done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match done {
+        done = tokio::time::timeout(zident_listen::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match done {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!(target: "zident::ca", %peer, "TLS handshake failed: {e}");
@@ -233,7 +213,7 @@ async fn serve_connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(zident_listen::HEADER_TIMEOUT);
     builder
         .http2()
         .timer(TokioTimer::new())

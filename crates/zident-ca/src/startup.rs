@@ -21,7 +21,7 @@ use crate::roots::dir_store;
 use crate::roots::plugged::PluggedState;
 use crate::server::ServingCert;
 use crate::state::CaState;
-use crate::{connections, dns_certs, metrics, reload, rotation_schedule, server, xds};
+use crate::{dns_certs, metrics, reload, rotation_schedule, server, xds};
 
 /// The authority the CA starts with, and (with `ROOT_CA_DIR`) what it knows of the plugged-in
 /// roots.
@@ -89,7 +89,7 @@ pub(crate) async fn serve_tls(
     let addr = listener.local_addr().map_err(bind)?;
     let tls = server::tls_config(serving.clone())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let connections = connections::Connections::new(config.connections);
+    let connections = zident_listen::Connections::new("CA", config.connections);
     tracing::info!(
         target: "zident::ca",
         max_connections = connections.cap(),
@@ -139,9 +139,10 @@ pub(crate) async fn serve_metrics_port(
             .as_ref()
             .and_then(|v| v.lock().unwrap_or_else(|e| e.into_inner()).stale_note()))
     });
-    let (bound, task) = metrics::serve_metrics(addr, Arc::new(registry), ready, cluster)
-        .await
-        .map_err(|source| CaError::Bind { addr, source })?;
+    let (bound, task) =
+        metrics::serve_metrics(addr, Arc::new(registry), ready, cluster, config.connections)
+            .await
+            .map_err(|source| CaError::Bind { addr, source })?;
     background.push(task);
     Ok(Some(bound))
 }

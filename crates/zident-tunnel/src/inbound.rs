@@ -27,6 +27,7 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate, check_leaf};
+use zident_listen::{Connections, Slot};
 
 use crate::headers;
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
@@ -36,7 +37,7 @@ use crate::sizes::{TLS_READ_BUFFER, window};
 use crate::verify::{BundleSource, SpiffeClientVerifier, provider};
 
 /// A TLS handshake that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = zident_listen::HANDSHAKE_TIMEOUT;
 
 /// A local workload, as inbound needs to know it.
 #[derive(Debug, Clone)]
@@ -93,6 +94,8 @@ pub struct Inbound<P, D> {
     skew_tolerance: Duration,
     /// Per identity: the serial of the certificate its configuration was built with.
     configs: Mutex<HashMap<SpiffeId, (String, Arc<rustls::ServerConfig>)>>,
+    /// The connections held and their limits (shared with the node's other listeners).
+    connections: Arc<Connections>,
 }
 
 /// Why a handshake was not completed.
@@ -122,7 +125,14 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
             observer,
             skew_tolerance: crate::verify::SKEW_TOLERANCE,
             configs: Mutex::new(HashMap::new()),
+            connections: Connections::new("tunnel", Default::default()),
         }
+    }
+
+    /// Holds connections in `connections` (the node's one budget for every listener).
+    pub fn with_connections(mut self, connections: Arc<Connections>) -> Self {
+        self.connections = connections;
+        self
     }
 
     /// Accepts client certificates whose notBefore is up to `tolerance` in the future (clock
@@ -157,23 +167,17 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
         Ok(config)
     }
 
-    /// Accepts connections until the task is dropped (which also ends its connections).
+    /// Accepts connections within the limits until the task is dropped (which also ends its
+    /// connections).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        connections.spawn(self.clone().connection(tcp, peer));
-                    }
-                    Err(e) => {
-                        tracing::warn!(target: "zident::tunnel", "inbound accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
+        let connections = self.connections.clone();
+        zident_listen::accept_loop(
+            listener,
+            connections,
+            "HBONE inbound",
+            move |tcp, peer, slot| self.clone().connection(tcp, peer, slot),
+        )
+        .await
     }
 
     /// The identity to present for a ClientHello naming `sni`.
@@ -253,11 +257,16 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
         Ok((identity, tls))
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, slot: Slot) {
         let _ = tcp.set_nodelay(true);
         let Ok(local) = tcp.local_addr() else { return };
-        let (served, tls) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(tcp)).await
-        {
+        // Evicted while still shaking hands (a flood of idle connections makes room by closing
+        // the longest-idle): it just ends.
+        let handshake = tokio::select! {
+            done = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(tcp)) => done,
+            () = slot.closing() => return,
+        };
+        let (served, tls) = match handshake {
             Ok(Ok(done)) => done,
             Ok(Err(refused)) => {
                 let (reason, detail) = match refused {
@@ -306,6 +315,7 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
         let served = Arc::new(served);
         let keep = keepalive(conn.ping_pong());
         tokio::pin!(keep);
+        let tracker = slot.tracker();
         // The connection is driven here; its tunnels run beside it and end with it.
         let mut streams = JoinSet::new();
         loop {
@@ -313,8 +323,11 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
                 next = conn.accept() => match next {
                     Some(Ok((request, respond))) => {
                         let (this, source, served) = (self.clone(), source.clone(), served.clone());
+                        // The connection is busy (not idle) while a tunnel runs on it.
+                        let busy = tracker.busy();
                         streams.spawn(async move {
-                            this.stream(source, &served, (peer, local), request, respond).await
+                            this.stream(source, &served, (peer, local), request, respond).await;
+                            drop(busy);
                         });
                     }
                     Some(Err(e)) => {
@@ -324,6 +337,12 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
                     None => break,
                 },
                 () = &mut keep => break,
+                // No tunnel for the idle timeout, or evicted to make room: the client's pool
+                // opens a new connection when it needs one.
+                () = slot.closing(), if streams.is_empty() => {
+                    tracing::debug!(target: "zident::tunnel", %peer, "closing an idle inbound connection");
+                    break;
+                }
                 Some(_) = streams.join_next(), if !streams.is_empty() => {}
             }
         }

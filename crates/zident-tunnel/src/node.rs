@@ -87,6 +87,7 @@ struct NodeInbound<P> {
     live: Arc<LiveMesh>,
     provider: Arc<P>,
     observer: Arc<Observer>,
+    connections: Arc<zident_listen::Connections>,
 }
 
 impl<P: CertificateProvider> NodeInbound<P> {
@@ -98,7 +99,8 @@ impl<P: CertificateProvider> NodeInbound<P> {
                 self.live.clone(),
                 self.observer.clone(),
             )
-            .with_skew_tolerance(self.config.skew_tolerance),
+            .with_skew_tolerance(self.config.skew_tolerance)
+            .with_connections(self.connections.clone()),
         )
     }
 
@@ -222,12 +224,14 @@ impl<P: CertificateProvider> WorkloadListeners<P> {
 /// Workload API follow.
 ///
 /// Certificates and the trust bundle come from `provider` alone, the one seam between identity
-/// and the tunnel.
+/// and the tunnel. Every listener holds its connections in `connections`, the node's one
+/// budget (the agent's ports share it), within its limits.
 pub async fn start<P: CertificateProvider>(
     config: TunnelConfig,
     provider: Arc<P>,
     mut mesh: watch::Receiver<Arc<NodeView>>,
     observer: Arc<Observer>,
+    connections: Arc<zident_listen::Connections>,
 ) -> Result<RunningTunnel, TunnelError> {
     let first = mesh.borrow_and_update().clone();
     let view = Arc::new(LiveView(RwLock::new(Arc::new(MeshView::new(
@@ -243,6 +247,7 @@ pub async fn start<P: CertificateProvider>(
         live,
         provider: provider.clone(),
         observer: observer.clone(),
+        connections: connections.clone(),
     });
 
     let mut tasks = Vec::new();
@@ -271,7 +276,8 @@ pub async fn start<P: CertificateProvider>(
     let outbound = Arc::new(
         Outbound::new(provider, view.clone(), observer)
             .with_transparent_source(config.transparent_source)
-            .with_skew_tolerance(config.skew_tolerance),
+            .with_skew_tolerance(config.skew_tolerance)
+            .with_connections(connections),
     );
     let socks5_addr = match config.socks5_addr {
         Some(addr) => {

@@ -25,8 +25,8 @@ use http::{Method, Request, StatusCode};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate};
+use zident_listen::{Connections, Slot};
 
 use crate::headers::{self, TraceParent};
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, peer_refusal, tls_failure};
@@ -35,7 +35,7 @@ use crate::sizes::{PLAIN_COPY_BUFFER, TLS_READ_BUFFER, window};
 use crate::socks5::{self, Reply, Target};
 use crate::verify::{BundleSource, SpiffeServerVerifier, provider};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = zident_listen::HANDSHAKE_TIMEOUT;
 const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
 
 /// How to reach a destination.
@@ -165,6 +165,8 @@ pub struct Outbound<P, D> {
     observer: Arc<Observer>,
     pool: Mutex<HashMap<PoolKey, Pooled>>,
     configs: Mutex<HashMap<ConfigKey, Arc<rustls::ClientConfig>>>,
+    /// The connections held and their limits (shared with the node's other listeners).
+    connections: Arc<Connections>,
 }
 
 /// Why an outbound connection has no destination to tunnel to (refused as a bad request).
@@ -204,7 +206,14 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             observer,
             pool: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
+            connections: Connections::new("tunnel", Default::default()),
         }
+    }
+
+    /// Holds connections in `connections` (the node's one budget for every listener).
+    pub fn with_connections(mut self, connections: Arc<Connections>) -> Self {
+        self.connections = connections;
+        self
     }
 
     /// Originate connections from workload addresses that are not on the node, with
@@ -234,23 +243,18 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
     }
 
     async fn serve(self: Arc<Self>, listener: TcpListener, socks: bool) {
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let front = Front { stream, peer, socks };
-                        connections.spawn(self.clone().connection(front));
-                    }
-                    Err(e) => {
-                        tracing::warn!(target: "zident::tunnel", "outbound accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
+        let connections = self.connections.clone();
+        let name = if socks { "SOCKS5" } else { "outbound capture" };
+        zident_listen::accept_loop(listener, connections, name, move |stream, peer, slot| {
+            let _ = stream.set_nodelay(true);
+            let front = Front {
+                stream,
+                peer,
+                socks,
+            };
+            self.clone().connection(front, slot)
+        })
+        .await
     }
 
     /// Where the client wants to go: the SOCKS5 request, or the address before redirection.
@@ -281,9 +285,16 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         Ok(Target::Addr(original))
     }
 
-    async fn connection(self: Arc<Self>, mut front: Front) {
+    async fn connection(self: Arc<Self>, mut front: Front, slot: Slot) {
         let peer = front.peer;
-        let target = match Self::destination(&mut front).await {
+        // Idle until it names its destination: a flood of half-open greetings makes room by
+        // closing the longest-idle of them, never a connection that carries traffic.
+        let destination = tokio::select! {
+            d = Self::destination(&mut front) => d,
+            () = slot.closing() => return,
+        };
+        let _busy = slot.tracker().busy();
+        let target = match destination {
             Ok(t) => t,
             Err(detail) => {
                 self.observer

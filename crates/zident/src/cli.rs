@@ -82,6 +82,17 @@ pub struct AgentArgs {
     /// The longest xDS resource name taken (a response with a longer one is NACKed).
     #[arg(long, value_name = "BYTES", default_value_t = zident_agent::defaults::XDS_MAX_NAME_BYTES)]
     pub xds_max_name_bytes: usize,
+    /// At most this many connections on the node's ports together (admin, metrics, readiness,
+    /// HBONE, SOCKS5, capture); default: the open-files limit less 64. At the cap, the
+    /// longest-idle connection is closed to admit a new one.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// At most this many connections from one source address.
+    #[arg(long, value_name = "N", default_value_t = zident_listen::MAX_CONNECTIONS_PER_SOURCE)]
+    pub max_connections_per_source: usize,
+    /// Close a connection with nothing in flight (no request, no tunnel) for this long.
+    #[arg(long, default_value = flag(zident_listen::IDLE_TIMEOUT), value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// This node's name in the mesh file.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node: String,
@@ -225,6 +236,17 @@ impl AgentArgs {
         {
             return Err("--xds-max-response-bytes, --xds-max-resources and --xds-max-name-bytes must be more than zero".into());
         }
+        if self.idle_timeout.is_zero()
+            || self.max_connections == Some(0)
+            || self.max_connections_per_source == 0
+        {
+            return Err("--idle-timeout, --max-connections and --max-connections-per-source must be more than zero".into());
+        }
+        config.listen = zident_listen::ConnectionLimits {
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+        };
         config.xds_bounds = zident_agent::XdsBounds {
             max_response_bytes: self.xds_max_response_bytes,
             max_resources: self.xds_max_resources,

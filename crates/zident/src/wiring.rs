@@ -49,9 +49,15 @@ pub async fn start_node(
     let Some(tunnel) = tunnel else {
         return Ok((agent, None));
     };
-    let running = zident_tunnel::start(tunnel, agent.manager.clone(), agent.mesh.clone(), observer)
-        .await
-        .map_err(|e| e.to_string())?;
+    let running = zident_tunnel::start(
+        tunnel,
+        agent.manager.clone(),
+        agent.mesh.clone(),
+        observer,
+        agent.connections.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok((agent, Some(running)))
 }
 

@@ -689,3 +689,170 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
     assert!((at_least - 180.0).abs() < 15.0, "{doc}");
     drop(agent);
 }
+
+/// Opens `n` connections to `addr` and leaves each with `partial` sent and nothing more (a
+/// SOCKS5 greeting cut short, HTTP headers never ended), as a careless or hostile client would;
+/// the ones the OS or the server refuses are not kept.
+async fn held_partial(addr: &str, n: usize, partial: &'static [u8]) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let Ok(Ok(mut tcp)) =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                .await
+        else {
+            continue;
+        };
+        if tcp.write_all(partial).await.is_ok() {
+            held.push(tcp);
+        }
+    }
+    held
+}
+
+/// A SOCKS5 CONNECT to `dst` through `socks`: the reply code (0 = succeeded), within 10 s.
+async fn socks5_connect(socks: &str, dst: std::net::SocketAddrV4) -> Result<u8, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(socks)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(&[5, 1, 0]).await.map_err(|e| e.to_string())?;
+        let mut choice = [0u8; 2];
+        s.read_exact(&mut choice).await.map_err(|e| e.to_string())?;
+        let mut req = vec![5, 1, 0, 1];
+        req.extend(dst.ip().octets());
+        req.extend(dst.port().to_be_bytes());
+        s.write_all(&req).await.map_err(|e| e.to_string())?;
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).await.map_err(|e| e.to_string())?;
+        Ok(reply[1])
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| "no SOCKS5 answer within 10 s".to_owned())?
+}
+
+/// The agent's ports under a low descriptor limit, flooded with connections that never finish
+/// their request (partial SOCKS5 greetings, HTTP headers never ended) beyond what its
+/// descriptors allow: every port keeps answering new clients (the longest-idle connection makes
+/// room), the SOCKS5 listener still carries a request to its answer, certificates keep renewing,
+/// the held connections are closed by the idle timeout, and the log says so a few times, not
+/// once per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_held_connections_cannot_starve_the_agents_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = "trustDomain: cluster.local\n\
+nodes:\n- {name: node-a, token: secret-a}\n\
+workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node: node-a, workloadIps: [\"127.0.0.1\"]}\n";
+    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+    let ca = start_ca(dir.path(), &[], &[]);
+    let port = ca.addr.rsplit(':').next().unwrap().to_owned();
+    let socks_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let socks = format!("127.0.0.1:{socks_port}");
+    let log_path = dir.path().join("agent.log");
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=256:256")
+        .arg(env!("CARGO_BIN_EXE_zident"))
+        .args(AGENT_EPHEMERAL)
+        .args(["--socks5-addr", &socks, "--no-workload-api"])
+        .args(["--idle-timeout", "4s"])
+        .env("RUST_LOG", "warn")
+        .env("LOCAL_XDS_PATH", dir.path().join("mesh.yaml"))
+        .env("NODE_NAME", "node-a")
+        .env("CA_ADDR", format!("localhost:{port}"))
+        .env("CA_ROOT_CA", dir.path().join("ca/root-cert.pem"))
+        .env("AUTH_TOKEN", "secret-a")
+        .env("SECRET_TTL", "6s");
+    let agent = {
+        // The log goes to stdout with the address line: both are kept in the file.
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("zident agent starts");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(
+            std::fs::File::create(&log_path).unwrap(),
+        ));
+        let err_log = log.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(err_log.lock().unwrap(), "{line}");
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = writeln!(log.lock().unwrap(), "{line}");
+                if let Some(rest) = line.strip_prefix("zident agent: admin at http://") {
+                    let _ = tx.send(rest.split(' ').next().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("admin address");
+        Zident { child, addr }
+    };
+    let admin = agent.addr.trim_end_matches("/debug/certs").to_owned();
+    let serial = |d: &serde_json::Value| d["certificates"][0]["serial_number"].clone();
+    let first = until_certs(&admin, "the workload's certificate", |d| {
+        d["certificates"][0]["state"] == "Available"
+    });
+
+    // 200 held SOCKS5 greetings and 200 held HTTP requests: more than the agent's 256
+    // descriptors (the log below says the cap was reached).
+    let mut held = held_partial(&socks, 200, &[5]).await;
+    held.extend(held_partial(&admin, 200, b"GET /debug/certs HTTP/1.1\r\n").await);
+
+    // Every port answers a new client.
+    let (code, body) = curl(&[&format!("http://{admin}/debug/certs")]);
+    assert_eq!(code, 200, "the admin port answers during the flood: {body}");
+    let dst = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 255, 0, 1), 80);
+    let reply = socks5_connect(&socks, dst).await;
+    // 10.255.0.1 is no workload: the agent answers the request with a refusal (4: host
+    // unreachable), which it can only do after reading the whole request.
+    assert_eq!(reply, Ok(4), "a SOCKS5 request is carried to its answer");
+    // Renewal goes on (6 s certificates renew every 3 s): a new serial.
+    until_certs(&admin, "a renewal during the flood", |d| {
+        d["certificates"][0]["state"] == "Available" && serial(d) != serial(&first)
+    });
+    // The held connections are closed (evicted or idle past 4 s).
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::AsyncReadExt;
+        let mut open = held.len();
+        for mut tcp in held {
+            let mut buf = [0u8; 64];
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        open -= 1;
+                        break;
+                    }
+                    Ok(_) => {} // an HTTP error answer before the close
+                }
+            }
+        }
+        open
+    })
+    .await;
+    assert_eq!(closed, Ok(0), "every held connection is closed");
+    drop(agent);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("accept failed") || l.contains("closed an idle connection"))
+        .count();
+    assert!(
+        log.contains("closed an idle connection"),
+        "the cap was reached and made room: {log}"
+    );
+    assert!(
+        said < 20,
+        "the flood is said in a few lines, not one per connection: {said}\n{log}"
+    );
+}

@@ -1,10 +1,13 @@
-//! Serving a router on a TCP port, in plain HTTP or with the agent's own certificate.
+//! Serving a router on a TCP port, in plain HTTP or with the agent's own certificate, within
+//! the limits every zident server takes (`zident_listen`): a total and a per-source cap that
+//! make room by closing the longest-idle connection, idle, handshake and header timeouts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use zident_listen::Connections;
 
 use crate::certs::manager::CertificateManager;
 use crate::http::own_tls;
@@ -15,32 +18,33 @@ async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     Ok((listener, bound))
 }
 
-/// Serves `router` in plain HTTP on `addr`; returns the bound address.
+/// Serves `router` in plain HTTP on `addr` within `connections`; returns the bound address.
 pub(crate) async fn serve(
     addr: SocketAddr,
     router: axum::Router,
+    connections: &Arc<Connections>,
+    name: &'static str,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> std::io::Result<SocketAddr> {
     let (listener, bound) = bind(addr).await?;
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!("HTTP server on {bound} stopped: {e}");
-        }
-    }));
+    tasks.push(tokio::spawn(zident_listen::serve_http(
+        listener,
+        router,
+        connections.clone(),
+        name,
+    )));
     Ok(bound)
 }
 
-/// Serves `router` over TLS with the agent's own current certificate.
+/// Serves `router` over TLS with the agent's own current certificate, within `connections`.
 pub(crate) async fn serve_tls(
     addr: SocketAddr,
     router: axum::Router,
     manager: Arc<CertificateManager>,
     own: zident_identity::SpiffeId,
+    connections: &Arc<Connections>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> std::io::Result<SocketAddr> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::service::TowerToHyperService;
-
     let (listener, bound) = bind(addr).await?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -50,23 +54,21 @@ pub(crate) async fn serve_tls(
         .with_cert_resolver(Arc::new(own_tls::OwnCertResolver::new(manager, own)));
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    tasks.push(tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((tcp, _)) = accepted else { continue };
-                    let (acceptor, router) = (acceptor.clone(), router.clone());
-                    connections.spawn(async move {
-                        let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tls), TowerToHyperService::new(router))
-                            .await;
-                    });
-                }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    tasks.push(tokio::spawn(zident_listen::accept_loop(
+        listener,
+        connections.clone(),
+        "agent metrics (TLS)",
+        move |tcp, peer, slot| {
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            async move {
+                let handshake = tokio::select! {
+                    done = tokio::time::timeout(zident_listen::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => done,
+                    () = slot.closing() => return,
+                };
+                let Ok(Ok(tls)) = handshake else { return };
+                zident_listen::serve_connection(tls, peer, router, slot).await;
             }
-        }
-    }));
+        },
+    )));
     Ok(bound)
 }

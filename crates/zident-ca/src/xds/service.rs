@@ -24,6 +24,7 @@ use tonic::codec::Codec;
 use tonic::server::NamedService;
 use tonic::{Status, Streaming};
 use tonic_prost::ProstCodec;
+use zident_listen::InFlight;
 use zident_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use super::caps::{Slot, StreamCaps};
@@ -31,7 +32,6 @@ use super::generation::Generation;
 use super::metrics::XdsMetrics;
 use super::stream::{StreamState, clip};
 use super::wire::{Frames, WireResponse};
-use crate::connections::InFlight;
 use crate::node_authorizer::Caller;
 use crate::service::{authenticate, peer_of};
 use crate::state::CaState;

@@ -357,9 +357,15 @@ pub async fn tunnel_with(
         node,
         "the agent's view is of this node"
     );
-    start(config, a.manager.clone(), a.mesh.clone(), observer)
-        .await
-        .unwrap()
+    start(
+        config,
+        a.manager.clone(),
+        a.mesh.clone(),
+        observer,
+        a.connections.clone(),
+    )
+    .await
+    .unwrap()
 }
 
 /// The real CA on `dir/mesh.yaml`, on an ephemeral port.

@@ -1,10 +1,10 @@
-//! Who holds the CA's connections, so that idle ones cannot exhaust it.
+//! Who holds a server's connections, so that idle ones cannot exhaust it.
 //!
 //! Every accepted connection is entered here with its source address, how many requests it
 //! is serving, and when it last did anything. A connection with no request in flight for
 //! [`ConnectionLimits::idle_timeout`] is closed. There is a cap on all connections (by default
-//! what the process's descriptor limit leaves after a reserve for the CA's own files) and one
-//! per source address; a new connection over a cap makes room by closing the longest-idle
+//! what the process's descriptor limit leaves after a reserve for its own files) and one per
+//! source address; a new connection over a cap makes room by closing the longest-idle
 //! connection (of that source, for the per-source cap), and is refused only when every
 //! connection is busy. Each refusal and eviction is logged with the source, at most once per
 //! source per [`LOG_EVERY`], so a flood cannot flood the log too.
@@ -13,59 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
-/// How often the same kind of line may be logged for one source.
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
-/// Descriptors kept back from the connection cap for the CA's own files and sockets.
-pub const DESCRIPTOR_RESERVE: usize = 64;
-
-/// Limits on the CA's connections.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
-    /// A connection with no request in flight this long is closed.
-    pub idle_timeout: Duration,
-    /// At most this many connections in all; `None`: the descriptor limit less a reserve.
-    pub max_connections: Option<usize>,
-    /// At most this many connections from one source address.
-    pub max_per_source: usize,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self {
-            idle_timeout: crate::defaults::IDLE_TIMEOUT,
-            max_connections: None,
-            max_per_source: crate::defaults::MAX_CONNECTIONS_PER_SOURCE,
-        }
-    }
-}
-
-impl ConnectionLimits {
-    /// The total cap in force: the configured one, or the soft `RLIMIT_NOFILE` less
-    /// [`DESCRIPTOR_RESERVE`] (read from `/proc/self/limits`; 1024 when it cannot be read).
-    pub fn total(&self) -> usize {
-        self.max_connections.unwrap_or_else(|| {
-            open_files_limit()
-                .unwrap_or(1024)
-                .saturating_sub(DESCRIPTOR_RESERVE)
-                .max(1)
-        })
-    }
-}
-
-/// The soft limit on open files of this process.
-fn open_files_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line.split_whitespace().nth(3)?;
-    match soft {
-        "unlimited" => Some(usize::MAX / 2),
-        n => n.parse().ok(),
-    }
-}
+use crate::limits::{ConnectionLimits, DESCRIPTOR_RESERVE, LOG_EVERY};
 
 /// The open connections, and how many each source holds (kept with them, so that admitting a
 /// connection does not count the whole table).
@@ -108,8 +60,10 @@ struct Entry {
     close: Arc<Notify>,
 }
 
-/// The CA's open connections.
+/// A server's open connections (or several servers', sharing one budget).
 pub struct Connections {
+    /// The server's name in log lines (`CA`, `agent`).
+    name: &'static str,
     limits: ConnectionLimits,
     total: usize,
     next: AtomicU64,
@@ -134,9 +88,10 @@ pub struct Busy {
 }
 
 impl Connections {
-    /// An empty table with `limits`.
-    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
+    /// An empty table with `limits`, for the server `name` (as log lines name it).
+    pub fn new(name: &'static str, limits: ConnectionLimits) -> Arc<Self> {
         Arc::new(Self {
+            name,
             total: limits.total(),
             limits,
             next: AtomicU64::new(0),
@@ -151,7 +106,6 @@ impl Connections {
     }
 
     /// How many connections are open.
-    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.table.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -168,7 +122,7 @@ impl Connections {
         }
         logged.retain(|_, t| now.duration_since(*t) < LOG_EVERY);
         logged.insert((peer, kind), now);
-        tracing::warn!(target: "zident::ca", source = %peer, "{}", message());
+        tracing::warn!(target: "zident::listen", server = self.name, source = %peer, "{}", message());
     }
 
     /// Enters a new connection from `peer`, closing the longest-idle one if a cap is reached;
@@ -194,8 +148,9 @@ impl Connections {
                 )
             } else {
                 format!(
-                    "{} connections open, the most the CA holds (--max-connections, or the descriptor limit less {DESCRIPTOR_RESERVE})",
-                    table.len()
+                    "{} connections open, the most the {} holds (--max-connections, or the descriptor limit less {DESCRIPTOR_RESERVE})",
+                    table.len(),
+                    self.name
                 )
             };
             match victim.and_then(|id| table.remove(&id)) {
@@ -323,7 +278,7 @@ impl InFlight {
         Self { _held: busy }
     }
 
-    /// The connection's number, unique while the CA runs.
+    /// The connection's number, unique while the process runs.
     pub fn connection(&self) -> u64 {
         self._held.id
     }
@@ -335,35 +290,11 @@ impl Drop for Busy {
     }
 }
 
-/// Logs a failed accept at most once per [`LOG_EVERY`], counting the failures in between.
-#[derive(Default)]
-pub struct AcceptErrors {
-    last: Option<Instant>,
-    since: u64,
-}
-
-impl AcceptErrors {
-    /// Records one failure; logs it unless one was logged lately.
-    pub fn failed(&mut self, e: &std::io::Error) {
-        self.since += 1;
-        let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
-            return;
-        }
-        let hint = if e.raw_os_error() == Some(24) || e.raw_os_error() == Some(23) {
-            " (out of file descriptors: raise the limit, or lower --max-connections)"
-        } else {
-            ""
-        };
-        tracing::warn!(target: "zident::ca", failures = self.since, "accept failed: {e}{hint}; backing off");
-        self.last = Some(now);
-        self.since = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::open_files_limit;
+    use std::time::Duration;
 
     fn limits(total: usize, per_source: usize) -> ConnectionLimits {
         ConnectionLimits {
@@ -379,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_full_table_evicts_the_longest_idle_and_refuses_only_when_all_are_busy() {
-        let c = Connections::new(limits(2, 10));
+        let c = Connections::new("test", limits(2, 10));
         let first = c.admit(addr("10.0.0.1")).unwrap();
         let second = c.admit(addr("10.0.0.2")).unwrap();
         let _busy = second.tracker().busy();
@@ -396,7 +327,7 @@ mod tests {
 
     #[test]
     fn one_source_cannot_take_the_others_slots() {
-        let c = Connections::new(limits(100, 2));
+        let c = Connections::new("test", limits(100, 2));
         let a1 = c.admit(addr("10.0.0.1")).unwrap();
         let b = c.admit(addr("10.0.0.2")).unwrap();
         let a2 = c.admit(addr("10.0.0.1")).unwrap();
@@ -416,6 +347,14 @@ mod tests {
     fn the_descriptor_limit_sets_the_default_cap() {
         let l = ConnectionLimits::default();
         let soft = open_files_limit().unwrap();
-        assert_eq!(l.total(), soft.saturating_sub(DESCRIPTOR_RESERVE).max(1));
+        let total = l.total();
+        assert!(
+            total < soft.saturating_sub(DESCRIPTOR_RESERVE),
+            "the open descriptors are left out too"
+        );
+        assert!(
+            total + DESCRIPTOR_RESERVE + 1024 > soft,
+            "{total} of {soft}"
+        );
     }
 }
