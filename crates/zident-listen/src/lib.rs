@@ -7,6 +7,8 @@
 //!   longest-idle connection, and idle closing; a request in flight keeps its connection;
 //! - `accept`: the accept loop within the table, with failed accepts backed off and logged at
 //!   most once per interval;
+//! - `log_gate`: warnings a client can cause, said once per source and kind per interval with
+//!   the count held back;
 //! - `http` (feature `http`): an axum router served over plain HTTP within the limits, with a
 //!   header timeout.
 
@@ -17,6 +19,7 @@ mod accept;
 #[cfg(feature = "http")]
 mod http;
 mod limits;
+mod log_gate;
 mod table;
 
 pub use accept::{AcceptErrors, accept_loop};
@@ -26,4 +29,5 @@ pub use limits::{
     ConnectionLimits, DESCRIPTOR_RESERVE, HANDSHAKE_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT,
     LOG_EVERY, MAX_CONNECTIONS_PER_SOURCE,
 };
+pub use log_gate::LogGate;
 pub use table::{Busy, Connections, InFlight, Slot, Tracker};

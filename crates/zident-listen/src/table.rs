@@ -7,7 +7,7 @@
 //! source address; a new connection over a cap makes room by closing the longest-idle
 //! connection (of that source, for the per-source cap), and is refused only when every
 //! connection is busy. Each refusal and eviction is logged with the source, at most once per
-//! source per [`LOG_EVERY`], so a flood cannot flood the log too.
+//! source per [`crate::LOG_EVERY`], so a flood cannot flood the log too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::limits::{ConnectionLimits, DESCRIPTOR_RESERVE, LOG_EVERY};
+use crate::limits::{ConnectionLimits, DESCRIPTOR_RESERVE};
+use crate::log_gate::LogGate;
 
 /// The open connections, and how many each source holds (kept with them, so that admitting a
 /// connection does not count the whole table).
@@ -68,7 +69,7 @@ pub struct Connections {
     total: usize,
     next: AtomicU64,
     table: Mutex<Table>,
-    logged: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
+    logged: LogGate,
 }
 
 /// One connection's place in the table; leaving drops it from the table.
@@ -96,7 +97,7 @@ impl Connections {
             limits,
             next: AtomicU64::new(0),
             table: Mutex::new(Table::default()),
-            logged: Mutex::new(HashMap::new()),
+            logged: LogGate::new(),
         })
     }
 
@@ -112,17 +113,9 @@ impl Connections {
 
     /// Logs `message` for `peer` unless a line of this `kind` was logged for it lately.
     fn log(&self, peer: IpAddr, kind: &'static str, message: impl FnOnce() -> String) {
-        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if logged
-            .get(&(peer, kind))
-            .is_some_and(|t| now.duration_since(*t) < LOG_EVERY)
-        {
-            return;
+        if let Some(held) = self.logged.allow(peer, kind) {
+            tracing::warn!(target: "zident::listen", server = self.name, source = %peer, held_back = held, "{}", message());
         }
-        logged.retain(|_, t| now.duration_since(*t) < LOG_EVERY);
-        logged.insert((peer, kind), now);
-        tracing::warn!(target: "zident::listen", server = self.name, source = %peer, "{}", message());
     }
 
     /// Enters a new connection from `peer`, closing the longest-idle one if a cap is reached;

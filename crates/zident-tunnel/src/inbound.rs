@@ -274,13 +274,17 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
                     Refused::Other(reason, detail) => (reason, detail),
                 };
                 self.observer.failure(Direction::Inbound, reason);
-                tracing::warn!(target: "zident::tunnel", %peer, %reason, "inbound TLS handshake refused: {detail}");
+                if let Some(held_back) = self.observer.say(peer.ip(), reason.as_str()) {
+                    tracing::warn!(target: "zident::tunnel", held_back, %peer, %reason, "inbound TLS handshake refused: {detail}");
+                }
                 return;
             }
             Err(_) => {
                 self.observer
                     .failure(Direction::Inbound, Reason::TlsFailure);
-                tracing::warn!(target: "zident::tunnel", %peer, reason = %Reason::TlsFailure, "inbound TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}");
+                if let Some(held_back) = self.observer.say(peer.ip(), Reason::TlsFailure.as_str()) {
+                    tracing::warn!(target: "zident::tunnel", held_back, %peer, reason = %Reason::TlsFailure, "inbound TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}");
+                }
                 return;
             }
         };
@@ -375,7 +379,9 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
         let send = match respond.send_response(status(StatusCode::OK), false) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(target: "zident::tunnel", %peer, %dst, "inbound: cannot answer CONNECT: {e}");
+                if let Some(held_back) = self.observer.say(peer.ip(), "answer") {
+                    tracing::warn!(target: "zident::tunnel", held_back, %peer, %dst, "inbound: cannot answer CONNECT: {e}");
+                }
                 return;
             }
         };
@@ -447,7 +453,9 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
         };
         if req.method() != Method::CONNECT {
             fail(Reason::BadRequest);
-            tracing::warn!(target: "zident::tunnel", %peer, src, reason = %Reason::BadRequest, "inbound: {} is not CONNECT", req.method());
+            if let Some(held_back) = self.observer.say(peer.ip(), Reason::BadRequest.as_str()) {
+                tracing::warn!(target: "zident::tunnel", held_back, %peer, src, reason = %Reason::BadRequest, "inbound: {} is not CONNECT", req.method());
+            }
             return Err(StatusCode::BAD_REQUEST);
         }
         let Some(dst) = req
@@ -456,24 +464,32 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
         else {
             fail(Reason::BadRequest);
-            tracing::warn!(target: "zident::tunnel", %peer, src, reason = %Reason::BadRequest, "inbound: CONNECT authority {:?} is not ip:port", req.uri());
+            if let Some(held_back) = self.observer.say(peer.ip(), Reason::BadRequest.as_str()) {
+                tracing::warn!(target: "zident::tunnel", held_back, %peer, src, reason = %Reason::BadRequest, "inbound: CONNECT authority {:?} is not ip:port", req.uri());
+            }
             return Err(StatusCode::BAD_REQUEST);
         };
         // A CONNECT to the HBONE port (of this or any local address) would tunnel into a
         // listener of this node, and again, and again.
         if dst.port() == local.port() {
             fail(Reason::BadRequest);
-            tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is the HBONE port itself; a tunnel there would loop");
+            if let Some(held_back) = self.observer.say(peer.ip(), Reason::BadRequest.as_str()) {
+                tracing::warn!(target: "zident::tunnel", held_back, %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is the HBONE port itself; a tunnel there would loop");
+            }
             return Err(StatusCode::BAD_REQUEST);
         }
         let Some(target) = self.destinations.local_target(dst.ip()) else {
             fail(Reason::BadRequest);
-            tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is not a workload on this node");
+            if let Some(held_back) = self.observer.say(peer.ip(), Reason::BadRequest.as_str()) {
+                tracing::warn!(target: "zident::tunnel", held_back, %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is not a workload on this node");
+            }
             return Err(StatusCode::BAD_REQUEST);
         };
         if target.id != *served {
             fail(Reason::BadRequest);
-            tracing::warn!(target: "zident::tunnel", %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is {}, but this connection was served as {served}", target.id);
+            if let Some(held_back) = self.observer.say(peer.ip(), Reason::BadRequest.as_str()) {
+                tracing::warn!(target: "zident::tunnel", held_back, %peer, src, %dst, reason = %Reason::BadRequest, "inbound: {dst} is {}, but this connection was served as {served}", target.id);
+            }
             return Err(StatusCode::BAD_REQUEST);
         }
         let decision = self.destinations.authorizer().authorize(
@@ -492,7 +508,9 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
         }
         if !decision.allowed {
             fail(Reason::PolicyDenied);
-            tracing::warn!(target: "zident::tunnel", src, dst = %target.id, dst_addr = %dst, reason = %Reason::PolicyDenied, "inbound: {}", decision.reason);
+            if let Some(held_back) = self.observer.say(peer.ip(), Reason::PolicyDenied.as_str()) {
+                tracing::warn!(target: "zident::tunnel", held_back, src, dst = %target.id, dst_addr = %dst, reason = %Reason::PolicyDenied, "inbound: {}", decision.reason);
+            }
             return Err(StatusCode::UNAUTHORIZED);
         }
         match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst)).await {
@@ -502,12 +520,22 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
             }
             Ok(Err(e)) => {
                 fail(Reason::UpstreamUnreachable);
-                tracing::warn!(target: "zident::tunnel", src, %dst, reason = %Reason::UpstreamUnreachable, "inbound: workload refused: {e}");
+                if let Some(held_back) = self
+                    .observer
+                    .say(peer.ip(), Reason::UpstreamUnreachable.as_str())
+                {
+                    tracing::warn!(target: "zident::tunnel", held_back, src, %dst, reason = %Reason::UpstreamUnreachable, "inbound: workload refused: {e}");
+                }
                 Err(StatusCode::SERVICE_UNAVAILABLE)
             }
             Err(_) => {
                 fail(Reason::UpstreamUnreachable);
-                tracing::warn!(target: "zident::tunnel", src, %dst, reason = %Reason::UpstreamUnreachable, "inbound: workload did not answer within {:?}", self.connect_timeout);
+                if let Some(held_back) = self
+                    .observer
+                    .say(peer.ip(), Reason::UpstreamUnreachable.as_str())
+                {
+                    tracing::warn!(target: "zident::tunnel", held_back, src, %dst, reason = %Reason::UpstreamUnreachable, "inbound: workload did not answer within {:?}", self.connect_timeout);
+                }
                 Err(StatusCode::SERVICE_UNAVAILABLE)
             }
         }

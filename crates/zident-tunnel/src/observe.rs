@@ -384,6 +384,8 @@ pub struct Observer {
     fallbacks: Mutex<BTreeMap<std::net::IpAddr, SourceFallback>>,
     next: AtomicU64,
     open: Mutex<BTreeMap<u64, OpenTunnel>>,
+    /// Warnings a peer can cause, said once per source and kind per interval.
+    logs: zident_listen::LogGate,
 }
 
 impl Observer {
@@ -395,6 +397,13 @@ impl Observer {
     /// The metrics, for registering.
     pub fn metrics(&self) -> &TunnelMetrics {
         &self.metrics
+    }
+
+    /// Whether a warning of `kind` about a connection from `source` may be said now:
+    /// `Some(how many were held back since the last)`. A peer that fails a thousand times a
+    /// second costs a line every few seconds; the metrics count every failure.
+    pub fn say(&self, source: std::net::IpAddr, kind: &'static str) -> Option<u64> {
+        self.logs.allow(source, kind)
     }
 
     /// The inbound listeners and their states.

@@ -299,13 +299,17 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             Err(detail) => {
                 self.observer
                     .failure(Direction::Outbound, Reason::BadRequest);
-                tracing::warn!(target: "zident::tunnel", %peer, reason = %Reason::BadRequest, "outbound refused: {detail}");
+                if let Some(held_back) = self.observer.say(peer.ip(), Reason::BadRequest.as_str()) {
+                    tracing::warn!(target: "zident::tunnel", held_back, %peer, reason = %Reason::BadRequest, "outbound refused: {detail}");
+                }
                 return;
             }
         };
         if let Err(r) = self.forward(&mut front, &target).await {
             self.observer.failure(Direction::Outbound, r.reason);
-            tracing::warn!(target: "zident::tunnel", %peer, dst = %target, reason = %r.reason, "outbound refused: {}", r.detail);
+            if let Some(held_back) = self.observer.say(peer.ip(), r.reason.as_str()) {
+                tracing::warn!(target: "zident::tunnel", held_back, %peer, dst = %target, reason = %r.reason, "outbound refused: {}", r.detail);
+            }
             let _ = front.answer(r.reply).await;
         }
     }

@@ -817,6 +817,11 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
     // 10.255.0.1 is no workload: the agent answers the request with a refusal (4: host
     // unreachable), which it can only do after reading the whole request.
     assert_eq!(reply, Ok(4), "a SOCKS5 request is carried to its answer");
+    // A hundred more refused requests from the same source: each is counted, and said once
+    // (with how many were held back when it is said again).
+    for _ in 0..100 {
+        assert_eq!(socks5_connect(&socks, dst).await, Ok(4));
+    }
     // Renewal goes on (6 s certificates renew every 3 s): a new serial.
     until_certs(&admin, "a renewal during the flood", |d| {
         d["certificates"][0]["state"] == "Available" && serial(d) != serial(&first)
@@ -850,6 +855,14 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
     assert!(
         log.contains("closed an idle connection"),
         "the cap was reached and made room: {log}"
+    );
+    let refused = log
+        .lines()
+        .filter(|l| l.contains("outbound refused"))
+        .count();
+    assert!(
+        (1..=3).contains(&refused),
+        "101 refused requests from one source, said {refused} times:\n{log}"
     );
     assert!(
         said < 20,
