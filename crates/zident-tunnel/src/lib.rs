@@ -20,6 +20,8 @@
 
 pub mod defaults;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod headers;
 mod inbound;
 mod listeners;

@@ -1,0 +1,71 @@
+//! A short run of every fuzz target under libFuzzer and AddressSanitizer (10 s each, from its
+//! corpus), when cargo-fuzz is installed (.ci/run installs it); skipped with a message
+//! otherwise. The long runs are by hand (docs/fuzzing.md); this one keeps every target building
+//! and running, so a target that rots is seen at once.
+
+use std::path::Path;
+use std::process::Command;
+
+const SECONDS: &str = "10";
+
+fn cargo() -> Command {
+    let mut c = Command::new(env!("CARGO"));
+    // The sanitizer flags are nightly-only; the stable toolchain accepts them with this.
+    c.env("RUSTC_BOOTSTRAP", "1");
+    c
+}
+
+#[test]
+fn every_target_runs_under_libfuzzer_for_a_moment() {
+    let installed = cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        eprintln!("SKIPPED: cargo-fuzz is not installed (cargo install cargo-fuzz; .ci/run does)");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = cargo()
+        .args(["fuzz", "build", "-O"])
+        .current_dir(&root)
+        .output()
+        .expect("cargo fuzz build runs");
+    assert!(
+        built.status.success(),
+        "the fuzz targets build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    for (name, _) in zident_fuzzing::TARGETS {
+        // New inputs go to a scratch directory; the checked-in corpus is only read.
+        let scratch =
+            std::env::temp_dir().join(format!("zident-fuzz-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).expect("scratch corpus");
+        let run = cargo()
+            .args(["fuzz", "run", name, "-O"])
+            .arg(&scratch)
+            .arg(root.join("fuzz/corpus").join(name))
+            .args([
+                "--",
+                &format!("-max_total_time={SECONDS}"),
+                "-rss_limit_mb=2048",
+            ])
+            .current_dir(&root)
+            .output()
+            .expect("cargo fuzz run runs");
+        let _ = std::fs::remove_dir_all(&scratch);
+        let log = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.success(),
+            "{name} failed under libFuzzer (its input is in fuzz/artifacts/{name}/; fix it and keep the input in fuzz/corpus/{name}/):\n{}",
+            log.lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
