@@ -20,12 +20,10 @@ pub(crate) mod replica;
 pub mod secret_format;
 mod store;
 
-pub use store::{ClusterStoreError, SecretRoots};
+pub use store::{ClusterStoreError, ROOTS_SECRET, SecretRoots};
 
 use std::time::Duration;
 
-/// The Secret holding the roots and the rotation state.
-pub const ROOTS_SECRET: &str = "zident-ca-roots";
 /// The Lease the replicas elect their leader with.
 pub const LEADER_LEASE: &str = "zident-ca-leader";
 

@@ -16,6 +16,9 @@ use crate::roots::ledger::Issuance;
 use crate::roots::rotation::{Change, RotationError, RotationState, Timing};
 use crate::roots::store::{RootSnapshot, RootStore};
 
+/// The Secret holding the roots and the rotation state.
+pub const ROOTS_SECRET: &str = "zident-ca-roots";
+
 /// The roots Secret and the issued records of one namespace.
 #[derive(Clone)]
 pub struct SecretRoots {
@@ -63,7 +66,7 @@ impl SecretRoots {
     /// issued record is `zident-ca-issued-<replica>`).
     pub fn new(connection: &Connection, namespace: &str, replica: &str) -> Self {
         Self {
-            secret: StateSecret::new(connection, namespace, super::ROOTS_SECRET),
+            secret: StateSecret::new(connection, namespace, ROOTS_SECRET),
             records: IssuedRecords::new(connection, namespace, replica),
             own: HashMap::new(),
         }
