@@ -425,11 +425,13 @@ fn classify(address: &str, status: tonic::Status, clock: &crate::ca::clock::Cloc
             };
         }
     };
-    match tls_error(&status) {
+    // What the handshake's failure says of this node's clock, if it failed on validity.
+    let skew = match tls_error(&status) {
         Some(rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature)) => {
             message.push_str(
                 ": the CA's TLS certificate chains to no root this node trusts; if the CA's root rotated while this node was down, give it the CA's current root-cert.pem as CA_ROOT_CA",
             );
+            false
         }
         Some(rustls::Error::InvalidCertificate(C::NotValidYetContext { time, not_before })) => {
             // The CA's serving certificate is recent: a wait this long means this node is at
@@ -439,10 +441,7 @@ fn classify(address: &str, status: tonic::Status, clock: &crate::ca::clock::Cloc
             message.push_str(&format!(
                 ": the CA's TLS certificate is not valid for another {behind} s by this node's clock; likely cause: this node's clock is at least {behind} s behind the CA's (fix the clock: NTP)"
             ));
-            return CaError::ClockSkew {
-                address: address.to_owned(),
-                message,
-            };
+            true
         }
         Some(rustls::Error::InvalidCertificate(C::ExpiredContext { time, not_after })) => {
             // The CA renews its serving certificate at half its life: past its end by this
@@ -452,10 +451,7 @@ fn classify(address: &str, status: tonic::Status, clock: &crate::ca::clock::Cloc
             message.push_str(&format!(
                 ": the CA's TLS certificate expired {ahead} s ago by this node's clock; likely cause: this node's clock is at least {ahead} s ahead of the CA's (fix the clock: NTP)"
             ));
-            return CaError::ClockSkew {
-                address: address.to_owned(),
-                message,
-            };
+            true
         }
         Some(rustls::Error::InvalidCertificate(C::Expired | C::NotValidYet)) => {
             message.push_str(
@@ -464,16 +460,15 @@ fn classify(address: &str, status: tonic::Status, clock: &crate::ca::clock::Cloc
             message.push_str(&clock.hint().unwrap_or_else(|| {
                 "this node's clock agrees with the CA's as last measured".into()
             }));
-            return CaError::ClockSkew {
-                address: address.to_owned(),
-                message,
-            };
+            true
         }
-        _ => {}
-    }
-    CaError::Unreachable {
-        address: address.to_owned(),
-        message,
+        _ => false,
+    };
+    let address = address.to_owned();
+    if skew {
+        CaError::ClockSkew { address, message }
+    } else {
+        CaError::Unreachable { address, message }
     }
 }
 
