@@ -101,6 +101,15 @@ impl Connections {
         })
     }
 
+    /// The process's one table with the default limits, made (and the descriptor limit read)
+    /// once: for a listener built without a table of its own (a test, an embedding).
+    pub fn process_default() -> Arc<Self> {
+        static DEFAULT: std::sync::OnceLock<Arc<Connections>> = std::sync::OnceLock::new();
+        DEFAULT
+            .get_or_init(|| Self::new("default", ConnectionLimits::default()))
+            .clone()
+    }
+
     /// The total cap in force.
     pub fn cap(&self) -> usize {
         self.total

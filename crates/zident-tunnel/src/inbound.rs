@@ -125,7 +125,7 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
             observer,
             skew_tolerance: crate::verify::SKEW_TOLERANCE,
             configs: Mutex::new(HashMap::new()),
-            connections: Connections::new("tunnel", Default::default()),
+            connections: Connections::process_default(),
         }
     }
 

@@ -206,7 +206,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             observer,
             pool: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
-            connections: Connections::new("tunnel", Default::default()),
+            connections: Connections::process_default(),
         }
     }
 
