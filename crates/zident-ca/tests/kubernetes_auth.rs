@@ -260,19 +260,16 @@ async fn service_account_tokens_and_the_node_authorizer() {
 
 /// `zident_ca_requests_rejected{reason}`.
 fn rejected(text: &str, reason: &str) -> f64 {
-    let label = format!("zident_ca_requests_rejected_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&label))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    common::series(
+        text,
+        &format!("zident_ca_requests_rejected_total{{reason=\"{reason}\"}}"),
+    )
 }
 
 /// `zident_ca_token_reviews{answered, result}`.
 fn review_count(text: &str, answered: &str, result: &str) -> f64 {
-    let label =
-        format!("zident_ca_token_reviews_total{{answered=\"{answered}\",result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&label))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    common::series(
+        text,
+        &format!("zident_ca_token_reviews_total{{answered=\"{answered}\",result=\"{result}\"}}"),
+    )
 }

@@ -441,12 +441,10 @@ async fn a_nack_storm_is_counted_apart_and_logged_once() {
         )
     };
     let ignored = |why: &str| {
-        let label = format!("zident_xds_requests_ignored_total{{why=\"{why}\"}} ");
-        metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(&label).map(str::to_owned))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+        common::series(
+            &metrics(),
+            &format!("zident_xds_requests_ignored_total{{why=\"{why}\"}}"),
+        )
     };
     common::eventually(WAIT, "every request handled", || {
         ignored("unknown_type") >= 50.0
@@ -551,11 +549,10 @@ async fn streams_are_capped_per_caller_and_per_connection() {
         None,
     );
     let count = |why: &str| {
-        let label = format!("zident_xds_streams_refused_total{{why=\"{why}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&label))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+        common::series(
+            &text,
+            &format!("zident_xds_streams_refused_total{{why=\"{why}\"}}"),
+        )
     };
     assert_eq!(count("per_connection"), 1.0, "{text}");
     assert!(count("per_caller") >= f64::from(refused), "{text}");

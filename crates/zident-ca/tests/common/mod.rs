@@ -201,6 +201,16 @@ pub fn curl(url: &str, cacert: Option<&Path>) -> String {
 }
 
 /// Reads one metric's value from Prometheus text.
+/// The value of the series `series` (a name with its labels, as the text shows it:
+/// `name_total{why="x"}`) in the metrics `text`; 0 when there is none yet.
+pub fn series(text: &str, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.split([' ', '{']).next() == Some(name))
