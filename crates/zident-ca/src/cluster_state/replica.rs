@@ -156,9 +156,14 @@ pub(crate) async fn run(
 ) {
     let Prepared {
         mut roots,
-        mut version,
+        version,
         status,
     } = prepared;
+    // The state is read in the first round (the working copy is already the Secret's).
+    let mut followed = Followed {
+        version,
+        state: None,
+    };
     let metrics = &running.state.metrics;
     let mut lease = LeaderLease::new(
         &connection,
@@ -171,7 +176,7 @@ pub(crate) async fn run(
     let mut record_due = true;
     loop {
         let round = async {
-            follow(&config, &roots, &mut version, &running).await?;
+            follow(&config, &roots, &mut followed, &running).await?;
             // What this replica issued: its whole ledger, when anything was added.
             let outbox = running.state.ledger.take_outbox();
             if record_due || !outbox.is_empty() {
@@ -206,8 +211,11 @@ pub(crate) async fn run(
         let mut stepped = false;
         if status.is_leader() && lease.holds() {
             roots.own = running.state.ledger.snapshot();
-            if config.rotation.auto && config.root_ca_dir.is_none() {
-                stepped = scheduled_step(&config, &cluster, &mut roots, &running).await;
+            if config.rotation.auto
+                && config.root_ca_dir.is_none()
+                && let Some(state) = followed.state.clone()
+            {
+                stepped = scheduled_step(&config, &cluster, &mut roots, &running, &state).await;
             }
             if swept.elapsed() >= SWEEP {
                 swept = Instant::now();
@@ -221,12 +229,19 @@ pub(crate) async fn run(
     }
 }
 
+/// The roots Secret as this replica last put it in force: its resourceVersion and its state.
+#[derive(Default)]
+struct Followed {
+    version: Option<String>,
+    state: Option<RotationState>,
+}
+
 /// Reads the Secret and, when it changed, writes the working copy and puts the new roots in
 /// force.
 async fn follow(
     config: &CaConfig,
     roots: &SecretRoots,
-    version: &mut Option<String>,
+    followed: &mut Followed,
     running: &Running,
 ) -> Result<(), String> {
     let v = roots
@@ -234,7 +249,8 @@ async fn follow(
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} was deleted; the CA keeps its roots in memory and its working copy, and makes no new Secret while it runs: restore it from a backup or restart every replica", roots.secret.describe()))?;
-    if version.as_deref() == Some(v.resource_version.as_str()) {
+    if followed.state.is_some() && followed.version.as_deref() == Some(v.resource_version.as_str())
+    {
         return Ok(());
     }
     let state = roots
@@ -246,15 +262,16 @@ async fn follow(
         .map_err(|e| e.to_string())?;
     let td = running.state.authorizer().trust_domain().clone();
     let authority = Authority::from_generations(&config.data_dir, &td, &state, &generations);
-    let (dir, roots2, v2, ca, serving) = (
+    let (dir, roots2, v2, state2, ca, serving) = (
         config.data_dir.clone(),
         roots.clone(),
         v.clone(),
+        state.clone(),
         running.state.clone(),
         running.serving.clone(),
     );
     let written = tokio::task::spawn_blocking(move || {
-        write_working_copy(&roots2, &dir, &v2, &state)?;
+        write_working_copy(&roots2, &dir, &v2, &state2)?;
         match authority {
             Ok(authority) => {
                 if let Err(e) = authority.publish_root_cert(&dir) {
@@ -272,7 +289,8 @@ async fn follow(
     .await;
     match written {
         Ok(Ok(())) => {
-            *version = Some(v.resource_version);
+            followed.version = Some(v.resource_version);
+            followed.state = Some(state);
             Ok(())
         }
         Ok(Err(e)) => Err(e.to_string()),
@@ -281,26 +299,17 @@ async fn follow(
     }
 }
 
-/// Takes the rotation step that is due, if any, with what every replica issued; says whether
-/// one was committed (the next round then follows it at once).
+/// Takes the rotation step that is due on `state` (the Secret as this round followed it), if
+/// any, with what every replica issued; says whether one was committed (the next round then
+/// follows it at once). The commit re-reads the Secret and is refused if it moved meanwhile.
 async fn scheduled_step(
     config: &CaConfig,
     cluster: &ClusterStateConfig,
     roots: &mut SecretRoots,
     running: &Running,
+    state: &RotationState,
 ) -> bool {
     let now = SystemTime::now();
-    let state = match roots.read().await.map_err(|e| e.to_string()).and_then(|v| {
-        v.map(|v| roots.decode_state(&v).map_err(|e| e.to_string()))
-            .transpose()
-    }) {
-        Ok(Some(Some(state))) => state,
-        Ok(_) => return false,
-        Err(e) => {
-            tracing::warn!(target: "zident::ca", "cannot read the rotation state: {e}");
-            return false;
-        }
-    };
     let issued = match state.next_step() {
         Some((Phase::Activate, _, _)) => match roots.issued().await {
             Ok(issued) => issued,
@@ -313,7 +322,7 @@ async fn scheduled_step(
     };
     let validity = running.state.authority().signer_validity();
     let Some(phase) =
-        crate::rotation_schedule::due(&state, &issued, validity, config.rotation.prepare_at, now)
+        crate::rotation_schedule::due(state, &issued, validity, config.rotation.prepare_at, now)
     else {
         return false;
     };
