@@ -115,7 +115,9 @@ impl RunningAgent {
             tracing::warn!(target: "zident::identity", node = %config.node, "the mesh places no workloads on this node");
         }
 
-        let (registry, metrics, wapi_clients) = startup::metrics(&config);
+        // One connection budget for every listener of the agent and its tunnel.
+        let connections = zident_listen::Connections::new("agent", config.listen);
+        let (registry, metrics, wapi_clients) = startup::metrics(&config, connections.clone());
         let trust = startup::open_trust(&config, &mesh.trust_domain, view.extra_roots())?;
         let ca = Arc::new(
             ca::client::CaClient::new(&config.ca, trust.clone())?
@@ -182,7 +184,6 @@ impl RunningAgent {
             ready_tx,
             &mut tasks,
         )?;
-        let connections = zident_listen::Connections::new("agent", config.listen);
         let endpoints = startup::serve_endpoints(
             &config,
             startup::Served {

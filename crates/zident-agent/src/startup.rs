@@ -110,13 +110,16 @@ pub(crate) fn initial_mesh(config: &AgentConfig) -> Result<Start, AgentError> {
 }
 
 /// The agent's metrics registry, its own metrics, and the Workload API's counters.
-pub(crate) fn metrics(config: &AgentConfig) -> (Registry, Arc<AgentMetrics>, Arc<Clients>) {
+pub(crate) fn metrics(
+    config: &AgentConfig,
+    connections: Arc<zident_listen::Connections>,
+) -> (Registry, Arc<AgentMetrics>, Arc<Clients>) {
     let mut registry = Registry::default();
     let metrics = Arc::new(AgentMetrics::new(&mut registry));
     if let Some(plane) = &config.data_plane {
         plane.register_metrics(&mut registry);
     }
-    let clients = Arc::new(Clients::default());
+    let clients = Arc::new(Clients::new(connections));
     registry.register(
         "zident_workload_api_attestations",
         "Workload API callers, by how they were matched to a workload (network_namespace, user, socket) or refused",

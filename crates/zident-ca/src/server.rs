@@ -193,7 +193,7 @@ async fn serve_connection(
                 return;
             }
         },
-        () = slot.closing() => return,
+        _ = slot.closing() => return,
     };
     let tracker = slot.tracker();
     let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -227,7 +227,10 @@ async fn serve_connection(
     tokio::pin!(conn);
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
-        () = slot.closing() => {
+        closing = slot.closing() => {
+            if closing == zident_listen::Closing::Evicted {
+                return;
+            }
             tracing::debug!(target: "zident::ca", %peer, "closing an idle connection");
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(GRACE, conn.as_mut()).await {

@@ -14,7 +14,7 @@ use tower::ServiceExt;
 
 use crate::accept::accept_loop;
 use crate::limits::HEADER_TIMEOUT;
-use crate::table::{Connections, Slot};
+use crate::table::{Closing, Connections, Slot};
 
 /// How long a connection asked to close may finish its requests.
 const GRACE: Duration = Duration::from_secs(10);
@@ -63,7 +63,10 @@ pub async fn serve_connection<I>(
     tokio::pin!(conn);
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
-        () = slot.closing() => {
+        closing = slot.closing() => {
+            if closing == Closing::Evicted {
+                return;
+            }
             tracing::debug!(target: "zident::listen", %peer, "closing an idle connection");
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(GRACE, conn.as_mut()).await {

@@ -4,14 +4,14 @@
 //! (Metrics count every one.)
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::limits::LOG_EVERY;
+use crate::source::Source;
 
 /// A source and a kind of warning.
-type Key = (IpAddr, &'static str);
+type Key = (Source, &'static str);
 
 /// When a key was last said, and how many of it were held back since.
 type Said = (Instant, u64);
@@ -30,7 +30,8 @@ impl LogGate {
 
     /// `Some(held back since the last line)` when a line of `kind` for `source` may be said
     /// now; `None` (and it is counted) when one was said within [`LOG_EVERY`].
-    pub fn allow(&self, source: IpAddr, kind: &'static str) -> Option<u64> {
+    pub fn allow(&self, source: impl Into<Source>, kind: &'static str) -> Option<u64> {
+        let source = source.into();
         let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if let Some((at, held)) = said.get_mut(&(source, kind))
@@ -51,6 +52,7 @@ impl LogGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn one_line_per_source_and_kind_then_the_count_of_what_was_held_back() {
@@ -64,7 +66,12 @@ mod tests {
         assert_eq!(gate.allow(a, "socks"), Some(0), "another kind is said");
         assert_eq!(gate.allow(b, "tls"), Some(0), "another source is said");
         // Once the interval is over, the next line carries the count.
-        gate.said.lock().unwrap().get_mut(&(a, "tls")).unwrap().0 -= LOG_EVERY;
+        gate.said
+            .lock()
+            .unwrap()
+            .get_mut(&(a.into(), "tls"))
+            .unwrap()
+            .0 -= LOG_EVERY;
         assert_eq!(gate.allow(a, "tls"), Some(99));
     }
 }

@@ -10,7 +10,6 @@
 //! source per [`crate::LOG_EVERY`], so a flood cannot flood the log too.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -19,13 +18,14 @@ use tokio::sync::Notify;
 
 use crate::limits::{ConnectionLimits, DESCRIPTOR_RESERVE};
 use crate::log_gate::LogGate;
+use crate::source::Source;
 
 /// The open connections, and how many each source holds (kept with them, so that admitting a
 /// connection does not count the whole table).
 #[derive(Default)]
 struct Table {
     entries: BTreeMap<u64, Entry>,
-    per_source: HashMap<IpAddr, usize>,
+    per_source: HashMap<Source, usize>,
 }
 
 impl Table {
@@ -33,8 +33,8 @@ impl Table {
         self.entries.len()
     }
 
-    fn from(&self, ip: IpAddr) -> usize {
-        self.per_source.get(&ip).copied().unwrap_or(0)
+    fn from(&self, source: Source) -> usize {
+        self.per_source.get(&source).copied().unwrap_or(0)
     }
 
     fn insert(&mut self, id: u64, entry: Entry) {
@@ -55,7 +55,7 @@ impl Table {
 }
 
 struct Entry {
-    peer: IpAddr,
+    peer: Source,
     active: usize,
     last_activity: Instant,
     close: Arc<Notify>,
@@ -121,18 +121,19 @@ impl Connections {
     }
 
     /// Logs `message` for `peer` unless a line of this `kind` was logged for it lately.
-    fn log(&self, peer: IpAddr, kind: &'static str, message: impl FnOnce() -> String) {
+    fn log(&self, peer: Source, kind: &'static str, message: impl FnOnce() -> String) {
         if let Some(held) = self.logged.allow(peer, kind) {
             tracing::warn!(target: "zident::listen", server = self.name, source = %peer, held_back = held, "{}", message());
         }
     }
 
-    /// Enters a new connection from `peer`, closing the longest-idle one if a cap is reached;
-    /// `None` when it must be refused (every connection busy).
-    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
-        let ip = peer.ip();
+    /// Enters a new connection from `peer` (a TCP peer's address, or a Unix-socket peer's
+    /// user), closing the longest-idle one if a cap is reached; `None` when it must be refused
+    /// (every connection busy).
+    pub fn admit(self: &Arc<Self>, peer: impl Into<Source>) -> Option<Slot> {
+        let source: Source = peer.into();
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let from_source = table.from(ip);
+        let from_source = table.from(source);
         let over_source = from_source >= self.limits.max_per_source;
         let over_total = table.len() >= self.total;
         if over_source || over_total {
@@ -140,12 +141,12 @@ impl Connections {
             let victim = table
                 .entries
                 .iter()
-                .filter(|(_, e)| e.active == 0 && (!over_source || e.peer == ip))
+                .filter(|(_, e)| e.active == 0 && (!over_source || e.peer == source))
                 .min_by_key(|(_, e)| e.last_activity)
                 .map(|(id, _)| *id);
             let which = if over_source {
                 format!(
-                    "{from_source} connections from {ip}, the most one source may hold (--max-connections-per-source {})",
+                    "{from_source} connections from {source}, the most one source may hold (--max-connections-per-source {})",
                     self.limits.max_per_source
                 )
             } else {
@@ -160,15 +161,15 @@ impl Connections {
                     old.close.notify_one();
                     let old_peer = old.peer;
                     drop(table);
-                    self.log(ip, "evicted", || {
-                        format!("{which}: closed an idle connection from {old_peer} to admit one from {ip}")
+                    self.log(source, "evicted", || {
+                        format!("{which}: closed an idle connection from {old_peer} to admit one from {source}")
                     });
                     table = self.table.lock().unwrap_or_else(|e| e.into_inner());
                 }
                 None => {
                     drop(table);
-                    self.log(ip, "refused", || {
-                        format!("{which}, all busy: refused a connection from {ip}")
+                    self.log(source, "refused", || {
+                        format!("{which}, all busy: refused a connection from {source}")
                     });
                     return None;
                 }
@@ -179,7 +180,7 @@ impl Connections {
         table.insert(
             id,
             Entry {
-                peer: ip,
+                peer: source,
                 active: 0,
                 last_activity: Instant::now(),
                 close: close.clone(),
@@ -217,26 +218,38 @@ impl Slot {
         }
     }
 
-    /// Resolves when the connection should close: idle past the timeout, or evicted.
-    pub async fn closing(&self) {
+    /// Resolves when the connection should close, saying why: idle past the timeout (a
+    /// server may close it gracefully), or evicted to make room (it must close now: its
+    /// descriptor is what the new connection needs).
+    pub async fn closing(&self) -> Closing {
         loop {
             let deadline = match self.connections.idle_deadline(self.id) {
-                None => return, // evicted
+                None => return Closing::Evicted,
                 Some(Some(at)) => at,
                 Some(None) => Instant::now() + self.connections.limits.idle_timeout,
             };
             tokio::select! {
-                () = self.close.notified() => return,
+                () = self.close.notified() => return Closing::Evicted,
                 () = tokio::time::sleep_until(deadline.into()) => {
                     if let Some(Some(at)) = self.connections.idle_deadline(self.id)
                         && at <= Instant::now()
                     {
-                        return;
+                        return Closing::Idle;
                     }
                 }
             }
         }
     }
+}
+
+/// Why a connection is asked to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// Nothing in flight for the idle timeout: close it, gracefully if the protocol can.
+    Idle,
+    /// Closed to make room for a new connection: drop it at once, without waiting for the
+    /// client (a half-sent request is exactly what a flood sends).
+    Evicted,
 }
 
 impl Drop for Slot {
@@ -296,6 +309,7 @@ impl Drop for Busy {
 mod tests {
     use super::*;
     use crate::limits::open_files_limit;
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     fn limits(total: usize, per_source: usize) -> ConnectionLimits {
@@ -339,10 +353,42 @@ mod tests {
         assert!(c.idle_deadline(b.id).is_some());
         assert!(c.idle_deadline(a2.id).is_some());
         // The per-source counts follow evictions and closes.
-        let from = |ip: &str| c.table.lock().unwrap().from(ip.parse().unwrap());
+        let from = |ip: &str| {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            c.table.lock().unwrap().from(ip.into())
+        };
         assert_eq!((from("10.0.0.1"), from("10.0.0.2")), (2, 1));
         drop((a1, a2, _a3, b));
         assert_eq!((from("10.0.0.1"), from("10.0.0.2"), c.open()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_unix_sockets_users_are_sources_of_their_own_and_an_evicted_one_is_told_so() {
+        let c = Connections::new("test", limits(100, 1));
+        let first = c.admit(Source::User(1000)).unwrap();
+        // An address is another source than a user; another user is another source.
+        let by_addr = c.admit(addr("10.0.0.1")).unwrap();
+        let other_user = c.admit(Source::User(0)).unwrap();
+        // User 1000's second connection makes room by closing its first.
+        let _second = c.admit(Source::User(1000)).unwrap();
+        assert!(c.idle_deadline(first.id).is_none());
+        assert!(c.idle_deadline(by_addr.id).is_some());
+        assert!(c.idle_deadline(other_user.id).is_some());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        assert_eq!(runtime.block_on(first.closing()), Closing::Evicted);
+        // One with nothing in flight past the idle timeout is idle, not evicted.
+        let quick = Connections::new(
+            "test",
+            ConnectionLimits {
+                idle_timeout: Duration::from_millis(10),
+                ..limits(100, 10)
+            },
+        );
+        let idle = quick.admit(Source::User(7)).unwrap();
+        assert_eq!(runtime.block_on(idle.closing()), Closing::Idle);
     }
 
     #[test]

@@ -264,7 +264,7 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
         // the longest-idle): it just ends.
         let handshake = tokio::select! {
             done = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(tcp)) => done,
-            () = slot.closing() => return,
+            _ = slot.closing() => return,
         };
         let (served, tls) = match handshake {
             Ok(Ok(done)) => done,
@@ -295,7 +295,7 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
             .and_then(|c| c.first())
             .and_then(|c| check_leaf(c).ok())
             .map(|i| i.id);
-        let mut conn = match tokio::time::timeout(
+        let h2_handshake = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             h2::server::Builder::new()
                 .initial_window_size(window::STREAM)
@@ -303,9 +303,13 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
                 .max_frame_size(window::FRAME)
                 .max_send_buffer_size(window::SEND_BUFFER)
                 .handshake::<_, Bytes>(tls),
-        )
-        .await
-        {
+        );
+        // Evicted before its HTTP/2 preface: it ends too.
+        let h2_handshake = tokio::select! {
+            done = h2_handshake => done,
+            _ = slot.closing() => return,
+        };
+        let mut conn = match h2_handshake {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 tracing::debug!(target: "zident::tunnel", %peer, "inbound HTTP/2 handshake failed: {e}");
@@ -343,7 +347,7 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
                 () = &mut keep => break,
                 // No tunnel for the idle timeout, or evicted to make room: the client's pool
                 // opens a new connection when it needs one.
-                () = slot.closing(), if streams.is_empty() => {
+                _ = slot.closing(), if streams.is_empty() => {
                     tracing::debug!(target: "zident::tunnel", %peer, "closing an idle inbound connection");
                     break;
                 }

@@ -291,7 +291,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         // closing the longest-idle of them, never a connection that carries traffic.
         let destination = tokio::select! {
             d = Self::destination(&mut front) => d,
-            () = slot.closing() => return,
+            _ = slot.closing() => return,
         };
         let _busy = slot.tracker().busy();
         let target = match destination {

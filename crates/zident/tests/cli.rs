@@ -733,12 +733,141 @@ async fn socks5_connect(socks: &str, dst: std::net::SocketAddrV4) -> Result<u8, 
         .map_err(|_| "no SOCKS5 answer within 10 s".to_owned())?
 }
 
-/// The agent's ports under a low descriptor limit, flooded with connections that never finish
-/// their request (partial SOCKS5 greetings, HTTP headers never ended) beyond what its
-/// descriptors allow: every port keeps answering new clients (the longest-idle connection makes
-/// room), the SOCKS5 listener still carries a request to its answer, certificates keep renewing,
-/// the held connections are closed by the idle timeout, and the log says so a few times, not
-/// once per connection.
+/// A port no one listens on now, for a flag that needs one.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Opens `n` connections to the Unix socket `path`, each left with `partial` sent.
+async fn held_partial_unix(
+    path: &Path,
+    n: usize,
+    partial: &'static [u8],
+) -> Vec<tokio::net::UnixStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let Ok(Ok(mut s)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::UnixStream::connect(path),
+        )
+        .await
+        else {
+            continue;
+        };
+        if s.write_all(partial).await.is_ok() {
+            held.push(s);
+        }
+    }
+    held
+}
+
+/// The X.509-SVID the Workload API socket `path` serves, fetched within 10 s: its SPIFFE ID.
+async fn workload_api_svid(path: &Path) -> Result<String, String> {
+    let path = path.to_owned();
+    let fetch = async move {
+        let channel = tonic::transport::Endpoint::try_from("http://[::]:0")
+            .map_err(|e| e.to_string())?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client =
+            zident_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+                channel,
+            );
+        let mut req = tonic::Request::new(zident_proto::workload::X509svidRequest {});
+        req.metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().map_err(|_| "header")?);
+        let mut stream = client
+            .fetch_x509svid(req)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let first = stream
+            .message()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the stream ended at once")?;
+        first
+            .svids
+            .first()
+            .map(|s| s.spiffe_id.clone())
+            .ok_or_else(|| "no SVID in the answer".to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| "no Workload API answer within 10 s".to_owned())?
+}
+
+/// A TCP server on loopback answering each connection with what it reads (a workload's server).
+async fn echo_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// `payload` sent to `dst` through the SOCKS5 port `socks` and echoed back, within 10 s.
+async fn socks5_echo(
+    socks: &str,
+    dst: std::net::SocketAddr,
+    payload: &[u8],
+) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let std::net::SocketAddr::V4(dst) = dst else {
+        return Err("IPv4 only".into());
+    };
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(socks)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(&[5, 1, 0]).await.map_err(|e| e.to_string())?;
+        let mut choice = [0u8; 2];
+        s.read_exact(&mut choice).await.map_err(|e| e.to_string())?;
+        let mut req = vec![5, 1, 0, 1];
+        req.extend(dst.ip().octets());
+        req.extend(dst.port().to_be_bytes());
+        s.write_all(&req).await.map_err(|e| e.to_string())?;
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).await.map_err(|e| e.to_string())?;
+        if reply[1] != 0 {
+            return Err(format!("SOCKS5 reply {}", reply[1]));
+        }
+        s.write_all(payload).await.map_err(|e| e.to_string())?;
+        let mut back = vec![0u8; payload.len()];
+        s.read_exact(&mut back).await.map_err(|e| e.to_string())?;
+        Ok(back)
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| "no echo through the tunnel within 10 s".to_owned())?
+}
+
+/// Every port of the agent under a low descriptor limit (admin, metrics, readiness, SOCKS5,
+/// captured outbound, the HBONE inbound port and the Workload API socket), flooded with
+/// connections that never finish their request (partial SOCKS5 greetings, HTTP headers never
+/// ended, a TLS ClientHello cut short, an HTTP/2 preface cut short) beyond what its descriptors
+/// allow: every port keeps answering new clients (the longest-idle connection makes room), a
+/// tunnel carries bytes through the flooded HBONE port, the Workload API serves an SVID,
+/// certificates keep renewing, the held connections are closed by the idle timeout, and the
+/// log says so a few times, not once per connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_held_connections_cannot_starve_the_agents_ports() {
     let dir = tempfile::tempdir().unwrap();
@@ -748,17 +877,21 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
     std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
     let ca = start_ca(dir.path(), &[], &[]);
     let port = ca.addr.rsplit(':').next().unwrap().to_owned();
-    let socks_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let socks = format!("127.0.0.1:{socks_port}");
+    let [socks, capture, metrics, readiness] =
+        [(); 4].map(|()| format!("127.0.0.1:{}", free_port()));
+    let hbone_port = free_port();
+    let hbone = format!("127.0.0.1:{hbone_port}");
+    let wapi = dir.path().join("wapi");
     let log_path = dir.path().join("agent.log");
     let mut cmd = Command::new("prlimit");
     cmd.arg("--nofile=256:256")
         .arg(env!("CARGO_BIN_EXE_zident"))
-        .args(AGENT_EPHEMERAL)
-        .args(["--socks5-addr", &socks, "--no-workload-api"])
+        .args(["agent", "--admin-addr", "127.0.0.1:0"])
+        .args(["--metrics-addr", &metrics, "--readiness-addr", &readiness])
+        .args(["--socks5-addr", &socks, "--outbound-addr", &capture])
+        .args(["--inbound-port", &hbone_port.to_string()])
+        .arg("--workload-api-dir")
+        .arg(&wapi)
         .args(["--idle-timeout", "4s"])
         .env("RUST_LOG", "warn")
         .env("LOCAL_XDS_PATH", dir.path().join("mesh.yaml"))
@@ -804,14 +937,54 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
         d["certificates"][0]["state"] == "Available"
     });
 
-    // 200 held SOCKS5 greetings and 200 held HTTP requests: more than the agent's 256
-    // descriptors (the log below says the cap was reached).
-    let mut held = held_partial(&socks, 200, &[5]).await;
-    held.extend(held_partial(&admin, 200, b"GET /debug/certs HTTP/1.1\r\n").await);
+    let socket = wapi.join("default/web/agent.sock");
+    let echo = echo_server().await;
+    // Before the flood: the tunnel and the Workload API work.
+    assert_eq!(
+        socks5_echo(&socks, echo, b"before").await.as_deref(),
+        Ok(&b"before"[..])
+    );
+    let web = "spiffe://cluster.local/ns/default/sa/web";
+    assert_eq!(workload_api_svid(&socket).await.as_deref(), Ok(web));
+
+    // Held connections on every port: more than the agent's 256 descriptors (the log below
+    // says the cap was reached).
+    let mut held = held_partial(&socks, 80, &[5]).await;
+    for http in [&admin, &metrics, &readiness] {
+        held.extend(held_partial(http, 60, b"GET /debug/certs HTTP/1.1\r\n").await);
+    }
+    // A TLS record header of a ClientHello and nothing more.
+    held.extend(held_partial(&hbone, 60, &[0x16, 0x03, 0x01, 0x02, 0x00]).await);
+    held.extend(held_partial(&capture, 20, b"x").await);
+    let held_unix = held_partial_unix(&socket, 60, b"PRI * HTTP/2.0\r\n").await;
 
     // Every port answers a new client.
-    let (code, body) = curl(&[&format!("http://{admin}/debug/certs")]);
-    assert_eq!(code, 200, "the admin port answers during the flood: {body}");
+    for url in [
+        format!("http://{admin}/debug/certs"),
+        format!("http://{metrics}/metrics"),
+        format!("http://{readiness}/healthz/ready"),
+    ] {
+        let (code, body) = curl(&[&url]);
+        assert_eq!(
+            code,
+            200,
+            "{url} answers during the flood: {body}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+    // Bytes go through a tunnel: SOCKS5 in, HBONE through the flooded inbound port, out to
+    // the workload's server.
+    assert_eq!(
+        socks5_echo(&socks, echo, b"during the flood")
+            .await
+            .as_deref(),
+        Ok(&b"during the flood"[..])
+    );
+    assert_eq!(
+        workload_api_svid(&socket).await.as_deref(),
+        Ok(web),
+        "the Workload API serves during the flood"
+    );
     let dst = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 255, 0, 1), 80);
     let reply = socks5_connect(&socks, dst).await;
     // 10.255.0.1 is no workload: the agent answers the request with a refusal (4: host
@@ -846,6 +1019,24 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
     })
     .await;
     assert_eq!(closed, Ok(0), "every held connection is closed");
+    let closed_unix = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::AsyncReadExt;
+        let mut open = held_unix.len();
+        for mut s in held_unix {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf).await
+                && n > 0
+            {}
+            open -= 1;
+        }
+        open
+    })
+    .await;
+    assert_eq!(
+        closed_unix,
+        Ok(0),
+        "every held Workload API connection is closed"
+    );
     drop(agent);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let said = log

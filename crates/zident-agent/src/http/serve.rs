@@ -63,7 +63,7 @@ pub(crate) async fn serve_tls(
             async move {
                 let handshake = tokio::select! {
                     done = tokio::time::timeout(zident_listen::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => done,
-                    () = slot.closing() => return,
+                    _ = slot.closing() => return,
                 };
                 let Ok(Ok(tls)) = handshake else { return };
                 zident_listen::serve_connection(tls, peer, router, slot).await;

@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 use zident_identity::{CertificateProvider, SpiffeId};
+use zident_listen::{AcceptErrors, Busy, Closing, Connections, Slot, Source};
 use zident_proto::sds::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
@@ -60,10 +61,11 @@ struct Entry {
 }
 
 /// What the shared socket and the per-workload sockets share: the workloads in force, the
-/// clients connected, the attestation counts.
-#[derive(Default)]
+/// clients connected, the attestation counts, and the agent's connection limits (a Unix
+/// socket's source is its caller's user).
 pub struct Clients {
     workloads: RwLock<Vec<LocalWorkload>>,
+    connections: Arc<Connections>,
     entries: Mutex<std::collections::BTreeMap<u64, Entry>>,
     next: AtomicU64,
     /// Attestations by outcome.
@@ -73,6 +75,18 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// No clients yet; connections are admitted to `connections` (the agent's one budget).
+    pub fn new(connections: Arc<Connections>) -> Self {
+        Self {
+            workloads: RwLock::default(),
+            connections,
+            entries: Mutex::default(),
+            next: AtomicU64::new(0),
+            attestations: Family::default(),
+            sds: Default::default(),
+        }
+    }
+
     /// Replaces the workloads in force and attests every shared-socket client again, closing
     /// those whose answer changed.
     pub(crate) fn set_workloads(&self, workloads: &[LocalWorkload]) {
@@ -196,19 +210,19 @@ fn either(mut a: watch::Receiver<bool>, mut b: watch::Receiver<bool>) -> watch::
     rx
 }
 
-/// Serves one connection as `identity` until it ends, or until `connection` (this caller's
-/// answer changed) or `agent` (the workload left, the agent stops) turns true: then its
-/// streams end cleanly and the connection closes gracefully.
+/// Serves one connection as `identity` until it ends, or until `stop` turns true (this
+/// caller's answer changed, the workload left, the agent stops: its streams end cleanly and
+/// the connection closes gracefully), or its `slot` in the agent's connection table says to
+/// close it.
 pub(crate) async fn serve_connection<P: CertificateProvider>(
     stream: tokio::net::UnixStream,
     socket: String,
     identity: Result<SpiffeId, AttestRefused>,
     provider: Arc<P>,
     sds_events: super::sds::SdsEvents,
-    connection: watch::Receiver<bool>,
-    agent: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    slot: Slot,
 ) {
-    let mut stop = either(connection, agent);
     let sds = SecretDiscoveryServiceServer::new(super::sds::SdsService::new(
         identity.clone(),
         provider.clone(),
@@ -219,16 +233,73 @@ pub(crate) async fn serve_connection<P: CertificateProvider>(
     // Both APIs on every socket: a SPIFFE library and an Envoy each find theirs.
     let routes =
         tonic::service::Routes::new(SpiffeWorkloadApiServer::new(service)).add_service(sds);
-    let io = super::uds_h2::relay(stream, socket);
+    // Each call holds its connection busy until its answer ends (a stream of SVIDs lasts as
+    // long as the client listens), so only a connection with no call open is idle.
+    let tracker = slot.tracker();
+    let service = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let busy = tracker.busy();
+        let call = tower::ServiceExt::oneshot(routes.clone(), req);
+        async move {
+            let response = call.await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| HeldBody { body, _busy: busy }))
+        }
+    });
+    let (io, mut relay) = super::uds_h2::relay(stream, socket);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http2_only();
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(routes));
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
         _ = async { let _ = stop.wait_for(|s| *s).await; } => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+            let _ = tokio::time::timeout(GRACE, conn).await;
         }
+        closing = slot.closing() => {
+            if closing == Closing::Evicted {
+                // Its descriptor is needed now: the client's socket closes with the relay.
+                relay.abort();
+                return;
+            }
+            tracing::debug!(target: "zident::identity", "closing an idle Workload API connection");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(GRACE, conn).await;
+        }
+    }
+    // The relay passes on what tonic wrote last (a GOAWAY), then ends with the client; a
+    // client that keeps its end open past that is closed.
+    if tokio::time::timeout(RELAY_FLUSH, &mut relay).await.is_err() {
+        relay.abort();
+    }
+}
+
+/// How long a connection being closed may finish its calls.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the relay may take to pass on the last frames once the server side has ended.
+const RELAY_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A call's answer, holding its connection busy until the last frame is sent.
+struct HeldBody<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for HeldBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -243,6 +314,8 @@ pub(crate) async fn accept<P: CertificateProvider>(
     mut stop: watch::Receiver<bool>,
     decide: impl Fn(Peer) -> Attested,
 ) {
+    // Failed accepts (out of descriptors, usually) back off and are said once per interval.
+    let mut errors = AcceptErrors::new("agent Workload API");
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -251,7 +324,7 @@ pub(crate) async fn accept<P: CertificateProvider>(
         let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!(target: "zident::identity", socket = %shown, "Workload API accept failed: {e}");
+                errors.failed(&e);
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
@@ -262,6 +335,11 @@ pub(crate) async fn accept<P: CertificateProvider>(
                 tracing::warn!(target: "zident::identity", socket = %shown, "cannot read a Workload API caller's credentials, refusing it: {e}");
                 continue;
             }
+        };
+        // Within the agent's connection budget, counted per user: one local user cannot hold
+        // every descriptor (the longest-idle connection makes room; refused when all are busy).
+        let Some(slot) = clients.connections.admit(Source::User(peer.uid)) else {
+            continue;
         };
         let attested = decide(peer);
         match &attested {
@@ -285,8 +363,8 @@ pub(crate) async fn accept<P: CertificateProvider>(
                 identity,
                 provider,
                 sds_events,
-                conn_stop_rx,
-                agent_stop,
+                either(conn_stop_rx, agent_stop),
+                slot,
             )
             .await;
         });

@@ -37,11 +37,12 @@ const PIPE: usize = 256 * 1024;
 /// What an `:authority` that is not one becomes.
 const LOCAL: &str = "localhost";
 
-/// Starts relaying `client` and returns the end that tonic serves. `socket` names the
-/// listening socket in log lines.
-pub fn relay(client: UnixStream, socket: String) -> DuplexStream {
+/// Starts relaying `client` and returns the end that tonic serves, and the relay's task
+/// (aborting it closes the client's socket at once). `socket` names the listening socket in
+/// log lines.
+pub fn relay(client: UnixStream, socket: String) -> (DuplexStream, tokio::task::JoinHandle<()>) {
     let (served, ours) = tokio::io::duplex(PIPE);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(refused) = run(client, ours).await {
             match refused {
                 Refused::Quiet => {}
@@ -51,7 +52,7 @@ pub fn relay(client: UnixStream, socket: String) -> DuplexStream {
             }
         }
     });
-    served
+    (served, task)
 }
 
 /// Why a relay ended early.
