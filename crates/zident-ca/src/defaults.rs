@@ -26,6 +26,9 @@ pub const MAX_CONNECTIONS_PER_SOURCE: usize = zident_listen::MAX_CONNECTIONS_PER
 /// With `--kubernetes`: the control plane's namespace, where istiod's `istio` ConfigMap is read
 /// (istiod's own default).
 pub const KUBERNETES_NAMESPACE: &str = "istio-system";
+/// xDS streams the CA holds at once over every caller: its xDS memory budget (at most about
+/// 110 KiB a stream, so under 1 GiB).
+pub const MAX_XDS_STREAMS: usize = 8192;
 /// xDS streams one caller may hold at once (a node needs one).
 pub const MAX_XDS_STREAMS_PER_CALLER: usize = 16;
 /// xDS streams one connection may carry at once.

@@ -486,6 +486,7 @@ async fn streams_are_capped_per_caller_and_per_connection() {
     zident_testkit::capture_logs("zident=info");
     let f = Fixture::start_with(|c| {
         c.xds = zident_ca::XdsLimits {
+            max_streams: 100,
             max_streams_per_caller: 3,
             max_streams_per_connection: 2,
         }

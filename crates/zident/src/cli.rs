@@ -404,6 +404,10 @@ pub struct CaArgs {
     /// longest-idle connection is closed to admit a new one.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// At most this many xDS streams at once over every caller: the CA's xDS memory budget
+    /// (about 110 KiB a stream at most).
+    #[arg(long, value_name = "N", default_value_t = ca_defaults::MAX_XDS_STREAMS)]
+    pub max_xds_streams: usize,
     /// At most this many xDS streams held by one caller (a node token, an identity token, a
     /// ServiceAccount's pod) at once; a node needs one.
     #[arg(long, value_name = "N", default_value_t = ca_defaults::MAX_XDS_STREAMS_PER_CALLER)]
@@ -499,12 +503,16 @@ impl CaArgs {
         {
             return Err("--idle-timeout, --max-connections and --max-connections-per-source must be more than zero".into());
         }
-        if self.max_xds_streams_per_caller == 0 || self.max_xds_streams_per_connection == 0 {
+        if self.max_xds_streams == 0
+            || self.max_xds_streams_per_caller == 0
+            || self.max_xds_streams_per_connection == 0
+        {
             return Err(
-                "--max-xds-streams-per-caller and --max-xds-streams-per-connection must be more than zero".into(),
+                "--max-xds-streams, --max-xds-streams-per-caller and --max-xds-streams-per-connection must be more than zero".into(),
             );
         }
         config.xds = zident_ca::XdsLimits {
+            max_streams: self.max_xds_streams,
             max_streams_per_caller: self.max_xds_streams_per_caller,
             max_streams_per_connection: self.max_xds_streams_per_connection,
         };

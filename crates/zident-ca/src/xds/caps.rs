@@ -1,15 +1,21 @@
-//! How many xDS streams one caller and one connection may hold at once. A node needs one
-//! stream (ztunnel and the agent open one; a restart may overlap the next for a moment), so a
-//! caller that opens hundreds (any known token could) is refused with `RESOURCE_EXHAUSTED`
-//! before its streams cost the CA anything, counted by which cap it met, and logged once until
-//! it is back under the cap.
+//! How many xDS streams one caller, one connection and the whole CA may hold at once. A node
+//! needs one stream (ztunnel and the agent open one; a restart may overlap the next for a
+//! moment), so a caller that opens hundreds (any known token could) is refused with
+//! `RESOURCE_EXHAUSTED` before its streams cost the CA anything, counted by which cap it met,
+//! and logged once until it is back under the cap. The total cap is the CA's memory budget for
+//! xDS: a stream holds at most one response it has not read (the latest; see `stream.rs`) and
+//! responses are encoded once for every stream, so the CA's xDS memory is bounded by the cap
+//! times one stream's cost (72–110 KiB measured, BENCHMARKS.md), however many callers there are.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-/// The caps; `zident ca --max-xds-streams-per-caller`, `--max-xds-streams-per-connection`.
+/// The caps; `zident ca --max-xds-streams`, `--max-xds-streams-per-caller`,
+/// `--max-xds-streams-per-connection`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct XdsLimits {
+    /// Streams the CA holds in all.
+    pub max_streams: usize,
     /// Streams one caller (one node token, one identity token, one ServiceAccount's pod) may
     /// hold, over every connection.
     pub max_streams_per_caller: usize,
@@ -20,6 +26,7 @@ pub struct XdsLimits {
 impl Default for XdsLimits {
     fn default() -> Self {
         Self {
+            max_streams: crate::defaults::MAX_XDS_STREAMS,
             max_streams_per_caller: crate::defaults::MAX_XDS_STREAMS_PER_CALLER,
             max_streams_per_connection: crate::defaults::MAX_XDS_STREAMS_PER_CONNECTION,
         }
@@ -29,6 +36,7 @@ impl Default for XdsLimits {
 /// What a stream counts against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
+    Total,
     Caller(String),
     Connection(u64),
 }
@@ -50,6 +58,8 @@ struct Held {
 /// Which cap a stream met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exceeded {
+    /// The CA's, over every caller.
+    Total,
     /// The caller's.
     PerCaller,
     /// The connection's.
@@ -60,6 +70,7 @@ impl Exceeded {
     /// The metric's label.
     pub(crate) fn label(self) -> &'static str {
         match self {
+            Exceeded::Total => "total",
             Exceeded::PerCaller => "per_caller",
             Exceeded::PerConnection => "per_connection",
         }
@@ -95,11 +106,16 @@ impl StreamCaps {
         caller: &str,
         connection: Option<u64>,
     ) -> Result<Slot, Refused> {
-        let mut keys = vec![Key::Caller(caller.to_owned())];
+        let mut keys = vec![Key::Total, Key::Caller(caller.to_owned())];
         keys.extend(connection.map(Key::Connection));
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         for key in &keys {
             let (cap, exceeded, whose) = match key {
+                Key::Total => (
+                    self.limits.max_streams,
+                    Exceeded::Total,
+                    "the CA holds".to_owned(),
+                ),
                 Key::Caller(_) => (
                     self.limits.max_streams_per_caller,
                     Exceeded::PerCaller,
@@ -114,6 +130,7 @@ impl StreamCaps {
             if held.counts.get(key).copied().unwrap_or(0) >= cap {
                 let first = held.said.insert(key.clone());
                 let flag = match exceeded {
+                    Exceeded::Total => "--max-xds-streams",
                     Exceeded::PerCaller => "--max-xds-streams-per-caller",
                     Exceeded::PerConnection => "--max-xds-streams-per-connection",
                 };
@@ -158,6 +175,7 @@ mod tests {
     #[test]
     fn a_caller_and_a_connection_are_capped_apart_and_a_closed_stream_frees_its_place() {
         let caps = StreamCaps::new(XdsLimits {
+            max_streams: 100,
             max_streams_per_caller: 3,
             max_streams_per_connection: 2,
         });
@@ -191,5 +209,25 @@ mod tests {
             caps.take("node a", Some(4)).err().unwrap().first,
             "said again after it fell under"
         );
+    }
+
+    #[test]
+    fn the_total_cap_holds_over_every_caller() {
+        let caps = StreamCaps::new(XdsLimits {
+            max_streams: 2,
+            max_streams_per_caller: 16,
+            max_streams_per_connection: 4,
+        });
+        let a = caps.take("node a", Some(1)).ok().unwrap();
+        let _b = caps.take("node b", Some(2)).ok().unwrap();
+        let over = caps.take("node c", Some(3)).err().unwrap();
+        assert_eq!(over.exceeded, Exceeded::Total);
+        assert!(
+            over.message.contains("the CA holds 2") && over.message.contains("(--max-xds-streams)"),
+            "{}",
+            over.message
+        );
+        drop(a);
+        assert!(caps.take("node c", Some(3)).is_ok());
     }
 }

@@ -57,7 +57,7 @@ impl XdsMetrics {
         };
         registry.register(
             "zident_xds_streams_refused",
-            "xDS streams refused, by why: per_caller (the caller holds --max-xds-streams-per-caller), per_connection (--max-xds-streams-per-connection)",
+            "xDS streams refused, by why: per_caller (the caller holds --max-xds-streams-per-caller), per_connection (--max-xds-streams-per-connection), total (the CA holds --max-xds-streams)",
             m.refused.clone(),
         );
         registry.register(
