@@ -3,9 +3,10 @@
 //! moment), so a caller that opens hundreds (any known token could) is refused with
 //! `RESOURCE_EXHAUSTED` before its streams cost the CA anything, counted by which cap it met,
 //! and logged once until it is back under the cap. The total cap is the CA's memory budget for
-//! xDS: a stream holds at most one response it has not read (the latest; see `stream.rs`) and
-//! responses are encoded once for every stream, so the CA's xDS memory is bounded by the cap
-//! times one stream's cost (72–110 KiB measured, BENCHMARKS.md), however many callers there are.
+//! xDS: a stream queues at most a few responses its client has not read (`service.rs`), made of
+//! resources encoded once for every stream, and follows the latest generation (a slow stream
+//! skips the versions in between), so the CA's xDS memory is bounded by the cap times one
+//! stream's cost (72–110 KiB measured, BENCHMARKS.md), however many callers there are.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
