@@ -42,6 +42,8 @@ pub struct CaConfig {
     /// The mesh from a Kubernetes API server (with the mesh file beside it, or alone);
     /// `None`: the mesh file alone.
     pub kubernetes: Option<KubernetesConfig>,
+    /// How long a CRL is valid (its nextUpdate); it is signed again at half of it.
+    pub crl_validity: Duration,
 }
 
 /// When the self-signed root rotates on its own, and how long each phase waits.
@@ -114,6 +116,7 @@ impl CaConfig {
             xds: Default::default(),
             datastore: None,
             kubernetes: None,
+            crl_validity: defaults::CRL_VALIDITY,
         }
     }
 }

@@ -36,3 +36,6 @@ pub const MAX_XDS_STREAMS_PER_CONNECTION: usize = 4;
 /// How long the leader's Lease holds after each renewal (`--leader-lease`), client-go's
 /// default: a dead leader is replaced within about this long.
 pub const LEADER_LEASE: Duration = Duration::from_secs(15);
+/// How long a CRL is valid (`--crl-validity`); it is signed again at half of it, and at once
+/// on every revocation. A day, as a workload certificate's default lifetime.
+pub const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);

@@ -41,6 +41,7 @@ mod metrics;
 mod node_authorizer;
 mod persist;
 mod reload;
+pub mod revocation;
 mod roots;
 mod rotation_schedule;
 mod server;
@@ -222,6 +223,11 @@ impl RunningCa {
             )));
         }
         startup::issue_dns_certificates(&config, &state, &mut background);
+        background.push(tokio::spawn(revocation::publisher::run(
+            state.clone(),
+            config.data_dir.clone(),
+            config.crl_validity,
+        )));
         background.push(tokio::spawn(server::renew_serving_cert(
             state.clone(),
             serving.clone(),

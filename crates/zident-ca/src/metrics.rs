@@ -131,6 +131,12 @@ pub struct CaMetrics {
     pub dns_cert_expiry: Family<SecretLabel, Gauge<i64>>,
     /// Kubernetes objects refused or partly enforced, counted once per version of an object.
     pub kubernetes_findings: Family<FindingLabel, Counter>,
+    /// Certificates the CRLs list.
+    pub crl_revoked: Gauge,
+    /// The CRLs' number.
+    pub crl_number: Gauge,
+    /// Unix time of the CRLs' nextUpdate.
+    pub crl_next_update: Gauge<i64>,
 }
 
 impl CaMetrics {
@@ -155,7 +161,25 @@ impl CaMetrics {
             jwt_svids_issued: Counter::default(),
             dns_cert_expiry: Default::default(),
             kubernetes_findings: Default::default(),
+            crl_revoked: Gauge::default(),
+            crl_number: Gauge::default(),
+            crl_next_update: Gauge::default(),
         };
+        registry.register(
+            "zident_ca_crl_revoked_certificates",
+            "Certificates the CA's CRLs list as revoked (and not yet expired)",
+            m.crl_revoked.clone(),
+        );
+        registry.register(
+            "zident_ca_crl_number",
+            "The CRL number of the CRLs in force",
+            m.crl_number.clone(),
+        );
+        registry.register(
+            "zident_ca_crl_next_update_timestamp",
+            "Unix time of the nextUpdate of the CRLs in force (they are signed again at half their validity)",
+            m.crl_next_update.clone(),
+        );
         let istio: [(&str, &str, &IstioCounter); 6] = [
             (
                 "citadel_server_csr_count",
@@ -338,6 +362,14 @@ impl CaMetrics {
             self.root_cert_expiry_timestamp.set(secs(root));
         }
         self.cert_chain_expiry_timestamp.set(secs(chain));
+    }
+
+    /// Sets the CRL gauges from the CRLs in force.
+    pub(crate) fn set_crls(&self, crls: &crate::revocation::CrlSet) {
+        self.crl_revoked.set(crls.revoked() as i64);
+        self.crl_number.set(crls.number as i64);
+        self.crl_next_update
+            .set(zident_identity::unix_seconds(crls.next_update) as i64);
     }
 }
 

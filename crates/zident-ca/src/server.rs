@@ -1,5 +1,6 @@
-//! The CA's TLS port: gRPC (the Istio certificate service, xDS) and the trust bundle endpoint
-//! (`GET /bundle`, `GET /bundle.pem`) on one listener, TLS 1.3 only.
+//! The CA's TLS port: gRPC (the Istio certificate service, xDS), the trust bundle endpoint
+//! (`GET /bundle`, `GET /bundle.pem`) and the CRLs (`GET /crl`, PEM, every signing key's;
+//! `GET /crl.der`, the signer's) on one listener, TLS 1.3 only.
 //!
 //! The CA serves TLS with a certificate it issues to itself; the certificate sits behind a
 //! resolver so it can be replaced (renewal, a new plugged-in key) without a restart.
@@ -130,6 +131,7 @@ pub(crate) fn router(state: Arc<CaState>, xds: XdsService) -> axum::Router {
     let jwt = JwtSvidServiceServer::new(JwtService::new(state.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let json_state = state.clone();
+    let (crl_state, der_state) = (state.clone(), state.clone());
     tonic::service::Routes::new(grpc)
         .add_service(xds)
         .add_service(jwt)
@@ -154,6 +156,48 @@ pub(crate) fn router(state: Arc<CaState>, xds: XdsService) -> axum::Router {
                 )
             }),
         )
+        .route(
+            "/crl",
+            get(move || async move {
+                match crl_state.revocations().crls.as_ref() {
+                    Some(set) => (
+                        [(header::CONTENT_TYPE, "application/x-pem-file")],
+                        set.pem(),
+                    )
+                        .into_response(),
+                    None => no_crl_yet(),
+                }
+            }),
+        )
+        .route(
+            "/crl.der",
+            get(move || async move {
+                // DER holds one CRL: the current signer's (during a rotation's overlap, `/crl`
+                // holds the previous root's too).
+                match der_state
+                    .revocations()
+                    .crls
+                    .as_ref()
+                    .and_then(|s| s.crls.first())
+                {
+                    Some(crl) => (
+                        [(header::CONTENT_TYPE, "application/pkix-crl")],
+                        crl.der.clone(),
+                    )
+                        .into_response(),
+                    None => no_crl_yet(),
+                }
+            }),
+        )
+}
+
+/// The answer before the first CRL is signed (within a second of the start).
+fn no_crl_yet() -> axum::response::Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no CRL is signed yet; the CA signs its first within a second of starting",
+    )
+        .into_response()
 }
 
 /// Accepts connections until the task is dropped; dropping it also ends every connection

@@ -109,6 +109,26 @@ impl IstioCertificateService for CaService {
             tracing::warn!(target: "zident::ca", %peer, %caller, identity = %csr.id, "denied: {}", clip(&denied.to_string()));
             return Err(Status::permission_denied("permission denied"));
         }
+        // A revoked identity or node whose reissue is denied gets nothing until an operator
+        // lifts it (`zident ca allow-reissue`); it is told why, so its agent can say so.
+        let node = match &caller {
+            crate::node_authorizer::Caller::Node(n) => Some(n.as_str()),
+            _ => None,
+        };
+        if let Some(denial) = self
+            .state
+            .revocations()
+            .list
+            .denial(csr.id.as_str(), node)
+            .cloned()
+        {
+            metrics.reject("revoked");
+            tracing::warn!(target: "zident::ca", %peer, %caller, identity = %csr.id, "refused: {} is revoked ({}) and denied reissue", denial.subject, denial.reason);
+            return Err(Status::permission_denied(format!(
+                "revoked: {} was revoked ({}) and may not be issued certificates until an operator runs `zident ca allow-reissue`",
+                denial.subject, denial.reason
+            )));
+        }
         let ttl = match self.state.ttl.resolve(req.validity_duration) {
             Ok(ttl) => ttl,
             Err(msg) => {
@@ -129,6 +149,11 @@ impl IstioCertificateService for CaService {
                         not_before: zident_identity::unix_seconds(issued.not_before),
                         not_after: zident_identity::unix_seconds(issued.not_after),
                     },
+                    Some(crate::roots::ledger::Certificate {
+                        serial: issued.serial_hex.clone(),
+                        node: node.map(str::to_owned),
+                        issuer: authority.signer_key_id(),
+                    }),
                 );
                 metrics
                     .issue_duration

@@ -42,6 +42,8 @@ pub struct CaState {
     pub ledger: crate::roots::ledger::Ledger,
     /// ServiceAccount tokens, with `--kubernetes`.
     kube_auth: std::sync::OnceLock<Arc<crate::kube_auth::KubeAuth>>,
+    /// Revocations and the CRLs signed for them.
+    revocations: RwLock<Arc<crate::revocation::published::Published>>,
 }
 
 impl CaState {
@@ -74,7 +76,21 @@ impl CaState {
             refresh_hint,
             ledger,
             kube_auth: std::sync::OnceLock::new(),
+            revocations: RwLock::default(),
         }
+    }
+
+    /// The revocations and CRLs in force.
+    pub fn revocations(&self) -> Arc<crate::revocation::published::Published> {
+        self.revocations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `published` in force.
+    pub(crate) fn set_revocations(&self, published: crate::revocation::published::Published) {
+        *self.revocations.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(published);
     }
 
     /// The current authority.

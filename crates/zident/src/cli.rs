@@ -397,6 +397,10 @@ pub struct CaArgs {
     /// Lifetime of a self-signed root made by this CA.
     #[arg(long, default_value = flag(ca_defaults::ROOT_LIFETIME), value_parser = parse_duration)]
     pub root_lifetime: Duration,
+    /// How long each CRL is valid (its nextUpdate); it is signed again at half of it, and at
+    /// once on every revocation.
+    #[arg(long, default_value = flag(ca_defaults::CRL_VALIDITY), value_parser = parse_duration)]
+    pub crl_validity: Duration,
     /// Close a connection with no request in flight for this long.
     #[arg(long, default_value = flag(ca_defaults::IDLE_TIMEOUT), value_parser = parse_duration)]
     pub idle_timeout: Duration,
@@ -497,6 +501,10 @@ impl CaArgs {
         config.rotation.prepare_at = self.rotate_at;
         config.rotation.root_lifetime = self.root_lifetime;
         config.rotation.retire_margin = self.retire_margin;
+        if self.crl_validity < std::time::Duration::from_secs(2) {
+            return Err("--crl-validity must be at least 2s".into());
+        }
+        config.crl_validity = self.crl_validity;
         if self.idle_timeout.is_zero()
             || self.max_connections == Some(0)
             || self.max_connections_per_source == 0

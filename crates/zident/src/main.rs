@@ -11,6 +11,7 @@ mod duration;
 mod inspect;
 mod logging;
 mod print;
+mod revoke;
 mod rotate;
 mod style;
 mod up;

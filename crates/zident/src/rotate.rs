@@ -26,6 +26,13 @@ pub enum CaAction {
     /// The mesh versions in the shared datastore.
     #[command(subcommand)]
     Mesh(crate::datastore_cli::MeshAction),
+    /// Revoke a certificate (by serial), an identity's or a node's: a running CA lists them in
+    /// its CRLs within a second; with --deny-reissue it also refuses their renewals.
+    Revoke(crate::revoke::RevokeArgs),
+    /// Lift a denial of reissue that `zident ca revoke --deny-reissue` made.
+    AllowReissue(crate::revoke::AllowArgs),
+    /// The revoked certificates that have not expired, and the denials of reissue.
+    Revocations(crate::revoke::ListArgs),
 }
 
 /// Flags of `zident ca rotate`.
@@ -94,6 +101,9 @@ pub async fn run(action: CaAction) -> Result<ExitCode, String> {
     use crate::datastore_cli as ds;
     match action {
         CaAction::Apply(args) => ds::apply(args).await,
+        CaAction::Revoke(args) => crate::revoke::revoke(args),
+        CaAction::AllowReissue(args) => crate::revoke::allow(args),
+        CaAction::Revocations(args) => crate::revoke::list(args),
         CaAction::Mesh(action) => ds::mesh(action).await,
         CaAction::Rotate(RotateArgs {
             phase,

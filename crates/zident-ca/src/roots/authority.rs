@@ -82,7 +82,10 @@ pub struct Authority {
     /// During a rotation's overlap (activated, old root still in the bundle): the old root,
     /// which signs the CA's own serving certificate, so a node that missed the prepare phase
     /// and trusts only the old root can still reach the CA and learn the new one.
-    serving_signer: Option<(Issuer<'static, KeyPair>, SystemTime)>,
+    serving_signer: Option<(Issuer<'static, KeyPair>, SystemTime, Vec<u8>)>,
+    /// The signer's key identifier (its subject key identifier): what an issued
+    /// certificate's authority key identifier and its CRL's carry.
+    signer_key_id: Vec<u8>,
     /// The key that signs JWT-SVIDs now; `None` when the active generation has none (a
     /// datastore from before JWT-SVIDs, until its next rotation).
     jwt_signer: Option<Arc<JwtSigner>>,
@@ -212,7 +215,7 @@ impl Authority {
                     format!("cannot sign with this certificate: {e}"),
                 )
             })?;
-            authority.serving_signer = Some((issuer, not_after));
+            authority.serving_signer = Some((issuer, not_after, key_id(&parsed)));
         }
         Ok(authority)
     }
@@ -323,6 +326,7 @@ impl Authority {
         let (_, parsed) =
             X509Certificate::from_der(&signer_der).map_err(|e| invalid(&path, e.to_string()))?;
         let signer_not_after = to_system_time(parsed.validity().not_after);
+        let signer_key_id = key_id(&parsed);
         let issuer = Issuer::from_ca_cert_der(&signer_der, key)
             .map_err(|e| invalid(&path, format!("cannot sign with this certificate: {e}")))?;
         let mut chain_tail_pem: Vec<String> =
@@ -337,6 +341,7 @@ impl Authority {
             bundle,
             chain_tail_pem,
             serving_signer: None,
+            signer_key_id,
             jwt_signer: None,
         })
     }
@@ -483,7 +488,7 @@ impl Authority {
         public_key: &impl PublicKeyData,
     ) -> Result<(rcgen::Certificate, Vec<CertificateDer<'static>>), AuthorityError> {
         match &self.serving_signer {
-            Some((issuer, _)) => params
+            Some((issuer, _, _)) => params
                 .signed_by(public_key, issuer)
                 .map(|c| (c, vec![]))
                 .map_err(|e| AuthorityError::Sign(e.to_string())),
@@ -491,11 +496,36 @@ impl Authority {
         }
     }
 
+    /// The key identifier of the certificate that signs workload certificates now, hex: the
+    /// ledger records it with each certificate, so a revocation knows which CRL lists it.
+    pub fn signer_key_id(&self) -> String {
+        zident_identity::hex(&self.signer_key_id)
+    }
+
+    /// Every key whose certificates may still be valid and whose key the CA holds: the signer,
+    /// and during a rotation's overlap the previous root (its certificates live until retire).
+    /// Each signs its own CRL.
+    pub fn crl_signers(&self) -> Vec<CrlSigner<'_>> {
+        let mut signers = vec![CrlSigner {
+            issuer: &self.issuer,
+            key_id: &self.signer_key_id,
+            not_after: self.signer_not_after,
+        }];
+        if let Some((issuer, not_after, key_id)) = &self.serving_signer {
+            signers.push(CrlSigner {
+                issuer,
+                key_id,
+                not_after: *not_after,
+            });
+        }
+        signers
+    }
+
     /// The notAfter of whichever certificate signs the serving certificate.
     pub fn serving_signer_not_after(&self) -> SystemTime {
         self.serving_signer
             .as_ref()
-            .map(|(_, t)| *t)
+            .map(|(_, t, _)| *t)
             .unwrap_or(self.signer_not_after)
     }
 
@@ -555,6 +585,33 @@ impl Authority {
             .map(|(_, c)| to_system_time(c.validity().not_after))
             .fold(self.signer_not_after, SystemTime::min)
     }
+}
+
+/// A key that signs a CRL for the certificates it issued.
+pub struct CrlSigner<'a> {
+    /// The key, with its certificate's name.
+    pub issuer: &'a Issuer<'static, KeyPair>,
+    /// Its certificate's key identifier.
+    pub key_id: &'a [u8],
+    /// Its certificate's notAfter: a CRL never outlives its signer.
+    pub not_after: SystemTime,
+}
+
+/// A certificate's key identifier: its subject key identifier, or (when it has none) the first
+/// 20 bytes of the SHA-256 of its public key, as rcgen derives one.
+fn key_id(cert: &X509Certificate<'_>) -> Vec<u8> {
+    cert.iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            let digest = aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                cert.public_key().subject_public_key.data.as_ref(),
+            );
+            digest.as_ref()[..20].to_vec()
+        })
 }
 
 /// An issued certificate chain and the facts logged about it.

@@ -10,6 +10,11 @@
 //! fsynced one by one), is compacted to one line per identity with a valid certificate at each
 //! start, and is read by `zident ca rotate` and `zident ca status` beside a running CA. A line
 //! cut short by a crash is skipped.
+//!
+//! A workload certificate's line also names it ([`Certificate`]: serial, the node whose token
+//! asked for it, the key that signed it), and compaction keeps every such line until its
+//! certificate expires: `zident ca revoke` finds there every certificate of an identity or of
+//! a node (see `crate::revocation`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -50,41 +55,87 @@ impl Issuance {
     }
 }
 
+/// What names one issued workload certificate, for revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// Its serial, lowercase hex.
+    pub serial: String,
+    /// The node whose token asked for it (none for an identity token or a ServiceAccount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The key identifier of the certificate that signed it, hex: which CRL lists it.
+    pub issuer: String,
+}
+
+/// An issued certificate, with who it was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    /// The SPIFFE ID.
+    pub id: String,
+    /// When, and how long it lives.
+    pub issuance: Issuance,
+    /// Its serial, node and signer.
+    pub certificate: Certificate,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Line {
     id: String,
     #[serde(flatten)]
     issuance: Issuance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cert: Option<Certificate>,
 }
 
-/// The latest issuance of each identity in `data_dir`'s ledger; empty when there is none.
-pub fn load(data_dir: &Path) -> HashMap<String, Issuance> {
-    let mut latest = HashMap::new();
+/// Every readable line of `data_dir`'s ledger, oldest first. A line cut short by a crash is
+/// skipped: at worst an identity looks as if its last certificate were an older one, which
+/// only makes activation wait longer.
+fn lines(data_dir: &Path) -> Vec<Line> {
     let Ok(text) = std::fs::read_to_string(data_dir.join(LEDGER_FILE)) else {
-        return latest;
+        return Vec::new();
     };
-    for line in text.lines() {
-        // A line cut short by a crash is skipped: at worst an identity looks as if its last
-        // certificate were an older one, which only makes activation wait longer.
-        if let Ok(l) = serde_json::from_str::<Line>(line) {
-            let e = latest.entry(l.id).or_insert(l.issuance);
-            if l.issuance.at >= e.at {
-                *e = l.issuance;
-            }
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+        .collect()
+}
+
+fn latest_of(lines: &[Line]) -> HashMap<String, Issuance> {
+    let mut latest = HashMap::new();
+    for l in lines {
+        let e = latest.entry(l.id.clone()).or_insert(l.issuance);
+        if l.issuance.at >= e.at {
+            *e = l.issuance;
         }
     }
     latest
 }
 
-/// Writes `latest` as a ledger file in `data_dir` (one line per identity).
-pub(crate) fn write(data_dir: &Path, latest: &HashMap<String, Issuance>) -> std::io::Result<()> {
+/// The latest issuance of each identity in `data_dir`'s ledger; empty when there is none.
+pub fn load(data_dir: &Path) -> HashMap<String, Issuance> {
+    latest_of(&lines(data_dir))
+}
+
+/// Every workload certificate in `data_dir`'s ledger still valid at `now`, oldest first.
+pub fn certificates(data_dir: &Path, now: SystemTime) -> Vec<IssuedCertificate> {
+    let now = unix_seconds(now);
+    lines(data_dir)
+        .into_iter()
+        .filter(|l| l.issuance.not_after > now)
+        .filter_map(|l| {
+            Some(IssuedCertificate {
+                id: l.id,
+                issuance: l.issuance,
+                certificate: l.cert?,
+            })
+        })
+        .collect()
+}
+
+fn write_lines(data_dir: &Path, lines: &[Line]) -> std::io::Result<()> {
     let mut compact = String::new();
-    for (id, issuance) in latest {
-        if let Ok(line) = serde_json::to_string(&Line {
-            id: id.clone(),
-            issuance: *issuance,
-        }) {
-            compact.push_str(&line);
+    for line in lines {
+        if let Ok(text) = serde_json::to_string(line) {
+            compact.push_str(&text);
             compact.push('\n');
         }
     }
@@ -104,11 +155,31 @@ impl Ledger {
     /// Opens the ledger of `data_dir`: loads it, compacts it to the certificates still valid
     /// at `now`, and starts the thread that appends to it.
     pub fn open(data_dir: &Path, now: SystemTime) -> std::io::Result<Self> {
-        let mut latest = load(data_dir);
         let now = unix_seconds(now);
+        let mut all = lines(data_dir);
+        all.retain(|l| l.issuance.not_after > now);
+        let mut latest = latest_of(&all);
         latest.retain(|_, i| i.not_after > now);
+        // Kept: every valid certificate's line (revocation finds them), and the latest line of
+        // each identity that has no such line (from before certificates were named).
+        let mut kept: Vec<Line> = Vec::with_capacity(all.len());
+        let named: std::collections::HashSet<String> = all
+            .iter()
+            .filter(|l| l.cert.is_some())
+            .map(|l| l.id.clone())
+            .collect();
+        for (id, issuance) in &latest {
+            if !named.contains(id) {
+                kept.push(Line {
+                    id: id.clone(),
+                    issuance: *issuance,
+                    cert: None,
+                });
+            }
+        }
+        kept.extend(all.into_iter().filter(|l| l.cert.is_some()));
         let path = data_dir.join(LEDGER_FILE);
-        write(data_dir, &latest)?;
+        write_lines(data_dir, &kept)?;
         let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::Builder::new()
@@ -136,8 +207,8 @@ impl Ledger {
         })
     }
 
-    /// Records a certificate issued to `id`.
-    pub fn record(&self, id: &str, issuance: Issuance) {
+    /// Records a certificate issued to `id`; `certificate` names it for revocation.
+    pub fn record(&self, id: &str, issuance: Issuance, certificate: Option<Certificate>) {
         self.latest
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -153,6 +224,7 @@ impl Ledger {
         let Ok(mut line) = serde_json::to_string(&Line {
             id: id.to_owned(),
             issuance,
+            cert: certificate,
         }) else {
             return;
         };
@@ -301,6 +373,7 @@ mod tests {
                     not_before: 990,
                     not_after: 2000,
                 },
+                None,
             );
             l.record(
                 "spiffe://td/b",
@@ -309,6 +382,7 @@ mod tests {
                     not_before: 990,
                     not_after: 1005,
                 },
+                None,
             );
             l.record(
                 "spiffe://td/a",
@@ -317,6 +391,7 @@ mod tests {
                     not_before: 1490,
                     not_after: 2500,
                 },
+                None,
             );
         }
         // The writer thread ends when the ledger drops; wait for its lines.

@@ -1,0 +1,160 @@
+//! `zident ca revoke`, `zident ca allow-reissue` and `zident ca revocations`: revocation, decided
+//! by an operator on the CA's data dir, whether its CA is running or not; a running CA reads the
+//! list within a second and signs its CRLs again.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use zident_ca::revocation::list::{self, normalize_serial};
+use zident_ca::revocation::{Reason, Revocations, Subject, Target};
+use zident_identity::{SpiffeId, rfc3339};
+
+/// Flags of `zident ca revoke`.
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["serial", "identity", "node"]))]
+pub struct RevokeArgs {
+    /// One certificate, by serial (hex, as `zident certs` or `openssl x509 -serial` shows it).
+    #[arg(long, value_name = "HEX")]
+    pub serial: Option<String>,
+    /// Every valid certificate of this SPIFFE ID.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub identity: Option<SpiffeId>,
+    /// Every valid certificate this node's token obtained.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// Why (RFC 5280): unspecified, keyCompromise, cACompromise, affiliationChanged,
+    /// superseded, cessationOfOperation, privilegeWithdrawn, aACompromise.
+    #[arg(long, default_value = "unspecified")]
+    pub reason: Reason,
+    /// Also refuse the identity's (or node's) requests for new certificates until
+    /// `zident ca allow-reissue`; without it, its agent renews at once with a new key.
+    #[arg(long)]
+    pub deny_reissue: bool,
+    /// The CA's data dir.
+    #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+/// Flags of `zident ca allow-reissue`.
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("whose").required(true).args(["identity", "node"]))]
+pub struct AllowArgs {
+    /// The SPIFFE ID whose reissue was denied.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub identity: Option<SpiffeId>,
+    /// The node whose reissue was denied.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// The CA's data dir.
+    #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+/// Flags of `zident ca revocations`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// The CA's data dir.
+    #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `zident ca revoke`.
+pub fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
+    let target = match (args.serial, args.identity, args.node) {
+        (Some(s), _, _) => Target::Serial(normalize_serial(&s)?),
+        (_, Some(id), _) => Target::Identity(id),
+        (_, _, Some(n)) => Target::Node(n),
+        _ => return Err("name what to revoke: --serial, --identity or --node".into()),
+    };
+    let added = list::revoke(
+        &args.data_dir,
+        &target,
+        args.reason,
+        args.deny_reissue,
+        SystemTime::now(),
+    )
+    .map_err(|e| e.to_string())?;
+    for r in &added {
+        println!(
+            "revoked {} ({}, {}), valid until {}",
+            r.serial,
+            r.id,
+            r.reason,
+            rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.not_after))
+        );
+    }
+    if added.is_empty() {
+        println!("nothing new to revoke: every certificate it names is revoked already");
+    }
+    if args.deny_reissue {
+        println!("its requests for new certificates are refused until `zident ca allow-reissue`");
+    }
+    println!(
+        "a running CA signs its CRLs again within a second ({})",
+        args.data_dir
+            .join(zident_ca::revocation::publisher::CRL_FILE)
+            .display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zident ca allow-reissue`.
+pub fn allow(args: AllowArgs) -> Result<ExitCode, String> {
+    let subject = match (args.identity, args.node) {
+        (Some(id), _) => Subject::Identity(id.to_string()),
+        (_, Some(n)) => Subject::Node(n),
+        _ => return Err("name whose reissue to allow: --identity or --node".into()),
+    };
+    if list::allow_reissue(&args.data_dir, &subject).map_err(|e| e.to_string())? {
+        println!("{subject} may be issued certificates again");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(format!(
+            "{subject} has no denial of reissue in {}; nothing was changed",
+            args.data_dir.display()
+        ))
+    }
+}
+
+/// `zident ca revocations`.
+pub fn list(args: ListArgs) -> Result<ExitCode, String> {
+    let mut list = Revocations::load(&args.data_dir).map_err(|e| e.to_string())?;
+    list.prune(SystemTime::now());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let time = |s: u64| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+    if list.revoked.is_empty() {
+        println!("no certificate is revoked");
+    } else {
+        println!("SERIAL  IDENTITY  NODE  REASON  REVOKED  EXPIRES");
+        for r in &list.revoked {
+            println!(
+                "{}  {}  {}  {}  {}  {}",
+                r.serial,
+                r.id,
+                r.node.as_deref().unwrap_or("-"),
+                r.reason,
+                time(r.revoked_at),
+                time(r.not_after)
+            );
+        }
+    }
+    for d in &list.denied {
+        println!(
+            "reissue denied: {} ({}, since {})",
+            d.subject,
+            d.reason,
+            time(d.since)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
