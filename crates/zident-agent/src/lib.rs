@@ -162,6 +162,13 @@ impl RunningAgent {
                 ca.first_address().to_owned(),
                 ca.server_name().clone(),
             )));
+            // zident's CA serves CRLs beside its bundle (istiod does neither).
+            tasks.push(tokio::spawn(ca::crl_poll::poll_crl(
+                trust.clone(),
+                ca.first_address().to_owned(),
+                ca.server_name().clone(),
+                metrics.clone(),
+            )));
         }
 
         let (mesh_tx, mesh_rx) = tokio::sync::watch::channel(view.clone());

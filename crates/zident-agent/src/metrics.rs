@@ -69,6 +69,16 @@ pub struct AgentMetrics {
     pub clock_skew: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// The lower bound a failed handshake implied (NaN while none).
     pub clock_skew_at_least: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Certificates the CRLs in force list.
+    pub crl_revoked: Gauge<i64>,
+    /// The number of the CRLs in force.
+    pub crl_number: Gauge<i64>,
+    /// Their nextUpdate, Unix seconds.
+    pub crl_next_update: Gauge<i64>,
+    /// 1 while the CRLs in force are past their nextUpdate (kept: see `ca/crl_poll.rs`).
+    pub crl_stale: Gauge<i64>,
+    /// CRLs refused (forged, stale or older than the one in force).
+    pub crl_refused: Counter,
 }
 
 impl AgentMetrics {
@@ -85,7 +95,37 @@ impl AgentMetrics {
             config_reloads: Default::default(),
             clock_skew: Default::default(),
             clock_skew_at_least: Default::default(),
+            crl_revoked: Default::default(),
+            crl_number: Default::default(),
+            crl_next_update: Default::default(),
+            crl_stale: Default::default(),
+            crl_refused: Default::default(),
         };
+        registry.register(
+            "zident_crl_revoked_certificates",
+            "Certificates the CA's CRLs in force on this node list as revoked",
+            m.crl_revoked.clone(),
+        );
+        registry.register(
+            "zident_crl_number",
+            "The number of the CRLs in force on this node",
+            m.crl_number.clone(),
+        );
+        registry.register(
+            "zident_crl_next_update_timestamp_seconds",
+            "The nextUpdate of the CRLs in force on this node (unix seconds)",
+            m.crl_next_update.clone(),
+        );
+        registry.register(
+            "zident_crl_stale",
+            "1 while the CRLs in force are past their nextUpdate and no newer one could be fetched (they stay in force)",
+            m.crl_stale.clone(),
+        );
+        registry.register(
+            "zident_crl_refused",
+            "CRLs from the CA refused: signed by no root of the bundle, past their nextUpdate, or older than the ones in force",
+            m.crl_refused.clone(),
+        );
         // Unknown until the CA answers: NaN, never a 0 that would say the clocks agree.
         m.clock_skew.set(f64::NAN);
         m.clock_skew_at_least.set(f64::NAN);
@@ -165,6 +205,18 @@ impl AgentMetrics {
                 .get_or_create(&StateLabel { state: s })
                 .inc();
         }
+    }
+
+    /// Sets the CRL gauges from the list put in force.
+    pub fn set_crl(&self, list: &zident_identity::RevocationList) {
+        self.crl_revoked.set(list.count as i64);
+        self.crl_number
+            .set(i64::try_from(list.number).unwrap_or(i64::MAX));
+        self.crl_next_update.set(
+            list.next_update
+                .map(|t| zident_identity::unix_seconds(t) as i64)
+                .unwrap_or(0),
+        );
     }
 
     /// Records the trust bundle's roots.

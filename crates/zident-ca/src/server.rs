@@ -158,15 +158,28 @@ pub(crate) fn router(state: Arc<CaState>, xds: XdsService) -> axum::Router {
         )
         .route(
             "/crl",
-            get(move || async move {
-                match crl_state.revocations().crls.as_ref() {
-                    Some(set) => (
-                        [(header::CONTENT_TYPE, "application/x-pem-file")],
-                        set.pem(),
-                    )
-                        .into_response(),
-                    None => no_crl_yet(),
+            get(move |headers: axum::http::HeaderMap| async move {
+                let published = crl_state.revocations();
+                let Some(set) = published.crls.as_ref() else {
+                    return no_crl_yet();
+                };
+                // Agents poll every second: the CRL number is the entity tag, and an
+                // unchanged CRL costs a 304 and no body.
+                let tag = format!("\"{}\"", set.number);
+                if headers
+                    .get(header::IF_NONE_MATCH)
+                    .is_some_and(|v| v.as_bytes() == tag.as_bytes())
+                {
+                    return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
                 }
+                (
+                    [
+                        (header::CONTENT_TYPE, "application/x-pem-file".to_owned()),
+                        (header::ETAG, tag),
+                    ],
+                    set.pem(),
+                )
+                    .into_response()
             }),
         )
         .route(

@@ -13,6 +13,7 @@
 //!   are written everywhere;
 //! - [`TrustBundle`]: several roots, as PEM or SPIFFE bundle JSON, and the JWT-SVID keys;
 //! - [`jwt`]: JWT-SVIDs signed, read and validated;
+//! - [`RevocationList`]: CRLs verified against the trust bundle, and the serials they list;
 //! - [`CertificateProvider`]: how the tunnel and the Workload API ask the agent for a
 //!   workload's current certificate.
 
@@ -21,6 +22,7 @@
 
 mod bearer;
 mod bundle;
+mod crl;
 mod csr;
 mod format;
 pub mod inspect;
@@ -34,6 +36,7 @@ mod svid;
 
 pub use bearer::BearerDigest;
 pub use bundle::{BundleError, TrustBundle};
+pub use crl::{CrlError, RevocationList};
 pub use csr::{CsrError, CsrPublicKey, MAX_CSR_BYTES, VerifiedCsr, verify_csr_der, verify_csr_pem};
 pub use format::{
     fingerprint, hex, human, parse_rfc3339, rfc3339, serial_hex, to_system_time, unix_seconds,

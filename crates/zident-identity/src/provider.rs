@@ -108,6 +108,9 @@ pub enum Cause {
     /// The certificate expired while its renewal was still in flight, with no failure to
     /// blame. (Once a renewal has failed, an expired identity's cause is that failure's.)
     Expired,
+    /// The CA's CRL lists the certificate (it is replaced at once), or the CA refuses to
+    /// issue a new one because an operator revoked the identity or node and denied reissue.
+    Revoked,
 }
 
 impl Cause {
@@ -129,6 +132,7 @@ impl Cause {
             Self::ClockSkew => "outside_validity",
             Self::CaClockSkew => "clock_skew",
             Self::Expired => "expired",
+            Self::Revoked => "revoked",
         }
     }
 
@@ -244,6 +248,14 @@ pub trait CertificateProvider: Send + Sync + 'static {
 
     /// Follows the trust bundle: each change (a root added or retired) is a new value.
     fn watch_bundle(&self) -> watch::Receiver<Arc<crate::bundle::TrustBundle>>;
+
+    /// Follows the CRLs in force (verified against the trust bundle): each change is a new
+    /// value; `None` while there are none. A tunnel refuses a revoked peer's handshake and
+    /// closes its open connections with one when a new list names it. A provider without
+    /// revocation never changes it.
+    fn watch_revocations(&self) -> watch::Receiver<Option<Arc<crate::crl::RevocationList>>> {
+        watch::channel(None).1
+    }
 
     /// A JWT-SVID for `id` accepted by `audience`, with at least half of its lifetime left.
     /// A provider that issues none says so.

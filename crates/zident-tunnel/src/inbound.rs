@@ -34,7 +34,7 @@ use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
 use crate::policy::{Authorizer, Connection, Destination};
 use crate::pump::{keepalive, pump};
 use crate::sizes::{TLS_READ_BUFFER, window};
-use crate::verify::{BundleSource, SpiffeClientVerifier, provider};
+use crate::verify::{BundleSource, RevocationSource, SpiffeClientVerifier, is_revoked, provider};
 
 /// A TLS handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = zident_listen::HANDSHAKE_TIMEOUT;
@@ -87,6 +87,8 @@ pub struct Inbound<P, D> {
     certificates: Arc<P>,
     destinations: Arc<D>,
     bundle: BundleSource,
+    /// The CRLs in force: a revoked client is refused, and its open connection closed.
+    revocations: RevocationSource,
     /// How long to wait for the workload to accept.
     connect_timeout: Duration,
     observer: Arc<Observer>,
@@ -116,11 +118,13 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
             let p = certificates.clone();
             Arc::new(move || p.bundle())
         };
+        let revocations = certificates.watch_revocations();
         Self {
             serves,
             certificates,
             destinations,
             bundle,
+            revocations,
             connect_timeout: Duration::from_secs(5),
             observer,
             skew_tolerance: crate::verify::SKEW_TOLERANCE,
@@ -158,6 +162,7 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(
                 SpiffeClientVerifier::new(self.bundle.clone())
+                    .with_revocations(self.revocations.clone())
                     .with_skew_tolerance(self.skew_tolerance),
             ))
             .with_single_cert(cert.chain.clone(), key)?;
@@ -288,11 +293,14 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
                 return;
             }
         };
-        let source = tls
+        let peer_leaf = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned());
+        let source = peer_leaf
+            .as_ref()
             .and_then(|c| check_leaf(c).ok())
             .map(|i| i.id);
         let h2_handshake = tokio::time::timeout(
@@ -324,10 +332,21 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
         let keep = keepalive(conn.ping_pong());
         tokio::pin!(keep);
         let tracker = slot.tracker();
+        let mut revocations = self.revocations.clone();
         // The connection is driven here; its tunnels run beside it and end with it.
         let mut streams = JoinSet::new();
         loop {
             tokio::select! {
+                // A new CRL that lists the client's certificate closes the connection and
+                // every tunnel on it.
+                Ok(()) = revocations.changed() => {
+                    if let Some(leaf) = &peer_leaf
+                        && is_revoked(&revocations, leaf)
+                    {
+                        self.observer.revoked(Direction::Inbound, peer, leaf);
+                        break;
+                    }
+                }
                 next = conn.accept() => match next {
                     Some(Ok((request, respond))) => {
                         let (this, source, served) = (self.clone(), source.clone(), served.clone());

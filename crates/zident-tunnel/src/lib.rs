@@ -45,6 +45,6 @@ pub use outbound::{Directory, NoRoute, Outbound, Route, Source};
 pub use policy::{Authorizer, Connection, Destination};
 pub use socks5::Target;
 pub use verify::{
-    BundleSource, SKEW_TOLERANCE, SpiffeClientVerifier, SpiffeServerVerifier,
+    BundleSource, RevocationSource, SKEW_TOLERANCE, SpiffeClientVerifier, SpiffeServerVerifier,
     provider as crypto_provider,
 };

@@ -80,6 +80,9 @@ pub enum Reason {
     /// A tunnel that was carrying bytes was cut before it closed: its HBONE connection was
     /// lost, or its listener closed.
     ConnectionLost,
+    /// The peer's certificate is listed by a CRL in force: its handshake is refused, and an
+    /// open connection with it is closed when a new CRL lists it.
+    Revoked,
 }
 
 impl Reason {
@@ -99,6 +102,7 @@ impl Reason {
             Reason::UnknownDestination => "unknown_destination",
             Reason::BadRequest => "bad_request",
             Reason::ConnectionLost => "connection_lost",
+            Reason::Revoked => "revoked",
         }
     }
 }
@@ -146,6 +150,11 @@ pub fn tls_failure(e: &io::Error) -> (Reason, String) {
                     "the peer's certificate is not valid for another {} s by this node's clock, more than the clock skew tolerated: the two nodes' clocks disagree (check NTP on both)",
                     not_before.as_secs().saturating_sub(time.as_secs())
                 ),
+            ),
+            C::Revoked => (
+                Reason::Revoked,
+                "the peer's certificate is revoked: a CRL this node holds from the CA lists it"
+                    .into(),
             ),
             C::Expired | C::NotValidYet => (
                 Reason::CertificateExpired,
@@ -201,6 +210,7 @@ pub fn peer_refusal(e: &h2::Error) -> Option<(Reason, String)> {
                 A::DecryptError,
                 A::CertificateUnknown,
                 A::CertificateRequired,
+                A::CertificateRevoked,
                 A::AccessDenied,
                 A::HandshakeFailure,
             ]
@@ -228,6 +238,10 @@ fn alert_meaning(alert: rustls::AlertDescription) -> (Reason, String) {
                 "the peer does not trust this workload's certificate (TLS alert {alert:?}): its trust bundle \
                  lacks the root that signed it; during a root rotation, the peer may not have the new root yet"
             ),
+        ),
+        A::CertificateRevoked => (
+            Reason::Revoked,
+            "the peer refused this workload's certificate as revoked (TLS alert CertificateRevoked): the CA's CRL lists it; its agent replaces it, unless the operator denied its reissue".into(),
         ),
         A::CertificateRequired => (
             Reason::NoClientCertificate,
@@ -444,6 +458,18 @@ impl Observer {
     pub fn register(&self, registry: &mut Registry) {
         self.metrics.register(registry);
         self.listeners.register(registry);
+    }
+
+    /// An open HBONE connection closed because a new CRL lists its peer's certificate: counted
+    /// as a `revoked` failure, and said with the peer's identity and serial.
+    pub fn revoked(&self, direction: Direction, peer: std::net::SocketAddr, leaf: &[u8]) {
+        self.failure(direction, Reason::Revoked);
+        let (identity, serial) =
+            match zident_identity::check_leaf(&rustls_pki_types::CertificateDer::from(leaf)) {
+                Ok(info) => (info.id.to_string(), info.serial_hex),
+                Err(_) => ("unknown".to_owned(), String::new()),
+            };
+        tracing::warn!(target: "zident::tunnel", direction = direction.as_str(), %peer, %identity, %serial, reason = %Reason::Revoked, "closed an open HBONE connection: a new CRL lists the peer's certificate (its tunnels end)");
     }
 
     /// Counts a connection that did not get through.

@@ -33,7 +33,7 @@ use crate::observe::{Direction, Observer, OpenTunnel, Reason, peer_refusal, tls_
 use crate::pump::{keepalive, pump};
 use crate::sizes::{PLAIN_COPY_BUFFER, TLS_READ_BUFFER, window};
 use crate::socks5::{self, Reply, Target};
-use crate::verify::{BundleSource, SpiffeServerVerifier, provider};
+use crate::verify::{BundleSource, RevocationSource, SpiffeServerVerifier, is_revoked, provider};
 
 const HANDSHAKE_TIMEOUT: Duration = zident_listen::HANDSHAKE_TIMEOUT;
 const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
@@ -162,6 +162,8 @@ pub struct Outbound<P, D> {
     certificates: Arc<P>,
     directory: Arc<D>,
     bundle: BundleSource,
+    /// The CRLs in force: a revoked server is refused, and a pooled connection to one closed.
+    revocations: RevocationSource,
     observer: Arc<Observer>,
     pool: Mutex<HashMap<PoolKey, Pooled>>,
     configs: Mutex<HashMap<ConfigKey, Arc<rustls::ClientConfig>>>,
@@ -197,12 +199,14 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             let p = certificates.clone();
             Arc::new(move || p.bundle())
         };
+        let revocations = certificates.watch_revocations();
         Self {
             transparent_source: false,
             skew_tolerance: crate::verify::SKEW_TOLERANCE,
             certificates,
             directory,
             bundle,
+            revocations,
             observer,
             pool: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
@@ -518,7 +522,8 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(
                 SpiffeServerVerifier::new(self.bundle.clone(), expected.to_vec())
-                    .with_skew_tolerance(self.skew_tolerance),
+                    .with_skew_tolerance(self.skew_tolerance)
+                    .with_revocations(self.revocations.clone()),
             ))
             .with_client_auth_cert(cert.chain.clone(), key_der)
             .map_err(|e| (Reason::TlsFailure, e.to_string()))?;
@@ -585,6 +590,12 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                     let (reason, detail) = tls_failure(&e);
                     Refusal::new(reason, Reply::Failure, format!("TLS to {hbone}: {detail}"))
                 })?;
+            let peer_leaf = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned());
             let (sender, mut conn) = h2::client::Builder::new()
                 .initial_window_size(window::STREAM)
                 .initial_connection_window_size(window::CONNECTION)
@@ -602,7 +613,21 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             let closed = Arc::new(AtomicBool::new(false));
             let done = closed.clone();
             let ping = conn.ping_pong();
+            let (mut revocations, observer) = (self.revocations.clone(), self.observer.clone());
             tokio::spawn(async move {
+                // A new CRL that lists the server's certificate closes the connection (and
+                // every tunnel on it).
+                let revoked = async {
+                    while revocations.changed().await.is_ok() {
+                        if let Some(leaf) = &peer_leaf
+                            && is_revoked(&revocations, leaf)
+                        {
+                            observer.revoked(Direction::Outbound, hbone, leaf);
+                            return;
+                        }
+                    }
+                    std::future::pending::<()>().await
+                };
                 tokio::select! {
                     r = &mut conn => if let Err(e) = r {
                         match peer_refusal(&e) {
@@ -611,6 +636,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                         }
                     },
                     () = keepalive(ping) => {}
+                    () = revoked => {}
                 }
                 done.store(true, Ordering::Relaxed);
             });

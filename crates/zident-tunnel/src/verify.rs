@@ -7,6 +7,9 @@
 //!   SPIFFE ID to be one of the identities expected for the destination; the DNS name rustls
 //!   passes is ignored, because SPIFFE identities are not host names.
 //!
+//! Both refuse a certificate a CRL in force lists ([`RevocationSource`]), with rustls's
+//! `Revoked` (the peer gets the `certificate_revoked` alert).
+//!
 //! Every refusal says why, so the access log and metrics can name the reason.
 
 use std::sync::Arc;
@@ -17,7 +20,8 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use zident_identity::{SpiffeId, SvidError, TrustBundle, verify_svid};
+use tokio::sync::watch;
+use zident_identity::{RevocationList, SpiffeId, SvidError, TrustBundle, verify_svid};
 
 /// The handshake signature checks, the same in both verifiers: rustls's own, with the
 /// verifier's `algorithms` (only the certificate checks are SPIFFE's).
@@ -49,6 +53,33 @@ macro_rules! signatures_by_rustls {
 
 /// Gives the current trust bundle.
 pub type BundleSource = Arc<dyn Fn() -> Arc<TrustBundle> + Send + Sync>;
+
+/// Follows the CRLs in force (see [`CertificateProvider::watch_revocations`]).
+///
+/// [`CertificateProvider::watch_revocations`]: zident_identity::CertificateProvider::watch_revocations
+pub type RevocationSource = watch::Receiver<Option<Arc<RevocationList>>>;
+
+/// Refuses `leaf` if a CRL in `revocations` lists it: checked after the chain, so only a
+/// certificate of a trusted root is looked up (one hash lookup, whatever the CRL's size).
+fn check_revoked(
+    revocations: &Option<RevocationSource>,
+    leaf: &CertificateDer<'_>,
+) -> Result<(), rustls::Error> {
+    match revocations.as_ref().map(|r| r.borrow().clone()) {
+        Some(Some(list)) if list.is_revoked(leaf) => {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `leaf` is listed by the CRLs in force now.
+pub fn is_revoked(revocations: &RevocationSource, leaf: &[u8]) -> bool {
+    revocations
+        .borrow()
+        .as_ref()
+        .is_some_and(|list| list.is_revoked(leaf))
+}
 
 fn time(now: UnixTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs())
@@ -128,6 +159,7 @@ pub struct SpiffeClientVerifier {
     bundle: BundleSource,
     algorithms: WebPkiSupportedAlgorithms,
     tolerance: std::time::Duration,
+    revocations: Option<RevocationSource>,
 }
 
 impl std::fmt::Debug for SpiffeClientVerifier {
@@ -144,12 +176,19 @@ impl SpiffeClientVerifier {
             bundle,
             algorithms: algorithms(),
             tolerance: SKEW_TOLERANCE,
+            revocations: None,
         }
     }
 
     /// Accepts a client certificate whose notBefore is at most `tolerance` in the future.
     pub fn with_skew_tolerance(mut self, tolerance: std::time::Duration) -> Self {
         self.tolerance = tolerance;
+        self
+    }
+
+    /// Refuses a client certificate the CRLs of `revocations` list.
+    pub fn with_revocations(mut self, revocations: RevocationSource) -> Self {
+        self.revocations = Some(revocations);
         self
     }
 }
@@ -177,8 +216,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             now,
             self.tolerance,
         )
-        .map(|_| ClientCertVerified::assertion())
-        .map_err(refuse_at(now))
+        .map_err(refuse_at(now))?;
+        check_revoked(&self.revocations, end_entity)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     signatures_by_rustls!();
@@ -200,6 +240,7 @@ pub struct SpiffeServerVerifier {
     expected: Vec<SpiffeId>,
     algorithms: WebPkiSupportedAlgorithms,
     tolerance: std::time::Duration,
+    revocations: Option<RevocationSource>,
 }
 
 impl std::fmt::Debug for SpiffeServerVerifier {
@@ -219,12 +260,19 @@ impl SpiffeServerVerifier {
             expected,
             algorithms: algorithms(),
             tolerance: SKEW_TOLERANCE,
+            revocations: None,
         }
     }
 
     /// Accepts a server certificate whose notBefore is at most `tolerance` in the future.
     pub fn with_skew_tolerance(mut self, tolerance: std::time::Duration) -> Self {
         self.tolerance = tolerance;
+        self
+    }
+
+    /// Refuses a server certificate the CRLs of `revocations` list.
+    pub fn with_revocations(mut self, revocations: RevocationSource) -> Self {
+        self.revocations = Some(revocations);
         self
     }
 }
@@ -261,6 +309,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 })),
             )));
         }
+        check_revoked(&self.revocations, end_entity)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use zident_agent::http::report::CertsReport;
+use zident_agent::http::report::{CertsReport, CrlReport};
 use zident_identity::{human, parse_rfc3339};
 
 use crate::style::{Style, print_table};
@@ -58,6 +58,7 @@ pub async fn run(args: CertsArgs) -> Result<(), String> {
                 "jwt_svids": report.jwt_svids,
                 "clock_skew_seconds": clock.0,
                 "clock_skew_threshold_seconds": clock.1,
+                "crl": report.crl,
             });
             println!(
                 "{}",
@@ -70,9 +71,28 @@ pub async fn run(args: CertsArgs) -> Result<(), String> {
             print_jwt(&report, now);
             println!();
             println!("{}", clock_line(clock.0, clock.1));
+            println!("{}", crl_line(report.crl.as_ref()));
         }
     }
     Ok(())
+}
+
+/// The CRLs in force, in words.
+fn crl_line(crl: Option<&CrlReport>) -> String {
+    match crl {
+        None => "CRL: none in force (the CA serves none, or none was fetched yet)".into(),
+        Some(c) => format!(
+            "CRL: number {}, {} revoked, next update {}{}",
+            c.number,
+            c.revoked,
+            c.next_update.as_deref().unwrap_or("none"),
+            if c.stale {
+                " (STALE: kept in force until a newer one can be fetched)"
+            } else {
+                ""
+            }
+        ),
+    }
 }
 
 /// How this node's clock stands against the CA's, in words.

@@ -10,7 +10,6 @@ use rustls_pki_types::ServerName;
 use zident_identity::TrustBundle;
 
 use crate::ca::trust::TrustStore;
-use crate::http::get::get;
 
 /// Polls never more often than this, whatever the hint says.
 const MIN_POLL: Duration = Duration::from_secs(1);
@@ -18,8 +17,6 @@ const MIN_POLL: Duration = Duration::from_secs(1);
 const MAX_POLL: Duration = Duration::from_secs(3600);
 /// A failed poll is retried after this, or the hint if shorter.
 const RETRY_POLL: Duration = Duration::from_secs(10);
-/// A fetch that has not finished in this long has failed.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Fetches `https://<address>/bundle` over and over, at the CA's refresh hint, feeding the
 /// store; the CA's certificate must be valid for `name`. Runs until the task is dropped.
@@ -51,21 +48,12 @@ pub async fn poll_bundle(store: Arc<TrustStore>, address: String, name: ServerNa
 /// Why the CA's `/bundle` could not be fetched; the roots held stay in force.
 #[derive(Debug, thiserror::Error)]
 enum FetchError {
-    /// No TCP connection.
-    #[error("{0}")]
-    Connect(std::io::Error),
-    /// The TLS handshake failed.
-    #[error("TLS: {0}")]
-    Tls(std::io::Error),
+    /// No answer.
+    #[error(transparent)]
+    Fetch(#[from] crate::ca::https_get::FetchError),
     /// The CA answered with an error status.
     #[error("HTTP {0}")]
     Status(hyper::StatusCode),
-    /// The HTTP exchange failed.
-    #[error(transparent)]
-    Http(#[from] crate::http::get::GetError),
-    /// No answer in time.
-    #[error("timed out")]
-    Timeout,
     /// The answer is not a SPIFFE bundle of this trust domain.
     #[error(transparent)]
     Bundle(#[from] zident_identity::BundleError),
@@ -77,24 +65,11 @@ async fn fetch_bundle(
     address: &str,
     name: &ServerName<'static>,
 ) -> Result<Duration, FetchError> {
-    let work = async {
-        let tcp = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(FetchError::Connect)?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name.clone(), tcp)
-            .await
-            .map_err(FetchError::Tls)?;
-        let io = hyper_util::rt::TokioIo::new(tls);
-        match get(io, &name.to_str(), "/bundle").await {
-            Ok((status, body)) if status.is_success() => Ok(body),
-            Ok((status, _)) => Err(FetchError::Status(status)),
-            Err(e) => Err(FetchError::Http(e)),
-        }
-    };
-    let json = tokio::time::timeout(FETCH_TIMEOUT, work)
-        .await
-        .map_err(|_| FetchError::Timeout)??;
+    let (status, _, json) =
+        crate::ca::https_get::https_get(config, address, name, "/bundle", None).await?;
+    if !status.is_success() {
+        return Err(FetchError::Status(status));
+    }
     let fetched = TrustBundle::from_jwks_json(store.trust_domain().clone(), &json)?;
     let hint = fetched.refresh_hint().unwrap_or(Duration::from_secs(300));
     store.set_endpoint_bundle(&fetched);

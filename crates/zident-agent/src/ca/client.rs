@@ -59,8 +59,10 @@ impl CaError {
         match self {
             CaError::Unreachable { .. } => Cause::CaUnreachable,
             CaError::ClockSkew { .. } => Cause::CaClockSkew,
-            CaError::Refused { code, .. } => match code {
+            CaError::Refused { code, message } => match code {
                 tonic::Code::Unauthenticated => Cause::Unauthenticated,
+                // zident's CA names a revocation whose reissue an operator denied.
+                tonic::Code::PermissionDenied if message.starts_with("revoked:") => Cause::Revoked,
                 tonic::Code::PermissionDenied => Cause::Denied,
                 tonic::Code::InvalidArgument => Cause::InvalidRequest,
                 tonic::Code::DeadlineExceeded => Cause::CaTimeout,

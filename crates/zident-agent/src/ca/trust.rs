@@ -15,7 +15,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use zident_identity::jwt::JwtKey;
 use zident_identity::pem::{PemError, certs_from_pem};
-use zident_identity::{TrustBundle, TrustDomain};
+use zident_identity::{RevocationList, TrustBundle, TrustDomain};
 
 #[derive(Default)]
 struct Sources {
@@ -32,6 +32,8 @@ pub struct TrustStore {
     trust_domain: TrustDomain,
     sources: Mutex<Sources>,
     current: watch::Sender<Arc<TrustBundle>>,
+    /// The CA's CRLs in force, verified against the bundle (`crl_poll`).
+    revocations: watch::Sender<Option<Arc<RevocationList>>>,
     changes: std::sync::atomic::AtomicU64,
     refresh: tokio::sync::Notify,
 }
@@ -47,6 +49,7 @@ impl TrustStore {
                 ..Default::default()
             }),
             current: watch::channel(Arc::new(TrustBundle::new(trust_domain))).0,
+            revocations: watch::channel(None).0,
             changes: Default::default(),
             refresh: tokio::sync::Notify::new(),
         };
@@ -62,6 +65,21 @@ impl TrustStore {
     /// Notified on every change.
     pub fn subscribe(&self) -> watch::Receiver<Arc<TrustBundle>> {
         self.current.subscribe()
+    }
+
+    /// The CRLs in force, if any.
+    pub fn revocations(&self) -> Option<Arc<RevocationList>> {
+        self.revocations.borrow().clone()
+    }
+
+    /// Notified on every new CRL.
+    pub fn subscribe_revocations(&self) -> watch::Receiver<Option<Arc<RevocationList>>> {
+        self.revocations.subscribe()
+    }
+
+    /// Puts `list` in force (checked by the caller against this bundle).
+    pub(crate) fn set_revocations(&self, list: RevocationList) {
+        self.revocations.send_replace(Some(Arc::new(list)));
     }
 
     /// How many times the set of roots changed (a change of JWT-SVID keys alone is not counted).

@@ -220,6 +220,10 @@ impl CertificateProvider for CertificateManager {
         self.shared.trust.subscribe()
     }
 
+    fn watch_revocations(&self) -> watch::Receiver<Option<Arc<zident_identity::RevocationList>>> {
+        self.shared.trust.subscribe_revocations()
+    }
+
     /// Only for identities served on this node: the CA would refuse the others anyway, and
     /// asking would let any local caller make the agent spend requests on them.
     async fn jwt_svid(

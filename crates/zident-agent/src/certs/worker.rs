@@ -271,6 +271,7 @@ pub(crate) async fn run(
     let mut backoff = Backoff::new(&shared.policy);
     let mut roots = shared.signing_root.subscribe();
     let mut ca_back = shared.ca.back();
+    let mut revocations = shared.trust.subscribe_revocations();
     // Whether the last fetch failed because the CA did not answer (set by each fetch).
     let mut waits_on_ca;
     let mut follow_roots = shared.policy.renew_on_root_change;
@@ -401,6 +402,34 @@ pub(crate) async fn run(
                         break;
                     }
                     waits_on_ca = false;
+                }
+                Ok(()) = revocations.changed() => {
+                    // A CRL that lists the certificate in use: peers refuse it now, so it is
+                    // dropped and replaced at once (the CA refuses, saying so, if an operator
+                    // denied this identity's reissue).
+                    let revoked = match &tx.borrow().state {
+                        CertState::Available(c) => revocations
+                            .borrow_and_update()
+                            .as_ref()
+                            .is_some_and(|l| c.chain.first().is_some_and(|leaf| l.is_revoked(leaf))),
+                        _ => false,
+                    };
+                    if revoked {
+                        let serial = tx.borrow().last.as_ref().map(|c| c.serial_hex.clone()).unwrap_or_default();
+                        let failure = Failure::new(
+                            Cause::Revoked,
+                            format!("certificate {serial} is revoked: the CA's CRL lists it; asking for a new one now"),
+                        );
+                        tracing::warn!(target: "zident::identity", identity = %id, %serial, "Certificate for {id} is revoked: the CA's CRL lists it; replacing it now");
+                        shared.event(&id, EventOutcome::Early, failure.detail.clone());
+                        tx.set_state(&shared.metrics, CertState::Unavailable(failure.clone()));
+                        tx.modify(|s| {
+                            s.last_error = Some(failure);
+                            s.next_attempt = Some(SystemTime::now());
+                        });
+                        priority = Priority::RealTime;
+                        break;
+                    }
                 }
                 _ = wake.notified() => {
                     // Someone needs this certificate now. If there is a valid one, nothing

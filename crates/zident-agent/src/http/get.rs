@@ -25,13 +25,35 @@ pub async fn get<IO>(
 where
     IO: Read + Write + Unpin + Send + 'static,
 {
+    let (status, _, body) = get_if_changed(io, host, path, None).await?;
+    Ok((status, body))
+}
+
+/// `GET path` as [`get`], with `If-None-Match: etag` when one is given: the status (304 when
+/// unchanged), the answer's `ETag`, and the body.
+pub async fn get_if_changed<IO>(
+    io: IO,
+    host: &str,
+    path: &str,
+    etag: Option<&str>,
+) -> Result<(hyper::StatusCode, Option<String>, String), GetError>
+where
+    IO: Read + Write + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, host)
-        .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+    let mut req = hyper::Request::get(path).header(hyper::header::HOST, host);
+    if let Some(tag) = etag {
+        req = req.header(hyper::header::IF_NONE_MATCH, tag);
+    }
+    let req = req.body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
+    let tag = resp
+        .headers()
+        .get(hyper::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((status, tag, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -41,6 +41,22 @@ pub struct CertsReport {
     /// The JWT-SVIDs held for the node's workloads.
     #[serde(default)]
     pub jwt_svids: Vec<JwtSvidReport>,
+    /// The CA's CRLs in force on this node, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<CrlReport>,
+}
+
+/// The CRLs in force on a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrlReport {
+    /// Their CRL number (decimal).
+    pub number: String,
+    /// Their nextUpdate (RFC 3339).
+    pub next_update: Option<String>,
+    /// How many certificates they list.
+    pub revoked: usize,
+    /// Past their nextUpdate, with no newer one to be had (kept in force).
+    pub stale: bool,
 }
 
 /// A JWT-SVID the agent holds (never the token itself).
@@ -94,6 +110,9 @@ pub struct IdentityReport {
     /// The stable label of that failure's cause (`ca_unreachable`, `permission_denied`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// The CRLs in force list its certificate (it is being replaced).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
 }
 
 /// One certificate, as the admin endpoints describe it (never a key).
@@ -154,7 +173,11 @@ impl CertificateReport {
 
 impl IdentityReport {
     /// Describes one identity's status.
-    pub fn of(id: &SpiffeId, s: &IdentityStatus) -> Self {
+    pub fn of(
+        id: &SpiffeId,
+        s: &IdentityStatus,
+        crl: Option<&zident_identity::RevocationList>,
+    ) -> Self {
         let failure = match &s.state {
             CertState::Unavailable(f) => Some(f),
             _ => s.last_error.as_ref(),
@@ -175,6 +198,10 @@ impl IdentityReport {
             next_attempt: s.next_attempt.map(rfc3339),
             error: failure.map(|f| f.detail.clone()),
             cause: failure.map(|f| f.cause.label().to_owned()),
+            revoked: crl.is_some_and(|l| {
+                last.and_then(|c| c.chain.first())
+                    .is_some_and(|leaf| l.is_revoked(leaf))
+            }),
         }
     }
 }
@@ -183,11 +210,13 @@ impl CertsReport {
     /// What `manager` holds now.
     pub(crate) fn of(manager: &CertificateManager) -> Self {
         let bundle = manager.trust().bundle();
+        let crl = manager.trust().revocations();
+        let now = SystemTime::now();
         Self {
             certificates: manager
                 .snapshot()
                 .iter()
-                .map(|(id, s)| IdentityReport::of(id, s))
+                .map(|(id, s)| IdentityReport::of(id, s, crl.as_deref()))
                 .collect(),
             trust_bundle: bundle
                 .roots()
@@ -216,6 +245,12 @@ impl CertsReport {
                     expires: rfc3339(j.expiry),
                 })
                 .collect(),
+            crl: crl.map(|l| CrlReport {
+                number: l.number.to_string(),
+                next_update: l.next_update.map(rfc3339),
+                revoked: l.count,
+                stale: l.next_update.is_some_and(|n| n <= now),
+            }),
         }
     }
 }
