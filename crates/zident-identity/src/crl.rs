@@ -164,3 +164,129 @@ impl RevocationList {
             .contains(&(cert.issuer().as_raw().to_vec(), strip(cert.raw_serial())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{generation_root_params, leaf_params};
+    use crate::{SpiffeId, TrustDomain};
+    use rcgen::{
+        CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevocationReason,
+        RevokedCertParams, SerialNumber,
+    };
+    use std::time::{Duration, UNIX_EPOCH};
+
+    struct Root {
+        der: rustls_pki_types::CertificateDer<'static>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn root(generation: u32, now: SystemTime) -> Root {
+        let td: TrustDomain = "td".parse().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = generation_root_params(&td, generation, now, Duration::from_secs(86400))
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().clone();
+        Root {
+            issuer: Issuer::from_ca_cert_der(&der, key).unwrap(),
+            der,
+        }
+    }
+
+    fn leaf(root: &Root, now: SystemTime) -> Vec<u8> {
+        let id: SpiffeId = "spiffe://td/w".parse().unwrap();
+        let key = KeyPair::generate().unwrap();
+        leaf_params(
+            &id,
+            now,
+            Duration::from_secs(3600),
+            now + Duration::from_secs(86400),
+        )
+        .unwrap()
+        .signed_by(&key, &root.issuer)
+        .unwrap()
+        .der()
+        .to_vec()
+    }
+
+    fn crl(
+        root: &Root,
+        serials: &[&[u8]],
+        number: u64,
+        this: SystemTime,
+        next: SystemTime,
+    ) -> String {
+        CertificateRevocationListParams {
+            this_update: this.into(),
+            next_update: next.into(),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(s),
+                    revocation_time: this.into(),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&root.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    fn serial(der: &[u8]) -> Vec<u8> {
+        let (_, c) = X509Certificate::from_der(der).unwrap();
+        c.raw_serial().to_vec()
+    }
+
+    #[test]
+    fn a_crl_is_taken_only_signed_by_a_trusted_root_current_and_not_older_than_the_one_held() {
+        let now = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let (a, b) = (root(1, now), root(2, now));
+        let (revoked, kept) = (leaf(&a, now), leaf(&a, now));
+        let hour = Duration::from_secs(3600);
+        let pem = crl(&a, &[&serial(&revoked)], 5, now - hour, now + hour);
+
+        let list =
+            RevocationList::from_pem(&pem, &[a.der.clone(), b.der.clone()], now, None).unwrap();
+        assert!(list.is_revoked(&revoked));
+        assert!(!list.is_revoked(&kept));
+        assert_eq!((list.count, list.number), (1, 5));
+        assert_eq!(list.next_update, Some(now + hour));
+
+        // Signed by a root this node does not trust: refused.
+        let err = RevocationList::from_pem(&pem, &[b.der.clone()], now, None).unwrap_err();
+        assert!(matches!(err, CrlError::UnknownSigner { .. }), "{err}");
+        // A CRL of b's name forged with another key.
+        let forger = root(2, now);
+        let forged = crl(&forger, &[&serial(&kept)], 9, now - hour, now + hour);
+        let err = RevocationList::from_pem(&forged, &[a.der.clone(), b.der.clone()], now, None)
+            .unwrap_err();
+        assert!(matches!(err, CrlError::UnknownSigner { .. }), "{err}");
+        // Past its nextUpdate.
+        let err =
+            RevocationList::from_pem(&pem, &[a.der.clone()], now + 2 * hour, None).unwrap_err();
+        assert!(matches!(err, CrlError::Stale { .. }), "{err}");
+        // Older than the one in force.
+        let older = crl(&a, &[], 4, now - hour, now + hour);
+        let err = RevocationList::from_pem(&older, &[a.der.clone()], now, Some(&list)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CrlError::Older {
+                    got: 4,
+                    held: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Not a CRL at all.
+        assert!(RevocationList::from_pem("hello", &[a.der.clone()], now, None).is_err());
+    }
+}
