@@ -18,7 +18,7 @@ use zident_identity::{SpiffeId, TrustBundle, TrustDomain};
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its binary and corpus directory.
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("spiffe_id", spiffe_id),
     ("csr", csr),
     ("pem_bundle", pem_bundle),
@@ -29,6 +29,7 @@ pub const TARGETS: [(&str, Target); 10] = [
     ("jwt_svid", jwt_svid),
     ("kube_pod", kube_pod),
     ("mesh_config", mesh_config),
+    ("crl", crl),
 ];
 
 fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -134,4 +135,13 @@ pub fn kube_pod(data: &[u8]) {
 /// istiod's meshConfig (the `mesh` key of the ConfigMap `istio`).
 pub fn mesh_config(data: &[u8]) {
     let _ = zident_kube::mesh_config::parse(&text(data));
+}
+
+/// A CRL as the agent fetches it from the CA's `/crl` (PEM) and the DER inside, checked
+/// against a root that signed none of them, and a certificate looked up in an empty list.
+pub fn crl(data: &[u8]) {
+    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let _ = zident_identity::RevocationList::from_pem(&text(data), &[], now, None);
+    let _ = zident_identity::RevocationList::from_der(&[data.to_vec()], &[], now, None);
+    let _ = zident_identity::RevocationList::default().is_revoked(data);
 }

@@ -83,20 +83,32 @@ impl RevocationList {
         now: SystemTime,
         held: Option<&RevocationList>,
     ) -> Result<Self, CrlError> {
+        let mut blocks = Vec::new();
+        for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+            let block = block.map_err(|e| CrlError::Malformed(e.to_string()))?;
+            if block.label == "X509 CRL" {
+                blocks.push(block.contents);
+            }
+        }
+        let mut list = Self::from_der(&blocks, signers, now, held)?;
+        list.pem = pem.to_owned();
+        Ok(list)
+    }
+
+    /// [`Self::from_pem`] for CRLs in DER, one per element.
+    pub fn from_der(
+        crls: &[Vec<u8>],
+        signers: &[rustls_pki_types::CertificateDer<'_>],
+        now: SystemTime,
+        held: Option<&RevocationList>,
+    ) -> Result<Self, CrlError> {
         let parsed_signers: Vec<X509Certificate<'_>> = signers
             .iter()
             .filter_map(|d| X509Certificate::from_der(d).ok().map(|(_, c)| c))
             .collect();
-        let mut list = RevocationList {
-            pem: pem.to_owned(),
-            ..Default::default()
-        };
-        for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
-            let block = block.map_err(|e| CrlError::Malformed(e.to_string()))?;
-            if block.label != "X509 CRL" {
-                continue;
-            }
-            let (_, crl) = CertificateRevocationList::from_der(&block.contents)
+        let mut list = RevocationList::default();
+        for der in crls {
+            let (_, crl) = CertificateRevocationList::from_der(der)
                 .map_err(|e| CrlError::Malformed(e.to_string()))?;
             let issuer_raw = crl.issuer().as_raw().to_vec();
             let issuer = crl.issuer().to_string();
@@ -260,7 +272,8 @@ mod tests {
         assert_eq!(list.next_update, Some(now + hour));
 
         // Signed by a root this node does not trust: refused.
-        let err = RevocationList::from_pem(&pem, &[b.der.clone()], now, None).unwrap_err();
+        let err =
+            RevocationList::from_pem(&pem, std::slice::from_ref(&b.der), now, None).unwrap_err();
         assert!(matches!(err, CrlError::UnknownSigner { .. }), "{err}");
         // A CRL of b's name forged with another key.
         let forger = root(2, now);
@@ -270,11 +283,13 @@ mod tests {
         assert!(matches!(err, CrlError::UnknownSigner { .. }), "{err}");
         // Past its nextUpdate.
         let err =
-            RevocationList::from_pem(&pem, &[a.der.clone()], now + 2 * hour, None).unwrap_err();
+            RevocationList::from_pem(&pem, std::slice::from_ref(&a.der), now + 2 * hour, None)
+                .unwrap_err();
         assert!(matches!(err, CrlError::Stale { .. }), "{err}");
         // Older than the one in force.
         let older = crl(&a, &[], 4, now - hour, now + hour);
-        let err = RevocationList::from_pem(&older, &[a.der.clone()], now, Some(&list)).unwrap_err();
+        let err = RevocationList::from_pem(&older, std::slice::from_ref(&a.der), now, Some(&list))
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -287,6 +302,8 @@ mod tests {
             "{err}"
         );
         // Not a CRL at all.
-        assert!(RevocationList::from_pem("hello", &[a.der.clone()], now, None).is_err());
+        assert!(
+            RevocationList::from_pem("hello", std::slice::from_ref(&a.der), now, None).is_err()
+        );
     }
 }
