@@ -9,6 +9,10 @@
 //! Layout: the control plane, a node running ztunnel in dedicated mode for one workload
 //! (`zt-app`), and a node running a zident agent for two (`server`, `client`), each in its own
 //! network namespace on one bridge.
+//!
+//! A second test gives ztunnel `CRL_PATH` on the CRL file `zident ca` writes: once zident
+//! revokes the client workload's certificate, ztunnel refuses a handshake with it, while the
+//! client's agent, with a new certificate, still gets through.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -246,6 +250,204 @@ async fn a_real_ztunnel_takes_its_mesh_from_zident_ca_and_carries_traffic_with_z
     assert!(
         !zt.output().contains("NACK") && !zt.output().contains("rejected"),
         "{}",
+        logs()
+    );
+}
+
+/// `openssl s_client` from `ns` to `addr` presenting `cert`/`key` over TLS 1.3 with ALPN h2,
+/// for 5 s: what it printed (a refusal arrives as an alert after the handshake).
+fn s_client(ns: &str, addr: &str, cert: &Path, key: &Path, root: &Path) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "5", "openssl", "s_client"])
+        .args(["-connect", addr, "-tls1_3", "-alpn", "h2", "-ign_eof"])
+        .args(["-cert", s(cert), "-key", s(key), "-CAfile", s(root)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[tokio::test]
+async fn a_real_ztunnel_with_crl_path_refuses_a_certificate_zident_revoked() {
+    let Some(ztunnel) = std::env::var_os("ZTUNNEL_BIN").map(PathBuf::from) else {
+        eprintln!(
+            "SKIPPED: set ZTUNNEL_BIN to a ztunnel binary built from istio/ztunnel to run this test"
+        );
+        return;
+    };
+    let mut lan = match Lan::new("zr", 87) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot make network namespaces here ({e}); run as root");
+            return;
+        }
+    };
+    let cp = lan.node("cp", 1).unwrap();
+    let z = lan.node("z", 2).unwrap();
+    let b = lan.node("b", 3).unwrap();
+    ip(&["-n", &z, "addr", "add", "10.87.3.10/32", "dev", "lo"]).unwrap();
+    for addr in ["10.87.2.10/32", "10.87.2.20/32"] {
+        ip(&["-n", &b, "addr", "add", addr, "dev", "lo"]).unwrap();
+    }
+    ip(&["-n", &z, "route", "add", "10.87.2.0/24", "via", "10.87.0.3"]).unwrap();
+    ip(&["-n", &b, "route", "add", "10.87.3.0/24", "via", "10.87.0.2"]).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p);
+    std::fs::write(path("mesh.yaml"), mesh(false).replace("10.89.", "10.87.")).unwrap();
+    std::fs::write(path("zt.token"), "token-zt").unwrap();
+    let _ca = NsProcess::spawn(
+        &cp,
+        Path::new(BIN),
+        &[
+            "ca",
+            "--config",
+            s(&path("mesh.yaml")),
+            "--data-dir",
+            s(&path("ca")),
+            "--listen",
+            "10.87.0.1:15012",
+            "--dns-name",
+            "10.87.0.1",
+        ],
+        &path("ca.log"),
+    );
+    let (root, crl) = (path("ca/root-cert.pem"), path("ca/crl.pem"));
+    eventually(DEADLINE, "the CA publishes its root and its CRL", || {
+        root.exists() && crl.exists()
+    })
+    .await;
+    let _agent = NsProcess::spawn(
+        &b,
+        Path::new(BIN),
+        &[
+            "agent",
+            "--node",
+            "node-b",
+            "--ca-address",
+            "10.87.0.1:15012",
+            "--ca-root-ca",
+            s(&root),
+            "--auth-token",
+            "token-b",
+            "--no-capture",
+            "--secret-ttl",
+            "1h",
+            "--no-workload-api",
+            "--svid-dir",
+            s(&path("svids")),
+        ],
+        &path("agent.log"),
+    );
+    let zt = NsProcess::spawn(
+        &z,
+        Path::new("env"),
+        &[
+            "XDS_ADDRESS=https://10.87.0.1:15012",
+            "CA_ADDRESS=https://10.87.0.1:15012",
+            &format!("XDS_ROOT_CA={}", s(&root)),
+            &format!("CA_ROOT_CA={}", s(&root)),
+            &format!("AUTH_TOKEN={}", s(&path("zt.token"))),
+            &format!("CRL_PATH={}", s(&crl)),
+            "PROXY_MODE=dedicated",
+            "PROXY_WORKLOAD_INFO=default/zt-app/zt",
+            "ENABLE_ORIG_SRC=false",
+            "NODE_NAME=node-z",
+            "INSTANCE_IP=10.87.3.10",
+            "RUST_LOG=info",
+            s(&ztunnel),
+            "proxy",
+            "ztunnel",
+        ],
+        &path("ztunnel.log"),
+    );
+    let logs = || {
+        format!(
+            "\n--- ztunnel ---\n{}\n--- ca ---\n{}\n--- agent ---\n{}",
+            zt.output(),
+            std::fs::read_to_string(path("ca.log")).unwrap_or_default(),
+            std::fs::read_to_string(path("agent.log")).unwrap_or_default()
+        )
+    };
+    eventually(DEADLINE, "ztunnel is ready", || {
+        curl_in(&z, &["http://127.0.0.1:15021/healthz/ready"]).0 == 200
+    })
+    .await;
+    let (svid, key) = (
+        path("svids/default/client/svid.pem"),
+        path("svids/default/client/svid_key.pem"),
+    );
+    eventually(DEADLINE, "the agent writes the client's SVID files", || {
+        svid.exists() && key.exists()
+    })
+    .await;
+    // The client's certificate as it is now, kept for after its revocation.
+    let (old_svid, old_key) = (path("old-svid.pem"), path("old-key.pem"));
+    std::fs::copy(&svid, &old_svid).unwrap();
+    std::fs::copy(&key, &old_key).unwrap();
+    let _zt_app = whoami_server(&z, "10.87.3.10", "zt-app-behind-ztunnel", dir.path());
+    eventually(DEADLINE, "the app behind ztunnel answers", || {
+        curl_in(&z, &["http://10.87.3.10:8080/whoami"]).0 == 200
+    })
+    .await;
+    let through = || {
+        curl_in(
+            &b,
+            &[
+                "--interface",
+                "10.87.2.20",
+                "--socks5",
+                "127.0.0.1:15080",
+                "http://10.87.3.10:8080/whoami",
+            ],
+        )
+    };
+    eventually(
+        DEADLINE,
+        "zident's client reaches the app behind ztunnel",
+        || through() == (200, "zt-app-behind-ztunnel".to_owned()),
+    )
+    .await;
+    let before = s_client(&b, "10.87.3.10:15008", &old_svid, &old_key, &root);
+    assert!(
+        !before.to_lowercase().contains("certificate revoked"),
+        "not revoked yet: {before}"
+    );
+
+    // zident revokes the client's certificate; the CA rewrites crl.pem and ztunnel reloads it.
+    let (code, out) = {
+        let o = std::process::Command::new(BIN)
+            .args([
+                "ca",
+                "revoke",
+                "--identity",
+                "spiffe://cluster.local/ns/default/sa/client",
+            ])
+            .args(["--reason", "keyCompromise", "--data-dir", s(&path("ca"))])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    assert_eq!(code, Some(0), "{out}");
+    let mut last = String::new();
+    eventually(DEADLINE, "ztunnel refuses the revoked certificate", || {
+        last = s_client(&b, "10.87.3.10:15008", &old_svid, &old_key, &root);
+        last.to_lowercase().contains("certificate revoked")
+    })
+    .await;
+    // The client's agent replaced the certificate: it still gets through ztunnel.
+    eventually(
+        DEADLINE,
+        "zident's client gets through with its new certificate",
+        || through() == (200, "zt-app-behind-ztunnel".to_owned()),
+    )
+    .await;
+    assert!(
+        std::fs::read(&svid).unwrap() != std::fs::read(&old_svid).unwrap(),
+        "the agent renewed the revoked certificate{}",
         logs()
     );
 }
