@@ -1,5 +1,5 @@
-//! Following the CA's CRLs: `GET https://<CA>/crl` every second with the last entity tag (an
-//! unchanged CRL costs the CA a 304), each new one verified against the trust bundle before it
+//! Following the CA's CRLs: `GET https://<CA>/crl` every second on one kept connection with
+//! the last entity tag (an unchanged CRL costs the CA a 304), each new one verified against the trust bundle before it
 //! is put in force (the tunnel then refuses revoked peers and closes open connections with
 //! them, and the certificate manager replaces a revoked local certificate).
 //!
@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use rustls_pki_types::ServerName;
 use zident_identity::RevocationList;
 
-use crate::ca::https_get::https_get;
+use crate::ca::https_get::KeptConnection;
 use crate::ca::trust::TrustStore;
 use crate::metrics::AgentMetrics;
 
@@ -40,11 +40,12 @@ pub(crate) async fn poll_crl(
             return;
         }
     };
+    let mut ca = KeptConnection::new(config, address.clone(), name);
     let mut etag: Option<String> = None;
     let mut said: Option<String> = None;
     let mut stale_said = false;
     loop {
-        let fetched = https_get(config.clone(), &address, &name, "/crl", etag.as_deref()).await;
+        let fetched = ca.get("/crl", etag.as_deref()).await;
         let problem = match fetched {
             Ok((status, _, _)) if status == hyper::StatusCode::NOT_MODIFIED => None,
             Ok((status, tag, pem)) if status.is_success() => {

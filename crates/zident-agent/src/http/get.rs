@@ -40,13 +40,37 @@ pub async fn get_if_changed<IO>(
 where
     IO: Read + Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let mut sender = connect(io).await?;
+    request(&mut sender, host, path, etag).await
+}
+
+/// A connection to send requests on, one after another.
+pub type Sender =
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>;
+
+/// Starts HTTP/1.1 on `io`; the connection lives as long as the returned sender.
+pub async fn connect<IO>(io: IO) -> Result<Sender, GetError>
+where
+    IO: Read + Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// `GET path` on `sender`, as [`get_if_changed`].
+pub async fn request(
+    sender: &mut Sender,
+    host: &str,
+    path: &str,
+    etag: Option<&str>,
+) -> Result<(hyper::StatusCode, Option<String>, String), GetError> {
     let mut req = hyper::Request::get(path).header(hyper::header::HOST, host);
     if let Some(tag) = etag {
         req = req.header(hyper::header::IF_NONE_MATCH, tag);
     }
     let req = req.body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+    sender.ready().await?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let tag = resp
