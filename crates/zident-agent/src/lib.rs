@@ -163,11 +163,13 @@ impl RunningAgent {
                 ca.server_name().clone(),
             )));
             // zident's CA serves CRLs beside its bundle (istiod does neither).
+            let m = manager.clone();
             tasks.push(tokio::spawn(ca::crl_poll::poll_crl(
                 trust.clone(),
                 ca.first_address().to_owned(),
                 ca.server_name().clone(),
                 metrics.clone(),
+                Arc::new(move || m.intermediates()),
             )));
         }
 

@@ -339,3 +339,70 @@ fn refused_for(data_dir: &Path, why: &str) -> bool {
         .and_then(|s| s.last_refusal)
         .is_some_and(|r| r.reason.contains(why))
 }
+
+/// With plugged-in keys the signer is the operator's intermediate: the CRL is signed by it, a
+/// node verifies it with the intermediate above its own certificate, and openssl, given the
+/// intermediate, rejects the revoked certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugged_in_intermediate_signs_the_crl_of_what_it_issued() {
+    let (dir, cacerts) = plugged_in_fixture();
+    let ca = start(dir.path(), &cacerts).await.unwrap();
+    let mut client = client(&ca).await;
+    let (_, chain) = issue_frontend(&mut client, 600).await;
+    let ders: Vec<_> = chain[..2]
+        .iter()
+        .flat_map(|p| certs_from_pem(p.as_bytes()).unwrap())
+        .collect();
+    let serial = zident_identity::check_leaf(&ders[0]).unwrap().serial_hex;
+    let data = dir.path().join("ca");
+    zident_ca::revocation::list::revoke(
+        &data,
+        &zident_ca::revocation::Target::Serial(serial),
+        zident_ca::revocation::Reason::KeyCompromise,
+        false,
+        SystemTime::now(),
+    )
+    .unwrap();
+    let root = certs_from_pem(&std::fs::read(cacerts.join("root-cert.pem")).unwrap()).unwrap();
+    let signers: Vec<_> = root.iter().chain(&ders[1..2]).cloned().collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pem = std::fs::read_to_string(data.join("crl.pem")).unwrap_or_default();
+        if let Ok(list) =
+            zident_identity::RevocationList::from_pem(&pem, &signers, SystemTime::now(), None)
+            && list.is_revoked(&ders[0])
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRL never listed it: {pem}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The roots alone do not verify it: the intermediate signed it.
+    let pem = std::fs::read_to_string(data.join("crl.pem")).unwrap();
+    assert!(
+        zident_identity::RevocationList::from_pem(&pem, &root, SystemTime::now(), None).is_err()
+    );
+    std::fs::write(dir.path().join("leaf.pem"), &chain[0]).unwrap();
+    std::fs::write(dir.path().join("int.pem"), &chain[1]).unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir.path())
+        .args(["verify", "-crl_check", "-CAfile", "cacerts/root-cert.pem"])
+        .args([
+            "-untrusted",
+            "int.pem",
+            "-CRLfile",
+            "ca/crl.pem",
+            "leaf.pem",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("certificate revoked"),
+        "{text}"
+    );
+}

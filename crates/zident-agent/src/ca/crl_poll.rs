@@ -6,7 +6,8 @@
 //! What is refused, and what happens when the CA cannot be reached, is a choice between failing
 //! open and failing closed, made here and in `docs/revocation.md`:
 //!
-//! - a CRL no root of the bundle signed, one past its nextUpdate, or one older than the one in
+//! - a CRL that neither a root of the bundle nor an intermediate above this node's certificates
+//!   (a plugged-in CA's signer) signed, one past its nextUpdate, or one older than the one in
 //!   force is refused, said once, and counted; the CRLs in force stay;
 //! - when no CRL can be fetched, the last one stays in force even past its nextUpdate (said
 //!   once, and `zident_crl_stale` is 1): dropping it would let revoked certificates back in
@@ -15,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use zident_identity::RevocationList;
 
 use crate::ca::https_get::KeptConnection;
@@ -25,6 +26,10 @@ use crate::metrics::AgentMetrics;
 /// How often the CA's `/crl` is asked.
 pub(crate) const CRL_POLL: Duration = Duration::from_secs(1);
 
+/// What may sign a CRL besides the bundle's roots: the intermediates above this node's
+/// certificates (a plugged-in CA signs its CRL with its intermediate).
+pub(crate) type Intermediates = Arc<dyn Fn() -> Vec<CertificateDer<'static>> + Send + Sync>;
+
 /// Fetches `https://<address>/crl` every [`CRL_POLL`] for as long as the task runs, putting
 /// each new verified CRL in force in `store`.
 pub(crate) async fn poll_crl(
@@ -32,6 +37,7 @@ pub(crate) async fn poll_crl(
     address: String,
     name: ServerName<'static>,
     metrics: Arc<AgentMetrics>,
+    intermediates: Intermediates,
 ) {
     let config = match crate::ca::tls::client_config(store.clone(), b"http/1.1") {
         Ok(c) => Arc::new(c),
@@ -52,13 +58,9 @@ pub(crate) async fn poll_crl(
                 // Whatever the outcome, this version is not fetched again until it changes.
                 etag = tag;
                 let held = store.revocations();
-                let bundle = store.bundle();
-                match RevocationList::from_pem(
-                    &pem,
-                    bundle.roots(),
-                    SystemTime::now(),
-                    held.as_deref(),
-                ) {
+                let mut signers = store.bundle().roots().to_vec();
+                signers.extend(intermediates());
+                match RevocationList::from_pem(&pem, &signers, SystemTime::now(), held.as_deref()) {
                     Ok(list) => {
                         if held.as_ref().is_none_or(|h| h.pem != list.pem) {
                             tracing::info!(

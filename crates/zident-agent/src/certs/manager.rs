@@ -137,6 +137,23 @@ impl CertificateManager {
             .collect()
     }
 
+    /// The intermediate certificates above this node's certificates (a plugged-in CA's
+    /// signer and what is between it and the root), each once: with the bundle's roots, what
+    /// may sign the CA's CRLs.
+    pub fn intermediates(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        let mut seen = Vec::new();
+        for slot in self.lock().values() {
+            if let Some(c) = &slot.status.borrow().last {
+                for i in c.chain.iter().skip(1) {
+                    if !seen.contains(i) {
+                        seen.push(i.clone());
+                    }
+                }
+            }
+        }
+        seen
+    }
+
     /// The valid certificate of `id`, if it has one, without waiting and without side
     /// effects: for display and tests. Consumers use [`CertificateProvider::current`], which
     /// also asks for a retry when there is none.
