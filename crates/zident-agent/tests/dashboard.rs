@@ -207,6 +207,22 @@ async fn the_dashboard_shows_timelines_and_follows_rotations_without_a_reload() 
         "{clock}"
     );
     assert!(!clock.contains("fix this node's clock"), "{clock}");
+    // The CA's CRL in force (nothing revoked).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let crl = page
+            .eval("(document.getElementById('crl') || {}).textContent || ''")
+            .await;
+        let crl = crl.as_str().unwrap_or_default().to_owned();
+        if crl.contains("CRL number") && crl.contains(": 0 revoked, next update") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard never showed the CRL: {crl:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let fe = "spiffe://cluster.local/ns/default/sa/frontend";
     let serial_of = |cards: &[Value]| {
         cards
