@@ -182,6 +182,11 @@ impl RunningCa {
         if replica.is_some() || in_cluster.is_some() {
             state.ledger.share();
         }
+        if replica.is_some() {
+            state
+                .ledger
+                .share_certificates(&config.data_dir, std::time::SystemTime::now());
+        }
         if let Some(c) = &cluster {
             state.set_kube_auth(c.kube_auth());
         }

@@ -65,7 +65,8 @@ pub struct ShowArgs {
     pub store: DatastoreArg,
 }
 
-async fn connect(url: &str) -> Result<Store, String> {
+/// Connects to the datastore at `url` (the schema brought up to date), for a command.
+pub(crate) async fn connect(url: &str) -> Result<Store, String> {
     Store::connect(url).await.map_err(|e| e.to_string())
 }
 

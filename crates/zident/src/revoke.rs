@@ -1,6 +1,7 @@
 //! `zident ca revoke`, `zident ca allow-reissue` and `zident ca revocations`: revocation, decided
-//! by an operator on the CA's data dir, whether its CA is running or not; a running CA reads the
-//! list within a second and signs its CRLs again.
+//! by an operator on the CA's data dir, whether its CA is running or not, or in the replicas'
+//! shared datastore (`--datastore`); a running CA reads the list within a second and signs its
+//! CRLs again (every replica, with a datastore).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,14 @@ pub struct RevokeArgs {
     /// The CA's data dir.
     #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
     pub data_dir: PathBuf,
+    /// The replicas' shared datastore instead of a data dir (every replica follows it).
+    #[arg(
+        long,
+        env = "ZIDENT_DATASTORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub datastore: Option<String>,
 }
 
 /// Flags of `zident ca allow-reissue`.
@@ -49,6 +58,14 @@ pub struct AllowArgs {
     /// The CA's data dir.
     #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
     pub data_dir: PathBuf,
+    /// The replicas' shared datastore instead of a data dir (every replica follows it).
+    #[arg(
+        long,
+        env = "ZIDENT_DATASTORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub datastore: Option<String>,
 }
 
 /// Flags of `zident ca revocations`.
@@ -57,27 +74,62 @@ pub struct ListArgs {
     /// The CA's data dir.
     #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
     pub data_dir: PathBuf,
+    /// The replicas' shared datastore instead of a data dir (every replica follows it).
+    #[arg(
+        long,
+        env = "ZIDENT_DATASTORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub datastore: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 /// `zident ca revoke`.
-pub fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
+pub async fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
     let target = match (args.serial, args.identity, args.node) {
         (Some(s), _, _) => Target::Serial(normalize_serial(&s)?),
         (_, Some(id), _) => Target::Identity(id),
         (_, _, Some(n)) => Target::Node(n),
         _ => return Err("name what to revoke: --serial, --identity or --node".into()),
     };
-    let added = list::revoke(
-        &args.data_dir,
-        &target,
-        args.reason,
-        args.deny_reissue,
-        SystemTime::now(),
-    )
-    .map_err(|e| e.to_string())?;
+    let now = SystemTime::now();
+    let (added, next) = match &args.datastore {
+        Some(url) => {
+            let mut store = crate::datastore_cli::connect(url).await?;
+            let added = store
+                .change_revocations(now, |list, issued| {
+                    list.revoke(issued, &target, args.reason, args.deny_reissue, now)
+                        .map_err(|what| {
+                            format!(
+                                "{what} is in the datastore (it expired, or no replica issued it); nothing was changed"
+                            )
+                        })
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            (
+                added,
+                "every replica signs its CRLs again within a second".to_owned(),
+            )
+        }
+        None => {
+            let added = list::revoke(&args.data_dir, &target, args.reason, args.deny_reissue, now)
+                .map_err(|e| e.to_string())?;
+            let file = args
+                .data_dir
+                .join(zident_ca::revocation::publisher::CRL_FILE);
+            (
+                added,
+                format!(
+                    "a running CA signs its CRLs again within a second ({})",
+                    file.display()
+                ),
+            )
+        }
+    };
     for r in &added {
         println!(
             "revoked {} ({}, {}), valid until {}",
@@ -93,36 +145,53 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
     if args.deny_reissue {
         println!("its requests for new certificates are refused until `zident ca allow-reissue`");
     }
-    println!(
-        "a running CA signs its CRLs again within a second ({})",
-        args.data_dir
-            .join(zident_ca::revocation::publisher::CRL_FILE)
-            .display()
-    );
+    println!("{next}");
     Ok(ExitCode::SUCCESS)
 }
 
 /// `zident ca allow-reissue`.
-pub fn allow(args: AllowArgs) -> Result<ExitCode, String> {
+pub async fn allow(args: AllowArgs) -> Result<ExitCode, String> {
     let subject = match (args.identity, args.node) {
         (Some(id), _) => Subject::Identity(id.to_string()),
         (_, Some(n)) => Subject::Node(n),
         _ => return Err("name whose reissue to allow: --identity or --node".into()),
     };
-    if list::allow_reissue(&args.data_dir, &subject).map_err(|e| e.to_string())? {
+    let (lifted, place) = match &args.datastore {
+        Some(url) => {
+            let mut store = crate::datastore_cli::connect(url).await?;
+            let lifted = store
+                .change_revocations(SystemTime::now(), |list, _| Ok(list.allow(&subject)))
+                .await
+                .map_err(|e| e.to_string())?;
+            (lifted, "the datastore".to_owned())
+        }
+        None => (
+            list::allow_reissue(&args.data_dir, &subject).map_err(|e| e.to_string())?,
+            args.data_dir.display().to_string(),
+        ),
+    };
+    if lifted {
         println!("{subject} may be issued certificates again");
         Ok(ExitCode::SUCCESS)
     } else {
         Err(format!(
-            "{subject} has no denial of reissue in {}; nothing was changed",
-            args.data_dir.display()
+            "{subject} has no denial of reissue in {place}; nothing was changed"
         ))
     }
 }
 
 /// `zident ca revocations`.
-pub fn list(args: ListArgs) -> Result<ExitCode, String> {
-    let mut list = Revocations::load(&args.data_dir).map_err(|e| e.to_string())?;
+pub async fn list(args: ListArgs) -> Result<ExitCode, String> {
+    let mut list = match &args.datastore {
+        Some(url) => crate::datastore_cli::connect(url)
+            .await?
+            .revocations()
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|(list, _)| list)
+            .unwrap_or_default(),
+        None => Revocations::load(&args.data_dir).map_err(|e| e.to_string())?,
+    };
     list.prune(SystemTime::now());
     if args.json {
         println!(

@@ -101,9 +101,9 @@ pub async fn run(action: CaAction) -> Result<ExitCode, String> {
     use crate::datastore_cli as ds;
     match action {
         CaAction::Apply(args) => ds::apply(args).await,
-        CaAction::Revoke(args) => crate::revoke::revoke(args),
-        CaAction::AllowReissue(args) => crate::revoke::allow(args),
-        CaAction::Revocations(args) => crate::revoke::list(args),
+        CaAction::Revoke(args) => crate::revoke::revoke(args).await,
+        CaAction::AllowReissue(args) => crate::revoke::allow(args).await,
+        CaAction::Revocations(args) => crate::revoke::list(args).await,
         CaAction::Mesh(action) => ds::mesh(action).await,
         CaAction::Rotate(RotateArgs {
             phase,

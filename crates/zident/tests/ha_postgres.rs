@@ -700,3 +700,109 @@ async fn a_replica_speaks_tls_to_the_database_when_the_url_asks() {
         .expect("require needs a CA file");
     assert!(err.to_string().contains("sslrootcert"), "{err}");
 }
+
+/// The serial of a PEM leaf, lowercase hex as the ledger writes it.
+fn leaf_serial(pem: &str) -> String {
+    let der = zident_identity::pem::certs_from_pem(pem.as_bytes()).unwrap();
+    zident_identity::check_leaf(&der[0]).unwrap().serial_hex
+}
+
+/// Whether the CRL file `crl.pem` of `r`'s data dir lists `leaf_pem` (verified against its root).
+fn listed(r: &Replica, leaf_pem: &str) -> bool {
+    let Ok(pem) = std::fs::read_to_string(r.dir.join("crl.pem")) else {
+        return false;
+    };
+    let Ok(roots) = std::fs::read(r.dir.join("root-cert.pem")) else {
+        return false;
+    };
+    let roots = zident_identity::pem::certs_from_pem(&roots).unwrap_or_default();
+    let leaf = zident_identity::pem::certs_from_pem(leaf_pem.as_bytes()).unwrap();
+    zident_identity::RevocationList::from_pem(&pem, &roots, std::time::SystemTime::now(), None)
+        .is_ok_and(|l| l.is_revoked(&leaf[0]))
+}
+
+/// Revocation in the shared datastore: `zident ca revoke --datastore` finds a certificate one
+/// replica issued when asked by identity, every replica lists it in its CRLs, a denial of
+/// reissue is enforced by every replica, and lifting it is too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_in_the_datastore_reaches_every_replica() {
+    let Some(w) = setup() else { return };
+    let r1 = w.replica("r1", true, &[]);
+    eventually(DEADLINE, "r1 serves", || r1.ready().0 == 200).await;
+    let r2 = w.replica("r2", false, &[]);
+    eventually(DEADLINE, "r2 serves", || r2.ready().0 == 200).await;
+    // Issued by r1 alone; r2 never saw it.
+    let chain = r1.issue(3600).await.expect("r1 issues");
+    let serial = leaf_serial(&chain[0]);
+    let store = w.store().await;
+    eventually(
+        DEADLINE,
+        "r1 recorded the certificate in the datastore",
+        || {
+            futures_lite_block(store.certificates(std::time::SystemTime::now()))
+                .is_ok_and(|issued| issued.iter().any(|c| c.certificate.serial == serial))
+        },
+    )
+    .await;
+
+    let out = w.zident(&[
+        "ca",
+        "revoke",
+        "--identity",
+        "spiffe://cluster.local/ns/default/sa/frontend",
+        "--reason",
+        "keyCompromise",
+        "--deny-reissue",
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&serial) && text.contains("every replica"),
+        "{text}"
+    );
+    eventually(DEADLINE, "both replicas list it in their CRLs", || {
+        listed(&r1, &chain[0]) && listed(&r2, &chain[0])
+    })
+    .await;
+    // Both refuse the identity's requests while the denial stands.
+    for r in [&r1, &r2] {
+        eventually(DEADLINE, "the replica refuses the revoked identity", || {
+            futures_lite_block(r.issue(3600)).is_err_and(|e| {
+                e.contains("revoked: identity spiffe://cluster.local/ns/default/sa/frontend")
+            })
+        })
+        .await;
+    }
+    let out = w.zident(&["ca", "revocations"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&serial) && text.contains("reissue denied: identity"),
+        "{text}"
+    );
+
+    // An unknown serial changes nothing.
+    let out = w.zident(&["ca", "revoke", "--serial", "abcdef"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no valid certificate with serial abcdef")
+    );
+
+    let out = w.zident(&[
+        "ca",
+        "allow-reissue",
+        "--identity",
+        "spiffe://cluster.local/ns/default/sa/frontend",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for r in [&r1, &r2] {
+        eventually(DEADLINE, "the replica issues again", || {
+            futures_lite_block(r.issue(3600)).is_ok()
+        })
+        .await;
+    }
+}

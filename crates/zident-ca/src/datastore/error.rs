@@ -81,6 +81,12 @@ pub enum StoreError {
     /// A stored mesh version, or one to store, is unusable.
     #[error(transparent)]
     Mesh(#[from] MeshForStoreError),
+    /// The stored revocation list does not read.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A change was refused by its own rule (nothing to revoke); nothing was written.
+    #[error("{0}")]
+    Refused(String),
     /// The replica's working copy in its data dir cannot be written.
     #[error("the working copy: cannot write {}: {source}", path.display())]
     WorkingCopy {

@@ -34,6 +34,7 @@ pub struct ReplicaStatus {
     leader: AtomicBool,
     mesh_version: AtomicI64,
     rotation_version: AtomicI64,
+    revocations_version: AtomicI64,
     reason: std::sync::Mutex<Option<String>>,
     /// A replica whose state is in the Kubernetes API (no mesh versions).
     cluster: bool,
@@ -282,6 +283,21 @@ async fn sync(
         .await?;
         status.mesh_version.store(row.version, Ordering::SeqCst);
     }
+    // The revocation list, into the working copy the CA's publisher signs its CRLs from.
+    if let Some((list, version)) = within(store.revocations()).await?
+        && (version != status.revocations_version.load(Ordering::SeqCst)
+            || !dir.join(crate::revocation::list::REVOCATIONS_FILE).exists())
+    {
+        let dir = dir.clone();
+        blocking(move || {
+            list.save(&dir).map_err(|e| StoreError::WorkingCopy {
+                path: dir.join(crate::revocation::list::REVOCATIONS_FILE),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })
+        .await?;
+        status.revocations_version.store(version, Ordering::SeqCst);
+    }
     Ok(())
 }
 
@@ -350,6 +366,13 @@ async fn session(
         let outbox = running.state.ledger.take_outbox();
         if let Err(e) = within(store.record_issued(&outbox)).await {
             running.state.ledger.return_outbox(outbox);
+            return Err(e);
+        }
+        let named = running.state.ledger.take_certificates();
+        if let Err(e) =
+            within(store.record_certificates(&named, std::time::SystemTime::now())).await
+        {
+            running.state.ledger.return_certificates(named);
             return Err(e);
         }
         if leader.0.is_finished() {

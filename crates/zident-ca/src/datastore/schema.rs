@@ -62,6 +62,30 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE zident_roots ADD COLUMN jwt_key_sealed bytea;
     "#,
+    // 3: revocation: every valid workload certificate any replica issued (so `zident ca revoke`
+    // finds an identity's or a node's), and the revocation list every replica follows.
+    r#"
+    CREATE TABLE zident_certificates (
+        serial      text PRIMARY KEY,
+        identity    text NOT NULL,
+        node        text,
+        issuer      text NOT NULL,
+        at          bigint NOT NULL,
+        not_before  bigint NOT NULL,
+        not_after   bigint NOT NULL
+    );
+    CREATE INDEX zident_certificates_identity ON zident_certificates (identity);
+    CREATE INDEX zident_certificates_node ON zident_certificates (node);
+    CREATE INDEX zident_certificates_not_after ON zident_certificates (not_after);
+    CREATE TABLE zident_revocations (
+        id          integer PRIMARY KEY CHECK (id = 1),
+        -- The list (the same JSON as revocations.json).
+        list        jsonb NOT NULL,
+        -- Increases with every change; replicas compare it with what they hold.
+        version     bigint NOT NULL,
+        updated_at  timestamptz NOT NULL DEFAULT now()
+    );
+    "#,
 ];
 
 /// The version this build's schema is at.

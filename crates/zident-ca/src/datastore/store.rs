@@ -12,8 +12,9 @@ use zident_identity::TrustDomain;
 use super::StoreError;
 use super::kek::{Kek, KeyKind};
 use super::schema::{LOCK_BOOTSTRAP, migrate};
+use crate::revocation::list::Revocations;
 use crate::roots::generation::{Generation, NewGeneration, StoredGeneration, jwt_key_pem};
-use crate::roots::ledger::Issuance;
+use crate::roots::ledger::{Certificate, Issuance, IssuedCertificate};
 use crate::roots::rotation::{self, Change, Phase, RotationError, RotationState, StepRequest};
 use crate::roots::store::{RootSnapshot, RootStore, take_step};
 
@@ -401,6 +402,113 @@ impl Store {
         Ok(())
     }
 
+    /// Records workload certificates a replica issued (their serials, for revocation), and
+    /// forgets those that expired before `now`.
+    pub async fn record_certificates(
+        &self,
+        batch: &[IssuedCertificate],
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let now = zident_identity::unix_seconds(now) as i64;
+        self.client
+            .execute(
+                "DELETE FROM zident_certificates WHERE not_after <= $1",
+                &[&now],
+            )
+            .await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (mut serial, mut id, mut node, mut issuer) = (vec![], vec![], vec![], vec![]);
+        let (mut at, mut nb, mut na) = (vec![], vec![], vec![]);
+        for c in batch {
+            serial.push(c.certificate.serial.clone());
+            id.push(c.id.clone());
+            node.push(c.certificate.node.clone());
+            issuer.push(c.certificate.issuer.clone());
+            at.push(c.issuance.at as i64);
+            nb.push(c.issuance.not_before as i64);
+            na.push(c.issuance.not_after as i64);
+        }
+        self.client
+            .execute(
+                "INSERT INTO zident_certificates (serial, identity, node, issuer, at, not_before, not_after)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[])
+                 ON CONFLICT (serial) DO NOTHING",
+                &[&serial, &id, &node, &issuer, &at, &nb, &na],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every workload certificate a replica issued that is valid at `now`, oldest first.
+    pub async fn certificates(
+        &self,
+        now: SystemTime,
+    ) -> Result<Vec<IssuedCertificate>, StoreError> {
+        certificates_of(&self.client, now).await
+    }
+
+    /// The revocation list and its version; `None` before the first revocation.
+    pub async fn revocations(&self) -> Result<Option<(Revocations, i64)>, StoreError> {
+        let Some(row) = self
+            .client
+            .query_opt(
+                "SELECT list, version FROM zident_revocations WHERE id = 1",
+                &[],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let list: serde_json::Value = row.get(0);
+        let list = serde_json::from_value(list).map_err(|e| {
+            StoreError::Corrupt(format!("zident_revocations holds no revocation list: {e}"))
+        })?;
+        Ok(Some((list, row.get(1))))
+    }
+
+    /// Changes the revocation list with `change` (given the list and every valid certificate
+    /// any replica issued) in one transaction, the row locked: two operators revoking at once
+    /// both land. Notifies the replicas.
+    pub async fn change_revocations<R>(
+        &mut self,
+        now: SystemTime,
+        change: impl FnOnce(&mut Revocations, &[IssuedCertificate]) -> Result<R, String>,
+    ) -> Result<R, StoreError> {
+        let tx = self.client.transaction().await?;
+        tx.execute(
+            "INSERT INTO zident_revocations (id, list, version) VALUES (1, '{}'::jsonb, 0)
+             ON CONFLICT (id) DO NOTHING",
+            &[],
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                "SELECT list, version FROM zident_revocations WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await?;
+        let list: serde_json::Value = row.get(0);
+        let version: i64 = row.get(1);
+        let mut list: Revocations = serde_json::from_value(list).map_err(|e| {
+            StoreError::Corrupt(format!("zident_revocations holds no revocation list: {e}"))
+        })?;
+        let issued = certificates_of(&tx, now).await?;
+        let result = change(&mut list, &issued).map_err(StoreError::Refused)?;
+        let json = serde_json::to_value(&list)
+            .map_err(|e| StoreError::Corrupt(format!("the revocation list: {e}")))?;
+        tx.execute(
+            "UPDATE zident_revocations SET list = $1, version = $2, updated_at = now() WHERE id = 1",
+            &[&json, &(version + 1)],
+        )
+        .await?;
+        tx.execute(&format!("NOTIFY {CHANNEL}, 'revocations'"), &[])
+            .await?;
+        tx.commit().await?;
+        Ok(result)
+    }
+
     /// What every replica issued, the latest per identity.
     pub async fn issued(&self) -> Result<HashMap<String, Issuance>, StoreError> {
         issued_of(&self.client).await
@@ -661,6 +769,35 @@ async fn roots_of(
             cert_pem: r.get(1),
             key_sealed: r.get(2),
             jwt_key_sealed: r.get(3),
+        })
+        .collect())
+}
+
+async fn certificates_of(
+    client: &impl tokio_postgres::GenericClient,
+    now: SystemTime,
+) -> Result<Vec<IssuedCertificate>, StoreError> {
+    let unix = zident_identity::unix_seconds(now) as i64;
+    Ok(client
+        .query(
+            "SELECT serial, identity, node, issuer, at, not_before, not_after
+             FROM zident_certificates WHERE not_after > $1 ORDER BY at",
+            &[&unix],
+        )
+        .await?
+        .iter()
+        .map(|r| IssuedCertificate {
+            id: r.get(1),
+            issuance: Issuance {
+                at: r.get::<_, i64>(4) as u64,
+                not_before: r.get::<_, i64>(5) as u64,
+                not_after: r.get::<_, i64>(6) as u64,
+            },
+            certificate: Certificate {
+                serial: r.get(0),
+                node: r.get(2),
+                issuer: r.get(3),
+            },
         })
         .collect())
 }

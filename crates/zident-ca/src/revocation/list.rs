@@ -129,7 +129,8 @@ impl Revocations {
         }
     }
 
-    fn save(&self, data_dir: &Path) -> Result<(), RevokeError> {
+    /// Writes the list to `data_dir` atomically.
+    pub fn save(&self, data_dir: &Path) -> Result<(), RevokeError> {
         let path = data_dir.join(REVOCATIONS_FILE);
         let json = serde_json::to_vec_pretty(self).map_err(|e| RevokeError::Io(e.to_string()))?;
         write_atomic(&path, &json, 0o600)
@@ -208,64 +209,90 @@ pub fn revoke(
 ) -> Result<Vec<Revoked>, RevokeError> {
     let _lock = dir_store::lock(data_dir).map_err(|e| RevokeError::Io(e.to_string()))?;
     let mut list = Revocations::load(data_dir)?;
-    list.prune(now);
     let issued = ledger::certificates(data_dir, now);
-    let found = matching(&issued, target);
-    let denial = match (target, deny_reissue) {
-        (Target::Identity(id), true) => Some(Subject::Identity(id.to_string())),
-        (Target::Node(n), true) => Some(Subject::Node(n.clone())),
-        (Target::Serial(_), true) => found.first().map(|c| Subject::Identity(c.id.clone())),
-        (_, false) => None,
-    };
-    if found.is_empty() && denial.is_none() {
-        let what = match target {
-            Target::Serial(s) => format!("no valid certificate with serial {s}"),
-            Target::Identity(id) => format!("no valid certificate of {id}"),
-            Target::Node(n) => format!("no valid certificate obtained by node {n}'s token"),
-        };
-        return Err(RevokeError::NothingToRevoke(format!(
-            "{what} is in the ledger of {} (it expired, was issued before this CA named its certificates, or by another CA); nothing was changed",
-            data_dir.display()
-        )));
-    }
-    let at = unix_seconds(now);
-    let mut added = Vec::new();
-    for c in found {
-        if list.is_revoked(&c.certificate.serial) {
-            continue;
-        }
-        let r = Revoked {
-            serial: c.certificate.serial.clone(),
-            id: c.id.clone(),
-            node: c.certificate.node.clone(),
-            issuer: c.certificate.issuer.clone(),
-            not_after: c.issuance.not_after,
-            reason,
-            revoked_at: at,
-        };
-        list.revoked.push(r.clone());
-        added.push(r);
-    }
-    if let Some(subject) = denial
-        && !list.denied.iter().any(|d| d.subject == subject)
-    {
-        list.denied.push(Denial {
-            subject,
-            reason,
-            since: at,
-        });
-    }
+    let added = list
+        .revoke(&issued, target, reason, deny_reissue, now)
+        .map_err(|what| {
+            RevokeError::NothingToRevoke(format!(
+                "{what} is in the ledger of {} (it expired, was issued before this CA named its certificates, or by another CA); nothing was changed",
+                data_dir.display()
+            ))
+        })?;
     list.save(data_dir)?;
     Ok(added)
+}
+
+impl Revocations {
+    /// Revokes what `target` names among `issued` (the valid certificates a CA issued) at
+    /// `now`, and with `deny_reissue` records a denial; the newly revoked certificates, or
+    /// (changing nothing) what was not found when nothing matches and no denial was asked for
+    /// an identity or node. Every store applies this one rule.
+    pub fn revoke(
+        &mut self,
+        issued: &[IssuedCertificate],
+        target: &Target,
+        reason: Reason,
+        deny_reissue: bool,
+        now: SystemTime,
+    ) -> Result<Vec<Revoked>, String> {
+        self.prune(now);
+        let found = matching(issued, target);
+        let denial = match (target, deny_reissue) {
+            (Target::Identity(id), true) => Some(Subject::Identity(id.to_string())),
+            (Target::Node(n), true) => Some(Subject::Node(n.clone())),
+            (Target::Serial(_), true) => found.first().map(|c| Subject::Identity(c.id.clone())),
+            (_, false) => None,
+        };
+        if found.is_empty() && denial.is_none() {
+            return Err(match target {
+                Target::Serial(s) => format!("no valid certificate with serial {s}"),
+                Target::Identity(id) => format!("no valid certificate of {id}"),
+                Target::Node(n) => format!("no valid certificate obtained by node {n}'s token"),
+            });
+        }
+        let at = unix_seconds(now);
+        let mut added = Vec::new();
+        for c in found {
+            if self.is_revoked(&c.certificate.serial) {
+                continue;
+            }
+            let r = Revoked {
+                serial: c.certificate.serial.clone(),
+                id: c.id.clone(),
+                node: c.certificate.node.clone(),
+                issuer: c.certificate.issuer.clone(),
+                not_after: c.issuance.not_after,
+                reason,
+                revoked_at: at,
+            };
+            self.revoked.push(r.clone());
+            added.push(r);
+        }
+        if let Some(subject) = denial
+            && !self.denied.iter().any(|d| d.subject == subject)
+        {
+            self.denied.push(Denial {
+                subject,
+                reason,
+                since: at,
+            });
+        }
+        Ok(added)
+    }
+
+    /// Lifts the denial of `subject`; false when there was none.
+    pub fn allow(&mut self, subject: &Subject) -> bool {
+        let before = self.denied.len();
+        self.denied.retain(|d| d.subject != *subject);
+        self.denied.len() != before
+    }
 }
 
 /// Lifts the denial of `subject` in `data_dir`; false when there was none.
 pub fn allow_reissue(data_dir: &Path, subject: &Subject) -> Result<bool, RevokeError> {
     let _lock = dir_store::lock(data_dir).map_err(|e| RevokeError::Io(e.to_string()))?;
     let mut list = Revocations::load(data_dir)?;
-    let before = list.denied.len();
-    list.denied.retain(|d| d.subject != *subject);
-    if list.denied.len() == before {
+    if !list.allow(subject) {
         return Ok(false);
     }
     list.save(data_dir)?;

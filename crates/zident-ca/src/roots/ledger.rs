@@ -149,7 +149,14 @@ pub struct Ledger {
     /// With a shared datastore: what was issued since it was last sent there (the latest per
     /// identity, so it stays bounded while the database is away).
     outbox: Mutex<Option<HashMap<String, Issuance>>>,
+    /// With a shared datastore: the certificates named since they were last sent there (at most
+    /// [`MAX_CERTIFICATE_OUTBOX`]; the oldest go first while the database is away, and stay
+    /// in this replica's own ledger).
+    certificate_outbox: Mutex<Option<std::collections::VecDeque<IssuedCertificate>>>,
 }
+
+/// The most named certificates kept for a datastore that is away.
+const MAX_CERTIFICATE_OUTBOX: usize = 200_000;
 
 impl Ledger {
     /// Opens the ledger of `data_dir`: loads it, compacts it to the certificates still valid
@@ -204,6 +211,7 @@ impl Ledger {
             latest: Mutex::new(latest),
             writer: Mutex::new(Some(tx)),
             outbox: Mutex::new(None),
+            certificate_outbox: Mutex::new(None),
         })
     }
 
@@ -220,6 +228,22 @@ impl Ledger {
             .as_mut()
         {
             outbox.insert(id.to_owned(), issuance);
+        }
+        if let (Some(cert), Some(outbox)) = (
+            &certificate,
+            self.certificate_outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut(),
+        ) {
+            if outbox.len() >= MAX_CERTIFICATE_OUTBOX {
+                outbox.pop_front();
+            }
+            outbox.push_back(IssuedCertificate {
+                id: id.to_owned(),
+                issuance,
+                certificate: cert.clone(),
+            });
         }
         let Ok(mut line) = serde_json::to_string(&Line {
             id: id.to_owned(),
@@ -249,6 +273,42 @@ impl Ledger {
     pub(crate) fn share(&self) {
         let all = self.snapshot();
         *self.outbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(all);
+    }
+
+    /// Starts keeping the certificates named for a shared datastore (PostgreSQL's holds each,
+    /// for revocation), beginning with those in `data_dir`'s ledger still valid at `now`.
+    pub(crate) fn share_certificates(&self, data_dir: &Path, now: SystemTime) {
+        *self
+            .certificate_outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(certificates(data_dir, now).into());
+    }
+
+    /// The certificates named since the last call, for the shared datastore.
+    pub(crate) fn take_certificates(&self) -> Vec<IssuedCertificate> {
+        self.certificate_outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .map(|o| o.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// Puts back certificates that could not be sent (before any named since).
+    pub(crate) fn return_certificates(&self, unsent: Vec<IssuedCertificate>) {
+        if let Some(outbox) = self
+            .certificate_outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            for c in unsent.into_iter().rev() {
+                if outbox.len() >= MAX_CERTIFICATE_OUTBOX {
+                    break;
+                }
+                outbox.push_front(c);
+            }
+        }
     }
 
     /// What was issued since the last call, for the shared datastore.
