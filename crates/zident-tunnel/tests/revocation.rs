@@ -11,15 +11,14 @@ mod common;
 use common::{agent, echo, free_port, socks_connect, start_ca, tunnel_observed, until};
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zident_ca::revocation::list::{allow_reissue, revoke};
 use zident_ca::revocation::{Reason as CrlReason, Subject, Target};
 use zident_identity::CertificateProvider;
-use zident_tunnel::{Direction, Observer, Reason, SpiffeServerVerifier, crypto_provider};
+use zident_tunnel::{Direction, Observer, Reason};
 
 const FRONTEND: &str = "ns/default/sa/frontend";
 const OTHER: &str = "ns/default/sa/other";
@@ -141,28 +140,14 @@ workloads:\n\
 
     // A handshake with the revoked certificate is refused by B, as `revoked`.
     let before = ob.failure_count(Direction::Inbound, Reason::Revoked);
-    let m = a.manager.clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(old.key().pkcs8_der().to_vec()));
-    let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
-            Arc::new(move || m.trust().bundle()),
-            vec![common::id("ns/default/sa/backend")],
-        )))
-        .with_client_auth_cert(old.chain.clone(), key)
-        .unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.23", hbone_port))
-        .await
-        .unwrap();
-    let refused = async {
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("127.0.0.23").unwrap(), tcp)
-            .await?;
-        let mut buf = [0u8; 1];
-        tls.read(&mut buf).await
-    }
+    let refused = common::present_to(
+        &a,
+        old.chain.clone(),
+        key,
+        "ns/default/sa/backend",
+        SocketAddr::from(([127, 0, 0, 23], hbone_port)),
+    )
     .await;
     assert!(refused.is_err(), "{refused:?}");
     until("B counts the revoked handshake", || {

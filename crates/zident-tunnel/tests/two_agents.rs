@@ -11,13 +11,10 @@ use common::{
 };
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zident_tunnel::{Direction, Observer, Reason};
-use zident_tunnel::{SpiffeServerVerifier, crypto_provider};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_workload_b_through_both_agents() {
@@ -167,27 +164,13 @@ destination_principal=\"spiffe://cluster.local/ns/default/sa/backend\"";
     // A frontend SVID from another root of the same name, which B does not trust.
     let stranger = Ca::new();
     let (chain, key) = stranger.rustls_svid("ns/default/sa/frontend");
-    let m = a.manager.clone();
-    let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
-            Arc::new(move || m.trust().bundle()),
-            vec![common::id("ns/default/sa/backend")],
-        )))
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.13", hbone_port))
-        .await
-        .unwrap();
-    let refused = async {
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("127.0.0.13").unwrap(), tcp)
-            .await?;
-        let mut buf = [0u8; 1];
-        tls.read(&mut buf).await
-    }
+    let refused = common::present_to(
+        &a,
+        chain,
+        key,
+        "ns/default/sa/backend",
+        SocketAddr::from(([127, 0, 0, 13], hbone_port)),
+    )
     .await;
     assert!(refused.is_err(), "{refused:?}");
     until("B counts the untrusted root", || {

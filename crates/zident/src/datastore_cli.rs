@@ -24,6 +24,19 @@ pub struct DatastoreArg {
     pub datastore: String,
 }
 
+/// The shared datastore, for a command that otherwise acts on a data dir.
+#[derive(Debug, clap::Args)]
+pub struct OptionalDatastore {
+    /// The replicas' shared datastore instead of a data dir (every replica follows it).
+    #[arg(
+        long,
+        env = "ZIDENT_DATASTORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub datastore: Option<String>,
+}
+
 /// Flags of `zident ca apply`.
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {

@@ -11,6 +11,8 @@ use zident_ca::revocation::list::{self, normalize_serial};
 use zident_ca::revocation::{Reason, Revocations, Subject, Target};
 use zident_identity::{SpiffeId, rfc3339};
 
+use crate::datastore_cli::OptionalDatastore;
+
 /// Flags of `zident ca revoke`.
 #[derive(Debug, clap::Args)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["serial", "identity", "node"]))]
@@ -35,14 +37,8 @@ pub struct RevokeArgs {
     /// The CA's data dir.
     #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
     pub data_dir: PathBuf,
-    /// The replicas' shared datastore instead of a data dir (every replica follows it).
-    #[arg(
-        long,
-        env = "ZIDENT_DATASTORE",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub datastore: Option<String>,
+    #[command(flatten)]
+    pub store: OptionalDatastore,
 }
 
 /// Flags of `zident ca allow-reissue`.
@@ -58,14 +54,8 @@ pub struct AllowArgs {
     /// The CA's data dir.
     #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
     pub data_dir: PathBuf,
-    /// The replicas' shared datastore instead of a data dir (every replica follows it).
-    #[arg(
-        long,
-        env = "ZIDENT_DATASTORE",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub datastore: Option<String>,
+    #[command(flatten)]
+    pub store: OptionalDatastore,
 }
 
 /// Flags of `zident ca revocations`.
@@ -74,14 +64,8 @@ pub struct ListArgs {
     /// The CA's data dir.
     #[arg(long, value_name = "DIR", default_value = zident_ca::defaults::DATA_DIR)]
     pub data_dir: PathBuf,
-    /// The replicas' shared datastore instead of a data dir (every replica follows it).
-    #[arg(
-        long,
-        env = "ZIDENT_DATASTORE",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub datastore: Option<String>,
+    #[command(flatten)]
+    pub store: OptionalDatastore,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -96,7 +80,7 @@ pub async fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
         _ => return Err("name what to revoke: --serial, --identity or --node".into()),
     };
     let now = SystemTime::now();
-    let (added, next) = match &args.datastore {
+    let (added, next) = match &args.store.datastore {
         Some(url) => {
             let mut store = crate::datastore_cli::connect(url).await?;
             let added = store
@@ -156,7 +140,7 @@ pub async fn allow(args: AllowArgs) -> Result<ExitCode, String> {
         (_, Some(n)) => Subject::Node(n),
         _ => return Err("name whose reissue to allow: --identity or --node".into()),
     };
-    let (lifted, place) = match &args.datastore {
+    let (lifted, place) = match &args.store.datastore {
         Some(url) => {
             let mut store = crate::datastore_cli::connect(url).await?;
             let lifted = store
@@ -182,7 +166,7 @@ pub async fn allow(args: AllowArgs) -> Result<ExitCode, String> {
 
 /// `zident ca revocations`.
 pub async fn list(args: ListArgs) -> Result<ExitCode, String> {
-    let mut list = match &args.datastore {
+    let mut list = match &args.store.datastore {
         Some(url) => crate::datastore_cli::connect(url)
             .await?
             .revocations()

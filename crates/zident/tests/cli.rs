@@ -710,27 +710,33 @@ async fn held_partial(addr: &str, n: usize, partial: &'static [u8]) -> Vec<tokio
     held
 }
 
+/// A SOCKS5 CONNECT to `dst` through `socks`: the stream and the reply code (0 = succeeded).
+async fn socks5_request(
+    socks: &str,
+    dst: std::net::SocketAddrV4,
+) -> Result<(tokio::net::TcpStream, u8), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(socks)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(&[5, 1, 0]).await.map_err(|e| e.to_string())?;
+    let mut choice = [0u8; 2];
+    s.read_exact(&mut choice).await.map_err(|e| e.to_string())?;
+    let mut req = vec![5, 1, 0, 1];
+    req.extend(dst.ip().octets());
+    req.extend(dst.port().to_be_bytes());
+    s.write_all(&req).await.map_err(|e| e.to_string())?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.map_err(|e| e.to_string())?;
+    Ok((s, reply[1]))
+}
+
 /// A SOCKS5 CONNECT to `dst` through `socks`: the reply code (0 = succeeded), within 10 s.
 async fn socks5_connect(socks: &str, dst: std::net::SocketAddrV4) -> Result<u8, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(socks)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(&[5, 1, 0]).await.map_err(|e| e.to_string())?;
-        let mut choice = [0u8; 2];
-        s.read_exact(&mut choice).await.map_err(|e| e.to_string())?;
-        let mut req = vec![5, 1, 0, 1];
-        req.extend(dst.ip().octets());
-        req.extend(dst.port().to_be_bytes());
-        s.write_all(&req).await.map_err(|e| e.to_string())?;
-        let mut reply = [0u8; 10];
-        s.read_exact(&mut reply).await.map_err(|e| e.to_string())?;
-        Ok(reply[1])
-    };
-    tokio::time::timeout(Duration::from_secs(10), attempt)
+    tokio::time::timeout(Duration::from_secs(10), socks5_request(socks, dst))
         .await
         .map_err(|_| "no SOCKS5 answer within 10 s".to_owned())?
+        .map(|(_, code)| code)
 }
 
 /// A port no one listens on now, for a flag that needs one.
@@ -835,20 +841,9 @@ async fn socks5_echo(
         return Err("IPv4 only".into());
     };
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(socks)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(&[5, 1, 0]).await.map_err(|e| e.to_string())?;
-        let mut choice = [0u8; 2];
-        s.read_exact(&mut choice).await.map_err(|e| e.to_string())?;
-        let mut req = vec![5, 1, 0, 1];
-        req.extend(dst.ip().octets());
-        req.extend(dst.port().to_be_bytes());
-        s.write_all(&req).await.map_err(|e| e.to_string())?;
-        let mut reply = [0u8; 10];
-        s.read_exact(&mut reply).await.map_err(|e| e.to_string())?;
-        if reply[1] != 0 {
-            return Err(format!("SOCKS5 reply {}", reply[1]));
+        let (mut s, code) = socks5_request(socks, dst).await?;
+        if code != 0 {
+            return Err(format!("SOCKS5 reply {code}"));
         }
         s.write_all(payload).await.map_err(|e| e.to_string())?;
         let mut back = vec![0u8; payload.len()];

@@ -69,30 +69,75 @@ fn ztunnel_workloads(ns: &str) -> Vec<String> {
     uids
 }
 
-#[tokio::test]
-async fn a_real_ztunnel_takes_its_mesh_from_zident_ca_and_carries_traffic_with_zident() {
+/// The ztunnel binary, and three network namespaces on one bridge `10.<subnet>.0.0/24`: the
+/// control plane (`.1`), the ztunnel node (`.2`, its workload `10.<subnet>.3.10`) and the zident
+/// node (`.3`, workloads `10.<subnet>.2.{10,20,30}`), each routed to the other's workloads.
+/// `None`, said, without `ZTUNNEL_BIN` or without root.
+fn topology(name: &str, subnet: u8) -> Option<(PathBuf, Lan, [String; 3])> {
     let Some(ztunnel) = std::env::var_os("ZTUNNEL_BIN").map(PathBuf::from) else {
         eprintln!(
             "SKIPPED: set ZTUNNEL_BIN to a ztunnel binary built from istio/ztunnel to run this test"
         );
-        return;
+        return None;
     };
-    let mut lan = match Lan::new("zz", 89) {
+    let mut lan = match Lan::new(name, subnet) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("SKIPPED: cannot make network namespaces here ({e}); run as root");
-            return;
+            return None;
         }
     };
     let cp = lan.node("cp", 1).unwrap();
     let z = lan.node("z", 2).unwrap();
     let b = lan.node("b", 3).unwrap();
-    ip(&["-n", &z, "addr", "add", "10.89.3.10/32", "dev", "lo"]).unwrap();
-    for addr in ["10.89.2.10/32", "10.89.2.20/32", "10.89.2.30/32"] {
-        ip(&["-n", &b, "addr", "add", addr, "dev", "lo"]).unwrap();
+    let net = |rest: &str| format!("10.{subnet}.{rest}");
+    ip(&["-n", &z, "addr", "add", &net("3.10/32"), "dev", "lo"]).unwrap();
+    for addr in ["2.10/32", "2.20/32", "2.30/32"] {
+        ip(&["-n", &b, "addr", "add", &net(addr), "dev", "lo"]).unwrap();
     }
-    ip(&["-n", &z, "route", "add", "10.89.2.0/24", "via", "10.89.0.3"]).unwrap();
-    ip(&["-n", &b, "route", "add", "10.89.3.0/24", "via", "10.89.0.2"]).unwrap();
+    ip(&["-n", &z, "route", "add", &net("2.0/24"), "via", &net("0.3")]).unwrap();
+    ip(&["-n", &b, "route", "add", &net("3.0/24"), "via", &net("0.2")]).unwrap();
+    Some((ztunnel, lan, [cp, z, b]))
+}
+
+/// ztunnel in dedicated mode in `ns` for the workload `zt-app` at `10.<subnet>.3.10`, with only
+/// the control plane's address, the root at `root`, its token file `dir/zt.token` and `extra`
+/// environment; logs in `dir/ztunnel.log`.
+fn spawn_ztunnel(
+    ns: &str,
+    ztunnel: &Path,
+    subnet: u8,
+    root: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> NsProcess {
+    let cp = format!("https://10.{subnet}.0.1:15012");
+    let mut env = vec![
+        format!("XDS_ADDRESS={cp}"),
+        format!("CA_ADDRESS={cp}"),
+        format!("XDS_ROOT_CA={}", s(root)),
+        format!("CA_ROOT_CA={}", s(root)),
+        format!("AUTH_TOKEN={}", s(&dir.join("zt.token"))),
+        "PROXY_MODE=dedicated".into(),
+        "PROXY_WORKLOAD_INFO=default/zt-app/zt".into(),
+        // Without a CNI to route replies, the app must answer ztunnel, not the peer.
+        "ENABLE_ORIG_SRC=false".into(),
+        "NODE_NAME=node-z".into(),
+        format!("INSTANCE_IP=10.{subnet}.3.10"),
+        "RUST_LOG=info".into(),
+    ];
+    env.extend(extra.iter().map(|e| e.to_string()));
+    env.push(s(ztunnel).to_owned());
+    env.extend(["proxy".to_owned(), "ztunnel".to_owned()]);
+    let args: Vec<&str> = env.iter().map(String::as_str).collect();
+    NsProcess::spawn(ns, Path::new("env"), &args, &dir.join("ztunnel.log"))
+}
+
+#[tokio::test]
+async fn a_real_ztunnel_takes_its_mesh_from_zident_ca_and_carries_traffic_with_zident() {
+    let Some((ztunnel, _lan, [cp, z, b])) = topology("zz", 89) else {
+        return;
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let path = |p: &str| dir.path().join(p);
@@ -140,28 +185,13 @@ async fn a_real_ztunnel_takes_its_mesh_from_zident_ca_and_carries_traffic_with_z
         &path("agent.log"),
     );
     // ztunnel with nothing but the control plane's address, its root and a token.
-    let zt = NsProcess::spawn(
+    let zt = spawn_ztunnel(
         &z,
-        Path::new("env"),
-        &[
-            "XDS_ADDRESS=https://10.89.0.1:15012",
-            "CA_ADDRESS=https://10.89.0.1:15012",
-            &format!("XDS_ROOT_CA={}", s(&root)),
-            &format!("CA_ROOT_CA={}", s(&root)),
-            &format!("AUTH_TOKEN={}", s(&path("zt.token"))),
-            "PROXY_MODE=dedicated",
-            "PROXY_WORKLOAD_INFO=default/zt-app/zt",
-            "UNSTABLE_ENABLE_SOCKS5=true",
-            // Without a CNI to route replies, the app must answer ztunnel, not the peer.
-            "ENABLE_ORIG_SRC=false",
-            "NODE_NAME=node-z",
-            "INSTANCE_IP=10.89.3.10",
-            "RUST_LOG=info",
-            s(&ztunnel),
-            "proxy",
-            "ztunnel",
-        ],
-        &path("ztunnel.log"),
+        &ztunnel,
+        89,
+        &root,
+        dir.path(),
+        &["UNSTABLE_ENABLE_SOCKS5=true"],
     );
     let logs = || {
         format!(
@@ -269,28 +299,9 @@ fn s_client(ns: &str, addr: &str, cert: &Path, key: &Path, root: &Path) -> Strin
 
 #[tokio::test]
 async fn a_real_ztunnel_with_crl_path_refuses_a_certificate_zident_revoked() {
-    let Some(ztunnel) = std::env::var_os("ZTUNNEL_BIN").map(PathBuf::from) else {
-        eprintln!(
-            "SKIPPED: set ZTUNNEL_BIN to a ztunnel binary built from istio/ztunnel to run this test"
-        );
+    let Some((ztunnel, _lan, [cp, z, b])) = topology("zr", 87) else {
         return;
     };
-    let mut lan = match Lan::new("zr", 87) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot make network namespaces here ({e}); run as root");
-            return;
-        }
-    };
-    let cp = lan.node("cp", 1).unwrap();
-    let z = lan.node("z", 2).unwrap();
-    let b = lan.node("b", 3).unwrap();
-    ip(&["-n", &z, "addr", "add", "10.87.3.10/32", "dev", "lo"]).unwrap();
-    for addr in ["10.87.2.10/32", "10.87.2.20/32"] {
-        ip(&["-n", &b, "addr", "add", addr, "dev", "lo"]).unwrap();
-    }
-    ip(&["-n", &z, "route", "add", "10.87.2.0/24", "via", "10.87.0.3"]).unwrap();
-    ip(&["-n", &b, "route", "add", "10.87.3.0/24", "via", "10.87.0.2"]).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let path = |p: &str| dir.path().join(p);
@@ -339,28 +350,8 @@ async fn a_real_ztunnel_with_crl_path_refuses_a_certificate_zident_revoked() {
         ],
         &path("agent.log"),
     );
-    let zt = NsProcess::spawn(
-        &z,
-        Path::new("env"),
-        &[
-            "XDS_ADDRESS=https://10.87.0.1:15012",
-            "CA_ADDRESS=https://10.87.0.1:15012",
-            &format!("XDS_ROOT_CA={}", s(&root)),
-            &format!("CA_ROOT_CA={}", s(&root)),
-            &format!("AUTH_TOKEN={}", s(&path("zt.token"))),
-            &format!("CRL_PATH={}", s(&crl)),
-            "PROXY_MODE=dedicated",
-            "PROXY_WORKLOAD_INFO=default/zt-app/zt",
-            "ENABLE_ORIG_SRC=false",
-            "NODE_NAME=node-z",
-            "INSTANCE_IP=10.87.3.10",
-            "RUST_LOG=info",
-            s(&ztunnel),
-            "proxy",
-            "ztunnel",
-        ],
-        &path("ztunnel.log"),
-    );
+    let crl_path = format!("CRL_PATH={}", s(&crl));
+    let zt = spawn_ztunnel(&z, &ztunnel, 87, &root, dir.path(), &[&crl_path]);
     let logs = || {
         format!(
             "\n--- ztunnel ---\n{}\n--- ca ---\n{}\n--- agent ---\n{}",

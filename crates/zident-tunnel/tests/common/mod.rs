@@ -461,3 +461,35 @@ pub async fn until_safe(dir: &Path, phase: zident_ca::rotation::Phase) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A TLS 1.3 handshake to the HBONE port `addr` presenting `chain`/`key`, expecting the server
+/// to be `expected` under `agent`'s trust bundle, then one read: `Err` when the server refused
+/// this end (in TLS 1.3 the client learns it on its first read).
+pub async fn present_to(
+    agent: &RunningAgent,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    expected: &str,
+    addr: SocketAddr,
+) -> std::io::Result<usize> {
+    let m = agent.manager.clone();
+    let config = rustls::ClientConfig::builder_with_provider(zident_tunnel::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(std::io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(zident_tunnel::SpiffeServerVerifier::new(
+            Arc::new(move || m.trust().bundle()),
+            vec![id(expected)],
+        )))
+        .with_client_auth_cert(chain, key)
+        .map_err(std::io::Error::other)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let mut buf = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no answer within 10 s"))?
+}
