@@ -25,6 +25,9 @@ use crate::metrics::AgentMetrics;
 
 /// How often the CA's `/crl` is asked.
 pub(crate) const CRL_POLL: Duration = Duration::from_secs(1);
+/// A refused CRL is fetched again after this even if it has not changed: what made it
+/// unverifiable (a root or an intermediate this node did not have yet) may have arrived since.
+const REFUSED_RECHECK: Duration = Duration::from_secs(10);
 
 /// What may sign a CRL besides the bundle's roots: the intermediates above this node's
 /// certificates (a plugged-in CA signs its CRL with its intermediate).
@@ -48,14 +51,19 @@ pub(crate) async fn poll_crl(
     };
     let mut ca = KeptConnection::new(config, address.clone(), name);
     let mut etag: Option<String> = None;
+    let mut recheck_at: Option<std::time::Instant> = None;
     let mut said: Option<String> = None;
     let mut stale_said = false;
     loop {
+        if recheck_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            (etag, recheck_at) = (None, None);
+        }
         let fetched = ca.get("/crl", etag.as_deref()).await;
         let problem = match fetched {
             Ok((status, _, _)) if status == hyper::StatusCode::NOT_MODIFIED => None,
             Ok((status, tag, pem)) if status.is_success() => {
-                // Whatever the outcome, this version is not fetched again until it changes.
+                // This version is not fetched again until it changes (or, if refused, until
+                // the recheck).
                 etag = tag;
                 let held = store.revocations();
                 let mut signers = store.bundle().roots().to_vec();
@@ -74,11 +82,13 @@ pub(crate) async fn poll_crl(
                             store.set_revocations(list);
                         }
                         stale_said = false;
+                        recheck_at = None;
                         metrics.crl_stale.set(0);
                         None
                     }
                     Err(e) => {
                         metrics.crl_refused.inc();
+                        recheck_at = Some(std::time::Instant::now() + REFUSED_RECHECK);
                         Some(format!("refused the CA's CRL: {e}; the CRLs in force stay"))
                     }
                 }
