@@ -399,6 +399,37 @@ async fn a_real_ztunnel_with_crl_path_refuses_a_certificate_zident_revoked() {
         || through() == (200, "zt-app-behind-ztunnel".to_owned()),
     )
     .await;
+    // A tunnel from zident's client to the app behind ztunnel, opened with the certificate about
+    // to be revoked and held open: a SOCKS5 client that sends nothing and exits when its
+    // connection ends.
+    const HOLD: &str = r#"import socket
+s = socket.socket(); s.bind(('10.87.2.20', 0)); s.connect(('127.0.0.1', 15080))
+s.sendall(bytes([5, 1, 0])); s.recv(2)
+s.sendall(bytes([5, 1, 0, 1, 10, 87, 3, 10]) + (8080).to_bytes(2, 'big'))
+assert s.recv(10)[1] == 0
+while s.recv(1024): pass
+"#;
+    let mut held = std::process::Command::new("ip")
+        .args(["netns", "exec", &b, "python3", "-c", HOLD])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    eventually(
+        DEADLINE,
+        "the held tunnel is open on the zident node",
+        || {
+            curl_in(&b, &["http://127.0.0.1:15000/debug/connections"])
+                .1
+                .contains("10.87.3.10:8080")
+        },
+    )
+    .await;
+    assert!(
+        held.try_wait().unwrap().is_none(),
+        "the held tunnel is open"
+    );
     let before = s_client(&b, "10.87.3.10:15008", &old_svid, &old_key, &root);
     assert!(
         !before.to_lowercase().contains("certificate revoked"),
@@ -427,6 +458,34 @@ async fn a_real_ztunnel_with_crl_path_refuses_a_certificate_zident_revoked() {
     eventually(DEADLINE, "ztunnel refuses the revoked certificate", || {
         last = s_client(&b, "10.87.3.10:15008", &old_svid, &old_key, &root);
         last.to_lowercase().contains("certificate revoked")
+    })
+    .await;
+    // ztunnel also closes the open connection of the revoked certificate (its "CRL existing
+    // connections" enforcement), and counts it.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while held.try_wait().ok().flatten().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = held.kill();
+            let metrics = curl_in(&z, &["http://127.0.0.1:15020/metrics"]).1;
+            panic!(
+                "ztunnel never closed the held tunnel\n--- ztunnel crl metrics ---\n{}{}",
+                metrics
+                    .lines()
+                    .filter(|l| l.contains("crl"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rejected = |text: &str| {
+        text.lines().any(|l| {
+            l.contains("crl_policy_rejections") && !l.starts_with('#') && !l.ends_with(" 0")
+        })
+    };
+    eventually(DEADLINE, "ztunnel counts the revoked connection", || {
+        rejected(&curl_in(&z, &["http://127.0.0.1:15020/metrics"]).1)
     })
     .await;
     // The client's agent replaced the certificate: it still gets through ztunnel.
