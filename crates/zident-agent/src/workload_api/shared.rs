@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 use zident_identity::{CertificateProvider, SpiffeId};
-use zident_listen::{AcceptErrors, Busy, Closing, Connections, Slot, Source};
+use zident_listen::{AcceptErrors, Busy, Closing, Connections, LogGate, Slot, Source};
 use zident_proto::sds::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use zident_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
@@ -66,6 +66,8 @@ struct Entry {
 pub struct Clients {
     workloads: RwLock<Vec<LocalWorkload>>,
     connections: Arc<Connections>,
+    /// Refusals a local user can cause, said once per user per interval.
+    logged: LogGate,
     entries: Mutex<std::collections::BTreeMap<u64, Entry>>,
     next: AtomicU64,
     /// Attestations by outcome.
@@ -80,6 +82,7 @@ impl Clients {
         Self {
             workloads: RwLock::default(),
             connections,
+            logged: LogGate::new(),
             entries: Mutex::default(),
             next: AtomicU64::new(0),
             attestations: Family::default(),
@@ -347,7 +350,11 @@ pub(crate) async fn accept<P: CertificateProvider>(
                 tracing::debug!(target: "zident::identity", socket = %shown, pid = peer.pid, uid = peer.uid, identity = %id, method = how.label(), "Workload API caller attested")
             }
             Err(why) => {
-                tracing::warn!(target: "zident::identity", socket = %shown, pid = peer.pid, uid = peer.uid, "Workload API caller refused: {why}")
+                // A user that connects in a loop costs a line per interval, not per connection
+                // (the attestation counter counts each).
+                if let Some(held_back) = clients.logged.allow(Source::User(peer.uid), "refused") {
+                    tracing::warn!(target: "zident::identity", socket = %shown, pid = peer.pid, uid = peer.uid, held_back, "Workload API caller refused: {why}")
+                }
             }
         }
         let (conn_stop, conn_stop_rx) = watch::channel(false);

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::persist::write_atomic;
 use crate::revocation::crl;
-use crate::revocation::list::Revocations;
+use crate::revocation::list::{REVOCATIONS_FILE, Revocations};
 use crate::revocation::published::Published;
 use crate::state::CaState;
 
@@ -29,16 +29,28 @@ pub(crate) async fn run(state: Arc<CaState>, data_dir: PathBuf, validity: Durati
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut number = 0u64;
     let mut said: Option<String> = None;
+    let mut read_stamp: Option<FileStamp> = None;
     loop {
         let keys_changed = tokio::select! {
             _ = ticker.tick() => false,
             changed = keys.changed() => changed.is_ok(),
         };
-        let dir = data_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || Revocations::load(&dir)).await;
+        // The file is read and parsed again only when it was replaced (every writer replaces it
+        // atomically, so a new inode, size or mtime says so); otherwise the list in force is
+        // pruned and re-signed as due.
+        let stamp = file_stamp(&data_dir.join(REVOCATIONS_FILE));
         let now = SystemTime::now();
+        let loaded = if stamp.is_some() && stamp == read_stamp {
+            Ok(Ok(state.revocations().list.clone()))
+        } else {
+            let dir = data_dir.clone();
+            tokio::task::spawn_blocking(move || Revocations::load(&dir)).await
+        };
         let mut list = match loaded {
-            Ok(Ok(list)) => list,
+            Ok(Ok(list)) => {
+                read_stamp = stamp;
+                list
+            }
             Ok(Err(e)) => {
                 let e = e.to_string();
                 if said.as_ref() != Some(&e) {
@@ -97,6 +109,15 @@ pub(crate) async fn run(state: Arc<CaState>, data_dir: PathBuf, validity: Durati
         }
         state.set_revocations(Published { list, crls });
     }
+}
+
+/// What tells a replaced file from the one read before: inode, size, mtime.
+type FileStamp = (u64, u64, Option<SystemTime>);
+
+fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.modified().ok()))
 }
 
 /// Milliseconds since the Unix epoch: a CRL number that grows across restarts (RFC 5280
