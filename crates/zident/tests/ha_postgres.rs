@@ -137,6 +137,26 @@ impl Replica {
         self.ready().0 != 0
     }
 
+    /// Waits up to [`START`] until the replica answers (and with `ready`, answers ready);
+    /// fails with its log, so a replica that never came up says why.
+    async fn started(&self, ready: bool) {
+        let deadline = std::time::Instant::now() + START;
+        while !(if ready {
+            self.ready().0 == 200
+        } else {
+            self.serving()
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never {} within {START:?}:\n{}",
+                self.name,
+                if ready { "became ready" } else { "served" },
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Asks for frontend's certificate as node-a, with lifetime `ttl_secs`.
     async fn issue(&self, ttl_secs: i64) -> Result<Vec<String>, String> {
         self.issue_for("frontend", ttl_secs).await
@@ -281,9 +301,9 @@ async fn two_replicas_started_at_once_on_an_empty_database_make_one_schema_and_o
 async fn a_broken_apply_changes_nothing_and_a_good_one_reaches_every_replica() {
     let Some(w) = setup() else { return };
     let a = w.replica("r1", true, &[]);
-    eventually(START, "the first replica serves", || a.serving()).await;
+    a.started(false).await;
     let b = w.replica("r2", false, &[]);
-    eventually(START, "the second replica serves", || b.serving()).await;
+    b.started(false).await;
 
     std::fs::write(
         w.path("broken.yaml"),
@@ -372,7 +392,7 @@ async fn killing_the_leader_hands_rotation_to_another_replica_and_it_finishes_on
     // A short-lived root, so that prepare is due a few seconds after the first start.
     let extra = ["--root-lifetime", "40s", "--rotate-at", "0.2"];
     let first = w.replica("r1", true, &extra);
-    eventually(START, "r1 serves", || first.serving()).await;
+    first.started(false).await;
     let mut replicas = vec![
         first,
         w.replica("r2", false, &extra),
@@ -481,7 +501,7 @@ async fn a_replica_keeps_issuing_through_a_database_outage_and_catches_up() {
         true,
         &["--root-lifetime", "22s", "--rotate-at", "0.9"],
     );
-    eventually(START, "the replica serves", || r.ready().0 == 200).await;
+    r.started(true).await;
     w.pg.stop().unwrap();
     eventually(DEADLINE, "the replica says it is degraded", || {
         let (code, body) = r.ready();
@@ -557,9 +577,9 @@ async fn an_agent_given_two_replicas_goes_on_with_the_other_when_one_is_killed()
     let Some(w) = setup() else { return };
     let extra = ["--dns-name", "127.0.0.1"];
     let mut a = w.replica("r1", true, &extra);
-    eventually(START, "r1 serves", || a.serving()).await;
+    a.started(false).await;
     let b = w.replica("r2", false, &extra);
-    eventually(START, "r2 serves", || b.serving()).await;
+    b.started(false).await;
 
     // An agent with nothing but the two addresses, its root and a token; its mesh comes over
     // xDS from whichever replica it reaches.
@@ -731,9 +751,9 @@ fn listed(r: &Replica, leaf_pem: &str) -> bool {
 async fn a_revocation_in_the_datastore_reaches_every_replica() {
     let Some(w) = setup() else { return };
     let r1 = w.replica("r1", true, &[]);
-    eventually(START, "r1 serves", || r1.ready().0 == 200).await;
+    r1.started(true).await;
     let r2 = w.replica("r2", false, &[]);
-    eventually(START, "r2 serves", || r2.ready().0 == 200).await;
+    r2.started(true).await;
     // Issued by r1 alone; r2 never saw it.
     let chain = r1.issue(3600).await.expect("r1 issues");
     let serial = leaf_serial(&chain[0]);
