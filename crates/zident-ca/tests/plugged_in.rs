@@ -355,6 +355,17 @@ async fn a_plugged_in_intermediate_signs_the_crl_of_what_it_issued() {
         .collect();
     let serial = zident_identity::check_leaf(&ders[0]).unwrap().serial_hex;
     let data = dir.path().join("ca");
+    // The ledger is appended by a thread of its own, within milliseconds of the issuance.
+    zident_testkit::eventually(
+        Duration::from_secs(20),
+        "the ledger names the certificate",
+        || {
+            zident_ca::ledger::certificates(&data, SystemTime::now())
+                .iter()
+                .any(|c| c.certificate.serial == serial)
+        },
+    )
+    .await;
     zident_ca::revocation::list::revoke(
         &data,
         &zident_ca::revocation::Target::Serial(serial),

@@ -127,6 +127,13 @@ async fn revoked_certificates_are_listed_in_crls_openssl_accepts_and_denied_node
     let web = ask("ta", WEB).await.expect("web's certificate");
     let db = ask("tb", DB).await.expect("db's certificate");
     let web_serial = serial_of(dir.path(), &web[0]);
+    // The ledger is appended by a thread of its own, within milliseconds of each issuance.
+    zident_testkit::eventually(
+        Duration::from_secs(20),
+        "the ledger names both certificates",
+        || zident_ca::ledger::certificates(&data, std::time::SystemTime::now()).len() >= 2,
+    )
+    .await;
 
     // The first CRL: signed by the root, with a number, nextUpdate and the root's key
     // identifier, listing nothing; openssl verifies its signature.
