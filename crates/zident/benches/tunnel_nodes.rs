@@ -2,11 +2,11 @@
 //! veth pair; zident against a real ztunnel pair and a stunnel pair on the same layout, in
 //! paired rounds of one run.
 //!
-//! Run: `scripts/bench-tunnel nodes [ROUNDS MIB SECONDS CONCURRENCY PINGS]` as root (defaults
-//! 3 1024 3 64 2000), with `ZTUNNEL_BIN` naming a ztunnel built from istio/ztunnel (without it
-//! the ztunnel column is left out, with a message). `ZIDENT_BENCH_ONLY=zident,ztunnel` runs
-//! only the products named. Every proxy runs with one worker thread and
-//! its access log on.
+//! Run: `scripts/bench-tunnel nodes [ROUNDS MIB SECONDS CONCURRENCY PINGS PARALLEL IDLE]` as
+//! root (defaults 3 1024 3 64 2000 16 2000), with `ZTUNNEL_BIN` naming a ztunnel built from
+//! istio/ztunnel (without it the ztunnel column is left out, with a message).
+//! `ZIDENT_BENCH_ONLY=zident,ztunnel` runs only the products named. Every proxy runs with one
+//! worker thread and its access log on, except in the many-cores phase (below).
 //!
 //! Layout, per product (zident, ztunnel, stunnel), so that none shares a port or a kernel
 //! queue with another: node A (`10.6k.0.1`, the client workload's addresses `10.6k.1.10-25` on
@@ -21,9 +21,16 @@
 //!
 //! Measured per round, for each product in turn (the order rotates): bulk MiB/s of one
 //! connection, new connections/s with CONCURRENCY clients (one byte echoed on each), the CPU
-//! time both proxies spent per GiB and per 1,000 connections, and the round trip of one byte
-//! on an open tunnel (p50, p99). RSS of each proxy is read before the first round (idle, the
-//! tunnel warmed once) and after the last.
+//! time both proxies spent per GiB (and each node's: the sending node A, the receiving node B,
+//! with B's read and write system calls and context switches per MiB, from `/proc`) and per
+//! 1,000 connections, and the round trip of one byte on an open tunnel (p50, p99). RSS of each
+//! proxy is read before the first round (idle, the tunnel warmed once) and after the last.
+//!
+//! Then, once: IDLE tunnels opened at once (64 at a time, a byte echoed on each) and held,
+//! the time to open them and each proxy's RSS per tunnel while they are open (zident and
+//! ztunnel; stunnel holds a thread per connection). Last, the many-cores phase: zident and
+//! ztunnel restarted with two worker threads each, both nodes free to run on both cores, and
+//! PARALLEL bulk connections at once (MIB in all), per round.
 
 mod common;
 
@@ -41,6 +48,9 @@ const SINK_PORT: u16 = 9000;
 const ECHO_PORT: u16 = 9001;
 const SOCKS_PORT: u16 = 15080;
 const CLIENT_IPS: u8 = 16;
+/// Whether each node's processes are pinned to a core of their own (the one-thread phases);
+/// the many-cores phase lets both nodes' threads run on both cores.
+static PIN: AtomicBool = AtomicBool::new(true);
 
 /// A child process, killed when dropped.
 struct Proc {
@@ -75,7 +85,7 @@ fn ip(args: &[&str]) {
 /// machines would be (and the ratios of one round stop depending on where the scheduler put
 /// the two proxies). `ZIDENT_BENCH_NO_PIN=1` leaves placement to the scheduler.
 fn cpu_of(ns: &str) -> Option<&'static str> {
-    if std::env::var_os("ZIDENT_BENCH_NO_PIN").is_some() {
+    if std::env::var_os("ZIDENT_BENCH_NO_PIN").is_some() || !PIN.load(Ordering::Relaxed) {
         return None;
     }
     if ns.ends_with('a') {
@@ -239,7 +249,7 @@ async fn client(args: &[String]) {
         _ => panic!("via: socks:PORT or plain:PORT"),
     };
     let base: Ipv4Addr = args[2].parse().expect("client ip");
-    let from = |i: usize| {
+    let from = move |i: usize| {
         let o = base.octets();
         Ipv4Addr::new(o[0], o[1], o[2], o[3] + (i % CLIENT_IPS as usize) as u8)
     };
@@ -294,6 +304,76 @@ async fn client(args: &[String]) {
             }
             let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
             println!("result {rate} {}", failed.load(Ordering::Relaxed));
+        }
+        "bulkpar" => {
+            // N MiB in all over CONNS connections at once, each from its own client address.
+            let conns: u64 = args[5].parse().expect("connections");
+            let target = SocketAddr::from((server, SINK_PORT));
+            let each = (n / conns).max(1);
+            let mut streams = Vec::new();
+            for i in 0..conns as usize {
+                streams.push(connect(via, from(i), target).await.expect("connect"));
+            }
+            let start = Instant::now();
+            let tasks: Vec<_> = streams
+                .into_iter()
+                .map(|mut s| {
+                    tokio::spawn(async move {
+                        let chunk = vec![0x5au8; 1024 * 1024];
+                        for _ in 0..each {
+                            s.write_all(&chunk).await.expect("write");
+                        }
+                        s.shutdown().await.expect("shutdown");
+                        let mut count = [0u8; 8];
+                        s.read_exact(&mut count).await.expect("count");
+                        assert_eq!(u64::from_be_bytes(count), each * 1024 * 1024, "bytes lost");
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("a bulk connection");
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!("result {} 0", (each * conns) as f64 / secs);
+        }
+        "idle" => {
+            // Opens N tunnels (64 at a time), one byte echoed on each so both ends hold it,
+            // says how long that took, then holds them all until its stdin closes.
+            let target = SocketAddr::from((server, ECHO_PORT));
+            let start = Instant::now();
+            let mut open = Vec::with_capacity(n as usize);
+            let mut failed = 0u64;
+            let mut next = 0usize;
+            while (next as u64) < n {
+                let batch: Vec<_> = (next..(next + 64).min(n as usize))
+                    .map(|i| {
+                        tokio::spawn(async move {
+                            let one = async {
+                                let mut s = connect(via, from(i), target).await?;
+                                s.write_all(b"x").await?;
+                                let mut b = [0u8; 1];
+                                s.read_exact(&mut b).await?;
+                                Ok::<_, std::io::Error>(s)
+                            };
+                            tokio::time::timeout(Duration::from_secs(30), one).await
+                        })
+                    })
+                    .collect();
+                next += batch.len();
+                for t in batch {
+                    match t.await {
+                        Ok(Ok(Ok(s))) => open.push(s),
+                        _ => failed += 1,
+                    }
+                }
+            }
+            println!("result {} {failed}", start.elapsed().as_secs_f64());
+            let _ = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)
+            })
+            .await;
+            drop(open);
         }
         "ping" => {
             let target = SocketAddr::from((server, ECHO_PORT));
@@ -371,6 +451,10 @@ impl Product {
             .map(|p| common::process_cpu(p.pid()))
             .sum()
     }
+    /// What each of its proxies (node A, node B) has done so far.
+    fn work(&self) -> Vec<Work> {
+        self.procs.iter().map(|p| Work::of(p.pid())).collect()
+    }
     fn rss_mib(&self) -> Vec<f64> {
         self.procs
             .iter()
@@ -422,12 +506,14 @@ fn spread(v: &[f64]) -> String {
 
 fn bench(args: &[usize]) {
     let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
-    let (rounds, mib, seconds, concurrency, pings) = (
+    let (rounds, mib, seconds, concurrency, pings, parallel, idle_tunnels) = (
         arg(0, 3).max(1),
         arg(1, 1024),
         arg(2, 3),
         arg(3, 64),
         arg(4, 2000),
+        arg(5, 16),
+        arg(6, 2000),
     );
     let ztunnel = std::env::var_os("ZTUNNEL_BIN").map(PathBuf::from);
     if ztunnel.is_none() {
@@ -569,17 +655,11 @@ workloads:\n\
 
     let mut products = Vec::new();
     let mut servers = Vec::new();
-    for pair in pairs {
+    // Each product's two proxies, with `threads` worker threads each.
+    let start = |pair: &Pair, threads: usize| -> Vec<Proc> {
         let (a, b) = (pair.a.clone(), pair.b.clone());
         let ca_of = |side: u8| format!("10.59.{}.1:15012", pair.k * 2 + side);
-        servers.push(spawn_in(
-            &b,
-            &this_program(),
-            &["serve", &pair.server_ip().to_string()],
-            &[],
-            &p(&format!("serve-{}.log", pair.name)),
-        ));
-        let procs = match pair.name {
+        match pair.name {
             "zident" => {
                 let agent = |node: &str, token: &str, side: u8, ns: &str| {
                     spawn_in(
@@ -605,8 +685,8 @@ workloads:\n\
                             "--outbound-addr",
                             "127.0.0.1:15001",
                         ],
-                        &[("ZIDENT_WORKER_THREADS", "1".into())],
-                        &p(&format!("agent-{node}.log")),
+                        &[("ZIDENT_WORKER_THREADS", threads.to_string())],
+                        &p(&format!("agent-{node}-{threads}.log")),
                     )
                 };
                 vec![
@@ -634,10 +714,10 @@ workloads:\n\
                             ("ENABLE_ORIG_SRC", "false".into()),
                             ("INSTANCE_IP", ip),
                             ("NODE_NAME", node.to_string()),
-                            ("ZTUNNEL_WORKER_THREADS", "1".into()),
+                            ("ZTUNNEL_WORKER_THREADS", threads.to_string()),
                             ("RUST_LOG", "info".into()),
                         ],
-                        &p(&format!("ztunnel-{who}.log")),
+                        &p(&format!("ztunnel-{who}-{threads}.log")),
                     )
                 };
                 vec![
@@ -706,7 +786,17 @@ workloads:\n\
                     ),
                 ]
             }
-        };
+        }
+    };
+    for pair in pairs {
+        servers.push(spawn_in(
+            &pair.b,
+            &this_program(),
+            &["serve", &pair.server_ip().to_string()],
+            &[],
+            &p(&format!("serve-{}.log", pair.name)),
+        ));
+        let procs = start(&pair, 1);
         let via = if pair.name == "stunnel" {
             format!("plain:{SOCKS_PORT}")
         } else {
@@ -716,7 +806,7 @@ workloads:\n\
     }
 
     // Warm up: each path carries a connection end to end (certificates fetched, xDS in).
-    for prod in &products {
+    let warm = |prod: &Product| {
         wait_until(
             &format!("{} carries a connection", prod.pair.name),
             Duration::from_secs(90),
@@ -736,6 +826,9 @@ workloads:\n\
             },
             || prod.logs(),
         );
+    };
+    for prod in &products {
+        warm(prod);
     }
     std::thread::sleep(Duration::from_secs(1));
     let idle: Vec<Vec<f64>> = products.iter().map(Product::rss_mib).collect();
@@ -747,6 +840,8 @@ workloads:\n\
     let mut bulk = vec![Vec::new(); n];
     let mut conns = vec![Vec::new(); n];
     let mut cpu_gib = vec![Vec::new(); n];
+    // Per node, per GiB of the bulk transfer: [sending node A, receiving node B].
+    let mut node_gib: Vec<[Vec<Work>; 2]> = vec![[Vec::new(), Vec::new()]; n];
     let mut cpu_kconn = vec![Vec::new(); n];
     let mut p50 = vec![Vec::new(); n];
     let mut p99 = vec![Vec::new(); n];
@@ -755,15 +850,24 @@ workloads:\n\
         let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
         for &i in &order {
             let prod = &products[i];
-            let before = prod.cpu();
+            let before = prod.work();
             let (v, _) = measure(&prod.pair, &prod.via, "bulk", mib as u64, &[]);
-            let cpu = (prod.cpu() - before).as_secs_f64();
+            let after = prod.work();
+            let gib = mib as f64 / 1024.0;
+            let per = |k: usize| after[k].since(before[k]).per(gib);
+            let (a, b) = (per(0), per(1));
             bulk[i].push(v);
-            cpu_gib[i].push(cpu / (mib as f64 / 1024.0));
+            cpu_gib[i].push(a.cpu + b.cpu);
+            node_gib[i][0].push(a);
+            node_gib[i][1].push(b);
             println!(
-                "  round {round}: {:<8} bulk {v:>7.0} MiB/s, {:.2} CPU s/GiB",
+                "  round {round}: {:<8} bulk {v:>7.0} MiB/s, CPU s/GiB {:.2} (sending {:.2}, receiving {:.2}); receiving node per MiB: {:.1} read/write calls, {:.1} context switches",
                 prod.pair.name,
-                cpu / (mib as f64 / 1024.0)
+                a.cpu + b.cpu,
+                a.cpu,
+                b.cpu,
+                b.syscalls / 1024.0,
+                b.switches / 1024.0,
             );
         }
         for &i in &order {
@@ -799,6 +903,22 @@ workloads:\n\
     }
     let after: Vec<Vec<f64>> = products.iter().map(Product::rss_mib).collect();
 
+    // Many open, idle tunnels: how long they take to open and what each holds on both nodes.
+    // (stunnel is left out: it holds a thread per connection.)
+    let mut held: Vec<Option<IdleTunnels>> = Vec::new();
+    for prod in &products {
+        if prod.pair.name == "stunnel" || idle_tunnels == 0 {
+            held.push(None);
+            continue;
+        }
+        let r = hold_idle_tunnels(prod, idle_tunnels);
+        println!(
+            "  {:<8} {idle_tunnels} idle tunnels open in {:.2} s ({} failed); RSS per tunnel {:.1} / {:.1} KiB (node A / B)",
+            prod.pair.name, r.secs, r.failed, r.kib_per_tunnel[0], r.kib_per_tunnel[1]
+        );
+        held.push(Some(r));
+    }
+
     println!();
     let names: Vec<&str> = products.iter().map(|p| p.pair.name).collect();
     println!("| median of {rounds} rounds | {} |", names.join(" | "));
@@ -810,6 +930,13 @@ workloads:\n\
             .collect();
         println!("| {label} | {} |", cells.join(" | "));
     };
+    let node_row = |label: &str, node: usize, f: fn(&Work) -> f64, digits: usize| {
+        let v: Vec<Vec<f64>> = node_gib
+            .iter()
+            .map(|nodes| nodes[node].iter().map(f).collect())
+            .collect();
+        row(label, &v, digits);
+    };
     row("bulk MiB/s, 1 connection", &bulk, 0);
     row(
         &format!("new connections/s, {concurrency} clients"),
@@ -817,25 +944,45 @@ workloads:\n\
         0,
     );
     row("CPU s per GiB (both proxies)", &cpu_gib, 2);
+    node_row("CPU s per GiB, sending node", 0, |w| w.cpu, 2);
+    node_row("CPU s per GiB, receiving node", 1, |w| w.cpu, 2);
+    node_row(
+        "read/write calls per MiB, receiving node",
+        1,
+        |w| w.syscalls / 1024.0,
+        1,
+    );
+    node_row(
+        "context switches per MiB, receiving node",
+        1,
+        |w| w.switches / 1024.0,
+        1,
+    );
     row("CPU s per 1,000 connections", &cpu_kconn, 3);
     row("1-byte round trip p50, µs", &p50, 0);
     row("1-byte round trip p99, µs", &p99, 0);
     let rss: Vec<String> = idle
         .iter()
         .zip(&after)
-        .map(|(i, a)| {
-            let show = |v: &[f64]| {
-                v.iter()
-                    .map(|x| format!("{x:.0}"))
-                    .collect::<Vec<_>>()
-                    .join("/")
-            };
-            format!("{} → {}", show(i), show(a))
-        })
+        .map(|(i, a)| format!("{} → {}", per_node(i, 0), per_node(a, 0)))
         .collect();
     println!(
         "| RSS MiB per proxy (A/B), idle → after | {} |",
         rss.join(" | ")
+    );
+    let cells = |f: &dyn Fn(&IdleTunnels) -> String| {
+        held.iter()
+            .map(|h| h.as_ref().map(f).unwrap_or_else(|| "–".into()))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    println!(
+        "| {idle_tunnels} idle tunnels: seconds to open | {} |",
+        cells(&|h| format!("{:.2}", h.secs))
+    );
+    println!(
+        "| {idle_tunnels} idle tunnels: RSS KiB per tunnel (A/B) | {} |",
+        cells(&|h| per_node(&h.kib_per_tunnel, 1))
     );
     println!(
         "| failed connections | {} |",
@@ -848,44 +995,236 @@ workloads:\n\
     println!();
 
     // zident against each other product, round by round (paired: same machine state).
+    let node_cpu = |node: usize| -> Vec<Vec<f64>> {
+        node_gib
+            .iter()
+            .map(|nodes| nodes[node].iter().map(|w| w.cpu).collect())
+            .collect()
+    };
+    let (sending, receiving) = (node_cpu(0), node_cpu(1));
     for (j, other) in names.iter().enumerate().skip(1) {
-        let ratios = |v: &[Vec<f64>], invert: bool| -> (f64, String, String) {
-            let r: Vec<f64> = v[0]
-                .iter()
-                .zip(&v[j])
-                .map(|(z, o)| if invert { o / z } else { z / o })
-                .collect();
-            let shown = r
-                .iter()
-                .map(|x| format!("{x:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            (median(&r), shown, spread(&r))
-        };
-        let (b, bs, bsp) = ratios(&bulk, false);
-        let (c, cs, csp) = ratios(&conns, false);
-        let (g, gs, gsp) = ratios(&cpu_gib, false);
-        let (l, ls, lsp) = ratios(&p50, false);
+        let (b, bs, bsp) = ratios(&bulk, j);
+        let (c, cs, csp) = ratios(&conns, j);
+        let (g, gs, gsp) = ratios(&cpu_gib, j);
+        let (ga, gas, gasp) = ratios(&sending, j);
+        let (gb, gbs, gbsp) = ratios(&receiving, j);
+        let (l, ls, lsp) = ratios(&p50, j);
         println!(
-            "zident / {other}: bulk {b:.2} (rounds {bs}; spread {bsp}), connections/s {c:.2} ({cs}; {csp}), CPU per GiB {g:.2} ({gs}; {gsp}), latency p50 {l:.2} ({ls}; {lsp})"
+            "zident / {other}: bulk {b:.2} (rounds {bs}; spread {bsp}), connections/s {c:.2} ({cs}; {csp}), CPU per GiB {g:.2} ({gs}; {gsp}): sending node {ga:.2} ({gas}; {gasp}), receiving node {gb:.2} ({gbs}; {gbsp}), latency p50 {l:.2} ({ls}; {lsp})"
         );
+        if let (Some(z), Some(o)) = (&held[0], &held[j]) {
+            println!(
+                "zident / {other}, {idle_tunnels} idle tunnels: time to open {:.2}, RSS per tunnel {:.2} (node A) / {:.2} (node B)",
+                z.secs / o.secs,
+                z.kib_per_tunnel[0] / o.kib_per_tunnel[0],
+                z.kib_per_tunnel[1] / o.kib_per_tunnel[1],
+            );
+        }
     }
     println!(
         "idle RSS per proxy, MiB: {}",
         names
             .iter()
             .zip(&idle)
-            .map(|(n, v)| format!(
-                "{n} {}",
-                v.iter()
-                    .map(|x| format!("{x:.1}"))
-                    .collect::<Vec<_>>()
-                    .join("/")
-            ))
+            .map(|(n, v)| format!("{n} {}", per_node(v, 1)))
             .collect::<Vec<_>>()
             .join("; ")
     );
+
+    // Many connections on many cores: each proxy restarted with two worker threads, both
+    // nodes free to run on both cores, PARALLEL bulk connections at once.
+    if parallel == 0 {
+        return;
+    }
+    PIN.store(false, Ordering::Relaxed);
+    let mut many: Vec<usize> = Vec::new();
+    for (i, prod) in products.iter_mut().enumerate() {
+        if prod.pair.name == "stunnel" {
+            continue;
+        }
+        prod.procs.clear();
+        prod.procs = start(&prod.pair, 2);
+        many.push(i);
+    }
+    for &i in &many {
+        warm(&products[i]);
+    }
+    println!();
+    println!(
+        "{parallel} bulk connections at once ({mib} MiB in all), 2 worker threads per proxy, nodes not pinned: {rounds} rounds"
+    );
+    let mut par_bulk = vec![Vec::new(); n];
+    let mut par_cpu = vec![Vec::new(); n];
+    for round in 0..rounds {
+        for k in 0..many.len() {
+            let i = many[(k + round) % many.len()];
+            let prod = &products[i];
+            let before = prod.cpu();
+            let (v, _) = measure(
+                &prod.pair,
+                &prod.via,
+                "bulkpar",
+                mib as u64,
+                &[parallel.to_string()],
+            );
+            let cpu = (prod.cpu() - before).as_secs_f64() / (mib as f64 / 1024.0);
+            par_bulk[i].push(v);
+            par_cpu[i].push(cpu);
+            println!(
+                "  round {round}: {:<8} {parallel} connections {v:>7.0} MiB/s, {cpu:.2} CPU s/GiB (both proxies)",
+                prod.pair.name
+            );
+        }
+    }
+    for (j, other) in names.iter().enumerate().skip(1) {
+        if par_bulk[j].is_empty() || par_bulk[0].is_empty() {
+            continue;
+        }
+        let (b, bs, bsp) = ratios(&par_bulk, j);
+        let (g, gs, gsp) = ratios(&par_cpu, j);
+        println!(
+            "zident / {other}, {parallel} connections on 2 threads: bulk {b:.2} (rounds {bs}; spread {bsp}), CPU per GiB {g:.2} ({gs}; {gsp}); MiB/s {:.0} vs {:.0}",
+            median(&par_bulk[0]),
+            median(&par_bulk[j]),
+        );
+    }
     drop(servers);
+}
+
+/// zident's figures over product `j`'s, round by round: the median ratio, the rounds' ratios,
+/// and their spread.
+fn ratios(v: &[Vec<f64>], j: usize) -> (f64, String, String) {
+    let r: Vec<f64> = v[0].iter().zip(&v[j]).map(|(z, o)| z / o).collect();
+    let shown = r
+        .iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (median(&r), shown, spread(&r))
+}
+
+/// Numbers of node A and node B, `A/B`.
+fn per_node(v: &[f64], digits: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.digits$}"))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// What a process has done so far: CPU seconds, read and write system calls
+/// (`/proc/PID/io`), and context switches of all its threads.
+#[derive(Clone, Copy, Debug, Default)]
+struct Work {
+    cpu: f64,
+    syscalls: f64,
+    switches: f64,
+}
+
+impl Work {
+    fn of(pid: u32) -> Self {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        let field = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let mut switches = 0.0;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                switches += field(&status, "voluntary_ctxt_switches:")
+                    + field(&status, "nonvoluntary_ctxt_switches:");
+            }
+        }
+        Self {
+            cpu: common::process_cpu(pid).as_secs_f64(),
+            syscalls: field(&io, "syscr:") + field(&io, "syscw:"),
+            switches,
+        }
+    }
+    fn since(self, before: Self) -> Self {
+        Self {
+            cpu: self.cpu - before.cpu,
+            syscalls: self.syscalls - before.syscalls,
+            switches: self.switches - before.switches,
+        }
+    }
+    fn per(self, units: f64) -> Self {
+        Self {
+            cpu: self.cpu / units,
+            syscalls: self.syscalls / units,
+            switches: self.switches / units,
+        }
+    }
+}
+
+/// Many idle tunnels held open at once.
+struct IdleTunnels {
+    secs: f64,
+    failed: f64,
+    kib_per_tunnel: Vec<f64>,
+}
+
+/// Opens `count` tunnels through `prod` (a client in node A that echoes a byte on each and
+/// holds them), reads each proxy's RSS while they are open, then lets them close.
+fn hold_idle_tunnels(prod: &Product, count: usize) -> IdleTunnels {
+    use std::io::{BufRead, Write};
+    let before = prod.rss_mib();
+    let mut child = in_node(&prod.pair.a)
+        .arg(this_program())
+        .args([
+            "client",
+            "idle",
+            &prod.via,
+            &prod.pair.client_ip(0).to_string(),
+            &prod.pair.server_ip().to_string(),
+            &count.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(stdout);
+    let found = loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break None,
+            Ok(_) => {
+                if let Some(r) = line.trim().strip_prefix("result ") {
+                    break Some(r.to_string());
+                }
+            }
+        }
+    };
+    let open = prod.rss_mib();
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"done\n");
+    }
+    let _ = child.wait();
+    let Some(result) = found else {
+        panic!(
+            "{}: the idle-tunnel client failed\n{}",
+            prod.pair.name,
+            prod.logs()
+        );
+    };
+    let mut it = result
+        .split(' ')
+        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
+    let (secs, failed) = (it.next().unwrap_or(f64::NAN), it.next().unwrap_or(f64::NAN));
+    let opened = (count as f64 - failed).max(1.0);
+    IdleTunnels {
+        secs,
+        failed,
+        kib_per_tunnel: open
+            .iter()
+            .zip(&before)
+            .map(|(o, b)| (o - b) * 1024.0 / opened)
+            .collect(),
+    }
 }
 
 fn main() {
@@ -904,7 +1243,13 @@ fn main() {
         }
         Some("client") => {
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(if args[1] == "conns" { 2 } else { 1 })
+                .worker_threads(
+                    if matches!(args[1].as_str(), "conns" | "bulkpar" | "idle") {
+                        2
+                    } else {
+                        1
+                    },
+                )
                 .enable_all()
                 .build()
                 .expect("runtime")
