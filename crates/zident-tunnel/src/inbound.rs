@@ -389,16 +389,16 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
             *r.status_mut() = code;
             r
         };
-        let (mut upstream, dst_id, dst) = match self
-            .admit(source.as_ref(), served, (peer, local), &request)
-            .await
-        {
-            Ok(admitted) => admitted,
-            Err(code) => {
-                let _ = respond.send_response(status(code), true);
-                return;
-            }
-        };
+        // Boxed: admission (policy, the connect to the workload) is over before the bytes
+        // flow, so its state is not kept for the tunnel's life.
+        let (mut upstream, dst_id, dst) =
+            match Box::pin(self.admit(source.as_ref(), served, (peer, local), &request)).await {
+                Ok(admitted) => admitted,
+                Err(code) => {
+                    let _ = respond.send_response(status(code), true);
+                    return;
+                }
+            };
         let send = match respond.send_response(status(StatusCode::OK), false) {
             Ok(s) => s,
             Err(e) => {

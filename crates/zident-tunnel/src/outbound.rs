@@ -344,7 +344,9 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         let upstream = match route.hbone {
             None => Upstream::Plain(self.plain(peer.ip(), &route).await?),
             Some(hbone) => {
-                let (send, recv) = self.tunnel(&source, peer, &route, hbone).await?;
+                // Boxed: opening a tunnel may open an HBONE connection (a TLS handshake, 4.8 KiB
+                // of state), which the tunnel's own future would otherwise keep for its life.
+                let (send, recv) = Box::pin(self.tunnel(&source, peer, &route, hbone)).await?;
                 Upstream::Tunnel(send, recv)
             }
         };
