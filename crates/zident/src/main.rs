@@ -10,6 +10,7 @@ mod datastore_cli;
 mod duration;
 mod inspect;
 mod logging;
+mod open_files;
 mod print;
 mod revoke;
 mod rotate;
@@ -62,6 +63,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !report {
+        // Servers only: a report has no connections to hold.
+        match open_files::raise_to_hard_limit() {
+            Ok(r) if r.to > r.from => {
+                tracing::info!(target: "zident", "open files limit raised from {} to {} (the hard limit)", r.from, r.to);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(target: "zident", "cannot raise the open files limit ({e}); connections are capped by the current one");
+            }
+        }
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let cli::Command::Agent(args) = &cli.command {
         builder.worker_threads(args.worker_threads.max(1));

@@ -1055,3 +1055,34 @@ workloads:\n- {uid: w, name: web, namespace: default, serviceAccount: web, node:
         "the flood is said in a few lines, not one per connection: {said}\n{log}"
     );
 }
+
+/// A server raises its soft open-files limit to the hard one: most systems start a process at
+/// 1,024, which would cap an agent near a thousand connections while the kernel allows far
+/// more. The hard limit (the operator's) is kept.
+#[test]
+fn a_server_raises_its_open_files_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=256:4096")
+        .arg(env!("CARGO_BIN_EXE_zident"))
+        .arg("ca")
+        .arg("--config")
+        .arg(dir.path().join("mesh.yaml"))
+        .arg("--data-dir")
+        .arg(dir.path().join("ca"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn");
+    let z = spawn_until(cmd, "zident ca: listening on ");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", z.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a limits line for open files");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (fields[3], fields[4]),
+        ("4096", "4096"),
+        "soft and hard limits: {line}"
+    );
+}
