@@ -30,8 +30,8 @@ use zident_listen::{Connections, Slot};
 
 use crate::headers::{self, TraceParent};
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, peer_refusal, tls_failure};
-use crate::pump::{keepalive, pump};
-use crate::sizes::{PLAIN_COPY_BUFFER, TLS_READ_BUFFER, window};
+use crate::pump::{copy_plain, keepalive, pump};
+use crate::sizes::{TLS_READ_BUFFER, window};
 use crate::socks5::{self, Reply, Target};
 use crate::verify::{BundleSource, RevocationSource, SpiffeServerVerifier, is_revoked, provider};
 
@@ -361,15 +361,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
             route.target,
         ));
         let outcome = match upstream {
-            Upstream::Plain(mut tcp) => {
-                tokio::io::copy_bidirectional_with_sizes(
-                    &mut front.stream,
-                    &mut tcp,
-                    PLAIN_COPY_BUFFER,
-                    PLAIN_COPY_BUFFER,
-                )
-                .await
-            }
+            Upstream::Plain(mut tcp) => copy_plain(&mut front.stream, &mut tcp).await,
             Upstream::Tunnel(send, recv) => pump(&mut front.stream, send, recv).await,
         };
         let (sent, received) = outcome.as_ref().map(|(a, b)| (*a, *b)).unwrap_or((0, 0));

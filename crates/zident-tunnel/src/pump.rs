@@ -9,7 +9,8 @@
 //! memory. (A write per frame woke the workload, on the same core, once per 64 KiB: three
 //! times the context switches of ztunnel's receiving node.) Sends wait for window capacity,
 //! for the same reason. Each direction ends on its own (a half-close is passed on), and the two
-//! run in the connection's own task.
+//! run in the connection's own task. A destination without a tunnel (`protocol: TCP`) is
+//! copied through the same stepped buffers ([`copy_plain`]).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -19,7 +20,7 @@ use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::sizes::{READ_BUFFERS, WRITE_GATHER, WRITE_SLICES};
@@ -43,17 +44,9 @@ pub async fn pump(
     let (mut rd, mut wr) = tcp.split();
     let up = async {
         let mut total = 0u64;
-        let mut step = 0;
-        let mut buf = BytesMut::with_capacity(READ_BUFFERS[step]);
+        let mut buf = ReadSteps::new();
         loop {
-            if buf.capacity() < READ_BUFFERS[step] / 4 {
-                // A fresh buffer of exactly this step's size: the old one is freed once h2 has
-                // written what was sent from it. (Growing it with `reserve` can make the
-                // allocator map and unmap fresh pages over and over.)
-                buf = BytesMut::with_capacity(READ_BUFFERS[step]);
-            }
-            let room = buf.capacity();
-            let n = match rd.read_buf(&mut buf).await {
+            let n = match buf.read(&mut rd).await {
                 Ok(n) => n,
                 Err(e) => {
                     send.send_reset(h2::Reason::CANCEL);
@@ -65,11 +58,7 @@ pub async fn pump(
                 return Ok(total);
             }
             total += n as u64;
-            let mut data = buf.split().freeze();
-            if n == room && step + 1 < READ_BUFFERS.len() {
-                step += 1;
-                buf = BytesMut::with_capacity(READ_BUFFERS[step]);
-            }
+            let mut data = buf.take();
             while !data.is_empty() {
                 send.reserve_capacity(data.len());
                 let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -97,6 +86,86 @@ pub async fn pump(
         Ok::<_, io::Error>(total)
     };
     tokio::try_join!(up, down)
+}
+
+/// Copies `a` ⇄ `b` (a destination with `protocol: TCP`: no tunnel) until both directions
+/// have ended, through the same stepped read buffers as a tunnel, so an idle plain connection
+/// holds 1 KiB per direction too. Returns the bytes carried (a → b, b → a).
+pub async fn copy_plain(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<(u64, u64)> {
+    let (mut ar, mut aw) = a.split();
+    let (mut br, mut bw) = b.split();
+    tokio::try_join!(
+        copy_one_way(&mut ar, &mut bw),
+        copy_one_way(&mut br, &mut aw)
+    )
+}
+
+async fn copy_one_way<R, W>(rd: &mut R, wr: &mut W) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    let mut buf = ReadSteps::new();
+    loop {
+        let n = buf.read(rd).await?;
+        if n == 0 {
+            wr.shutdown().await?;
+            return Ok(total);
+        }
+        wr.write_all(buf.filled()).await?;
+        buf.clear();
+        total += n as u64;
+    }
+}
+
+/// A direction's read buffer, in the sizes of [`READ_BUFFERS`]: it moves to the next size
+/// after a read that filled it, and never back.
+struct ReadSteps {
+    step: usize,
+    buf: BytesMut,
+}
+
+impl ReadSteps {
+    fn new() -> Self {
+        Self {
+            step: 0,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Reads once from `rd`; the bytes of the previous read must have been taken or cleared.
+    /// Returns how many were read (0: the end).
+    async fn read<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> io::Result<usize> {
+        let size = READ_BUFFERS[self.step];
+        if self.buf.capacity() < size / 4 {
+            // A fresh buffer of exactly this step's size: an old one is freed once what was
+            // taken from it is gone. (Growing it with `reserve` can make the allocator map and
+            // unmap fresh pages over and over.)
+            self.buf = BytesMut::with_capacity(size);
+        }
+        let room = self.buf.capacity();
+        let n = rd.read_buf(&mut self.buf).await?;
+        if n == room && self.step + 1 < READ_BUFFERS.len() {
+            self.step += 1;
+        }
+        Ok(n)
+    }
+
+    /// The bytes read, handed off whole (no copy).
+    fn take(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+
+    /// The bytes read, to be written from here.
+    fn filled(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Forgets the bytes read once written; the buffer is read into again.
+    fn clear(&mut self) {
+        self.buf.clear();
+    }
 }
 
 /// Waits for a DATA frame, then takes every frame already received as well, up to
@@ -199,7 +268,7 @@ pub async fn keepalive(ping_pong: Option<h2::PingPong>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A socket that takes a few hundred bytes per write leaves frames half written: every
     /// byte still arrives once, in order, and the count returned is what was written.
@@ -222,6 +291,40 @@ mod tests {
         assert_eq!(written, expected.len());
         assert!(frames.is_empty());
         assert_eq!(reader.await.unwrap().unwrap(), expected);
+    }
+
+    /// A plain connection's bytes go both ways whole through the stepped buffers (past the
+    /// 1 KiB and 16 KiB steps), each half-close passed on, and the counts are what was carried.
+    #[tokio::test]
+    async fn plain_copy_carries_both_ways_through_every_buffer_size() {
+        use tokio::net::TcpListener;
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (server_addr, front_addr) = (server.local_addr().unwrap(), front.local_addr().unwrap());
+        let up: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let (up_sent, down_sent) = (up.clone(), down.clone());
+        let server_task = tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            s.write_all(&down_sent).await.unwrap();
+            s.shutdown().await.unwrap();
+            got
+        });
+        let proxy = tokio::spawn(async move {
+            let (mut a, _) = front.accept().await.unwrap();
+            let mut b = TcpStream::connect(server_addr).await.unwrap();
+            copy_plain(&mut a, &mut b).await.unwrap()
+        });
+        let mut client = TcpStream::connect(front_addr).await.unwrap();
+        client.write_all(&up_sent).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, down);
+        assert_eq!(server_task.await.unwrap(), up);
+        assert_eq!(proxy.await.unwrap(), (300_000, 200_000));
     }
 
     /// More frames than one `writev` takes go out in several, in order.

@@ -14,9 +14,6 @@ pub(crate) const WRITE_GATHER: usize = 1024 * 1024;
 /// At most this many frames in one `writev` (the kernel takes up to 1,024 slices).
 pub(crate) const WRITE_SLICES: usize = 64;
 
-/// Plain TCP (destinations with `protocol: TCP`) copies through buffers this large.
-pub(crate) const PLAIN_COPY_BUFFER: usize = 64 * 1024;
-
 /// TLS is read from the socket through a buffer this large. rustls asks for 4 KiB at a time,
 /// so reading it straight from the socket costs about four system calls per 16 KiB record.
 pub(crate) const TLS_READ_BUFFER: usize = 64 * 1024;
