@@ -451,6 +451,12 @@ impl Product {
             .map(|p| common::process_cpu(p.pid()))
             .sum()
     }
+    /// One measurement through this product, and the CPU seconds its proxies spent on it.
+    fn measure_with_cpu(&self, mode: &str, n: u64, extra: &[String]) -> ((f64, f64), f64) {
+        let before = self.cpu();
+        let result = measure(&self.pair, &self.via, mode, n, extra);
+        (result, (self.cpu() - before).as_secs_f64())
+    }
     /// What each of its proxies (node A, node B) has done so far.
     fn work(&self) -> Vec<Work> {
         self.procs.iter().map(|p| Work::of(p.pid())).collect()
@@ -872,15 +878,8 @@ workloads:\n\
         }
         for &i in &order {
             let prod = &products[i];
-            let before = prod.cpu();
-            let (v, failed) = measure(
-                &prod.pair,
-                &prod.via,
-                "conns",
-                seconds as u64,
-                &[concurrency.to_string()],
-            );
-            let cpu = (prod.cpu() - before).as_secs_f64();
+            let ((v, failed), cpu) =
+                prod.measure_with_cpu("conns", seconds as u64, &[concurrency.to_string()]);
             let per_k = cpu / (v * seconds as f64 / 1000.0);
             conns[i].push(v);
             cpu_kconn[i].push(per_k);
@@ -1059,15 +1058,9 @@ workloads:\n\
         for k in 0..many.len() {
             let i = many[(k + round) % many.len()];
             let prod = &products[i];
-            let before = prod.cpu();
-            let (v, _) = measure(
-                &prod.pair,
-                &prod.via,
-                "bulkpar",
-                mib as u64,
-                &[parallel.to_string()],
-            );
-            let cpu = (prod.cpu() - before).as_secs_f64() / (mib as f64 / 1024.0);
+            let ((v, _), cpu) =
+                prod.measure_with_cpu("bulkpar", mib as u64, &[parallel.to_string()]);
+            let cpu = cpu / (mib as f64 / 1024.0);
             par_bulk[i].push(v);
             par_cpu[i].push(cpu);
             println!(
