@@ -97,6 +97,15 @@ impl KubeAuth {
         (caller, answered)
     }
 
+    /// The node the pod `caller`'s token is bound to is scheduled on, while that pod exists.
+    pub(crate) fn node_of(&self, caller: &ServiceAccountCaller) -> Option<String> {
+        let binding = caller.pod.as_ref()?;
+        self.pods
+            .get(&caller.namespace, &binding.name)
+            .filter(|p| p.uid == binding.uid)?
+            .node
+    }
+
     /// Whether `caller` may have `requested`, given `ImpersonatedIdentity` if sent.
     pub(crate) fn authorize(
         &self,

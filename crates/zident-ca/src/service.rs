@@ -111,10 +111,8 @@ impl IstioCertificateService for CaService {
         }
         // A revoked identity or node whose reissue is denied gets nothing until an operator
         // lifts it (`zident ca allow-reissue`); it is told why, so its agent can say so.
-        let node = match &caller {
-            crate::node_authorizer::Caller::Node(n) => Some(n.as_str()),
-            _ => None,
-        };
+        let node = self.state.caller_node(&caller);
+        let node = node.as_deref();
         if let Some(denial) = self
             .state
             .revocations()

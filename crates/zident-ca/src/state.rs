@@ -138,6 +138,18 @@ impl CaState {
         }
     }
 
+    /// The node whose keys a caller's certificates go to, for revocation by node: a node
+    /// agent's own name, or, for a ServiceAccount token bound to a pod, the node that pod is
+    /// scheduled on (a trusted node account's, such as ztunnel's, and a pod's own token alike:
+    /// a compromised node holds both). None for an identity token and an unbound token.
+    pub(crate) fn caller_node(&self, caller: &crate::node_authorizer::Caller) -> Option<String> {
+        match caller {
+            crate::node_authorizer::Caller::Node(n) => Some(n.clone()),
+            crate::node_authorizer::Caller::ServiceAccount(sa) => self.kube_auth()?.node_of(sa),
+            crate::node_authorizer::Caller::Identity(_) => None,
+        }
+    }
+
     /// Replaces the authority (after a reload of plugged-in files).
     pub fn set_authority(&self, authority: Authority) {
         self.metrics

@@ -140,6 +140,13 @@ async fn service_account_tokens_and_the_node_authorizer() {
     grpc.create_certificate(request(&ztunnel_n2, "ns/shop/sa/db", true))
         .await
         .expect("ztunnel on n2 gets db (db-1 runs on n2)");
+    revoking_a_node_names_what_its_service_account_tokens_obtained(
+        &mut grpc,
+        &dir.path().join("ca"),
+        &request,
+        [&ztunnel_n1, &ztunnel_n2, &web],
+    )
+    .await;
 
     // Only trusted accounts impersonate; a workload gets its own identity only.
     common::expect_code(
@@ -255,6 +262,97 @@ async fn service_account_tokens_and_the_node_authorizer() {
             "the token is still not checked after the API server returned"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Revocation by node reaches certificates obtained with ServiceAccount tokens: the node is
+/// the one the token's pod is scheduled on. A trusted node account's certificate for a pod on
+/// n1 and a pod's own certificate on n1 are both n1's; n2's are untouched, and with the reissue
+/// denied, every token of a pod on n1 is refused until the denial is lifted.
+async fn revoking_a_node_names_what_its_service_account_tokens_obtained(
+    grpc: &mut IstioCertificateServiceClient<tonic::transport::Channel>,
+    data: &std::path::Path,
+    request: &impl Fn(
+        &str,
+        &str,
+        bool,
+    ) -> tonic::Request<zident_proto::istio_ca::IstioCertificateRequest>,
+    [ztunnel_n1, ztunnel_n2, web]: [&str; 3],
+) {
+    use zident_ca::revocation::{Reason, Subject, Target, list};
+    grpc.create_certificate(request(web, "ns/shop/sa/web", false))
+        .await
+        .expect("web's own token (its pod runs on n1) gets web");
+    // The ledger is appended by a thread of its own, within milliseconds of the issuance.
+    let of_node = |node: &str| {
+        zident_ca::ledger::certificates(data, std::time::SystemTime::now())
+            .into_iter()
+            .filter(|c| c.certificate.node.as_deref() == Some(node))
+            .map(|c| c.id)
+            .collect::<Vec<_>>()
+    };
+    zident_testkit::eventually(WAIT, "the ledger names the nodes", || {
+        of_node("n1").len() == 2 && of_node("n2").len() == 1
+    })
+    .await;
+    assert_eq!(of_node("n2"), ["spiffe://cluster.local/ns/shop/sa/db"]);
+    let revoked = list::revoke(
+        data,
+        &Target::Node("n1".into()),
+        Reason::KeyCompromise,
+        true,
+        std::time::SystemTime::now(),
+    )
+    .expect("revoke node n1");
+    assert_eq!(revoked.len(), 2, "{revoked:?}");
+    assert!(
+        revoked
+            .iter()
+            .all(|r| r.id == "spiffe://cluster.local/ns/shop/sa/web"
+                && r.node.as_deref() == Some("n1")),
+        "{revoked:?}"
+    );
+    // The running CA reads the list within a second: n1's tokens are refused, n2's are not.
+    let deadline = std::time::Instant::now() + WAIT;
+    let message = loop {
+        match grpc
+            .create_certificate(request(ztunnel_n1, "ns/shop/sa/web", true))
+            .await
+        {
+            Err(status) if status.code() == Code::PermissionDenied => {
+                break status.message().to_owned();
+            }
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node n1 is still served after {WAIT:?}: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(message.contains("revoked: node n1"), "{message}");
+    common::expect_code(
+        grpc,
+        request(web, "ns/shop/sa/web", false),
+        Code::PermissionDenied,
+    )
+    .await;
+    grpc.create_certificate(request(ztunnel_n2, "ns/shop/sa/db", true))
+        .await
+        .expect("node n2 is untouched");
+    assert!(list::allow_reissue(data, &Subject::Node("n1".into())).expect("lift the denial"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while let Err(status) = grpc
+        .create_certificate(request(ztunnel_n1, "ns/shop/sa/web", true))
+        .await
+    {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node n1 is still refused {WAIT:?} after the denial was lifted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
