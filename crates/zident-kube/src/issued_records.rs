@@ -40,6 +40,11 @@ impl IssuedRecords {
         &self.own
     }
 
+    /// This replica's name as its record spells it (see [`replica_of`]).
+    pub fn own_replica(&self) -> &str {
+        replica_of(&self.own)
+    }
+
     /// Writes this replica's record (it is the only writer, so no version is needed).
     pub async fn write(&self, text: &str) -> Result<(), CallError> {
         let cm = ConfigMap {
@@ -90,6 +95,12 @@ impl IssuedRecords {
     }
 }
 
+/// The replica a record is of: its name without the prefix (lower-cased and made a valid
+/// object name, as the record's name is).
+pub fn replica_of(record: &str) -> &str {
+    record.strip_prefix(PREFIX).unwrap_or(record)
+}
+
 /// `zident-ca-issued-<replica>`, lower-cased, with anything an object name may not hold
 /// replaced by `-`, and cut to the 253 bytes a name may have.
 fn record_name(replica: &str) -> String {
@@ -121,5 +132,6 @@ mod tests {
         );
         assert_eq!(record_name(&"x".repeat(400)).len(), 253);
         assert_eq!(record_name("a:"), "zident-ca-issued-a");
+        assert_eq!(replica_of(&record_name("Host_1")), "host-1");
     }
 }

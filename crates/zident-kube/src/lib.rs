@@ -50,7 +50,7 @@ pub use connection::{Connection, REQUEST_TIMEOUT};
 pub use error::SourceError;
 pub use events::EventPublisher;
 pub use finding::{Finding, ObjectRef, Severity};
-pub use issued_records::{ISSUED_KEY, ISSUED_LABEL, IssuedRecords};
+pub use issued_records::{ISSUED_KEY, ISSUED_LABEL, IssuedRecords, replica_of};
 pub use lease::{Holder, LeaderLease};
 pub use mesh_config::{MeshConfigError, MeshSettings};
 pub use pods::{PodDirectory, PodFacts};

@@ -13,6 +13,7 @@ mod logging;
 mod open_files;
 mod print;
 mod revoke;
+mod revoke_cluster;
 mod rotate;
 mod style;
 mod up;

@@ -1,17 +1,20 @@
 //! `zident ca revoke`, `zident ca allow-reissue` and `zident ca revocations`: revocation, decided
-//! by an operator on the CA's data dir, whether its CA is running or not, or in the replicas'
-//! shared datastore (`--datastore`); a running CA reads the list within a second and signs its
-//! CRLs again (every replica, with a datastore).
+//! by an operator on the CA's data dir, whether its CA is running or not, in the replicas'
+//! shared datastore (`--datastore`), or in the API server for replicas run with
+//! `--roots-in-cluster` (`--kubernetes`, see `revoke_cluster`); a running CA reads the list
+//! within a second and signs its CRLs again (every replica, with a datastore or the cluster).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use zident_ca::revocation::list::{self, normalize_serial};
-use zident_ca::revocation::{Reason, Revocations, Subject, Target};
+use zident_ca::revocation::{Reason, Revocations, Revoked, Subject, Target};
 use zident_identity::{SpiffeId, rfc3339};
 
 use crate::datastore_cli::OptionalDatastore;
+use crate::duration::parse_duration;
+use crate::revoke_cluster::{self as cluster, Cluster, ClusterArg};
 
 /// Flags of `zident ca revoke`.
 #[derive(Debug, clap::Args)]
@@ -39,6 +42,12 @@ pub struct RevokeArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub store: OptionalDatastore,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
+    /// With --kubernetes: how long to wait for every replica to answer (each revokes what it
+    /// issued); one that does not answers when it next runs.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "kubernetes")]
+    pub wait: std::time::Duration,
 }
 
 /// Flags of `zident ca allow-reissue`.
@@ -56,6 +65,8 @@ pub struct AllowArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub store: OptionalDatastore,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
 }
 
 /// Flags of `zident ca revocations`.
@@ -66,6 +77,8 @@ pub struct ListArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub store: OptionalDatastore,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -73,13 +86,16 @@ pub struct ListArgs {
 
 /// `zident ca revoke`.
 pub async fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
-    let target = match (args.serial, args.identity, args.node) {
-        (Some(s), _, _) => Target::Serial(normalize_serial(&s)?),
-        (_, Some(id), _) => Target::Identity(id),
-        (_, _, Some(n)) => Target::Node(n),
+    let target = match (&args.serial, &args.identity, &args.node) {
+        (Some(s), _, _) => Target::Serial(normalize_serial(s)?),
+        (_, Some(id), _) => Target::Identity(id.clone()),
+        (_, _, Some(n)) => Target::Node(n.clone()),
         _ => return Err("name what to revoke: --serial, --identity or --node".into()),
     };
     let now = SystemTime::now();
+    if args.cluster.kubernetes {
+        return revoke_in_cluster(&args, &target).await;
+    }
     let (added, next) = match &args.store.datastore {
         Some(url) => {
             let mut store = crate::datastore_cli::connect(url).await?;
@@ -114,7 +130,16 @@ pub async fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
             )
         }
     };
-    for r in &added {
+    print_revoked(&added, args.deny_reissue);
+    println!("{next}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a revocation revoked and denied, as `zident ca revoke` says it.
+fn print_revoked<'a>(added: impl IntoIterator<Item = &'a Revoked>, denied: bool) {
+    let mut any = false;
+    for r in added {
+        any = true;
         println!(
             "revoked {} ({}, {}), valid until {}",
             r.serial,
@@ -123,13 +148,39 @@ pub async fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
             rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.not_after))
         );
     }
-    if added.is_empty() {
+    if !any {
         println!("nothing new to revoke: every certificate it names is revoked already");
     }
-    if args.deny_reissue {
+    if denied {
         println!("its requests for new certificates are refused until `zident ca allow-reissue`");
     }
-    println!("{next}");
+}
+
+/// `zident ca revoke --kubernetes`.
+async fn revoke_in_cluster(args: &RevokeArgs, target: &Target) -> Result<ExitCode, String> {
+    let c = Cluster::connect(&args.cluster).await?;
+    let (doc, request, missing) =
+        cluster::revoke(&c, target, args.reason, args.deny_reissue, args.wait).await?;
+    let serials = request.serials();
+    print_revoked(
+        doc.list
+            .revoked
+            .iter()
+            .filter(|r| serials.contains(r.serial.as_str())),
+        args.deny_reissue,
+    );
+    for (replica, revoked) in &request.answers {
+        println!("replica {replica} answered: {} revoked", revoked.len());
+    }
+    if missing.is_empty() {
+        println!("every replica signs its CRLs again within a second");
+    } else {
+        println!(
+            "not answered within {:?} by: {} (each revokes what it issued when it next runs; until then those certificates are not in the CRLs)",
+            args.wait,
+            missing.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -141,6 +192,13 @@ pub async fn allow(args: AllowArgs) -> Result<ExitCode, String> {
         _ => return Err("name whose reissue to allow: --identity or --node".into()),
     };
     let (lifted, place) = match &args.store.datastore {
+        None if args.cluster.kubernetes => {
+            let c = Cluster::connect(&args.cluster).await?;
+            (
+                cluster::allow(&c, &subject).await?,
+                format!("namespace {}", args.cluster.kubernetes_namespace),
+            )
+        }
         Some(url) => {
             let mut store = crate::datastore_cli::connect(url).await?;
             let lifted = store
@@ -166,6 +224,9 @@ pub async fn allow(args: AllowArgs) -> Result<ExitCode, String> {
 
 /// `zident ca revocations`.
 pub async fn list(args: ListArgs) -> Result<ExitCode, String> {
+    if args.cluster.kubernetes {
+        return list_in_cluster(&args).await;
+    }
     let mut list = match &args.store.datastore {
         Some(url) => crate::datastore_cli::connect(url)
             .await?
@@ -184,7 +245,16 @@ pub async fn list(args: ListArgs) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let time = |s: u64| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+    print_list(&list);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn time(s: u64) -> String {
+    rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+}
+
+/// The revoked certificates and the denials, as `zident ca revocations` prints them.
+fn print_list(list: &Revocations) {
     if list.revoked.is_empty() {
         println!("no certificate is revoked");
     } else {
@@ -207,6 +277,43 @@ pub async fn list(args: ListArgs) -> Result<ExitCode, String> {
             d.subject,
             d.reason,
             time(d.since)
+        );
+    }
+}
+
+/// `zident ca revocations --kubernetes`: the list, and each request with the replicas that
+/// have not answered it.
+async fn list_in_cluster(args: &ListArgs) -> Result<ExitCode, String> {
+    let c = Cluster::connect(&args.cluster).await?;
+    let (mut doc, replicas) = cluster::pending(&c).await?;
+    doc.list.prune(SystemTime::now());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_list(&doc.list);
+    for r in &doc.requests {
+        let missing: Vec<&str> = replicas
+            .iter()
+            .filter(|n| !r.answers.contains_key(*n))
+            .map(String::as_str)
+            .collect();
+        println!(
+            "request {} ({}, {}, made {}): {} revoked by {} replicas{}",
+            r.id,
+            r.target,
+            r.reason,
+            time(r.at),
+            r.serials().len(),
+            r.answers.len(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; not answered yet by {}", missing.join(", "))
+            }
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -7,7 +7,10 @@
 //! - one ConfigMap per replica, `zident-ca-issued-<replica>`: what it issued, for the rule that
 //!   activation waits for clients which learn roots only from responses (`issued_text`);
 //! - the Lease `zident-ca-leader`: the replica holding it takes the scheduled rotation steps;
-//!   when it dies another takes over within the Lease's duration (`replica`).
+//!   when it dies another takes over within the Lease's duration (`replica`);
+//! - the Secret `zident-ca-revocations`: the revocation list every replica signs its CRLs
+//!   from, and operators' requests, each answered by every replica for what it issued
+//!   (`revocations`).
 //!
 //! Each replica keeps a working copy in its data dir and serves from it, as a replica on
 //! PostgreSQL does: issuance never waits on the API server, and a replica that loses the API
@@ -17,9 +20,11 @@
 
 mod issued_text;
 pub(crate) mod replica;
+pub mod revocations;
 pub mod secret_format;
 mod store;
 
+pub use revocations::{ClusterRevocations, REVOCATIONS_SECRET, Request, RevocationSecret};
 pub use store::{ClusterStoreError, ROOTS_SECRET, SecretRoots};
 
 use std::time::Duration;

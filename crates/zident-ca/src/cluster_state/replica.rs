@@ -1,7 +1,8 @@
 //! A replica on the API server: at start, the roots Secret is made (by the first replica to
 //! start) or read, and written into the data dir as the working copy the CA loads; then, once
-//! a second, the replica follows the Secret, writes what it issued to its record, renews or
-//! waits for the Lease, and while it holds the Lease takes the rotation steps that are due.
+//! a second, the replica follows the Secret and the revocation Secret (answering revocation
+//! requests for what it issued), writes what it issued to its record, renews or waits for the
+//! Lease, and while it holds the Lease takes the rotation steps that are due.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use zident_identity::TrustDomain;
 use zident_kube::{Connection, Holder, LeaderLease, Versioned};
 
+use super::revocations::RevocationSecret;
 use super::store::{ClusterStoreError, SecretRoots};
 use super::{ClusterStateConfig, LEADER_LEASE, issued_text, secret_format};
 use crate::config::CaConfig;
@@ -27,6 +29,8 @@ const POLL: Duration = Duration::from_secs(1);
 const SWEEP: Duration = Duration::from_secs(60);
 /// How many times start-up reads again after losing a race to create or upgrade the Secret.
 const ATTEMPTS: usize = 5;
+/// How long past the longest certificate lifetime a revocation request is kept (clocks).
+const REQUEST_MARGIN: u64 = 60;
 
 /// What [`prepare`] leaves for the running replica.
 pub(crate) struct Prepared {
@@ -174,9 +178,18 @@ pub(crate) async fn run(
     );
     let mut swept = Instant::now();
     let mut record_due = true;
+    let revocations = RevocationSecret::new(&connection, &namespace);
+    let mut revocations_followed: Option<String> = None;
     loop {
         let round = async {
             follow(&config, &roots, &mut followed, &running).await?;
+            follow_revocations(
+                &config,
+                &revocations,
+                roots.records.own_replica(),
+                &mut revocations_followed,
+            )
+            .await?;
             // What this replica issued: its whole ledger, when anything was added.
             let outbox = running.state.ledger.take_outbox();
             if record_due || !outbox.is_empty() {
@@ -294,6 +307,65 @@ async fn follow(
             Ok(())
         }
         Ok(Err(e)) => Err(e.to_string()),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Follows the revocation Secret: answers the requests this replica has not answered from its
+/// own ledger (what it issued), and writes the list in force into the data dir when it changed
+/// (the CA's publisher signs its CRLs from that file within a second). Without the Secret, the
+/// list is empty: the cluster, not a replica's data dir, says what is revoked.
+async fn follow_revocations(
+    config: &CaConfig,
+    revocations: &RevocationSecret,
+    replica: &str,
+    followed: &mut Option<String>,
+) -> Result<(), String> {
+    let keep = config.ttl.max_ttl.as_secs() + REQUEST_MARGIN;
+    let mut read = revocations.read().await.map_err(|e| e.to_string())?;
+    if let Some((doc, _)) = &read
+        && doc.has_work(replica, SystemTime::now(), keep)
+    {
+        let dir = config.data_dir.clone();
+        let issued = match tokio::task::spawn_blocking(move || {
+            crate::roots::ledger::certificates(&dir, SystemTime::now())
+        })
+        .await
+        {
+            Ok(issued) => issued,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Ok(()),
+        };
+        revocations
+            .change(|doc| {
+                doc.answer(replica, &issued, SystemTime::now(), keep);
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(target: "zident::ca", %replica, "answered the revocation requests for what this replica issued");
+        read = revocations.read().await.map_err(|e| e.to_string())?;
+    }
+    let (list, version) = match read {
+        Some((doc, version)) => (doc.list, version),
+        None => (Default::default(), String::new()),
+    };
+    let dir = config.data_dir.clone();
+    if followed.as_deref() == Some(version.as_str())
+        && dir.join(crate::revocation::list::REVOCATIONS_FILE).exists()
+    {
+        return Ok(());
+    }
+    let saved = tokio::task::spawn_blocking(move || list.save(&dir)).await;
+    match saved {
+        Ok(Ok(())) => {
+            *followed = Some(version);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!(
+            "cannot write the revocation list's working copy: {e}"
+        )),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Ok(()),
     }

@@ -55,6 +55,12 @@ pub enum ClusterStoreError {
     /// The first generation could not be made.
     #[error("cannot make the first root: {0}")]
     Make(String),
+    /// The revocation Secret's contents are unusable, or it could not be written.
+    #[error("{0}")]
+    Revocations(String),
+    /// A change was refused; nothing was written.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn store(e: ClusterStoreError) -> RotationError {

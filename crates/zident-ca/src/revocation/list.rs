@@ -83,14 +83,52 @@ pub struct Revocations {
 }
 
 /// What `zident ca revoke` names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     /// One certificate.
     Serial(String),
     /// Every valid certificate of an identity.
-    Identity(SpiffeId),
+    Identity(#[serde(with = "id_text")] SpiffeId),
     /// Every valid certificate a node's token obtained.
     Node(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Serial(s) => write!(f, "serial {s}"),
+            Target::Identity(id) => write!(f, "identity {id}"),
+            Target::Node(n) => write!(f, "node {n}"),
+        }
+    }
+}
+
+impl Target {
+    /// Whose denial of reissue a revocation of this target with `--deny-reissue` makes, when
+    /// that is known without the ledger (a serial's identity is found there).
+    pub fn subject(&self) -> Option<Subject> {
+        match self {
+            Target::Serial(_) => None,
+            Target::Identity(id) => Some(Subject::Identity(id.to_string())),
+            Target::Node(n) => Some(Subject::Node(n.clone())),
+        }
+    }
+}
+
+/// A SPIFFE ID as its text in JSON.
+mod id_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use zident_identity::SpiffeId;
+
+    pub fn serialize<S: Serializer>(id: &SpiffeId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SpiffeId, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why a revocation could not be made; nothing was changed.
@@ -237,11 +275,11 @@ impl Revocations {
     ) -> Result<Vec<Revoked>, String> {
         self.prune(now);
         let found = matching(issued, target);
-        let denial = match (target, deny_reissue) {
-            (Target::Identity(id), true) => Some(Subject::Identity(id.to_string())),
-            (Target::Node(n), true) => Some(Subject::Node(n.clone())),
-            (Target::Serial(_), true) => found.first().map(|c| Subject::Identity(c.id.clone())),
-            (_, false) => None,
+        let denial = match deny_reissue {
+            true => target
+                .subject()
+                .or_else(|| found.first().map(|c| Subject::Identity(c.id.clone()))),
+            false => None,
         };
         if found.is_empty() && denial.is_none() {
             return Err(match target {
