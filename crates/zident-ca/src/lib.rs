@@ -182,7 +182,7 @@ impl RunningCa {
         if replica.is_some() || in_cluster.is_some() {
             state.ledger.share();
         }
-        if replica.is_some() {
+        if replica.is_some() || in_cluster.is_some() {
             state
                 .ledger
                 .share_certificates(&config.data_dir, std::time::SystemTime::now());

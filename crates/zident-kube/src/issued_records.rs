@@ -1,7 +1,12 @@
-//! What each CA replica issued, in a ConfigMap of its own (`zident-ca-issued-<replica>`,
-//! labelled so the leader finds them all): each replica writes only its own, so they never
-//! conflict, and the leader reads every one before it activates a prepared root. No key is in
-//! them; the text's format is the CA's business.
+//! What each CA replica issued, in ConfigMaps of its own, labelled so the others find them
+//! all: each replica writes only its own, so they never conflict. Two kinds:
+//! - `zident-ca-issued-<replica>`: its latest issuance per identity; the leader reads every one
+//!   before it activates a prepared root;
+//! - `zident-ca-serials-<replica>`: the certificates it issued that are still valid, by serial,
+//!   so that a revocation reaches what a replica issued after the replica (and its data dir)
+//!   is gone.
+//!
+//! No key is in them; the text's format is the CA's business.
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -10,28 +15,55 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use crate::call::{CallError, bounded};
 use crate::connection::Connection;
 
-/// The label every record carries, and its value.
-pub const ISSUED_LABEL: (&str, &str) = ("zident.io/ca-issued", "true");
-/// The key holding the text.
-pub const ISSUED_KEY: &str = "issued";
-/// The name's prefix; the replica's name follows.
-const PREFIX: &str = "zident-ca-issued-";
+/// Which records: their names' prefix, their label and the key holding the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordKind {
+    prefix: &'static str,
+    label: &'static str,
+    key: &'static str,
+}
 
-/// The records in one namespace, written as replica `replica`.
+/// The latest issuance per identity (for root activation).
+pub const ISSUED: RecordKind = RecordKind {
+    prefix: "zident-ca-issued-",
+    label: "zident.io/ca-issued",
+    key: "issued",
+};
+
+/// The valid certificates by serial (for revocation).
+pub const SERIALS: RecordKind = RecordKind {
+    prefix: "zident-ca-serials-",
+    label: "zident.io/ca-serials",
+    key: "certificates",
+};
+
+/// The label every issued record carries, and its value.
+pub const ISSUED_LABEL: (&str, &str) = (ISSUED.label, "true");
+/// The key holding an issued record's text.
+pub const ISSUED_KEY: &str = ISSUED.key;
+
+/// The records of one kind in one namespace, written as replica `replica`.
 #[derive(Clone)]
 pub struct IssuedRecords {
     api: Api<ConfigMap>,
     namespace: String,
     own: String,
+    kind: RecordKind,
 }
 
 impl IssuedRecords {
-    /// `replica`'s record in `namespace` (the name is made a valid object name).
+    /// `replica`'s issued record in `namespace` (the name is made a valid object name).
     pub fn new(connection: &Connection, namespace: &str, replica: &str) -> Self {
+        Self::of(ISSUED, connection, namespace, replica)
+    }
+
+    /// `replica`'s record of `kind` in `namespace`.
+    pub fn of(kind: RecordKind, connection: &Connection, namespace: &str, replica: &str) -> Self {
         Self {
             api: Api::namespaced(connection.client.clone(), namespace),
             namespace: namespace.to_owned(),
-            own: record_name(replica),
+            own: record_name(kind.prefix, replica),
+            kind,
         }
     }
 
@@ -53,14 +85,14 @@ impl IssuedRecords {
                 namespace: Some(self.namespace.clone()),
                 labels: Some(
                     [
-                        (ISSUED_LABEL.0.to_owned(), ISSUED_LABEL.1.to_owned()),
+                        (self.kind.label.to_owned(), "true".to_owned()),
                         ("app.kubernetes.io/name".to_owned(), "zident".to_owned()),
                     ]
                     .into(),
                 ),
                 ..Default::default()
             },
-            data: Some([(ISSUED_KEY.to_owned(), text.to_owned())].into()),
+            data: Some([(self.kind.key.to_owned(), text.to_owned())].into()),
             ..Default::default()
         };
         match bounded(self.api.replace(&self.own, &PostParams::default(), &cm)).await {
@@ -71,16 +103,16 @@ impl IssuedRecords {
         }
     }
 
-    /// Every replica's record: its name and text.
+    /// Every replica's record of this kind: its name and text.
     pub async fn read_all(&self) -> Result<Vec<(String, String)>, CallError> {
-        let selector = format!("{}={}", ISSUED_LABEL.0, ISSUED_LABEL.1);
+        let selector = format!("{}=true", self.kind.label);
         let list = bounded(self.api.list(&ListParams::default().labels(&selector))).await?;
         Ok(list
             .items
             .into_iter()
             .filter_map(|cm| {
                 let name = cm.metadata.name?;
-                let text = cm.data?.remove(ISSUED_KEY).unwrap_or_default();
+                let text = cm.data?.remove(self.kind.key).unwrap_or_default();
                 Some((name, text))
             })
             .collect())
@@ -95,16 +127,19 @@ impl IssuedRecords {
     }
 }
 
-/// The replica a record is of: its name without the prefix (lower-cased and made a valid
-/// object name, as the record's name is).
+/// The replica a record (of either kind) is of: its name without the prefix (lower-cased and
+/// made a valid object name, as the record's name is).
 pub fn replica_of(record: &str) -> &str {
-    record.strip_prefix(PREFIX).unwrap_or(record)
+    [ISSUED.prefix, SERIALS.prefix]
+        .iter()
+        .find_map(|p| record.strip_prefix(p))
+        .unwrap_or(record)
 }
 
-/// `zident-ca-issued-<replica>`, lower-cased, with anything an object name may not hold
-/// replaced by `-`, and cut to the 253 bytes a name may have.
-fn record_name(replica: &str) -> String {
-    let mut name: String = PREFIX.to_owned();
+/// `<prefix><replica>`, lower-cased, with anything an object name may not hold replaced by
+/// `-`, and cut to the 253 bytes a name may have.
+fn record_name(prefix: &str, replica: &str) -> String {
+    let mut name: String = prefix.to_owned();
     name.extend(replica.chars().map(|c| match c.to_ascii_lowercase() {
         c @ ('a'..='z' | '0'..='9' | '-' | '.') => c,
         _ => '-',
@@ -122,16 +157,15 @@ mod tests {
 
     #[test]
     fn a_replica_name_becomes_a_valid_object_name() {
+        let name = |replica: &str| record_name(ISSUED.prefix, replica);
+        assert_eq!(name("zident-ca-7d9f"), "zident-ca-issued-zident-ca-7d9f");
         assert_eq!(
-            record_name("zident-ca-7d9f"),
-            "zident-ca-issued-zident-ca-7d9f"
-        );
-        assert_eq!(
-            record_name("Host_1:127.0.0.1:15012"),
+            name("Host_1:127.0.0.1:15012"),
             "zident-ca-issued-host-1-127.0.0.1-15012"
         );
-        assert_eq!(record_name(&"x".repeat(400)).len(), 253);
-        assert_eq!(record_name("a:"), "zident-ca-issued-a");
-        assert_eq!(replica_of(&record_name("Host_1")), "host-1");
+        assert_eq!(name(&"x".repeat(400)).len(), 253);
+        assert_eq!(name("a:"), "zident-ca-issued-a");
+        assert_eq!(replica_of(&name("Host_1")), "host-1");
+        assert_eq!(replica_of(&record_name(SERIALS.prefix, "ca-0")), "ca-0");
     }
 }

@@ -50,7 +50,9 @@ pub use connection::{Connection, REQUEST_TIMEOUT};
 pub use error::SourceError;
 pub use events::EventPublisher;
 pub use finding::{Finding, ObjectRef, Severity};
-pub use issued_records::{ISSUED_KEY, ISSUED_LABEL, IssuedRecords, replica_of};
+pub use issued_records::{
+    ISSUED, ISSUED_KEY, ISSUED_LABEL, IssuedRecords, RecordKind, SERIALS, replica_of,
+};
 pub use lease::{Holder, LeaderLease};
 pub use mesh_config::{MeshConfigError, MeshSettings};
 pub use pods::{PodDirectory, PodFacts};

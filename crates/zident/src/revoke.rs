@@ -172,13 +172,26 @@ async fn revoke_in_cluster(args: &RevokeArgs, target: &Target) -> Result<ExitCod
     for (replica, revoked) in &request.answers {
         println!("replica {replica} answered: {} revoked", revoked.len());
     }
-    if missing.is_empty() {
+    let (covered, unanswered): (Vec<&String>, Vec<&String>) = missing
+        .iter()
+        .partition(|r| request.covered.contains_key(*r));
+    for r in covered {
+        println!(
+            "replica {r} did not answer (gone?): replica {} revoked what its serials record lists",
+            request.covered[r]
+        );
+    }
+    if unanswered.is_empty() {
         println!("every replica signs its CRLs again within a second");
     } else {
         println!(
             "not answered within {:?} by: {} (each revokes what it issued when it next runs; until then those certificates are not in the CRLs)",
             args.wait,
-            missing.join(", ")
+            unanswered
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

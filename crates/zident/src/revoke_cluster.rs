@@ -11,6 +11,9 @@ use zident_ca::cluster_state::{ClusterRevocations, Request, RevocationSecret};
 use zident_ca::revocation::{Reason, Subject, Target};
 use zident_kube::{Connection, IssuedRecords, replica_of};
 
+/// How long `revoke` waits, at least, for replicas that only another replica answered for.
+const COVERED_WAIT: Duration = Duration::from_secs(3);
+
 /// The API server of CA replicas run with `--roots-in-cluster`.
 #[derive(Debug, clap::Args)]
 pub struct ClusterArg {
@@ -108,7 +111,8 @@ pub async fn revoke(
         .await
         .map_err(|e| e.to_string())?;
     let replicas = cluster.replicas().await?;
-    let deadline = Instant::now() + wait;
+    let started = Instant::now();
+    let deadline = started + wait;
     let (doc, answered, missing) = loop {
         let doc = cluster.read().await?;
         let answered = doc
@@ -127,13 +131,20 @@ pub async fn revoke(
             .filter(|r| !answered.answers.contains_key(*r))
             .cloned()
             .collect();
-        if missing.is_empty() || Instant::now() >= deadline {
+        // A replica that is gone never answers: once another covered it from its serials
+        // record, and live replicas had time to answer (they look every second), it is enough.
+        let covered = missing.iter().all(|r| answered.covered.contains_key(r));
+        if missing.is_empty()
+            || Instant::now() >= deadline
+            || (covered && started.elapsed() >= COVERED_WAIT)
+        {
             break (doc, answered, missing);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let denial_made = deny_reissue && target.subject().is_some();
-    if answered.serials().is_empty() && missing.is_empty() && !denial_made {
+    let unanswered = missing.iter().any(|r| !answered.covered.contains_key(r));
+    if answered.serials().is_empty() && !unanswered && !denial_made {
         cluster
             .secret
             .change(|doc| {

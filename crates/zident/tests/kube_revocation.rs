@@ -1,6 +1,7 @@
 //! Revocation for `zident ca --kubernetes --roots-in-cluster` replicas on a real API server:
 //! `zident ca revoke --kubernetes` by identity, node and serial reaches what *each* replica
-//! issued (only its own ledger names it), every replica's `/crl` lists it, a node's denial of
+//! issued (its own ledger names it), and what a replica that is gone for good issued (its
+//! serials record names it), every replica's `/crl` lists it, a node's denial of
 //! reissue is enforced by every replica until `allow-reissue` lifts it, a serial no replica
 //! issued changes nothing, and a replica started afterwards serves the same list.
 //!
@@ -111,11 +112,43 @@ async fn revocation_reaches_what_every_replica_issued() {
     .expect("mesh file");
     let r0 = CaReplica::start(BIN, api, base.path(), NS, "ca-0", FLAGS);
     let r1 = CaReplica::start(BIN, api, base.path(), NS, "ca-1", FLAGS);
-    until("two replicas serve", &[&r0, &r1], || {
-        r0.serving() && r1.serving() && r0.root_pem() == r1.root_pem()
+    let mut gone = CaReplica::start(BIN, api, base.path(), NS, "ca-gone", FLAGS);
+    until("three replicas serve", &[&r0, &r1, &gone], || {
+        [&r0, &r1, &gone]
+            .iter()
+            .all(|r| r.serving() && r.root_pem() == r0.root_pem())
     })
     .await;
     let both = [&r0, &r1];
+
+    // A replica issues web a certificate, and is then gone for good with its data dir (a pod
+    // with an emptyDir, deleted): what it issued is known only from its serials record.
+    let (web_gone, s_gone) = issue(&gone, "token-a", WEB)
+        .await
+        .expect("web from ca-gone");
+    let records: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), NS);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = records
+            .get_opt("zident-ca-serials-ca-gone")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|cm| cm.data?.remove("certificates"))
+            .unwrap_or_default();
+        if text.contains(&s_gone) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ca-gone's serials record never listed {s_gone}: {text}{}",
+            gone.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gone.kill9();
+    std::fs::remove_dir_all(&gone.dir).expect("remove ca-gone's data dir");
 
     // web from each replica, db from ca-1: each replica's ledger names only its own.
     let (web0, s_web0) = issue(&r0, "token-a", WEB).await.expect("web from ca-0");
@@ -140,15 +173,24 @@ async fn revocation_reaches_what_every_replica_issued() {
         out.contains(&s_web0) && out.contains(&s_web1) && !out.contains(&s_db1),
         "{out}"
     );
+    // ca-0 and ca-1 each revoke their own; the first to answer also ca-gone's, from its record.
+    assert!(out.contains(&s_gone), "{out}");
     assert!(
-        out.contains("replica ca-0 answered: 1 revoked")
-            && out.contains("replica ca-1 answered: 1 revoked"),
+        out.contains("replica ca-gone did not answer (gone?): replica ca-"),
         "{out}"
     );
-    until("every replica's /crl lists both of web's", &both, || {
+    assert!(
+        out.contains("replica ca-0 answered:") && out.contains("replica ca-1 answered:"),
+        "{out}"
+    );
+    until("every replica's /crl lists web's three", &both, || {
         both.iter().all(|r| {
-            served_crl(r)
-                .is_some_and(|l| l.is_revoked(&web0) && l.is_revoked(&web1) && !l.is_revoked(&db1))
+            served_crl(r).is_some_and(|l| {
+                l.is_revoked(&web0)
+                    && l.is_revoked(&web1)
+                    && l.is_revoked(&web_gone)
+                    && !l.is_revoked(&db1)
+            })
         })
     })
     .await;

@@ -6,6 +6,8 @@
 //!   at, so two replicas never make two roots or skip a phase (`store`);
 //! - one ConfigMap per replica, `zident-ca-issued-<replica>`: what it issued, for the rule that
 //!   activation waits for clients which learn roots only from responses (`issued_text`);
+//! - one ConfigMap per replica, `zident-ca-serials-<replica>`: its valid certificates by
+//!   serial, so that a revocation reaches them after the replica is gone (`serials_text`);
 //! - the Lease `zident-ca-leader`: the replica holding it takes the scheduled rotation steps;
 //!   when it dies another takes over within the Lease's duration (`replica`);
 //! - the Secret `zident-ca-revocations`: the revocation list every replica signs its CRLs
@@ -22,6 +24,7 @@ mod issued_text;
 pub(crate) mod replica;
 pub mod revocations;
 pub mod secret_format;
+mod serials_text;
 mod store;
 
 pub use revocations::{ClusterRevocations, REVOCATIONS_SECRET, Request, RevocationSecret};

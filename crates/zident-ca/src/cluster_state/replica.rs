@@ -9,17 +9,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use zident_identity::TrustDomain;
-use zident_kube::{Connection, Holder, LeaderLease, Versioned};
+use zident_kube::{Connection, Holder, IssuedRecords, LeaderLease, SERIALS, Versioned};
 
 use super::revocations::RevocationSecret;
 use super::store::{ClusterStoreError, SecretRoots};
-use super::{ClusterStateConfig, LEADER_LEASE, issued_text, secret_format};
+use super::{ClusterStateConfig, LEADER_LEASE, issued_text, secret_format, serials_text};
 use crate::config::CaConfig;
 use crate::datastore::replica::{ReplicaStatus, Running};
 use crate::error::CaError;
 use crate::reload;
 use crate::roots::authority::Authority;
 use crate::roots::dir_store;
+use crate::roots::ledger::IssuedCertificate;
 use crate::roots::rotation::{Phase, RotationState, StepRequest};
 use crate::roots::store::take_step;
 
@@ -180,16 +181,33 @@ pub(crate) async fn run(
     let mut record_due = true;
     let revocations = RevocationSecret::new(&connection, &namespace);
     let mut revocations_followed: Option<String> = None;
+    let serials = IssuedRecords::of(SERIALS, &connection, &namespace, &cluster.replica);
+    // This replica's valid certificates (from its ledger at start, then as it issues them).
+    let mut named: Vec<IssuedCertificate> = Vec::new();
+    let mut serials_due = true;
+    let mut said_left_out = false;
     loop {
         let round = async {
             follow(&config, &roots, &mut followed, &running).await?;
-            follow_revocations(
-                &config,
-                &revocations,
-                roots.records.own_replica(),
-                &mut revocations_followed,
-            )
-            .await?;
+            follow_revocations(&config, &revocations, &serials, &mut revocations_followed).await?;
+            let fresh = running.state.ledger.take_certificates();
+            if serials_due || !fresh.is_empty() {
+                serials_due = true;
+                named.extend(fresh);
+                let now = SystemTime::now();
+                let secs = zident_identity::unix_seconds(now);
+                named.retain(|c| c.issuance.not_after > secs);
+                let (text, left_out) = serials_text::encode(&named, now);
+                if left_out > 0 && !said_left_out {
+                    tracing::warn!(target: "zident::ca", record = serials.own_name(), left_out, "more valid certificates than a ConfigMap holds: the oldest are left out of the serials record (this replica still revokes them from its ledger while it runs)");
+                }
+                said_left_out = left_out > 0;
+                serials
+                    .write(&text)
+                    .await
+                    .map_err(|e| format!("cannot write {}: {e}", serials.own_name()))?;
+                serials_due = false;
+            }
             // What this replica issued: its whole ledger, when anything was added.
             let outbox = running.state.ledger.take_outbox();
             if record_due || !outbox.is_empty() {
@@ -232,7 +250,22 @@ pub(crate) async fn run(
             }
             if swept.elapsed() >= SWEEP {
                 swept = Instant::now();
-                sweep(&roots).await;
+                sweep(&roots.records, |text| {
+                    let now = zident_identity::unix_seconds(SystemTime::now());
+                    issued_text::decode(text)
+                        .0
+                        .iter()
+                        .all(|(_, i)| i.not_after <= now)
+                })
+                .await;
+                sweep(&serials, |text| {
+                    let now = zident_identity::unix_seconds(SystemTime::now());
+                    serials_text::decode(text)
+                        .0
+                        .iter()
+                        .all(|c| c.issuance.not_after <= now)
+                })
+                .await;
             }
             roots.own.clear();
         }
@@ -319,27 +352,40 @@ async fn follow(
 async fn follow_revocations(
     config: &CaConfig,
     revocations: &RevocationSecret,
-    replica: &str,
+    serials: &IssuedRecords,
     followed: &mut Option<String>,
 ) -> Result<(), String> {
+    let replica = serials.own_replica();
     let keep = config.ttl.max_ttl.as_secs() + REQUEST_MARGIN;
     let mut read = revocations.read().await.map_err(|e| e.to_string())?;
     if let Some((doc, _)) = &read
         && doc.has_work(replica, SystemTime::now(), keep)
     {
         let dir = config.data_dir.clone();
-        let issued = match tokio::task::spawn_blocking(move || {
+        let own = match tokio::task::spawn_blocking(move || {
             crate::roots::ledger::certificates(&dir, SystemTime::now())
         })
         .await
         {
-            Ok(issued) => issued,
+            Ok(own) => own,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => return Ok(()),
         };
+        let records: Vec<(String, Vec<IssuedCertificate>)> = serials
+            .read_all()
+            .await
+            .map_err(|e| format!("cannot list the replicas' serials records: {e}"))?
+            .into_iter()
+            .map(|(name, text)| {
+                (
+                    zident_kube::replica_of(&name).to_owned(),
+                    serials_text::decode(&text).0,
+                )
+            })
+            .collect();
         revocations
             .change(|doc| {
-                doc.answer(replica, &issued, SystemTime::now(), keep);
+                doc.answer(replica, &own, &records, SystemTime::now(), keep);
                 Ok(())
             })
             .await
@@ -417,17 +463,16 @@ async fn scheduled_step(
     }
 }
 
-/// Deletes the issued records in which every certificate has expired (replicas that are gone;
-/// a live replica writes its record again when it next issues).
-async fn sweep(roots: &SecretRoots) {
-    let Ok(records) = roots.records.read_all().await else {
+/// Deletes the other replicas' records (of one kind) in which every certificate has expired
+/// (`expired` says so of a record's text): replicas that are gone; a live replica writes its
+/// record again when it next issues.
+async fn sweep(records: &IssuedRecords, expired: impl Fn(&str) -> bool) {
+    let Ok(all) = records.read_all().await else {
         return;
     };
-    let now = zident_identity::unix_seconds(SystemTime::now());
-    for (name, text) in records {
-        let (entries, _) = issued_text::decode(&text);
-        if name != roots.records.own_name() && entries.iter().all(|(_, i)| i.not_after <= now) {
-            match roots.records.delete(&name).await {
+    for (name, text) in all {
+        if name != records.own_name() && expired(&text) {
+            match records.delete(&name).await {
                 Ok(()) => {
                     tracing::info!(target: "zident::ca", record = %name, "deleted an issued record whose certificates have all expired")
                 }

@@ -7,8 +7,11 @@
 //! for an identity or node at once), every replica finds the matching certificates it issued
 //! before the request, adds them to the list and records its answer (the serials it revoked);
 //! the command waits for the answers of every replica that has an issued record and says which
-//! did not answer. A replica that was down answers when it starts again. A request leaves once
-//! every certificate issued before it has expired (the CA's longest lifetime later).
+//! did not answer. A replica that was down answers when it starts again. So that a replica
+//! that is gone for good (its pod and data dir deleted) is answered for, every replica also
+//! writes its valid certificates' serials to a record of its own (`serials_text`), and each
+//! answer covers the other replicas' records too. A request leaves once every certificate
+//! issued before it has expired (the CA's longest lifetime later).
 //!
 //! Every write is made at the resourceVersion it was read at (the API server's optimistic
 //! concurrency), so two operators, or an operator and the replicas, never lose each other's
@@ -46,9 +49,13 @@ pub struct Request {
     pub deny_reissue: bool,
     /// When it was made, Unix seconds: certificates issued later are not revoked by it.
     pub at: u64,
-    /// Each replica's answer: the serials it revoked (empty when it issued none of them).
+    /// Each replica's answer: the serials it revoked (empty when it found none of them).
     #[serde(default)]
     pub answers: BTreeMap<String, Vec<String>>,
+    /// Replicas that have not answered themselves, whose serials record another replica read
+    /// for them (a replica that is gone answers no more): which replica did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub covered: BTreeMap<String, String>,
 }
 
 impl Request {
@@ -65,6 +72,7 @@ impl Request {
             deny_reissue,
             at: unix_seconds(now),
             answers: BTreeMap::new(),
+            covered: BTreeMap::new(),
         }
     }
 
@@ -100,19 +108,27 @@ impl ClusterRevocations {
             .any(|r| !r.answers.contains_key(replica) || r.at.saturating_add(keep) < now)
     }
 
-    /// Answers every request `replica` has not answered, from `issued` (the valid certificates
-    /// in its ledger): the certificates each names that were issued by the time it was made
-    /// are revoked (and a serial's identity denied reissue, if asked). Drops the requests made
-    /// more than `keep` ago and the revoked certificates that expired.
+    /// Answers every request `replica` has not answered, from `own` (the valid certificates in
+    /// its ledger) and `records` (the other replicas' serials records, by replica): the
+    /// certificates each names that were issued by the time it was made are revoked (and a
+    /// serial's identity denied reissue, if asked), and the replicas whose records were read
+    /// without their own answer are marked covered. Drops the requests made more than `keep`
+    /// ago and the revoked certificates that expired.
     pub fn answer(
         &mut self,
         replica: &str,
-        issued: &[IssuedCertificate],
+        own: &[IssuedCertificate],
+        records: &[(String, Vec<IssuedCertificate>)],
         now: SystemTime,
         keep: u64,
     ) {
         let secs = unix_seconds(now);
         self.requests.retain(|r| r.at.saturating_add(keep) >= secs);
+        let others = records.iter().filter(|(r, _)| r != replica);
+        let issued: Vec<&IssuedCertificate> = own
+            .iter()
+            .chain(others.clone().flat_map(|(_, certs)| certs))
+            .collect();
         for request in &mut self.requests {
             if request.answers.contains_key(replica) {
                 continue;
@@ -120,7 +136,7 @@ impl ClusterRevocations {
             let before: Vec<IssuedCertificate> = issued
                 .iter()
                 .filter(|c| c.issuance.at <= request.at)
-                .cloned()
+                .map(|c| (*c).clone())
                 .collect();
             let serials = self
                 .list
@@ -134,6 +150,14 @@ impl ClusterRevocations {
                 .map(|added| added.into_iter().map(|r| r.serial).collect())
                 .unwrap_or_default();
             request.answers.insert(replica.to_owned(), serials);
+            for (other, _) in others.clone() {
+                if !request.answers.contains_key(other) {
+                    request
+                        .covered
+                        .entry(other.clone())
+                        .or_insert_with(|| replica.to_owned());
+                }
+            }
         }
         self.list.prune(now);
     }
@@ -266,24 +290,57 @@ mod tests {
         ];
         let b = [cert("spiffe://td/api", "1a", "n1", 1040)];
         assert!(doc.has_work("a", at(1051), 200));
-        doc.answer("a", &a, at(1051), 200);
+        doc.answer("a", &a, &[], at(1051), 200);
         assert!(!doc.has_work("a", at(1051), 200));
         assert!(doc.has_work("b", at(1051), 200));
-        doc.answer("b", &b, at(1052), 200);
+        doc.answer("b", &b, &[], at(1052), 200);
         let serials: Vec<_> = doc.list.revoked.iter().map(|r| r.serial.as_str()).collect();
         assert_eq!(serials, ["0a", "1a"], "0b came after the request");
         assert_eq!(doc.requests[0].answers["a"], ["0a"]);
         assert_eq!(doc.requests[0].serials().len(), 2);
         // A replica with nothing of it answers with nothing; answering twice changes nothing.
         let before = doc.clone();
-        doc.answer("a", &a, at(1053), 200);
+        doc.answer("a", &a, &[], at(1053), 200);
         assert_eq!(doc, before);
-        doc.answer("c", &[], at(1053), 200);
+        doc.answer("c", &[], &[], at(1053), 200);
         assert!(doc.requests[0].answers["c"].is_empty());
         // The request outlives the certificates it named, then leaves; they leave the list.
         assert!(doc.has_work("z", at(1251), 200) && !doc.has_work("a", at(1250), 200));
-        doc.answer("a", &a, at(1251), 200);
+        doc.answer("a", &a, &[], at(1251), 200);
         assert!(doc.requests.is_empty() && doc.list.revoked.is_empty());
+    }
+
+    #[test]
+    fn a_replica_answers_for_one_that_is_gone_from_its_serials_record() {
+        let mut doc = ClusterRevocations::default();
+        doc.requests.push(Request::new(
+            Target::Identity("spiffe://td/web".parse().unwrap()),
+            Reason::KeyCompromise,
+            false,
+            at(1050),
+        ));
+        let gone = vec![
+            cert("spiffe://td/web", "2a", "n1", 1000),
+            cert("spiffe://td/db", "2b", "n1", 1000),
+        ];
+        let own_record = vec![cert("spiffe://td/web", "0a", "n1", 1000)];
+        let records = [
+            ("gone".to_owned(), gone),
+            ("a".to_owned(), own_record.clone()),
+        ];
+        doc.answer("a", &own_record, &records, at(1051), 200);
+        let serials: Vec<_> = doc.list.revoked.iter().map(|r| r.serial.as_str()).collect();
+        assert_eq!(
+            serials,
+            ["0a", "2a"],
+            "its own once, and the gone replica's web"
+        );
+        assert_eq!(doc.requests[0].covered["gone"], "a");
+        assert!(!doc.requests[0].covered.contains_key("a"));
+        // The replica itself, back, answers too: nothing new, and it is no longer only covered.
+        doc.answer("gone", &[], &records, at(1052), 200);
+        assert_eq!(doc.list.revoked.len(), 2);
+        assert!(doc.requests[0].answers.contains_key("gone"));
     }
 
     #[test]
@@ -295,11 +352,12 @@ mod tests {
             true,
             at(1050),
         ));
-        doc.answer("b", &[], at(1051), 200);
+        doc.answer("b", &[], &[], at(1051), 200);
         assert!(doc.list.denied.is_empty(), "b did not issue it");
         doc.answer(
             "a",
             &[cert("spiffe://td/web", "0a", "n1", 1000)],
+            &[],
             at(1051),
             200,
         );
