@@ -141,6 +141,7 @@ async fn the_manifests_install_and_grant_exactly_what_the_ca_uses() {
         ("update", "secrets/zident-ca-roots"),
         ("get", "secrets/zident-ca-revocations"),
         ("update", "secrets/zident-ca-revocations"),
+        ("watch", "secrets/zident-ca-revocations"),
         ("get", "secrets/cacerts"),
         ("create", "secrets"),
         ("get", "leases.coordination.k8s.io/zident-ca-leader"),

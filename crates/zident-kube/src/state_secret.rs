@@ -4,14 +4,20 @@
 //! keys mean is the CA's business; this is the API side alone.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::call::{CallError, bounded, found};
-use crate::connection::Connection;
+use crate::connection::{Connection, WATCH_SECONDS};
 
 /// The Secret's contents and the version they were read at.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -104,6 +110,28 @@ impl StateSecret {
     /// [`CallError::NotFound`] when it does not exist.
     pub async fn replace_any(&self, data: &BTreeMap<String, Vec<u8>>) -> Result<(), CallError> {
         self.overwrite(None, data).await
+    }
+
+    /// Wakes `notify` on every change of the Secret (and when the watch starts or starts
+    /// again), for as long as the returned task runs. The watch names this one Secret
+    /// (`metadata.name`), so RBAC can grant it by name; a broken watch is started again with
+    /// backoff, and the caller's own reads cover the gap.
+    pub fn watch_changes(&self, notify: Arc<Notify>) -> JoinHandle<()> {
+        let config = watcher::Config::default()
+            .fields(&format!("metadata.name={}", self.name))
+            .timeout(WATCH_SECONDS);
+        let stream = watcher(self.api.clone(), config).default_backoff();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Ok(
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
+                ) = event
+                {
+                    notify.notify_one();
+                }
+            }
+        })
     }
 
     /// Deletes it; a Secret already gone is not an error.

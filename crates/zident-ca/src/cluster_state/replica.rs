@@ -15,7 +15,7 @@ use super::revocations::RevocationSecret;
 use super::store::{ClusterStoreError, SecretRoots};
 use super::{ClusterStateConfig, LEADER_LEASE, issued_text, secret_format, serials_text};
 use crate::config::CaConfig;
-use crate::datastore::replica::{ReplicaStatus, Running};
+use crate::datastore::replica::{AbortOnDrop, ReplicaStatus, Running};
 use crate::error::CaError;
 use crate::reload;
 use crate::roots::authority::Authority;
@@ -181,6 +181,10 @@ pub(crate) async fn run(
     let mut record_due = true;
     let revocations = RevocationSecret::new(&connection, &namespace);
     let mut revocations_followed: Option<String> = None;
+    // A change of the revocation Secret starts a round at once (an operator's request is
+    // answered, and another replica's answer put in force, within moments).
+    let revocation_notice = Arc::new(tokio::sync::Notify::new());
+    let _watch = AbortOnDrop(revocations.watch_changes(revocation_notice.clone()));
     let serials = IssuedRecords::of(SERIALS, &connection, &namespace, &cluster.replica);
     // This replica's valid certificates (from its ledger at start, then as it issues them).
     let mut named: Vec<IssuedCertificate> = Vec::new();
@@ -189,7 +193,11 @@ pub(crate) async fn run(
     loop {
         let round = async {
             follow(&config, &roots, &mut followed, &running).await?;
-            follow_revocations(&config, &revocations, &serials, &mut revocations_followed).await?;
+            if follow_revocations(&config, &revocations, &serials, &mut revocations_followed)
+                .await?
+            {
+                running.state.revocations_copied.notify_one();
+            }
             let fresh = running.state.ledger.take_certificates();
             if serials_due || !fresh.is_empty() {
                 serials_due = true;
@@ -270,7 +278,10 @@ pub(crate) async fn run(
             roots.own.clear();
         }
         if !stepped {
-            tokio::time::sleep(POLL).await;
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = revocation_notice.notified() => {}
+            }
         }
     }
 }
@@ -346,15 +357,16 @@ async fn follow(
 }
 
 /// Follows the revocation Secret: answers the requests this replica has not answered from its
-/// own ledger (what it issued), and writes the list in force into the data dir when it changed
-/// (the CA's publisher signs its CRLs from that file within a second). Without the Secret, the
-/// list is empty: the cluster, not a replica's data dir, says what is revoked.
+/// own ledger (what it issued) and the other replicas' serials records, and writes the list in
+/// force into the data dir when it changed; says whether it did (the CA's publisher is then
+/// woken to sign its CRLs from that file). Without the Secret, the list is empty: the cluster,
+/// not a replica's data dir, says what is revoked.
 async fn follow_revocations(
     config: &CaConfig,
     revocations: &RevocationSecret,
     serials: &IssuedRecords,
     followed: &mut Option<String>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let replica = serials.own_replica();
     let keep = config.ttl.max_ttl.as_secs() + REQUEST_MARGIN;
     let mut read = revocations.read().await.map_err(|e| e.to_string())?;
@@ -369,7 +381,7 @@ async fn follow_revocations(
         {
             Ok(own) => own,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(false),
         };
         let records: Vec<(String, Vec<IssuedCertificate>)> = serials
             .read_all()
@@ -401,19 +413,19 @@ async fn follow_revocations(
     if followed.as_deref() == Some(version.as_str())
         && dir.join(crate::revocation::list::REVOCATIONS_FILE).exists()
     {
-        return Ok(());
+        return Ok(false);
     }
     let saved = tokio::task::spawn_blocking(move || list.save(&dir)).await;
     match saved {
         Ok(Ok(())) => {
             *followed = Some(version);
-            Ok(())
+            Ok(true)
         }
         Ok(Err(e)) => Err(format!(
             "cannot write the revocation list's working copy: {e}"
         )),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Ok(()),
+        Err(_) => Ok(false),
     }
 }
 

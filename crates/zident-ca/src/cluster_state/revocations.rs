@@ -182,6 +182,15 @@ impl RevocationSecret {
         self.secret.describe()
     }
 
+    /// Wakes `notify` on each change of the Secret, for as long as the returned task runs (a
+    /// replica answers a request within moments instead of at its next look).
+    pub fn watch_changes(
+        &self,
+        notify: std::sync::Arc<tokio::sync::Notify>,
+    ) -> tokio::task::JoinHandle<()> {
+        self.secret.watch_changes(notify)
+    }
+
     /// What it holds and the resourceVersion it was read at; `None` before the first
     /// revocation.
     pub async fn read(&self) -> Result<Option<(ClusterRevocations, String)>, ClusterStoreError> {

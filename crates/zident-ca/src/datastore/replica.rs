@@ -297,6 +297,9 @@ async fn sync(
         })
         .await?;
         status.revocations_version.store(version, Ordering::SeqCst);
+        if let Some(r) = running {
+            r.state.revocations_copied.notify_one();
+        }
     }
     Ok(())
 }
@@ -405,7 +408,7 @@ async fn session(
 }
 
 /// A task, aborted when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

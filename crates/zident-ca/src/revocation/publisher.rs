@@ -1,5 +1,5 @@
 //! The running CA's side of revocation: it follows `<data dir>/revocations.json` (checked every
-//! second), signs the CRLs again on every change, on every change of its keys, and at half their
+//! second, and at once when a shared store's replica copied a new list there), signs the CRLs again on every change, on every change of its keys, and at half their
 //! validity even when nothing changed (so a CRL is always well before its nextUpdate), keeps
 //! them for `/crl` and `/crl.der`, writes `<data dir>/crl.pem` for those who mount it (a
 //! ztunnel's `CRL_PATH`), and holds the denials the certificate service checks.
@@ -33,6 +33,7 @@ pub(crate) async fn run(state: Arc<CaState>, data_dir: PathBuf, validity: Durati
     loop {
         let keys_changed = tokio::select! {
             _ = ticker.tick() => false,
+            _ = state.revocations_copied.notified() => false,
             changed = keys.changed() => changed.is_ok(),
         };
         // The file is read and parsed again only when it was replaced (every writer replaces it
