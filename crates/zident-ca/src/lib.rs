@@ -48,6 +48,7 @@ mod server;
 mod service;
 mod startup;
 mod state;
+pub mod working_copy;
 mod xds;
 
 use std::net::SocketAddr;
@@ -156,6 +157,18 @@ impl RunningCa {
             },
             _ => None,
         };
+        // A replica's data dir is a working copy of its store: commands that would change it
+        // alone are refused there (`working_copy`).
+        let shared = match (&replica, &in_cluster) {
+            (Some(_), _) => Some(working_copy::SharedStore::Datastore),
+            (_, Some((_, _, namespace, _))) => {
+                Some(working_copy::SharedStore::Kubernetes(namespace.clone()))
+            }
+            _ => None,
+        };
+        if let Err(e) = working_copy::set(&config.data_dir, shared.as_ref()) {
+            tracing::warn!(target: "zident::ca", "cannot mark the data dir {} as a working copy: {e}", config.data_dir.display());
+        }
         let roots = startup::load_roots(&config, &trust_domain)?;
         let mut metrics_registry = MetricsRegistry::default();
         let metrics = metrics::CaMetrics::new(&mut metrics_registry);

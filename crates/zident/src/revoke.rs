@@ -116,6 +116,7 @@ pub async fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
             )
         }
         None => {
+            zident_ca::working_copy::refuse_copy(&args.data_dir, "revoke")?;
             let added = list::revoke(&args.data_dir, &target, args.reason, args.deny_reissue, now)
                 .map_err(|e| e.to_string())?;
             let file = args
@@ -220,10 +221,13 @@ pub async fn allow(args: AllowArgs) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             (lifted, "the datastore".to_owned())
         }
-        None => (
-            list::allow_reissue(&args.data_dir, &subject).map_err(|e| e.to_string())?,
-            args.data_dir.display().to_string(),
-        ),
+        None => {
+            zident_ca::working_copy::refuse_copy(&args.data_dir, "allow-reissue")?;
+            (
+                list::allow_reissue(&args.data_dir, &subject).map_err(|e| e.to_string())?,
+                args.data_dir.display().to_string(),
+            )
+        }
     };
     if lifted {
         println!("{subject} may be issued certificates again");

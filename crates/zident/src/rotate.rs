@@ -120,6 +120,10 @@ pub async fn run(action: CaAction) -> Result<ExitCode, String> {
         }) => ds::status(&url, json).await,
         CaAction::Rotate(args) => {
             let phase = args.phase.0;
+            zident_ca::working_copy::refuse_copy(
+                &args.data_dir,
+                &format!("rotate {}", phase.as_str()),
+            )?;
             if args.data_dir.join(zident_ca::plugged::STATE_FILE).exists()
                 && !args.data_dir.join(dir_store::STATE_FILE).exists()
             {

@@ -811,6 +811,27 @@ async fn a_revocation_in_the_datastore_reaches_every_replica() {
         String::from_utf8_lossy(&out.stderr).contains("no valid certificate with serial abcdef")
     );
 
+    // A replica's data dir is its working copy of the datastore: a change made there alone is
+    // refused, naming the datastore (the class: revoke, allow-reissue, rotate).
+    for args in [
+        &["ca", "revoke", "--serial", serial.as_str()][..],
+        &["ca", "allow-reissue", "--node", "node-a"],
+        &["ca", "rotate", "prepare"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&r1.dir)
+            .env_remove("ZIDENT_DATASTORE")
+            .output()
+            .expect("zident runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("working copy of a PostgreSQL datastore"),
+            "{args:?}: {err}"
+        );
+    }
+
     let out = w.zident(&[
         "ca",
         "allow-reissue",

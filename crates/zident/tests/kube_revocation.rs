@@ -243,6 +243,19 @@ async fn revocation_reaches_what_every_replica_issued() {
     }
     assert!(out.contains("reissue denied: node node-b"), "{out}");
 
+    // A replica's data dir is its working copy of the cluster's state: revoking there alone is
+    // refused, naming the namespace to give instead.
+    let out = Command::new(BIN)
+        .args(["ca", "revoke", "--identity", WEB, "--data-dir"])
+        .arg(&r0.dir)
+        .output()
+        .expect("zident runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("--kubernetes --kubernetes-namespace {NS}")),
+        "{err}"
+    );
+
     // A serial no replica issued: refused, and nothing stays behind.
     let (code, out) = revoke_cmd(api, &["revoke", "--serial", "0f:ee:dd"]);
     assert_ne!(code, 0, "{out}");
