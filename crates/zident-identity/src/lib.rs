@@ -47,8 +47,8 @@ pub use provider::{
 };
 pub use spiffe_id::{IdError, MAX_ID_BYTES, SpiffeId, TrustDomain};
 pub use svid::{
-    RuleResult, SvidError, SvidInfo, chain_root, check_leaf, check_time, leaf_rules, verify_chain,
-    verify_svid, verify_svid_root,
+    RuleResult, SvidError, SvidInfo, chain_root, check_leaf, check_parsed_leaf, check_time,
+    leaf_rules, verify_chain, verify_checked_svid_root, verify_svid, verify_svid_root,
 };
 
 /// Re-exported so callers name one version of the DER types.

@@ -153,13 +153,26 @@ pub fn verify_svid_root<'b>(
     now: SystemTime,
 ) -> Result<(SvidInfo, &'b CertificateDer<'static>), SvidError> {
     let leaf_der = chain.first().ok_or(SvidError::EmptyChain)?;
+    let info = check_leaf(leaf_der)?;
+    verify_checked_svid_root(chain, info, bundle, now)
+}
+
+/// [`verify_svid_root`] for a chain whose leaf (`chain[0]`) the caller has already read with
+/// [`check_parsed_leaf`], giving `info`: an agent parses each issued leaf once, checks its
+/// identity and key, and then has the chain verified, rather than parsing it three times.
+pub fn verify_checked_svid_root<'b>(
+    chain: &[CertificateDer<'_>],
+    info: SvidInfo,
+    bundle: &'b TrustBundle,
+    now: SystemTime,
+) -> Result<(SvidInfo, &'b CertificateDer<'static>), SvidError> {
+    let leaf_der = chain.first().ok_or(SvidError::EmptyChain)?;
     for (index, der) in chain.iter().enumerate().skip(1) {
         X509Certificate::from_der(der).map_err(|e| SvidError::Malformed {
             index,
             reason: e.to_string(),
         })?;
     }
-    let info = check_leaf(leaf_der)?;
     check_time(&info, now)?;
     if info.id.trust_domain_str() != bundle.trust_domain().as_str() {
         return Err(SvidError::WrongTrustDomain {
@@ -346,7 +359,12 @@ pub fn check_leaf(der: &[u8]) -> Result<SvidInfo, SvidError> {
         index: 0,
         reason: e.to_string(),
     })?;
-    let (id, rules) = leaf_rules(&cert);
+    check_parsed_leaf(&cert)
+}
+
+/// [`check_leaf`] of a leaf the caller has parsed (and reads more of).
+pub fn check_parsed_leaf(cert: &X509Certificate<'_>) -> Result<SvidInfo, SvidError> {
+    let (id, rules) = leaf_rules(cert);
     if let Some(e) = rules
         .into_iter()
         .find_map(|r| r.result.and_then(Result::err))

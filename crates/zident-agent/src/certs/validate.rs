@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use rustls_pki_types::CertificateDer;
 use zident_identity::pem::certs_from_pem;
 use zident_identity::{
-    Cause, SpiffeId, TrustBundle, WorkloadCertificate, WorkloadKey, verify_svid_root,
+    Cause, SpiffeId, TrustBundle, WorkloadCertificate, WorkloadKey, verify_checked_svid_root,
 };
 
 /// Why a CA response was refused.
@@ -72,7 +72,7 @@ pub fn check_response(
     let Some(first) = elements.first() else {
         return Err(ResponseError::Malformed("empty chain".into()));
     };
-    let leaf = first[0].clone();
+    let leaf = &first[0];
     // Istio puts the roots in the last element; everything between is intermediates.
     let (roots, intermediates): (Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>) =
         if elements.len() > 1 {
@@ -88,26 +88,28 @@ pub fn check_response(
             (vec![], first[1..].to_vec())
         };
 
-    let leaf_info =
-        zident_identity::check_leaf(&leaf).map_err(|e| ResponseError::Untrusted(e.to_string()))?;
+    // The leaf is parsed once: its rules, identity and key, then the chain's signatures.
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| ResponseError::Malformed(e.to_string()))?;
+    let leaf_info = zident_identity::check_parsed_leaf(&parsed)
+        .map_err(|e| ResponseError::Untrusted(e.to_string()))?;
     if &leaf_info.id != id {
         return Err(ResponseError::WrongIdentity {
             wanted: id.clone(),
             got: leaf_info.id.to_string(),
         });
     }
-    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf)
-        .map_err(|e| ResponseError::Malformed(e.to_string()))?;
     if parsed.public_key().raw != key.public_key_spki_der().as_slice() {
         return Err(ResponseError::WrongKey);
     }
-    let mut path = vec![leaf];
+    let mut path = vec![leaf.clone()];
     path.extend(intermediates);
-    let (info, root) = verify_svid_root(&path, trust, now).map_err(|e| match e {
-        e @ (zident_identity::SvidError::Expired { .. }
-        | zident_identity::SvidError::NotYetValid { .. }) => ResponseError::OutsideValidity(e),
-        e => ResponseError::Untrusted(e.to_string()),
-    })?;
+    let (info, root) =
+        verify_checked_svid_root(&path, leaf_info, trust, now).map_err(|e| match e {
+            e @ (zident_identity::SvidError::Expired { .. }
+            | zident_identity::SvidError::NotYetValid { .. }) => ResponseError::OutsideValidity(e),
+            e => ResponseError::Untrusted(e.to_string()),
+        })?;
     let root = root.clone();
     let cert = WorkloadCertificate::new(
         id.clone(),
