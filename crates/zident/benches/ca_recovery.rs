@@ -10,6 +10,11 @@
 
 mod common;
 
+/// The agent runs in this process: on the allocator the `zident` binary uses (jemalloc), as
+/// users run it, not on the C library's malloc.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::{Duration, Instant, SystemTime};
 
 use zident_agent::{AgentConfig, CaClientConfig, CertState, RunningAgent, TokenSource};
