@@ -3,9 +3,11 @@
 //! Each request for a certificate uses a fresh EC P-256 key, generated where it will be used
 //! and never sent anywhere: the CA only ever sees the CSR, which proves possession of the key.
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use rcgen::{
     CertificateParams, CustomExtension, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256,
-    PublicKeyData,
+    PublicKeyData, SignatureAlgorithm, SigningKey,
 };
 use zeroize::Zeroizing;
 
@@ -19,10 +21,15 @@ const OID_SUBJECT_ALT_NAME: &[u64] = &[2, 5, 29, 17];
 #[error("key or CSR generation failed: {0}")]
 pub struct KeyError(#[from] rcgen::Error);
 
-/// A private key for one workload certificate. The secret is held by rcgen's key pair, which
-/// zeroizes it when dropped; [`WorkloadKey::pkcs8_der`] hands out a zeroizing copy.
+/// A private key for one workload certificate, held by aws-lc (which wipes it when freed);
+/// [`WorkloadKey::pkcs8_der`] hands out a zeroizing copy.
+///
+/// Generated with aws-lc directly rather than through rcgen's `KeyPair`, which serializes a
+/// new key and parses it back (the parse checks the public key against the private one: a
+/// second point multiplication, more than the generation itself, for every certificate an
+/// agent asks for). rcgen signs the CSR through [`SigningKey`].
 pub struct WorkloadKey {
-    key: KeyPair,
+    key: EcdsaKeyPair,
 }
 
 impl std::fmt::Debug for WorkloadKey {
@@ -34,11 +41,31 @@ impl std::fmt::Debug for WorkloadKey {
     }
 }
 
+impl PublicKeyData for WorkloadKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.key.public_key().as_ref()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl SigningKey for WorkloadKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.key
+            .sign(&SystemRandom::new(), msg)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| rcgen::Error::RingUnspecified)
+    }
+}
+
 impl WorkloadKey {
     /// Generates a fresh EC P-256 key.
     pub fn generate() -> Result<Self, KeyError> {
         Ok(Self {
-            key: KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
+            key: EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+                .map_err(|_| rcgen::Error::RingUnspecified)?,
         })
     }
 
@@ -48,22 +75,34 @@ impl WorkloadKey {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.custom_extensions = vec![uri_san_extension(id)];
-        Ok(params.serialize_request(&self.key)?.pem()?)
+        Ok(params.serialize_request(self)?.pem()?)
     }
 
     /// The DER SubjectPublicKeyInfo, to check that an issued certificate carries this key.
     pub fn public_key_spki_der(&self) -> Vec<u8> {
-        self.key.subject_public_key_info()
+        self.subject_public_key_info()
     }
 
     /// The private key as PKCS#8 DER, in a buffer that is wiped when dropped.
     pub fn pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(self.key.serialize_der())
+        // Serializing a key aws-lc holds cannot fail; an empty key would be refused by
+        // whoever reads it.
+        Zeroizing::new(
+            self.key
+                .to_pkcs8v1()
+                .map(|d| d.as_ref().to_vec())
+                .unwrap_or_default(),
+        )
     }
 
-    /// The underlying rcgen key pair (for signing certificates in tests and tools).
-    pub fn key_pair(&self) -> &KeyPair {
-        &self.key
+    /// The key as an rcgen key pair (for signing certificates in tests and tools, and PEM),
+    /// parsed from its PKCS#8 form.
+    pub fn key_pair(&self) -> Result<KeyPair, KeyError> {
+        let der = self.pkcs8_der();
+        Ok(KeyPair::from_pkcs8_der_and_sign_algo(
+            &rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_slice()),
+            &PKCS_ECDSA_P256_SHA256,
+        )?)
     }
 }
 
@@ -134,6 +173,26 @@ mod tests {
             })
             .unwrap();
         assert!(raw[0].critical);
+    }
+
+    #[test]
+    fn the_key_survives_pkcs8_and_signs_what_its_public_key_verifies() {
+        let key = WorkloadKey::generate().unwrap();
+        let again = key.key_pair().unwrap();
+        assert_eq!(again.subject_public_key_info(), key.public_key_spki_der());
+        let msg = b"zident";
+        let sig = SigningKey::sign(&key, msg).unwrap();
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            key.der_bytes(),
+        )
+        .verify(msg, &sig)
+        .unwrap();
+        assert_ne!(
+            WorkloadKey::generate().unwrap().public_key_spki_der(),
+            key.public_key_spki_der(),
+            "each key is new"
+        );
     }
 
     #[test]

@@ -150,7 +150,10 @@ fn current(name: &str, state: &CertState, bundle: &TrustBundle) -> Option<(Strin
                 return None;
             };
             let chain = zident_identity::pem::certs_to_pem(&cert.chain);
-            let key = zeroize::Zeroizing::new(cert.key().key_pair().serialize_pem());
+            let key = zeroize::Zeroizing::new(zident_identity::pem::to_pem(
+                "PRIVATE KEY",
+                &cert.key().pkcs8_der(),
+            ));
             Some((
                 cert.serial_hex.clone(),
                 Secret {

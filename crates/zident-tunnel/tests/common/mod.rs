@@ -61,7 +61,7 @@ impl Ca {
         .unwrap();
         let (nb, na) = (params.not_before.into(), params.not_after.into());
         let issuer = Issuer::from_ca_cert_der(self.cert.der(), &self.key).unwrap();
-        let cert = params.signed_by(key.key_pair(), &issuer).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
         let serial = zident_identity::check_leaf(cert.der()).unwrap().serial_hex;
         Arc::new(WorkloadCertificate::new(
             id,
