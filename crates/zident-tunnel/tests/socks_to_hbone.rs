@@ -1,5 +1,6 @@
 //! The whole path with a client nobody here wrote: `curl --socks5` from a workload address,
-//! through outbound (SOCKS5 → HBONE mTLS) and inbound (HBONE → workload), to an HTTP server.
+//! through outbound (SOCKS5 → HBONE mTLS) and inbound (HBONE → workload), to an HTTP server;
+//! and 8 MiB echoed both ways at once over HBONE and to a destination outside the mesh.
 //! Refusals: an unknown source, a destination whose server presents another identity, and a
 //! policy DENY.
 
@@ -17,6 +18,10 @@ use zident_tunnel::{Inbound, LocalTarget, Serves};
 struct Mesh {
     http: SocketAddr,
     inbound: SocketAddr,
+    /// An echo workload behind the inbound (HBONE).
+    echo: SocketAddr,
+    /// An echo destination outside the mesh (`protocol: TCP`: no HBONE, copied as is).
+    plain: SocketAddr,
 }
 
 impl Directory for Mesh {
@@ -30,7 +35,15 @@ impl Directory for Mesh {
             expected,
         };
         match target {
-            Target::Addr(a) if *a == self.http => Ok(to_backend(vec![id("ns/default/sa/backend")])),
+            Target::Addr(a) if *a == self.http || *a == self.echo => Ok(Route {
+                target: *a,
+                ..to_backend(vec![id("ns/default/sa/backend")])
+            }),
+            Target::Addr(a) if *a == self.plain => Ok(Route {
+                target: self.plain,
+                hbone: None,
+                expected: vec![],
+            }),
             Target::Host(h, 80) if h == "backend.default.svc.cluster.local" => {
                 Ok(to_backend(vec![id("ns/default/sa/backend")]))
             }
@@ -63,6 +76,8 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
 
     // Workload B and its node's inbound, on B's address.
     let http = http_workload(SocketAddr::from(([127, 0, 0, 3], 0)), "hello from backend").await;
+    let echo = common::echo(SocketAddr::from(([127, 0, 0, 3], 0))).await;
+    let plain = common::echo(SocketAddr::from(([127, 0, 0, 5], 0))).await;
     let locals = Arc::new(Locals::new(
         vec![(
             IpAddr::from([127, 0, 0, 3]),
@@ -96,6 +111,8 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
         Arc::new(Mesh {
             http,
             inbound: inbound_addr,
+            echo,
+            plain,
         }),
         observer.clone(),
     ));
@@ -127,6 +144,16 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
     .await;
     assert!(ok, "{out}");
     assert_eq!(out, "hello from backend");
+
+    // Megabytes both ways at once, byte for byte, through every buffer size the pumps step
+    // through: over HBONE (frames gathered into one write on the receiving side) and to a
+    // destination outside the mesh (copied as is).
+    for (what, target) in [("HBONE", echo), ("plain TCP", plain)] {
+        let stream = common::socks_connect(socks_addr, [127, 0, 0, 2], target)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(echo_through(stream, 8 << 20).await, Ok(()), "{what}");
+    }
 
     // Both ends logged the tunnel with both principals.
     logged("inbound connection").await;
@@ -187,6 +214,8 @@ async fn curl_through_socks5_and_hbone_reaches_the_workload() {
         Arc::new(Mesh {
             http,
             inbound: inbound_addr,
+            echo,
+            plain,
         }),
         observer.clone(),
     ));
@@ -235,4 +264,48 @@ rules:\n  - - - principals: [{Exact: \"cluster.local/ns/default/sa/frontend\"}]\
     );
     // Every tunnel that carried bytes has closed and left the table.
     assert!(observer.open_tunnels().is_empty());
+}
+
+/// Writes `len` pseudo-random bytes into `stream` while reading them back, then half-closes:
+/// the echo must return every byte in order and then the end of the stream.
+async fn echo_through(stream: tokio::net::TcpStream, len: usize) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let sent: Vec<u8> = (0..len.div_ceil(8))
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .take(len)
+        .collect();
+    let (mut r, mut w) = stream.into_split();
+    let payload = sent.clone();
+    let writer = tokio::spawn(async move {
+        // Uneven writes, so reads on the far side do not line up with them.
+        for chunk in payload.chunks(100_003) {
+            w.write_all(chunk).await?;
+        }
+        w.shutdown().await
+    });
+    let mut received = Vec::with_capacity(len);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        r.read_to_end(&mut received),
+    )
+    .await
+    .map_err(|_| format!("{} of {len} bytes came back within 60 s", received.len()))?
+    .map_err(|e| e.to_string())?;
+    writer
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if received != sent {
+        return Err(format!(
+            "{} bytes came back for {len}, or they differ",
+            received.len()
+        ));
+    }
+    Ok(())
 }
