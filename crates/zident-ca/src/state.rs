@@ -44,9 +44,6 @@ pub struct CaState {
     kube_auth: std::sync::OnceLock<Arc<crate::kube_auth::KubeAuth>>,
     /// Revocations and the CRLs signed for them.
     revocations: RwLock<Arc<crate::revocation::published::Published>>,
-    /// Wakes the CRL publisher when a shared store's revocation list was copied into the data
-    /// dir, so it signs at once rather than at its next look.
-    pub(crate) revocations_copied: tokio::sync::Notify,
 }
 
 impl CaState {
@@ -80,7 +77,6 @@ impl CaState {
             ledger,
             kube_auth: std::sync::OnceLock::new(),
             revocations: RwLock::default(),
-            revocations_copied: tokio::sync::Notify::new(),
         }
     }
 

@@ -193,11 +193,7 @@ pub(crate) async fn run(
     loop {
         let round = async {
             follow(&config, &roots, &mut followed, &running).await?;
-            if follow_revocations(&config, &revocations, &serials, &mut revocations_followed)
-                .await?
-            {
-                running.state.revocations_copied.notify_one();
-            }
+            follow_revocations(&config, &revocations, &serials, &mut revocations_followed).await?;
             let fresh = running.state.ledger.take_certificates();
             if serials_due || !fresh.is_empty() {
                 serials_due = true;
@@ -358,15 +354,15 @@ async fn follow(
 
 /// Follows the revocation Secret: answers the requests this replica has not answered from its
 /// own ledger (what it issued) and the other replicas' serials records, and writes the list in
-/// force into the data dir when it changed; says whether it did (the CA's publisher is then
-/// woken to sign its CRLs from that file). Without the Secret, the list is empty: the cluster,
-/// not a replica's data dir, says what is revoked.
+/// force into the data dir when it changed (the CA's publisher, which watches that file, signs
+/// its CRLs from it at once). Without the Secret, the list is empty: the cluster, not a
+/// replica's data dir, says what is revoked.
 async fn follow_revocations(
     config: &CaConfig,
     revocations: &RevocationSecret,
     serials: &IssuedRecords,
     followed: &mut Option<String>,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     let replica = serials.own_replica();
     let keep = config.ttl.max_ttl.as_secs() + REQUEST_MARGIN;
     let mut read = revocations.read().await.map_err(|e| e.to_string())?;
@@ -381,7 +377,7 @@ async fn follow_revocations(
         {
             Ok(own) => own,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return Ok(false),
+            Err(_) => return Ok(()),
         };
         let records: Vec<(String, Vec<IssuedCertificate>)> = serials
             .read_all()
@@ -413,19 +409,19 @@ async fn follow_revocations(
     if followed.as_deref() == Some(version.as_str())
         && dir.join(crate::revocation::list::REVOCATIONS_FILE).exists()
     {
-        return Ok(false);
+        return Ok(());
     }
     let saved = tokio::task::spawn_blocking(move || list.save(&dir)).await;
     match saved {
         Ok(Ok(())) => {
             *followed = Some(version);
-            Ok(true)
+            Ok(())
         }
         Ok(Err(e)) => Err(format!(
             "cannot write the revocation list's working copy: {e}"
         )),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Ok(false),
+        Err(_) => Ok(()),
     }
 }
 

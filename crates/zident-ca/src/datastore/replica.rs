@@ -297,9 +297,6 @@ async fn sync(
         })
         .await?;
         status.revocations_version.store(version, Ordering::SeqCst);
-        if let Some(r) = running {
-            r.state.revocations_copied.notify_one();
-        }
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The running CA's side of revocation: it follows `<data dir>/revocations.json` (checked every
-//! second, and at once when a shared store's replica copied a new list there), signs the CRLs again on every change, on every change of its keys, and at half their
+//! The running CA's side of revocation: it follows `<data dir>/revocations.json` (watched, so
+//! a list replaced by `zident ca revoke` or copied there by a shared store's replica is signed
+//! at once; and read every second, should the watch miss one), signs the CRLs again on every change, on every change of its keys, and at half their
 //! validity even when nothing changed (so a CRL is always well before its nextUpdate), keeps
 //! them for `/crl` and `/crl.der`, writes `<data dir>/crl.pem` for those who mount it (a
 //! ztunnel's `CRL_PATH`), and holds the denials the certificate service checks.
@@ -25,6 +26,17 @@ const POLL: Duration = Duration::from_secs(1);
 /// Follows the list and keeps the CRLs signed, for as long as the task runs.
 pub(crate) async fn run(state: Arc<CaState>, data_dir: PathBuf, validity: Duration) {
     let mut keys = state.subscribe_authority();
+    // Without the watch (no inotify), the one-second look alone.
+    let (_watcher, mut replaced) = match zident_mesh::watch::watch_dir(
+        &data_dir,
+        vec![REVOCATIONS_FILE.into()],
+    ) {
+        Ok((w, changes)) => (Some(w), Some(changes)),
+        Err(e) => {
+            tracing::warn!(target: "zident::ca", "cannot watch {REVOCATIONS_FILE} in {}: {e}; it is read every second", data_dir.display());
+            (None, None)
+        }
+    };
     let mut ticker = tokio::time::interval(POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut number = 0u64;
@@ -33,7 +45,7 @@ pub(crate) async fn run(state: Arc<CaState>, data_dir: PathBuf, validity: Durati
     loop {
         let keys_changed = tokio::select! {
             _ = ticker.tick() => false,
-            _ = state.revocations_copied.notified() => false,
+            Some(()) = next_change(&mut replaced) => false,
             changed = keys.changed() => changed.is_ok(),
         };
         // The file is read and parsed again only when it was replaced (every writer replaces it
@@ -109,6 +121,20 @@ pub(crate) async fn run(state: Arc<CaState>, data_dir: PathBuf, validity: Durati
             }
         }
         state.set_revocations(Published { list, crls });
+    }
+}
+
+/// The next change the watch reports; never, without a watch (or once it ended).
+async fn next_change(watch: &mut Option<tokio::sync::mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match watch {
+        Some(changes) => match changes.recv().await {
+            Some(()) => Some(()),
+            None => {
+                *watch = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 
