@@ -37,11 +37,6 @@ pub const SERIALS: RecordKind = RecordKind {
     key: "certificates",
 };
 
-/// The label every issued record carries, and its value.
-pub const ISSUED_LABEL: (&str, &str) = (ISSUED.label, "true");
-/// The key holding an issued record's text.
-pub const ISSUED_KEY: &str = ISSUED.key;
-
 /// The records of one kind in one namespace, written as replica `replica`.
 #[derive(Clone)]
 pub struct IssuedRecords {

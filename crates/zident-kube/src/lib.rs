@@ -50,9 +50,7 @@ pub use connection::{Connection, REQUEST_TIMEOUT};
 pub use error::SourceError;
 pub use events::EventPublisher;
 pub use finding::{Finding, ObjectRef, Severity};
-pub use issued_records::{
-    ISSUED, ISSUED_KEY, ISSUED_LABEL, IssuedRecords, RecordKind, SERIALS, replica_of,
-};
+pub use issued_records::{ISSUED, IssuedRecords, RecordKind, SERIALS, replica_of};
 pub use lease::{Holder, LeaderLease};
 pub use mesh_config::{MeshConfigError, MeshSettings};
 pub use pods::{PodDirectory, PodFacts};

@@ -302,7 +302,7 @@ fn print_list(list: &Revocations) {
 /// have not answered it.
 async fn list_in_cluster(args: &ListArgs) -> Result<ExitCode, String> {
     let c = Cluster::connect(&args.cluster).await?;
-    let (mut doc, replicas) = cluster::pending(&c).await?;
+    let (mut doc, replicas) = (c.read().await?, c.replicas().await?);
     doc.list.prune(SystemTime::now());
     if args.json {
         println!(

@@ -56,7 +56,7 @@ impl Cluster {
 
     /// The replicas that have an issued record (every running replica writes one at start;
     /// the leader deletes a gone replica's once all it issued has expired), by name.
-    async fn replicas(&self) -> Result<Vec<String>, String> {
+    pub async fn replicas(&self) -> Result<Vec<String>, String> {
         let records = IssuedRecords::new(&self.connection, &self.namespace, "zident-cli");
         let mut names: Vec<String> = records
             .read_all()
@@ -184,10 +184,4 @@ pub async fn allow(cluster: &Cluster, subject: &Subject) -> Result<bool, String>
         })
         .await
         .map_err(|e| e.to_string())
-}
-
-/// `zident ca revocations --kubernetes`: the list and the requests, with the replicas that
-/// have not answered each.
-pub async fn pending(cluster: &Cluster) -> Result<(ClusterRevocations, Vec<String>), String> {
-    Ok((cluster.read().await?, cluster.replicas().await?))
 }

@@ -98,6 +98,11 @@ fn parse_line(line: &str) -> Option<(String, Issuance)> {
     ))
 }
 
+/// Whether every certificate a record's `text` names has expired by `now` (Unix seconds).
+pub(crate) fn all_expired(text: &str, now: u64) -> bool {
+    decode(text).0.iter().all(|(_, i)| i.not_after <= now)
+}
+
 /// Adds `entries` to `latest`, keeping each identity's latest issuance.
 pub(crate) fn merge(latest: &mut HashMap<String, Issuance>, entries: Vec<(String, Issuance)>) {
     for (id, i) in entries {

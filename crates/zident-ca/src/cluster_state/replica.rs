@@ -254,22 +254,8 @@ pub(crate) async fn run(
             }
             if swept.elapsed() >= SWEEP {
                 swept = Instant::now();
-                sweep(&roots.records, |text| {
-                    let now = zident_identity::unix_seconds(SystemTime::now());
-                    issued_text::decode(text)
-                        .0
-                        .iter()
-                        .all(|(_, i)| i.not_after <= now)
-                })
-                .await;
-                sweep(&serials, |text| {
-                    let now = zident_identity::unix_seconds(SystemTime::now());
-                    serials_text::decode(text)
-                        .0
-                        .iter()
-                        .all(|c| c.issuance.not_after <= now)
-                })
-                .await;
+                sweep(&roots.records, issued_text::all_expired).await;
+                sweep(&serials, serials_text::all_expired).await;
             }
             roots.own.clear();
         }
@@ -472,14 +458,15 @@ async fn scheduled_step(
 }
 
 /// Deletes the other replicas' records (of one kind) in which every certificate has expired
-/// (`expired` says so of a record's text): replicas that are gone; a live replica writes its
-/// record again when it next issues.
-async fn sweep(records: &IssuedRecords, expired: impl Fn(&str) -> bool) {
+/// (`expired` says so of a record's text at a time): replicas that are gone; a live replica
+/// writes its record again when it next issues.
+async fn sweep(records: &IssuedRecords, expired: fn(&str, u64) -> bool) {
     let Ok(all) = records.read_all().await else {
         return;
     };
+    let now = zident_identity::unix_seconds(SystemTime::now());
     for (name, text) in all {
-        if name != records.own_name() && expired(&text) {
+        if name != records.own_name() && expired(&text, now) {
             match records.delete(&name).await {
                 Ok(()) => {
                     tracing::info!(target: "zident::ca", record = %name, "deleted an issued record whose certificates have all expired")

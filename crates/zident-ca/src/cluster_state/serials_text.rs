@@ -90,6 +90,11 @@ pub(crate) fn decode(text: &str) -> (Vec<IssuedCertificate>, usize) {
     (certificates, skipped)
 }
 
+/// Whether every certificate a record's `text` names has expired by `now` (Unix seconds).
+pub(crate) fn all_expired(text: &str, now: u64) -> bool {
+    decode(text).0.iter().all(|c| c.issuance.not_after <= now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +124,7 @@ mod tests {
         ];
         let (text, left_out) = encode_within(&certs, 105, MAX_BYTES);
         assert_eq!(left_out, 0);
+        assert!(!all_expired(&text, 119) && all_expired(&text, 120), "0b lives to 120");
         let (back, skipped) = decode(&(text + "not json\n"));
         assert_eq!(skipped, 1);
         assert_eq!(back.len(), 2, "0c expired at 100: {back:?}");
