@@ -124,7 +124,10 @@ mod tests {
         ];
         let (text, left_out) = encode_within(&certs, 105, MAX_BYTES);
         assert_eq!(left_out, 0);
-        assert!(!all_expired(&text, 119) && all_expired(&text, 120), "0b lives to 120");
+        assert!(
+            !all_expired(&text, 119) && all_expired(&text, 120),
+            "0b lives to 120"
+        );
         let (back, skipped) = decode(&(text + "not json\n"));
         assert_eq!(skipped, 1);
         assert_eq!(back.len(), 2, "0c expired at 100: {back:?}");
