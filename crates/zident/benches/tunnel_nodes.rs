@@ -404,20 +404,24 @@ fn this_program() -> PathBuf {
     std::env::current_exe().expect("current exe")
 }
 
+/// The client role in `pair`'s node A: `mode` through `via` to the server, with `n`.
+fn client_in_a(pair: &Pair, via: &str, mode: &str, n: &str) -> Command {
+    let mut c = in_node(&pair.a);
+    c.arg(this_program()).args([
+        "client",
+        mode,
+        via,
+        &pair.client_ip(0).to_string(),
+        &pair.server_ip().to_string(),
+        n,
+    ]);
+    c
+}
+
 /// One measurement run by the client role in `pair`'s node A.
 fn measure(pair: &Pair, via: &str, mode: &str, n: u64, extra: &[String]) -> (f64, f64) {
-    let mut args = vec![
-        "client".to_string(),
-        mode.into(),
-        via.into(),
-        pair.client_ip(0).to_string(),
-        pair.server_ip().to_string(),
-        n.to_string(),
-    ];
-    args.extend(extra.iter().cloned());
-    let out = in_node(&pair.a)
-        .arg(this_program())
-        .args(&args)
+    let out = client_in_a(pair, via, mode, &n.to_string())
+        .args(extra)
         .output()
         .expect("client runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -817,17 +821,7 @@ workloads:\n\
             &format!("{} carries a connection", prod.pair.name),
             Duration::from_secs(90),
             || {
-                let out = in_node(&prod.pair.a)
-                    .arg(this_program())
-                    .args([
-                        "client",
-                        "ping",
-                        &prod.via,
-                        &prod.pair.client_ip(0).to_string(),
-                        &prod.pair.server_ip().to_string(),
-                        "10",
-                    ])
-                    .output();
+                let out = client_in_a(&prod.pair, &prod.via, "ping", "10").output();
                 out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("result "))
             },
             || prod.logs(),
@@ -1164,16 +1158,7 @@ struct IdleTunnels {
 fn hold_idle_tunnels(prod: &Product, count: usize) -> IdleTunnels {
     use std::io::{BufRead, Write};
     let before = prod.rss_mib();
-    let mut child = in_node(&prod.pair.a)
-        .arg(this_program())
-        .args([
-            "client",
-            "idle",
-            &prod.via,
-            &prod.pair.client_ip(0).to_string(),
-            &prod.pair.server_ip().to_string(),
-            &count.to_string(),
-        ])
+    let mut child = client_in_a(&prod.pair, &prod.via, "idle", &count.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
