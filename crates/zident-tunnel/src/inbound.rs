@@ -23,7 +23,6 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate, check_leaf};
@@ -33,7 +32,8 @@ use crate::headers;
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, tls_failure};
 use crate::policy::{Authorizer, Connection, Destination};
 use crate::pump::{keepalive, pump};
-use crate::sizes::{TLS_READ_BUFFER, window};
+use crate::read_ahead::ReadAhead;
+use crate::sizes::window;
 use crate::verify::{BundleSource, RevocationSource, SpiffeClientVerifier, is_revoked, provider};
 
 /// A TLS handshake that takes longer than this is abandoned.
@@ -230,16 +230,10 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
     async fn handshake(
         &self,
         tcp: TcpStream,
-    ) -> Result<
-        (
-            SpiffeId,
-            tokio_rustls::server::TlsStream<BufReader<TcpStream>>,
-        ),
-        Refused,
-    > {
+    ) -> Result<(SpiffeId, tokio_rustls::server::TlsStream<ReadAhead>), Refused> {
         let start = tokio_rustls::LazyConfigAcceptor::new(
             rustls::server::Acceptor::default(),
-            BufReader::with_capacity(TLS_READ_BUFFER, tcp),
+            ReadAhead::new(tcp),
         )
         .await
         .map_err(Refused::Tls)?;

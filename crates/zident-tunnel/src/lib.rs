@@ -31,6 +31,7 @@ mod observe;
 mod outbound;
 mod policy;
 mod pump;
+mod read_ahead;
 mod sizes;
 mod sni;
 mod socks5;

@@ -23,7 +23,6 @@ use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{Method, Request, StatusCode};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate};
 use zident_listen::{Connections, Slot};
@@ -31,7 +30,8 @@ use zident_listen::{Connections, Slot};
 use crate::headers::{self, TraceParent};
 use crate::observe::{Direction, Observer, OpenTunnel, Reason, peer_refusal, tls_failure};
 use crate::pump::{copy_plain, keepalive, pump};
-use crate::sizes::{TLS_READ_BUFFER, window};
+use crate::read_ahead::ReadAhead;
+use crate::sizes::window;
 use crate::socks5::{self, Reply, Target};
 use crate::verify::{BundleSource, RevocationSource, SpiffeServerVerifier, is_revoked, provider};
 
@@ -578,7 +578,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                 None => ServerName::IpAddress(hbone.ip().into()),
             };
             let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, BufReader::with_capacity(TLS_READ_BUFFER, tcp))
+                .connect(name, ReadAhead::new(tcp))
                 .await
                 .map_err(|e| {
                     let (reason, detail) = tls_failure(&e);

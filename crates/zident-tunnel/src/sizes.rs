@@ -14,8 +14,9 @@ pub(crate) const WRITE_GATHER: usize = 1024 * 1024;
 /// At most this many frames in one `writev` (the kernel takes up to 1,024 slices).
 pub(crate) const WRITE_SLICES: usize = 64;
 
-/// TLS is read from the socket through a buffer this large. rustls asks for 4 KiB at a time,
-/// so reading it straight from the socket costs about four system calls per 16 KiB record.
+/// TLS is read from the socket through a buffer this large, held only while bytes flow
+/// (`read_ahead.rs`). rustls asks for 4 KiB at a time, so reading it straight from the socket
+/// costs about four system calls per 16 KiB record.
 pub(crate) const TLS_READ_BUFFER: usize = 64 * 1024;
 
 /// HTTP/2 settings of HBONE connections: ztunnel's, so one tunnel can fill a fast link without
