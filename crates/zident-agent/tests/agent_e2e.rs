@@ -303,6 +303,37 @@ async fn bad_ca_responses_are_refused() {
     }
 }
 
+/// The agent's limit is on requests at the CA (keys, CSRs and the checks of answers are made
+/// outside it): with 3 slots and 30 identities, a slow CA never has more than 3 requests of
+/// this agent at once, and does have 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_at_the_ca_are_limited_and_kept_full() {
+    use common::fake_ca::{Mode, start};
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), mesh(27)).unwrap();
+    let ca = start(Mode::Slow).await;
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, &ca.trusted_root_pem).unwrap();
+    let mut config = agent_config(
+        &dir.path().join("mesh.yaml"),
+        &root,
+        &format!("localhost:{}", ca.addr.port()),
+        Duration::from_secs(3600),
+    );
+    config.ca.poll_bundle = false;
+    config.concurrency = 3;
+    let agent = start_agent(config).await;
+    eventually(Duration::from_secs(60), "every identity Available", || {
+        all_available(&agent)
+    })
+    .await;
+    let identities = agent.manager.snapshot().len() as u64;
+    assert!(identities >= 30, "{identities} identities");
+    assert!(ca.requests.load(Ordering::SeqCst) >= identities);
+    assert_eq!(ca.in_flight.most.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_shorter_than_the_backdate_does_not_cause_a_renewal_loop() {
     use common::fake_ca::{Mode, start};

@@ -24,6 +24,9 @@ pub enum Mode {
     WrongKey,
     /// Behaves, but backdates by 120 s whatever the TTL (as some CAs do).
     Backdated,
+    /// Behaves, but answers each request 50 ms late, as a loaded CA, so that requests in
+    /// flight pile up and can be counted.
+    Slow,
 }
 
 struct Ca {
@@ -53,6 +56,32 @@ struct Service {
     trusted: Arc<Ca>,
     foreign: Arc<Ca>,
     pub requests: Arc<std::sync::atomic::AtomicU64>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Requests being answered now, and the most there ever were at once.
+#[derive(Default)]
+pub struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    pub most: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request in flight until dropped.
+struct Answering<'a>(&'a InFlight);
+
+impl<'a> Answering<'a> {
+    fn new(in_flight: &'a InFlight) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = in_flight.now.fetch_add(1, SeqCst) + 1;
+        in_flight.most.fetch_max(now, SeqCst);
+        Self(in_flight)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[tonic::async_trait]
@@ -63,6 +92,10 @@ impl IstioCertificateService for Service {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         self.requests
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _answering = Answering::new(&self.in_flight);
+        if self.mode == Mode::Slow {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let req = request.into_inner();
         let csr = verify_csr_pem(&req.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let now = SystemTime::now();
@@ -97,6 +130,7 @@ pub struct FakeCa {
     pub addr: std::net::SocketAddr,
     pub trusted_root_pem: String,
     pub requests: Arc<std::sync::atomic::AtomicU64>,
+    pub in_flight: Arc<InFlight>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -124,11 +158,13 @@ pub async fn start(mode: Mode) -> FakeCa {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let in_flight = Arc::new(InFlight::default());
     let service = Service {
         mode,
         trusted: trusted.clone(),
         foreign,
         requests: requests.clone(),
+        in_flight: in_flight.clone(),
     };
     let tls = ServerTlsConfig::new().identity(Identity::from_pem(
         serving.pem(),
@@ -147,6 +183,7 @@ pub async fn start(mode: Mode) -> FakeCa {
         addr,
         trusted_root_pem: trusted.der.pem(),
         requests,
+        in_flight,
         task,
     }
 }
