@@ -274,16 +274,7 @@ async fn bad_ca_responses_are_refused() {
         (Mode::WrongKey, Cause::WrongKey, "public key is not the key"),
     ] {
         let ca = start(mode).await;
-        let root = dir.path().join(format!("root-{mode:?}.pem"));
-        std::fs::write(&root, &ca.trusted_root_pem).unwrap();
-        let mut config = agent_config(
-            &dir.path().join("mesh.yaml"),
-            &root,
-            &format!("localhost:{}", ca.addr.port()),
-            Duration::from_secs(3600),
-        );
-        config.ca.poll_bundle = false;
-        let agent = start_agent(config).await;
+        let agent = start_agent(ca.agent_config(dir.path(), Duration::from_secs(3600))).await;
         let fe = id("ns/default/sa/frontend");
         eventually(Duration::from_secs(30), "the response is refused", || {
             state_of(&agent, &fe).is_some_and(|s| s.last_error.is_some())
@@ -313,15 +304,7 @@ async fn requests_in_flight_at_the_ca_are_limited_and_kept_full() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mesh.yaml"), mesh(27)).unwrap();
     let ca = start(Mode::Slow).await;
-    let root = dir.path().join("root.pem");
-    std::fs::write(&root, &ca.trusted_root_pem).unwrap();
-    let mut config = agent_config(
-        &dir.path().join("mesh.yaml"),
-        &root,
-        &format!("localhost:{}", ca.addr.port()),
-        Duration::from_secs(3600),
-    );
-    config.ca.poll_bundle = false;
+    let mut config = ca.agent_config(dir.path(), Duration::from_secs(3600));
     config.concurrency = 3;
     let agent = start_agent(config).await;
     eventually(Duration::from_secs(60), "every identity Available", || {
@@ -347,16 +330,7 @@ workloads:\n- {uid: a, name: a, namespace: default, serviceAccount: a, node: nod
     )
     .unwrap();
     let ca = start(Mode::Backdated).await;
-    let root = dir.path().join("root.pem");
-    std::fs::write(&root, &ca.trusted_root_pem).unwrap();
-    let mut config = agent_config(
-        &dir.path().join("mesh.yaml"),
-        &root,
-        &format!("localhost:{}", ca.addr.port()),
-        Duration::from_secs(8),
-    );
-    config.ca.poll_bundle = false;
-    let agent = start_agent(config).await;
+    let agent = start_agent(ca.agent_config(dir.path(), Duration::from_secs(8))).await;
     eventually(Duration::from_secs(30), "Available", || {
         all_available(&agent)
     })

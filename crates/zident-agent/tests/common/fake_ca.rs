@@ -140,6 +140,23 @@ impl Drop for FakeCa {
     }
 }
 
+impl FakeCa {
+    /// An agent configuration for the mesh file `dir/mesh.yaml`, trusting this CA's root
+    /// (written to `dir`), with certificates of `ttl` and no bundle polling.
+    pub fn agent_config(&self, dir: &std::path::Path, ttl: Duration) -> zident_agent::AgentConfig {
+        let root = dir.join(format!("root-{}.pem", self.addr.port()));
+        std::fs::write(&root, &self.trusted_root_pem).unwrap();
+        let mut config = super::agent_config(
+            &dir.join("mesh.yaml"),
+            &root,
+            &format!("localhost:{}", self.addr.port()),
+            ttl,
+        );
+        config.ca.poll_bundle = false;
+        config
+    }
+}
+
 pub async fn start(mode: Mode) -> FakeCa {
     let trusted = Arc::new(Ca::new());
     let foreign = Arc::new(Ca::new());
