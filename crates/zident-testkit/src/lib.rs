@@ -183,3 +183,18 @@ pub fn openssl_root(dir: &std::path::Path, key: &str, cert: &str, subject: &str,
         ],
     );
 }
+
+/// `len` bytes no compressor or pattern shortcut would carry for free (xorshift64), for
+/// tests that carry bulk data and compare it byte for byte.
+pub fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -270,16 +270,7 @@ rules:\n  - - - principals: [{Exact: \"cluster.local/ns/default/sa/frontend\"}]\
 /// the echo must return every byte in order and then the end of the stream.
 async fn echo_through(stream: tokio::net::TcpStream, len: usize) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let sent: Vec<u8> = (0..len.div_ceil(8))
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .take(len)
-        .collect();
+    let sent = zident_testkit::pseudo_random(len);
     let (mut r, mut w) = stream.into_split();
     let payload = sent.clone();
     let writer = tokio::spawn(async move {

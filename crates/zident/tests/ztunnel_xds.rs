@@ -19,8 +19,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use zident_testkit::eventually;
 use zident_testkit::netns::{Lan, NsProcess, curl_in, ip, whoami_server};
+use zident_testkit::{eventually, pseudo_random};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zident");
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -327,20 +327,6 @@ async fn a_real_ztunnel_takes_its_mesh_from_zident_ca_and_carries_traffic_with_z
         "{}",
         logs()
     );
-}
-
-/// `len` bytes no compressor or pattern shortcut would carry for free (xorshift64).
-fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// `openssl s_client` from `ns` to `addr` presenting `cert`/`key` over TLS 1.3 with ALPN h2,
