@@ -57,7 +57,7 @@ fn every_target_runs_under_libfuzzer_for_a_moment() {
             .output()
             .expect("cargo fuzz run runs");
         let _ = std::fs::remove_dir_all(&scratch);
-        remove_binary(&root, name);
+        let removed = remove_binary(&root, name);
         let log = String::from_utf8_lossy(&run.stderr);
         assert!(
             run.status.success(),
@@ -71,18 +71,25 @@ fn every_target_runs_under_libfuzzer_for_a_moment() {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+        // Where cargo-fuzz puts a binary is its choice; if that moves, say so here rather
+        // than fill CI's disk again unnoticed.
+        assert!(
+            removed > 0,
+            "no binary of {name} found to remove under fuzz/target/<triple>/release"
+        );
     }
 }
 
 /// Removes a fuzz target's binary from cargo-fuzz's target directory (the copy cargo hard-links
 /// under `<triple>/release/` and the one under its `deps/`); the libraries stay, so the next
-/// build only links.
-fn remove_binary(root: &Path, name: &str) {
+/// build only links. Returns how many files it removed.
+fn remove_binary(root: &Path, name: &str) -> usize {
+    let mut removed = 0;
     let Ok(triples) = std::fs::read_dir(root.join("fuzz/target")) else {
-        return;
+        return removed;
     };
     for release in triples.flatten().map(|t| t.path().join("release")) {
-        let _ = std::fs::remove_file(release.join(name));
+        removed += usize::from(std::fs::remove_file(release.join(name)).is_ok());
         let Ok(deps) = std::fs::read_dir(release.join("deps")) else {
             continue;
         };
@@ -97,8 +104,9 @@ fn remove_binary(root: &Path, name: &str) {
             };
             // An executable is `<name>-<16 hex digits>`, no extension (its `.d` file stays).
             if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let _ = std::fs::remove_file(entry.path());
+                removed += usize::from(std::fs::remove_file(entry.path()).is_ok());
             }
         }
     }
+    removed
 }
