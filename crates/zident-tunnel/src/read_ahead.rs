@@ -66,9 +66,11 @@ thread_local! {
     static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
-/// A read-ahead buffer: this thread's spare, or a new one.
+/// A read-ahead buffer: this thread's spare, or a new one. (`try_with`: a connection dropped
+/// while its thread is being torn down finds no spare and frees its buffer instead of
+/// panicking.)
 fn take_buffer() -> Vec<u8> {
-    let spare = SPARE.with(Cell::take);
+    let spare = SPARE.try_with(Cell::take).unwrap_or_default();
     if spare.capacity() >= TLS_READ_BUFFER {
         spare
     } else {
@@ -82,7 +84,7 @@ fn give_back(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    SPARE.with(|spare| {
+    let _ = SPARE.try_with(|spare| {
         let kept = spare.take();
         spare.set(if kept.capacity() >= buf.capacity() {
             kept
