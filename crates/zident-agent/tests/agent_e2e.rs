@@ -298,7 +298,7 @@ async fn bad_ca_responses_are_refused() {
 /// outside it): with 3 slots and 30 identities, a slow CA never has more than 3 requests of
 /// this agent at once, and does have 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_in_flight_at_the_ca_are_limited_and_kept_full() {
+async fn requests_in_flight_at_the_ca_are_limited() {
     use common::fake_ca::{Mode, start};
     logs();
     let dir = tempfile::tempdir().unwrap();
