@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use prost_types::{Struct, Value, value::Kind};
 use rustls_pki_types::ServerName;
-use tonic::transport::Channel;
 use zident_identity::{Cause, SpiffeId};
 use zident_proto::istio_ca::IstioCertificateRequest;
 use zident_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
@@ -17,6 +16,7 @@ use zident_proto::zident_ca::CreateJwtSvidRequest;
 use zident_proto::zident_ca::jwt_svid_service_client::JwtSvidServiceClient;
 
 use crate::ca::endpoints::{CaAddressError, Endpoints};
+use crate::ca::ends_early::CaChannel;
 use crate::ca::trust::TrustStore;
 use crate::config::{CaClientConfig, TokenError, TokenSource};
 
@@ -223,7 +223,7 @@ impl CaClient {
 
     /// A connection to the replica whose turn it is, for another service on the CA's port
     /// (xDS), with its address.
-    pub(crate) fn channel(&self) -> (String, Channel) {
+    pub(crate) fn channel(&self) -> (String, CaChannel) {
         let e = self.endpoints.order()[0];
         e.sent();
         (e.address.clone(), e.channel.clone())
@@ -316,7 +316,7 @@ impl CaClient {
     /// an answer, even a refusal, ends it. Every call has the channel's deadline.
     async fn ask<T, F, Fut>(&self, call: F) -> Result<T, CaError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(CaChannel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut outcome = None;

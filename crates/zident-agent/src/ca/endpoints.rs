@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+use tonic::transport::Endpoint as TonicEndpoint;
+
+use crate::ca::ends_early::{CaChannel, ends_early};
 
 /// Why a CA client could not be made from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +47,7 @@ pub struct Endpoint {
     /// The name its TLS certificate must hold.
     pub name: ServerName<'static>,
     /// Its connection.
-    pub channel: Channel,
+    pub channel: CaChannel,
     set_aside_until: Mutex<Option<Instant>>,
     requests: AtomicU64,
     last_error: Mutex<Option<(SystemTime, String)>>,
@@ -240,7 +242,7 @@ fn channel(
     tls: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
     request_timeout: Duration,
-) -> Result<Channel, CaAddressError> {
+) -> Result<CaChannel, CaAddressError> {
     let (dial, name) = (address.to_owned(), name.clone());
     let connector = tower::service_fn(move |_: tonic::transport::Uri| {
         let (tls, name, dial) = (tls.clone(), name.clone(), dial.clone());
@@ -268,7 +270,7 @@ fn channel(
         .timeout(request_timeout)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    Ok(endpoint.connect_with_connector_lazy(connector))
+    Ok(ends_early(endpoint.connect_with_connector_lazy(connector)))
 }
 
 #[cfg(test)]
