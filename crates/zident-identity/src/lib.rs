@@ -31,6 +31,7 @@ mod keys;
 pub mod pem;
 pub mod profile;
 mod provider;
+mod rustls_key;
 mod spiffe_id;
 mod svid;
 

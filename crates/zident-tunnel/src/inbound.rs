@@ -22,7 +22,7 @@ use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::SingleCertAndKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate, check_leaf};
@@ -157,7 +157,7 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
         {
             return Ok(config.clone());
         }
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key().pkcs8_der().to_vec()));
+        let certified = cert.certified_key()?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(
@@ -165,7 +165,7 @@ impl<P: CertificateProvider, D: Destinations> Inbound<P, D> {
                     .with_revocations(self.revocations.clone())
                     .with_skew_tolerance(self.skew_tolerance),
             ))
-            .with_single_cert(cert.chain.clone(), key)?;
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
         config.alpn_protocols = vec![b"h2".to_vec()];
         let config = Arc::new(config);
         cached.insert(cert.id.clone(), (cert.serial_hex.clone(), config.clone()));

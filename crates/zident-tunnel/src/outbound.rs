@@ -22,7 +22,8 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{Method, Request, StatusCode};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::sign::SingleCertAndKey;
+use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use zident_identity::{CertificateProvider, SpiffeId, WorkloadCertificate};
 use zident_listen::{Connections, Slot};
@@ -508,8 +509,9 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
         }
         // A new certificate of this source: the configurations of its old ones go.
         configs.retain(|k, _| k.source != key.source || k.serial == key.serial);
-        let key_der =
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key().pkcs8_der().to_vec()));
+        let certified = cert
+            .certified_key()
+            .map_err(|e| (Reason::TlsFailure, e.to_string()))?;
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| (Reason::TlsFailure, e.to_string()))?
@@ -519,8 +521,7 @@ impl<P: CertificateProvider, D: Directory> Outbound<P, D> {
                     .with_skew_tolerance(self.skew_tolerance)
                     .with_revocations(self.revocations.clone()),
             ))
-            .with_client_auth_cert(cert.chain.clone(), key_der)
-            .map_err(|e| (Reason::TlsFailure, e.to_string()))?;
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
         config.alpn_protocols = vec![b"h2".to_vec()];
         let config = Arc::new(config);
         configs.insert(key, config.clone());

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use zident_identity::{CertificateProvider, SpiffeId};
 
 use crate::certs::manager::CertificateManager;
@@ -46,9 +45,7 @@ impl ResolvesServerCert for OwnCertResolver {
         {
             return Some(key.clone());
         }
-        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key().pkcs8_der().to_vec()));
-        let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).ok()?;
-        let built = Arc::new(CertifiedKey::new(cert.chain.clone(), signer));
+        let built = cert.certified_key().ok()?;
         *cache = Some((cert.serial_hex.clone(), built.clone()));
         Some(built)
     }
