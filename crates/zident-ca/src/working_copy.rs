@@ -46,7 +46,7 @@ impl SharedStore {
                 "a PostgreSQL datastore: give --datastore URL (or ZIDENT_DATASTORE) instead of --data-dir".into()
             }
             SharedStore::Kubernetes(ns) => format!(
-                "the Kubernetes API: give --kubernetes --kubernetes-namespace {ns} instead of --data-dir (root rotation there is taken by the replicas' leader on its schedule)"
+                "the Kubernetes API: give --kubernetes --kubernetes-namespace {ns} instead of --data-dir"
             ),
         }
     }

@@ -109,6 +109,46 @@ pub fn logs(replicas: &[CaReplica]) -> String {
         .collect()
 }
 
+/// Polls `check` every 100 ms until it holds; after `deadline`, fails naming `what` with every
+/// replica's log.
+pub async fn until_replicas<F: std::future::Future<Output = bool>>(
+    what: &str,
+    replicas: &[CaReplica],
+    deadline: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let end = std::time::Instant::now() + deadline;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}{}",
+            logs(replicas)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `bin ca <args> --kubernetes --kubernetes-namespace <namespace>` against `api`: its exit
+/// code and its output (stdout, then stderr).
+pub fn ca_command(bin: &str, api: &KubeApi, namespace: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin)
+        .arg("ca")
+        .args(args)
+        .args([
+            "--kubernetes",
+            "--kubernetes-namespace",
+            namespace,
+            "--kubeconfig",
+        ])
+        .arg(api.kubeconfig())
+        .output()
+        .expect("zident runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// Who holds the Lease `zident-ca-leader` in `namespace`.
 pub async fn lease_holder(client: &kube::Client, namespace: &str) -> Option<String> {
     Api::<Lease>::namespaced(client.clone(), namespace)

@@ -204,22 +204,10 @@ pub async fn status(url: &str, json: bool) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "CA roots in the datastore: trust domain {}, phase {}, active generation {}, prepared {}, previous {}, bundle sequence {}, rotation version {version}",
-        state.trust_domain,
-        state.phase(),
-        state.active,
-        state.prepared.map_or("-".into(), |g| g.to_string()),
-        state.previous.map_or("-".into(), |g| g.to_string()),
-        state.sequence
+        "CA roots in the datastore: {}, rotation version {version}",
+        crate::rotation_text::summary(&state)
     );
-    for e in &state.history {
-        println!(
-            "  {} generation {} at {}",
-            e.phase,
-            e.generation,
-            zident_identity::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(e.at))
-        );
-    }
+    crate::rotation_text::print_history(&state);
     println!(
         "{:<28} {:<22} {:<7} {:<6} {:<9} LAST SEEN",
         "REPLICA", "LISTEN", "LEADER", "MESH", "ROTATION"

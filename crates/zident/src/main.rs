@@ -15,6 +15,8 @@ mod print;
 mod revoke;
 mod revoke_cluster;
 mod rotate;
+mod rotate_cluster;
+mod rotation_text;
 mod style;
 mod up;
 mod wiring;

@@ -17,9 +17,9 @@ const COVERED_WAIT: Duration = Duration::from_secs(3);
 /// The API server of CA replicas run with `--roots-in-cluster`.
 #[derive(Debug, clap::Args)]
 pub struct ClusterArg {
-    /// Act on the revocation Secret (`zident-ca-revocations`) that CA replicas run with
-    /// --kubernetes --roots-in-cluster share, instead of a data dir. The client comes from
-    /// --kubeconfig, KUBECONFIG, or the pod's service account.
+    /// Act on the state that CA replicas run with --kubernetes --roots-in-cluster share in the
+    /// API server (the Secrets `zident-ca-roots` and `zident-ca-revocations`), instead of a
+    /// data dir. The client comes from --kubeconfig, KUBECONFIG, or the pod's service account.
     #[arg(long, conflicts_with = "datastore")]
     pub kubernetes: bool,
     /// With --kubernetes: the CA replicas' namespace.
@@ -29,6 +29,17 @@ pub struct ClusterArg {
     /// pod's service account).
     #[arg(long, value_name = "FILE", requires = "kubernetes")]
     pub kubeconfig: Option<PathBuf>,
+}
+
+impl ClusterArg {
+    /// A client of the API server it names.
+    pub async fn connection(&self) -> Result<Connection, String> {
+        match &self.kubeconfig {
+            Some(path) => Connection::from_kubeconfig(path).await,
+            None => Connection::infer().await,
+        }
+        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
+    }
 }
 
 /// The cluster a command acts on.
@@ -41,11 +52,7 @@ pub struct Cluster {
 impl Cluster {
     /// Connects to the API server `arg` names.
     pub async fn connect(arg: &ClusterArg) -> Result<Self, String> {
-        let connection = match &arg.kubeconfig {
-            Some(path) => Connection::from_kubeconfig(path).await,
-            None => Connection::infer().await,
-        }
-        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+        let connection = arg.connection().await?;
         let secret = RevocationSecret::new(&connection, &arg.kubernetes_namespace);
         Ok(Self {
             connection,

@@ -11,6 +11,8 @@ use zident_ca::rotation::{self, Phase, RotationState};
 use zident_identity::rfc3339;
 
 use crate::duration::parse_duration;
+use crate::revoke_cluster::ClusterArg;
+use crate::rotation_text::when;
 
 /// What to do with the CA's roots instead of running it.
 #[derive(Debug, clap::Subcommand)]
@@ -62,6 +64,8 @@ pub struct RotateArgs {
     /// The key-encryption key of the datastore's root keys.
     #[arg(long, env = "ZIDENT_KEK_FILE", value_name = "FILE")]
     pub kek_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
 }
 
 /// A rotation phase, as clap parses it.
@@ -94,6 +98,8 @@ pub struct StatusArgs {
         hide_env_values = true
     )]
     pub datastore: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
 }
 
 /// Runs a `zident ca` action.
@@ -118,6 +124,14 @@ pub async fn run(action: CaAction) -> Result<ExitCode, String> {
             json,
             ..
         }) => ds::status(&url, json).await,
+        CaAction::Rotate(args) if args.cluster.kubernetes => {
+            let cluster = &args.cluster;
+            crate::rotate_cluster::rotate(cluster, args.phase.0, args.force, args.root_lifetime)
+                .await
+        }
+        CaAction::Status(args) if args.cluster.kubernetes => {
+            crate::rotate_cluster::status(&args.cluster, args.json).await
+        }
         CaAction::Rotate(args) => {
             let phase = args.phase.0;
             zident_ca::working_copy::refuse_copy(
@@ -232,14 +246,6 @@ fn print_plugged(dir: &std::path::Path, state: &zident_ca::plugged::PluggedState
     }
 }
 
-fn when(unix: u64) -> String {
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(unix);
-    match at.duration_since(SystemTime::now()) {
-        Ok(left) if left.as_secs() > 0 => format!("{} (in {}s)", rfc3339(at), left.as_secs()),
-        _ => format!("{} (now)", rfc3339(at)),
-    }
-}
-
 fn print_state(dir: &std::path::Path, state: &RotationState) {
     println!(
         "CA roots in {}: trust domain {}, phase {}, bundle sequence {}",
@@ -249,34 +255,7 @@ fn print_state(dir: &std::path::Path, state: &RotationState) {
         state.sequence
     );
     let now = zident_identity::unix_seconds(SystemTime::now());
-    let issued = zident_ca::ledger::load(dir);
-    match state.next_step() {
-        Some((rotation::Phase::Activate, g, after)) => {
-            let waiting = rotation::clients_wait(state, &issued, now);
-            let safe = rotation::activation_safe_at(state, &issued, now).unwrap_or(after);
-            println!("  next: activate generation {g} (safe from {})", when(safe));
-            println!(
-                "    bundle rule: agents polling /bundle have it from {}",
-                when(after)
-            );
-            match waiting.last() {
-                None => println!(
-                    "    clients that learn roots only from responses (ztunnel, istio-agent): none waits"
-                ),
-                Some(last) => println!(
-                    "    clients that learn roots only from responses (ztunnel, istio-agent): {} identities still wait for the new root (they renew by {}; --json lists them)",
-                    waiting.len(),
-                    when(last.renews_by)
-                ),
-            }
-        }
-        Some((phase, g, after)) => println!(
-            "  next: {} generation {g} (safe from {})",
-            phase.as_str(),
-            when(after)
-        ),
-        None => println!("  next: prepare, when the active root nears its end"),
-    }
+    crate::rotation_text::print_next_step(state, &zident_ca::ledger::load(dir), now);
     println!(
         "  {:<4} {:<9} {:<34} {:<21} {:<4} {:<17} CERTIFICATE",
         "GEN", "PHASE", "SERIAL", "NOT AFTER", "KEY", "JWT KEY (KID)"
@@ -300,12 +279,5 @@ fn print_state(dir: &std::path::Path, state: &RotationState) {
             g.certificate.display()
         );
     }
-    for e in &state.history {
-        println!(
-            "  {} {} generation {}",
-            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(e.at)),
-            e.phase,
-            e.generation
-        );
-    }
+    crate::rotation_text::print_history(state);
 }

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use zident_testkit::kube_api::{KubeApi, namespace};
-use zident_testkit::kube_replica::{CaReplica, lease_holder, logs};
+use zident_testkit::kube_replica::{CaReplica, lease_holder, logs, until_replicas};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zident");
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -90,17 +90,9 @@ impl Cluster {
 async fn until<F: std::future::Future<Output = bool>>(
     what: &str,
     replicas: &[CaReplica],
-    mut check: impl FnMut() -> F,
+    check: impl FnMut() -> F,
 ) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}{}",
-            logs(replicas)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_replicas(what, replicas, DEADLINE, check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use serde_json::json;
 use zident_identity::pem::certs_from_pem;
 use zident_identity::{RevocationList, check_leaf};
 use zident_testkit::kube_api::{KubeApi, namespace};
-use zident_testkit::kube_replica::CaReplica;
+use zident_testkit::kube_replica::{CaReplica, ca_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zident");
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -27,17 +27,7 @@ const FLAGS: &[&str] = &["--max-ttl", "600s", "--default-ttl", "600s"];
 
 /// `zident ca <args> --kubernetes …` against the test's API server: exit code and output.
 fn revoke_cmd(api: &KubeApi, args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .arg("ca")
-        .args(args)
-        .args(["--kubernetes", "--kubernetes-namespace", NS, "--kubeconfig"])
-        .arg(api.kubeconfig())
-        .output()
-        .expect("zident runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    ca_command(BIN, api, NS, args)
 }
 
 /// A certificate for `id` from replica `r` with `token`, and its serial.
