@@ -21,6 +21,7 @@
 //! ServiceAccount (and cluster admins).
 
 mod issued_text;
+mod record_pace;
 pub(crate) mod replica;
 pub mod revocations;
 pub mod secret_format;

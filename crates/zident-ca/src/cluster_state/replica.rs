@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use zident_identity::TrustDomain;
 use zident_kube::{Connection, Holder, IssuedRecords, LeaderLease, SERIALS, Versioned};
 
+use super::record_pace::RecordPace;
 use super::revocations::RevocationSecret;
 use super::store::{ClusterStoreError, SecretRoots};
 use super::{ClusterStateConfig, LEADER_LEASE, issued_text, secret_format, serials_text};
@@ -26,6 +27,8 @@ use crate::roots::store::take_step;
 
 /// How often a replica looks at the Secret and the Lease.
 const POLL: Duration = Duration::from_secs(1);
+/// The longest a replica's record waits for a write once it has something new.
+const MAX_RECORD_LAG: Duration = Duration::from_secs(15);
 /// How often the leader deletes the records of replicas whose certificates have all expired.
 const SWEEP: Duration = Duration::from_secs(60);
 /// How many times start-up reads again after losing a race to create or upgrade the Secret.
@@ -190,12 +193,18 @@ pub(crate) async fn run(
     let mut named: Vec<IssuedCertificate> = Vec::new();
     let mut serials_due = true;
     let mut said_left_out = false;
+    // Each record is written at a pace set by its size (record_pace.rs). The issued record
+    // must reach the leader before it activates a root prepared after those issuances, so it
+    // waits at most half the activation delay.
+    let activate_delay = Duration::from_secs(config.rotation_timing().activate_delay_secs);
+    let mut serials_pace = RecordPace::new(MAX_RECORD_LAG);
+    let mut record_pace = RecordPace::new(MAX_RECORD_LAG.min(activate_delay / 2));
     loop {
         let round = async {
             follow(&config, &roots, &mut followed, &running).await?;
             follow_revocations(&config, &revocations, &serials, &mut revocations_followed).await?;
             let fresh = running.state.ledger.take_certificates();
-            if serials_due || !fresh.is_empty() {
+            if (serials_due || !fresh.is_empty()) && serials_pace.due(Instant::now()) {
                 serials_due = true;
                 named.extend(fresh);
                 let now = SystemTime::now();
@@ -210,17 +219,25 @@ pub(crate) async fn run(
                     .write(&text)
                     .await
                     .map_err(|e| format!("cannot write {}: {e}", serials.own_name()))?;
+                serials_pace.wrote(Instant::now(), text.len());
                 serials_due = false;
+            } else if !fresh.is_empty() {
+                // Not yet due: kept for the next write.
+                named.extend(fresh);
+                serials_due = true;
             }
             // What this replica issued: its whole ledger, when anything was added.
+            // (The outbox only says that something was added: the record is the whole ledger.)
             let outbox = running.state.ledger.take_outbox();
-            if record_due || !outbox.is_empty() {
+            record_due |= !outbox.is_empty();
+            if record_due && record_pace.due(Instant::now()) {
                 let now = zident_identity::unix_seconds(SystemTime::now());
                 let text = issued_text::encode(&running.state.ledger.snapshot(), now);
                 if let Err(e) = roots.records.write(&text).await {
                     running.state.ledger.return_outbox(outbox);
                     return Err(format!("cannot write {}: {e}", roots.records.own_name()));
                 }
+                record_pace.wrote(Instant::now(), text.len());
                 record_due = false;
             }
             let holder = lease
