@@ -11,6 +11,9 @@ use zident_ca::cluster_state::{ClusterRevocations, Request, RevocationSecret};
 use zident_ca::revocation::{Reason, Subject, Target};
 use zident_kube::{Connection, IssuedRecords, replica_of};
 
+/// The replica name the CLI reads the replicas' records as (it writes none).
+pub const CLI_READER: &str = "zident-cli";
+
 /// How long `revoke` waits, at least, for replicas that only another replica answered for.
 const COVERED_WAIT: Duration = Duration::from_secs(3);
 
@@ -64,7 +67,7 @@ impl Cluster {
     /// The replicas that have an issued record (every running replica writes one at start;
     /// the leader deletes a gone replica's once all it issued has expired), by name.
     pub async fn replicas(&self) -> Result<Vec<String>, String> {
-        let records = IssuedRecords::new(&self.connection, &self.namespace, "zident-cli");
+        let records = IssuedRecords::new(&self.connection, &self.namespace, CLI_READER);
         let mut names: Vec<String> = records
             .read_all()
             .await

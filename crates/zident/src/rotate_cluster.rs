@@ -16,11 +16,8 @@ use zident_ca::rotation::{self, Phase, StepRequest};
 use zident_ca::store::{RootStore, take_step};
 use zident_identity::unix_seconds;
 
-use crate::revoke_cluster::ClusterArg;
+use crate::revoke_cluster::{CLI_READER, ClusterArg};
 use crate::rotation_text::{print_history, print_next_step, summary};
-
-/// The name the command reads the replicas' issued records as (it writes none).
-const READER: &str = "zident-cli";
 
 /// `zident ca rotate PHASE --kubernetes`: `phase` taken on the cluster `cluster` names.
 pub async fn rotate(
@@ -31,7 +28,7 @@ pub async fn rotate(
 ) -> Result<ExitCode, String> {
     let ns = &cluster.kubernetes_namespace;
     let connection = cluster.connection().await?;
-    let mut roots = SecretRoots::new(&connection, ns, READER);
+    let mut roots = SecretRoots::new(&connection, ns, CLI_READER);
     let request = StepRequest {
         phase,
         now: SystemTime::now(),
@@ -56,7 +53,7 @@ pub async fn rotate(
 pub async fn status(cluster: &ClusterArg, json: bool) -> Result<ExitCode, String> {
     let ns = &cluster.kubernetes_namespace;
     let connection = cluster.connection().await?;
-    let mut roots = SecretRoots::new(&connection, ns, READER);
+    let mut roots = SecretRoots::new(&connection, ns, CLI_READER);
     let snapshot = roots
         .snapshot()
         .await

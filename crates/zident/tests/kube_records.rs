@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use serde_json::json;
 use zident_testkit::kube_api::{KubeApi, namespace};
-use zident_testkit::kube_replica::{CaReplica, logs};
+use zident_testkit::kube_replica::{CaReplica, logs, until_replicas};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zident");
 const NS: &str = "zident-records";
@@ -76,15 +76,13 @@ async fn a_large_record_is_written_at_the_pace_of_its_size_and_catches_up() {
         ],
     );
     let replicas = [replica];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !replicas[0].serving() {
-        assert!(
-            Instant::now() < deadline,
-            "the replica serves{}",
-            logs(&replicas)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_replicas(
+        "the replica serves",
+        &replicas,
+        Duration::from_secs(60),
+        || async { replicas[0].serving() },
+    )
+    .await;
     let root = replicas[0].root_pem();
     let id = format!("spiffe://cluster.local/ns/default/sa/{sa}");
     let port = replicas[0].port;

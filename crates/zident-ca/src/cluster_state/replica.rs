@@ -204,9 +204,9 @@ pub(crate) async fn run(
             follow(&config, &roots, &mut followed, &running).await?;
             follow_revocations(&config, &revocations, &serials, &mut revocations_followed).await?;
             let fresh = running.state.ledger.take_certificates();
-            if (serials_due || !fresh.is_empty()) && serials_pace.due(Instant::now()) {
-                serials_due = true;
-                named.extend(fresh);
+            serials_due |= !fresh.is_empty();
+            named.extend(fresh);
+            if serials_due && serials_pace.due(Instant::now()) {
                 let now = SystemTime::now();
                 let secs = zident_identity::unix_seconds(now);
                 named.retain(|c| c.issuance.not_after > secs);
@@ -221,10 +221,6 @@ pub(crate) async fn run(
                     .map_err(|e| format!("cannot write {}: {e}", serials.own_name()))?;
                 serials_pace.wrote(Instant::now(), text.len());
                 serials_due = false;
-            } else if !fresh.is_empty() {
-                // Not yet due: kept for the next write.
-                named.extend(fresh);
-                serials_due = true;
             }
             // What this replica issued: its whole ledger, when anything was added.
             // (The outbox only says that something was added: the record is the whole ledger.)
