@@ -107,7 +107,10 @@ fn issue_serving(
     let (cert, above) = authority.sign_serving(&params, &key)?;
     let mut chain = vec![cert.der().clone()];
     chain.extend(above);
-    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    // Wiped once aws-lc has read it (`PrivateKeyDer` does not wipe what it owns).
+    let der = zeroize::Zeroizing::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        key.serialize_der(),
+    )));
     let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)?;
     Ok(CertifiedKey::new(chain, signer))
 }

@@ -238,9 +238,11 @@ impl JwtSigner {
 
     /// The key in PKCS#8 PEM.
     pub fn from_pem(pem: &[u8]) -> Result<Self, JwtError> {
-        let der =
-            PrivateKeyDer::from_pem_slice(pem).map_err(|e| JwtError::BadKey(e.to_string()))?;
-        let PrivateKeyDer::Pkcs8(pkcs8) = der else {
+        // Wiped once aws-lc has read it (`PrivateKeyDer` does not wipe what it owns).
+        let der = zeroize::Zeroizing::new(
+            PrivateKeyDer::from_pem_slice(pem).map_err(|e| JwtError::BadKey(e.to_string()))?,
+        );
+        let PrivateKeyDer::Pkcs8(pkcs8) = &*der else {
             return Err(JwtError::BadKey("the key is not PKCS#8".into()));
         };
         let key =

@@ -664,8 +664,11 @@ enum BadMaterial {
 }
 
 fn key_from_pem(pem: &[u8]) -> Result<KeyPair, BadMaterial> {
-    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| BadMaterial::NoKey(e.to_string()))?;
-    KeyPair::try_from(&der).map_err(|e| BadMaterial::UnsupportedKey(e.to_string()))
+    // Wiped once rcgen has read it (`PrivateKeyDer` does not wipe what it owns).
+    let der = zeroize::Zeroizing::new(
+        PrivateKeyDer::from_pem_slice(pem).map_err(|e| BadMaterial::NoKey(e.to_string()))?,
+    );
+    KeyPair::try_from(&*der).map_err(|e| BadMaterial::UnsupportedKey(e.to_string()))
 }
 
 fn first_cert_of(pem: &[u8]) -> Result<CertificateDer<'static>, BadMaterial> {
