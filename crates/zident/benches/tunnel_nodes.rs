@@ -126,8 +126,37 @@ fn spawn_in(ns: &str, program: &Path, args: &[&str], env: &[(&str, String)], log
     }
 }
 
-/// Namespaces, removed when dropped.
+/// Namespaces, removed when dropped. Named `zb<pid>-…` after the run that made them, so a run
+/// killed before its `Drop` ran is cleaned up by the next one ([`remove_stale_namespaces`]).
 struct Namespaces(Vec<String>);
+
+/// Removes the namespaces of earlier runs whose process is gone (killed with a signal, or
+/// SIGKILLed by a timeout: `Drop` never ran), and the processes still running in them. A run
+/// still going keeps its own.
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some((pid, _)) = name
+            .strip_prefix("zb")
+            .and_then(|rest| rest.split_once('-'))
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+            println!("removing network namespace {name}, left by a run that was killed");
+            // Whatever still runs in it (a run killed mid-way can leave its proxies behind).
+            if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).output();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
 
 impl Namespaces {
     fn add(&mut self, name: String) -> String {
@@ -535,9 +564,12 @@ fn bench(args: &[usize]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let p = |f: &str| d.join(f);
-    let tag = std::process::id() % 10_000;
+    remove_stale_namespaces();
+    let pid = std::process::id();
+    // Interface names are limited to 15 bytes: links carry a shorter tag than namespaces.
+    let tag = pid % 10_000;
     let mut ns = Namespaces(Vec::new());
-    let cp = ns.add(format!("zb{tag}-cp"));
+    let cp = ns.add(format!("zb{pid}-cp"));
     let mut pairs = Vec::new();
     // ZIDENT_BENCH_ONLY=zident[,ztunnel]: only those (for a profiler, or an A/B of one change).
     let only = std::env::var("ZIDENT_BENCH_ONLY").ok();
@@ -551,8 +583,8 @@ fn bench(args: &[usize]) {
         {
             continue;
         }
-        let a = ns.add(format!("zb{tag}-{k}a"));
-        let b = ns.add(format!("zb{tag}-{k}b"));
+        let a = ns.add(format!("zb{pid}-{k}a"));
+        let b = ns.add(format!("zb{pid}-{k}b"));
         let net = 60 + k;
         // The data link between the two nodes.
         link(
